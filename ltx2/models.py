@@ -1,0 +1,131 @@
+"""The resident model set of one worker: built once from a checkpoint set by ltx-core's own loaders.
+
+`ModelLedger` in ltx-pipelines builds a fresh model on every call; a farm worker instead loads every
+component once, checks that nothing was left on the meta device, and keeps them for job after job.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from ltx_core.loader import SingleGPUModelBuilder
+from ltx_core.model.audio_vae import (
+    AUDIO_VAE_DECODER_COMFY_KEYS_FILTER,
+    VOCODER_COMFY_KEYS_FILTER,
+    AudioDecoder,
+    AudioDecoderConfigurator,
+    Vocoder,
+    VocoderConfigurator,
+)
+from ltx_core.model.transformer import LTXV_MODEL_COMFY_RENAMING_MAP, LTXModelConfigurator, X0Model
+from ltx_core.model.upsampler import LatentUpsampler, LatentUpsamplerConfigurator
+from ltx_core.model.video_vae import (
+    VAE_DECODER_COMFY_KEYS_FILTER,
+    VAE_ENCODER_COMFY_KEYS_FILTER,
+    VideoDecoder,
+    VideoDecoderConfigurator,
+    VideoEncoder,
+    VideoEncoderConfigurator,
+)
+from ltx_core.text_encoders.gemma import (
+    EMBEDDINGS_PROCESSOR_KEY_OPS,
+    GEMMA_LLM_KEY_OPS,
+    GEMMA_MODEL_OPS,
+    EmbeddingsProcessor,
+    GemmaTextEncoder,
+    module_ops_from_gemma_root,
+)
+
+from ltx2.checkpoint import CheckpointSet, gemma_weight_files, require_fully_loaded, validate_checkpoint_set
+from ltx2.lora import LoraFusion, LoraSpec
+from ltx2.text_encoder import embeddings_processor_configurator, gemma_text_encoder_configurator, read_gemma_config
+
+LOAD_COUNTER = {"loads": 0}
+"""Process-wide count of full model-set loads: lets tests prove that a warm worker does not reload."""
+
+
+@dataclass
+class ResidentModels:
+    """Every component a render needs, loaded once and kept on `device`."""
+
+    paths: CheckpointSet
+    config: dict
+    device: torch.device
+    dtype: torch.dtype
+    transformer: X0Model
+    distilled: LoraFusion
+    video_encoder: VideoEncoder
+    video_decoder: VideoDecoder
+    audio_decoder: AudioDecoder
+    vocoder: Vocoder
+    upsampler: LatentUpsampler
+    text_encoder: GemmaTextEncoder
+    embeddings_processor: EmbeddingsProcessor
+    load_seconds: float
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.transformer.velocity_model.transformer_blocks)
+
+
+def _build(builder: SingleGPUModelBuilder, source: Path | str, what: str, device: torch.device,
+           dtype: torch.dtype) -> torch.nn.Module:
+    model = builder.build(device=device, dtype=dtype)
+    require_fully_loaded(model, source, what)
+    return model.to(device).eval()
+
+
+def load_resident_models(paths: CheckpointSet, device: torch.device | str, dtype: torch.dtype = torch.bfloat16
+                         ) -> ResidentModels:
+    """Check the checkpoint set, then build every component with ltx-core's loaders and keep it."""
+    started = time.perf_counter()
+    device = torch.device(device)
+    config = validate_checkpoint_set(paths)
+    ckpt = str(paths.checkpoint)
+
+    def from_checkpoint(configurator: type, sd_ops: object, what: str) -> torch.nn.Module:
+        builder = SingleGPUModelBuilder(model_path=ckpt, model_class_configurator=configurator, model_sd_ops=sd_ops)
+        return _build(builder, ckpt, what, device, dtype)
+
+    velocity_model = from_checkpoint(LTXModelConfigurator, LTXV_MODEL_COMFY_RENAMING_MAP, "transformer")
+    transformer = X0Model(velocity_model).to(device).eval()
+    gemma_root = Path(paths.gemma_root)
+    gemma_config = read_gemma_config(gemma_root)
+    text_config = gemma_config.get("text_config", {})
+    text_builder = SingleGPUModelBuilder(
+        model_path=tuple(str(p) for p in gemma_weight_files(gemma_root)),
+        model_class_configurator=gemma_text_encoder_configurator(gemma_config),
+        model_sd_ops=GEMMA_LLM_KEY_OPS,
+        module_ops=(GEMMA_MODEL_OPS, *module_ops_from_gemma_root(str(gemma_root))),
+    )
+    upsampler_builder = SingleGPUModelBuilder(
+        model_path=str(paths.spatial_upsampler), model_class_configurator=LatentUpsamplerConfigurator
+    )
+    models = ResidentModels(
+        paths=paths,
+        config=config,
+        device=device,
+        dtype=dtype,
+        transformer=transformer,
+        distilled=LoraFusion(velocity_model, [LoraSpec(str(paths.distilled_lora), 1.0)]),
+        video_encoder=from_checkpoint(VideoEncoderConfigurator, VAE_ENCODER_COMFY_KEYS_FILTER, "video VAE encoder"),
+        video_decoder=from_checkpoint(VideoDecoderConfigurator, VAE_DECODER_COMFY_KEYS_FILTER, "video VAE decoder"),
+        audio_decoder=from_checkpoint(AudioDecoderConfigurator, AUDIO_VAE_DECODER_COMFY_KEYS_FILTER,
+                                      "audio VAE decoder"),
+        vocoder=from_checkpoint(VocoderConfigurator, VOCODER_COMFY_KEYS_FILTER, "vocoder"),
+        upsampler=_build(upsampler_builder, paths.spatial_upsampler, "spatial upsampler", device, dtype),
+        text_encoder=_build(text_builder, gemma_root, "Gemma text encoder", device, dtype),
+        embeddings_processor=from_checkpoint(
+            embeddings_processor_configurator(text_config.get("hidden_size", 3840),
+                                              text_config.get("num_hidden_layers", 48)),
+            EMBEDDINGS_PROCESSOR_KEY_OPS,
+            "text embeddings processor",
+        ),
+        load_seconds=0.0,
+    )
+    models.load_seconds = time.perf_counter() - started
+    LOAD_COUNTER["loads"] += 1
+    return models

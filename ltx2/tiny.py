@@ -1,0 +1,498 @@
+"""A tiny LTX-2 checkpoint set in exactly the official on-disk format.
+
+Model weights cannot be downloaded where the tests run, so the farm generates a checkpoint set with the
+official keys, the official metadata schema and tiny sizes: the single-file LTX-2 checkpoint (transformer,
+video VAE, audio VAE, vocoder and text projection, config in the safetensors metadata), a Gemma-3 folder
+in the Hugging Face layout with a SentencePiece tokenizer trained locally, the spatial latent upsampler
+and the distilled LoRA. Everything is built by ltx-core's own configurators from the config, so the files
+load through the same code as the real 19B set. Same seed, byte-identical files; cached on disk.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ltx2.checkpoint import CheckpointSet
+
+TINY_VERSION = "tiny-1"
+"""Bump when the tiny configs or the generator change: the cache key includes it."""
+
+GEMMA_HIDDEN = 64
+"""Width of the tiny Gemma-3 text model (the real one is 3840)."""
+
+TINY_TRANSFORMER_CONFIG: dict = {
+    "_class_name": "AVTransformer3DModel",
+    "activation_fn": "gelu-approximate",
+    "attention_bias": True,
+    "attention_head_dim": 32,
+    "attention_type": "default",
+    "caption_channels": GEMMA_HIDDEN,
+    "cross_attention_dim": 64,
+    "double_self_attention": False,
+    "dropout": 0.0,
+    "in_channels": 128,
+    "norm_elementwise_affine": False,
+    "norm_eps": 1e-06,
+    "norm_num_groups": 32,
+    "num_attention_heads": 2,
+    "num_embeds_ada_norm": 1000,
+    "num_layers": 2,
+    "num_vector_embeds": None,
+    "only_cross_attention": False,
+    "cross_attention_norm": True,
+    "out_channels": 128,
+    "upcast_attention": False,
+    "use_linear_projection": False,
+    "qk_norm": "rms_norm",
+    "standardization_norm": "rms_norm",
+    "positional_embedding_type": "rope",
+    "positional_embedding_theta": 10000.0,
+    "positional_embedding_max_pos": [20, 2048, 2048],
+    "timestep_scale_multiplier": 1000,
+    "av_ca_timestep_scale_multiplier": 1000.0,
+    "causal_temporal_positioning": True,
+    "audio_num_attention_heads": 2,
+    "audio_attention_head_dim": 16,
+    "use_audio_video_cross_attention": True,
+    "share_ff": False,
+    "audio_in_channels": 128,
+    "audio_out_channels": 128,
+    "audio_cross_attention_dim": 32,
+    "audio_positional_embedding_max_pos": [20],
+    "av_cross_ada_norm": True,
+    "use_embeddings_connector": True,
+    "connector_attention_head_dim": 32,
+    "connector_num_attention_heads": 2,
+    "connector_num_layers": 1,
+    "connector_positional_embedding_max_pos": [4096],
+    "connector_num_learnable_registers": 128,
+    "use_middle_indices_grid": True,
+    "rope_type": "split",
+    "frequencies_precision": "float64",
+}
+
+TINY_VAE_CONFIG: dict = {
+    "_class_name": "CausalVideoAutoencoder",
+    "dims": 3,
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 128,
+    "encoder_blocks": [
+        ["res_x", {"num_layers": 1}],
+        ["compress_space_res", {"multiplier": 2}],
+        ["compress_time_res", {"multiplier": 2}],
+        ["compress_all_res", {"multiplier": 2}],
+        ["compress_all_res", {"multiplier": 1}],
+    ],
+    "decoder_blocks": [
+        ["res_x", {"num_layers": 1}],
+        ["compress_space", {"multiplier": 2}],
+        ["compress_time", {"multiplier": 2}],
+        ["compress_all", {"multiplier": 1}],
+        ["compress_all", {"multiplier": 2}],
+    ],
+    "scaling_factor": 1.0,
+    "norm_layer": "pixel_norm",
+    "patch_size": 4,
+    "latent_log_var": "uniform",
+    "use_quant_conv": False,
+    "causal_decoder": False,
+    "timestep_conditioning": False,
+    "normalize_latent_channels": False,
+    "encoder_base_channels": 16,
+    "decoder_base_channels": 16,
+    "spatial_padding_mode": "zeros",
+}
+
+TINY_AUDIO_VAE_CONFIG: dict = {
+    "model": {
+        "params": {
+            "ddconfig": {
+                "double_z": True,
+                "mel_bins": 64,
+                "z_channels": 8,
+                "resolution": 256,
+                "downsample_time": False,
+                "in_channels": 2,
+                "out_ch": 2,
+                "ch": 128,
+                "ch_mult": [1, 1, 1],
+                "num_res_blocks": 1,
+                "attn_resolutions": [],
+                "dropout": 0.0,
+                "mid_block_add_attention": False,
+                "norm_type": "pixel",
+                "causality_axis": "height",
+            },
+            "sampling_rate": 16000,
+        }
+    },
+    "preprocessing": {
+        "stft": {"filter_length": 1024, "hop_length": 160, "win_length": 1024, "causal": True},
+        "mel": {"n_mel_channels": 64, "mel_fmin": 0, "mel_fmax": 8000},
+    },
+}
+
+TINY_VOCODER_CONFIG: dict = {
+    "resblock": "1",
+    "stereo": True,
+    "upsample_rates": [6, 5, 2, 2, 2],
+    "upsample_kernel_sizes": [12, 11, 4, 4, 4],
+    "resblock_kernel_sizes": [3],
+    "resblock_dilation_sizes": [[1, 3, 5]],
+    "upsample_initial_channel": 32,
+    "output_sampling_rate": 24000,
+}
+
+TINY_UPSAMPLER_CONFIG: dict = {
+    "_class_name": "LatentUpsampler",
+    "in_channels": 128,
+    "mid_channels": 32,
+    "num_blocks_per_stage": 1,
+    "dims": 3,
+    "spatial_upsample": True,
+    "temporal_upsample": False,
+    "spatial_scale": 2.0,
+    "rational_resampler": False,
+}
+
+TINY_GEMMA_CONFIG: dict = {
+    "architectures": ["Gemma3ForConditionalGeneration"],
+    "boi_token_index": 5,
+    "eoi_token_index": 6,
+    "eos_token_id": [1, 7],
+    "image_token_index": 4,
+    "initializer_range": 0.02,
+    "mm_tokens_per_image": 4,
+    "model_type": "gemma3",
+    "text_config": {
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "head_dim": 32,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": GEMMA_HIDDEN,
+        "intermediate_size": 128,
+        "max_position_embeddings": 2048,
+        "model_type": "gemma3_text",
+        "num_attention_heads": 2,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 1,
+        "query_pre_attn_scalar": 32,
+        "rms_norm_eps": 1e-06,
+        "rope_local_base_freq": 10000,
+        "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+        "rope_theta": 1000000,
+        "sliding_window": 64,
+        "vocab_size": 512,
+    },
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.57.6",
+    "vision_config": {
+        "hidden_act": "gelu_pytorch_tanh",
+        "hidden_size": 32,
+        "image_size": 56,
+        "intermediate_size": 64,
+        "layer_norm_eps": 1e-06,
+        "model_type": "siglip_vision_model",
+        "num_attention_heads": 2,
+        "num_channels": 3,
+        "num_hidden_layers": 1,
+        "patch_size": 14,
+        "vision_use_head": False,
+    },
+}
+
+GEMMA_SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<image_soft_token>", "<start_of_image>", "<end_of_image>"]
+"""Ids 0..6 in the tiny vocabulary, in the roles the real Gemma-3 tokenizer gives them."""
+
+DISTILLED_LORA_RANK = 4
+
+# Text the tiny tokenizer is trained on: enough to give it real sub-word pieces.
+_TOKENIZER_CORPUS = """
+A red fox runs through fresh snow in a quiet forest at dawn, its breath steaming in the cold air.
+Waves crash against black rocks under a stormy sky while seagulls cry above the water.
+A chef slices vegetables in a busy kitchen; pans sizzle and a timer rings in the background.
+A vintage car drives down a coastal road at sunset with music playing from the radio.
+Close-up of a hummingbird hovering near a purple flower, wings buzzing softly.
+A crowded city street at night, neon signs reflect on wet pavement, people talk and laugh.
+An astronaut floats inside a space station, checking instruments as alarms beep quietly.
+Children play football in a dusty field; a whistle blows and the crowd cheers.
+Rain falls on a tin roof while a cat sleeps beside a warm fireplace.
+A drone shot over green mountains, a river winding through the valley below, wind rushing.
+""".strip()
+
+
+def tiny_ltx_config() -> dict:
+    """The full checkpoint config (metadata["config"]) of the tiny model, in the official schema."""
+    return {
+        "transformer": copy.deepcopy(TINY_TRANSFORMER_CONFIG),
+        "vae": copy.deepcopy(TINY_VAE_CONFIG),
+        "audio_vae": copy.deepcopy(TINY_AUDIO_VAE_CONFIG),
+        "vocoder": copy.deepcopy(TINY_VOCODER_CONFIG),
+    }
+
+
+def default_cache_dir() -> Path:
+    """Where generated checkpoint sets live: $LTX2_FARM_CACHE, else ./.cache/ltx2-farm."""
+    return Path(os.environ.get("LTX2_FARM_CACHE", Path.cwd() / ".cache" / "ltx2-farm"))
+
+
+def _fingerprint(seed: int) -> str:
+    payload = json.dumps(
+        {
+            "version": TINY_VERSION,
+            "seed": seed,
+            "ltx": tiny_ltx_config(),
+            "upsampler": TINY_UPSAMPLER_CONFIG,
+            "gemma": TINY_GEMMA_CONFIG,
+            "lora_rank": DISTILLED_LORA_RANK,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def ensure_tiny_checkpoint_set(cache_dir: Path | None = None, seed: int = 0) -> CheckpointSet:
+    """Return the tiny checkpoint set for `seed`, generating it once into the cache.
+
+    Generation writes into a temporary folder and renames it into place, so a crash or a concurrent
+    generator never leaves a half-written set behind.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache_dir / f"tiny-{_fingerprint(seed)}"
+    checkpoint_set = tiny_checkpoint_set_at(root)
+    if (root / "COMPLETE").exists():
+        return checkpoint_set
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".tiny-tmp-") as tmp:
+        write_tiny_checkpoint_set(Path(tmp) / "set", seed=seed)
+        (Path(tmp) / "set" / "COMPLETE").write_text(TINY_VERSION + "\n")
+        try:
+            os.rename(Path(tmp) / "set", root)
+        except OSError:
+            if not (root / "COMPLETE").exists():  # lost a race to a generator that failed: surface it
+                raise
+    return checkpoint_set
+
+
+def tiny_checkpoint_set_at(root: Path) -> CheckpointSet:
+    """The file layout of a generated set (names as in the official Hugging Face repositories)."""
+    return CheckpointSet(
+        checkpoint=root / "ltx-2-19b-dev-tiny.safetensors",
+        gemma_root=root / "gemma-3-tiny-it",
+        spatial_upsampler=root / "ltx-2-spatial-upscaler-x2-tiny.safetensors",
+        distilled_lora=root / "ltx-2-19b-distilled-lora-tiny.safetensors",
+    )
+
+
+def write_tiny_checkpoint_set(root: Path, seed: int = 0) -> CheckpointSet:
+    """Generate every file of the tiny set into `root` (deterministic for a given seed)."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths = tiny_checkpoint_set_at(root)
+    generator = torch.Generator().manual_seed(seed)
+    transformer_sd = _write_ltx_checkpoint(paths.checkpoint, generator)
+    _write_upsampler(paths.spatial_upsampler, generator)
+    _write_distilled_lora(paths.distilled_lora, transformer_sd, generator)
+    _write_gemma_folder(paths.gemma_root, generator)
+    return paths
+
+
+def _random_init(module: torch.nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Materialise a meta-built module with seeded random weights and return its state dict (CPU, contiguous).
+
+    Norm scales start at one and biases near zero, and everything else is a small normal draw, so that
+    activations stay finite through the tiny network.
+    """
+    module = module.to_empty(device="cpu")
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in sorted(module.state_dict().items()):
+        leaf = name.rsplit(".", 1)[-1]
+        if not tensor.is_floating_point():
+            value = tensor.clone()
+        elif "std-of-means" in name:
+            value = torch.ones(tensor.shape)
+        elif "mean-of-means" in name or leaf == "bias":
+            value = torch.randn(tensor.shape, generator=generator) * 0.01
+        elif tensor.dim() <= 1:
+            value = 1.0 + torch.randn(tensor.shape, generator=generator) * 0.01
+        else:
+            fan_in = max(1, tensor[0].numel())
+            value = torch.randn(tensor.shape, generator=generator) / fan_in**0.5
+        state[name] = value.to(tensor.dtype if tensor.is_floating_point() else value.dtype).contiguous()
+    return state
+
+
+def _write_ltx_checkpoint(path: Path, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    from ltx_core.model.audio_vae import AudioDecoderConfigurator, AudioEncoderConfigurator, VocoderConfigurator
+    from ltx_core.model.transformer import LTXModelConfigurator
+    from ltx_core.model.video_vae import VideoDecoderConfigurator, VideoEncoderConfigurator
+    from ltx_core.text_encoders.gemma import EmbeddingsProcessor
+
+    from ltx2.text_encoder import embeddings_processor_configurator
+
+    config = tiny_ltx_config()
+    gemma_text = TINY_GEMMA_CONFIG["text_config"]
+    parts: list[tuple[str, torch.nn.Module]] = []
+    with torch.device("meta"):
+        parts.append(("model.diffusion_model.", LTXModelConfigurator.from_config(config)))
+        parts.append(("vae.encoder.", VideoEncoderConfigurator.from_config(config)))
+        parts.append(("vae.decoder.", VideoDecoderConfigurator.from_config(config)))
+        parts.append(("audio_vae.encoder.", AudioEncoderConfigurator.from_config(config)))
+        parts.append(("audio_vae.decoder.", AudioDecoderConfigurator.from_config(config)))
+        parts.append(("vocoder.", VocoderConfigurator.from_config(config)))
+        processor: EmbeddingsProcessor = embeddings_processor_configurator(
+            hidden_size=gemma_text["hidden_size"], num_hidden_layers=gemma_text["num_hidden_layers"]
+        ).from_config(config)
+
+    tensors: dict[str, torch.Tensor] = {}
+    transformer_sd: dict[str, torch.Tensor] = {}
+    for prefix, module in parts:
+        state = _random_init(module, generator)
+        for name, value in state.items():
+            if ".per_channel_statistics." in f".{name}":
+                # Encoder and decoder share one copy of the latent statistics, stored under the VAE's root.
+                family = prefix.split(".")[0]
+                tensors[f"{family}.{name}"] = value
+            else:
+                tensors[prefix + name] = value
+        if prefix == "model.diffusion_model.":
+            transformer_sd = state
+    processor_state = _random_init(processor, generator)
+    for name, value in processor_state.items():
+        if name.startswith("feature_extractor."):
+            tensors["text_embedding_projection." + name.removeprefix("feature_extractor.")] = value
+        elif name.startswith("video_connector."):
+            tensors["model.diffusion_model.video_embeddings_connector." + name.removeprefix("video_connector.")] = value
+        elif name.startswith("audio_connector."):
+            tensors["model.diffusion_model.audio_embeddings_connector." + name.removeprefix("audio_connector.")] = value
+        else:  # pragma: no cover - a new ltx-core submodule would land here
+            raise RuntimeError(f"unexpected embeddings-processor key {name}")
+    metadata = {"config": json.dumps(config), "model_version": f"2.0.0-{TINY_VERSION}"}
+    save_file(_bf16(tensors), str(path), metadata=metadata)
+    return transformer_sd
+
+
+def _bf16(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official checkpoints store floating weights in bfloat16."""
+    return {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in sorted(tensors.items())}
+
+
+def _write_upsampler(path: Path, generator: torch.Generator) -> None:
+    from ltx_core.model.upsampler import LatentUpsamplerConfigurator
+
+    with torch.device("meta"):
+        upsampler = LatentUpsamplerConfigurator.from_config(TINY_UPSAMPLER_CONFIG)
+    state = _random_init(upsampler, generator)
+    save_file(_bf16(state), str(path), metadata={"config": json.dumps(TINY_UPSAMPLER_CONFIG)})
+
+
+def _write_distilled_lora(path: Path, transformer_sd: dict[str, torch.Tensor], generator: torch.Generator) -> None:
+    """A LoRA over every 2-D linear weight of the transformer blocks, keyed as the official LoRA files are."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, weight in sorted(transformer_sd.items()):
+        if not name.startswith("transformer_blocks.") or not name.endswith(".weight") or weight.dim() != 2:
+            continue
+        prefix = "diffusion_model." + name.removesuffix(".weight")
+        out_features, in_features = weight.shape
+        tensors[f"{prefix}.lora_A.weight"] = torch.randn(DISTILLED_LORA_RANK, in_features, generator=generator) * 0.05
+        tensors[f"{prefix}.lora_B.weight"] = torch.randn(out_features, DISTILLED_LORA_RANK, generator=generator) * 0.05
+    save_file(_bf16(tensors), str(path), metadata={"format": "pt"})
+
+
+def _write_gemma_folder(root: Path, generator: torch.Generator) -> None:
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    root.mkdir(parents=True, exist_ok=True)
+    config = Gemma3Config.from_dict(copy.deepcopy(TINY_GEMMA_CONFIG))
+    with torch.device("meta"):
+        model = Gemma3ForConditionalGeneration(config)
+    state = _random_init(model, generator)
+    # The Hugging Face repository of Gemma-3 stores the pre-4.52 key layout; ltx-core's key ops expect it.
+    hub_state: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        if name == "lm_head.weight":
+            continue  # tied to the token embedding, not stored
+        if name.startswith("model.language_model."):
+            hub_state["language_model.model." + name.removeprefix("model.language_model.")] = value
+        elif name.startswith("model.vision_tower."):
+            hub_state["vision_tower." + name.removeprefix("model.vision_tower.")] = value
+        elif name.startswith("model.multi_modal_projector."):
+            hub_state["multi_modal_projector." + name.removeprefix("model.multi_modal_projector.")] = value
+        else:  # pragma: no cover
+            raise RuntimeError(f"unexpected Gemma key {name}")
+    shard = "model-00001-of-00001.safetensors"
+    hub_state = _bf16(hub_state)
+    save_file(hub_state, str(root / shard), metadata={"format": "pt"})
+    index = {
+        "metadata": {"total_size": sum(t.nbytes for t in hub_state.values())},
+        "weight_map": {k: shard for k in sorted(hub_state)},
+    }
+    _write_json(root / "model.safetensors.index.json", index)
+    _write_json(root / "config.json", TINY_GEMMA_CONFIG)
+    _write_json(
+        root / "preprocessor_config.json",
+        {
+            "do_convert_rgb": None,
+            "do_normalize": True,
+            "do_pan_and_scan": None,
+            "do_rescale": True,
+            "do_resize": True,
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_processor_type": "Gemma3ImageProcessor",
+            "image_seq_length": TINY_GEMMA_CONFIG["mm_tokens_per_image"],
+            "image_std": [0.5, 0.5, 0.5],
+            "processor_class": "Gemma3Processor",
+            "resample": 2,
+            "rescale_factor": 0.00392156862745098,
+            "size": {"height": 56, "width": 56},
+        },
+    )
+    _write_tokenizer(root, vocab_size=TINY_GEMMA_CONFIG["text_config"]["vocab_size"])
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def _write_tokenizer(root: Path, vocab_size: int) -> None:
+    """Train a SentencePiece BPE model like Gemma's (byte fallback, same special tokens) and convert it."""
+    import sentencepiece as spm
+    from transformers import GemmaTokenizerFast
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_TOKENIZER_CORPUS.splitlines()),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        user_defined_symbols=GEMMA_SPECIAL_TOKENS[4:],
+        split_digits=True,
+        add_dummy_prefix=False,
+        normalization_rule_name="identity",
+        num_threads=1,
+        minloglevel=2,
+    )
+    (root / "tokenizer.model").write_bytes(model.getvalue())
+    tokenizer = GemmaTokenizerFast(
+        vocab_file=str(root / "tokenizer.model"),
+        extra_special_tokens={
+            "image_token": "<image_soft_token>",
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+        },
+    )
+    tokenizer.save_pretrained(str(root))
