@@ -1,0 +1,275 @@
+"""`ltx2-farm`: the command line of the render farm.
+
+Subcommands validate jobs before anything heavy starts, show progress on long work, and print
+machine-readable results with `--json`. Exit codes: 0 ok, 2 invalid input (job or checkpoint), 1 other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jobs.examples import DEMO_JOB
+from jobs.spec import JobValidationError, ValidJob, validate_for_model, validate_job
+
+EPILOG = """\
+examples:
+  ltx2-farm render                              render the embedded demo job into ./renders/
+  ltx2-farm render job.yaml --snap              render a job file, snapping sizes to valid values
+  ltx2-farm render --prompt "waves at night" --duration 3 --height 512 --width 768
+  ltx2-farm validate job.yaml --json            check a job without rendering
+  ltx2-farm models tiny                         generate the tiny test checkpoint set
+
+model files (flags or environment; all four, or none for the built-in tiny model):
+  --checkpoint        LTX2_CHECKPOINT         ltx-2-19b-dev.safetensors (config in its metadata)
+  --gemma-root        LTX2_GEMMA_ROOT         Gemma-3 folder (e.g. gemma-3-12b-it)
+  --spatial-upsampler LTX2_SPATIAL_UPSAMPLER  ltx-2-spatial-upscaler-x2-1.0.safetensors
+  --distilled-lora    LTX2_DISTILLED_LORA     ltx-2-19b-distilled-lora-384.safetensors
+"""
+
+MODEL_FLAGS = {
+    "checkpoint": "LTX2_CHECKPOINT",
+    "gemma_root": "LTX2_GEMMA_ROOT",
+    "spatial_upsampler": "LTX2_SPATIAL_UPSAMPLER",
+    "distilled_lora": "LTX2_DISTILLED_LORA",
+}
+
+JOB_FLAGS = {
+    "prompt": str, "negative_prompt": str, "seed": int, "height": int, "width": int, "num_frames": int,
+    "duration": float, "frame_rate": float, "recipe": str, "steps": int, "name": str,
+}
+
+
+class UsageError(Exception):
+    """Bad input that is not a job-field problem (missing file, unreadable YAML, partial model flags)."""
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model files (default: the built-in tiny model)")
+    for name, env in MODEL_FLAGS.items():
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="PATH",
+                           help=f"(env {env})")
+    group.add_argument("--cache-dir", metavar="DIR", help="where the tiny model is generated (env LTX2_FARM_CACHE)")
+
+
+def _add_job_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", nargs="?", help="job file (YAML or JSON); default: the embedded demo job")
+    group = parser.add_argument_group("job fields (override the file)")
+    group.add_argument("--prompt")
+    group.add_argument("--negative-prompt", dest="negative_prompt")
+    group.add_argument("--seed", type=int)
+    group.add_argument("--height", type=int, help="pixels, multiple of 64")
+    group.add_argument("--width", type=int, help="pixels, multiple of 64")
+    group.add_argument("--frames", dest="num_frames", type=int, help="8k+1 frames (e.g. 121)")
+    group.add_argument("--duration", type=float, help="seconds (instead of --frames)")
+    group.add_argument("--fps", dest="frame_rate", type=float)
+    group.add_argument("--recipe", choices=["two_stage", "distilled"])
+    group.add_argument("--steps", type=int, help="stage-1 steps of the two_stage recipe")
+    group.add_argument("--name", help="output file stem")
+    parser.add_argument("--snap", action="store_true",
+                        help="move invalid sizes/frame counts to the nearest valid value and say so")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable result on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ltx2-farm",
+        description="Render farm for LTX-2 (video with synchronized audio) on Ray.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    render = sub.add_parser("render", help="render a job (default: the embedded demo) into ./renders/",
+                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_job_flags(render)
+    _add_model_flags(render)
+    render.add_argument("--out", default="renders", help="output folder (default: ./renders)")
+    render.add_argument("--device", choices=["cuda", "cpu"], help="default: a GPU if Ray sees one, else the CPU")
+    render.add_argument("--address", help="join this Ray cluster (env RAY_ADDRESS); default: embedded cluster")
+    render.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    validate = sub.add_parser("validate", help="check a job without rendering", epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_job_flags(validate)
+
+    models = sub.add_parser("models", help="model files: generate the tiny set, check a set")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    tiny = models_sub.add_parser("tiny", help="generate (or find cached) the tiny official-format checkpoint set")
+    tiny.add_argument("--cache-dir", metavar="DIR")
+    tiny.add_argument("--json", action="store_true")
+    check = models_sub.add_parser("check", help="check every file of a checkpoint set and load it once")
+    _add_model_flags(check)
+    check.add_argument("--json", action="store_true")
+    return parser
+
+
+def load_job_mapping(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """The job as a mapping: the file (or the demo), with command-line fields on top."""
+    if args.job:
+        path = Path(args.job)
+        if not path.is_file():
+            raise UsageError(f"job file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise UsageError(f"job file {path} is not valid YAML/JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"job file {path} must hold a mapping of job fields, not {type(data).__name__}")
+        source = str(path)
+    elif args.prompt is not None:
+        data, source = {}, "command line"
+    else:
+        data, source = dict(DEMO_JOB), "embedded demo job"
+    for field in JOB_FLAGS:
+        value = getattr(args, field, None)
+        if value is not None:
+            data[field] = value
+    if args.duration is not None:
+        data.pop("num_frames", None)
+    if getattr(args, "num_frames", None) is not None:
+        data.pop("duration", None)
+    return data, source
+
+
+def resolve_checkpoints(args: argparse.Namespace):  # -> CheckpointSet
+    """All four model paths from flags/environment, or the tiny set when none is given."""
+    from ltx2.checkpoint import CheckpointSet
+    from ltx2.tiny import ensure_tiny_checkpoint_set
+
+    given = {name: getattr(args, name, None) or os.environ.get(env) for name, env in MODEL_FLAGS.items()}
+    if not any(given.values()):
+        cache = getattr(args, "cache_dir", None)
+        return ensure_tiny_checkpoint_set(Path(cache) if cache else None)
+    missing = [f"--{n.replace('_', '-')} (or {MODEL_FLAGS[n]})" for n, v in given.items() if not v]
+    if missing:
+        raise UsageError(f"model files: also give {', '.join(missing)}; a real render needs all four files")
+    return CheckpointSet(**{k: Path(v) for k, v in given.items()})
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], human: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(payload, indent=2, sort_keys=True))
+    else:
+        print(human)
+
+
+def _problem_payload(e: JobValidationError) -> dict[str, Any]:
+    return {
+        "ok": False,
+        "error": "invalid job",
+        "source": e.source,
+        "problems": [{"field": p.field, "value": p.value, "problem": p.problem, "nearest": p.nearest}
+                     for p in e.problems],
+    }
+
+
+def _describe_adjustments(job: ValidJob) -> str:
+    return "".join(f"note: {a.field}: {a.value!r} {a.problem}\n" for a in job.adjustments)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    data, source = load_job_mapping(args)
+    job = validate_job(data, snap=args.snap, source=source)
+    payload = {"ok": True, "source": source, "job": job.spec.model_dump(mode="json"), "num_frames": job.num_frames,
+               "adjustments": [{"field": a.field, "value": a.value, "note": a.problem} for a in job.adjustments]}
+    _emit(args, payload, f"{_describe_adjustments(job)}{source}: valid ({job.num_frames} frames, "
+                         f"{job.spec.width}x{job.spec.height} @ {job.spec.frame_rate:g} fps, {job.spec.recipe})")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    data, source = load_job_mapping(args)
+    job = validate_job(data, snap=args.snap, source=source)  # before any model or cluster starts
+    if job.adjustments and not args.json:
+        sys.stderr.write(_describe_adjustments(job))
+    checkpoints = resolve_checkpoints(args)
+    from ltx2.checkpoint import validate_checkpoint_set
+
+    config = validate_checkpoint_set(checkpoints)
+    validate_for_model(job, config["transformer"].get("num_layers", 48), source)
+
+    from tqdm import tqdm
+
+    from cluster.executor import WorkerPool, start_ray
+
+    start_ray(args.address)
+    if not args.json:
+        sys.stderr.write("starting worker (loading models)…\n")
+    pool = WorkerPool(checkpoints, num_workers=1, device=args.device)
+    bar = None if (args.quiet or args.json) else tqdm(total=0, unit="step", desc="render", file=sys.stderr)
+
+    shown_stage = [""]
+
+    def on_progress(p: dict[str, Any]) -> None:
+        if bar is None or not p.get("total"):
+            return
+        if shown_stage[0] != p["stage"]:
+            shown_stage[0] = p["stage"]
+            bar.reset(total=p["total"])
+            bar.set_description(p["stage"])
+        bar.n = p["step"]
+        bar.refresh()
+
+    try:
+        sidecar = pool.render(job, args.out, on_progress=on_progress)
+    finally:
+        if bar is not None:
+            bar.close()
+        pool.shutdown()
+    out = Path(args.out)
+    video = out / sidecar["output"]["video"]
+    media = sidecar["media"]
+    human = (f"wrote {video}  ({media['width']}x{media['height']}, {media['frames']} frames @ {media['fps']:g} fps, "
+             f"audio {media['audio_codec']} {media['sample_rate']} Hz x{media['channels']}, "
+             f"{sidecar['timings_s']['total']:.1f} s)\n"
+             f"sidecar {video.with_suffix('.json')}")
+    _emit(args, {"ok": True, "video": str(video), "sidecar": str(video.with_suffix(".json")), **sidecar}, human)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    if args.models_command == "tiny":
+        from ltx2.tiny import ensure_tiny_checkpoint_set
+
+        paths = ensure_tiny_checkpoint_set(Path(args.cache_dir) if args.cache_dir else None)
+        files = {k: str(v) for k, v in paths.__dict__.items()}
+        _emit(args, {"ok": True, **files}, "\n".join(f"{k}: {v}" for k, v in files.items()))
+        return 0
+    checkpoints = resolve_checkpoints(args)
+    from ltx2.models import load_resident_models
+
+    models = load_resident_models(checkpoints, "cpu")
+    payload = {"ok": True, "load_seconds": models.load_seconds, "num_layers": models.num_layers,
+               "files": {k: str(v) for k, v in checkpoints.files().items()}}
+    _emit(args, payload, f"checkpoint set OK: every parameter loaded ({models.num_layers} transformer blocks, "
+                         f"{models.load_seconds:.1f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ltx2.checkpoint import CheckpointError
+
+    try:
+        return {"render": cmd_render, "validate": cmd_validate, "models": cmd_models}[args.command](args)
+    except JobValidationError as e:
+        if getattr(args, "json", False):
+            print(json.dumps(_problem_payload(e), indent=2, default=str))
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (UsageError, CheckpointError) as e:
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "error": str(e)}, indent=2))
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The executor: render workers as Ray actors, hidden behind a small interface (as vLLM hides its workers).
+
+Each actor pins one GPU (`num_gpus=1`) and keeps a full model copy resident. On a machine without GPUs
+the embedded cluster runs the workers on the CPU instead. The embedded Ray cluster binds to 127.0.0.1;
+`address` (or RAY_ADDRESS) joins an existing cluster instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from cluster.worker import RenderWorker
+from jobs.spec import ValidJob
+from ltx2.checkpoint import CheckpointSet
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+WORKER_ENV = {"TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+"""Per-step bars inside actors would interleave in the driver's log; the driver draws its own."""
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join `address`/RAY_ADDRESS if given, else start an embedded single-node cluster on 127.0.0.1."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": WORKER_ENV}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            runtime_env=runtime_env,
+            log_to_driver=True,
+            configure_logging=False,
+        )
+
+
+def gpus_available() -> int:
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+@dataclass
+class WorkerHandle:
+    """A live render actor and what it reported about itself."""
+
+    actor: Any
+    info: dict[str, Any]
+
+
+class WorkerPool:
+    """N render actors, each with its own resident model copy."""
+
+    def __init__(self, checkpoints: CheckpointSet, num_workers: int = 1, device: str | None = None,
+                 dtype: str = "bfloat16") -> None:
+        gpus = gpus_available()
+        use_gpu = device != "cpu" and gpus >= 1
+        options: dict[str, Any] = {"max_concurrency": 2}  # one render + progress polls
+        if use_gpu:
+            options.update(num_gpus=1, num_cpus=1)
+        else:
+            options.update(num_gpus=0, num_cpus=1)
+        actor_cls = ray.remote(RenderWorker).options(**options)
+        actors = [actor_cls.remote(checkpoints, "cuda" if use_gpu else "cpu", dtype) for _ in range(num_workers)]
+        infos = ray.get([a.info.remote() for a in actors])
+        self.workers = [WorkerHandle(a, i) for a, i in zip(actors, infos, strict=True)]
+
+    def render(self, job: ValidJob, out_dir: str, worker: int = 0,
+               on_progress: ProgressCallback | None = None, poll_s: float = 0.2) -> dict[str, Any]:
+        """Render one job on worker `worker`, reporting progress while it runs."""
+        handle = self.workers[worker]
+        ref = handle.actor.render.remote(job, str(out_dir))
+        while on_progress is not None:
+            ready, _ = ray.wait([ref], timeout=poll_s)
+            if ready:
+                break
+            on_progress(ray.get(handle.actor.progress.remote()))
+        return ray.get(ref)
+
+    def render_all(self, jobs: Sequence[ValidJob], out_dir: str) -> list[dict[str, Any]]:
+        """Spread jobs over the workers (each worker renders its share in order); results in job order."""
+        refs = [self.workers[i % len(self.workers)].actor.render.remote(job, str(out_dir))
+                for i, job in enumerate(jobs)]
+        return ray.get(refs)
+
+    def refresh_info(self) -> list[dict[str, Any]]:
+        infos = ray.get([w.actor.info.remote() for w in self.workers])
+        for w, i in zip(self.workers, infos, strict=True):
+            w.info = i
+        return infos
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w.actor)
+        self.workers = []
+

@@ -1,0 +1,233 @@
+"""The render job a user submits, and its validation before any GPU time is spent.
+
+Two layers: pydantic checks types and refuses unknown fields (a typo is an error, not a silent default);
+`validate_job` then checks what the model needs (sizes on the VAE grid, 8k+1 frames, sane ranges) and
+reports every problem at once, each naming the field, the value, why, and the nearest valid value.
+With `snap=True` fixable values are moved to the nearest valid value and each move is reported.
+Pure: no torch, no Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MAX_SIDE = 4096
+MAX_FPS = 120.0
+MAX_STEPS = 200
+MAX_SECONDS_PER_PASS = 20.0
+"""LTX-2's temporal RoPE range: one pass longer than 20 s extrapolates."""
+MAX_PROMPT_CHARS = 8000
+
+
+class GuidanceSpec(BaseModel):
+    """Multimodal guidance for one modality; unset fields take the official defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cfg: float | None = None
+    stg: float | None = None
+    modality: float | None = None
+    rescale: float | None = None
+    stg_blocks: list[int] | None = None
+
+
+class JobSpec(BaseModel):
+    """One render: text → video with synchronized audio."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(description="What to render (video and sound).")
+    negative_prompt: str | None = Field(None, description="What to avoid; default: the official negative prompt.")
+    seed: int = Field(10, description="Same seed and settings give the same output on any worker.")
+    height: int = Field(1024, description="Output height in pixels (multiple of 64 for two-stage recipes).")
+    width: int = Field(1536, description="Output width in pixels (multiple of 64 for two-stage recipes).")
+    num_frames: int | None = Field(None, description="Frame count, 8k+1 (e.g. 121). Or give `duration`.")
+    duration: float | None = Field(None, description="Seconds; converted to the nearest 8k+1 frame count.")
+    frame_rate: float = Field(24.0, description="Frames per second.")
+    recipe: Literal["two_stage", "distilled"] = "two_stage"
+    steps: int = Field(40, description="Stage-1 denoising steps (two_stage only; distilled uses 8 fixed sigmas).")
+    video_guidance: GuidanceSpec = GuidanceSpec()
+    audio_guidance: GuidanceSpec = GuidanceSpec()
+    name: str | None = Field(None, description="Output file stem; default: derived from the content hash.")
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One thing wrong with one field."""
+
+    field: str
+    value: Any
+    problem: str
+    nearest: Any = None
+
+    def message(self) -> str:
+        text = f"{self.field}: {self.value!r} {self.problem}"
+        if self.nearest is not None:
+            text += f"; nearest valid value: {self.nearest!r} (fix the job, or pass --snap to use it)"
+        return text
+
+
+class JobValidationError(ValueError):
+    """Every problem found in a job, reported together."""
+
+    def __init__(self, problems: list[FieldProblem], source: str = "job") -> None:
+        self.problems = problems
+        self.source = source
+        lines = "\n".join(f"  - {p.message()}" for p in problems)
+        super().__init__(f"{source} is invalid ({len(problems)} problem{'s' * (len(problems) != 1)}):\n{lines}")
+
+
+@dataclass(frozen=True)
+class ValidJob:
+    """A job that passed validation, with every value resolved (frames from duration, etc.)."""
+
+    spec: JobSpec
+    num_frames: int
+    adjustments: tuple[FieldProblem, ...] = ()
+    """What `snap` changed, each with the original value and the value used."""
+
+
+def nearest_multiple(value: int, multiple: int, minimum: int) -> int:
+    """The multiple of `multiple` closest to `value` (ties round up), at least `minimum`."""
+    return max(minimum, int(math.floor(value / multiple + 0.5)) * multiple)
+
+
+def nearest_frame_count(value: float) -> int:
+    """The 8k+1 frame count (k ≥ 1) closest to `value` (ties round up)."""
+    return max(9, int(math.floor((value - 1) / 8 + 0.5)) * 8 + 1)
+
+
+def parse_job(raw: dict[str, Any], source: str = "job") -> JobSpec:
+    """Type-check a job mapping; errors name each field."""
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "(job)"
+            value = err.get("input")
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = f"is not a job field (known fields: {', '.join(sorted(JobSpec.model_fields))})"
+                value = field
+            elif err["type"] == "missing":
+                msg = "is required"
+            else:
+                msg = f"is invalid: {msg}"
+            problems.append(FieldProblem(field, value if err["type"] != "missing" else None, msg))
+        raise JobValidationError(problems, source) from None
+
+
+def validate_job(raw: dict[str, Any] | JobSpec, snap: bool = False, source: str = "job") -> ValidJob:
+    """Check everything a render needs before compute; snap fixable values if asked."""
+    spec = raw if isinstance(raw, JobSpec) else parse_job(raw, source)
+    problems: list[FieldProblem] = []
+    changes: dict[str, Any] = {}
+    adjustments: list[FieldProblem] = []
+
+    def fixable(field: str, value: Any, problem: str, nearest: Any) -> None:
+        if snap:
+            changes[field] = nearest
+            adjustments.append(FieldProblem(field, value, f"{problem}; snapped to {nearest!r}"))
+        else:
+            problems.append(FieldProblem(field, value, problem, nearest))
+
+    if not spec.prompt.strip():
+        problems.append(FieldProblem("prompt", spec.prompt, "is empty; describe the scene and its sound"))
+    elif len(spec.prompt) > MAX_PROMPT_CHARS:
+        problems.append(FieldProblem("prompt", spec.prompt[:40] + "…", f"is longer than {MAX_PROMPT_CHARS} characters"))
+    for field, text in (("prompt", spec.prompt), ("negative_prompt", spec.negative_prompt or "")):
+        if any(ord(c) < 32 and c not in "\n\t" for c in text):
+            problems.append(FieldProblem(field, text[:40], "contains control characters; remove them"))
+    if not 0 <= spec.seed < 2**63:
+        problems.append(FieldProblem("seed", spec.seed, f"must be in [0, {2**63 - 1}]"))
+
+    if not (0 < spec.frame_rate <= MAX_FPS) or not math.isfinite(spec.frame_rate):
+        problems.append(FieldProblem("frame_rate", spec.frame_rate, f"must be in (0, {MAX_FPS:g}] frames per second"))
+    fps_ok = 0 < spec.frame_rate <= MAX_FPS
+
+    divisor = 64  # both recipes render stage 1 at half size on the VAE's 32-pixel grid
+    for field in ("height", "width"):
+        value = getattr(spec, field)
+        if value <= 0 or value > MAX_SIDE:
+            nearest = min(MAX_SIDE, max(divisor, nearest_multiple(value, divisor, divisor)))
+            problems.append(FieldProblem(field, value, f"must be in [{divisor}, {MAX_SIDE}] pixels", nearest))
+        elif value % divisor:
+            fixable(field, value, f"is not a multiple of {divisor} (stage 1 renders at half size on the VAE's "
+                                  "32-pixel grid)", nearest_multiple(value, divisor, divisor))
+
+    num_frames = spec.num_frames
+    if spec.duration is not None and spec.num_frames is not None:
+        problems.append(FieldProblem("duration", spec.duration, "and num_frames are both set; give only one"))
+    elif spec.duration is not None:
+        if not math.isfinite(spec.duration) or spec.duration <= 0:
+            problems.append(FieldProblem("duration", spec.duration, "must be a positive number of seconds"))
+        elif fps_ok:
+            exact = spec.duration * spec.frame_rate
+            num_frames = nearest_frame_count(exact)
+            if abs(exact - num_frames) > 1e-6 and not math.isclose(exact, num_frames - 1):
+                # 5 s at 24 fps = 120 frames → 121 (8k+1 includes the first frame) is expected, not reported.
+                adjustments.append(FieldProblem("duration", spec.duration,
+                                                f"gives {exact:g} frames; using the nearest 8k+1 count, {num_frames}"))
+    elif num_frames is None:
+        num_frames = 121
+    if num_frames is not None and spec.duration is None:
+        if num_frames < 9:
+            problems.append(FieldProblem("num_frames", num_frames, "must be at least 9 (8k+1, k ≥ 1)", 9))
+        elif (num_frames - 1) % 8:
+            fixable("num_frames", num_frames, "is not of the form 8k+1 (the VAE packs 8 frames per latent after "
+                                               "the first)", nearest_frame_count(num_frames))
+            num_frames = changes.get("num_frames", num_frames)
+    if num_frames is not None and fps_ok and num_frames >= 9:
+        seconds = (num_frames - 1) / spec.frame_rate
+        if seconds > MAX_SECONDS_PER_PASS:
+            problems.append(FieldProblem(
+                "num_frames" if spec.duration is None else "duration",
+                num_frames if spec.duration is None else spec.duration,
+                f"is {seconds:.1f} s, beyond the model's {MAX_SECONDS_PER_PASS:g} s positional range for one pass",
+                nearest_frame_count(MAX_SECONDS_PER_PASS * spec.frame_rate),
+            ))
+
+    if spec.recipe == "two_stage" and not 1 <= spec.steps <= MAX_STEPS:
+        problems.append(FieldProblem("steps", spec.steps, f"must be in [1, {MAX_STEPS}]",
+                                     min(MAX_STEPS, max(1, spec.steps))))
+    for modality in ("video_guidance", "audio_guidance"):
+        g: GuidanceSpec = getattr(spec, modality)
+        for field, low, high in (("cfg", 0.0, 30.0), ("stg", 0.0, 10.0), ("modality", 0.0, 30.0),
+                                 ("rescale", 0.0, 1.0)):
+            value = getattr(g, field)
+            if value is not None and not (low <= value <= high and math.isfinite(value)):
+                problems.append(FieldProblem(f"{modality}.{field}", value, f"must be in [{low:g}, {high:g}]",
+                                             min(high, max(low, value)) if math.isfinite(value) else None))
+        if g.stg_blocks is not None and any(b < 0 for b in g.stg_blocks):
+            problems.append(FieldProblem(f"{modality}.stg_blocks", g.stg_blocks, "must be block indices ≥ 0"))
+    if spec.name is not None:
+        bad = [c for c in spec.name if not (c.isalnum() or c in "-_.")]
+        if bad or spec.name.startswith(".") or not spec.name:
+            problems.append(FieldProblem("name", spec.name, "may only hold letters, digits, '-', '_' and '.', and "
+                                                            "may not start with '.'"))
+
+    if problems:
+        raise JobValidationError(problems, source)
+    if changes:
+        spec = spec.model_copy(update={k: v for k, v in changes.items() if k in JobSpec.model_fields})
+    assert num_frames is not None
+    return ValidJob(spec=spec, num_frames=num_frames, adjustments=tuple(adjustments))
+
+
+def validate_for_model(job: ValidJob, num_layers: int, source: str = "job") -> None:
+    """Checks that need the model's shape (read from checkpoint metadata, no weights loaded)."""
+    problems = []
+    for modality in ("video_guidance", "audio_guidance"):
+        blocks = getattr(job.spec, modality).stg_blocks or []
+        out_of_range = [b for b in blocks if b >= num_layers]
+        if out_of_range:
+            problems.append(FieldProblem(f"{modality}.stg_blocks", blocks,
+                                         f"names blocks {out_of_range}, but the model has {num_layers} "
+                                         f"(0..{num_layers - 1})"))
+    if problems:
+        raise JobValidationError(problems, source)

@@ -1,0 +1,284 @@
+"""Text → video + audio on resident models, driving ltx-core's and ltx-pipelines' lower-level pieces.
+
+The official pipeline classes reload every model on every call; this renderer runs the same recipes
+(the same noiser, schedulers, guiders, denoising loops, upsampler and decoders, in the same order, so the
+same random draws) on models that stay loaded.
+
+Recipes:
+- `two_stage`: stage 1 at half resolution, guided by the official multimodal guider (CFG, STG, modality
+  scale, rescale; separately for video and audio), then latent x2 upsample and a distilled-LoRA refine.
+- `distilled`: stage 1 with the distilled sigmas and no guidance, LoRA fused, then the same refine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from ltx_core.components.diffusion_steps import EulerDiffusionStep
+from ltx_core.components.guiders import MultiModalGuiderParams, create_multimodal_guider_factory
+from ltx_core.components.noisers import GaussianNoiser
+from ltx_core.components.protocols import DiffusionStepProtocol
+from ltx_core.components.schedulers import LTX2Scheduler
+from ltx_core.model.audio_vae import decode_audio as vae_decode_audio
+from ltx_core.model.upsampler import upsample_video
+from ltx_core.model.video_vae import decode_video as vae_decode_video
+from ltx_core.text_encoders.gemma import EmbeddingsProcessorOutput
+from ltx_core.types import LatentState, VideoPixelShape
+from ltx_pipelines.utils.constants import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
+from ltx_pipelines.utils.helpers import (
+    denoise_audio_video,
+    multi_modal_guider_factory_denoising_func,
+    simple_denoising_func,
+)
+from ltx_pipelines.utils.samplers import euler_denoising_loop
+from ltx_pipelines.utils.types import DenoisingFunc, PipelineComponents
+
+from ltx2.models import ResidentModels
+
+Recipe = Literal["two_stage", "distilled"]
+RECIPES: tuple[str, ...] = ("two_stage", "distilled")
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Multimodal guidance of one modality (the fields of ltx-core's `MultiModalGuiderParams`)."""
+
+    cfg: float
+    stg: float
+    modality: float
+    rescale: float
+    stg_blocks: tuple[int, ...]
+    skip_step: int = 0
+
+    def to_params(self) -> MultiModalGuiderParams:
+        return MultiModalGuiderParams(
+            cfg_scale=self.cfg,
+            stg_scale=self.stg,
+            stg_blocks=list(self.stg_blocks),
+            rescale_scale=self.rescale,
+            modality_scale=self.modality,
+            skip_step=self.skip_step,
+        )
+
+
+OFFICIAL_STG_BLOCK = 29
+OFFICIAL_NUM_LAYERS = 48
+
+
+def default_stg_blocks(num_layers: int) -> tuple[int, ...]:
+    """The official STG block (29 of 48), at the same relative depth for a model of another depth."""
+    return (min(num_layers - 1, round(OFFICIAL_STG_BLOCK * num_layers / OFFICIAL_NUM_LAYERS)),)
+
+
+def default_video_guidance(num_layers: int = OFFICIAL_NUM_LAYERS) -> Guidance:
+    """Official LTX-2 video defaults: cfg 3, stg 1, modality 3, rescale 0.7."""
+    return Guidance(cfg=3.0, stg=1.0, modality=3.0, rescale=0.7, stg_blocks=default_stg_blocks(num_layers))
+
+
+def default_audio_guidance(num_layers: int = OFFICIAL_NUM_LAYERS) -> Guidance:
+    """Official LTX-2 audio defaults: cfg 7, stg 1, modality 3, rescale 0.7."""
+    return Guidance(cfg=7.0, stg=1.0, modality=3.0, rescale=0.7, stg_blocks=default_stg_blocks(num_layers))
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    """One fully specified render; validated by `jobs.spec` before it gets here."""
+
+    prompt: str
+    seed: int
+    height: int
+    width: int
+    num_frames: int
+    frame_rate: float
+    recipe: Recipe = "two_stage"
+    steps: int = 40
+    negative_prompt: str = ""
+    video_guidance: Guidance = field(default_factory=default_video_guidance)
+    audio_guidance: Guidance = field(default_factory=default_audio_guidance)
+
+
+@dataclass(frozen=True)
+class RenderOutput:
+    """Decoded frames and waveform, on the CPU."""
+
+    video: torch.Tensor  # uint8 [frames, height, width, 3]
+    audio: torch.Tensor  # float32 [channels, samples]
+    sample_rate: int
+    timings: dict[str, float]
+
+
+StepCallback = Callable[[str, int, int], None]
+"""Called as (stage, step_done, steps_total) after every denoising step: progress bars and metrics."""
+
+
+class PromptCache:
+    """Encoded prompts by text (LRU): a prompt is run through Gemma once per worker, not once per job."""
+
+    def __init__(self, models: ResidentModels, capacity: int = 64) -> None:
+        self._models = models
+        self._capacity = capacity
+        self._entries: OrderedDict[str, EmbeddingsProcessorOutput] = OrderedDict()
+        self.encodes = 0
+
+    def get(self, text: str) -> EmbeddingsProcessorOutput:
+        if text in self._entries:
+            self._entries.move_to_end(text)
+            return self._entries[text]
+        hidden_states, mask = self._models.text_encoder.encode(text)
+        encoded = self._models.embeddings_processor.process_hidden_states(hidden_states, mask)
+        self.encodes += 1
+        self._entries[text] = encoded
+        if len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+        return encoded
+
+
+class _Timer:
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, name: str) -> _Timer:
+        self._name = name
+        return self
+
+    def __enter__(self) -> None:
+        self._sync()
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._sync()
+        self.timings[self._name] = self.timings.get(self._name, 0.0) + time.perf_counter() - self._start
+
+    def _sync(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+
+
+class Renderer:
+    """Renders requests one after another on a `ResidentModels`."""
+
+    def __init__(self, models: ResidentModels) -> None:
+        self.models = models
+        self.prompts = PromptCache(models)
+        self._components = PipelineComponents(dtype=models.dtype, device=models.device)
+
+    @torch.inference_mode()
+    def render(self, request: RenderRequest, on_step: StepCallback | None = None) -> RenderOutput:
+        m = self.models
+        timer = _Timer(m.device)
+        generator = torch.Generator(device=m.device).manual_seed(request.seed)
+        noiser = GaussianNoiser(generator=generator)
+        stepper = EulerDiffusionStep()
+
+        with timer("text_encode"):
+            positive = self.prompts.get(request.prompt)
+            negative = self.prompts.get(request.negative_prompt) if request.recipe == "two_stage" else None
+
+        stage_1_shape = VideoPixelShape(batch=1, frames=request.num_frames, width=request.width // 2,
+                                        height=request.height // 2, fps=request.frame_rate)
+        with timer("stage_1"):
+            if request.recipe == "two_stage":
+                m.distilled.unfuse()
+                sigmas = LTX2Scheduler().execute(steps=request.steps).to(dtype=torch.float32, device=m.device)
+                denoise_fn = multi_modal_guider_factory_denoising_func(
+                    video_guider_factory=create_multimodal_guider_factory(
+                        params=request.video_guidance.to_params(), negative_context=negative.video_encoding
+                    ),
+                    audio_guider_factory=create_multimodal_guider_factory(
+                        params=request.audio_guidance.to_params(), negative_context=negative.audio_encoding
+                    ),
+                    v_context=positive.video_encoding,
+                    a_context=positive.audio_encoding,
+                    transformer=m.transformer,
+                )
+            else:
+                m.distilled.fuse()
+                sigmas = torch.tensor(DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=m.device)
+                denoise_fn = simple_denoising_func(positive.video_encoding, positive.audio_encoding, m.transformer)
+            video_state, audio_state = denoise_audio_video(
+                output_shape=stage_1_shape,
+                conditionings=[],
+                noiser=noiser,
+                sigmas=sigmas,
+                stepper=stepper,
+                denoising_loop_fn=_loop(denoise_fn, "stage_1", on_step),
+                components=self._components,
+                dtype=m.dtype,
+                device=m.device,
+            )
+
+        with timer("upsample"):
+            upscaled = upsample_video(latent=video_state.latent[:1], video_encoder=m.video_encoder,
+                                      upsampler=m.upsampler)
+
+        stage_2_shape = VideoPixelShape(batch=1, frames=request.num_frames, width=request.width,
+                                        height=request.height, fps=request.frame_rate)
+        with timer("stage_2"):
+            m.distilled.fuse()
+            sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=m.device)
+            video_state, audio_state = denoise_audio_video(
+                output_shape=stage_2_shape,
+                conditionings=[],
+                noiser=noiser,
+                sigmas=sigmas,
+                stepper=stepper,
+                denoising_loop_fn=_loop(
+                    simple_denoising_func(positive.video_encoding, positive.audio_encoding, m.transformer),
+                    "stage_2",
+                    on_step,
+                ),
+                components=self._components,
+                dtype=m.dtype,
+                device=m.device,
+                noise_scale=sigmas[0],
+                initial_video_latent=upscaled,
+                initial_audio_latent=audio_state.latent,
+            )
+            m.distilled.unfuse()
+
+        with timer("decode"):
+            frames = torch.cat(list(vae_decode_video(video_state.latent, m.video_decoder, None, generator)), dim=0)
+        with timer("audio"):
+            audio = vae_decode_audio(audio_state.latent, m.audio_decoder, m.vocoder)
+        _check_finite(frames.float(), "decoded video")
+        _check_finite(audio.waveform, "decoded audio")
+        return RenderOutput(
+            video=frames.cpu(),
+            audio=audio.waveform.float().cpu(),
+            sample_rate=int(audio.sampling_rate),
+            timings=timer.timings,
+        )
+
+
+def _loop(denoise_fn: DenoisingFunc, stage: str, on_step: StepCallback | None) -> Callable:
+    """The official Euler loop, with a per-step callback for progress and metrics."""
+
+    def loop(sigmas: torch.Tensor, video_state: LatentState, audio_state: LatentState,
+             stepper: DiffusionStepProtocol) -> tuple[LatentState, LatentState]:
+        total = len(sigmas) - 1
+
+        def counted(video: LatentState, audio: LatentState, s: torch.Tensor, index: int) -> tuple:
+            out = denoise_fn(video, audio, s, index)
+            if on_step is not None:
+                on_step(stage, index + 1, total)
+            return out
+
+        return euler_denoising_loop(sigmas=sigmas, video_state=video_state, audio_state=audio_state,
+                                    stepper=stepper, denoise_fn=counted)
+
+    return loop
+
+
+class NonFiniteOutputError(RuntimeError):
+    """A NaN or Inf came out of the model: the render must not be written as if it were good."""
+
+
+def _check_finite(tensor: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(tensor).all():
+        raise NonFiniteOutputError(f"{what} contains NaN or Inf")
