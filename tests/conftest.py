@@ -1,0 +1,42 @@
+"""Shared fixtures: the tiny checkpoint set (generated once, cached), resident models, a local Ray cluster."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ltx2.checkpoint import CheckpointSet
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("LTX2_FARM_CACHE", REPO / ".cache" / "ltx2-farm"))
+
+# Small job used across tests: 2-stage needs multiples of 64; 17 frames = 8k+1 with k=2.
+SMALL_JOB = {"prompt": "waves crash on black rocks, gulls cry", "seed": 7, "height": 128, "width": 192,
+             "num_frames": 17, "frame_rate": 24.0, "steps": 3}
+
+
+@pytest.fixture(scope="session")
+def tiny_set() -> CheckpointSet:
+    from ltx2.tiny import ensure_tiny_checkpoint_set
+
+    return ensure_tiny_checkpoint_set(CACHE)
+
+
+@pytest.fixture(scope="session")
+def resident(tiny_set):
+    from ltx2.models import load_resident_models
+
+    return load_resident_models(tiny_set, "cpu")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    from cluster.executor import start_ray
+
+    start_ray(num_cpus=2)
+    yield
+    ray.shutdown()

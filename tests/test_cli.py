@@ -1,0 +1,80 @@
+"""The `ltx2-farm` command as users run it (subprocesses; the render starts its own embedded Ray)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import CACHE, SMALL_JOB
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LTX2_FARM_CACHE": str(CACHE)}
+    for var in ("LTX2_CHECKPOINT", "LTX2_GEMMA_ROOT", "LTX2_SPATIAL_UPSAMPLER", "LTX2_DISTILLED_LORA", "RAY_ADDRESS"):
+        env.pop(var, None)
+    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=600)
+
+
+def test_help_teaches():
+    out = run("--help").stdout
+    assert "render" in out and "validate" in out and "LTX2_CHECKPOINT" in out
+    assert "--snap" in run("render", "--help").stdout
+
+
+def test_render_job_file_json(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**SMALL_JOB, "name": "cli"}))
+    result = run("render", str(job), "--out", str(tmp_path / "out"), "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["ok"] is True
+    assert Path(payload["video"]).is_file() and Path(payload["sidecar"]).is_file()
+    assert payload["media"]["frames"] == 17
+
+
+def test_validate_reports_fields_values_and_nearest(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**SMALL_JOB, "height": 500, "num_frames": 100}))
+    result = run("validate", str(job), "--json")
+    assert result.returncode == 2
+    problems = {p["field"]: p for p in json.loads(result.stdout)["problems"]}
+    assert problems["height"]["value"] == 500 and problems["height"]["nearest"] == 512
+    assert problems["num_frames"]["nearest"] == 97
+    assert "height: 500 is not a multiple of 64" in result.stderr
+    snapped = run("validate", str(job), "--snap")
+    assert snapped.returncode == 0 and "snapped to 512" in snapped.stdout
+
+
+def test_bad_input_is_refused_before_any_model_or_cluster_starts(tmp_path):
+    result = run("render", "--prompt", "", "--out", str(tmp_path))
+    assert result.returncode == 2 and "prompt" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "demo").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_partial_model_flags_are_refused(tmp_path):
+    result = run("render", "--checkpoint", str(tmp_path / "x.safetensors"), "--json")
+    assert result.returncode == 2
+    assert "--gemma-root" in json.loads(result.stdout)["error"]
+
+
+def test_broken_checkpoint_is_named(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("not a model")
+    args = ["render", "--checkpoint", str(bad)]
+    for flag in ("--gemma-root", "--spatial-upsampler", "--distilled-lora"):
+        args += [flag, str(tmp_path)]
+    result = run(*args)
+    assert result.returncode == 2
+    assert f"{bad}: not a safetensors file" in result.stderr
+
+
+def test_missing_job_file():
+    result = run("render", "no/such/job.yaml")
+    assert result.returncode == 2 and "not found" in result.stderr

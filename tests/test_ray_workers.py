@@ -1,0 +1,55 @@
+"""Render workers as Ray actors on a real local cluster: determinism across workers, resident models."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+
+from cluster.executor import WorkerPool
+from jobs.spec import validate_job
+from tests.conftest import SMALL_JOB
+
+
+@pytest.fixture(scope="module")
+def pool(ray_cluster, tiny_set):
+    pool = WorkerPool(tiny_set, num_workers=2)
+    yield pool
+    pool.shutdown()
+
+
+def test_workers_are_separate_processes_on_cpu_without_gpus(pool):
+    infos = pool.refresh_info()
+    assert len({i["pid"] for i in infos}) == 2
+    if ray.cluster_resources().get("GPU", 0) == 0:
+        assert all(i["device"] == "cpu" for i in infos)
+
+
+def test_two_workers_render_identical_outputs(pool, tmp_path):
+    job = validate_job(SMALL_JOB)
+    a = pool.render(job, str(tmp_path / "a"), worker=0)
+    b = pool.render(job, str(tmp_path / "b"), worker=1)
+    assert a["worker"]["pid"] != b["worker"]["pid"]
+    assert a["content_sha256"] == b["content_sha256"]
+    assert a["output"]["video"] == b["output"]["video"]
+
+
+def test_warm_worker_renders_next_job_without_reloading(pool, tmp_path):
+    before = pool.refresh_info()[0]
+    progress: list[dict] = []
+    first = pool.render(validate_job({**SMALL_JOB, "seed": 100}), str(tmp_path), worker=0,
+                        on_progress=progress.append, poll_s=0.01)
+    second = pool.render(validate_job({**SMALL_JOB, "seed": 101, "recipe": "distilled"}), str(tmp_path), worker=0)
+    after = pool.refresh_info()[0]
+    assert before["loads"] == first["worker"]["loads"] == second["worker"]["loads"] == after["loads"] == 1
+    assert after["load_seconds"] == before["load_seconds"]
+    assert after["jobs_done"] == before["jobs_done"] + 2
+    assert after["prompt_encodes"] <= before["prompt_encodes"] + 2  # same prompt: encoded once per worker
+    assert first["content_sha256"] != second["content_sha256"]
+
+
+def test_render_all_spreads_jobs(pool, tmp_path):
+    jobs = [validate_job({**SMALL_JOB, "seed": s}) for s in (1, 2, 3)]
+    results = pool.render_all(jobs, str(tmp_path))
+    assert [r["resolved"]["seed"] for r in results] == [1, 2, 3]
+    assert len({r["worker"]["pid"] for r in results}) == 2
+    assert len(list(tmp_path.glob("*.mp4"))) == 3

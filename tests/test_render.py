@@ -1,0 +1,104 @@
+"""End-to-end renders on the tiny model through the official model code (in-process, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cluster.worker import RenderWorker, render_request
+from jobs.spec import validate_job
+from ltx2.media import AAC_FRAME_SAMPLES
+from ltx2.render import Renderer
+from tests.conftest import SMALL_JOB
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_set) -> RenderWorker:
+    return RenderWorker(tiny_set, device="cpu")
+
+
+@pytest.mark.parametrize("recipe", ["two_stage", "distilled"])
+def test_render_writes_a_checked_mp4_and_sidecar(worker, tmp_path, recipe):
+    job = validate_job({**SMALL_JOB, "recipe": recipe})
+    sidecar = worker.render(job, str(tmp_path))
+    video = tmp_path / sidecar["output"]["video"]
+    on_disk = json.loads(video.with_suffix(".json").read_text())
+    assert on_disk["job_sha256"] == sidecar["job_sha256"]
+    media = on_disk["media"]  # read back by decoding the file
+    assert (media["video_codec"], media["audio_codec"]) == ("h264", "aac")
+    assert (media["width"], media["height"], media["frames"], media["fps"]) == (192, 128, 17, 24.0)
+    assert (media["sample_rate"], media["channels"]) == (24000, 2)
+    assert abs(media["audio_seconds"] - media["video_seconds"]) <= AAC_FRAME_SAMPLES / 24000
+    assert on_disk["resolved"] == {"num_frames": 17, "seed": 7, "recipe": recipe}
+    assert set(on_disk["models"]) >= {"checkpoint", "spatial_upsampler", "distilled_lora"}
+    assert all(len(m["sha256"]) == 64 for m in on_disk["models"].values())
+    assert {"text_encode", "stage_1", "upsample", "stage_2", "decode", "audio", "mux", "total"} <= set(
+        on_disk["timings_s"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([video.name, video.with_suffix(".json").name])
+
+
+def test_same_seed_same_output_other_seed_differs(resident):
+    renderer = Renderer(resident)
+    job = validate_job(SMALL_JOB)
+    a = renderer.render(render_request(job, resident.num_layers))
+    b = renderer.render(render_request(job, resident.num_layers))
+    c = renderer.render(render_request(validate_job({**SMALL_JOB, "seed": 8}), resident.num_layers))
+    assert torch.equal(a.video, b.video) and torch.equal(a.audio, b.audio)
+    assert not torch.equal(a.video, c.video)
+    assert renderer.prompts.encodes == 2  # prompt + negative prompt, once each across three renders
+
+
+def test_guidance_changes_the_output(resident):
+    renderer = Renderer(resident)
+    plain = renderer.render(render_request(validate_job(SMALL_JOB), resident.num_layers))
+    strong = renderer.render(render_request(
+        validate_job({**SMALL_JOB, "video_guidance": {"cfg": 9.0}, "audio_guidance": {"stg": 0.0}}),
+        resident.num_layers))
+    assert not torch.equal(plain.video, strong.video)
+    assert not torch.equal(plain.audio, strong.audio)
+
+
+def test_lora_fusion_restores_exact_weights(resident):
+    model = resident.transformer.velocity_model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    resident.distilled.fuse()
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and all(".transformer_blocks." in f".{k}" for k in changed)
+    resident.distilled.unfuse()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_lora_fusion_matches_official_build(resident, tiny_set):
+    """In-place fusion gives the same weights as ltx-core building the model with the LoRA."""
+    from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, LoraPathStrengthAndSDOps
+    from ltx_pipelines.utils.model_ledger import ModelLedger
+
+    ledger = ModelLedger(dtype=torch.bfloat16, device=torch.device("cpu"), checkpoint_path=str(tiny_set.checkpoint),
+                         loras=(LoraPathStrengthAndSDOps(str(tiny_set.distilled_lora), 1.0,
+                                                         LTXV_LORA_COMFY_RENAMING_MAP),))
+    official = ledger.transformer().velocity_model.state_dict()
+    resident.distilled.fuse()
+    try:
+        ours = resident.transformer.velocity_model.state_dict()
+        assert official.keys() == ours.keys()
+        assert all(torch.equal(official[k], ours[k]) for k in official)
+    finally:
+        resident.distilled.unfuse()
+
+
+def test_progress_callback_counts_steps(resident):
+    seen: list[tuple[str, int, int]] = []
+    Renderer(resident).render(render_request(validate_job(SMALL_JOB), resident.num_layers),
+                              on_step=lambda s, i, n: seen.append((s, i, n)))
+    assert [x for x in seen if x[0] == "stage_1"][-1] == ("stage_1", 3, 3)
+    assert [x for x in seen if x[0] == "stage_2"] == [("stage_2", 1, 3), ("stage_2", 2, 3), ("stage_2", 3, 3)]
+
+
+def test_worker_output_name_is_content_addressed(worker, tmp_path):
+    job = validate_job({**SMALL_JOB, "name": "shot"})
+    sidecar = worker.render(job, str(tmp_path))
+    assert Path(sidecar["output"]["video"]).name.startswith("shot-")
+    assert sidecar["output"]["video"].endswith(f"-seed{SMALL_JOB['seed']}.mp4")
