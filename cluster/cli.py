@@ -41,8 +41,17 @@ MODEL_FLAGS = {
 }
 
 JOB_FLAGS = {
-    "prompt": str, "negative_prompt": str, "seed": int, "height": int, "width": int, "num_frames": int,
-    "duration": float, "frame_rate": float, "recipe": str, "steps": int, "name": str,
+    "prompt": str,
+    "negative_prompt": str,
+    "seed": int,
+    "height": int,
+    "width": int,
+    "num_frames": int,
+    "duration": float,
+    "frame_rate": float,
+    "recipe": str,
+    "steps": int,
+    "name": str,
 }
 
 
@@ -53,8 +62,7 @@ class UsageError(Exception):
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model files (default: the built-in tiny model)")
     for name, env in MODEL_FLAGS.items():
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="PATH",
-                           help=f"(env {env})")
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="PATH", help=f"(env {env})")
     group.add_argument("--cache-dir", metavar="DIR", help="where the tiny model is generated (env LTX2_FARM_CACHE)")
 
 
@@ -72,8 +80,9 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--recipe", choices=["two_stage", "distilled"])
     group.add_argument("--steps", type=int, help="stage-1 steps of the two_stage recipe")
     group.add_argument("--name", help="output file stem")
-    parser.add_argument("--snap", action="store_true",
-                        help="move invalid sizes/frame counts to the nearest valid value and say so")
+    parser.add_argument(
+        "--snap", action="store_true", help="move invalid sizes/frame counts to the nearest valid value and say so"
+    )
     parser.add_argument("--json", action="store_true", help="print a machine-readable result on stdout")
 
 
@@ -86,8 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    render = sub.add_parser("render", help="render a job (default: the embedded demo) into ./renders/",
-                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    render = sub.add_parser(
+        "render",
+        help="render a job (default: the embedded demo) into ./renders/",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_job_flags(render)
     _add_model_flags(render)
     render.add_argument("--out", default="renders", help="output folder (default: ./renders)")
@@ -95,8 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--address", help="join this Ray cluster (env RAY_ADDRESS); default: embedded cluster")
     render.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    validate = sub.add_parser("validate", help="check a job without rendering", epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    validate = sub.add_parser(
+        "validate",
+        help="check a job without rendering",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_job_flags(validate)
 
     models = sub.add_parser("models", help="model files: generate the tiny set, check a set")
@@ -165,8 +182,9 @@ def _problem_payload(e: JobValidationError) -> dict[str, Any]:
         "ok": False,
         "error": "invalid job",
         "source": e.source,
-        "problems": [{"field": p.field, "value": p.value, "problem": p.problem, "nearest": p.nearest}
-                     for p in e.problems],
+        "problems": [
+            {"field": p.field, "value": p.value, "problem": p.problem, "nearest": p.nearest} for p in e.problems
+        ],
     }
 
 
@@ -177,10 +195,19 @@ def _describe_adjustments(job: ValidJob) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     data, source = load_job_mapping(args)
     job = validate_job(data, snap=args.snap, source=source)
-    payload = {"ok": True, "source": source, "job": job.spec.model_dump(mode="json"), "num_frames": job.num_frames,
-               "adjustments": [{"field": a.field, "value": a.value, "note": a.problem} for a in job.adjustments]}
-    _emit(args, payload, f"{_describe_adjustments(job)}{source}: valid ({job.num_frames} frames, "
-                         f"{job.spec.width}x{job.spec.height} @ {job.spec.frame_rate:g} fps, {job.spec.recipe})")
+    payload = {
+        "ok": True,
+        "source": source,
+        "job": job.spec.model_dump(mode="json"),
+        "num_frames": job.num_frames,
+        "adjustments": [{"field": a.field, "value": a.value, "note": a.problem} for a in job.adjustments],
+    }
+    _emit(
+        args,
+        payload,
+        f"{_describe_adjustments(job)}{source}: valid ({job.num_frames} frames, "
+        f"{job.spec.width}x{job.spec.height} @ {job.spec.frame_rate:g} fps, {job.spec.recipe})",
+    )
     return 0
 
 
@@ -226,10 +253,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     out = Path(args.out)
     video = out / sidecar["output"]["video"]
     media = sidecar["media"]
-    human = (f"wrote {video}  ({media['width']}x{media['height']}, {media['frames']} frames @ {media['fps']:g} fps, "
-             f"audio {media['audio_codec']} {media['sample_rate']} Hz x{media['channels']}, "
-             f"{sidecar['timings_s']['total']:.1f} s)\n"
-             f"sidecar {video.with_suffix('.json')}")
+    human = (
+        f"wrote {video}  ({media['width']}x{media['height']}, {media['frames']} frames @ {media['fps']:g} fps, "
+        f"audio {media['audio_codec']} {media['sample_rate']} Hz x{media['channels']}, "
+        f"{sidecar['timings_s']['total']:.1f} s)\n"
+        f"sidecar {video.with_suffix('.json')}"
+    )
     _emit(args, {"ok": True, "video": str(video), "sidecar": str(video.with_suffix(".json")), **sidecar}, human)
     return 0
 
@@ -246,10 +275,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     from ltx2.models import load_resident_models
 
     models = load_resident_models(checkpoints, "cpu")
-    payload = {"ok": True, "load_seconds": models.load_seconds, "num_layers": models.num_layers,
-               "files": {k: str(v) for k, v in checkpoints.files().items()}}
-    _emit(args, payload, f"checkpoint set OK: every parameter loaded ({models.num_layers} transformer blocks, "
-                         f"{models.load_seconds:.1f} s)")
+    payload = {
+        "ok": True,
+        "load_seconds": models.load_seconds,
+        "num_layers": models.num_layers,
+        "files": {k: str(v) for k, v in checkpoints.files().items()},
+    }
+    _emit(
+        args,
+        payload,
+        f"checkpoint set OK: every parameter loaded ({models.num_layers} transformer blocks, "
+        f"{models.load_seconds:.1f} s)",
+    )
     return 0
 
 

@@ -58,8 +58,9 @@ class WorkerHandle:
 class WorkerPool:
     """N render actors, each with its own resident model copy."""
 
-    def __init__(self, checkpoints: CheckpointSet, num_workers: int = 1, device: str | None = None,
-                 dtype: str = "bfloat16") -> None:
+    def __init__(
+        self, checkpoints: CheckpointSet, num_workers: int = 1, device: str | None = None, dtype: str = "bfloat16"
+    ) -> None:
         gpus = gpus_available()
         use_gpu = device != "cpu" and gpus >= 1
         options: dict[str, Any] = {"max_concurrency": 2}  # one render + progress polls
@@ -72,8 +73,14 @@ class WorkerPool:
         infos = ray.get([a.info.remote() for a in actors])
         self.workers = [WorkerHandle(a, i) for a, i in zip(actors, infos, strict=True)]
 
-    def render(self, job: ValidJob, out_dir: str, worker: int = 0,
-               on_progress: ProgressCallback | None = None, poll_s: float = 0.2) -> dict[str, Any]:
+    def render(
+        self,
+        job: ValidJob,
+        out_dir: str,
+        worker: int = 0,
+        on_progress: ProgressCallback | None = None,
+        poll_s: float = 0.2,
+    ) -> dict[str, Any]:
         """Render one job on worker `worker`, reporting progress while it runs."""
         handle = self.workers[worker]
         ref = handle.actor.render.remote(job, str(out_dir))
@@ -86,8 +93,9 @@ class WorkerPool:
 
     def render_all(self, jobs: Sequence[ValidJob], out_dir: str) -> list[dict[str, Any]]:
         """Spread jobs over the workers (each worker renders its share in order); results in job order."""
-        refs = [self.workers[i % len(self.workers)].actor.render.remote(job, str(out_dir))
-                for i, job in enumerate(jobs)]
+        refs = [
+            self.workers[i % len(self.workers)].actor.render.remote(job, str(out_dir)) for i, job in enumerate(jobs)
+        ]
         return ray.get(refs)
 
     def refresh_info(self) -> list[dict[str, Any]]:
@@ -100,4 +108,3 @@ class WorkerPool:
         for w in self.workers:
             ray.kill(w.actor)
         self.workers = []
-

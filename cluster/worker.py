@@ -130,8 +130,11 @@ class RenderWorker:
             models=self.model_hashes(),
             timings=timings,
             media=media,
-            output={"video": paths.video.name, "bytes": paths.video.stat().st_size,
-                    "sha256": cached_file_sha256(paths.video)},
+            output={
+                "video": paths.video.name,
+                "bytes": paths.video.stat().st_size,
+                "sha256": cached_file_sha256(paths.video),
+            },
             content={"video_frames": tensor_sha256(output.video), "audio_waveform": tensor_sha256(output.audio)},
             worker=self.info(),
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

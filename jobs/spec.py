@@ -93,12 +93,12 @@ class ValidJob:
 
 def nearest_multiple(value: int, multiple: int, minimum: int) -> int:
     """The multiple of `multiple` closest to `value` (ties round up), at least `minimum`."""
-    return max(minimum, int(math.floor(value / multiple + 0.5)) * multiple)
+    return max(minimum, math.floor(value / multiple + 0.5) * multiple)
 
 
 def nearest_frame_count(value: float) -> int:
     """The 8k+1 frame count (k ≥ 1) closest to `value` (ties round up)."""
-    return max(9, int(math.floor((value - 1) / 8 + 0.5)) * 8 + 1)
+    return max(9, math.floor((value - 1) / 8 + 0.5) * 8 + 1)
 
 
 def parse_job(raw: dict[str, Any], source: str = "job") -> JobSpec:
@@ -157,8 +157,12 @@ def validate_job(raw: dict[str, Any] | JobSpec, snap: bool = False, source: str 
             nearest = min(MAX_SIDE, max(divisor, nearest_multiple(value, divisor, divisor)))
             problems.append(FieldProblem(field, value, f"must be in [{divisor}, {MAX_SIDE}] pixels", nearest))
         elif value % divisor:
-            fixable(field, value, f"is not a multiple of {divisor} (stage 1 renders at half size on the VAE's "
-                                  "32-pixel grid)", nearest_multiple(value, divisor, divisor))
+            fixable(
+                field,
+                value,
+                f"is not a multiple of {divisor} (stage 1 renders at half size on the VAE's 32-pixel grid)",
+                nearest_multiple(value, divisor, divisor),
+            )
 
     num_frames = spec.num_frames
     if spec.duration is not None and spec.num_frames is not None:
@@ -171,45 +175,68 @@ def validate_job(raw: dict[str, Any] | JobSpec, snap: bool = False, source: str 
             num_frames = nearest_frame_count(exact)
             if abs(exact - num_frames) > 1e-6 and not math.isclose(exact, num_frames - 1):
                 # 5 s at 24 fps = 120 frames → 121 (8k+1 includes the first frame) is expected, not reported.
-                adjustments.append(FieldProblem("duration", spec.duration,
-                                                f"gives {exact:g} frames; using the nearest 8k+1 count, {num_frames}"))
+                adjustments.append(
+                    FieldProblem(
+                        "duration", spec.duration, f"gives {exact:g} frames; using the nearest 8k+1 count, {num_frames}"
+                    )
+                )
     elif num_frames is None:
         num_frames = 121
     if num_frames is not None and spec.duration is None:
         if num_frames < 9:
             problems.append(FieldProblem("num_frames", num_frames, "must be at least 9 (8k+1, k ≥ 1)", 9))
         elif (num_frames - 1) % 8:
-            fixable("num_frames", num_frames, "is not of the form 8k+1 (the VAE packs 8 frames per latent after "
-                                               "the first)", nearest_frame_count(num_frames))
+            fixable(
+                "num_frames",
+                num_frames,
+                "is not of the form 8k+1 (the VAE packs 8 frames per latent after the first)",
+                nearest_frame_count(num_frames),
+            )
             num_frames = changes.get("num_frames", num_frames)
     if num_frames is not None and fps_ok and num_frames >= 9:
         seconds = (num_frames - 1) / spec.frame_rate
         if seconds > MAX_SECONDS_PER_PASS:
-            problems.append(FieldProblem(
-                "num_frames" if spec.duration is None else "duration",
-                num_frames if spec.duration is None else spec.duration,
-                f"is {seconds:.1f} s, beyond the model's {MAX_SECONDS_PER_PASS:g} s positional range for one pass",
-                nearest_frame_count(MAX_SECONDS_PER_PASS * spec.frame_rate),
-            ))
+            problems.append(
+                FieldProblem(
+                    "num_frames" if spec.duration is None else "duration",
+                    num_frames if spec.duration is None else spec.duration,
+                    f"is {seconds:.1f} s, beyond the model's {MAX_SECONDS_PER_PASS:g} s positional range for one pass",
+                    nearest_frame_count(MAX_SECONDS_PER_PASS * spec.frame_rate),
+                )
+            )
 
     if spec.recipe == "two_stage" and not 1 <= spec.steps <= MAX_STEPS:
-        problems.append(FieldProblem("steps", spec.steps, f"must be in [1, {MAX_STEPS}]",
-                                     min(MAX_STEPS, max(1, spec.steps))))
+        problems.append(
+            FieldProblem("steps", spec.steps, f"must be in [1, {MAX_STEPS}]", min(MAX_STEPS, max(1, spec.steps)))
+        )
     for modality in ("video_guidance", "audio_guidance"):
         g: GuidanceSpec = getattr(spec, modality)
-        for field, low, high in (("cfg", 0.0, 30.0), ("stg", 0.0, 10.0), ("modality", 0.0, 30.0),
-                                 ("rescale", 0.0, 1.0)):
+        for field, low, high in (
+            ("cfg", 0.0, 30.0),
+            ("stg", 0.0, 10.0),
+            ("modality", 0.0, 30.0),
+            ("rescale", 0.0, 1.0),
+        ):
             value = getattr(g, field)
             if value is not None and not (low <= value <= high and math.isfinite(value)):
-                problems.append(FieldProblem(f"{modality}.{field}", value, f"must be in [{low:g}, {high:g}]",
-                                             min(high, max(low, value)) if math.isfinite(value) else None))
+                problems.append(
+                    FieldProblem(
+                        f"{modality}.{field}",
+                        value,
+                        f"must be in [{low:g}, {high:g}]",
+                        min(high, max(low, value)) if math.isfinite(value) else None,
+                    )
+                )
         if g.stg_blocks is not None and any(b < 0 for b in g.stg_blocks):
             problems.append(FieldProblem(f"{modality}.stg_blocks", g.stg_blocks, "must be block indices ≥ 0"))
     if spec.name is not None:
         bad = [c for c in spec.name if not (c.isalnum() or c in "-_.")]
         if bad or spec.name.startswith(".") or not spec.name:
-            problems.append(FieldProblem("name", spec.name, "may only hold letters, digits, '-', '_' and '.', and "
-                                                            "may not start with '.'"))
+            problems.append(
+                FieldProblem(
+                    "name", spec.name, "may only hold letters, digits, '-', '_' and '.', and may not start with '.'"
+                )
+            )
 
     if problems:
         raise JobValidationError(problems, source)
@@ -226,8 +253,12 @@ def validate_for_model(job: ValidJob, num_layers: int, source: str = "job") -> N
         blocks = getattr(job.spec, modality).stg_blocks or []
         out_of_range = [b for b in blocks if b >= num_layers]
         if out_of_range:
-            problems.append(FieldProblem(f"{modality}.stg_blocks", blocks,
-                                         f"names blocks {out_of_range}, but the model has {num_layers} "
-                                         f"(0..{num_layers - 1})"))
+            problems.append(
+                FieldProblem(
+                    f"{modality}.stg_blocks",
+                    blocks,
+                    f"names blocks {out_of_range}, but the model has {num_layers} (0..{num_layers - 1})",
+                )
+            )
     if problems:
         raise JobValidationError(problems, source)

@@ -104,8 +104,11 @@ def read_safetensors_header(path: Path) -> dict:
         data_end = max(data_end, offsets[1])
     if 8 + header_len + data_end > size:
         missing = 8 + header_len + data_end - size
-        raise CheckpointError(path, f"truncated: {missing} bytes missing of {8 + header_len + data_end}",
-                              "the download or copy was cut short; fetch the file again")
+        raise CheckpointError(
+            path,
+            f"truncated: {missing} bytes missing of {8 + header_len + data_end}",
+            "the download or copy was cut short; fetch the file again",
+        )
     return header
 
 
@@ -145,8 +148,9 @@ def validate_checkpoint_set(paths: CheckpointSet) -> dict:
         read_safetensors_header(shard)
     for required in ("config.json", "tokenizer.model", "preprocessor_config.json"):
         if not (gemma_root / required).is_file():
-            raise CheckpointError(gemma_root / required, "file not found in the Gemma folder",
-                                  "copy the whole Gemma-3 repository folder")
+            raise CheckpointError(
+                gemma_root / required, "file not found in the Gemma folder", "copy the whole Gemma-3 repository folder"
+            )
     return config
 
 

@@ -54,8 +54,11 @@ class LoraFusion:
                 if key.endswith(".lora_A.weight"):
                     target = key.removesuffix(".lora_A.weight") + ".weight"
                     if target not in params:
-                        raise CheckpointError(lora.path, f"LoRA targets {target}, which the model does not have",
-                                              "use a LoRA trained for this model version")
+                        raise CheckpointError(
+                            lora.path,
+                            f"LoRA targets {target}, which the model does not have",
+                            "use a LoRA trained for this model version",
+                        )
                     self._targets[target] = params[target]
                     matched += 1
             if matched == 0:

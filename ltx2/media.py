@@ -32,15 +32,14 @@ def fit_audio(waveform: torch.Tensor, sample_rate: int, num_frames: int, fps: fl
     if audio.shape[0] == 1:
         audio = np.repeat(audio, 2, axis=0)
     target = round(num_frames / fps_fraction(fps) * sample_rate)
-    if audio.shape[1] >= target:
-        audio = audio[:, :target]
-    else:
-        audio = np.pad(audio, ((0, 0), (0, target - audio.shape[1])))
+    short = max(0, target - audio.shape[1])
+    audio = np.pad(audio[:, :target], ((0, 0), (0, short)))
     return np.ascontiguousarray(np.clip(audio, -1.0, 1.0), dtype=np.float32)
 
 
-def write_mp4(path: Path, video: torch.Tensor, fps: float, audio: torch.Tensor | None, sample_rate: int,
-              crf: int = 18) -> Path:
+def write_mp4(
+    path: Path, video: torch.Tensor, fps: float, audio: torch.Tensor | None, sample_rate: int, crf: int = 18
+) -> Path:
     """Encode `video` (uint8 [frames, height, width, 3]) and `audio` ([channels, samples]) into `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

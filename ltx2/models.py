@@ -71,15 +71,17 @@ class ResidentModels:
         return len(self.transformer.velocity_model.transformer_blocks)
 
 
-def _build(builder: SingleGPUModelBuilder, source: Path | str, what: str, device: torch.device,
-           dtype: torch.dtype) -> torch.nn.Module:
+def _build(
+    builder: SingleGPUModelBuilder, source: Path | str, what: str, device: torch.device, dtype: torch.dtype
+) -> torch.nn.Module:
     model = builder.build(device=device, dtype=dtype)
     require_fully_loaded(model, source, what)
     return model.to(device).eval()
 
 
-def load_resident_models(paths: CheckpointSet, device: torch.device | str, dtype: torch.dtype = torch.bfloat16
-                         ) -> ResidentModels:
+def load_resident_models(
+    paths: CheckpointSet, device: torch.device | str, dtype: torch.dtype = torch.bfloat16
+) -> ResidentModels:
     """Check the checkpoint set, then build every component with ltx-core's loaders and keep it."""
     started = time.perf_counter()
     device = torch.device(device)
@@ -113,14 +115,16 @@ def load_resident_models(paths: CheckpointSet, device: torch.device | str, dtype
         distilled=LoraFusion(velocity_model, [LoraSpec(str(paths.distilled_lora), 1.0)]),
         video_encoder=from_checkpoint(VideoEncoderConfigurator, VAE_ENCODER_COMFY_KEYS_FILTER, "video VAE encoder"),
         video_decoder=from_checkpoint(VideoDecoderConfigurator, VAE_DECODER_COMFY_KEYS_FILTER, "video VAE decoder"),
-        audio_decoder=from_checkpoint(AudioDecoderConfigurator, AUDIO_VAE_DECODER_COMFY_KEYS_FILTER,
-                                      "audio VAE decoder"),
+        audio_decoder=from_checkpoint(
+            AudioDecoderConfigurator, AUDIO_VAE_DECODER_COMFY_KEYS_FILTER, "audio VAE decoder"
+        ),
         vocoder=from_checkpoint(VocoderConfigurator, VOCODER_COMFY_KEYS_FILTER, "vocoder"),
         upsampler=_build(upsampler_builder, paths.spatial_upsampler, "spatial upsampler", device, dtype),
         text_encoder=_build(text_builder, gemma_root, "Gemma text encoder", device, dtype),
         embeddings_processor=from_checkpoint(
-            embeddings_processor_configurator(text_config.get("hidden_size", 3840),
-                                              text_config.get("num_hidden_layers", 48)),
+            embeddings_processor_configurator(
+                text_config.get("hidden_size", 3840), text_config.get("num_hidden_layers", 48)
+            ),
             EMBEDDINGS_PROCESSOR_KEY_OPS,
             "text embeddings processor",
         ),

@@ -180,8 +180,13 @@ class Renderer:
             positive = self.prompts.get(request.prompt)
             negative = self.prompts.get(request.negative_prompt) if request.recipe == "two_stage" else None
 
-        stage_1_shape = VideoPixelShape(batch=1, frames=request.num_frames, width=request.width // 2,
-                                        height=request.height // 2, fps=request.frame_rate)
+        stage_1_shape = VideoPixelShape(
+            batch=1,
+            frames=request.num_frames,
+            width=request.width // 2,
+            height=request.height // 2,
+            fps=request.frame_rate,
+        )
         with timer("stage_1"):
             if request.recipe == "two_stage":
                 m.distilled.unfuse()
@@ -214,11 +219,13 @@ class Renderer:
             )
 
         with timer("upsample"):
-            upscaled = upsample_video(latent=video_state.latent[:1], video_encoder=m.video_encoder,
-                                      upsampler=m.upsampler)
+            upscaled = upsample_video(
+                latent=video_state.latent[:1], video_encoder=m.video_encoder, upsampler=m.upsampler
+            )
 
-        stage_2_shape = VideoPixelShape(batch=1, frames=request.num_frames, width=request.width,
-                                        height=request.height, fps=request.frame_rate)
+        stage_2_shape = VideoPixelShape(
+            batch=1, frames=request.num_frames, width=request.width, height=request.height, fps=request.frame_rate
+        )
         with timer("stage_2"):
             m.distilled.fuse()
             sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=m.device)
@@ -259,8 +266,9 @@ class Renderer:
 def _loop(denoise_fn: DenoisingFunc, stage: str, on_step: StepCallback | None) -> Callable:
     """The official Euler loop, with a per-step callback for progress and metrics."""
 
-    def loop(sigmas: torch.Tensor, video_state: LatentState, audio_state: LatentState,
-             stepper: DiffusionStepProtocol) -> tuple[LatentState, LatentState]:
+    def loop(
+        sigmas: torch.Tensor, video_state: LatentState, audio_state: LatentState, stepper: DiffusionStepProtocol
+    ) -> tuple[LatentState, LatentState]:
         total = len(sigmas) - 1
 
         def counted(video: LatentState, audio: LatentState, s: torch.Tensor, index: int) -> tuple:
@@ -269,8 +277,9 @@ def _loop(denoise_fn: DenoisingFunc, stage: str, on_step: StepCallback | None) -
                 on_step(stage, index + 1, total)
             return out
 
-        return euler_denoising_loop(sigmas=sigmas, video_state=video_state, audio_state=audio_state,
-                                    stepper=stepper, denoise_fn=counted)
+        return euler_denoising_loop(
+            sigmas=sigmas, video_state=video_state, audio_state=audio_state, stepper=stepper, denoise_fn=counted
+        )
 
     return loop
 

@@ -33,7 +33,7 @@ def gemma_text_encoder_configurator(gemma_config: dict) -> type[ModelConfigurato
 
     class GemmaFolderTextEncoderConfigurator(ModelConfigurator[GemmaTextEncoder]):
         @classmethod
-        def from_config(cls, config: dict) -> GemmaTextEncoder:  # noqa: ARG003 - sized by the folder
+        def from_config(cls, config: dict) -> GemmaTextEncoder:  # sized by the folder, not the checkpoint
             from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
             with torch.device("meta"):
@@ -69,7 +69,8 @@ def _feature_extractor(transformer_config: dict, hidden_size: int, num_hidden_la
     if overlapping != _V2_EXPECTED_CONFIG.keys() or any(
         transformer_config[k] != _V2_EXPECTED_CONFIG[k] for k in overlapping
     ):
-        raise NotImplementedError(f"unknown text-projection config: { {k: transformer_config[k] for k in overlapping} }")
+        found = {k: transformer_config[k] for k in overlapping}
+        raise NotImplementedError(f"unknown text-projection config: {found}")
     video_dim = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
     audio_dim = transformer_config["audio_num_attention_heads"] * transformer_config["audio_attention_head_dim"]
     return FeatureExtractorV2(

@@ -13,8 +13,15 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("LTX2_FARM_CACHE", REPO / ".cache" / "ltx2-farm"))
 
 # Small job used across tests: 2-stage needs multiples of 64; 17 frames = 8k+1 with k=2.
-SMALL_JOB = {"prompt": "waves crash on black rocks, gulls cry", "seed": 7, "height": 128, "width": 192,
-             "num_frames": 17, "frame_rate": 24.0, "steps": 3}
+SMALL_JOB = {
+    "prompt": "waves crash on black rocks, gulls cry",
+    "seed": 7,
+    "height": 128,
+    "width": 192,
+    "num_frames": 17,
+    "frame_rate": 24.0,
+    "steps": 3,
+}
 
 
 @pytest.fixture(scope="session")

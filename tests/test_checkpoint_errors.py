@@ -116,8 +116,13 @@ def test_gemma_folder_without_weights(copy_of):
 def test_lora_for_another_model(copy_of):
     import torch
 
-    save_file({"diffusion_model.not_a_layer.lora_A.weight": torch.zeros(2, 4),
-               "diffusion_model.not_a_layer.lora_B.weight": torch.zeros(4, 2)}, str(copy_of.distilled_lora))
+    save_file(
+        {
+            "diffusion_model.not_a_layer.lora_A.weight": torch.zeros(2, 4),
+            "diffusion_model.not_a_layer.lora_B.weight": torch.zeros(4, 2),
+        },
+        str(copy_of.distilled_lora),
+    )
     _refused(copy_of, "LoRA targets not_a_layer.weight")
 
 

@@ -36,8 +36,9 @@ def test_two_workers_render_identical_outputs(pool, tmp_path):
 def test_warm_worker_renders_next_job_without_reloading(pool, tmp_path):
     before = pool.refresh_info()[0]
     progress: list[dict] = []
-    first = pool.render(validate_job({**SMALL_JOB, "seed": 100}), str(tmp_path), worker=0,
-                        on_progress=progress.append, poll_s=0.01)
+    first = pool.render(
+        validate_job({**SMALL_JOB, "seed": 100}), str(tmp_path), worker=0, on_progress=progress.append, poll_s=0.01
+    )
     second = pool.render(validate_job({**SMALL_JOB, "seed": 101, "recipe": "distilled"}), str(tmp_path), worker=0)
     after = pool.refresh_info()[0]
     assert before["loads"] == first["worker"]["loads"] == second["worker"]["loads"] == after["loads"] == 1

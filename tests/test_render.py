@@ -36,7 +36,8 @@ def test_render_writes_a_checked_mp4_and_sidecar(worker, tmp_path, recipe):
     assert set(on_disk["models"]) >= {"checkpoint", "spatial_upsampler", "distilled_lora"}
     assert all(len(m["sha256"]) == 64 for m in on_disk["models"].values())
     assert {"text_encode", "stage_1", "upsample", "stage_2", "decode", "audio", "mux", "total"} <= set(
-        on_disk["timings_s"])
+        on_disk["timings_s"]
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([video.name, video.with_suffix(".json").name])
 
 
@@ -54,9 +55,12 @@ def test_same_seed_same_output_other_seed_differs(resident):
 def test_guidance_changes_the_output(resident):
     renderer = Renderer(resident)
     plain = renderer.render(render_request(validate_job(SMALL_JOB), resident.num_layers))
-    strong = renderer.render(render_request(
-        validate_job({**SMALL_JOB, "video_guidance": {"cfg": 9.0}, "audio_guidance": {"stg": 0.0}}),
-        resident.num_layers))
+    strong = renderer.render(
+        render_request(
+            validate_job({**SMALL_JOB, "video_guidance": {"cfg": 9.0}, "audio_guidance": {"stg": 0.0}}),
+            resident.num_layers,
+        )
+    )
     assert not torch.equal(plain.video, strong.video)
     assert not torch.equal(plain.audio, strong.audio)
 
@@ -76,9 +80,12 @@ def test_lora_fusion_matches_official_build(resident, tiny_set):
     from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, LoraPathStrengthAndSDOps
     from ltx_pipelines.utils.model_ledger import ModelLedger
 
-    ledger = ModelLedger(dtype=torch.bfloat16, device=torch.device("cpu"), checkpoint_path=str(tiny_set.checkpoint),
-                         loras=(LoraPathStrengthAndSDOps(str(tiny_set.distilled_lora), 1.0,
-                                                         LTXV_LORA_COMFY_RENAMING_MAP),))
+    ledger = ModelLedger(
+        dtype=torch.bfloat16,
+        device=torch.device("cpu"),
+        checkpoint_path=str(tiny_set.checkpoint),
+        loras=(LoraPathStrengthAndSDOps(str(tiny_set.distilled_lora), 1.0, LTXV_LORA_COMFY_RENAMING_MAP),),
+    )
     official = ledger.transformer().velocity_model.state_dict()
     resident.distilled.fuse()
     try:
@@ -91,8 +98,9 @@ def test_lora_fusion_matches_official_build(resident, tiny_set):
 
 def test_progress_callback_counts_steps(resident):
     seen: list[tuple[str, int, int]] = []
-    Renderer(resident).render(render_request(validate_job(SMALL_JOB), resident.num_layers),
-                              on_step=lambda s, i, n: seen.append((s, i, n)))
+    Renderer(resident).render(
+        render_request(validate_job(SMALL_JOB), resident.num_layers), on_step=lambda s, i, n: seen.append((s, i, n))
+    )
     assert [x for x in seen if x[0] == "stage_1"][-1] == ("stage_1", 3, 3)
     assert [x for x in seen if x[0] == "stage_2"] == [("stage_2", 1, 3), ("stage_2", 2, 3), ("stage_2", 3, 3)]
 

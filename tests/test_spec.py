@@ -28,9 +28,15 @@ def test_valid_job_resolves_defaults():
     assert job.adjustments == ()
 
 
-@pytest.mark.parametrize(("field", "value", "nearest"), [
-    ("height", 500, 512), ("width", 770, 768), ("height", 96, 128), ("width", 31, 64),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "nearest"),
+    [
+        ("height", 500, 512),
+        ("width", 770, 768),
+        ("height", 96, 128),
+        ("width", 31, 64),
+    ],
+)
 def test_sizes_off_the_grid(field, value, nearest):
     p = _problems(**{field: value})[field]
     assert p.value == value and p.nearest == nearest

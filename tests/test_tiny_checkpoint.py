@@ -57,9 +57,13 @@ def test_official_key_layout_and_metadata(tiny_set):
 
 def test_every_parameter_loaded_by_official_loaders(resident):
     components = {
-        "transformer": resident.transformer, "video_encoder": resident.video_encoder,
-        "video_decoder": resident.video_decoder, "audio_decoder": resident.audio_decoder,
-        "vocoder": resident.vocoder, "upsampler": resident.upsampler, "text_encoder": resident.text_encoder,
+        "transformer": resident.transformer,
+        "video_encoder": resident.video_encoder,
+        "video_decoder": resident.video_decoder,
+        "audio_decoder": resident.audio_decoder,
+        "vocoder": resident.vocoder,
+        "upsampler": resident.upsampler,
+        "text_encoder": resident.text_encoder,
         "embeddings_processor": resident.embeddings_processor,
     }
     for name, module in components.items():
@@ -73,10 +77,20 @@ def test_model_ledger_of_ltx_pipelines_loads_the_tiny_checkpoint(tiny_set):
     """The unmodified official ModelLedger reads the same files (everything but the Gemma-12B-sized parts)."""
     from ltx_pipelines.utils.model_ledger import ModelLedger
 
-    ledger = ModelLedger(dtype=torch.bfloat16, device=torch.device("cpu"), checkpoint_path=str(tiny_set.checkpoint),
-                         spatial_upsampler_path=str(tiny_set.spatial_upsampler))
-    for build in (ledger.transformer, ledger.video_decoder, ledger.video_encoder, ledger.audio_decoder,
-                  ledger.vocoder, ledger.spatial_upsampler):
+    ledger = ModelLedger(
+        dtype=torch.bfloat16,
+        device=torch.device("cpu"),
+        checkpoint_path=str(tiny_set.checkpoint),
+        spatial_upsampler_path=str(tiny_set.spatial_upsampler),
+    )
+    for build in (
+        ledger.transformer,
+        ledger.video_decoder,
+        ledger.video_encoder,
+        ledger.audio_decoder,
+        ledger.vocoder,
+        ledger.spatial_upsampler,
+    ):
         model = build()
         assert not any(p.is_meta for p in model.parameters()), build.__name__
 
