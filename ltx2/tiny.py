@@ -15,15 +15,16 @@ import hashlib
 import io
 import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from ltx2.checkpoint import CheckpointSet
 
-TINY_VERSION = "tiny-1"
+TINY_VERSION = "tiny-2"
 """Bump when the tiny configs or the generator change: the cache key includes it."""
 
 GEMMA_HIDDEN = 64
@@ -379,6 +380,20 @@ def _write_ltx_checkpoint(path: Path, generator: torch.Generator) -> dict[str, t
     metadata = {"config": json.dumps(config), "model_version": f"2.0.0-{TINY_VERSION}"}
     save_file(_bf16(tensors), str(path), metadata=metadata)
     return transformer_sd
+
+
+def save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file` with a canonical header.
+
+    safetensors serialises the metadata map in hash order, which varies between processes; re-emitting
+    the header with sorted keys (data offsets unchanged) makes the same tensors give the same bytes.
+    """
+    blob = save(tensors, metadata=metadata)
+    (header_len,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + header_len])
+    canonical = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    canonical += b" " * (-len(canonical) % 8)
+    Path(path).write_bytes(struct.pack("<Q", len(canonical)) + canonical + blob[8 + header_len :])
 
 
 def _bf16(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

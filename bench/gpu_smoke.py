@@ -1,0 +1,68 @@
+"""GPU smoke run of the foundation: tiny checkpoint set → resident models on CUDA → both recipes → MP4.
+
+Run on the lent GPU machine with `PYTHONPATH=.` (no Ray there: the worker class runs in-process).
+Prints one JSON line per render and writes the MP4s and sidecars under $OUT (or ./renders-gpu).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from cluster.worker import RenderWorker
+from jobs.spec import validate_job
+from ltx2.tiny import ensure_tiny_checkpoint_set
+
+
+def main() -> None:
+    out = Path(os.environ.get("OUT", "renders-gpu"))
+    started = time.perf_counter()
+    paths = ensure_tiny_checkpoint_set(out / "cache")
+    generated = time.perf_counter() - started
+    worker = RenderWorker(paths, device="cuda" if torch.cuda.is_available() else "cpu")
+    print(
+        json.dumps(
+            {
+                "device": worker.info()["device"],
+                "gpu": worker.info()["gpu"],
+                "generate_s": generated,
+                "load_s": worker.models.load_seconds,
+            }
+        )
+    )
+    results = []
+    for recipe in ("two_stage", "distilled", "two_stage"):
+        job = validate_job(
+            {
+                "prompt": "a red fox in the snow, a raven calls",
+                "seed": 10,
+                "height": 256,
+                "width": 384,
+                "duration": 2.0,
+                "recipe": recipe,
+                "steps": 8,
+            }
+        )
+        sidecar = worker.render(job, str(out / "renders"))
+        results.append(sidecar)
+        print(
+            json.dumps(
+                {
+                    "recipe": recipe,
+                    "timings_s": sidecar["timings_s"],
+                    "media": sidecar["media"],
+                    "content": sidecar["content_sha256"],
+                    "loads": sidecar["worker"]["loads"],
+                }
+            )
+        )
+    assert results[0]["content_sha256"] == results[2]["content_sha256"], "same job twice must match"
+    print("OK")
+
+
+if __name__ == "__main__":
+    main()
