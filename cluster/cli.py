@@ -95,12 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    render = sub.add_parser(
-        "render",
-        help="render a job (default: the embedded demo) into ./renders/",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    render = command("render", "render a job (default: the embedded demo) into ./renders/")
     _add_job_flags(render)
     _add_model_flags(render)
     render.add_argument("--out", default="renders", help="output folder (default: ./renders)")
@@ -108,12 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--address", help="join this Ray cluster (env RAY_ADDRESS); default: embedded cluster")
     render.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    validate = sub.add_parser(
-        "validate",
-        help="check a job without rendering",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    validate = command("validate", "check a job without rendering")
     _add_job_flags(validate)
 
     models = sub.add_parser("models", help="model files: generate the tiny set, check a set")
