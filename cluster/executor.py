@@ -69,7 +69,10 @@ class WorkerPool:
         else:
             options.update(num_gpus=0, num_cpus=1)
         actor_cls = ray.remote(RenderWorker).options(**options)
-        actors = [actor_cls.remote(checkpoints, "cuda" if use_gpu else "cpu", dtype) for _ in range(num_workers)]
+        actors = [
+            actor_cls.remote(checkpoints, "cuda" if use_gpu else "cpu", dtype, f"worker-{i}")
+            for i in range(num_workers)
+        ]
         infos = ray.get([a.info.remote() for a in actors])
         self.workers = [WorkerHandle(a, i) for a, i in zip(actors, infos, strict=True)]
 

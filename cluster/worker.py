@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from jobs.outputs import output_paths, sidecar_document
-from jobs.spec import GuidanceSpec, ValidJob, validate_for_model
+from jobs.spec import OFFICIAL_NEGATIVE_PROMPT, GuidanceSpec, ValidJob, validate_for_model
+from ltx2 import stages
 from ltx2.checkpoint import CheckpointSet, cached_file_sha256
 from ltx2.media import probe_mp4, write_mp4
 from ltx2.models import LOAD_COUNTER, load_resident_models
@@ -39,13 +40,24 @@ def _guidance(spec: GuidanceSpec, default: Guidance) -> Guidance:
     return replace(default, **updates)
 
 
+def job_guidance(job: ValidJob, num_layers: int) -> tuple[Guidance, Guidance]:
+    """(video, audio) guidance of a job: its settings over the official defaults for this model's depth."""
+    return (
+        _guidance(job.spec.video_guidance, default_video_guidance(num_layers)),
+        _guidance(job.spec.audio_guidance, default_audio_guidance(num_layers)),
+    )
+
+
 def render_request(job: ValidJob, num_layers: int) -> RenderRequest:
     """The engine's request for a validated job, official defaults filled in for this model's depth."""
     from ltx_pipelines.utils.constants import DEFAULT_NEGATIVE_PROMPT
 
     spec = job.spec
+    prompts = spec.prompts()
+    if len(prompts) != 1:
+        raise ValueError("a job with several prompts renders through the coordinator (one prompt per chunk)")
     return RenderRequest(
-        prompt=spec.prompt,
+        prompt=prompts[0],
         negative_prompt=DEFAULT_NEGATIVE_PROMPT if spec.negative_prompt is None else spec.negative_prompt,
         seed=spec.seed,
         height=spec.height,
@@ -54,8 +66,8 @@ def render_request(job: ValidJob, num_layers: int) -> RenderRequest:
         frame_rate=spec.frame_rate,
         recipe=spec.recipe,
         steps=spec.steps,
-        video_guidance=_guidance(spec.video_guidance, default_video_guidance(num_layers)),
-        audio_guidance=_guidance(spec.audio_guidance, default_audio_guidance(num_layers)),
+        video_guidance=job_guidance(job, num_layers)[0],
+        audio_guidance=job_guidance(job, num_layers)[1],
     )
 
 
@@ -73,7 +85,10 @@ def _write_json_atomic(path: Path, document: dict[str, Any]) -> None:
 class RenderWorker:
     """One model copy on one device, rendering jobs sequentially."""
 
-    def __init__(self, checkpoints: CheckpointSet, device: str | None = None, dtype: str = "bfloat16") -> None:
+    def __init__(
+        self, checkpoints: CheckpointSet, device: str | None = None, dtype: str = "bfloat16", name: str = "worker"
+    ) -> None:
+        self.name = name
         self.device = device or default_device()
         self.models = load_resident_models(checkpoints, self.device, getattr(torch, dtype))
         self.renderer = Renderer(self.models)
@@ -84,6 +99,7 @@ class RenderWorker:
     def info(self) -> dict[str, Any]:
         """Identity and load statistics (tests use `loads` to prove a warm worker does not reload)."""
         return {
+            "name": self.name,
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "device": str(self.models.device),
@@ -145,3 +161,64 @@ class RenderWorker:
         with self._lock:
             self._progress = {"stage": "idle", "step": 0, "total": 0, "job": None}
         return document
+
+    # --- planned tasks (cluster.coordinator) -------------------------------------------------------------
+
+    def task(self, kind: str, label: str, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """Run one task of a job plan; returns (result, trace). Call with `num_returns=2`."""
+        if self.models.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.models.device)
+        start = time.time()
+        result = getattr(self, f"_task_{kind}")(**kwargs)
+        end = time.time()
+        trace = {
+            "task": label,
+            "kind": kind,
+            "worker": self.name,
+            "pid": os.getpid(),
+            "device": self.device,
+            "start": start,
+            "end": end,
+            "seconds": end - start,
+            "peak_vram_bytes": torch.cuda.max_memory_allocated(self.models.device)
+            if self.models.device.type == "cuda"
+            else None,
+        }
+        return result, trace
+
+    def _task_encode(self, text: str) -> stages.Contexts:
+        if text == OFFICIAL_NEGATIVE_PROMPT:
+            from ltx_pipelines.utils.constants import DEFAULT_NEGATIVE_PROMPT
+
+            text = DEFAULT_NEGATIVE_PROMPT
+        return stages.encode_prompt(self.models, text)
+
+    def _task_stage1(
+        self,
+        request: stages.ChunkRequest,
+        positive: stages.Contexts,
+        negative: stages.Contexts | None,
+        previous: stages.ChunkResult | None,
+        overlap_video: int,
+        overlap_audio: int,
+    ) -> stages.ChunkResult:
+        tail_video = previous.video[:, :, -overlap_video:] if previous is not None and overlap_video else None
+        tail_audio = previous.audio[:, :, -overlap_audio:] if previous is not None and overlap_audio else None
+        return stages.stage1_chunk(
+            self.models, request, positive, negative, tail_video, tail_audio, on_step=self._on_step
+        )
+
+    def _task_upsample(self, video: torch.Tensor) -> torch.Tensor:
+        return stages.upsample(self.models, video)
+
+    def _task_stage2_init(self, **kwargs: Any) -> stages.Stage2State:
+        return stages.stage2_init(self.models, **kwargs)
+
+    def _task_stage2(self, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return stages.stage2_tile_denoise(self.models, **kwargs)
+
+    def _task_decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return stages.decode_video_tile(self.models, latent)
+
+    def _task_audio(self, audio: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return stages.decode_audio(self.models, audio)

@@ -177,9 +177,7 @@ class Tile:
         return self.time.size * self.height.size * self.width.size
 
 
-def plan_tiles(
-    time_spans: tuple[Span, ...], height: int, width: int, tile: int, overlap: int
-) -> tuple[Tile, ...]:
+def plan_tiles(time_spans: tuple[Span, ...], height: int, width: int, tile: int, overlap: int) -> tuple[Tile, ...]:
     """Spatio-temporal tiles: the given temporal windows × spatial tiles of at most `tile` latents a side."""
     hs, ws = split_axis(height, tile, overlap), split_axis(width, tile, overlap)
     total_time = max(s.stop for s in time_spans)

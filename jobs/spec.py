@@ -18,9 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 MAX_SIDE = 4096
 MAX_FPS = 120.0
 MAX_STEPS = 200
-MAX_SECONDS_PER_PASS = 20.0
+MAX_SECONDS = 600.0
+"""Longest job: longer videos are split into temporal chunks of at most MAX_CHUNK_SECONDS."""
+MAX_CHUNK_SECONDS = 20.0
 """LTX-2's temporal RoPE range: one pass longer than 20 s extrapolates."""
 MAX_PROMPT_CHARS = 8000
+OFFICIAL_NEGATIVE_PROMPT = "<official negative prompt>"
+"""Stands for ltx-pipelines' DEFAULT_NEGATIVE_PROMPT in plans (resolved by the worker that encodes it)."""
 
 
 class GuidanceSpec(BaseModel):
@@ -40,7 +44,10 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prompt: str = Field(description="What to render (video and sound).")
+    prompt: str | list[str] = Field(
+        description="What to render (video and sound). Several prompts ('a|b|c' or a list) are spread over the "
+        "temporal chunks in order."
+    )
     negative_prompt: str | None = Field(None, description="What to avoid; default: the official negative prompt.")
     seed: int = Field(10, description="Same seed and settings give the same output on any worker.")
     height: int = Field(1024, description="Output height in pixels (multiple of 64 for two-stage recipes).")
@@ -53,6 +60,20 @@ class JobSpec(BaseModel):
     video_guidance: GuidanceSpec = GuidanceSpec()
     audio_guidance: GuidanceSpec = GuidanceSpec()
     name: str | None = Field(None, description="Output file stem; default: derived from the content hash.")
+    chunk_seconds: float = Field(10.0, description="Longest stage-1 chunk of a long video (≤ 20 s).")
+    chunk_overlap: float = Field(1.0, description="Seconds each chunk shares with the previous one.")
+    tail_strength: float = Field(1.0, description="How firmly a chunk keeps the previous chunk's tail (0..1).")
+    anchor_colors: bool = Field(False, description="Match each chunk's latent colour statistics to the first.")
+    tile_pixels: int = Field(1024, description="Largest stage-2 tile side in pixels (multiple of 32).")
+    tile_overlap: int = Field(128, description="Stage-2 tile overlap in pixels (multiple of 32).")
+    decode_tile_pixels: int = Field(512, description="VAE decode tile side in pixels (multiple of 32, ≥ 96).")
+    decode_tile_frames: int = Field(64, description="VAE decode tile length in frames (multiple of 8, ≥ 32).")
+
+    def prompts(self) -> list[str]:
+        """The prompt(s) in chunk order: a list as given, or a string split on '|'."""
+        if isinstance(self.prompt, list):
+            return list(self.prompt)
+        return [p.strip() for p in self.prompt.split("|")] if "|" in self.prompt else [self.prompt]
 
 
 @dataclass(frozen=True)
@@ -195,15 +216,60 @@ def validate_job(raw: dict[str, Any] | JobSpec, snap: bool = False, source: str 
             num_frames = changes.get("num_frames", num_frames)
     if num_frames is not None and fps_ok and num_frames >= 9:
         seconds = (num_frames - 1) / spec.frame_rate
-        if seconds > MAX_SECONDS_PER_PASS:
+        if seconds > MAX_SECONDS:
             problems.append(
                 FieldProblem(
                     "num_frames" if spec.duration is None else "duration",
                     num_frames if spec.duration is None else spec.duration,
-                    f"is {seconds:.1f} s, beyond the model's {MAX_SECONDS_PER_PASS:g} s positional range for one pass",
-                    nearest_frame_count(MAX_SECONDS_PER_PASS * spec.frame_rate),
+                    f"is {seconds:.1f} s; the longest job is {MAX_SECONDS:g} s (split it into several jobs)",
+                    nearest_frame_count(MAX_SECONDS * spec.frame_rate),
                 )
             )
+    if not 2.0 <= spec.chunk_seconds <= MAX_CHUNK_SECONDS:
+        problems.append(
+            FieldProblem(
+                "chunk_seconds",
+                spec.chunk_seconds,
+                f"must be in [2, {MAX_CHUNK_SECONDS:g}] (the model's positional range)",
+                min(MAX_CHUNK_SECONDS, max(2.0, spec.chunk_seconds)),
+            )
+        )
+    elif not 0 < spec.chunk_overlap <= spec.chunk_seconds / 2:
+        problems.append(
+            FieldProblem(
+                "chunk_overlap",
+                spec.chunk_overlap,
+                f"must be in (0, chunk_seconds / 2 = {spec.chunk_seconds / 2:g}] seconds",
+            )
+        )
+    if not 0.0 <= spec.tail_strength <= 1.0:
+        problems.append(
+            FieldProblem(
+                "tail_strength", spec.tail_strength, "must be in [0, 1]", min(1.0, max(0.0, spec.tail_strength))
+            )
+        )
+    for field, minimum in (("tile_pixels", 64), ("tile_overlap", 0), ("decode_tile_pixels", 96)):
+        value = getattr(spec, field)
+        if value < minimum or value % 32:
+            problems.append(
+                FieldProblem(
+                    field,
+                    value,
+                    f"must be a multiple of 32, at least {minimum}",
+                    nearest_multiple(max(value, minimum), 32, max(minimum, 32)),
+                )
+            )
+    if spec.tile_overlap >= spec.tile_pixels:
+        problems.append(FieldProblem("tile_overlap", spec.tile_overlap, "must be smaller than tile_pixels"))
+    if spec.decode_tile_frames < 32 or spec.decode_tile_frames % 8:
+        problems.append(
+            FieldProblem(
+                "decode_tile_frames",
+                spec.decode_tile_frames,
+                "must be a multiple of 8, at least 32 (decode tiles overlap by 24 frames)",
+                nearest_multiple(max(32, spec.decode_tile_frames), 8, 32),
+            )
+        )
 
     if spec.recipe == "two_stage" and not 1 <= spec.steps <= MAX_STEPS:
         problems.append(

@@ -7,6 +7,7 @@ name beside the target and renamed into place: a crash never leaves a truncated 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -37,45 +38,82 @@ def fit_audio(waveform: torch.Tensor, sample_rate: int, num_frames: int, fps: fl
     return np.ascontiguousarray(np.clip(audio, -1.0, 1.0), dtype=np.float32)
 
 
+class Mp4Writer:
+    """Streams frames into an MP4 (H.264) as they are decoded, then adds the audio (AAC) and closes.
+
+    Frames are never all in memory at once. The file appears under its real name only after `close`.
+    """
+
+    def __init__(
+        self, path: Path, fps: float, width: int, height: int, sample_rate: int | None = None, crf: int = 18
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fps = fps
+        self.frames_written = 0
+        self._tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        self._rate = fps_fraction(fps)
+        self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        self._video = self._container.add_stream("libx264", rate=self._rate)
+        self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
+        self._video.options = {"crf": str(crf), "preset": "medium"}
+        self._audio = None
+        if sample_rate is not None:
+            self._audio = self._container.add_stream("aac", rate=sample_rate)
+            self._audio.layout = "stereo"
+
+    def add_frames(self, frames: torch.Tensor) -> None:
+        """Append uint8 frames [n, height, width, 3]."""
+        for array in frames.detach().cpu().numpy():
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts = self.frames_written
+            frame.time_base = 1 / self._rate
+            self._container.mux(self._video.encode(frame))
+            self.frames_written += 1
+
+    def close(self, audio: torch.Tensor | None = None) -> Path:
+        """Flush the video, add `audio` fitted to the video's duration, and move the file into place."""
+        try:
+            self._container.mux(self._video.encode(None))
+            astream = self._audio
+            if (audio is None) != (astream is None):
+                raise ValueError("audio must be given exactly when the writer was opened with a sample rate")
+            if astream is not None:
+                sample_rate = astream.rate
+                samples = fit_audio(audio, sample_rate, self.frames_written, self.fps)
+                for start in range(0, samples.shape[1], AAC_FRAME_SAMPLES):
+                    chunk = np.ascontiguousarray(samples[:, start : start + AAC_FRAME_SAMPLES])
+                    aframe = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+                    aframe.sample_rate = sample_rate
+                    aframe.pts = start
+                    aframe.time_base = Fraction(1, sample_rate)
+                    self._container.mux(astream.encode(aframe))
+                self._container.mux(astream.encode(None))
+            self._container.close()
+            os.replace(self._tmp, self.path)
+        finally:
+            self.abort()
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial file (after a failure)."""
+        with contextlib.suppress(Exception):
+            self._container.close()
+        self._tmp.unlink(missing_ok=True)
+
+
 def write_mp4(
     path: Path, video: torch.Tensor, fps: float, audio: torch.Tensor | None, sample_rate: int, crf: int = 18
 ) -> Path:
     """Encode `video` (uint8 [frames, height, width, 3]) and `audio` ([channels, samples]) into `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    frames = video.detach().cpu().numpy()
-    num_frames, height, width, _ = frames.shape
-    rate = fps_fraction(fps)
+    _, height, width, _ = video.shape
+    writer = Mp4Writer(path, fps, width, height, sample_rate if audio is not None else None, crf)
     try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            vstream = container.add_stream("libx264", rate=rate)
-            vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
-            vstream.options = {"crf": str(crf), "preset": "medium"}
-            astream = None
-            if audio is not None:
-                astream = container.add_stream("aac", rate=sample_rate)
-                astream.layout = "stereo"
-            for i, array in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(array, format="rgb24")
-                frame.pts = i
-                frame.time_base = 1 / rate
-                container.mux(vstream.encode(frame))
-            container.mux(vstream.encode(None))
-            if astream is not None:
-                samples = fit_audio(audio, sample_rate, num_frames, fps)
-                for start in range(0, samples.shape[1], AAC_FRAME_SAMPLES):
-                    chunk = samples[:, start : start + AAC_FRAME_SAMPLES]
-                    aframe = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="stereo")
-                    aframe.sample_rate = sample_rate
-                    aframe.pts = start
-                    aframe.time_base = Fraction(1, sample_rate)
-                    container.mux(astream.encode(aframe))
-                container.mux(astream.encode(None))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+        writer.add_frames(video)
+        return writer.close(audio)
+    except BaseException:
+        writer.abort()
+        raise
 
 
 @dataclass(frozen=True)

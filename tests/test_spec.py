@@ -60,9 +60,26 @@ def test_too_few_frames():
     assert _problems(num_frames=1)["num_frames"].nearest == 9
 
 
-def test_longer_than_one_pass():
-    p = _problems(num_frames=721)["num_frames"]
-    assert "20 s positional range" in p.problem and p.nearest == 481
+def test_longer_than_the_longest_job():
+    p = _problems(num_frames=24 * 601 + 1)["num_frames"]
+    assert "longest job is 600 s" in p.problem and p.nearest == 24 * 600 + 1
+
+
+def test_long_jobs_are_valid_and_chunk_settings_checked():
+    assert validate_job({**BASE, "num_frames": 24 * 60 + 1}).num_frames == 1441
+    assert "positional range" in _problems(chunk_seconds=25)["chunk_seconds"].problem
+    assert "chunk_seconds / 2" in _problems(chunk_seconds=4, chunk_overlap=3)["chunk_overlap"].problem
+    assert _problems(tile_pixels=100)["tile_pixels"].nearest == 96
+    assert "smaller than tile_pixels" in _problems(tile_pixels=256, tile_overlap=256)["tile_overlap"].problem
+    assert _problems(decode_tile_frames=20)["decode_tile_frames"].nearest == 32
+    assert _problems(tail_strength=1.5)["tail_strength"].nearest == 1.0
+
+
+def test_several_prompts():
+    job = validate_job({**BASE, "prompt": "a fox | a raven"})
+    assert job.spec.prompts() == ["a fox", "a raven"]
+    assert validate_job({**BASE, "prompt": ["x", "y"]}).spec.prompts() == ["x", "y"]
+    assert "is empty" in _problems(prompt="a||b")["prompt"].problem
 
 
 @pytest.mark.parametrize("fps", [0, -24, 1000, float("nan")])

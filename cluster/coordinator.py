@@ -1,0 +1,394 @@
+"""The coordinator: runs job plans over a pool of render workers (Ray actors).
+
+Tasks whose dependencies are done go to idle workers; a job uses every idle worker and many jobs share
+the pool. Latents travel between workers as Ray objects; the coordinator itself only does the cheap
+steps (stitching chunks, blending tile predictions at every stage-2 step, accumulating decoded tiles
+and feeding frames to the muxer). Every remote task returns a trace (worker, start, end, peak VRAM) that
+ends up in the job's sidecar.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from cluster.executor import WorkerPool
+from cluster.worker import job_guidance, tensor_sha256
+from jobs.outputs import output_paths, sidecar_document
+from jobs.plan import JobPlan, Task, time_origin_seconds
+from ltx2 import stages
+from ltx2.checkpoint import cached_file_sha256
+from ltx2.media import Mp4Writer, probe_mp4
+
+
+def crossfade_into(target: torch.Tensor, chunk: torch.Tensor, start: int, overlap: int) -> None:
+    """Write `chunk` into `target` along dim 2 from `start`, cross-fading its first `overlap` entries
+    linearly from what `target` holds (the previous chunk) to the chunk's own values."""
+    if overlap:
+        w = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
+        w = w.view(1, 1, overlap, *([1] * (chunk.dim() - 3)))
+        old = target[:, :, start : start + overlap].float()
+        target[:, :, start : start + overlap] = (old * (1 - w) + chunk[:, :, :overlap].float() * w).to(target.dtype)
+    target[:, :, start + overlap : start + chunk.shape[2]] = chunk[:, :, overlap:]
+
+
+def anchor_statistics(chunk: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Match each latent channel's mean and std to the reference chunk's (against colour drift)."""
+    dims = tuple(d for d in range(chunk.dim()) if d != 1)
+    c = chunk.float()
+    ref = reference.float()
+    out = (c - c.mean(dims, keepdim=True)) / (c.std(dims, keepdim=True) + 1e-6)
+    out = out * ref.std(dims, keepdim=True) + ref.mean(dims, keepdim=True)
+    return out.to(chunk.dtype)
+
+
+def tile_weights(tile: Any) -> torch.Tensor:
+    """Per-token blend weight of a stage-2 tile, in the tile's (t, h, w) token order."""
+    t = torch.tensor(tile.time_weights, dtype=torch.float32)[:, None, None]
+    h = torch.tensor(tile.height_weights, dtype=torch.float32)[None, :, None]
+    w = torch.tensor(tile.width_weights, dtype=torch.float32)[None, None, :]
+    return (t * h * w).reshape(-1)
+
+
+def blend_tiles(plan: JobPlan, video_shape: tuple[int, ...], predictions: list[torch.Tensor]) -> torch.Tensor:
+    """Full-frame X0 prediction from tile predictions, weights normalised to sum to one per token."""
+    _, channels, frames, rows, cols = video_shape
+    tokens = frames * rows * cols
+    acc = torch.zeros(1, tokens, channels, dtype=torch.float32)
+    norm = torch.zeros(tokens, dtype=torch.float32)
+    for tile, pred in zip(plan.tiles, predictions, strict=True):
+        index = stages.tile_token_index(
+            video_shape,
+            (tile.time.start, tile.time.stop),
+            (tile.height.start, tile.height.stop),
+            (tile.width.start, tile.width.stop),
+        )
+        w = tile_weights(tile)
+        acc[:, index] += pred.float() * w[None, :, None]
+        norm[index] += w
+    return (acc / norm[None, :, None]).to(predictions[0].dtype)
+
+
+@dataclass
+class JobRun:
+    """The live state of one job's plan."""
+
+    plan: JobPlan
+    out_dir: Path
+    num_layers: int
+    done: dict[str, Any] = field(default_factory=dict)  # task id -> value or ObjectRef
+    running: set[str] = field(default_factory=set)
+    traces: list[dict[str, Any]] = field(default_factory=list)
+    decode_queue: list[tuple[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    writer: Mp4Writer | None = None
+    decode_state: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None
+
+    def ready(self) -> Iterator[Task]:
+        for task in self.plan.tasks:
+            if task.id not in self.done and task.id not in self.running and all(d in self.done for d in task.deps):
+                yield task
+
+
+class Coordinator:
+    """Runs plans on a `WorkerPool`, several jobs at once."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self.num_layers = pool.workers[0].info["num_layers"]
+
+    def run(self, plans: list[JobPlan], out_dir: str | Path) -> list[dict[str, Any]]:
+        runs = [JobRun(p, Path(out_dir), self.num_layers) for p in plans]
+        idle = list(range(len(self.pool.workers)))
+        inflight: dict[Any, tuple[JobRun, str, int, Any]] = {}
+        try:
+            while not all(r.finished for r in runs):
+                progressed = True
+                while progressed:
+                    progressed = False
+                    for run in runs:
+                        for task in list(run.ready()):
+                            if task.kind in ("stitch", "blend", "mux"):
+                                self._local(run, task)
+                                progressed = True
+                            elif task.kind == "decode":
+                                self._start_decode(run, task)
+                                progressed = True
+                            elif idle:
+                                self._dispatch(run, task.id, task.kind, self._arguments(run, task), idle, inflight)
+                        while run.decode_queue and idle:
+                            label, latent = run.decode_queue.pop(0)
+                            self._dispatch(run, label, "decode", {"latent": latent}, idle, inflight)
+                        self._drain_decode(run)
+                if all(r.finished for r in runs):
+                    break
+                if not inflight:
+                    raise RuntimeError("coordinator stalled: no task can run (a bug in the plan)")
+                ready, _ = ray.wait(list(inflight), num_returns=1)
+                run, label, worker, value_ref = inflight.pop(ready[0])
+                trace = ray.get(ready[0])
+                run.traces.append(trace)
+                run.running.discard(label)
+                run.done[label] = value_ref
+                idle.append(worker)
+        finally:
+            for run in runs:
+                if run.writer is not None and not run.finished:
+                    run.writer.abort()
+        return [r.result for r in runs]
+
+    # --- dispatch --------------------------------------------------------------------------------------
+
+    def _dispatch(
+        self, run: JobRun, label: str, kind: str, kwargs: dict[str, Any], idle: list[int], inflight: dict
+    ) -> None:
+        worker = idle.pop(0)
+        actor = self.pool.workers[worker].actor
+        value_ref, trace_ref = actor.task.options(num_returns=2).remote(kind, label, **kwargs)
+        run.running.add(label)
+        inflight[trace_ref] = (run, label, worker, value_ref)
+
+    def _arguments(self, run: JobRun, task: Task) -> dict[str, Any]:
+        plan, spec = run.plan, run.plan.job.spec
+        if task.kind == "encode":
+            return {"text": task.arg("text")}
+        if task.kind == "stage1":
+            i = task.arg("chunk")
+            chunk = plan.chunks[i]
+            video_g, audio_g = job_guidance(plan.job, run.num_layers)
+            request = stages.ChunkRequest(
+                frames=chunk.num_frames,
+                height=spec.height // 2,
+                width=spec.width // 2,
+                fps=spec.frame_rate,
+                seed=plan.chunk_seed[i],
+                recipe=spec.recipe,
+                steps=spec.steps,
+                video_guidance=video_g,
+                audio_guidance=audio_g,
+                tail_strength=spec.tail_strength,
+            )
+            negative = run.done[f"encode:{len(plan.prompts) - 1}"] if spec.recipe == "two_stage" else None
+            return {
+                "request": request,
+                "positive": run.done[f"encode:{plan.chunk_prompt[i]}"],
+                "negative": negative,
+                "previous": run.done[f"stage1:{i - 1}"] if i else None,
+                "overlap_video": chunk.overlap_video,
+                "overlap_audio": chunk.overlap_audio,
+            }
+        if task.kind == "upsample":
+            return {"video": run.done["stitch"]["video"]}
+        if task.kind == "stage2_init":
+            return {
+                "upscaled": run.done["upsample"],
+                "audio": run.done["stitch"]["audio"],
+                "num_frames": plan.job.num_frames,
+                "height": spec.height,
+                "width": spec.width,
+                "fps": spec.frame_rate,
+                "generator_state": run.done["stitch"]["generator_state"],
+                "refine_audio": plan.refine_audio,
+            }
+        if task.kind == "stage2":
+            step, tile = task.arg("step"), plan.tiles[task.arg("tile")]
+            state = run.done["stage2_init"] if step == 0 else run.done[f"blend:{step - 1}"]
+            chunk = next(c for c in plan.chunks if c.video == tile.time)
+            audio_span = (chunk.audio.start, chunk.audio.stop) if not plan.refine_audio else (0, plan.audio_latents)
+            prompt = plan.chunk_prompt[chunk.index]
+            return {
+                "state": state,
+                "contexts": run.done[f"encode:{prompt}"],
+                "step_index": step,
+                "time": (tile.time.start, tile.time.stop),
+                "height": (tile.height.start, tile.height.stop),
+                "width": (tile.width.start, tile.width.stop),
+                "audio_span": audio_span,
+                "time_origin": time_origin_seconds(tile.time, spec.frame_rate),
+            }
+        if task.kind == "audio":
+            final: stages.Stage2State = ray.get(run.done[f"blend:{plan.stage2_steps - 1}"])
+            return {"audio": stages.unpatchify_audio(final.audio, final.audio_shape)}
+        raise ValueError(f"unknown task kind {task.kind}")
+
+    # --- local steps -----------------------------------------------------------------------------------
+
+    def _local(self, run: JobRun, task: Task) -> None:
+        getattr(self, f"_local_{task.kind}")(run, task)
+
+    def _local_stitch(self, run: JobRun, task: Task) -> None:
+        plan = run.plan
+        results: list[stages.ChunkResult] = ray.get([run.done[f"stage1:{c.index}"] for c in plan.chunks])
+        first = results[0]
+        video = torch.zeros(*first.video.shape[:2], plan.latent_frames, *first.video.shape[3:], dtype=first.video.dtype)
+        audio = torch.zeros(*first.audio.shape[:2], plan.audio_latents, first.audio.shape[3], dtype=first.audio.dtype)
+        for chunk, result in zip(plan.chunks, results, strict=True):
+            v, a = result.video, result.audio
+            if plan.job.spec.anchor_colors and chunk.index:
+                v = anchor_statistics(v, first.video)
+            crossfade_into(video, v, chunk.video.start, chunk.overlap_video)
+            crossfade_into(audio, a, chunk.audio.start, chunk.overlap_audio)
+        run.done[task.id] = {"video": ray.put(video), "audio": ray.put(audio), "generator_state": first.generator_state}
+
+    def _local_blend(self, run: JobRun, task: Task) -> None:
+        plan, step = run.plan, task.arg("step")
+        state: stages.Stage2State = ray.get(run.done["stage2_init"] if step == 0 else run.done[f"blend:{step - 1}"])
+        outputs = ray.get([run.done[f"stage2:{step}:{t.index}"] for t in plan.tiles])
+        video_pred = blend_tiles(plan, state.video_shape, [o[0] for o in outputs])
+        video = stages.stage2_advance(state.video, video_pred, step)
+        audio = stages.stage2_advance(state.audio, outputs[0][1], step) if plan.refine_audio else state.audio
+        run.done[task.id] = ray.put(stages.Stage2State(video, audio, state.video_shape, state.audio_shape))
+
+    # --- distributed VAE decode, streamed into the muxer ----------------------------------------------
+
+    def _start_decode(self, run: JobRun, task: Task) -> None:
+        """Cut the final latent into ltx-core's own decode tiles and queue them for the workers."""
+        from ltx_core.model.video_vae import TilingConfig
+        from ltx_core.model.video_vae.tiling import SpatialTilingConfig, TemporalTilingConfig
+
+        plan, spec = run.plan, run.plan.job.spec
+        final: stages.Stage2State = ray.get(run.done[f"blend:{plan.stage2_steps - 1}"])
+        latent = stages.unpatchify_video(final.video, final.video_shape)
+        tiling = TilingConfig(
+            spatial_config=SpatialTilingConfig(plan.decode.tile_pixels, plan.decode.overlap_pixels),
+            temporal_config=TemporalTilingConfig(plan.decode.tile_frames, plan.decode.overlap_frames),
+        )
+        tiles = _official_decode_tiles(latent, tiling)
+        groups: list[list[Any]] = []
+        for tile in tiles:
+            if groups and groups[-1][0].out_coords[2] == tile.out_coords[2]:
+                groups[-1].append(tile)
+            else:
+                groups.append([tile])
+        run.decode_state = {
+            "groups": groups,
+            "next_group": 0,
+            "previous": None,
+            "frames": 0,
+            "sha256": hashlib.sha256(),
+        }
+        for g, group in enumerate(groups):
+            for k, tile in enumerate(group):
+                run.decode_queue.append((f"decode:{g}:{k}", ray.put(latent[tile.in_coords].contiguous())))
+        run.writer = Mp4Writer(
+            output_paths(plan.job, run.out_dir).video, spec.frame_rate, spec.width, spec.height, sample_rate=24000
+        )
+        run.running.add(task.id)
+
+    def _drain_decode(self, run: JobRun) -> None:
+        """Accumulate finished decode groups in order (ltx-core's tiled_decode blending) and stream frames."""
+        state = run.decode_state
+        if state is None or "decode" in run.done:
+            return
+        groups = state["groups"]
+        while state["next_group"] < len(groups):
+            g = state["next_group"]
+            labels = [f"decode:{g}:{k}" for k in range(len(groups[g]))]
+            if not all(label in run.done for label in labels):
+                return
+            decoded = ray.get([run.done[label] for label in labels])
+            for label in labels:
+                run.done[label] = None  # free the pixels
+            buffer, weights, temporal = _accumulate_group(groups[g], decoded, run.plan.job.spec)
+            previous = state["previous"]
+            if previous is not None:
+                p_buffer, p_weights, p_temporal = previous
+                if p_temporal.stop > temporal.start:
+                    n = p_temporal.stop - temporal.start
+                    offset = temporal.start - p_temporal.start
+                    p_buffer[:, :, offset:] += buffer[:, :, :n]
+                    p_weights[:, :, offset:] += weights[:, :, :n]
+                    buffer[:, :, :n] = p_buffer[:, :, offset:]
+                    weights[:, :, :n] = p_weights[:, :, offset:]
+                keep = temporal.start - p_temporal.start
+                self._emit(run, (p_buffer / p_weights.clamp(min=1e-8))[:, :, :keep])
+            state["previous"] = (buffer, weights, temporal)
+            state["next_group"] += 1
+        buffer, weights, _ = state["previous"]
+        self._emit(run, buffer / weights.clamp(min=1e-8))
+        state["previous"] = None
+        run.running.discard("decode")
+        run.done["decode"] = state["frames"]
+
+    def _emit(self, run: JobRun, frames: torch.Tensor) -> None:
+        """float [1, 3, F, H, W] in [-1, 1] → uint8 frames into the muxer (ltx-core's conversion)."""
+        pixels = (((frames + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).to(torch.uint8)
+        frames_hwc = pixels[0].permute(1, 2, 3, 0).contiguous()
+        run.writer.add_frames(frames_hwc)
+        run.decode_state["sha256"].update(frames_hwc.numpy().tobytes())
+        run.decode_state["frames"] += pixels.shape[2]
+
+    def _local_mux(self, run: JobRun, task: Task) -> None:
+        plan = run.plan
+        waveform, sample_rate = ray.get(run.done["audio"])
+        if sample_rate != 24000:
+            raise RuntimeError(f"vocoder produced {sample_rate} Hz audio; the muxer was opened for 24000 Hz")
+        mux_start = time.perf_counter()
+        path = run.writer.close(waveform)
+        media = asdict(probe_mp4(path))
+        if media["frames"] != plan.job.num_frames:
+            raise RuntimeError(f"muxed {media['frames']} frames, planned {plan.job.num_frames}")
+        paths = output_paths(plan.job, run.out_dir)
+        stage_seconds: dict[str, float] = {}
+        for t in run.traces:
+            stage_seconds[t["kind"]] = stage_seconds.get(t["kind"], 0.0) + t["seconds"]
+        stage_seconds["mux_close"] = time.perf_counter() - mux_start
+        stage_seconds["total"] = time.time() - run.started
+        document = sidecar_document(
+            plan.job,
+            models={},
+            timings=stage_seconds,
+            media=media,
+            output={"video": path.name, "bytes": path.stat().st_size, "sha256": cached_file_sha256(path)},
+            content={"video_frames": run.decode_state["sha256"].hexdigest(), "audio_waveform": tensor_sha256(waveform)},
+            worker={"workers": sorted({t["worker"] for t in run.traces})},
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+        document["plan"] = plan.summary()
+        document["trace"] = sorted(run.traces, key=lambda t: t["start"])
+        from cluster.worker import _write_json_atomic
+
+        _write_json_atomic(paths.sidecar, document)
+        run.done[task.id] = True
+        run.result = document
+
+
+def _official_decode_tiles(latent: torch.Tensor, tiling: Any) -> list[Any]:
+    """ltx-core's decode tiles for this latent (its `VideoDecoder._prepare_tiles`, on a meta-device decoder:
+    only the geometry is used, so the coordinator needs no weights)."""
+    from ltx_core.model.video_vae import VideoDecoder
+
+    with torch.device("meta"):
+        decoder = VideoDecoder(decoder_blocks=[])
+    return decoder._prepare_tiles(torch.empty(latent.shape, device="meta"), tiling)
+
+
+def _accumulate_group(tiles: list[Any], decoded: list[torch.Tensor], spec: Any) -> tuple:
+    """One temporal group of decoded tiles, blended with their trapezoid masks (as `tiled_decode` does)."""
+    temporal = tiles[0].out_coords[2]
+    frames = temporal.stop - temporal.start
+    dtype = decoded[0].dtype  # the decoder's dtype, as in tiled_decode (one tile → the untiled result exactly)
+    buffer = torch.zeros(1, 3, frames, spec.height, spec.width, dtype=dtype)
+    weights = torch.zeros_like(buffer)
+    for tile, pixels in zip(tiles, decoded, strict=True):
+        mask = tile.blend_mask.to(dtype)
+        offset = tile.out_coords[2].start - temporal.start
+        length = min(tile.out_coords[2].stop - tile.out_coords[2].start, pixels.shape[2], frames - offset)
+        coords = (slice(None), slice(None), slice(offset, offset + length), tile.out_coords[3], tile.out_coords[4])
+        m = mask[:, :, :length] if mask.shape[2] > 1 else mask
+        buffer[coords] += pixels[:, :, :length] * m
+        weights[coords] += m
+    return buffer, weights, temporal

@@ -1,0 +1,268 @@
+"""Job → plan: the task graph a coordinator runs over GPU workers. Pure: no torch, no Ray.
+
+text encode (once per distinct prompt) → stage-1 temporal chunks (each conditioned on the previous
+chunk's tail, video and audio) → stitch (latent cross-fade) → latent ×2 upsample → stage-2 refine in
+spatio-temporal tiles, blended at every step → tiled VAE decode → audio decode → mux.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from jobs.geometry import (
+    VIDEO_SPACE_SCALE,
+    VIDEO_TIME_SCALE,
+    Span,
+    TemporalChunk,
+    Tile,
+    audio_latent_frames,
+    plan_chunks,
+    plan_tiles,
+    video_latent_frames,
+)
+from jobs.spec import OFFICIAL_NEGATIVE_PROMPT, FieldProblem, JobValidationError, ValidJob
+
+TaskKind = Literal["encode", "stage1", "stitch", "upsample", "stage2_init", "stage2", "blend", "decode", "audio", "mux"]
+LOCAL_KINDS = frozenset({"stitch", "blend", "mux"})
+"""Cheap steps the coordinator runs itself; everything else runs on a GPU worker."""
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    kind: TaskKind
+    deps: tuple[str, ...] = ()
+    args: tuple[tuple[str, Any], ...] = ()
+
+    def arg(self, name: str) -> Any:
+        return dict(self.args)[name]
+
+
+@dataclass(frozen=True)
+class DecodeTiling:
+    """VAE decode tiles (ltx-core's TilingConfig semantics) and how many tiles that makes."""
+
+    tile_pixels: int
+    overlap_pixels: int
+    tile_frames: int
+    overlap_frames: int
+    spatial_tiles: int
+    temporal_tiles: int
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    job: ValidJob
+    prompts: tuple[str, ...]
+    """Distinct texts to encode; the negative prompt (two_stage) is the last one."""
+    chunk_prompt: tuple[int, ...]
+    chunk_seed: tuple[int, ...]
+    chunks: tuple[TemporalChunk, ...]
+    tiles: tuple[Tile, ...]
+    latent_frames: int
+    latent_height: int
+    latent_width: int
+    audio_latents: int
+    decode: DecodeTiling
+    stage2_steps: int
+    tasks: tuple[Task, ...] = field(repr=False)
+
+    @property
+    def refine_audio(self) -> bool:
+        """Untiled stage 2 refines audio as the official pipeline does; tiled stage 2 keeps stage-1 audio."""
+        return len(self.tiles) == 1
+
+    @property
+    def trivial(self) -> bool:
+        return len(self.chunks) == 1 and len(self.tiles) == 1
+
+    def summary(self) -> dict[str, Any]:
+        spec = self.job.spec
+        kinds: dict[str, int] = {}
+        for t in self.tasks:
+            kinds[t.kind] = kinds.get(t.kind, 0) + 1
+        return {
+            "output": {
+                "width": spec.width,
+                "height": spec.height,
+                "frames": self.job.num_frames,
+                "fps": spec.frame_rate,
+                "seconds": round((self.job.num_frames - 1) / spec.frame_rate, 3),
+            },
+            "latents": {
+                "video": [self.latent_frames, self.latent_height, self.latent_width],
+                "audio": self.audio_latents,
+            },
+            "prompts": list(self.prompts),
+            "chunks": [
+                {
+                    "index": c.index,
+                    "video_latents": [c.video.start, c.video.stop],
+                    "audio_latents": [c.audio.start, c.audio.stop],
+                    "frames": c.num_frames,
+                    "first_frame": c.first_frame,
+                    "overlap_video": c.overlap_video,
+                    "overlap_audio": c.overlap_audio,
+                    "prompt": self.chunk_prompt[c.index],
+                    "seed": self.chunk_seed[c.index],
+                }
+                for c in self.chunks
+            ],
+            "stage2_tiles": [
+                {
+                    "index": t.index,
+                    "time": [t.time.start, t.time.stop],
+                    "height": [t.height.start, t.height.stop],
+                    "width": [t.width.start, t.width.stop],
+                    "tokens": t.tokens,
+                }
+                for t in self.tiles
+            ],
+            "refine_audio": self.refine_audio,
+            "decode": {
+                "spatial_tiles": self.decode.spatial_tiles,
+                "temporal_tiles": self.decode.temporal_tiles,
+                "tile_pixels": self.decode.tile_pixels,
+                "tile_frames": self.decode.tile_frames,
+            },
+            "tasks": kinds,
+        }
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    """Chunk 0 uses the job's seed (so a one-chunk plan is the plain render); later chunks derive theirs."""
+    if index == 0:
+        return seed
+    return int(hashlib.sha256(f"ltx2-farm/chunk/{seed}/{index}".encode()).hexdigest()[:15], 16)
+
+
+def _official_spatial_split(length: int, size: int, overlap: int) -> int:
+    """Tile count of ltx-core's `split_with_symmetric_overlaps` (the VAE decode tiler)."""
+    if length <= size:
+        return 1
+    return (length + size - 2 * overlap - 1) // (size - overlap)
+
+
+def _decode_tiling(spec: Any, frames_latent: int, height: int, width: int) -> DecodeTiling:
+    """Mirror of `VideoDecoder._prepare_tiles` counts for TilingConfig(spatial, temporal)."""
+    size, overlap = spec.decode_tile_pixels // VIDEO_SPACE_SCALE, 64 // VIDEO_SPACE_SCALE
+    long_side = max(height, width)
+    spatial = 1
+    for axis in (height, width):
+        tile = max(max(2, overlap + 1), round(size * axis / long_side))
+        spatial *= _official_spatial_split(axis, tile, overlap)
+    t_size, t_overlap = spec.decode_tile_frames // VIDEO_TIME_SCALE, 24 // VIDEO_TIME_SCALE
+    temporal = _official_spatial_split(frames_latent, t_size, t_overlap)
+    return DecodeTiling(spec.decode_tile_pixels, 64, spec.decode_tile_frames, 24, spatial, temporal)
+
+
+def plan_job(job: ValidJob) -> JobPlan:
+    """The whole task graph of one job."""
+    spec = job.spec
+    fps = spec.frame_rate
+    chunks = plan_chunks(job.num_frames, fps, spec.chunk_seconds, spec.chunk_overlap)
+    prompts = spec.prompts()
+    if len(prompts) > len(chunks):
+        raise JobValidationError(
+            [
+                FieldProblem(
+                    "prompt",
+                    spec.prompt,
+                    f"gives {len(prompts)} prompts but the job has {len(chunks)} chunk(s) "
+                    f"of ≤ {spec.chunk_seconds:g} s",
+                    None,
+                )
+            ]
+        )
+    chunk_prompt = tuple(i * len(prompts) // len(chunks) for i in range(len(chunks)))
+    texts = list(dict.fromkeys(prompts))
+    chunk_prompt = tuple(texts.index(prompts[p]) for p in chunk_prompt)
+    negative_index = None
+    if spec.recipe == "two_stage":
+        negative = spec.negative_prompt if spec.negative_prompt is not None else OFFICIAL_NEGATIVE_PROMPT
+        if negative not in texts:
+            texts.append(negative)
+        negative_index = texts.index(negative)
+
+    frames_latent = video_latent_frames(job.num_frames)
+    lh, lw = spec.height // VIDEO_SPACE_SCALE, spec.width // VIDEO_SPACE_SCALE
+    tile = max(1, spec.tile_pixels // VIDEO_SPACE_SCALE)
+    overlap = spec.tile_overlap // VIDEO_SPACE_SCALE
+    time_spans = tuple(c.video for c in chunks)
+    tiles = plan_tiles(time_spans, lh, lw, tile, min(overlap, tile - 1))
+    decode = _decode_tiling(spec, frames_latent, lh, lw)
+
+    tasks: list[Task] = [Task(f"encode:{i}", "encode", (), (("text", t),)) for i, t in enumerate(texts)]
+    for c in chunks:
+        deps = [f"encode:{chunk_prompt[c.index]}"]
+        if negative_index is not None:
+            deps.append(f"encode:{negative_index}")
+        if c.index:
+            deps.append(f"stage1:{c.index - 1}")
+        tasks.append(Task(f"stage1:{c.index}", "stage1", tuple(deps), (("chunk", c.index),)))
+    tasks.append(Task("stitch", "stitch", tuple(f"stage1:{c.index}" for c in chunks)))
+    tasks.append(Task("upsample", "upsample", ("stitch",)))
+    tasks.append(Task("stage2_init", "stage2_init", ("upsample",)))
+    steps = 3
+    previous = "stage2_init"
+    for step in range(steps):
+        tile_ids = []
+        for t in tiles:
+            tile_ids.append(f"stage2:{step}:{t.index}")
+            tasks.append(Task(tile_ids[-1], "stage2", (previous,), (("step", step), ("tile", t.index))))
+        tasks.append(Task(f"blend:{step}", "blend", tuple(tile_ids), (("step", step),)))
+        previous = f"blend:{step}"
+    tasks.append(Task("decode", "decode", (previous,)))
+    tasks.append(Task("audio", "audio", (previous,)))
+    tasks.append(Task("mux", "mux", ("decode", "audio")))
+    return JobPlan(
+        job=job,
+        prompts=tuple(texts),
+        chunk_prompt=chunk_prompt,
+        chunk_seed=tuple(chunk_seed(spec.seed, c.index) for c in chunks),
+        chunks=chunks,
+        tiles=tiles,
+        latent_frames=frames_latent,
+        latent_height=lh,
+        latent_width=lw,
+        audio_latents=audio_latent_frames(job.num_frames, fps),
+        decode=decode,
+        stage2_steps=steps,
+        tasks=tuple(tasks),
+    )
+
+
+def time_origin_seconds(span: Span, fps: float) -> float:
+    """Clock start of a temporal window: the time of its first latent's frame."""
+    return span.start * VIDEO_TIME_SCALE / fps
+
+
+def describe(plan: JobPlan) -> str:
+    """Human-readable plan for `ltx2-farm plan`."""
+    s = plan.summary()
+    out = s["output"]
+    lines = [
+        f"job: {out['width']}x{out['height']}, {out['frames']} frames @ {out['fps']:g} fps ({out['seconds']} s), "
+        f"recipe {plan.job.spec.recipe}",
+        f"latents: video {s['latents']['video']} (t,h,w), audio {s['latents']['audio']}",
+        f"text encode: {len(plan.prompts)} distinct prompt(s)",
+        f"stage 1: {len(plan.chunks)} chunk(s) at {out['width'] // 2}x{out['height'] // 2}",
+    ]
+    for c in s["chunks"]:
+        lines.append(
+            f"  chunk {c['index']}: video latents {c['video_latents']}, audio latents {c['audio_latents']}, "
+            f"{c['frames']} frames from frame {c['first_frame']}, overlap {c['overlap_video']} video / "
+            f"{c['overlap_audio']} audio latents, prompt {c['prompt']}, seed {c['seed']}"
+        )
+    lines.append(
+        f"stage 2: {len(plan.tiles)} tile(s) x {plan.stage2_steps} steps, blended every step; audio "
+        f"{'refined (untiled)' if plan.refine_audio else 'kept from stage 1 (tiled)'}"
+    )
+    for t in s["stage2_tiles"]:
+        lines.append(f"  tile {t['index']}: t{t['time']} h{t['height']} w{t['width']} ({t['tokens']} tokens)")
+    d = s["decode"]
+    lines.append(f"decode: {d['spatial_tiles']} spatial x {d['temporal_tiles']} temporal VAE tiles; one audio decode")
+    lines.append("tasks: " + ", ".join(f"{k} {v}" for k, v in s["tasks"].items()))
+    return "\n".join(lines)
