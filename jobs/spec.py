@@ -157,11 +157,12 @@ def validate_job(raw: dict[str, Any] | JobSpec, snap: bool = False, source: str 
         else:
             problems.append(FieldProblem(field, value, problem, nearest))
 
-    if not spec.prompt.strip():
+    prompts = spec.prompts()
+    if not prompts or any(not p.strip() for p in prompts):
         problems.append(FieldProblem("prompt", spec.prompt, "is empty; describe the scene and its sound"))
-    elif len(spec.prompt) > MAX_PROMPT_CHARS:
-        problems.append(FieldProblem("prompt", spec.prompt[:40] + "…", f"is longer than {MAX_PROMPT_CHARS} characters"))
-    for field, text in (("prompt", spec.prompt), ("negative_prompt", spec.negative_prompt or "")):
+    elif any(len(p) > MAX_PROMPT_CHARS for p in prompts):
+        problems.append(FieldProblem("prompt", prompts[0][:40] + "…", f"is longer than {MAX_PROMPT_CHARS} characters"))
+    for field, text in [("prompt", p) for p in prompts] + [("negative_prompt", spec.negative_prompt or "")]:
         if any(ord(c) < 32 and c not in "\n\t" for c in text):
             problems.append(FieldProblem(field, text[:40], "contains control characters; remove them"))
     if not 0 <= spec.seed < 2**63:
