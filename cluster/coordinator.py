@@ -132,11 +132,16 @@ class Coordinator:
                         while run.decode_queue and idle:
                             label, latent = run.decode_queue.pop(0)
                             self._dispatch(run, label, "decode", {"latent": latent}, idle, inflight)
-                        self._drain_decode(run)
+                        progressed |= self._drain_decode(run)
                 if all(r.finished for r in runs):
                     break
                 if not inflight:
-                    raise RuntimeError("coordinator stalled: no task can run (a bug in the plan)")
+                    pending = {
+                        r.plan.job.spec.name or i: sorted(t.id for t in r.plan.tasks if t.id not in r.done)
+                        for i, r in enumerate(runs)
+                        if not r.finished
+                    }
+                    raise RuntimeError(f"coordinator stalled: no task can run (a bug): pending {pending}")
                 ready, _ = ray.wait(list(inflight), num_returns=1)
                 run, label, worker, value_ref = inflight.pop(ready[0])
                 trace = ray.get(ready[0])
@@ -288,17 +293,18 @@ class Coordinator:
         )
         run.running.add(task.id)
 
-    def _drain_decode(self, run: JobRun) -> None:
-        """Accumulate finished decode groups in order (ltx-core's tiled_decode blending) and stream frames."""
+    def _drain_decode(self, run: JobRun) -> bool:
+        """Accumulate finished decode groups in order (ltx-core's tiled_decode blending) and stream frames.
+        True when the whole decode finished now."""
         state = run.decode_state
         if state is None or "decode" in run.done:
-            return
+            return False
         groups = state["groups"]
         while state["next_group"] < len(groups):
             g = state["next_group"]
             labels = [f"decode:{g}:{k}" for k in range(len(groups[g]))]
             if not all(label in run.done for label in labels):
-                return
+                return False
             decoded = ray.get([run.done[label] for label in labels])
             for label in labels:
                 run.done[label] = None  # free the pixels
@@ -322,6 +328,7 @@ class Coordinator:
         state["previous"] = None
         run.running.discard("decode")
         run.done["decode"] = state["frames"]
+        return True
 
     def _emit(self, run: JobRun, frames: torch.Tensor) -> None:
         """float [1, 3, F, H, W] in [-1, 1] → uint8 frames into the muxer (ltx-core's conversion)."""

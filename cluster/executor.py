@@ -63,6 +63,13 @@ class WorkerPool:
     ) -> None:
         gpus = gpus_available()
         use_gpu = device != "cpu" and gpus >= 1
+        resource = "GPU" if use_gpu else "CPU"
+        free = int(ray.available_resources().get(resource, 0))
+        if free < num_workers:
+            raise ValueError(
+                f"asked for {num_workers} render workers, but the Ray cluster has {free} free {resource}(s); "
+                f"ask for fewer workers or add nodes"
+            )
         options: dict[str, Any] = {"max_concurrency": 2}  # one render + progress polls
         if use_gpu:
             options.update(num_gpus=1, num_cpus=1)

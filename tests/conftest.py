@@ -44,6 +44,6 @@ def ray_cluster():
 
     from cluster.executor import start_ray
 
-    start_ray(num_cpus=2)
+    start_ray(num_cpus=4)  # logical CPUs: room for 3 one-CPU workers on a 2-core machine
     yield
     ray.shutdown()
