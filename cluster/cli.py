@@ -23,6 +23,9 @@ examples:
   ltx2-farm render                              render the embedded demo job into ./renders/
   ltx2-farm render job.yaml --snap              render a job file, snapping sizes to valid values
   ltx2-farm render --prompt "waves at night" --duration 3 --height 512 --width 768
+  ltx2-farm render --duration 30 --resolution 1920x1088 --workers 3
+                                                a long, large job: temporal chunks + spatial tiles
+  ltx2-farm plan job.yaml                       show the task graph (chunks, tiles, decode tiles)
   ltx2-farm validate job.yaml --json            check a job without rendering
   ltx2-farm models tiny                         generate the tiny test checkpoint set
 
@@ -41,6 +44,11 @@ MODEL_FLAGS = {
 }
 
 JOB_FLAGS = {
+    "chunk_seconds": float,
+    "chunk_overlap": float,
+    "tile_pixels": int,
+    "tile_overlap": int,
+    "anchor_colors": bool,
     "prompt": str,
     "negative_prompt": str,
     "seed": int,
@@ -72,6 +80,7 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prompt")
     group.add_argument("--negative-prompt", dest="negative_prompt")
     group.add_argument("--seed", type=int)
+    group.add_argument("--resolution", metavar="WxH", help="output size, e.g. 1920x1088 (sets --width/--height)")
     group.add_argument("--height", type=int, help="pixels, multiple of 64")
     group.add_argument("--width", type=int, help="pixels, multiple of 64")
     group.add_argument("--frames", dest="num_frames", type=int, help="8k+1 frames (e.g. 121)")
@@ -80,6 +89,17 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--recipe", choices=["two_stage", "distilled"])
     group.add_argument("--steps", type=int, help="stage-1 steps of the two_stage recipe")
     group.add_argument("--name", help="output file stem")
+    group.add_argument("--chunk-seconds", dest="chunk_seconds", type=float, help="longest stage-1 chunk (≤ 20 s)")
+    group.add_argument("--chunk-overlap", dest="chunk_overlap", type=float, help="seconds shared by chunks")
+    group.add_argument("--tile-pixels", dest="tile_pixels", type=int, help="largest stage-2 tile side")
+    group.add_argument("--tile-overlap", dest="tile_overlap", type=int, help="stage-2 tile overlap in pixels")
+    group.add_argument(
+        "--anchor-colors",
+        dest="anchor_colors",
+        action="store_true",
+        default=None,
+        help="match each chunk's colour statistics to the first chunk's",
+    )
     parser.add_argument(
         "--snap", action="store_true", help="move invalid sizes/frame counts to the nearest valid value and say so"
     )
@@ -105,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--device", choices=["cuda", "cpu"], help="default: a GPU if Ray sees one, else the CPU")
     render.add_argument("--address", help="join this Ray cluster (env RAY_ADDRESS); default: embedded cluster")
     render.add_argument("--quiet", action="store_true", help="no progress bar")
+    render.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="render workers (one GPU each; CPU workers when Ray sees no GPU); default 1",
+    )
+
+    plan = command("plan", "show how a job is split into tasks (chunks, tiles, decode tiles)")
+    _add_job_flags(plan)
 
     validate = command("validate", "check a job without rendering")
     _add_job_flags(validate)
@@ -141,6 +170,12 @@ def load_job_mapping(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         value = getattr(args, field, None)
         if value is not None:
             data[field] = value
+    if getattr(args, "resolution", None):
+        try:
+            width, height = (int(v) for v in args.resolution.lower().split("x"))
+        except ValueError:
+            raise UsageError(f"--resolution {args.resolution!r}: write it as WIDTHxHEIGHT, e.g. 1920x1088") from None
+        data["width"], data["height"] = width, height
     if args.duration is not None:
         data.pop("num_frames", None)
     if getattr(args, "num_frames", None) is not None:
@@ -204,6 +239,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from jobs.plan import describe, plan_job
+
+    data, source = load_job_mapping(args)
+    job = validate_job(data, snap=args.snap, source=source)
+    plan = plan_job(job)
+    _emit(args, {"ok": True, "source": source, **plan.summary()}, _describe_adjustments(job) + describe(plan))
+    return 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     data, source = load_job_mapping(args)
     job = validate_job(data, snap=args.snap, source=source)  # before any model or cluster starts
@@ -219,10 +264,16 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     from cluster.executor import WorkerPool, start_ray
 
-    start_ray(args.address)
+    # The embedded cluster gives CPU workers one logical CPU each, even beyond the machine's cores.
+    start_ray(args.address, num_cpus=None if args.address else max(os.cpu_count() or 1, args.workers))
     if not args.json:
         sys.stderr.write("starting worker (loading models)…\n")
-    pool = WorkerPool(checkpoints, num_workers=1, device=args.device)
+    from jobs.plan import plan_job
+
+    plan = plan_job(job)  # refuses a job whose prompts do not fit its chunks, before any worker starts
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: give at least 1")
+    pool = WorkerPool(checkpoints, num_workers=args.workers, device=args.device)
     bar = None if (args.quiet or args.json) else tqdm(total=0, unit="step", desc="render", file=sys.stderr)
 
     shown_stage = [""]
@@ -238,7 +289,16 @@ def cmd_render(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        sidecar = pool.render(job, args.out, on_progress=on_progress)
+        if plan.trivial and args.workers == 1:
+            sidecar = pool.render(job, args.out, on_progress=on_progress)  # the single-pass fast path
+        else:
+            from cluster.coordinator import Coordinator
+
+            if not args.json:
+                sys.stderr.write(
+                    f"{len(plan.chunks)} chunk(s), {len(plan.tiles)} stage-2 tile(s), {args.workers} worker(s)\n"
+                )
+            [sidecar] = Coordinator(pool).run([plan], args.out)
     finally:
         if bar is not None:
             bar.close()
@@ -285,16 +345,18 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from cluster.executor import CapacityError
     from ltx2.checkpoint import CheckpointError
 
     try:
-        return {"render": cmd_render, "validate": cmd_validate, "models": cmd_models}[args.command](args)
+        commands = {"render": cmd_render, "plan": cmd_plan, "validate": cmd_validate, "models": cmd_models}
+        return commands[args.command](args)
     except JobValidationError as e:
         if getattr(args, "json", False):
             print(json.dumps(_problem_payload(e), indent=2, default=str))
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (UsageError, CheckpointError) as e:
+    except (UsageError, CheckpointError, CapacityError) as e:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": str(e)}, indent=2))
         print(f"error: {e}", file=sys.stderr)

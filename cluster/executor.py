@@ -43,6 +43,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         )
 
 
+class CapacityError(ValueError):
+    """The cluster cannot host the workers asked for."""
+
+
 def gpus_available() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
@@ -66,7 +70,7 @@ class WorkerPool:
         resource = "GPU" if use_gpu else "CPU"
         free = int(ray.available_resources().get(resource, 0))
         if free < num_workers:
-            raise ValueError(
+            raise CapacityError(
                 f"asked for {num_workers} render workers, but the Ray cluster has {free} free {resource}(s); "
                 f"ask for fewer workers or add nodes"
             )

@@ -79,3 +79,40 @@ def test_broken_checkpoint_is_named(tmp_path):
 def test_missing_job_file():
     result = run("render", "no/such/job.yaml")
     assert result.returncode == 2 and "not found" in result.stderr
+
+
+def test_plan_prints_chunks_and_tiles():
+    result = run("plan", "--duration", "30", "--resolution", "1920x1088", "--prompt", "a|b|c", "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert len(plan["chunks"]) == 4 and len(plan["stage2_tiles"]) == 16
+    assert plan["output"] == {"width": 1920, "height": 1088, "frames": 721, "fps": 24.0, "seconds": 30.0}
+    human = run("plan", "--duration", "30", "--resolution", "1920x1088").stdout
+    assert "stage 1: 4 chunk(s)" in human and "stage 2: 16 tile(s)" in human
+
+
+def test_bad_resolution_and_too_many_prompts():
+    bad = run("plan", "--resolution", "1920by1080")
+    assert bad.returncode == 2 and "WIDTHxHEIGHT" in bad.stderr
+    many = run("plan", "--prompt", "a|b|c", "--frames", "17", "--json")
+    assert many.returncode == 2 and "3 prompts but the job has 1 chunk" in many.stderr
+
+
+def test_render_chunked_job_on_several_workers(tmp_path):
+    job = {
+        **SMALL_JOB,
+        "num_frames": None,
+        "duration": 4,
+        "chunk_seconds": 2,
+        "chunk_overlap": 0.5,
+        "decode_tile_frames": 32,
+        "name": "long",
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    result = run("render", str(path), "--workers", "2", "--out", str(tmp_path / "out"), "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["media"]["frames"] == 97
+    assert len(payload["plan"]["chunks"]) == 3
+    assert {t["worker"] for t in payload["trace"]} == {"worker-0", "worker-1"}
