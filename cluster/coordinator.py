@@ -87,7 +87,7 @@ class JobRun:
     done: dict[str, Any] = field(default_factory=dict)  # task id -> value or ObjectRef
     running: set[str] = field(default_factory=set)
     traces: list[dict[str, Any]] = field(default_factory=list)
-    decode_queue: list[tuple[str, Any]] = field(default_factory=list)
+    decode_queue: list[tuple[int, str, Any]] = field(default_factory=list)  # (group, label, latent ref)
     started: float = field(default_factory=time.time)
     writer: Mp4Writer | None = None
     decode_state: dict[str, Any] | None = None
@@ -101,6 +101,9 @@ class JobRun:
         for task in self.plan.tasks:
             if task.id not in self.done and task.id not in self.running and all(d in self.done for d in task.deps):
                 yield task
+
+
+DECODE_GROUPS_AHEAD = 1
 
 
 class Coordinator:
@@ -129,8 +132,10 @@ class Coordinator:
                                 progressed = True
                             elif idle:
                                 self._dispatch(run, task.id, task.kind, self._arguments(run, task), idle, inflight)
-                        while run.decode_queue and idle:
-                            label, latent = run.decode_queue.pop(0)
+                        # Backpressure: decode at most DECODE_GROUPS_AHEAD temporal groups past the one being
+                        # muxed, so decoded pixels never pile up in the object store.
+                        while run.decode_queue and idle and run.decode_queue[0][0] <= self._decode_horizon(run):
+                            _, label, latent = run.decode_queue.pop(0)
                             self._dispatch(run, label, "decode", {"latent": latent}, idle, inflight)
                         progressed |= self._drain_decode(run)
                 if all(r.finished for r in runs):
@@ -154,6 +159,10 @@ class Coordinator:
                 if run.writer is not None and not run.finished:
                     run.writer.abort()
         return [r.result for r in runs]
+
+    @staticmethod
+    def _decode_horizon(run: JobRun) -> int:
+        return (run.decode_state["next_group"] if run.decode_state else 0) + DECODE_GROUPS_AHEAD
 
     # --- dispatch --------------------------------------------------------------------------------------
 
@@ -287,7 +296,7 @@ class Coordinator:
         }
         for g, group in enumerate(groups):
             for k, tile in enumerate(group):
-                run.decode_queue.append((f"decode:{g}:{k}", ray.put(latent[tile.in_coords].contiguous())))
+                run.decode_queue.append((g, f"decode:{g}:{k}", ray.put(latent[tile.in_coords].contiguous())))
         run.writer = Mp4Writer(
             output_paths(plan.job, run.out_dir).video, spec.frame_rate, spec.width, spec.height, sample_rate=24000
         )
