@@ -131,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="render workers (one GPU each; CPU workers when Ray sees no GPU); default 1",
     )
+    storage = render.add_argument_group("upload (default: keep the files in --out only)")
+    storage.add_argument(
+        "--output", metavar="URL", help="s3://bucket/prefix or a folder; files stay in --out until confirmed"
+    )
+    storage.add_argument(
+        "--key-template",
+        default="{job}-seed{seed}.{ext}",
+        help="object key under the prefix; fields {job} {name} {seed} {hash} {ext}",
+    )
+    storage.add_argument("--endpoint-url", help="S3-compatible endpoint (env AWS_ENDPOINT_URL)")
+    storage.add_argument("--region", help="S3 region (env AWS_DEFAULT_REGION)")
+    storage.add_argument("--addressing-style", choices=["auto", "path", "virtual"], default="auto")
+    storage.add_argument("--profile", help="AWS profile (credentials come from boto3's standard chain)")
 
     plan = command("plan", "show how a job is split into tasks (chunks, tiles, decode tiles)")
     _add_job_flags(plan)
@@ -254,6 +267,11 @@ def cmd_render(args: argparse.Namespace) -> int:
     job = validate_job(data, snap=args.snap, source=source)  # before any model or cluster starts
     if job.adjustments and not args.json:
         sys.stderr.write(_describe_adjustments(job))
+    if args.output:  # a bad destination or key template is refused before any compute
+        from jobs.keys import parse_destination, render_key
+
+        parse_destination(args.output)
+        render_key(args.key_template, {"job": "j", "name": "n", "seed": 0, "hash": "h", "ext": "mp4"})
     checkpoints = resolve_checkpoints(args)
     from ltx2.checkpoint import validate_checkpoint_set
 
@@ -305,6 +323,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         pool.shutdown()
     out = Path(args.out)
     video = out / sidecar["output"]["video"]
+    if args.output:
+        sidecar["upload"] = _upload(args, job, video)
     media = sidecar["media"]
     human = (
         f"wrote {video}  ({media['width']}x{media['height']}, {media['frames']} frames @ {media['fps']:g} fps, "
@@ -312,8 +332,41 @@ def cmd_render(args: argparse.Namespace) -> int:
         f"{sidecar['timings_s']['total']:.1f} s)\n"
         f"sidecar {video.with_suffix('.json')}"
     )
+    human += "".join(f"\nuploaded {u['url']}\n  link: {u['presigned_url']}" for u in sidecar.get("upload", []))
     _emit(args, {"ok": True, "video": str(video), "sidecar": str(video.with_suffix(".json")), **sidecar}, human)
     return 0
+
+
+def _upload(args: argparse.Namespace, job: ValidJob, video: Path) -> list[dict[str, Any]]:
+    """Upload the MP4 then the sidecar (last: a remote sidecar means a complete output)."""
+    from cluster.storage import StorageOptions, Uploader
+    from jobs.keys import parse_destination, render_key
+    from jobs.outputs import job_content_hash
+
+    destination = parse_destination(args.output)
+    fields = {
+        "job": video.stem,
+        "name": job.spec.name or "render",
+        "seed": job.spec.seed,
+        "hash": job_content_hash(job)[:12],
+    }
+    files = [
+        (video, render_key(args.key_template, {**fields, "ext": "mp4"}), "video/mp4"),
+        (video.with_suffix(".json"), render_key(args.key_template, {**fields, "ext": "json"}), "application/json"),
+    ]
+    options = StorageOptions(
+        endpoint_url=args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
+        region=args.region,
+        addressing_style=args.addressing_style,
+        profile=args.profile,
+    )
+    uploader = Uploader(destination, options)
+    if not args.json:
+        sys.stderr.write(f"uploading to {destination}…\n")
+    return [
+        {"key": o.key, "bytes": o.bytes, "etag": o.etag, "url": o.url, "presigned_url": uploader.presigned_url(o.key)}
+        for o in uploader.upload(files)
+    ]
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -346,6 +399,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cluster.executor import CapacityError
+    from cluster.storage import UploadError
+    from jobs.keys import DestinationError
     from ltx2.checkpoint import CheckpointError
 
     try:
@@ -356,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_problem_payload(e), indent=2, default=str))
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (UsageError, CheckpointError, CapacityError) as e:
+    except (UsageError, CheckpointError, CapacityError, DestinationError, UploadError) as e:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": str(e)}, indent=2))
         print(f"error: {e}", file=sys.stderr)

@@ -116,3 +116,56 @@ def test_render_chunked_job_on_several_workers(tmp_path):
     assert payload["media"]["frames"] == 97
     assert len(payload["plan"]["chunks"]) == 3
     assert {t["worker"] for t in payload["trace"]} == {"worker-0", "worker-1"}
+
+
+def test_render_uploads_to_s3_and_prints_links(tmp_path):
+    from tests.s3_servers import MotoServer, apply_env, moto_env
+
+    old = apply_env(moto_env())
+    server = MotoServer().start()
+    try:
+        import boto3
+
+        boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket="farm")
+        result = run(
+            "render",
+            "--prompt",
+            "rain on a tin roof",
+            "--frames",
+            "9",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--output",
+            "s3://farm/tests",
+            "--key-template",
+            "{name}/{seed}.{ext}",
+            "--endpoint-url",
+            server.endpoint,
+            "--addressing-style",
+            "path",
+            "--json",
+        )
+        assert result.returncode == 0, result.stderr
+        uploads = json.loads(result.stdout)["upload"]
+        assert [u["key"] for u in uploads] == ["tests/render/10.mp4", "tests/render/10.json"]
+        keys = [
+            o["Key"]
+            for o in boto3.client("s3", endpoint_url=server.endpoint).list_objects_v2(Bucket="farm")["Contents"]
+        ]
+        assert sorted(keys) == ["tests/render/10.json", "tests/render/10.mp4"]
+        assert "testing-secret-value" not in result.stdout + result.stderr
+        bad = run("render", "--output", "s3://Bad_Bucket/x")
+        assert bad.returncode == 2 and "not a valid bucket name" in bad.stderr
+    finally:
+        server.stop()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
