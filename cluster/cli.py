@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--device", choices=["cuda", "cpu"], help="default: a GPU if Ray sees one, else the CPU")
     render.add_argument("--address", help="join this Ray cluster (env RAY_ADDRESS); default: embedded cluster")
     render.add_argument("--quiet", action="store_true", help="no progress bar")
+    render.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT while rendering")
     render.add_argument(
         "--workers",
         type=int,
@@ -292,6 +293,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: give at least 1")
     pool = WorkerPool(checkpoints, num_workers=args.workers, device=args.device)
+    metrics = None
+    if args.metrics_port is not None:
+        from cluster.metrics import MetricsServer
+
+        metrics = MetricsServer(pool, port=args.metrics_port)
+        if not args.json:
+            sys.stderr.write(f"metrics at {metrics.url}\n")
     bar = None if (args.quiet or args.json) else tqdm(total=0, unit="step", desc="render", file=sys.stderr)
 
     shown_stage = [""]
@@ -316,15 +324,19 @@ def cmd_render(args: argparse.Namespace) -> int:
                 sys.stderr.write(
                     f"{len(plan.chunks)} chunk(s), {len(plan.tiles)} stage-2 tile(s), {args.workers} worker(s)\n"
                 )
-            [sidecar] = Coordinator(pool).run([plan], args.out)
+            [sidecar] = Coordinator(pool, metrics.farm if metrics else None).run([plan], args.out)
+        if bar is not None:
+            bar.close()
+            bar = None
+        video = Path(args.out) / sidecar["output"]["video"]
+        if args.output:
+            sidecar["upload"] = _upload(args, job, video, metrics.farm if metrics else None)
     finally:
         if bar is not None:
             bar.close()
+        if metrics is not None:
+            metrics.close()
         pool.shutdown()
-    out = Path(args.out)
-    video = out / sidecar["output"]["video"]
-    if args.output:
-        sidecar["upload"] = _upload(args, job, video)
     media = sidecar["media"]
     human = (
         f"wrote {video}  ({media['width']}x{media['height']}, {media['frames']} frames @ {media['fps']:g} fps, "
@@ -337,7 +349,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _upload(args: argparse.Namespace, job: ValidJob, video: Path) -> list[dict[str, Any]]:
+def _upload(args: argparse.Namespace, job: ValidJob, video: Path, metrics: Any = None) -> list[dict[str, Any]]:
     """Upload the MP4 then the sidecar (last: a remote sidecar means a complete output)."""
     from cluster.storage import StorageOptions, Uploader
     from jobs.keys import parse_destination, render_key
@@ -363,9 +375,17 @@ def _upload(args: argparse.Namespace, job: ValidJob, video: Path) -> list[dict[s
     uploader = Uploader(destination, options)
     if not args.json:
         sys.stderr.write(f"uploading to {destination}…\n")
+    try:
+        objects = uploader.upload(files)
+    except Exception:
+        if metrics is not None:
+            metrics.upload_failures.inc()
+        raise
+    if metrics is not None:
+        metrics.upload_bytes.inc(sum(o.bytes for o in objects))
     return [
         {"key": o.key, "bytes": o.bytes, "etag": o.etag, "url": o.url, "presigned_url": uploader.presigned_url(o.key)}
-        for o in uploader.upload(files)
+        for o in objects
     ]
 
 

@@ -21,6 +21,7 @@ import ray
 import torch
 
 from cluster.executor import WorkerPool
+from cluster.metrics import FarmMetrics
 from cluster.worker import job_guidance, tensor_sha256
 from jobs.outputs import output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, time_origin_seconds
@@ -109,8 +110,9 @@ DECODE_GROUPS_AHEAD = 1
 class Coordinator:
     """Runs plans on a `WorkerPool`, several jobs at once."""
 
-    def __init__(self, pool: WorkerPool) -> None:
+    def __init__(self, pool: WorkerPool, metrics: FarmMetrics | None = None) -> None:
         self.pool = pool
+        self.metrics = metrics
         self.num_layers = pool.workers[0].info["num_layers"]
 
     def run(self, plans: list[JobPlan], out_dir: str | Path) -> list[dict[str, Any]]:
@@ -138,6 +140,7 @@ class Coordinator:
                             _, label, latent = run.decode_queue.pop(0)
                             self._dispatch(run, label, "decode", {"latent": latent}, idle, inflight)
                         progressed |= self._drain_decode(run)
+                self._observe(runs)
                 if all(r.finished for r in runs):
                     break
                 if not inflight:
@@ -159,6 +162,16 @@ class Coordinator:
                 if run.writer is not None and not run.finished:
                     run.writer.abort()
         return [r.result for r in runs]
+
+    def _observe(self, runs: list[JobRun]) -> None:
+        """Queue depth and jobs by state for the metrics endpoint."""
+        if self.metrics is None:
+            return
+        waiting = sum(1 for r in runs for t in r.ready() if t.kind not in ("stitch", "blend", "mux"))
+        waiting += sum(len(r.decode_queue) for r in runs)
+        self.metrics.queue_depth.labels("normal").set(waiting)
+        self.metrics.jobs.labels("running").set(sum(1 for r in runs if not r.finished))
+        self.metrics.jobs.labels("done").set(sum(1 for r in runs if r.finished))
 
     @staticmethod
     def _decode_horizon(run: JobRun) -> int:
@@ -380,6 +393,9 @@ class Coordinator:
         _write_json_atomic(paths.sidecar, document)
         run.done[task.id] = True
         run.result = document
+        if self.metrics is not None:
+            self.metrics.job_seconds.observe(stage_seconds["total"])
+            self.metrics.video_seconds.inc(plan.job.num_frames / plan.job.spec.frame_rate)
 
 
 def _official_decode_tiles(latent: torch.Tensor, tiling: Any) -> list[Any]:

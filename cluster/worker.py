@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from cluster.metrics import KIND_TO_STAGE, WorkerMetrics, worker_labels
 from jobs.outputs import output_paths, sidecar_document
 from jobs.spec import OFFICIAL_NEGATIVE_PROMPT, GuidanceSpec, ValidJob, validate_for_model
 from ltx2 import stages
@@ -92,6 +93,8 @@ class RenderWorker:
         self.device = device or default_device()
         self.models = load_resident_models(checkpoints, self.device, getattr(torch, dtype))
         self.renderer = Renderer(self.models)
+        self.metrics = WorkerMetrics()
+        self.metrics.model_load_seconds.set(self.models.load_seconds)
         self.jobs_done = 0
         self._progress: dict[str, Any] = {"stage": "idle", "step": 0, "total": 0, "job": None}
         self._lock = threading.Lock()
@@ -116,9 +119,21 @@ class RenderWorker:
         with self._lock:
             return dict(self._progress)
 
-    def _on_step(self, stage: str, step: int, total: int) -> None:
+    def _on_step(self, stage: str, step: int, total: int, seconds: float = 0.0) -> None:
         with self._lock:
             self._progress.update(stage=stage, step=step, total=total)
+        if seconds:
+            self.metrics.step_seconds.labels(stage).observe(seconds)
+
+    def metrics_text(self) -> tuple[dict[str, str], str]:
+        """This worker's metrics in the Prometheus text format, with its bounded identity labels."""
+        self.metrics.sample_vram(self.models.device)
+        return worker_labels(self.models.device, self.name), self.metrics.text()
+
+    def _record(self, stage: str, seconds: float, outcome: str) -> None:
+        self.metrics.task_seconds.labels(stage).observe(seconds)
+        self.metrics.outcomes.labels(stage, outcome).inc()
+        self.metrics.gpu_seconds.inc(seconds)
 
     def model_hashes(self) -> dict[str, dict[str, Any]]:
         """SHA-256 and size of every model file, hashed once per process."""
@@ -136,9 +151,12 @@ class RenderWorker:
         started = time.perf_counter()
         output = self.renderer.render(render_request(job, self.models.num_layers), on_step=self._on_step)
         self._on_step("mux", 0, 0)
+        for stage, seconds in output.timings.items():
+            self._record(stage, seconds, "ok")
         mux_start = time.perf_counter()
         write_mp4(paths.video, output.video, job.spec.frame_rate, output.audio, output.sample_rate)
         timings = dict(output.timings, mux=time.perf_counter() - mux_start)
+        self._record("mux", timings["mux"], "ok")
         timings["total"] = time.perf_counter() - started
         media = asdict(probe_mp4(paths.video))
         document = sidecar_document(
@@ -169,8 +187,17 @@ class RenderWorker:
         if self.models.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.models.device)
         start = time.time()
-        result = getattr(self, f"_task_{kind}")(**kwargs)
+        stage = KIND_TO_STAGE.get(kind, kind)
+        try:
+            result = getattr(self, f"_task_{kind}")(**kwargs)
+        except torch.OutOfMemoryError:
+            self._record(stage, time.time() - start, "oom")
+            raise
+        except Exception:
+            self._record(stage, time.time() - start, "error")
+            raise
         end = time.time()
+        self._record(stage, end - start, "ok")
         trace = {
             "task": label,
             "kind": kind,

@@ -112,8 +112,8 @@ class RenderOutput:
     timings: dict[str, float]
 
 
-StepCallback = Callable[[str, int, int], None]
-"""Called as (stage, step_done, steps_total) after every denoising step: progress bars and metrics."""
+StepCallback = Callable[[str, int, int, float], None]
+"""Called as (stage, step_done, steps_total, seconds) after every denoising step: progress and metrics."""
 
 
 class PromptCache:
@@ -272,9 +272,12 @@ def _loop(denoise_fn: DenoisingFunc, stage: str, on_step: StepCallback | None) -
         total = len(sigmas) - 1
 
         def counted(video: LatentState, audio: LatentState, s: torch.Tensor, index: int) -> tuple:
+            started = time.perf_counter()
             out = denoise_fn(video, audio, s, index)
             if on_step is not None:
-                on_step(stage, index + 1, total)
+                if out[0] is not None and out[0].is_cuda:
+                    torch.cuda.synchronize(out[0].device)
+                on_step(stage, index + 1, total, time.perf_counter() - started)
             return out
 
         return euler_denoising_loop(

@@ -99,7 +99,7 @@ def test_lora_fusion_matches_official_build(resident, tiny_set):
 def test_progress_callback_counts_steps(resident):
     seen: list[tuple[str, int, int]] = []
     Renderer(resident).render(
-        render_request(validate_job(SMALL_JOB), resident.num_layers), on_step=lambda s, i, n: seen.append((s, i, n))
+        render_request(validate_job(SMALL_JOB), resident.num_layers), on_step=lambda s, i, n, _t: seen.append((s, i, n))
     )
     assert [x for x in seen if x[0] == "stage_1"][-1] == ("stage_1", 3, 3)
     assert [x for x in seen if x[0] == "stage_2"] == [("stage_2", 1, 3), ("stage_2", 2, 3), ("stage_2", 3, 3)]
