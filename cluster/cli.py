@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -375,6 +376,7 @@ def _upload(args: argparse.Namespace, job: ValidJob, video: Path, metrics: Any =
     uploader = Uploader(destination, options)
     if not args.json:
         sys.stderr.write(f"uploading to {destination}…\n")
+    started = time.perf_counter()
     try:
         objects = uploader.upload(files)
     except Exception:
@@ -383,6 +385,7 @@ def _upload(args: argparse.Namespace, job: ValidJob, video: Path, metrics: Any =
         raise
     if metrics is not None:
         metrics.upload_bytes.inc(sum(o.bytes for o in objects))
+        metrics.upload_seconds.observe(time.perf_counter() - started)
     return [
         {"key": o.key, "bytes": o.bytes, "etag": o.etag, "url": o.url, "presigned_url": uploader.presigned_url(o.key)}
         for o in objects

@@ -80,6 +80,9 @@ class FarmMetrics:
         self.video_seconds = Counter("ltx2farm_video_seconds", "Seconds of video generated", registry=registry)
         self.upload_bytes = Counter("ltx2farm_upload_bytes", "Bytes uploaded", registry=registry)
         self.upload_failures = Counter("ltx2farm_upload_failures", "Uploads that failed", registry=registry)
+        self.upload_seconds = Histogram(
+            "ltx2farm_upload_seconds", "Upload of one output (all its files)", buckets=TASK_BUCKETS, registry=registry
+        )
         self.workers = Gauge("ltx2farm_workers", "Live render workers", registry=registry)
 
 
