@@ -134,7 +134,7 @@ def test_render_uploads_to_s3_and_prints_links(tmp_path, server_kind):
     old = apply_env(env)
     server.start()
     try:
-        boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket="farm")
+        boto3.session.Session().client("s3", endpoint_url=server.endpoint).create_bucket(Bucket="farm")
         result = run(
             "render",
             "--prompt",
@@ -162,7 +162,8 @@ def test_render_uploads_to_s3_and_prints_links(tmp_path, server_kind):
         assert result.returncode == 0, result.stderr
         uploads = json.loads(result.stdout)["upload"]
         assert [u["key"] for u in uploads] == ["tests/render/10.mp4", "tests/render/10.json"]
-        listed = boto3.client("s3", endpoint_url=server.endpoint).list_objects_v2(Bucket="farm")["Contents"]
+        s3 = boto3.session.Session().client("s3", endpoint_url=server.endpoint)
+        listed = s3.list_objects_v2(Bucket="farm")["Contents"]
         assert sorted(o["Key"] for o in listed) == ["tests/render/10.json", "tests/render/10.mp4"]
         assert env["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
         bad = run("render", "--output", "s3://Bad_Bucket/x")

@@ -30,7 +30,7 @@ def moto(aws_env):
 
 
 def _bucket(endpoint: str, name: str = "renders") -> None:
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
 
 
 def _file(path: Path, size: int) -> Path:
@@ -80,6 +80,22 @@ def test_local_destination(tmp_path):
     assert obj.url.startswith("file://")
 
 
+def _hold_second_part(up: Uploader) -> tuple[threading.Event, threading.Event]:
+    """Pause the multipart upload just before its second part goes out (botocore's event hooks), so the
+    test can take the server down in the middle of the upload, deterministically."""
+    sending, outage = threading.Event(), threading.Event()
+    parts: list[int] = []
+
+    def before_send(**_: object) -> None:
+        parts.append(1)
+        if len(parts) == 2:
+            sending.set()
+            outage.wait(timeout=30)
+
+    up._client.meta.events.register("before-send.s3.UploadPart", before_send)
+    return sending, outage
+
+
 def test_outage_during_upload_delays_but_loses_nothing(moto, tmp_path):
     """The server is killed mid-upload and restarted on the same port; the upload completes."""
     _bucket(moto.endpoint)
@@ -91,6 +107,7 @@ def test_outage_during_upload_delays_but_loses_nothing(moto, tmp_path):
         ),
     )
     result: dict = {}
+    sending, outage = _hold_second_part(up)
 
     def run() -> None:
         try:
@@ -100,8 +117,9 @@ def test_outage_during_upload_delays_but_loses_nothing(moto, tmp_path):
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(0.3)
-    moto.stop()  # outage: in-flight requests fail
+    assert sending.wait(timeout=30)
+    moto.stop()  # outage in the middle of the multipart upload
+    outage.set()
     time.sleep(2.0)
     assert thread.is_alive()  # still retrying, not failed
     moto.start()
@@ -109,7 +127,9 @@ def test_outage_during_upload_delays_but_loses_nothing(moto, tmp_path):
     thread.join(timeout=120)
     assert "error" not in result, result.get("error")
     [obj] = result["objects"]
-    head = boto3.client("s3", endpoint_url=moto.endpoint).head_object(Bucket="renders", Key="p/big.mp4")
+    head = (
+        boto3.session.Session().client("s3", endpoint_url=moto.endpoint).head_object(Bucket="renders", Key="p/big.mp4")
+    )
     assert head["ContentLength"] == big.stat().st_size and obj.etag == expected_etag(big)
     assert big.exists()  # the local copy is never removed by the uploader
 
@@ -171,16 +191,18 @@ def test_swift_restart_during_upload_loses_nothing(swift, tmp_path):
     big = _file(tmp_path / "big.mp4", 40 * 1024 * 1024)
     up = _swift_uploader(swift, deadline_s=120, first_backoff_s=0.2, max_backoff_s=1.0)
     result: dict = {}
+    sending, outage = _hold_second_part(up)
     thread = threading.Thread(target=lambda: result.update(objects=up.upload([(big, "big.mp4", "video/mp4")])))
     thread.start()
-    time.sleep(0.3)
-    swift.stop()
+    assert sending.wait(timeout=30)
+    swift.stop()  # every Swift server, in the middle of the multipart upload
+    outage.set()
     time.sleep(2.0)
     assert thread.is_alive()
     swift.start()
     thread.join(timeout=120)
     [obj] = result["objects"]
-    client = boto3.client("s3", endpoint_url=swift.endpoint)
+    client = boto3.session.Session().client("s3", endpoint_url=swift.endpoint)
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="renders")["Contents"])
     assert keys == ["p/big.mp4", "p/earlier.mp4"]  # the earlier object survived the restart too
     assert obj.etag == expected_etag(big)
