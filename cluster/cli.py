@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = command("validate", "check a job without rendering")
     _add_job_flags(validate)
 
+    from cluster.campaign_cli import add_campaign_parser
+
+    add_campaign_parser(sub, EPILOG)
+
     models = sub.add_parser("models", help="model files: generate the tiny set, check a set")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     tiny = models_sub.add_parser("tiny", help="generate (or find cached) the tiny official-format checkpoint set")
@@ -423,18 +427,27 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cluster.executor import CapacityError
     from cluster.storage import UploadError
+    from jobs.campaign import ManifestError
     from jobs.keys import DestinationError
     from ltx2.checkpoint import CheckpointError
 
     try:
-        commands = {"render": cmd_render, "plan": cmd_plan, "validate": cmd_validate, "models": cmd_models}
+        from cluster.campaign_cli import cmd_campaign
+
+        commands = {
+            "render": cmd_render,
+            "plan": cmd_plan,
+            "validate": cmd_validate,
+            "models": cmd_models,
+            "campaign": cmd_campaign,
+        }
         return commands[args.command](args)
     except JobValidationError as e:
         if getattr(args, "json", False):
             print(json.dumps(_problem_payload(e), indent=2, default=str))
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (UsageError, CheckpointError, CapacityError, DestinationError, UploadError) as e:
+    except (UsageError, CheckpointError, CapacityError, DestinationError, UploadError, ManifestError) as e:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": str(e)}, indent=2))
         print(f"error: {e}", file=sys.stderr)

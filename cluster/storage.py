@@ -137,6 +137,10 @@ class Uploader:
             if target.stat().st_size != size:
                 raise UploadError(f"copy of {path.name} to {target} is incomplete")
             return UploadedObject(str(target), size, expected_etag(target), target.resolve().as_uri())
+        existing = self._existing(full_key)
+        if existing is not None and existing == (size, expected_etag(path)):
+            # Already there, identical (e.g. uploaded before a coordinator restart): never upload twice.
+            return UploadedObject(full_key, size, existing[1], f"s3://{self.destination.bucket}/{full_key}")
         self._client.upload_file(
             str(path), self.destination.bucket, full_key, Config=self._transfer, ExtraArgs={"ContentType": content_type}
         )
@@ -149,6 +153,15 @@ class Uploader:
                 f"(size {head['ContentLength']} vs {size}, ETag {etag} vs {want})"
             )
         return UploadedObject(full_key, size, etag, f"s3://{self.destination.bucket}/{full_key}")
+
+    def _existing(self, full_key: str) -> tuple[int, str] | None:
+        try:
+            head = self._client.head_object(Bucket=self.destination.bucket, Key=full_key)
+        except ClientError as error:
+            if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise
+        return head["ContentLength"], head["ETag"].strip('"')
 
     def presigned_url(self, key: str, expires_s: int = 7 * 24 * 3600) -> str:
         """A time-limited HTTPS link to a finished output (file:// URI for local destinations)."""

@@ -1,0 +1,215 @@
+"""`ltx2-farm campaign …`: submit manifests, run the queue, watch and steer campaigns."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DB = ".farm/farm.db"
+
+HELP = """\
+examples:
+  ltx2-farm campaign submit spring.yaml            validate and queue (bad rows listed, good rows queued)
+  ltx2-farm campaign run --workers 2               run the queue until nothing can start (Ctrl-C safe)
+  ltx2-farm campaign status spring --json          progress, ETA, why it waits (window, budget, ...)
+  ltx2-farm campaign pause spring                  no new jobs start; running ones finish
+  ltx2-farm campaign retry-failed spring           requeue failed jobs
+"""
+
+
+def add_campaign_parser(sub: Any, epilog: str) -> None:
+    camp = sub.add_parser(
+        "campaign",
+        help="campaigns: durable queue of many jobs",
+        epilog=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    camp.add_argument(
+        "--db",
+        default=os.environ.get("LTX2_FARM_DB", DEFAULT_DB),
+        help=f"campaign store (SQLite, WAL); env LTX2_FARM_DB; default {DEFAULT_DB}",
+    )
+    actions = camp.add_subparsers(dest="campaign_command", required=True, metavar="ACTION")
+    submit = actions.add_parser("submit", help="validate a manifest and queue its jobs")
+    submit.add_argument("manifest")
+    submit.add_argument("--suspended", action="store_true", help="queue but do not start until resumed")
+    submit.add_argument("--json", action="store_true")
+    run = actions.add_parser("run", help="run queued jobs on the workers (the farm's coordinator)")
+    run.add_argument("--workers", type=int, default=1)
+    run.add_argument("--out", default="renders", help="local output root (a folder per campaign)")
+    run.add_argument("--address", help="join this Ray cluster (env RAY_ADDRESS)")
+    run.add_argument("--device", choices=["cuda", "cpu"])
+    run.add_argument("--forever", action="store_true", help="keep waiting for windows and new jobs")
+    run.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// outputs (env AWS_ENDPOINT_URL)")
+    run.add_argument("--addressing-style", choices=["auto", "path", "virtual"], default="auto")
+    run.add_argument("--json", action="store_true")
+    for name, text in (("status", "progress and ETA"), ("logs", "the campaign's log")):
+        p = actions.add_parser(name, help=text)
+        p.add_argument("campaign", nargs="?" if name == "status" else None)
+        p.add_argument("--json", action="store_true")
+    lst = actions.add_parser("list", help="all campaigns")
+    lst.add_argument("--json", action="store_true")
+    for name, text in (
+        ("pause", "stop starting new jobs"),
+        ("resume", "start jobs again"),
+        ("cancel", "drop queued jobs"),
+        ("retry-failed", "requeue failed jobs"),
+    ):
+        p = actions.add_parser(name, help=text)
+        p.add_argument("campaign")
+        if name in ("pause", "resume", "cancel"):
+            p.add_argument("--job", help="only this job")
+        p.add_argument("--json", action="store_true")
+
+
+def _print(args: argparse.Namespace, payload: Any, human: str) -> None:
+    print(json.dumps(payload, indent=2, default=str) if args.json else human)
+
+
+def _bar(fraction: float, width: int = 30) -> str:
+    filled = round(fraction * width)
+    return "[" + "#" * filled + "." * (width - filled) + f"] {fraction * 100:5.1f}%"
+
+
+def cmd_campaign(args: argparse.Namespace) -> int:
+    from jobs.campaign import load_manifest
+    from jobs.store import Store
+
+    store = Store(args.db)
+    try:
+        action = args.campaign_command
+        if action == "submit":
+            manifest = load_manifest(Path(args.manifest))
+            result = store.submit(manifest.spec, manifest.jobs, suspended=args.suspended)
+            problems = [
+                {
+                    "row": p.row,
+                    "id": p.row_id,
+                    "field": p.problem.field,
+                    "value": p.problem.value,
+                    "problem": p.problem.problem,
+                    "nearest": p.problem.nearest,
+                }
+                for p in manifest.problems
+            ]
+            payload = {"ok": True, "campaign": manifest.spec.campaign, **result, "invalid_rows": problems}
+            human = (
+                f"{manifest.spec.campaign}: {result['new']} job(s) queued, {result['existing']} already known"
+                + "".join(f"\n  skipped row {p.row} ({p.row_id}): {p.problem.message()}" for p in manifest.problems)
+            )
+            _print(args, payload, human)
+            return 3 if problems else 0
+        if action == "run":
+            return _run(args, store)
+        if action == "list":
+            from cluster.campaign_runner import campaign_status
+
+            rows = [campaign_status(store, n) for n in store.campaign_names()]
+            for r in rows:
+                r.pop("outputs")
+            _print(
+                args,
+                rows,
+                "\n".join(
+                    f"{r['campaign']:<24} {r['state']:<10} prio {r['priority']:<3} "
+                    f"{_bar(r['progress'])} {r['jobs']['done']}/{r['total']}"
+                    for r in rows
+                )
+                or "no campaigns",
+            )
+            return 0
+        if action == "status":
+            from cluster.campaign_runner import campaign_status
+
+            names = [args.campaign] if args.campaign else store.campaign_names()
+            rows = [campaign_status(store, n) for n in names]
+            lines = []
+            for r in rows:
+                eta = f", ETA {r['eta_seconds'] / 60:.1f} min" if r["eta_seconds"] else ""
+                waiting = f"\n  waiting: {r['waiting']}" if r["waiting"] else ""
+                counts = ", ".join(f"{k} {v}" for k, v in r["jobs"].items() if v)
+                lines.append(f"{r['campaign']} ({r['state']}): {_bar(r['progress'])} {counts}{eta}{waiting}")
+            _print(args, rows if not args.campaign else rows[0], "\n".join(lines))
+            return 0
+        if action == "logs":
+            entries = store.logs(args.campaign)
+            _print(
+                args,
+                entries,
+                "\n".join(
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['ts']))} "
+                    f"{e['job'] or '-':<20} {e['message']}"
+                    for e in entries
+                ),
+            )
+            return 0
+        if action in ("pause", "resume", "cancel"):
+            state = {"pause": "paused", "resume": "queued" if args.job else "active", "cancel": "cancelled"}[action]
+            if args.job:
+                store.set_job_state(args.campaign, args.job, state)
+            else:
+                store.set_campaign_state(args.campaign, state)
+            _print(
+                args,
+                {"ok": True, "campaign": args.campaign, "job": args.job, "state": state},
+                f"{args.campaign}{'/' + args.job if args.job else ''}: {state}",
+            )
+            return 0
+        if action == "retry-failed":
+            n = store.retry_failed(args.campaign)
+            _print(args, {"ok": True, "requeued": n}, f"{args.campaign}: {n} failed job(s) requeued")
+            return 0
+        raise AssertionError(action)
+    except KeyError as e:
+        print(f"error: no such campaign or job: {e}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+
+
+def _run(args: argparse.Namespace, store: Any) -> int:
+    from cluster.campaign_runner import CampaignRunner
+    from cluster.executor import WorkerPool, start_ray
+    from cluster.storage import StorageOptions
+    from ltx2.tiny import ensure_tiny_checkpoint_set
+
+    start_ray(args.address, num_cpus=None if args.address else max(os.cpu_count() or 1, args.workers))
+    pool = WorkerPool(
+        ensure_tiny_checkpoint_set() if not _model_env() else _model_env(), num_workers=args.workers, device=args.device
+    )
+    try:
+        runner = CampaignRunner(
+            store,
+            pool,
+            Path(args.out),
+            StorageOptions(
+                endpoint_url=args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
+                addressing_style=args.addressing_style,
+            ),
+        )
+        stats = runner.run(until_idle=not args.forever)
+    finally:
+        pool.shutdown()
+    _print(args, {"ok": True, **stats}, ", ".join(f"{k} {v}" for k, v in stats.items()))
+    return 0
+
+
+def _model_env() -> Any:
+    """The real checkpoint set from the environment (all four variables), or None for the tiny model."""
+    from ltx2.checkpoint import CheckpointSet
+
+    names = {
+        "checkpoint": "LTX2_CHECKPOINT",
+        "gemma_root": "LTX2_GEMMA_ROOT",
+        "spatial_upsampler": "LTX2_SPATIAL_UPSAMPLER",
+        "distilled_lora": "LTX2_DISTILLED_LORA",
+    }
+    values = {k: os.environ.get(v) for k, v in names.items()}
+    if not any(values.values()):
+        return None
+    return CheckpointSet(**{k: Path(v) for k, v in values.items() if v})
