@@ -264,7 +264,11 @@ def parse_manifest(data: dict[str, Any], base: Path = Path(".")) -> Manifest:
             )
             continue
         seen_ids[row_id] = n
-        fields = {**spec.defaults, **row}
+        defaults = dict(spec.defaults)
+        for a, b in (("duration", "num_frames"), ("num_frames", "duration")):
+            if a in row:  # a row's length replaces the default length however it is given
+                defaults.pop(b, None)
+        fields = {**defaults, **row}
         fields.setdefault("name", row_id)
         try:
             base_job = validate_job(fields, source=f"row {n}")
