@@ -147,6 +147,14 @@ class CampaignRunner:
                 break
         return stats
 
+    def _sweep_partials(self) -> None:
+        """Temporary files of renders that a crash interrupted (outputs are renamed into place, so never an output)."""
+        for tmp in self.out_root.glob("*/.*.partial-*"):
+            pid = tmp.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+                self.store.log(f"removed the partial file {tmp.name} of an interrupted render")
+
     def _complete(
         self, spec: CampaignSpec, job_id: str, job: ValidJob, gpu_seconds: float, stats: dict[str, int], counter: str
     ) -> None:

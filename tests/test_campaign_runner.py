@@ -1,0 +1,154 @@
+"""Campaigns end to end on the local Ray cluster: retries and caps, budgets, windows, uploads, crashes."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from cluster.campaign_runner import CampaignRunner, campaign_status
+from cluster.executor import WorkerPool
+from cluster.storage import StorageOptions
+from jobs.campaign import parse_manifest
+from jobs.store import Store
+from tests.conftest import CACHE
+
+TINY = {"height": 64, "width": 64, "num_frames": 9, "steps": 2}
+
+
+@pytest.fixture(scope="module")
+def pool(ray_cluster, tiny_set):
+    pool = WorkerPool(tiny_set, num_workers=2)
+    yield pool
+    pool.shutdown()
+
+
+def submit(store: Store, name: str, rows: list[dict], **extra) -> None:
+    m = parse_manifest({"campaign": name, "defaults": TINY, "rows": rows, **extra})
+    store.submit(m.spec, m.jobs)
+
+
+def test_runs_retries_and_caps(pool, tmp_path):
+    store = Store(tmp_path / "db")
+    rows = [{"id": f"ok{i}", "prompt": f"scene {i}"} for i in range(4)]
+    rows.append({"id": "broken", "prompt": "x", "video_guidance": {"stg_blocks": [7]}})  # the model has 2 blocks
+    submit(store, "c1", rows, max_task_retries=1)
+    stats = CampaignRunner(store, pool, tmp_path / "out").run()
+    assert stats["done"] == 4 and stats["failed"] == 1 and stats["retried"] == 1
+    counts = store.counts("c1")
+    assert (counts["done"], counts["failed"]) == (4, 1)
+    broken = next(j for j in store.jobs("c1") if j["id"] == "broken")
+    assert broken["attempts"] == 2 and "stg_blocks" in broken["error"]
+    assert len(list((tmp_path / "out" / "c1").glob("*.mp4"))) == 4
+    status = campaign_status(store, "c1")
+    assert status["progress"] == pytest.approx(0.8) and len(status["outputs"]) == 4
+
+
+def test_budget_stops_scheduling(pool, tmp_path):
+    store = Store(tmp_path / "db")
+    submit(store, "cheap", [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(6)], budget_gpu_seconds=0.001)
+    CampaignRunner(store, pool, tmp_path / "out").run()
+    counts = store.counts("cheap")
+    assert 1 <= counts["done"] <= 2 and counts["queued"] == 6 - counts["done"]  # running ones finished
+    assert "budget spent" in campaign_status(store, "cheap")["waiting"]
+
+
+def test_window_and_clock(pool, tmp_path):
+    store = Store(tmp_path / "db")
+    window = {"days": "daily", "start": "20:00", "end": "07:00", "tz": "UTC"}
+    submit(store, "night", [{"id": "a", "prompt": "owl"}], window=window)
+    noon = lambda: dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)  # noqa: E731
+    assert CampaignRunner(store, pool, tmp_path / "out", clock=noon).run()["done"] == 0
+    assert "outside its window" in campaign_status(store, "night", noon())["waiting"]
+    night = lambda: dt.datetime(2026, 11, 25, 23, tzinfo=dt.UTC)  # noqa: E731
+    assert CampaignRunner(store, pool, tmp_path / "out", clock=night).run()["done"] == 1
+
+
+def test_uploads_and_resubmission_is_a_no_op(pool, tmp_path, monkeypatch):
+    from tests.s3_servers import MotoServer, moto_env
+
+    for k, v in moto_env().items():
+        monkeypatch.setenv(k, v)
+    server = MotoServer().start()
+    try:
+        import boto3
+
+        s3 = boto3.session.Session().client("s3", endpoint_url=server.endpoint)
+        s3.create_bucket(Bucket="camp")
+        store = Store(tmp_path / "db")
+        rows = [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(3)]
+        submit(store, "up", rows, output="s3://camp/out")
+        options = StorageOptions(endpoint_url=server.endpoint, addressing_style="path")
+        assert CampaignRunner(store, pool, tmp_path / "out", options).run()["done"] == 3
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="camp")["Contents"])
+        assert len(keys) == 6 and all(k.startswith("out/up/") for k in keys)
+        submit(store, "up", rows, output="s3://camp/out")  # the same manifest again
+        assert store.counts("up")["done"] == 3 and store.counts("up")["queued"] == 0
+        assert CampaignRunner(store, pool, tmp_path / "out", options).run()["done"] == 0
+    finally:
+        server.stop()
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL our own child and every process it started (its embedded Ray), by PID."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(children, timeout=30)
+
+
+def test_coordinator_killed_mid_campaign_then_restarted(tmp_path):
+    """kill -9 of `ltx2-farm campaign run` while jobs run; a restart finishes every job exactly once."""
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "campaign": "crash",
+                "defaults": TINY,
+                "rows": [{"id": f"j{i:02d}", "prompt": f"scene {i}"} for i in range(12)],
+            }
+        )
+    )
+    env = {**os.environ, "LTX2_FARM_CACHE": str(CACHE), "LTX2_FARM_DB": str(tmp_path / "db")}
+    env.pop("RAY_ADDRESS", None)
+    cli = [sys.executable, "-m", "cluster.cli", "campaign"]
+    assert subprocess.run([*cli, "submit", str(manifest)], env=env, capture_output=True).returncode == 0
+    out = tmp_path / "out"
+    run = [*cli, "run", "--workers", "2", "--out", str(out), "--json"]
+    first = subprocess.Popen(run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    store = Store(tmp_path / "db")
+    deadline = time.monotonic() + 300
+    while store.counts("crash")["done"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.counts("crash")["done"] >= 3
+    _kill_tree(first)
+    interrupted = store.counts("crash")
+    assert interrupted["done"] < 12
+    second = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["ok"] is True
+    counts = store.counts("crash")
+    assert counts["done"] == 12 and counts["queued"] == counts["running"] == 0
+    ok = [a for a in store.attempts("crash") if a["outcome"] == "ok"]
+    assert sorted(a["job"] for a in ok) == [f"j{i:02d}" for i in range(12)]  # each job completed exactly once
+    videos = sorted(p.name for p in (out / "crash").glob("*.mp4"))
+    assert len(videos) == 12 and len({v.split("-")[0] for v in videos}) == 12  # one output per job
+    assert not list((out / "crash").glob(".*partial*"))  # no partial files left
+    for job in store.jobs("crash"):
+        assert Path(json.loads(job["output"])["video"]).is_file()
