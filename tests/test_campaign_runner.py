@@ -152,3 +152,85 @@ def test_coordinator_killed_mid_campaign_then_restarted(tmp_path):
     assert not list((out / "crash").glob(".*partial*"))  # no partial files left
     for job in store.jobs("crash"):
         assert Path(json.loads(job["output"])["video"]).is_file()
+
+
+def test_campaign_submitted_as_a_ray_job(tmp_path):
+    """The usual Ray way: a head started with `ray start --head`, the farm's coordinator as a Ray job."""
+    from tests.s3_servers import free_port, wait_for_port
+
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "LTX2_FARM_CACHE": str(CACHE), "LTX2_FARM_DB": str(tmp_path / "db"), "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {"campaign": "rayjob", "defaults": TINY, "rows": [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(3)]}
+        )
+    )
+    cli = [sys.executable, "-m", "cluster.cli", "campaign"]
+    assert subprocess.run([*cli, "submit", str(manifest)], env=env, capture_output=True).returncode == 0
+    dashboard, gcs = free_port(), free_port()
+    head = subprocess.Popen(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(gcs),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard),
+            "--include-dashboard",
+            "true",
+            "--num-cpus",
+            "2",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(dashboard, timeout_s=120)
+        job_env = json.dumps({"env_vars": {"LTX2_FARM_DB": str(tmp_path / "db"), "LTX2_FARM_CACHE": str(CACHE)}})
+        submitted = subprocess.run(
+            [
+                ray_bin,
+                "job",
+                "submit",
+                "--address",
+                f"http://127.0.0.1:{dashboard}",
+                "--runtime-env-json",
+                job_env,
+                "--",
+                str(Path(sys.executable).parent / "ltx2-farm"),
+                "campaign",
+                "run",
+                "--workers",
+                "1",
+                "--out",
+                str(tmp_path / "out"),
+                "--address",
+                "auto",
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
+        assert "succeeded" in submitted.stdout + submitted.stderr
+        assert Store(tmp_path / "db").counts("rayjob")["done"] == 3
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # our own `ray start --block` and the head it runs
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
