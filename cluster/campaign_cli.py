@@ -192,7 +192,24 @@ def _run(args: argparse.Namespace, store: Any) -> int:
                 addressing_style=args.addressing_style,
             ),
         )
-        stats = runner.run(until_idle=not args.forever)
+        bar = None
+        if not args.json:
+            from tqdm import tqdm
+
+            pending = sum(c.queued + c.running for c in store.campaign_states() if c.state == "active")
+            bar = tqdm(total=pending, unit="job", desc="campaigns", file=sys.stderr)
+
+        def progress(stats: dict[str, int]) -> None:
+            if bar is not None:
+                bar.n = stats["done"] + stats["skipped"] + stats["failed"]
+                bar.set_postfix(failed=stats["failed"], retried=stats["retried"])
+                bar.refresh()
+
+        try:
+            stats = runner.run(until_idle=not args.forever, on_progress=progress)
+        finally:
+            if bar is not None:
+                bar.close()
     finally:
         pool.shutdown()
     _print(args, {"ok": True, **stats}, ", ".join(f"{k} {v}" for k, v in stats.items()))

@@ -92,8 +92,16 @@ class CampaignRunner:
             output["objects"] = [{"key": o.key, "etag": o.etag, "bytes": o.bytes, "url": o.url} for o in objects]
         return output
 
-    def run(self, until_idle: bool = True, max_seconds: float | None = None) -> dict[str, int]:
-        """Run until nothing is queued or running (`until_idle`), or until `max_seconds`."""
+    def run(
+        self,
+        until_idle: bool = True,
+        max_seconds: float | None = None,
+        on_progress: Callable[[dict[str, int]], None] | None = None,
+    ) -> dict[str, int]:
+        """Run until nothing is queued or running (`until_idle`), or until `max_seconds`.
+
+        `on_progress` gets the running counts after every finished job (progress bars).
+        """
         requeued = self.store.recover()
         self._sweep_partials()
         started = time.monotonic()
@@ -143,6 +151,8 @@ class CampaignRunner:
                     stats["retried" if state == "queued" else "failed"] += 1
                     continue
                 self._complete(spec, r.job_id, r.job, float(sidecar["timings_s"].get("total", 0.0)), stats, "done")
+            if ready and on_progress is not None:
+                on_progress(dict(stats))
             if max_seconds is not None and time.monotonic() - started > max_seconds:
                 break
         return stats

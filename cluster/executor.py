@@ -34,6 +34,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         ray.init(
+            address="local",  # always a new embedded cluster, never a stray one found on the machine
             num_cpus=num_cpus,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
