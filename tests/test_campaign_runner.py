@@ -198,32 +198,32 @@ def test_campaign_submitted_as_a_ray_job(tmp_path):
     try:
         wait_for_port(dashboard, timeout_s=120)
         job_env = json.dumps({"env_vars": {"LTX2_FARM_DB": str(tmp_path / "db"), "LTX2_FARM_CACHE": str(CACHE)}})
-        submitted = subprocess.run(
-            [
-                ray_bin,
-                "job",
-                "submit",
-                "--address",
-                f"http://127.0.0.1:{dashboard}",
-                "--runtime-env-json",
-                job_env,
-                "--",
-                str(Path(sys.executable).parent / "ltx2-farm"),
-                "campaign",
-                "run",
-                "--workers",
-                "1",
-                "--out",
-                str(tmp_path / "out"),
-                "--address",
-                "auto",
-                "--json",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        command = [
+            ray_bin,
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{dashboard}",
+            "--runtime-env-json",
+            job_env,
+            "--",
+            str(Path(sys.executable).parent / "ltx2-farm"),
+            "campaign",
+            "run",
+            "--workers",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+            "--address",
+            "auto",
+            "--json",
+        ]
+        deadline = time.monotonic() + 120
+        while True:  # the dashboard answers before its job agent has registered: retry until it has
+            submitted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+            if "No available agent" not in submitted.stderr + submitted.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(2)
         assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
         assert "succeeded" in submitted.stdout + submitted.stderr
         assert Store(tmp_path / "db").counts("rayjob")["done"] == 3
