@@ -23,6 +23,7 @@ from cluster.storage import StorageOptions, Uploader
 from jobs.campaign import CampaignSpec
 from jobs.keys import parse_destination, render_key
 from jobs.outputs import job_content_hash, output_paths
+from jobs.plan import plan_job
 from jobs.schedule import allocate
 from jobs.spec import JobSpec, ValidJob
 from jobs.store import Store, utcnow
@@ -108,9 +109,16 @@ class CampaignRunner:
         free = list(range(len(self.pool.workers)))
         running: dict[Any, _Running] = {}
         stats = {"done": 0, "failed": 0, "retried": 0, "skipped": 0, "requeued": requeued}
+        planned: list[tuple[CampaignSpec, dict[str, Any], ValidJob]] = []  # chunked/tiled jobs waiting
         while True:
             now = self.clock()
-            for name in allocate(self.store.campaign_states(), len(free), now):
+            if planned and not running:
+                # A long or large job uses every worker: it runs once the pool is idle.
+                self._run_planned(*planned.pop(0), stats)
+                if on_progress is not None:
+                    on_progress(dict(stats))
+                continue
+            for name in allocate(self.store.campaign_states(), 0 if planned else len(free), now):
                 worker = free[0]
                 row = self.store.claim(name, self.pool.workers[worker].info["name"])
                 if row is None:
@@ -122,6 +130,9 @@ class CampaignRunner:
                     # Rendered before a crash: publish (idempotent) and finish, never render twice.
                     self._complete(spec, row["id"], job, 0.0, stats, "skipped")
                     continue
+                if not plan_job(job).trivial:
+                    planned.append((spec, row, job))  # claimed; stop claiming until it has run
+                    break
                 free.pop(0)
                 ref = self.pool.workers[worker].actor.render.remote(job, str(self._out_dir(name)))
                 running[ref] = _Running(name, row["id"], job, worker, ref)
@@ -156,6 +167,26 @@ class CampaignRunner:
             if max_seconds is not None and time.monotonic() - started > max_seconds:
                 break
         return stats
+
+    def _run_planned(self, spec: CampaignSpec, row: dict[str, Any], job: ValidJob, stats: dict[str, int]) -> None:
+        """Run a chunked or tiled job through the coordinator on the whole (idle) pool."""
+        from cluster.coordinator import Coordinator
+
+        started = time.time()
+        try:
+            [sidecar] = Coordinator(self.pool).run([plan_job(job)], self._out_dir(spec.campaign))
+        except Exception as error:
+            state = self.store.fail(
+                spec.campaign,
+                row["id"],
+                f"{type(error).__name__}: {error}",
+                time.time() - started,
+                spec.max_task_retries,
+            )
+            stats["retried" if state == "queued" else "failed"] += 1
+            return
+        worker_seconds = sum(t["seconds"] for t in sidecar.get("trace", []))
+        self._complete(spec, row["id"], job, worker_seconds, stats, "done")
 
     def _sweep_partials(self) -> None:
         """Temporary files of renders that a crash interrupted (outputs are renamed into place, so never an output)."""

@@ -272,17 +272,7 @@ def parse_manifest(data: dict[str, Any], base: Path = Path(".")) -> Manifest:
         fields.setdefault("name", row_id)
         try:
             base_job = validate_job(fields, source=f"row {n}")
-            if not plan_job(base_job).trivial:
-                raise JobValidationError(
-                    [
-                        FieldProblem(
-                            "duration",
-                            fields.get("duration", fields.get("num_frames")),
-                            "needs temporal chunks or spatial tiles; campaigns run single-pass jobs for now "
-                            "(keep it within chunk_seconds and tile_pixels, or render it with `ltx2-farm render`)",
-                        )
-                    ]
-                )
+            plan_job(base_job)  # e.g. more prompts than the job has chunks
         except JobValidationError as e:
             problems.extend(RowProblem(n, row_id, p) for p in e.problems)
             continue

@@ -54,6 +54,26 @@ def test_runs_retries_and_caps(pool, tmp_path):
     assert status["progress"] == pytest.approx(0.8) and len(status["outputs"]) == 4
 
 
+def test_chunked_job_in_a_campaign_runs_on_the_whole_pool(pool, tmp_path):
+    store = Store(tmp_path / "db")
+    long_row = {
+        "id": "long",
+        "prompt": "dawn|noon|dusk",
+        "num_frames": None,
+        "duration": 4,
+        "chunk_seconds": 2,
+        "chunk_overlap": 0.5,
+        "decode_tile_frames": 32,
+    }
+    submit(store, "mixed", [{"id": "a", "prompt": "x"}, long_row, {"id": "b", "prompt": "y"}])
+    stats = CampaignRunner(store, pool, tmp_path / "out").run()
+    assert stats["done"] == 3 and store.counts("mixed")["done"] == 3
+    long_job = next(j for j in store.jobs("mixed") if j["id"] == "long")
+    sidecar = json.loads(Path(json.loads(long_job["output"])["sidecar"]).read_text())
+    assert sidecar["media"]["frames"] == 97 and len(sidecar["plan"]["chunks"]) == 3
+    assert {t["worker"] for t in sidecar["trace"]} == {"worker-0", "worker-1"}
+
+
 def test_budget_stops_scheduling(pool, tmp_path):
     store = Store(tmp_path / "db")
     submit(store, "cheap", [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(6)], budget_gpu_seconds=0.001)
@@ -186,6 +206,14 @@ def test_campaign_submitted_as_a_ray_job(tmp_path):
             str(dashboard),
             "--include-dashboard",
             "true",
+            "--dashboard-agent-listen-port",  # the tests' own cluster may hold the default agent ports
+            str(free_port()),
+            "--dashboard-agent-grpc-port",
+            str(free_port()),
+            "--metrics-export-port",
+            str(free_port()),
+            "--runtime-env-agent-port",
+            str(free_port()),
             "--num-cpus",
             "2",
             "--disable-usage-stats",
