@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from jobs.examples import DEMO_JOB
 from jobs.spec import JobValidationError, ValidJob, validate_for_model, validate_job
 
@@ -171,16 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
 def load_job_mapping(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """The job as a mapping: the file (or the demo), with command-line fields on top."""
     if args.job:
-        path = Path(args.job)
-        if not path.is_file():
-            raise UsageError(f"job file {path} not found")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise UsageError(f"job file {path} is not valid YAML/JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise UsageError(f"job file {path} must hold a mapping of job fields, not {type(data).__name__}")
-        source = str(path)
+        from jobs.campaign import read_mapping_file
+
+        data, source = read_mapping_file(Path(args.job), "job file", UsageError), args.job
     elif args.prompt is not None:
         data, source = {}, "command line"
     else:

@@ -317,16 +317,20 @@ class Coordinator:
 
     def _drain_decode(self, run: JobRun) -> bool:
         """Accumulate finished decode groups in order (ltx-core's tiled_decode blending) and stream frames.
-        True when the whole decode finished now."""
+
+        True when it consumed a group: that moves the backpressure horizon, so more tiles may be dispatched.
+        """
         state = run.decode_state
         if state is None or "decode" in run.done:
             return False
         groups = state["groups"]
+        consumed = False
         while state["next_group"] < len(groups):
             g = state["next_group"]
             labels = [f"decode:{g}:{k}" for k in range(len(groups[g]))]
             if not all(label in run.done for label in labels):
-                return False
+                return consumed
+            consumed = True
             decoded = ray.get([run.done[label] for label in labels])
             for label in labels:
                 run.done[label] = None  # free the pixels

@@ -295,14 +295,19 @@ def parse_manifest(data: dict[str, Any], base: Path = Path(".")) -> Manifest:
     return Manifest(spec, tuple(jobs), tuple(problems))
 
 
-def load_manifest(path: Path) -> Manifest:
+def read_mapping_file(path: Path, what: str, error: type[Exception]) -> dict[str, Any]:
+    """A YAML/JSON file holding a mapping; `error(message)` names the file and what is wrong."""
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(f"manifest {path} not found")
+        raise error(f"{what} {path} not found")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ManifestError(f"manifest {path} is not valid YAML/JSON: {e}") from None
+        raise error(f"{what} {path} is not valid YAML/JSON: {e}") from None
     if not isinstance(data, dict):
-        raise ManifestError(f"manifest {path} must be a mapping (campaign, defaults, rows, ...)")
-    return parse_manifest(data, path.parent)
+        raise error(f"{what} {path} must hold a mapping of fields, not {type(data).__name__}")
+    return data
+
+
+def load_manifest(path: Path) -> Manifest:
+    return parse_manifest(read_mapping_file(path, "manifest", ManifestError), Path(path).parent)
