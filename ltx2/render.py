@@ -188,24 +188,15 @@ class Renderer:
             fps=request.frame_rate,
         )
         with timer("stage_1"):
-            if request.recipe == "two_stage":
-                m.distilled.unfuse()
-                sigmas = LTX2Scheduler().execute(steps=request.steps).to(dtype=torch.float32, device=m.device)
-                denoise_fn = multi_modal_guider_factory_denoising_func(
-                    video_guider_factory=create_multimodal_guider_factory(
-                        params=request.video_guidance.to_params(), negative_context=negative.video_encoding
-                    ),
-                    audio_guider_factory=create_multimodal_guider_factory(
-                        params=request.audio_guidance.to_params(), negative_context=negative.audio_encoding
-                    ),
-                    v_context=positive.video_encoding,
-                    a_context=positive.audio_encoding,
-                    transformer=m.transformer,
-                )
-            else:
-                m.distilled.fuse()
-                sigmas = torch.tensor(DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=m.device)
-                denoise_fn = simple_denoising_func(positive.video_encoding, positive.audio_encoding, m.transformer)
+            sigmas, denoise_fn = stage_1_denoiser(
+                m,
+                request.recipe,
+                request.steps,
+                request.video_guidance,
+                request.audio_guidance,
+                (positive.video_encoding, positive.audio_encoding),
+                (negative.video_encoding, negative.audio_encoding) if negative is not None else None,
+            )
             video_state, audio_state = denoise_audio_video(
                 output_shape=stage_1_shape,
                 conditionings=[],
@@ -261,6 +252,40 @@ class Renderer:
             sample_rate=int(audio.sampling_rate),
             timings=timer.timings,
         )
+
+
+def stage_1_denoiser(
+    models: ResidentModels,
+    recipe: str,
+    steps: int,
+    video_guidance: Guidance,
+    audio_guidance: Guidance,
+    positive: tuple[torch.Tensor, torch.Tensor],
+    negative: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, DenoisingFunc]:
+    """Stage 1's sigmas and denoising function for a recipe (and the matching LoRA state).
+
+    `two_stage`: the LTX-2 schedule with the official multimodal guider per modality, LoRA unfused.
+    `distilled`: the distilled sigmas, no guidance, distilled LoRA fused. Contexts are (video, audio).
+    """
+    m = models
+    if recipe == "two_stage":
+        m.distilled.unfuse()
+        sigmas = LTX2Scheduler().execute(steps=steps).to(dtype=torch.float32, device=m.device)
+        return sigmas, multi_modal_guider_factory_denoising_func(
+            video_guider_factory=create_multimodal_guider_factory(
+                params=video_guidance.to_params(), negative_context=negative[0]
+            ),
+            audio_guider_factory=create_multimodal_guider_factory(
+                params=audio_guidance.to_params(), negative_context=negative[1]
+            ),
+            v_context=positive[0],
+            a_context=positive[1],
+            transformer=m.transformer,
+        )
+    m.distilled.fuse()
+    sigmas = torch.tensor(DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=m.device)
+    return sigmas, simple_denoising_func(positive[0], positive[1], m.transformer)
 
 
 def _loop(denoise_fn: DenoisingFunc, stage: str, on_step: StepCallback | None) -> Callable:

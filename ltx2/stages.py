@@ -12,26 +12,22 @@ from dataclasses import dataclass, replace
 
 import torch
 from ltx_core.components.diffusion_steps import EulerDiffusionStep
-from ltx_core.components.guiders import create_multimodal_guider_factory
 from ltx_core.components.noisers import GaussianNoiser
-from ltx_core.components.schedulers import LTX2Scheduler
 from ltx_core.conditioning import VideoConditionByLatentIndex
 from ltx_core.model.audio_vae import decode_audio as vae_decode_audio
 from ltx_core.model.upsampler import upsample_video
 from ltx_core.tools import LatentTools
 from ltx_core.types import LatentState, VideoPixelShape
-from ltx_pipelines.utils.constants import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
+from ltx_pipelines.utils.constants import STAGE_2_DISTILLED_SIGMA_VALUES
 from ltx_pipelines.utils.helpers import (
     modality_from_latent_state,
-    multi_modal_guider_factory_denoising_func,
     noise_audio_state,
     noise_video_state,
-    simple_denoising_func,
 )
 from ltx_pipelines.utils.types import PipelineComponents
 
 from ltx2.models import ResidentModels
-from ltx2.render import Guidance, StepCallback, _loop
+from ltx2.render import Guidance, StepCallback, _loop, stage_1_denoiser
 
 
 @dataclass(frozen=True)
@@ -117,25 +113,15 @@ def stage1_chunk(
         video_cond.append(VideoConditionByLatentIndex(tail_video.to(dev, m.dtype), request.tail_strength, 0))
     if tail_audio is not None:
         audio_cond.append(AudioConditionByLatentIndex(tail_audio.to(dev, m.dtype), request.tail_strength, 0))
-    pv, pa = positive.video.to(dev), positive.audio.to(dev)
-    if request.recipe == "two_stage":
-        m.distilled.unfuse()
-        sigmas = LTX2Scheduler().execute(steps=request.steps).to(dtype=torch.float32, device=dev)
-        denoise_fn = multi_modal_guider_factory_denoising_func(
-            video_guider_factory=create_multimodal_guider_factory(
-                params=request.video_guidance.to_params(), negative_context=negative.video.to(dev)
-            ),
-            audio_guider_factory=create_multimodal_guider_factory(
-                params=request.audio_guidance.to_params(), negative_context=negative.audio.to(dev)
-            ),
-            v_context=pv,
-            a_context=pa,
-            transformer=m.transformer,
-        )
-    else:
-        m.distilled.fuse()
-        sigmas = torch.tensor(DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=dev)
-        denoise_fn = simple_denoising_func(pv, pa, m.transformer)
+    sigmas, denoise_fn = stage_1_denoiser(
+        m,
+        request.recipe,
+        request.steps,
+        request.video_guidance,
+        request.audio_guidance,
+        (positive.video.to(dev), positive.audio.to(dev)),
+        (negative.video.to(dev), negative.audio.to(dev)) if negative is not None else None,
+    )
     comps = _components(m)
     video_state, video_tools = noise_video_state(shape, noiser, video_cond, comps, m.dtype, dev)
     audio_state, audio_tools = noise_audio_state(shape, noiser, audio_cond, comps, m.dtype, dev)
