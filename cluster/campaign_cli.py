@@ -174,14 +174,13 @@ def cmd_campaign(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, store: Any) -> int:
     from cluster.campaign_runner import CampaignRunner
+    from cluster.cli import resolve_checkpoints
     from cluster.executor import WorkerPool, start_ray
     from cluster.storage import StorageOptions
-    from ltx2.tiny import ensure_tiny_checkpoint_set
 
+    checkpoints = resolve_checkpoints(args)  # the LTX2_* environment, or the tiny set
     start_ray(args.address, num_cpus=None if args.address else max(os.cpu_count() or 1, args.workers))
-    pool = WorkerPool(
-        ensure_tiny_checkpoint_set() if not _model_env() else _model_env(), num_workers=args.workers, device=args.device
-    )
+    pool = WorkerPool(checkpoints, num_workers=args.workers, device=args.device)
     try:
         runner = CampaignRunner(
             store,
@@ -214,19 +213,3 @@ def _run(args: argparse.Namespace, store: Any) -> int:
         pool.shutdown()
     _print(args, {"ok": True, **stats}, ", ".join(f"{k} {v}" for k, v in stats.items()))
     return 0
-
-
-def _model_env() -> Any:
-    """The real checkpoint set from the environment (all four variables), or None for the tiny model."""
-    from ltx2.checkpoint import CheckpointSet
-
-    names = {
-        "checkpoint": "LTX2_CHECKPOINT",
-        "gemma_root": "LTX2_GEMMA_ROOT",
-        "spatial_upsampler": "LTX2_SPATIAL_UPSAMPLER",
-        "distilled_lora": "LTX2_DISTILLED_LORA",
-    }
-    values = {k: os.environ.get(v) for k, v in names.items()}
-    if not any(values.values()):
-        return None
-    return CheckpointSet(**{k: Path(v) for k, v in values.items() if v})

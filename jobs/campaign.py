@@ -25,6 +25,8 @@ from jobs.outputs import job_content_hash
 from jobs.plan import plan_job
 from jobs.spec import FieldProblem, JobValidationError, ValidJob, validate_job
 
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+"""Campaign names and row ids: safe as file names and object-key components."""
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DAY_SETS = {"daily": DAYS, "weekdays": DAYS[:5], "weeknights": DAYS[:5], "weekends": DAYS[5:]}
 
@@ -109,7 +111,7 @@ class CampaignSpec(BaseModel):
     @field_validator("campaign")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):
+        if not NAME_PATTERN.fullmatch(value):
             raise ValueError(f"{value!r}: 1-100 letters, digits, '.', '_', '-', starting with a letter or digit")
         return value
 
@@ -253,7 +255,7 @@ def parse_manifest(data: dict[str, Any], base: Path = Path(".")) -> Manifest:
             continue
         row = dict(row)
         row_id = str(row.pop("id", f"row{n}"))
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", row_id):
+        if not NAME_PATTERN.fullmatch(row_id):
             problems.append(
                 RowProblem(n, row_id, FieldProblem("id", row_id, "may only hold letters, digits, '.', '_', '-'"))
             )
