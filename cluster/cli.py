@@ -273,7 +273,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     from ltx2.checkpoint import validate_checkpoint_set
 
     config = validate_checkpoint_set(checkpoints)
-    validate_for_model(job, config["transformer"].get("num_layers", 48), source)
+    transformer = config["transformer"]
+    validate_for_model(job, transformer.get("num_layers", 48), source, transformer.get("num_attention_heads", 32))
 
     from tqdm import tqdm
 

@@ -87,11 +87,16 @@ class RenderWorker:
     """One model copy on one device, rendering jobs sequentially."""
 
     def __init__(
-        self, checkpoints: CheckpointSet, device: str | None = None, dtype: str = "bfloat16", name: str = "worker"
+        self,
+        checkpoints: CheckpointSet,
+        device: str | None = None,
+        dtype: str = "bfloat16",
+        name: str = "worker",
+        transformer_device: str | None = None,
     ) -> None:
         self.name = name
         self.device = device or default_device()
-        self.models = load_resident_models(checkpoints, self.device, getattr(torch, dtype))
+        self.models = load_resident_models(checkpoints, self.device, getattr(torch, dtype), transformer_device)
         self.renderer = Renderer(self.models)
         self.metrics = WorkerMetrics()
         self.metrics.model_load_seconds.set(self.models.load_seconds)
@@ -144,7 +149,7 @@ class RenderWorker:
 
     def render(self, job: ValidJob, out_dir: str) -> dict[str, Any]:
         """Render `job` into `out_dir`; return the sidecar document (also written beside the MP4)."""
-        validate_for_model(job, self.models.num_layers)
+        validate_for_model(job, self.models.num_layers, heads=self.models.num_heads)
         paths = output_paths(job, Path(out_dir))
         with self._lock:
             self._progress = {"stage": "starting", "step": 0, "total": 0, "job": paths.video.name}

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jobs.placement import PlacementSpec, placement_problems
+
 MAX_SIDE = 4096
 MAX_FPS = 120.0
 MAX_STEPS = 200
@@ -68,6 +70,9 @@ class JobSpec(BaseModel):
     tile_overlap: int = Field(128, description="Stage-2 tile overlap in pixels (multiple of 32).")
     decode_tile_pixels: int = Field(512, description="VAE decode tile side in pixels (multiple of 32, ≥ 96).")
     decode_tile_frames: int = Field(64, description="VAE decode tile length in frames (multiple of 8, ≥ 32).")
+    placement: PlacementSpec = Field(
+        PlacementSpec(), description="GPUs per model: replica (1), or a gang in sequence/guidance/sharded mode."
+    )
 
     def prompts(self) -> list[str]:
         """The prompt(s) in chunk order: a list as given, or a string split on '|'."""
@@ -272,6 +277,7 @@ def validate_job(raw: dict[str, Any] | JobSpec, snap: bool = False, source: str 
             )
         )
 
+    problems.extend(FieldProblem(f, v, why) for f, v, why in placement_problems(spec.placement))
     if spec.recipe == "two_stage" and not 1 <= spec.steps <= MAX_STEPS:
         problems.append(
             FieldProblem("steps", spec.steps, f"must be in [1, {MAX_STEPS}]", min(MAX_STEPS, max(1, spec.steps)))
@@ -313,9 +319,9 @@ def validate_job(raw: dict[str, Any] | JobSpec, snap: bool = False, source: str 
     return ValidJob(spec=spec, num_frames=num_frames, adjustments=tuple(adjustments))
 
 
-def validate_for_model(job: ValidJob, num_layers: int, source: str = "job") -> None:
+def validate_for_model(job: ValidJob, num_layers: int, source: str = "job", heads: int = 32) -> None:
     """Checks that need the model's shape (read from checkpoint metadata, no weights loaded)."""
-    problems = []
+    problems = [FieldProblem(f, v, why) for f, v, why in placement_problems(job.spec.placement, heads)]
     for modality in ("video_guidance", "audio_guidance"):
         blocks = getattr(job.spec, modality).stg_blocks or []
         out_of_range = [b for b in blocks if b >= num_layers]

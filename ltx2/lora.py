@@ -19,8 +19,14 @@ from ltx_core.loader import (
     StateDict,
     apply_loras,
 )
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ltx2.checkpoint import CheckpointError, read_safetensors_header
+
+
+def _local(param: torch.Tensor) -> torch.Tensor:
+    """The tensor this process holds: the shard of a sharded (FSDP2) parameter, else the parameter."""
+    return param.to_local() if isinstance(param, DTensor) else param
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ class LoraFusion:
     model: torch.nn.Module
     loras: Sequence[LoraSpec]
     _state_dicts: list[LoraStateDictWithStrength] = field(default_factory=list, init=False)
-    _targets: dict[str, torch.nn.Parameter] = field(default_factory=dict, init=False)
+    _targets: list[str] = field(default_factory=list, init=False)
     _backup: dict[str, torch.Tensor] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -59,7 +65,8 @@ class LoraFusion:
                             f"LoRA targets {target}, which the model does not have",
                             "use a LoRA trained for this model version",
                         )
-                    self._targets[target] = params[target]
+                    if target not in self._targets:
+                        self._targets.append(target)
                     matched += 1
             if matched == 0:
                 raise CheckpointError(lora.path, "LoRA holds no lora_A/lora_B pairs for this model")
@@ -73,18 +80,25 @@ class LoraFusion:
         """Add every LoRA delta to its weight (no-op when already fused)."""
         if self.fused:
             return
-        for name, param in self._targets.items():
-            backup = param.detach().to("cpu", copy=True)
-            self._backup[name] = backup.pin_memory() if param.is_cuda else backup
-            base = StateDict(sd={name: param.detach()}, device=param.device, size=param.nbytes, dtype={param.dtype})
-            fused = apply_loras(model_sd=base, lora_sd_and_strengths=self._state_dicts, dtype=param.dtype)
-            param.copy_(fused.sd[name])
+        params = dict(self.model.named_parameters())  # looked up now: sharding replaces the parameters
+        for name in self._targets:
+            param = params[name]
+            local = _local(param)
+            backup = local.detach().to("cpu", copy=True)
+            self._backup[name] = backup.pin_memory() if local.is_cuda else backup
+            weight = param.full_tensor() if isinstance(param, DTensor) else param.detach()
+            base = StateDict(sd={name: weight}, device=weight.device, size=weight.nbytes, dtype={weight.dtype})
+            fused = apply_loras(model_sd=base, lora_sd_and_strengths=self._state_dicts, dtype=weight.dtype).sd[name]
+            if isinstance(param, DTensor):  # every rank fused the same full weight: keep this rank's shard
+                fused = distribute_tensor(fused, param.device_mesh, param.placements, src_data_rank=None).to_local()
+            local.copy_(fused)
 
     @torch.no_grad()
     def unfuse(self) -> None:
         """Restore the exact pre-fusion weights."""
+        params = dict(self.model.named_parameters())
         for name, backup in self._backup.items():
-            self._targets[name].copy_(backup, non_blocking=True)
+            _local(params[name]).copy_(backup, non_blocking=True)
         if self._backup and torch.cuda.is_available():
             torch.cuda.synchronize()
         self._backup.clear()

@@ -41,6 +41,7 @@ from ltx_core.text_encoders.gemma import (
 
 from ltx2.checkpoint import CheckpointSet, gemma_weight_files, require_fully_loaded, validate_checkpoint_set
 from ltx2.lora import LoraFusion, LoraSpec
+from ltx2.parallel.guidance import PassRunner, run_sequential
 from ltx2.text_encoder import embeddings_processor_configurator, gemma_text_encoder_configurator, read_gemma_config
 
 LOAD_COUNTER = {"loads": 0}
@@ -66,9 +67,16 @@ class ResidentModels:
     embeddings_processor: EmbeddingsProcessor
     load_seconds: float
 
+    pass_runner: PassRunner = run_sequential
+    """How the guided passes of a stage-1 step run: one by one (official), batched, or over a gang."""
+
     @property
     def num_layers(self) -> int:
         return len(self.transformer.velocity_model.transformer_blocks)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.transformer.velocity_model.num_attention_heads)
 
 
 def _build(
@@ -80,20 +88,31 @@ def _build(
 
 
 def load_resident_models(
-    paths: CheckpointSet, device: torch.device | str, dtype: torch.dtype = torch.bfloat16
+    paths: CheckpointSet,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.bfloat16,
+    transformer_device: torch.device | str | None = None,
 ) -> ResidentModels:
-    """Check the checkpoint set, then build every component with ltx-core's loaders and keep it."""
+    """Check the checkpoint set, then build every component with ltx-core's loaders and keep it.
+
+    `transformer_device` (default: `device`) lets a sharded gang load the transformer into host memory
+    and move only its shards to the GPU.
+    """
     started = time.perf_counter()
     device = torch.device(device)
     config = validate_checkpoint_set(paths)
     ckpt = str(paths.checkpoint)
 
-    def from_checkpoint(configurator: type, sd_ops: object, what: str) -> torch.nn.Module:
+    def from_checkpoint(
+        configurator: type, sd_ops: object, what: str, on: torch.device | str = device
+    ) -> torch.nn.Module:
         builder = SingleGPUModelBuilder(model_path=ckpt, model_class_configurator=configurator, model_sd_ops=sd_ops)
-        return _build(builder, ckpt, what, device, dtype)
+        return _build(builder, ckpt, what, torch.device(on), dtype)
 
-    velocity_model = from_checkpoint(LTXModelConfigurator, LTXV_MODEL_COMFY_RENAMING_MAP, "transformer")
-    transformer = X0Model(velocity_model).to(device).eval()
+    velocity_model = from_checkpoint(
+        LTXModelConfigurator, LTXV_MODEL_COMFY_RENAMING_MAP, "transformer", transformer_device or device
+    )
+    transformer = X0Model(velocity_model).eval()
     gemma_root = Path(paths.gemma_root)
     gemma_config = read_gemma_config(gemma_root)
     text_config = gemma_config.get("text_config", {})

@@ -32,13 +32,13 @@ from ltx_core.types import LatentState, VideoPixelShape
 from ltx_pipelines.utils.constants import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
 from ltx_pipelines.utils.helpers import (
     denoise_audio_video,
-    multi_modal_guider_factory_denoising_func,
     simple_denoising_func,
 )
 from ltx_pipelines.utils.samplers import euler_denoising_loop
 from ltx_pipelines.utils.types import DenoisingFunc, PipelineComponents
 
 from ltx2.models import ResidentModels
+from ltx2.parallel.guidance import guided_denoising_func
 
 Recipe = Literal["two_stage", "distilled"]
 RECIPES: tuple[str, ...] = ("two_stage", "distilled")
@@ -265,14 +265,15 @@ def stage_1_denoiser(
 ) -> tuple[torch.Tensor, DenoisingFunc]:
     """Stage 1's sigmas and denoising function for a recipe (and the matching LoRA state).
 
-    `two_stage`: the LTX-2 schedule with the official multimodal guider per modality, LoRA unfused.
+    `two_stage`: the LTX-2 schedule with the official multimodal guider per modality, LoRA unfused; the
+    guided passes run as `models.pass_runner` says (one by one by default, as upstream).
     `distilled`: the distilled sigmas, no guidance, distilled LoRA fused. Contexts are (video, audio).
     """
     m = models
     if recipe == "two_stage":
         m.distilled.unfuse()
         sigmas = LTX2Scheduler().execute(steps=steps).to(dtype=torch.float32, device=m.device)
-        return sigmas, multi_modal_guider_factory_denoising_func(
+        return sigmas, guided_denoising_func(
             video_guider_factory=create_multimodal_guider_factory(
                 params=video_guidance.to_params(), negative_context=negative[0]
             ),
@@ -282,6 +283,7 @@ def stage_1_denoiser(
             v_context=positive[0],
             a_context=positive[1],
             transformer=m.transformer,
+            run_passes=m.pass_runner,
         )
     m.distilled.fuse()
     sigmas = torch.tensor(DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=m.device)
