@@ -19,6 +19,7 @@ from ltx_core.loader import (
     StateDict,
     apply_loras,
 )
+from ltx_core.loader.fuse_loras import _prepare_deltas
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ltx2.checkpoint import CheckpointError, read_safetensors_header
@@ -75,6 +76,7 @@ class LoraFusion:
     def fused(self) -> bool:
         return bool(self._backup)
 
+    @torch.inference_mode(False)  # stages call this inside inference mode; sharded weights need autograd-aware ops
     @torch.no_grad()
     def fuse(self) -> None:
         """Add every LoRA delta to its weight (no-op when already fused)."""
@@ -86,13 +88,18 @@ class LoraFusion:
             local = _local(param)
             backup = local.detach().to("cpu", copy=True)
             self._backup[name] = backup.pin_memory() if local.is_cuda else backup
-            weight = param.full_tensor() if isinstance(param, DTensor) else param.detach()
+            weight = param.detach().full_tensor() if isinstance(param, DTensor) else param.detach()
             base = StateDict(sd={name: weight}, device=weight.device, size=weight.nbytes, dtype={weight.dtype})
-            fused = apply_loras(model_sd=base, lora_sd_and_strengths=self._state_dicts, dtype=weight.dtype).sd[name]
+            if weight.dtype == torch.float32:  # ltx-core fuses bf16/fp8 only; same deltas, added in float32
+                fused = weight + _prepare_deltas(self._state_dicts, name, torch.float32, weight.device)
+            else:
+                fused = apply_loras(model_sd=base, lora_sd_and_strengths=self._state_dicts, dtype=weight.dtype)
+                fused = fused.sd[name]
             if isinstance(param, DTensor):  # every rank fused the same full weight: keep this rank's shard
                 fused = distribute_tensor(fused, param.device_mesh, param.placements, src_data_rank=None).to_local()
             local.copy_(fused)
 
+    @torch.inference_mode(False)
     @torch.no_grad()
     def unfuse(self) -> None:
         """Restore the exact pre-fusion weights."""

@@ -133,7 +133,7 @@ def _slice_video(video: Modality, start: int, stop: int) -> Modality:
         timesteps = timesteps[:, start:stop]
     # attention_mask stays whole: Ulysses attends over all tokens, so the (T, T) bias applies unchanged.
     return replace(
-        video, latent=video.latent[:, start:stop], timesteps=timesteps, positions=video.positions[..., start:stop]
+        video, latent=video.latent[:, start:stop], timesteps=timesteps, positions=video.positions[:, :, start:stop]
     )
 
 
