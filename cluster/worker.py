@@ -193,8 +193,12 @@ class RenderWorker:
             torch.cuda.reset_peak_memory_stats(self.models.device)
         start = time.time()
         stage = KIND_TO_STAGE.get(kind, kind)
+        run = getattr(self, f"_task_{kind}", None)
+        if run is None:
+            kinds = sorted(name.removeprefix("_task_") for name in dir(self) if name.startswith("_task_"))
+            raise ValueError(f"unknown task kind {kind!r}; this worker runs {kinds}")
         try:
-            result = getattr(self, f"_task_{kind}")(**kwargs)
+            result = run(**kwargs)
         except torch.OutOfMemoryError:
             self._record(stage, time.time() - start, "oom")
             raise
