@@ -40,7 +40,14 @@ def add_campaign_parser(sub: Any, epilog: str) -> None:
     submit.add_argument("--suspended", action="store_true", help="queue but do not start until resumed")
     submit.add_argument("--json", action="store_true")
     run = actions.add_parser("run", help="run queued jobs on the workers (the farm's coordinator)")
-    run.add_argument("--workers", type=int, default=1)
+    run.add_argument("--workers", type=int, default=1, help="workers (or gangs, with --placement) in the pool")
+    run.add_argument(
+        "--placement",
+        choices=["replica", "sequence", "guidance", "sharded"],
+        default="replica",
+        help="pool shape: one GPU per worker (replica), or gangs of --gpus GPUs; every mode renders the same output",
+    )
+    run.add_argument("--gpus", type=int, help="GPUs per gang (default 2)")
     run.add_argument("--out", default="renders", help="local output root (a folder per campaign)")
     run.add_argument("--address", help="join this Ray cluster (env RAY_ADDRESS)")
     run.add_argument("--device", choices=["cuda", "cpu"])
@@ -180,7 +187,15 @@ def _run(args: argparse.Namespace, store: Any) -> int:
 
     checkpoints = resolve_checkpoints(args)  # the LTX2_* environment, or the tiny set
     start_ray(args.address, num_cpus=None if args.address else max(os.cpu_count() or 1, args.workers))
-    pool = WorkerPool(checkpoints, num_workers=args.workers, device=args.device)
+    from cluster.cli import UsageError
+    from jobs.placement import Placement, PlacementSpec, placement_problems
+
+    shape = PlacementSpec(mode=args.placement, gpus=args.gpus)
+    problems = placement_problems(shape)
+    if problems:
+        raise UsageError("; ".join(f"--gpus {value}: {why}" for _field, value, why in problems))
+    placement = Placement(shape.mode, shape.resolved_gpus())
+    pool = WorkerPool(checkpoints, num_workers=args.workers, device=args.device, placement=placement)
     try:
         runner = CampaignRunner(
             store,

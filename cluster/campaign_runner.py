@@ -130,13 +130,15 @@ class CampaignRunner:
                     # Rendered before a crash: publish (idempotent) and finish, never render twice.
                     self._complete(spec, row["id"], job, 0.0, stats, "skipped")
                     continue
-                if not plan_job(job).trivial:
+                if self.pool.is_gang or not plan_job(job).trivial:  # gangs run planned tasks only
                     planned.append((spec, row, job))  # claimed; stop claiming until it has run
                     break
                 free.pop(0)
                 ref = self.pool.workers[worker].actor.render.remote(job, str(self._out_dir(name)))
                 running[ref] = _Running(name, row["id"], job, worker, ref)
             if not running:
+                if planned:
+                    continue  # a claimed planned job runs at the top of the loop, the pool being idle
                 states = self.store.campaign_states()
                 if until_idle and not any(allocate(states, 1, now)):
                     break

@@ -99,6 +99,12 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="match each chunk's colour statistics to the first chunk's",
     )
+    group.add_argument(
+        "--placement",
+        choices=["auto", "replica", "sequence", "guidance", "sharded"],
+        help="GPUs per model copy: replica (1 GPU), or a gang: sequence / guidance / sharded (see --gpus)",
+    )
+    group.add_argument("--gpus", type=int, help="GPUs per gang (2, 4, 8; sequence and sharded need a divisor of 32)")
     parser.add_argument(
         "--snap", action="store_true", help="move invalid sizes/frame counts to the nearest valid value and say so"
     )
@@ -180,6 +186,11 @@ def load_job_mapping(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         value = getattr(args, field, None)
         if value is not None:
             data[field] = value
+    placement = {"mode": getattr(args, "placement", None), "gpus": getattr(args, "gpus", None)}
+    if any(v is not None for v in placement.values()):
+        merged = dict(data.get("placement") or {})
+        merged.update({k: v for k, v in placement.items() if v is not None})
+        data["placement"] = merged
     if getattr(args, "resolution", None):
         try:
             width, height = (int(v) for v in args.resolution.lower().split("x"))
@@ -289,7 +300,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     plan = plan_job(job)  # refuses a job whose prompts do not fit its chunks, before any worker starts
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: give at least 1")
-    pool = WorkerPool(checkpoints, num_workers=args.workers, device=args.device)
+    placement = resolve_placement(job, transformer, args.device, args.workers)
+    pool = WorkerPool(checkpoints, num_workers=args.workers, device=args.device, placement=placement)
     metrics = None
     if args.metrics_port is not None:
         from cluster.metrics import MetricsServer
@@ -312,14 +324,16 @@ def cmd_render(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        if plan.trivial and args.workers == 1:
+        if plan.trivial and args.workers == 1 and not pool.is_gang:
             sidecar = pool.render(job, args.out, on_progress=on_progress)  # the single-pass fast path
         else:
             from cluster.coordinator import Coordinator
 
             if not args.json:
                 sys.stderr.write(
-                    f"{len(plan.chunks)} chunk(s), {len(plan.tiles)} stage-2 tile(s), {args.workers} worker(s)\n"
+                    f"{len(plan.chunks)} chunk(s), {len(plan.tiles)} stage-2 tile(s), {args.workers} worker(s)"
+                    + (f", each a {placement.mode} gang of {placement.gpus}" if pool.is_gang else "")
+                    + "\n"
                 )
             [sidecar] = Coordinator(pool, metrics.farm if metrics else None).run([plan], args.out)
         if bar is not None:
@@ -344,6 +358,36 @@ def cmd_render(args: argparse.Namespace) -> int:
     human += "".join(f"\nuploaded {u['url']}\n  link: {u['presigned_url']}" for u in sidecar.get("upload", []))
     _emit(args, {"ok": True, "video": str(video), "sidecar": str(video.with_suffix(".json")), **sidecar}, human)
     return 0
+
+
+def resolve_placement(
+    job: ValidJob, transformer_config: dict[str, Any], device: str | None, workers: int = 1
+):  # -> Placement
+    """The job's placement with `auto` resolved against this cluster's free GPUs and their memory."""
+    import ray
+
+    from cluster.worker import job_guidance
+    from jobs.placement import choose_placement, guided_pass_count, stage2_video_tokens
+
+    spec = job.spec
+    free_gpus = 0 if device == "cpu" else int(ray.available_resources().get("GPU", 0))
+    memory = None
+    try:
+        import torch
+
+        if free_gpus and torch.cuda.is_available():
+            memory = torch.cuda.get_device_properties(0).total_memory
+    except RuntimeError:
+        memory = None
+    guidance = job_guidance(job, transformer_config.get("num_layers", 48))
+    return choose_placement(
+        spec.placement,
+        video_tokens=stage2_video_tokens(spec.height, spec.width, job.num_frames),
+        guided_passes=guided_pass_count(spec.recipe, guidance),
+        gpu_memory_bytes=memory,
+        free_gpus=free_gpus,
+        queued_jobs=workers,
+    )
 
 
 def _upload(args: argparse.Namespace, job: ValidJob, video: Path, metrics: Any = None) -> list[dict[str, Any]]:
@@ -421,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.storage import UploadError
     from jobs.campaign import ManifestError
     from jobs.keys import DestinationError
+    from jobs.placement import PlacementError
     from ltx2.checkpoint import CheckpointError
 
     try:
@@ -439,7 +484,15 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_problem_payload(e), indent=2, default=str))
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (UsageError, CheckpointError, CapacityError, DestinationError, UploadError, ManifestError) as e:
+    except (
+        UsageError,
+        CheckpointError,
+        CapacityError,
+        PlacementError,
+        DestinationError,
+        UploadError,
+        ManifestError,
+    ) as e:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": str(e)}, indent=2))
         print(f"error: {e}", file=sys.stderr)

@@ -387,7 +387,10 @@ class Coordinator:
             media=media,
             output={"video": path.name, "bytes": path.stat().st_size, "sha256": cached_file_sha256(path)},
             content={"video_frames": run.decode_state["sha256"].hexdigest(), "audio_waveform": tensor_sha256(waveform)},
-            worker={"workers": sorted({t["worker"] for t in run.traces})},
+            worker={
+                "workers": sorted({t["worker"] for t in run.traces}),
+                "placement": {"mode": self.pool.placement.mode, "gpus": self.pool.placement.gpus},
+            },
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
         document["plan"] = plan.summary()

@@ -15,6 +15,7 @@ from typing import Any
 import ray
 
 from cluster.worker import RenderWorker
+from jobs.placement import REPLICA, Placement
 from jobs.spec import ValidJob
 from ltx2.checkpoint import CheckpointSet
 
@@ -61,30 +62,42 @@ class WorkerHandle:
 
 
 class WorkerPool:
-    """N render actors, each with its own resident model copy."""
+    """N render workers: single actors each with a resident model copy, or gangs of actors (`placement`).
+
+    The coordinator drives both through the same `task` interface; a gang counts as one worker.
+    """
 
     def __init__(
-        self, checkpoints: CheckpointSet, num_workers: int = 1, device: str | None = None, dtype: str = "bfloat16"
+        self,
+        checkpoints: CheckpointSet,
+        num_workers: int = 1,
+        device: str | None = None,
+        dtype: str = "bfloat16",
+        placement: Placement = REPLICA,
     ) -> None:
         gpus = gpus_available()
         use_gpu = device != "cpu" and gpus >= 1
         resource = "GPU" if use_gpu else "CPU"
         free = int(ray.available_resources().get(resource, 0))
-        if free < num_workers:
+        needed = num_workers * placement.gpus
+        if free < needed:
+            what = f"{num_workers} gang(s) of {placement.gpus}" if placement.is_gang else f"{num_workers} workers"
             raise CapacityError(
-                f"asked for {num_workers} render workers, but the Ray cluster has {free} free {resource}(s); "
-                f"ask for fewer workers or add nodes"
+                f"asked for {what} ({needed} {resource}s), but the Ray cluster has {free} free {resource}(s); "
+                f"ask for fewer workers or GPUs per gang, or add nodes"
             )
-        options: dict[str, Any] = {"max_concurrency": 2}  # one render + progress polls
-        if use_gpu:
-            options.update(num_gpus=1, num_cpus=1)
+        self.placement = placement
+        target = "cuda" if use_gpu else "cpu"
+        if placement.is_gang:
+            from cluster.gang import Gang
+
+            gang_cls = ray.remote(Gang).options(num_cpus=0, max_concurrency=4)  # members hold the resources
+            actors = [gang_cls.remote(checkpoints, placement, target, dtype, f"gang-{i}") for i in range(num_workers)]
         else:
-            options.update(num_gpus=0, num_cpus=1)
-        actor_cls = ray.remote(RenderWorker).options(**options)
-        actors = [
-            actor_cls.remote(checkpoints, "cuda" if use_gpu else "cpu", dtype, f"worker-{i}")
-            for i in range(num_workers)
-        ]
+            options: dict[str, Any] = {"max_concurrency": 2}  # one render + progress polls
+            options.update(num_gpus=1 if use_gpu else 0, num_cpus=1)
+            actor_cls = ray.remote(RenderWorker).options(**options)
+            actors = [actor_cls.remote(checkpoints, target, dtype, f"worker-{i}") for i in range(num_workers)]
         infos = ray.get([a.info.remote() for a in actors])
         self.workers = [WorkerHandle(a, i) for a, i in zip(actors, infos, strict=True)]
 
@@ -119,7 +132,14 @@ class WorkerPool:
             w.info = i
         return infos
 
+    @property
+    def is_gang(self) -> bool:
+        """Gang workers run planned tasks only (through the coordinator), never a whole `render`."""
+        return self.placement.is_gang
+
     def shutdown(self) -> None:
+        if self.is_gang:
+            ray.get([w.actor.shutdown.remote() for w in self.workers])
         for w in self.workers:
             ray.kill(w.actor)
         self.workers = []

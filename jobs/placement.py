@@ -28,9 +28,10 @@ GANG_MODES = ("sequence", "guidance", "sharded")
 LTX2_BF16_TRANSFORMER_BYTES = 37_800_000_000
 """18.88 B parameters in bf16 (the rest of the model set adds ~10 GB: Gemma 12B runs once per prompt)."""
 
-RESIDENT_OVERHEAD_BYTES = 16_000_000_000
-"""Everything besides the transformer a worker keeps resident (VAEs, upsampler, text encoder in bf16,
-activations at 121 frames); measured budget, see bench/README.md."""
+RESIDENT_OVERHEAD_BYTES = 30_000_000_000
+"""Estimate of what a rank holds besides its transformer weights: Gemma-3-12B in bf16 (~24 GB, whole on
+every rank today), VAEs and upsampler (~2 GB), activations at 121 frames (~4 GB: the official forward
+peaks at 36.4-39.9 GiB over 35.2 GiB of weights on an H100, bench/README.md)."""
 
 SEQUENCE_PARALLEL_MIN_TOKENS = 12_000
 """Below this many video tokens per forward, Ulysses' all-to-alls cost more than they save."""
@@ -45,7 +46,16 @@ class PlacementSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mode: Mode = Field("auto", description="auto | replica | sequence | guidance | sharded")
-    gpus: int = Field(1, description="GPUs in the job's gang (1 for replica); sequence needs a divisor of 32.")
+    gpus: int | None = Field(
+        None,
+        description="GPUs per model: 1 for replica, default 2 for a gang (sequence/sharded: a divisor of 32); "
+        "for auto, the most a gang may take (default: all free GPUs).",
+    )
+
+    def resolved_gpus(self) -> int:
+        if self.gpus is not None:
+            return self.gpus
+        return 2 if self.mode in GANG_MODES else 1
 
 
 @dataclass(frozen=True)
@@ -63,23 +73,26 @@ class Placement:
 REPLICA = Placement("replica", 1)
 
 
+class PlacementError(ValueError):
+    """No placement on the free GPUs can hold the job."""
+
+
 def placement_problems(spec: PlacementSpec, heads: int = 32) -> list[tuple[str, object, str]]:
     """(field, value, problem) for a placement that cannot run on a model with `heads` video heads."""
     problems: list[tuple[str, object, str]] = []
     divisors = [d for d in range(1, heads + 1) if heads % d == 0]
-    if spec.gpus < 1 or spec.gpus > 64:
-        problems.append(("placement.gpus", spec.gpus, "must be between 1 and 64"))
+    gpus = spec.resolved_gpus()
+    if gpus < 1 or gpus > 64:
+        problems.append(("placement.gpus", gpus, "must be between 1 and 64"))
         return problems
-    if spec.mode == "replica" and spec.gpus != 1:
-        problems.append(("placement.gpus", spec.gpus, "must be 1 for mode replica (use sequence/guidance/sharded)"))
-    if spec.mode in GANG_MODES and spec.gpus < 2:
-        problems.append(("placement.gpus", spec.gpus, f"must be at least 2 for mode {spec.mode} (or use replica)"))
-    if spec.mode in ("sequence", "sharded") and spec.gpus not in divisors:
-        problems.append(
-            ("placement.gpus", spec.gpus, f"must divide the model's {heads} attention heads: one of {divisors}")
-        )
-    if spec.mode == "guidance" and spec.gpus > 4:
-        problems.append(("placement.gpus", spec.gpus, "at most 4 for guidance (a step has at most 4 guided passes)"))
+    if spec.mode == "replica" and gpus != 1:
+        problems.append(("placement.gpus", gpus, "must be 1 for mode replica (use sequence/guidance/sharded)"))
+    if spec.mode in GANG_MODES and gpus < 2:
+        problems.append(("placement.gpus", gpus, f"must be at least 2 for mode {spec.mode} (or use replica)"))
+    if spec.mode in ("sequence", "sharded") and gpus not in divisors:
+        problems.append(("placement.gpus", gpus, f"must divide the model's {heads} attention heads: one of {divisors}"))
+    if spec.mode == "guidance" and gpus > 4:
+        problems.append(("placement.gpus", gpus, "at most 4 for guidance (a step has at most 4 guided passes)"))
     return problems
 
 
@@ -98,6 +111,11 @@ def guided_pass_count(recipe: str, guidances: Sequence[GuidanceScales]) -> int:
     perturbed = any(not math.isclose(g.stg, 0.0) for g in guidances)
     isolated = any(not math.isclose(g.modality, 1.0) for g in guidances)
     return 1 + uncond + perturbed + isolated
+
+
+def stage2_video_tokens(height: int, width: int, num_frames: int) -> int:
+    """Video tokens of a full-resolution forward: one per 32×32 pixels per 8 frames (+ the first)."""
+    return ((num_frames - 1) // 8 + 1) * (height // 32) * (width // 32)
 
 
 def task_parallelism(placement: Placement, kind: str, guided_passes: int) -> str | None:
@@ -126,13 +144,21 @@ def choose_placement(
     parallel for guided jobs (no traffic inside the forward), sequence-parallel for long unguided ones.
     """
     if spec.mode != "auto":
-        return Placement(spec.mode, spec.gpus)
+        return Placement(spec.mode, spec.resolved_gpus())
+    if spec.gpus is not None:
+        free_gpus = min(free_gpus, spec.gpus)
     fits = gpu_memory_bytes is None or model_bytes + RESIDENT_OVERHEAD_BYTES <= gpu_memory_bytes
     if not fits:
         assert gpu_memory_bytes is not None
         gpus = 2
-        while gpus <= max(free_gpus, 2) and model_bytes / gpus + RESIDENT_OVERHEAD_BYTES > gpu_memory_bytes:
+        while gpus <= free_gpus and model_bytes / gpus + RESIDENT_OVERHEAD_BYTES > gpu_memory_bytes:
             gpus *= 2
+        if gpus > free_gpus:
+            raise PlacementError(
+                f"the model set needs about {(model_bytes + RESIDENT_OVERHEAD_BYTES) / 1e9:.0f} GB, more than one "
+                f"{gpu_memory_bytes / 2**30:.0f} GiB GPU, and sharding over the {free_gpus} free GPU(s) does not "
+                f"bring it under that; use larger GPUs or free more of them"
+            )
         return Placement("sharded", gpus)
     if queued_jobs >= free_gpus or free_gpus < 2:
         return REPLICA

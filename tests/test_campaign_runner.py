@@ -54,6 +54,26 @@ def test_runs_retries_and_caps(pool, tmp_path):
     assert status["progress"] == pytest.approx(0.8) and len(status["outputs"]) == 4
 
 
+def test_campaign_on_a_pool_of_gangs(ray_cluster, tiny_set, pool, tmp_path):
+    """Every job of a campaign runs on a guidance-parallel gang of two ranks, through planned tasks."""
+    from jobs.placement import Placement
+
+    gangs = WorkerPool(tiny_set, num_workers=1, placement=Placement("guidance", 2))
+    try:
+        store = Store(tmp_path / "db")
+        submit(store, "g", [{"id": f"g{i}", "prompt": f"scene {i}"} for i in range(3)])
+        stats = CampaignRunner(store, gangs, tmp_path / "out").run()
+        assert stats["done"] == 3 and store.counts("g")["done"] == 3, store.counts("g")
+        sidecars = [json.loads(p.read_text()) for p in (tmp_path / "out" / "g").glob("*.json")]
+        assert len(sidecars) == 3
+        for doc in sidecars:
+            assert doc["worker"]["placement"] == {"mode": "guidance", "gpus": 2}
+            stage1 = [t for t in doc["trace"] if t["kind"] == "stage1"]
+            assert stage1 and all(t["parallelism"] == "guidance" and t["gang"]["ranks"] == 2 for t in stage1)
+    finally:
+        gangs.shutdown()
+
+
 def test_chunked_job_in_a_campaign_runs_on_the_whole_pool(pool, tmp_path):
     store = Store(tmp_path / "db")
     long_row = {

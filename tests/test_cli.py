@@ -175,3 +175,28 @@ def test_render_uploads_to_s3_and_prints_links(tmp_path, server_kind):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def test_render_on_a_sequence_parallel_gang_matches_the_single_worker(tmp_path):
+    """`--placement sequence --gpus 2`: a gang of two CPU ranks renders the same frames and audio."""
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**SMALL_JOB, "name": "gang"}))
+    single = run("render", str(job), "--out", str(tmp_path / "single"), "--json")
+    gang = run("render", str(job), "--placement", "sequence", "--gpus", "2", "--out", str(tmp_path / "gang"), "--json")
+    assert single.returncode == 0, single.stderr
+    assert gang.returncode == 0, gang.stderr
+    one, two = json.loads(single.stdout), json.loads(gang.stdout)
+    assert two["worker"]["placement"] == {"mode": "sequence", "gpus": 2}
+    transformer_tasks = [t for t in two["trace"] if t["kind"] in ("stage1", "stage2")]
+    assert transformer_tasks and all(t["parallelism"] == "sequence" for t in transformer_tasks)
+    assert all(t["gang"]["ranks"] == 2 for t in transformer_tasks)
+    assert Path(one["video"]).name == Path(two["video"]).name  # placement is not part of the output's identity
+    assert two["content_sha256"] == one["content_sha256"]  # frames and waveform hashes: exact
+
+
+def test_impossible_placement_is_refused_before_any_worker_starts(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(SMALL_JOB))
+    result = run("render", str(job), "--placement", "sequence", "--gpus", "4", "--json")
+    assert result.returncode == 2
+    assert "placement.gpus" in result.stderr and "must divide the model's 2 attention heads" in result.stderr
