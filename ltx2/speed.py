@@ -1,0 +1,74 @@
+"""Speed options for the transformer, applied to the unmodified ltx-core model by small functions.
+
+- `fp8`: the linear layers of the transformer blocks hold FP8 (e4m3) weights with per-row scales and
+  quantize their activations per row on the fly; the matmul is `torch._scaled_mm` (torchao's
+  `Float8DynamicActivationFloat8WeightConfig`). Halves the weights (≈ 19 GB for the 19B model) and runs
+  the matmuls at the FP8 rate. Needs a GPU with FP8 tensor cores (compute capability ≥ 8.9).
+- `compile`: each transformer block compiled by `torch.compile` with static shapes, so norms, RoPE,
+  AdaLN modulation and gating fuse into fewer kernels. The first forward at a new shape compiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    fp8: bool = False
+    compile: bool = False
+
+
+class SpeedOptionError(ValueError):
+    """A speed option this device cannot run."""
+
+
+def fp8_supported(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def _block_linear(module: torch.nn.Module, fqn: str) -> bool:
+    return isinstance(module, torch.nn.Linear) and fqn.startswith("transformer_blocks.")
+
+
+def apply_fp8(velocity_model: torch.nn.Module) -> torch.nn.Module:
+    """Quantize the blocks' linear layers to FP8 in place (weights per row, activations per row, dynamic)."""
+    device = next(velocity_model.parameters()).device
+    if not fp8_supported(device):
+        raise SpeedOptionError(
+            f"fp8 needs a CUDA GPU with FP8 tensor cores (compute capability 8.9+: L4, L40S, H100, H200); "
+            f"this worker runs on {device}: drop the fp8 option"
+        )
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    quantize_(velocity_model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=_block_linear)
+    return velocity_model
+
+
+COMPILE_RECOMPILE_LIMIT = 1024
+"""Dynamo's default (8 graphs per code object) is used up by a few shapes × 48 block instances, after
+which it silently runs the blocks eagerly; a farm worker meets many shapes, so the limit is raised."""
+
+
+def apply_compile(velocity_model: torch.nn.Module) -> torch.nn.Module:
+    """Compile every transformer block (static shapes: a job's shapes repeat for every step)."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
+    dynamo_config.accumulated_recompile_limit = max(
+        dynamo_config.accumulated_recompile_limit, 4 * COMPILE_RECOMPILE_LIMIT
+    )
+    blocks = velocity_model.transformer_blocks
+    for i, block in enumerate(blocks):
+        blocks[i] = torch.compile(block, dynamic=False)
+    return velocity_model
+
+
+def apply_speed_options(velocity_model: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
+    if options.fp8:
+        apply_fp8(velocity_model)
+    if options.compile:
+        apply_compile(velocity_model)
+    return velocity_model
