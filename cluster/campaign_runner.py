@@ -52,6 +52,7 @@ class CampaignRunner:
         storage: StorageOptions | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
         poll_s: float = 0.5,
+        blocklist_after: int = 3,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -60,6 +61,11 @@ class CampaignRunner:
         self.clock = clock
         self.poll_s = poll_s
         self._uploaders: dict[str, Uploader | None] = {}
+        self.blocklist_after = blocklist_after
+        self.blocklisted: dict[str, str] = {}  # worker name -> why
+        self._failures: dict[int, list[str]] = {}  # worker slot -> ids of the jobs it failed since its last success
+        self._failed_on: dict[tuple[str, str], set[int]] = {}  # (campaign, job) -> worker slots that failed it
+        self._blocklisted_slots: set[int] = set()
 
     def _out_dir(self, campaign: str) -> Path:
         return self.out_root / campaign
@@ -110,8 +116,23 @@ class CampaignRunner:
         running: dict[Any, _Running] = {}
         stats = {"done": 0, "failed": 0, "retried": 0, "skipped": 0, "requeued": requeued}
         planned: list[tuple[CampaignSpec, dict[str, Any], ValidJob]] = []  # chunked/tiled jobs waiting
+        waiting: list[
+            tuple[str, dict[str, Any], ValidJob]
+        ] = []  # claimed, waiting for a worker that has not failed them
+
+        def start(worker: int, name: str, row: dict[str, Any], job: ValidJob) -> None:
+            free.remove(worker)
+            ref = self.pool.workers[worker].actor.render.remote(job, str(self._out_dir(name)))
+            running[ref] = _Running(name, row["id"], job, worker, ref)
+
         while True:
             now = self.clock()
+            for item in list(waiting):
+                avoid = self._failed_on.get((item[0], item[1]["id"]), set())
+                usable = [w for w in free if w not in avoid] or (free if not self._alternatives(avoid) else [])
+                if usable:
+                    waiting.remove(item)
+                    start(usable[0], *item)
             if planned and not running:
                 # A long or large job uses every worker: it runs once the pool is idle.
                 self._run_planned(*planned.pop(0), stats)
@@ -119,6 +140,8 @@ class CampaignRunner:
                     on_progress(dict(stats))
                 continue
             for name in allocate(self.store.campaign_states(), 0 if planned else len(free), now):
+                if not free:
+                    break
                 worker = free[0]
                 row = self.store.claim(name, self.pool.workers[worker].info["name"])
                 if row is None:
@@ -133,9 +156,18 @@ class CampaignRunner:
                 if self.pool.is_gang or not plan_job(job).trivial:  # gangs run planned tasks only
                     planned.append((spec, row, job))  # claimed; stop claiming until it has run
                     break
-                free.pop(0)
-                ref = self.pool.workers[worker].actor.render.remote(job, str(self._out_dir(name)))
-                running[ref] = _Running(name, row["id"], job, worker, ref)
+                avoid = self._failed_on.get((name, row["id"]), set())
+                if worker in avoid and self._alternatives(avoid):
+                    waiting.append((name, row, job))  # a retry goes to another worker (Deadline-style)
+                    continue
+                start(worker, name, row, job)
+            if not running and waiting:
+                time.sleep(self.poll_s)  # the workers they wait for are idle or coming back
+                continue
+            if not running and len(self.blocklisted) == len(self.pool.workers):
+                self.store.log(f"every worker is blocklisted ({self.blocklisted}); stopping: fix or replace the GPUs")
+                stats["stopped"] = 1
+                break
             if not running:
                 if planned:
                     continue  # a claimed planned job runs at the top of the loop, the pool being idle
@@ -153,7 +185,10 @@ class CampaignRunner:
                 spec = self.store.campaign_spec(r.campaign)
                 try:
                     sidecar = ray.get(ref)
-                except Exception as error:  # the worker's error, or the worker died
+                except ray.exceptions.RayActorError as error:  # the worker died under the job
+                    self._worker_lost(r, error, stats)  # its slot stays free, with a fresh worker in it
+                    continue
+                except Exception as error:  # the job failed on a live worker
                     state = self.store.fail(
                         r.campaign,
                         r.job_id,
@@ -162,13 +197,47 @@ class CampaignRunner:
                         spec.max_task_retries,
                     )
                     stats["retried" if state == "queued" else "failed"] += 1
+                    self._failed_on.setdefault((r.campaign, r.job_id), set()).add(r.worker)
+                    if self._count_failure(r.worker, r.campaign, r.job_id, error, stats):
+                        free.remove(r.worker)
+                        self._blocklisted_slots.add(r.worker)
                     continue
+                self._failures.pop(r.worker, None)
                 self._complete(spec, r.job_id, r.job, float(sidecar["timings_s"].get("total", 0.0)), stats, "done")
             if ready and on_progress is not None:
                 on_progress(dict(stats))
             if max_seconds is not None and time.monotonic() - started > max_seconds:
                 break
         return stats
+
+    def _alternatives(self, avoid: set[int]) -> bool:
+        """Whether a usable worker exists that has not failed this job."""
+        return any(w not in avoid and w not in self._blocklisted_slots for w in range(len(self.pool.workers)))
+
+    def _worker_lost(self, r: _Running, error: Exception, stats: dict[str, int]) -> None:
+        """Requeue the job without using a retry and put a fresh worker in the dead one's slot."""
+        name = self.pool.workers[r.worker].info["name"]
+        state = self.store.interrupt(r.campaign, r.job_id, f"worker {name} died: {error}", time.time() - r.started)
+        stats["requeued" if state == "queued" else "failed"] += 1
+        new = self.pool.replace(r.worker)
+        stats["replaced"] = stats.get("replaced", 0) + 1
+        self.store.log(f"worker {name} died; replaced by {new.info['name']}", r.campaign, r.job_id)
+
+    def _count_failure(self, slot: int, campaign: str, job_id: str, error: Exception, stats: dict[str, int]) -> bool:
+        """A worker whose last `blocklist_after` attempts all failed, on at least two different jobs, is
+        taken out of rotation (a broken GPU fails every job; a broken job fails on every worker)."""
+        failed = self._failures.setdefault(slot, [])
+        failed.append(job_id)
+        if len(failed) < self.blocklist_after or len(set(failed)) < 2:
+            return False
+        name = self.pool.workers[slot].info["name"]
+        why = (
+            f"{len(failed)} failed attempts in a row on {len(set(failed))} jobs; last: {type(error).__name__}: {error}"
+        )
+        self.blocklisted[name] = why
+        stats["blocklisted"] = stats.get("blocklisted", 0) + 1
+        self.store.log(f"worker {name} blocklisted: {why[:300]}", campaign)
+        return True
 
     def _run_planned(self, spec: CampaignSpec, row: dict[str, Any], job: ValidJob, stats: dict[str, int]) -> None:
         """Run a chunked or tiled job through the coordinator on the whole (idle) pool."""
@@ -177,6 +246,14 @@ class CampaignRunner:
         started = time.time()
         try:
             [sidecar] = Coordinator(self.pool).run([plan_job(job)], self._out_dir(spec.campaign))
+        except ray.exceptions.RayActorError as error:  # a worker died mid-plan: replace it, run the job again
+            dead = [i for i, w in enumerate(self.pool.workers) if not _actor_alive(w.actor)]
+            state = self.store.interrupt(spec.campaign, row["id"], f"worker died: {error}", time.time() - started)
+            stats["requeued" if state == "queued" else "failed"] += 1
+            for i in dead:
+                self.pool.replace(i)
+                stats["replaced"] = stats.get("replaced", 0) + 1
+            return
         except Exception as error:
             state = self.store.fail(
                 spec.campaign,
@@ -209,6 +286,14 @@ class CampaignRunner:
             return
         self.store.finish(spec.campaign, job_id, output, gpu_seconds)
         stats[counter] += 1
+
+
+def _actor_alive(actor: Any) -> bool:
+    try:
+        ray.get(actor.info.remote(), timeout=30)
+        return True
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return False
 
 
 def _alive(pid: int) -> bool:

@@ -24,10 +24,11 @@ from cluster.executor import WorkerPool
 from cluster.metrics import FarmMetrics
 from cluster.worker import job_guidance, tensor_sha256
 from jobs.outputs import output_paths, sidecar_document
-from jobs.plan import JobPlan, Task, time_origin_seconds
+from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
 from ltx2 import stages
 from ltx2.checkpoint import cached_file_sha256
 from ltx2.media import Mp4Writer, probe_mp4
+from ltx2.render import NonFiniteOutputError
 
 
 def crossfade_into(target: torch.Tensor, chunk: torch.Tensor, start: int, overlap: int) -> None:
@@ -151,8 +152,19 @@ class Coordinator:
                     }
                     raise RuntimeError(f"coordinator stalled: no task can run (a bug): pending {pending}")
                 ready, _ = ray.wait(list(inflight), num_returns=1)
-                run, label, worker, value_ref = inflight.pop(ready[0])
-                trace = ray.get(ready[0])
+                run, label, worker, value_ref, retry = inflight.pop(ready[0])
+                try:
+                    trace = ray.get(ready[0])
+                except NonFiniteOutputError as error:
+                    idle.append(worker)
+                    if retry is None:
+                        raise NonFiniteOutputError(
+                            f"job {run.plan.job.spec.name or 'render'}: {describe_task(label)} produced NaN or Inf "
+                            f"twice (the retry ran on another worker when one was free): {error.args[0]}"
+                        ) from None
+                    kind, kwargs = retry
+                    self._dispatch(run, label, kind, kwargs, idle, inflight, avoid=worker, retry=False)
+                    continue
                 run.traces.append(trace)
                 run.running.discard(label)
                 run.done[label] = value_ref
@@ -180,13 +192,24 @@ class Coordinator:
     # --- dispatch --------------------------------------------------------------------------------------
 
     def _dispatch(
-        self, run: JobRun, label: str, kind: str, kwargs: dict[str, Any], idle: list[int], inflight: dict
+        self,
+        run: JobRun,
+        label: str,
+        kind: str,
+        kwargs: dict[str, Any],
+        idle: list[int],
+        inflight: dict,
+        avoid: int | None = None,
+        retry: bool = True,
     ) -> None:
-        worker = idle.pop(0)
+        """Start a task on an idle worker (not `avoid` when another is idle). A task whose output holds NaN
+        or Inf is run once more (`retry`), then fails its job."""
+        worker = next((w for w in idle if w != avoid), idle[0])
+        idle.remove(worker)
         actor = self.pool.workers[worker].actor
         value_ref, trace_ref = actor.task.options(num_returns=2).remote(kind, label, **kwargs)
         run.running.add(label)
-        inflight[trace_ref] = (run, label, worker, value_ref)
+        inflight[trace_ref] = (run, label, worker, value_ref, (kind, kwargs) if retry else None)
 
     def _arguments(self, run: JobRun, task: Task) -> dict[str, Any]:
         plan, spec = run.plan, run.plan.job.spec

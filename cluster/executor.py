@@ -7,6 +7,7 @@ the embedded cluster runs the workers on the CPU instead. The embedded Ray clust
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -92,12 +93,22 @@ class WorkerPool:
             from cluster.gang import Gang
 
             gang_cls = ray.remote(Gang).options(num_cpus=0, max_concurrency=4)  # members hold the resources
-            actors = [gang_cls.remote(checkpoints, placement, target, dtype, f"gang-{i}") for i in range(num_workers)]
+
+            def start(name: str) -> Any:
+                return gang_cls.remote(checkpoints, placement, target, dtype, name)
+
         else:
             options: dict[str, Any] = {"max_concurrency": 2}  # one render + progress polls
             options.update(num_gpus=1 if use_gpu else 0, num_cpus=1)
             actor_cls = ray.remote(RenderWorker).options(**options)
-            actors = [actor_cls.remote(checkpoints, target, dtype, f"worker-{i}") for i in range(num_workers)]
+
+            def start(name: str) -> Any:
+                return actor_cls.remote(checkpoints, target, dtype, name)
+
+        self._start = start
+        self.replacements = 0
+        kind = "gang" if placement.is_gang else "worker"
+        actors = [start(f"{kind}-{i}") for i in range(num_workers)]
         infos = ray.get([a.info.remote() for a in actors])
         self.workers = [WorkerHandle(a, i) for a, i in zip(actors, infos, strict=True)]
 
@@ -131,6 +142,23 @@ class WorkerPool:
         for w, i in zip(self.workers, infos, strict=True):
             w.info = i
         return infos
+
+    def replace(self, index: int) -> WorkerHandle:
+        """Start a fresh worker in slot `index` (its actor died or was blocklisted); the old one is killed."""
+        old = self.workers[index]
+        with contextlib.suppress(Exception):
+            ray.kill(old.actor, no_restart=True)
+        base = old.info["name"].split("~", 1)[0]
+        for attempt in range(3):  # a replacement that dies while loading is itself replaced
+            self.replacements += 1
+            actor = self._start(f"{base}~{self.replacements}")
+            try:
+                self.workers[index] = WorkerHandle(actor, ray.get(actor.info.remote()))
+                return self.workers[index]
+            except ray.exceptions.RayActorError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     @property
     def is_gang(self) -> bool:

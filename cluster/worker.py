@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,20 @@ import torch
 
 from cluster.metrics import KIND_TO_STAGE, WorkerMetrics, worker_labels
 from jobs.outputs import output_paths, sidecar_document
+from jobs.plan import describe_task
 from jobs.spec import OFFICIAL_NEGATIVE_PROMPT, GuidanceSpec, ValidJob, validate_for_model
 from ltx2 import stages
 from ltx2.checkpoint import CheckpointSet, cached_file_sha256
 from ltx2.media import probe_mp4, write_mp4
 from ltx2.models import LOAD_COUNTER, load_resident_models
-from ltx2.render import Guidance, Renderer, RenderRequest, default_audio_guidance, default_video_guidance
+from ltx2.render import (
+    Guidance,
+    NonFiniteOutputError,
+    Renderer,
+    RenderRequest,
+    default_audio_guidance,
+    default_video_guidance,
+)
 
 
 def default_device() -> str:
@@ -70,6 +78,23 @@ def render_request(job: ValidJob, num_layers: int) -> RenderRequest:
         video_guidance=job_guidance(job, num_layers)[0],
         audio_guidance=job_guidance(job, num_layers)[1],
     )
+
+
+def _non_finite(value: Any, where: str = "its output") -> str | None:
+    """Where the first NaN/Inf in a task result is (tensors, tuples, dataclasses of tensors), or None."""
+    if isinstance(value, torch.Tensor):
+        return None if not value.is_floating_point() or bool(torch.isfinite(value).all()) else where
+    if isinstance(value, tuple | list):
+        for i, item in enumerate(value):
+            found = _non_finite(item, f"{where}[{i}]")
+            if found:
+                return found
+    elif is_dataclass(value):
+        for f in fields(value):
+            found = _non_finite(getattr(value, f.name), f.name)
+            if found:
+                return found
+    return None
 
 
 def tensor_sha256(tensor: torch.Tensor) -> str:
@@ -199,6 +224,9 @@ class RenderWorker:
             raise ValueError(f"unknown task kind {kind!r}; this worker runs {kinds}")
         try:
             result = run(**kwargs)
+            bad = _non_finite(result)
+            if bad is not None:
+                raise NonFiniteOutputError(f"{describe_task(label)} produced NaN or Inf in {bad} (worker {self.name})")
         except torch.OutOfMemoryError:
             self._record(stage, time.time() - start, "oom")
             raise

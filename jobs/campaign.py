@@ -303,7 +303,9 @@ def read_mapping_file(path: Path, what: str, error: type[Exception]) -> dict[str
     if not path.is_file():
         raise error(f"{what} {path} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise error(f"{what} {path} is not UTF-8 text (a binary file?); give a YAML or JSON file") from None
     except yaml.YAMLError as e:
         raise error(f"{what} {path} is not valid YAML/JSON: {e}") from None
     if not isinstance(data, dict):

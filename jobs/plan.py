@@ -266,3 +266,18 @@ def describe(plan: JobPlan) -> str:
     lines.append(f"decode: {d['spatial_tiles']} spatial x {d['temporal_tiles']} temporal VAE tiles; one audio decode")
     lines.append("tasks: " + ", ".join(f"{k} {v}" for k, v in s["tasks"].items()))
     return "\n".join(lines)
+
+
+def describe_task(label: str) -> str:
+    """A task id in words, for errors: 'stage1:2' → 'stage 1, chunk 2'; 'stage2:1:3' → 'stage 2 step 1, tile 3'."""
+    kind, _, rest = label.partition(":")
+    parts = rest.split(":") if rest else []
+    if kind == "stage1" and parts:
+        return f"stage 1, chunk {parts[0]}"
+    if kind == "stage2" and len(parts) == 2:
+        return f"stage 2 step {parts[0]}, tile {parts[1]}"
+    if kind == "decode" and len(parts) == 2:
+        return f"VAE decode, time group {parts[0]} tile {parts[1]}"
+    if kind == "encode":
+        return f"text encoding of prompt {rest}"
+    return kind.replace("_", " ")

@@ -234,12 +234,22 @@ class Store:
             db.execute("UPDATE campaigns SET gpu_seconds=gpu_seconds+? WHERE name=?", (gpu_seconds, campaign))
         self.log("done", campaign, job_id)
 
+    def _count_attempts(self, db: sqlite3.Connection, campaign: str, job_id: str, outcomes: tuple[str, ...]) -> int:
+        """Attempts of a job whose outcome is one of `outcomes` ('' counts the open attempt)."""
+        marks = ",".join("?" * len(outcomes))
+        return db.execute(
+            f"SELECT COUNT(*) FROM attempts WHERE campaign=? AND job=? AND COALESCE(outcome, '') IN ({marks})",
+            (campaign, job_id, *outcomes),
+        ).fetchone()[0]
+
     def fail(self, campaign: str, job_id: str, error: str, gpu_seconds: float, max_retries: int) -> str:
-        """Record a failed attempt; requeue while retries remain. Returns the job's new state."""
+        """Record a failed attempt; requeue while retries remain. Returns the job's new state.
+
+        Attempts lost to a dead worker or a coordinator restart (`interrupt`, `recover`) do not count."""
         now = time.time()
         with self._tx() as db:
-            row = db.execute("SELECT attempts FROM jobs WHERE campaign=? AND id=?", (campaign, job_id)).fetchone()
-            state = "queued" if row["attempts"] <= max_retries else "failed"
+            tried = self._count_attempts(db, campaign, job_id, ("", "retried", "error"))
+            state = "queued" if tried <= max_retries else "failed"
             db.execute(
                 "UPDATE jobs SET state=?, error=?, updated=? WHERE campaign=? AND id=?",
                 (state, error[:2000], now, campaign, job_id),
@@ -255,6 +265,27 @@ class Store:
             campaign,
             job_id,
         )
+        return state
+
+    def interrupt(self, campaign: str, job_id: str, reason: str, gpu_seconds: float, max_interruptions: int = 3) -> str:
+        """The job's worker died under it: requeue without using a retry, unless the job has now lost
+        `max_interruptions` workers (then it is the likely cause, and fails). Returns the new state."""
+        now = time.time()
+        with self._tx() as db:
+            lost = self._count_attempts(db, campaign, job_id, ("worker_lost",)) + 1
+            state = "queued" if lost < max_interruptions else "failed"
+            error = reason if state == "queued" else f"lost its worker {lost} times (last: {reason})"
+            db.execute(
+                "UPDATE jobs SET state=?, error=?, updated=? WHERE campaign=? AND id=?",
+                (state, error[:2000], now, campaign, job_id),
+            )
+            db.execute(
+                "UPDATE attempts SET ended=?, outcome=?, error=?, gpu_seconds=? WHERE campaign=? AND job=? "
+                "AND ended IS NULL",
+                (now, "worker_lost" if state == "queued" else "error", error[:2000], gpu_seconds, campaign, job_id),
+            )
+            db.execute("UPDATE campaigns SET gpu_seconds=gpu_seconds+? WHERE name=?", (gpu_seconds, campaign))
+        self.log(f"worker lost ({'requeued' if state == 'queued' else 'failed'}): {error[:300]}", campaign, job_id)
         return state
 
     def set_campaign_state(self, name: str, state: str) -> None:

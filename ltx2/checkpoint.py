@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """safetensors' own limit on the JSON header; anything larger is not a safetensors file."""
@@ -109,6 +110,11 @@ def read_safetensors_header(path: Path) -> dict:
             f"truncated: {missing} bytes missing of {8 + header_len + data_end}",
             "the download or copy was cut short; fetch the file again",
         )
+    try:  # safetensors' own checks: dtypes, shapes against offsets, overlapping or out-of-order tensors
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, ValueError, OSError) as e:
+        raise CheckpointError(path, f"not a valid safetensors file ({e})", "re-download the file") from None
     return header
 
 

@@ -165,7 +165,10 @@ def test_render_uploads_to_s3_and_prints_links(tmp_path, server_kind):
         s3 = boto3.session.Session().client("s3", endpoint_url=server.endpoint)
         listed = s3.list_objects_v2(Bucket="farm")["Contents"]
         assert sorted(o["Key"] for o in listed) == ["tests/render/10.json", "tests/render/10.mp4"]
-        assert env["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
+        secret = env["AWS_SECRET_ACCESS_KEY"].encode()
+        assert secret.decode() not in result.stdout + result.stderr
+        written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+        assert written and not [p for p in written if secret in p.read_bytes()]  # sidecars, media, everything
         bad = run("render", "--output", "s3://Bad_Bucket/x")
         assert bad.returncode == 2 and "not a valid bucket name" in bad.stderr
     finally:

@@ -1,0 +1,213 @@
+"""Malformed input across the CLI, job files, manifests, output keys and checkpoints.
+
+Each case runs the real command line in-process (`cluster.cli.main`). It must either be refused with a
+clear message and exit code 2, before any model loads or cluster starts, or be handled (exit 0 for
+`validate`). Never a traceback: `main` returning at all proves no exception escaped.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.cli import main
+
+GOOD = {"prompt": "rain on a tin roof", "height": 128, "width": 192, "num_frames": 17}
+
+# (case id, job mapping or raw text, words the message must contain)
+JOBS = [
+    ("empty prompt", {**GOOD, "prompt": "  "}, "prompt"),
+    ("control character in prompt", {**GOOD, "prompt": "bell\x07 rings"}, "control characters"),
+    ("escape sequence in prompt", {**GOOD, "prompt": "\x1b[31mred\x1b[0m"}, "control characters"),
+    ("huge prompt", {**GOOD, "prompt": "word " * 20000}, "longer than"),
+    ("negative seed", {**GOOD, "seed": -1}, "seed"),
+    ("seed beyond 63 bits", {**GOOD, "seed": 2**70}, "seed"),
+    ("seed as text", {**GOOD, "seed": "abc"}, "seed"),
+    ("huge height", {**GOOD, "height": 10**9}, "height"),
+    ("negative width", {**GOOD, "width": -64}, "width"),
+    ("hours of frames", {**GOOD, "num_frames": 10**6 + 1}, "longest job"),
+    ("duration NaN", {**{k: v for k, v in GOOD.items() if k != "num_frames"}, "duration": float("nan")}, "duration"),
+    (
+        "duration infinite",
+        {**{k: v for k, v in GOOD.items() if k != "num_frames"}, "duration": float("inf")},
+        "duration",
+    ),
+    ("zero fps", {**GOOD, "frame_rate": 0}, "frame_rate"),
+    ("absurd fps", {**GOOD, "frame_rate": 10**6}, "frame_rate"),
+    ("a million steps", {**GOOD, "steps": 10**6}, "steps"),
+    ("unknown recipe", {**GOOD, "recipe": "turbo"}, "recipe"),
+    ("unknown field", {**GOOD, "colour": "red"}, "colour"),
+    ("absurd guidance", {**GOOD, "video_guidance": {"cfg": 1e9}}, "video_guidance.cfg"),
+    ("negative STG block", {**GOOD, "audio_guidance": {"stg_blocks": [-1]}}, "stg_blocks"),
+    ("path traversal in name", {**GOOD, "name": "../../etc/passwd"}, "name"),
+    ("NUL in name", {**GOOD, "name": "a\x00b"}, "name"),
+    ("impossible gang", {**GOOD, "placement": {"mode": "sequence", "gpus": 3}}, "placement.gpus"),
+    ("odd tile size", {**GOOD, "tile_pixels": 33}, "tile_pixels"),
+    ("chunk longer than the model's range", {**GOOD, "chunk_seconds": 100}, "chunk_seconds"),
+    ("prompt as a number", {**GOOD, "prompt": 42}, "prompt"),
+]
+
+
+@pytest.mark.parametrize(("case", "job", "words"), JOBS, ids=[c[0] for c in JOBS])
+def test_bad_job_is_refused_with_its_field(tmp_path, capsys, case, job, words):
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job, allow_nan=True))
+    assert main(["validate", str(path)]) == 2, case
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and words in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["Ein Fuchs läuft durch den Schnee — 雪の中の狐 🦊", "שועל בשלג", "a fox\nsecond line\tindented"],
+    ids=["accents, CJK and emoji", "right-to-left", "newline and tab"],
+)
+def test_unicode_prompts_are_accepted(tmp_path, capsys, prompt):
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({**GOOD, "prompt": prompt}))
+    assert main(["validate", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+
+
+FILES = [
+    ("YAML that is a list", "- a\n- b\n", "mapping"),
+    ("broken YAML", "prompt: [unclosed\n", "job file"),
+    ("binary garbage", b"\x00\xff\xfe" * 50, "job file"),
+    ("empty file", "", "job file"),
+]
+
+
+@pytest.mark.parametrize(("case", "content", "words"), FILES, ids=[c[0] for c in FILES])
+def test_unreadable_job_files(tmp_path, capsys, case, content, words):
+    path = tmp_path / "job.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert main(["validate", str(path)]) == 2, case
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_missing_job_file_and_directory(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert main(["validate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 2 and "Traceback" not in err
+
+
+OUTPUTS = [
+    ("bucket name with capitals", ["--output", "s3://Bad_Bucket/x"], "bucket"),
+    ("unknown scheme", ["--output", "ftp://host/x"], "ftp"),
+    ("traversal in the prefix", ["--output", "s3://bucket/../../x"], ".."),
+    ("traversal in the key template", ["--output", "s3://bucket/p", "--key-template", "../{name}.{ext}"], ".."),
+    ("unknown key field", ["--output", "s3://bucket/p", "--key-template", "{secret}.{ext}"], "secret"),
+]
+
+
+@pytest.mark.parametrize(("case", "flags", "words"), OUTPUTS, ids=[c[0] for c in OUTPUTS])
+def test_bad_destinations_are_refused_before_rendering(tmp_path, capsys, case, flags, words):
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(GOOD))
+    assert main(["render", str(path), "--out", str(tmp_path / "out"), *flags]) == 2, case
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing started, nothing written
+
+
+def _manifest(tmp_path: Path, **fields) -> Path:
+    data = {"campaign": "spring", "defaults": GOOD, "rows": [{"id": "a", "prompt": "x"}], **fields}
+    path = tmp_path / "manifest.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+MANIFESTS = [
+    ("campaign name with a slash", {"campaign": "a/b"}, "campaign"),
+    ("rows file outside the manifest's folder", {"rows": None, "rows_file": "../../etc/passwd"}, "rows_file"),
+    ("window at 25:00", {"window": {"start": "25:00", "end": "07:00", "tz": "UTC"}}, "window"),
+    ("unknown time zone", {"window": {"start": "20:00", "end": "07:00", "tz": "Mars/Olympus"}}, "tz"),
+    ("zero variations", {"variations": 0}, "variations"),
+    ("negative budget", {"gpu_seconds_budget": -5}, "budget"),
+    ("duplicate row ids", {"rows": [{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}]}, "duplicates"),
+]
+
+
+@pytest.mark.parametrize(("case", "fields", "words"), MANIFESTS, ids=[c[0] for c in MANIFESTS])
+def test_bad_manifests(tmp_path, capsys, case, fields, words):
+    fields = {k: v for k, v in fields.items() if v is not None}
+    path = _manifest(tmp_path, **fields)
+    if "rows_file" in fields:
+        data = yaml.safe_load(path.read_text())
+        data.pop("rows")
+        path.write_text(yaml.safe_dump(data))
+    code = main(["campaign", "--db", str(tmp_path / "db"), "submit", str(path)])
+    out = capsys.readouterr()
+    assert code in (2, 3), case  # 2: nothing queued; 3: good rows queued, bad rows skipped (listed on stdout)
+    assert words in out.err + out.out and "Traceback" not in out.err
+
+
+def _checkpoint_flags(tiny_set, checkpoint: Path) -> list[str]:
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        "--gemma-root",
+        str(tiny_set.gemma_root),
+        "--spatial-upsampler",
+        str(tiny_set.spatial_upsampler),
+        "--distilled-lora",
+        str(tiny_set.distilled_lora),
+    ]
+
+
+def _safetensors(path: Path, header: dict, data: bytes = b"\0" * 16) -> Path:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+CHECKPOINTS = [
+    (
+        "overlapping tensors",
+        {
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+        },
+        "invalid offset",
+    ),
+    ("shape larger than its bytes", {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, "invalid shape"),
+    ("unknown dtype", {"a": {"dtype": "Q9", "shape": [2], "data_offsets": [0, 8]}}, "Q9"),
+    ("overflowing shape", {"a": {"dtype": "F32", "shape": [2**62, 2**62], "data_offsets": [0, 8]}}, "overflow"),
+]
+
+
+@pytest.mark.parametrize(("case", "header", "words"), CHECKPOINTS, ids=[c[0] for c in CHECKPOINTS])
+def test_hostile_safetensors_headers(tmp_path, capsys, tiny_set, case, header, words):
+    path = _safetensors(tmp_path / "ltx-2.safetensors", header)
+    assert main(["models", "check", *_checkpoint_flags(tiny_set, path)]) == 2, case
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_header_length_beyond_the_file(tmp_path, capsys, tiny_set):
+    path = tmp_path / "ltx-2.safetensors"
+    path.write_bytes(struct.pack("<Q", 2**60) + b"{}")
+    assert main(["models", "check", *_checkpoint_flags(tiny_set, path)]) == 2
+    assert "bad header length" in capsys.readouterr().err
+
+
+def test_pickled_weights_are_never_unpickled(tmp_path, capsys, tiny_set):
+    """A pickle that would run code when loaded: refused as not safetensors, and never executed."""
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    path = tmp_path / "ltx-2.ckpt"
+    path.write_bytes(pickle.dumps({"state_dict": Exploit()}))
+    assert main(["models", "check", *_checkpoint_flags(tiny_set, path)]) == 2
+    assert "not a safetensors file" in capsys.readouterr().err
+    assert not marker.exists()

@@ -1,0 +1,142 @@
+"""Faults during campaigns on the local Ray cluster (tiny model): nothing lost, nothing rendered twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+import ray
+
+from cluster.campaign_runner import CampaignRunner
+from cluster.executor import WorkerPool
+from jobs.campaign import parse_manifest
+from jobs.store import Store
+
+# `_poison` runs inside worker actors (Ray's `__ray_call__`), which cannot import this test module.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+TINY = {"height": 64, "width": 64, "num_frames": 9, "steps": 2}
+ROWS = [{"id": f"j{i:02d}", "prompt": f"scene number {i}, rain and wind", "seed": i} for i in range(50)]
+
+
+def _run(pool: WorkerPool, root, rows=ROWS, **runner_kwargs) -> tuple[Store, dict, CampaignRunner]:
+    store = Store(root / "db")
+    m = parse_manifest({"campaign": "c", "defaults": TINY, "rows": rows, "max_task_retries": 0})
+    store.submit(m.spec, m.jobs)
+    runner = CampaignRunner(store, pool, root / "out", poll_s=0.05, **runner_kwargs)
+    return store, runner.run(), runner
+
+
+def _content(root) -> dict[str, dict]:
+    docs = [json.loads(p.read_text()) for p in (root / "out" / "c").glob("*.json")]
+    return {d["job"]["name"]: d["content_sha256"] for d in docs}
+
+
+@pytest.fixture(scope="module")
+def reference(ray_cluster, tiny_set, tmp_path_factory):
+    """The same 50 jobs, undisturbed."""
+    root = tmp_path_factory.mktemp("reference")
+    pool = WorkerPool(tiny_set, num_workers=2)
+    try:
+        _store, stats, _ = _run(pool, root)
+    finally:
+        pool.shutdown()
+    assert stats["done"] == 50
+    return _content(root)
+
+
+def test_workers_killed_repeatedly_mid_campaign(ray_cluster, tiny_set, tmp_path, reference):
+    pool = WorkerPool(tiny_set, num_workers=2)
+    kills: list[int] = []
+    stop = threading.Event()
+
+    def killer() -> None:
+        time.sleep(2.0)
+        while not stop.is_set() and len(kills) < 4:
+            slot = len(kills) % len(pool.workers)
+            pid = pool.workers[slot].info["pid"]  # a worker process this test's pool started
+            try:
+                os.kill(pid, signal.SIGKILL)
+                kills.append(pid)
+            except ProcessLookupError:
+                pass
+            stop.wait(2.5)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        store, stats, _ = _run(pool, tmp_path)
+    finally:
+        stop.set()
+        thread.join()
+        pool.shutdown()
+    assert len(kills) >= 2, "the campaign ended before the workers could be killed"
+    assert stats["replaced"] >= len(kills) - 1  # a kill may land on a worker that has just finished
+    assert store.counts("c")["done"] == 50 and store.counts("c")["failed"] == 0
+    mp4s = sorted(p.name for p in (tmp_path / "out" / "c").glob("*.mp4"))
+    assert len(mp4s) == 50 == len(set(mp4s))
+    assert not list((tmp_path / "out" / "c").glob(".*partial*"))
+    assert _content(tmp_path) == reference  # identical frames and audio, job by job
+    attempts = store.attempts("c")
+    assert sum(a["outcome"] == "ok" for a in attempts) == 50  # each job finished exactly once
+    lost = [a for a in attempts if a["outcome"] == "worker_lost"]
+    assert all(a["error"].startswith("worker") for a in lost)
+
+
+def _poison(worker) -> None:
+    """Ray's `__ray_call__` runs this inside the actor: NaN weights, like a GPU returning garbage."""
+    import torch
+
+    with torch.no_grad():
+        for p in worker.models.transformer.parameters():
+            p.fill_(float("nan"))
+
+
+def test_a_worker_that_fails_every_job_is_blocklisted(ray_cluster, tiny_set, tmp_path):
+    """A worker that fails every job (NaN output) leaves the rotation after 3 failures on different jobs;
+    the jobs it failed are retried on the healthy worker and every job finishes."""
+    pool = WorkerPool(tiny_set, num_workers=2)
+    try:
+        broken = pool.workers[0].info["name"]
+        ray.get(pool.workers[0].actor.__ray_call__.remote(_poison))
+        store = Store(tmp_path / "db")
+        m = parse_manifest({"campaign": "c", "defaults": TINY, "rows": ROWS[:10], "max_task_retries": 5})
+        store.submit(m.spec, m.jobs)
+        runner = CampaignRunner(store, pool, tmp_path / "out", poll_s=0.05)
+        stats = runner.run()
+    finally:
+        pool.shutdown()
+    assert stats["blocklisted"] == 1 and list(runner.blocklisted) == [broken]
+    assert "NonFiniteOutputError" in runner.blocklisted[broken]
+    assert store.counts("c")["done"] == 10 and store.counts("c")["failed"] == 0, (stats, store.jobs("c", "failed"))
+    assert any(f"worker {broken} blocklisted" in entry["message"] for entry in store.logs("c"))
+
+
+def test_nan_in_a_task_is_retried_on_another_worker_then_fails_the_job_naming_the_stage(
+    ray_cluster, tiny_set, tmp_path
+):
+    from cluster.coordinator import Coordinator
+    from jobs.plan import plan_job
+    from jobs.spec import validate_job
+    from ltx2.render import NonFiniteOutputError
+
+    job = validate_job({**TINY, "prompt": "a bell rings", "name": "nan"})
+    pool = WorkerPool(tiny_set, num_workers=2)
+    try:
+        ray.get(pool.workers[0].actor.__ray_call__.remote(_poison))  # worker 0 returns NaN from the transformer
+        [doc] = Coordinator(pool).run([plan_job(job)], tmp_path / "one")
+        transformer_tasks = [t for t in doc["trace"] if t["kind"] in ("stage1", "stage2")]
+        assert {t["worker"] for t in transformer_tasks} == {pool.workers[1].info["name"]}
+        assert (tmp_path / "one" / doc["output"]["video"]).is_file()
+
+        ray.get(pool.workers[1].actor.__ray_call__.remote(_poison))  # now both are broken
+        with pytest.raises(NonFiniteOutputError, match=r"job nan: stage 1, chunk 0 produced NaN or Inf twice"):
+            Coordinator(pool).run([plan_job(job)], tmp_path / "two")
+        assert not list((tmp_path / "two").glob("*.mp4"))  # no output left behind as if it were good
+    finally:
+        pool.shutdown()
