@@ -27,6 +27,7 @@ examples:
   ltx2-farm plan job.yaml                       show the task graph (chunks, tiles, decode tiles)
   ltx2-farm validate job.yaml --json            check a job without rendering
   ltx2-farm models tiny                         generate the tiny test checkpoint set
+  ltx2-farm deploy render                       KubeRay manifests from deploy/k8s/values.yaml
 
 model files (flags or environment; all four, or none for the built-in tiny model):
   --checkpoint        LTX2_CHECKPOINT         ltx-2-19b-dev.safetensors (config in its metadata)
@@ -160,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     from cluster.campaign_cli import add_campaign_parser
 
     add_campaign_parser(sub, EPILOG)
+
+    deploy = sub.add_parser("deploy", help="Kubernetes (KubeRay) manifests from one values file")
+    deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True, metavar="ACTION")
+    render_k8s = deploy_sub.add_parser("render", help="write the manifests for deploy/k8s/values.yaml")
+    render_k8s.add_argument("--values", default="deploy/k8s/values.yaml", help="values file (YAML)")
+    render_k8s.add_argument("--dashboard", default="deploy/grafana/ltx2farm-dashboard.json")
+    render_k8s.add_argument("--out", default="deploy/k8s/rendered", help="folder for the manifests")
+    render_k8s.add_argument("--json", action="store_true")
 
     models = sub.add_parser("models", help="model files: generate the tiny set, check a set")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -432,6 +441,23 @@ def _upload(args: argparse.Namespace, job: ValidJob, video: Path, metrics: Any =
     ]
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from cluster.deploy import DeployValues, write_all
+    from jobs.campaign import read_mapping_file
+
+    data = read_mapping_file(Path(args.values), "values file", UsageError)
+    try:
+        values = DeployValues.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise UsageError(f"values file {args.values} is invalid: {problems}") from None
+    written = write_all(values, Path(args.dashboard), Path(args.out))
+    _emit(args, {"ok": True, "files": [str(p) for p in written]}, "\n".join(f"wrote {p}" for p in written))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     if args.models_command == "tiny":
         from ltx2.tiny import ensure_tiny_checkpoint_set
@@ -477,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             "validate": cmd_validate,
             "models": cmd_models,
             "campaign": cmd_campaign,
+            "deploy": cmd_deploy,
         }
         return commands[args.command](args)
     except JobValidationError as e:

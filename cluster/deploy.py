@@ -1,0 +1,302 @@
+"""Kubernetes manifests for the farm on KubeRay, rendered from one values file. Pure: dicts in, dicts out.
+
+Users set the image, the GPU worker groups (GPU type, node selector, tolerations, replica bounds), the
+bucket and the overnight schedule in `deploy/k8s/values.yaml`; `ltx2-farm deploy render` writes:
+
+- `raycluster.yaml`: a KubeRay `RayCluster`: a CPU head (the farm's coordinator runs there) and one GPU
+  worker group per GPU type, autoscaling bounds, /dev/shm sized for the object store, the model volume;
+- `rayjob-campaign.yaml`: a `RayJob` that runs `ltx2-farm campaign run` on that cluster;
+- `cronjob-overnight.yaml`: a `CronJob` (with its ServiceAccount and RBAC) that submits the RayJob on the
+  schedule, for overnight windows;
+- `podmonitor.yaml`: a Prometheus-operator `PodMonitor` scraping the workers' metrics port;
+- `grafana-dashboard.yaml`: the Grafana dashboard as a ConfigMap for Grafana's sidecar;
+- `store-pvc.yaml`: the volume holding the campaign store (SQLite) across coordinator restarts.
+
+Helm and Kustomize are not available where the farm's CI runs, so the values are applied here, in code
+that the tests can render and validate offline against the Kubernetes schemas.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RAY_VERSION = "2.60.0"
+METRICS_PORT = 9464
+STORE_PATH = "/var/lib/ltx2-farm"
+MODELS_PATH = "/models"
+
+
+class GpuGroup(BaseModel):
+    """One worker group: one GPU type."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    gpus_per_pod: int = Field(1, ge=1, le=8)
+    min_replicas: int = Field(0, ge=0)
+    max_replicas: int = Field(4, ge=1)
+    cpu: str = "8"
+    memory: str = "96Gi"
+    shm: str = "32Gi"
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    )
+
+
+class DeployValues(BaseModel):
+    """Everything a platform engineer sets, in one place."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("ltx2-farm", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: str = "ltx2-farm"
+    image: str = "ghcr.io/example/ltx2-farm:0.1.0"
+    gpu_groups: list[GpuGroup] = Field(default_factory=lambda: [GpuGroup(name="h100")])
+    models_claim: str = Field("ltx2-models", description="PVC with the checkpoint set (read-only)")
+    store_size: str = "10Gi"
+    campaign_manifest: str = Field("/campaigns/campaign.yaml", description="manifest path inside the head pod")
+    bucket_secret: str = Field("ltx2-farm-s3", description="Secret with AWS_* variables for the bucket")
+    endpoint_url: str | None = None
+    schedule: str = Field("0 20 * * 1-5", description="cron: when the overnight RayJob is submitted")
+    time_zone: str = "Europe/Paris"
+    workers: int = Field(4, ge=1)
+    placement: str = Field("replica", pattern=r"^(replica|sequence|guidance|sharded)$")
+    gpus_per_gang: int | None = None
+
+
+def _labels(v: DeployValues, component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "ltx2-farm", "app.kubernetes.io/instance": v.name, "component": component}
+
+
+def _model_env(v: DeployValues) -> list[dict[str, Any]]:
+    env = [
+        {"name": "LTX2_CHECKPOINT", "value": f"{MODELS_PATH}/ltx-2-19b-dev.safetensors"},
+        {"name": "LTX2_GEMMA_ROOT", "value": f"{MODELS_PATH}/gemma-3-12b-it"},
+        {"name": "LTX2_SPATIAL_UPSAMPLER", "value": f"{MODELS_PATH}/ltx-2-spatial-upscaler-x2-1.0.safetensors"},
+        {"name": "LTX2_DISTILLED_LORA", "value": f"{MODELS_PATH}/ltx-2-19b-distilled-lora-384.safetensors"},
+        {"name": "LTX2_FARM_DB", "value": f"{STORE_PATH}/campaigns.db"},
+    ]
+    if v.endpoint_url:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": v.endpoint_url})
+    return env
+
+
+def _container(v: DeployValues, name: str, resources: dict[str, Any], mounts: list[dict[str, Any]]) -> dict:
+    return {
+        "name": name,
+        "image": v.image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": _model_env(v),
+        "envFrom": [{"secretRef": {"name": v.bucket_secret, "optional": True}}],
+        "resources": resources,
+        "volumeMounts": mounts,
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False},
+    }
+
+
+def _pod(v: DeployValues, container: dict, volumes: list[dict], **extra: Any) -> dict:
+    return {
+        "metadata": {"labels": _labels(v, container["name"])},
+        "spec": {"containers": [container], "volumes": volumes, **extra},
+    }
+
+
+def ray_cluster(v: DeployValues) -> dict:
+    models = {"name": "models", "persistentVolumeClaim": {"claimName": v.models_claim, "readOnly": True}}
+    head_mounts = [
+        {"name": "models", "mountPath": MODELS_PATH, "readOnly": True},
+        {"name": "store", "mountPath": STORE_PATH},
+    ]
+    head = _container(
+        v,
+        "ray-head",
+        {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"cpu": "4", "memory": "16Gi"}},
+        head_mounts,
+    )
+    head["ports"] += [
+        {"name": "gcs", "containerPort": 6379},
+        {"name": "dashboard", "containerPort": 8265},
+        {"name": "client", "containerPort": 10001},
+    ]
+    groups = []
+    for g in v.gpu_groups:
+        gpu = {"cpu": g.cpu, "memory": g.memory, "nvidia.com/gpu": str(g.gpus_per_pod)}
+        worker = _container(
+            v,
+            "ray-worker",
+            {"requests": gpu, "limits": gpu},
+            [
+                {"name": "models", "mountPath": MODELS_PATH, "readOnly": True},
+                {"name": "dshm", "mountPath": "/dev/shm"},
+            ],
+        )
+        shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": g.shm}}
+        groups.append(
+            {
+                "groupName": g.name,
+                "replicas": g.min_replicas,
+                "minReplicas": g.min_replicas,
+                "maxReplicas": g.max_replicas,
+                "rayStartParams": {"num-gpus": str(g.gpus_per_pod), "metrics-export-port": str(METRICS_PORT)},
+                "template": _pod(v, worker, [models, shm], nodeSelector=g.node_selector, tolerations=g.tolerations),
+            }
+        )
+    store = {"name": "store", "persistentVolumeClaim": {"claimName": f"{v.name}-store"}}
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": v.name, "namespace": v.namespace, "labels": _labels(v, "cluster")},
+        "spec": {
+            "rayVersion": RAY_VERSION,
+            "enableInTreeAutoscaling": True,
+            "headGroupSpec": {
+                "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+                "template": _pod(v, head, [models, store]),
+            },
+            "workerGroupSpecs": groups,
+        },
+    }
+
+
+def campaign_entrypoint(v: DeployValues) -> str:
+    args = ["ltx2-farm", "campaign", "run", "--forever", "--workers", str(v.workers), "--placement", v.placement]
+    if v.gpus_per_gang:
+        args += ["--gpus", str(v.gpus_per_gang)]
+    args += ["--out", f"{STORE_PATH}/renders"]
+    submit = f"ltx2-farm campaign submit {v.campaign_manifest}"
+    return f"{submit} ; {' '.join(args)}"
+
+
+def ray_job(v: DeployValues) -> dict:
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {"name": f"{v.name}-campaign", "namespace": v.namespace, "labels": _labels(v, "campaign")},
+        "spec": {
+            "entrypoint": campaign_entrypoint(v),
+            "clusterSelector": {"ray.io/cluster": v.name},
+            "shutdownAfterJobFinishes": False,
+            "submissionMode": "K8sJobMode",
+        },
+    }
+
+
+def overnight_cronjob(v: DeployValues) -> list[dict]:
+    """A CronJob that (re)creates the campaign RayJob on schedule, with the RBAC it needs."""
+    account = f"{v.name}-scheduler"
+    meta = {"namespace": v.namespace, "labels": _labels(v, "scheduler")}
+    rayjob = json.dumps(ray_job(v))
+    script = (
+        f"kubectl delete rayjob {v.name}-campaign --namespace {v.namespace} --ignore-not-found && "
+        f"echo '{rayjob}' | kubectl create -f -"
+    )
+    container = {
+        "name": "submit",
+        "image": "bitnami/kubectl:1.31",
+        "command": ["/bin/sh", "-c", script],
+        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
+    }
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, **meta}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": account, **meta},
+            "rules": [
+                {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["get", "list", "create", "delete"]}
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": account, **meta},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": v.namespace}],
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+        },
+        {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": {"name": f"{v.name}-overnight", **meta},
+            "spec": {
+                "schedule": v.schedule,
+                "timeZone": v.time_zone,
+                "concurrencyPolicy": "Forbid",
+                "jobTemplate": {
+                    "spec": {
+                        "backoffLimit": 2,
+                        "template": {
+                            "spec": {
+                                "serviceAccountName": account,
+                                "restartPolicy": "OnFailure",
+                                "containers": [container],
+                            }
+                        },
+                    }
+                },
+            },
+        },
+    ]
+
+
+def pod_monitor(v: DeployValues) -> dict:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": {"name": v.name, "namespace": v.namespace, "labels": _labels(v, "monitoring")},
+        "spec": {
+            "selector": {"matchLabels": {"app.kubernetes.io/instance": v.name}},
+            "podMetricsEndpoints": [{"port": "metrics", "interval": "15s"}],
+        },
+    }
+
+
+def dashboard_configmap(v: DeployValues, dashboard_json: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": f"{v.name}-dashboard",
+            "namespace": v.namespace,
+            "labels": {**_labels(v, "monitoring"), "grafana_dashboard": "1"},
+        },
+        "data": {"ltx2farm-dashboard.json": dashboard_json},
+    }
+
+
+def store_claim(v: DeployValues) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": f"{v.name}-store", "namespace": v.namespace, "labels": _labels(v, "store")},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": v.store_size}}},
+    }
+
+
+def render_all(v: DeployValues, dashboard_json: str) -> dict[str, list[dict]]:
+    """File name → the documents it holds."""
+    return {
+        "raycluster.yaml": [ray_cluster(v)],
+        "rayjob-campaign.yaml": [ray_job(v)],
+        "cronjob-overnight.yaml": overnight_cronjob(v),
+        "podmonitor.yaml": [pod_monitor(v)],
+        "grafana-dashboard.yaml": [dashboard_configmap(v, dashboard_json)],
+        "store-pvc.yaml": [store_claim(v)],
+    }
+
+
+def write_all(v: DeployValues, dashboard: Path, out: Path) -> list[Path]:
+    import yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, docs in render_all(v, dashboard.read_text()).items():
+        path = out / name
+        path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        written.append(path)
+    return written
