@@ -97,6 +97,16 @@ def _non_finite(value: Any, where: str = "its output") -> str | None:
     return None
 
 
+def _ray_node_id() -> str | None:
+    """The Ray node this worker runs on (None outside Ray): shows where a campaign's work landed."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:
+        return None
+
+
 def tensor_sha256(tensor: torch.Tensor) -> str:
     """Hash of a tensor's bytes: identical renders give identical hashes on any worker."""
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
@@ -135,6 +145,7 @@ class RenderWorker:
             "name": self.name,
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "node": _ray_node_id(),
             "device": str(self.models.device),
             "gpu": torch.cuda.get_device_name(self.models.device) if self.models.device.type == "cuda" else None,
             "dtype": str(self.models.dtype).removeprefix("torch."),

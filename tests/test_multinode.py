@@ -1,0 +1,96 @@
+"""A real multi-node Ray cluster on one machine: a head and two worker nodes started with `ray start` on
+the loopback address (token authentication on), and a campaign whose jobs land on both worker nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import CACHE
+from tests.s3_servers import free_port, wait_for_port
+
+TINY = {"height": 64, "width": 64, "num_frames": 9, "steps": 2}
+
+
+def _ray_start(env: dict, *args: str) -> subprocess.Popen:
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    ports = [
+        "--node-manager-port", str(free_port()),
+        "--object-manager-port", str(free_port()),
+        "--dashboard-agent-listen-port", str(free_port()),
+        "--dashboard-agent-grpc-port", str(free_port()),
+        "--metrics-export-port", str(free_port()),
+        "--runtime-env-agent-port", str(free_port()),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        [ray_bin, "start", "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *ports, *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _nodes(env: dict, address: str) -> list[dict]:
+    code = f"import json, ray; ray.init(address={address!r}); print(json.dumps(ray.nodes()))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else []
+
+
+def test_campaign_spreads_over_two_worker_nodes(tmp_path):
+    env = {
+        **os.environ,
+        "LTX2_FARM_CACHE": str(CACHE),
+        "LTX2_FARM_DB": str(tmp_path / "db"),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }
+    env.pop("RAY_ADDRESS", None)
+    gcs = free_port()
+    address = f"127.0.0.1:{gcs}"
+    started = [_ray_start(env, "--head", "--port", str(gcs), "--num-cpus", "0", "--include-dashboard", "false")]
+    try:
+        wait_for_port(gcs, timeout_s=120)
+        for _ in range(2):
+            started.append(_ray_start(env, "--address", address, "--num-cpus", "1"))
+        deadline = time.monotonic() + 120
+        while len([n for n in _nodes(env, address) if n["Alive"]]) < 3:
+            assert time.monotonic() < deadline, "the worker nodes never joined"
+            time.sleep(1)
+        manifest = tmp_path / "m.yaml"
+        rows = [{"id": f"j{i}", "prompt": f"scene {i}"} for i in range(6)]
+        manifest.write_text(yaml.safe_dump({"campaign": "multi", "defaults": TINY, "rows": rows}))
+        cli = [sys.executable, "-m", "cluster.cli", "campaign"]
+        assert subprocess.run([*cli, "submit", str(manifest)], env=env, capture_output=True).returncode == 0
+        run = subprocess.run(
+            [*cli, "run", "--address", address, "--workers", "2", "--out", str(tmp_path / "out"), "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        nodes = _nodes(env, address)
+        head = {n["NodeID"] for n in nodes if n["Resources"].get("CPU", 0) == 0}
+        workers = {n["NodeID"] for n in nodes if n["Alive"]} - head
+        sidecars = [json.loads(p.read_text()) for p in (tmp_path / "out" / "multi").glob("*.json")]
+        assert len(sidecars) == 6
+        used = {d["worker"]["node"] for d in sidecars}
+        assert used == workers and len(used) == 2  # both worker nodes rendered; the CPU-less head none
+    finally:
+        for p in reversed(started):  # only the processes this test started, by their process group
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in started:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
