@@ -213,6 +213,14 @@ def load_job_mapping(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return data, source
 
 
+def _resolve_inputs(job: ValidJob, args: argparse.Namespace, source: str) -> ValidJob:
+    """Conditioning files checked (allowed roots, readable, decodable) and pinned by content."""
+    from jobs.inputs import input_roots, resolve_inputs
+
+    base = Path(args.job).resolve().parent if getattr(args, "job", None) else Path.cwd()
+    return resolve_inputs(job, input_roots(base), base, source)
+
+
 def resolve_checkpoints(args: argparse.Namespace):  # -> CheckpointSet
     """All four model paths from flags/environment, or the tiny set when none is given."""
     from ltx2.checkpoint import CheckpointSet
@@ -251,8 +259,12 @@ def _describe_adjustments(job: ValidJob) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from jobs.plan import plan_job
+
     data, source = load_job_mapping(args)
     job = validate_job(data, snap=args.snap, source=source)
+    plan_job(job)  # what only the plan can tell (prompts per chunk, keyframes in a chunked job)
+    job = _resolve_inputs(job, args, source)
     payload = {
         "ok": True,
         "source": source,
@@ -282,6 +294,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     data, source = load_job_mapping(args)
     job = validate_job(data, snap=args.snap, source=source)  # before any model or cluster starts
+    job = _resolve_inputs(job, args, source)
     if job.adjustments and not args.json:
         sys.stderr.write(_describe_adjustments(job))
     if args.output:  # a bad destination or key template is refused before any compute

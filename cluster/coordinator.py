@@ -22,7 +22,7 @@ import torch
 
 from cluster.executor import WorkerPool
 from cluster.metrics import FarmMetrics
-from cluster.worker import job_guidance, tensor_sha256
+from cluster.worker import job_guidance, job_images, tensor_sha256
 from jobs.outputs import output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
 from ltx2 import stages
@@ -230,6 +230,7 @@ class Coordinator:
                 video_guidance=video_g,
                 audio_guidance=audio_g,
                 tail_strength=spec.tail_strength,
+                images=job_images(plan.job) if i == 0 else (),  # keyframes never reach multi-chunk plans
             )
             negative = run.done[f"encode:{len(plan.prompts) - 1}"] if spec.recipe == "two_stage" else None
             return {
@@ -252,6 +253,7 @@ class Coordinator:
                 "fps": spec.frame_rate,
                 "generator_state": run.done["stitch"]["generator_state"],
                 "refine_audio": plan.refine_audio,
+                "images": job_images(plan.job),
             }
         if task.kind == "stage2":
             step, tile = task.arg("step"), plan.tiles[task.arg("tile")]

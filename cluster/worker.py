@@ -77,7 +77,12 @@ def render_request(job: ValidJob, num_layers: int) -> RenderRequest:
         steps=spec.steps,
         video_guidance=job_guidance(job, num_layers)[0],
         audio_guidance=job_guidance(job, num_layers)[1],
+        images=job_images(job),
     )
+
+
+def job_images(job: ValidJob) -> tuple[tuple[str, int, float], ...]:
+    return tuple((image.path, image.frame, image.strength) for image in job.spec.images)
 
 
 def _non_finite(value: Any, where: str = "its output") -> str | None:

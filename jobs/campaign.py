@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from jobs.inputs import input_roots, resolve_inputs
 from jobs.outputs import job_content_hash
 from jobs.plan import plan_job
 from jobs.spec import FieldProblem, JobValidationError, ValidJob, validate_job
@@ -244,6 +245,7 @@ def parse_manifest(data: dict[str, Any], base: Path = Path(".")) -> Manifest:
         )
         raise ManifestError("the manifest is invalid", problems) from None
     rows = _read_rows(spec, base)
+    roots = input_roots(base)
     if not rows:
         raise ManifestError("the manifest has no rows")
     jobs: list[CampaignJob] = []
@@ -275,6 +277,7 @@ def parse_manifest(data: dict[str, Any], base: Path = Path(".")) -> Manifest:
         try:
             base_job = validate_job(fields, source=f"row {n}")
             plan_job(base_job)  # e.g. more prompts than the job has chunks
+            base_job = resolve_inputs(base_job, roots, base, f"row {n}")  # images: readable, inside the roots
         except JobValidationError as e:
             problems.extend(RowProblem(n, row_id, p) for p in e.problems)
             continue

@@ -186,12 +186,27 @@ def plan_job(job: ValidJob) -> JobPlan:
             texts.append(negative)
         negative_index = texts.index(negative)
 
+    keyframes = [i for i, image in enumerate(spec.images) if image.frame != 0]
     frames_latent = video_latent_frames(job.num_frames)
     lh, lw = spec.height // VIDEO_SPACE_SCALE, spec.width // VIDEO_SPACE_SCALE
     tile = max(1, spec.tile_pixels // VIDEO_SPACE_SCALE)
     overlap = spec.tile_overlap // VIDEO_SPACE_SCALE
     time_spans = tuple(c.video for c in chunks)
     tiles = plan_tiles(time_spans, lh, lw, tile, min(overlap, tile - 1))
+    if keyframes and (len(chunks) > 1 or len(tiles) > 1):
+        i = keyframes[0]
+        raise JobValidationError(
+            [
+                FieldProblem(
+                    f"images[{i}].frame",
+                    spec.images[i].frame,
+                    f"is a keyframe, but this job renders in {len(chunks)} chunk(s) and {len(tiles)} tile(s); "
+                    "keyframes work only for jobs rendered in one piece for now (first-frame images work "
+                    "everywhere): shorten the job or raise chunk_seconds / tile_pixels",
+                    None,
+                )
+            ]
+        )
     decode = _decode_tiling(spec, frames_latent, lh, lw)
 
     tasks: list[Task] = [Task(f"encode:{i}", "encode", (), (("text", t),)) for i, t in enumerate(texts)]

@@ -29,6 +29,17 @@ OFFICIAL_NEGATIVE_PROMPT = "<official negative prompt>"
 """Stands for ltx-pipelines' DEFAULT_NEGATIVE_PROMPT in plans (resolved by the worker that encodes it)."""
 
 
+class ImageInput(BaseModel):
+    """A conditioning image: the first frame (image-to-video) or a keyframe, with its strength."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(description="image file (PNG/JPEG/WebP), inside the allowed input roots")
+    frame: int = Field(0, description="frame index it pins (0: the first frame)")
+    strength: float = Field(1.0, description="0..1; 1 keeps it exactly")
+    sha256: str | None = Field(None, description="filled by the farm: the file's digest, part of the job's identity")
+
+
 class GuidanceSpec(BaseModel):
     """Multimodal guidance for one modality; unset fields take the official defaults."""
 
@@ -70,6 +81,9 @@ class JobSpec(BaseModel):
     tile_overlap: int = Field(128, description="Stage-2 tile overlap in pixels (multiple of 32).")
     decode_tile_pixels: int = Field(512, description="VAE decode tile side in pixels (multiple of 32, ≥ 96).")
     decode_tile_frames: int = Field(64, description="VAE decode tile length in frames (multiple of 8, ≥ 32).")
+    images: list[ImageInput] = Field(
+        default_factory=list, description="conditioning images: [{path, frame: 0, strength: 1.0}, ...]"
+    )
     placement: PlacementSpec = Field(
         PlacementSpec(), description="GPUs per model: replica (1), or a gang in sequence/guidance/sharded mode."
     )
@@ -278,6 +292,18 @@ def validate_job(raw: dict[str, Any] | JobSpec, snap: bool = False, source: str 
         )
 
     problems.extend(FieldProblem(f, v, why) for f, v, why in placement_problems(spec.placement))
+    for i, image in enumerate(spec.images):
+        if not image.path.strip() or "\x00" in image.path:
+            problems.append(FieldProblem(f"images[{i}].path", image.path, "is empty or holds a NUL character"))
+        if not (0.0 <= image.strength <= 1.0) or not math.isfinite(image.strength):
+            problems.append(FieldProblem(f"images[{i}].strength", image.strength, "must be in [0, 1]"))
+        if num_frames is not None and not 0 <= image.frame < num_frames:
+            problems.append(
+                FieldProblem(f"images[{i}].frame", image.frame, f"must be in [0, {num_frames - 1}] (the job's frames)")
+            )
+    frames_used = [image.frame for image in spec.images]
+    if len(set(frames_used)) != len(frames_used):
+        problems.append(FieldProblem("images", frames_used, "pins the same frame twice; give one image per frame"))
     if spec.recipe == "two_stage" and not 1 <= spec.steps <= MAX_STEPS:
         problems.append(
             FieldProblem("steps", spec.steps, f"must be in [1, {MAX_STEPS}]", min(MAX_STEPS, max(1, spec.steps)))

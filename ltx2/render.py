@@ -100,6 +100,28 @@ class RenderRequest:
     negative_prompt: str = ""
     video_guidance: Guidance = field(default_factory=default_video_guidance)
     audio_guidance: Guidance = field(default_factory=default_audio_guidance)
+    images: tuple[tuple[str, int, float], ...] = ()
+    """(path, frame, strength) of each conditioning image: frame 0 replaces the first latent, others are
+    keyframes (the official `combined_image_conditionings`, in both stages)."""
+
+
+def image_conditionings(
+    models: ResidentModels, images: tuple[tuple[str, int, float], ...], height: int, width: int
+) -> list:
+    """The official conditioning items for images at this stage's size (resized and centre-cropped to it)."""
+    if not images:
+        return []
+    from ltx_pipelines.utils.args import ImageConditioningInput
+    from ltx_pipelines.utils.helpers import combined_image_conditionings
+
+    return combined_image_conditionings(
+        [ImageConditioningInput(path, frame, strength) for path, frame, strength in images],
+        height,
+        width,
+        models.video_encoder,
+        models.dtype,
+        models.device,
+    )
 
 
 @dataclass(frozen=True)
@@ -199,7 +221,7 @@ class Renderer:
             )
             video_state, audio_state = denoise_audio_video(
                 output_shape=stage_1_shape,
-                conditionings=[],
+                conditionings=image_conditionings(m, request.images, stage_1_shape.height, stage_1_shape.width),
                 noiser=noiser,
                 sigmas=sigmas,
                 stepper=stepper,
@@ -222,7 +244,7 @@ class Renderer:
             sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=m.device)
             video_state, audio_state = denoise_audio_video(
                 output_shape=stage_2_shape,
-                conditionings=[],
+                conditionings=image_conditionings(m, request.images, stage_2_shape.height, stage_2_shape.width),
                 noiser=noiser,
                 sigmas=sigmas,
                 stepper=stepper,

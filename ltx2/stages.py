@@ -27,7 +27,7 @@ from ltx_pipelines.utils.helpers import (
 from ltx_pipelines.utils.types import PipelineComponents
 
 from ltx2.models import ResidentModels
-from ltx2.render import Guidance, StepCallback, _loop, stage_1_denoiser
+from ltx2.render import Guidance, StepCallback, _loop, image_conditionings, stage_1_denoiser
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class ChunkRequest:
     video_guidance: Guidance
     audio_guidance: Guidance
     tail_strength: float = 1.0
+    images: tuple[tuple[str, int, float], ...] = ()
+    """Conditioning images of this chunk (path, frame within the chunk, strength)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ def stage1_chunk(
         video_cond.append(VideoConditionByLatentIndex(tail_video.to(dev, m.dtype), request.tail_strength, 0))
     if tail_audio is not None:
         audio_cond.append(AudioConditionByLatentIndex(tail_audio.to(dev, m.dtype), request.tail_strength, 0))
+    video_cond += image_conditionings(m, request.images, request.height, request.width)
     sigmas, denoise_fn = stage_1_denoiser(
         m,
         request.recipe,
@@ -174,6 +177,7 @@ def stage2_init(
     fps: float,
     generator_state: torch.Tensor,
     refine_audio: bool,
+    images: tuple[tuple[str, int, float], ...] = (),
 ) -> Stage2State:
     """Noise the upscaled latent to the first stage-2 sigma with the generator continued from stage 1.
 
@@ -187,7 +191,10 @@ def stage2_init(
     sigma0 = float(STAGE_2_DISTILLED_SIGMA_VALUES[0])
     shape = VideoPixelShape(batch=1, frames=num_frames, width=width, height=height, fps=fps)
     comps = _components(m)
-    video_state, _ = noise_video_state(shape, noiser, [], comps, m.dtype, dev, sigma0, upscaled.to(dev, m.dtype))
+    conditionings = image_conditionings(m, images, height, width)  # first-frame images: the tiles inherit them
+    video_state, _ = noise_video_state(
+        shape, noiser, conditionings, comps, m.dtype, dev, sigma0, upscaled.to(dev, m.dtype)
+    )
     if refine_audio:
         audio_state, _ = noise_audio_state(shape, noiser, [], comps, m.dtype, dev, sigma0, audio.to(dev, m.dtype))
     else:
