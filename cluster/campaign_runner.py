@@ -208,6 +208,7 @@ class CampaignRunner:
                 on_progress(dict(stats))
             if max_seconds is not None and time.monotonic() - started > max_seconds:
                 break
+        self._sweep_partials()
         return stats
 
     def _alternatives(self, avoid: set[int]) -> bool:
@@ -221,6 +222,7 @@ class CampaignRunner:
         stats["requeued" if state == "queued" else "failed"] += 1
         new = self.pool.replace(r.worker)
         stats["replaced"] = stats.get("replaced", 0) + 1
+        self._sweep_partials()  # the dead worker's half-written files (named with its pid)
         self.store.log(f"worker {name} died; replaced by {new.info['name']}", r.campaign, r.job_id)
 
     def _count_failure(self, slot: int, campaign: str, job_id: str, error: Exception, stats: dict[str, int]) -> bool:
@@ -253,6 +255,7 @@ class CampaignRunner:
             for i in dead:
                 self.pool.replace(i)
                 stats["replaced"] = stats.get("replaced", 0) + 1
+            self._sweep_partials()
             return
         except Exception as error:
             state = self.store.fail(
@@ -297,15 +300,15 @@ def _actor_alive(actor: Any) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    import os
+    """Whether process `pid` still runs (a zombie, killed but not yet reaped, does not)."""
+    import psutil
 
     try:
-        os.kill(pid, 0)  # signal 0: existence check only
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
 def campaign_status(store: Store, name: str, now: dt.datetime | None = None) -> dict[str, Any]:

@@ -142,7 +142,8 @@ class RenderWorker:
         self.metrics.model_load_seconds.set(self.models.load_seconds)
         self.jobs_done = 0
         self._progress: dict[str, Any] = {"stage": "idle", "step": 0, "total": 0, "job": None}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the progress record (polled from another thread)
+        self._busy = threading.Lock()  # one render or task at a time: the model (and its LoRA state) is shared
 
     def info(self) -> dict[str, Any]:
         """Identity and load statistics (tests use `loads` to prove a warm worker does not reload)."""
@@ -190,6 +191,10 @@ class RenderWorker:
 
     def render(self, job: ValidJob, out_dir: str) -> dict[str, Any]:
         """Render `job` into `out_dir`; return the sidecar document (also written beside the MP4)."""
+        with self._busy:
+            return self._render(job, out_dir)
+
+    def _render(self, job: ValidJob, out_dir: str) -> dict[str, Any]:
         validate_for_model(job, self.models.num_layers, heads=self.models.num_heads)
         paths = output_paths(job, Path(out_dir))
         with self._lock:
@@ -230,6 +235,10 @@ class RenderWorker:
 
     def task(self, kind: str, label: str, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         """Run one task of a job plan; returns (result, trace). Call with `num_returns=2`."""
+        with self._busy:
+            return self._task(kind, label, **kwargs)
+
+    def _task(self, kind: str, label: str, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         if self.models.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.models.device)
         start = time.time()
