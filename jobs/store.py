@@ -242,24 +242,31 @@ class Store:
             (campaign, job_id, *outcomes),
         ).fetchone()[0]
 
+    def _end_attempt(
+        self, db: sqlite3.Connection, campaign: str, job_id: str, state: str, outcome: str, error: str, seconds: float
+    ) -> None:
+        """Close the job's open attempt with `outcome`, move the job to `state`, charge the GPU-seconds."""
+        now = time.time()
+        db.execute(
+            "UPDATE jobs SET state=?, error=?, updated=? WHERE campaign=? AND id=?",
+            (state, error[:2000], now, campaign, job_id),
+        )
+        db.execute(
+            "UPDATE attempts SET ended=?, outcome=?, error=?, gpu_seconds=? WHERE campaign=? AND job=? "
+            "AND ended IS NULL",
+            (now, outcome, error[:2000], seconds, campaign, job_id),
+        )
+        db.execute("UPDATE campaigns SET gpu_seconds=gpu_seconds+? WHERE name=?", (seconds, campaign))
+
     def fail(self, campaign: str, job_id: str, error: str, gpu_seconds: float, max_retries: int) -> str:
         """Record a failed attempt; requeue while retries remain. Returns the job's new state.
 
         Attempts lost to a dead worker or a coordinator restart (`interrupt`, `recover`) do not count."""
-        now = time.time()
         with self._tx() as db:
             tried = self._count_attempts(db, campaign, job_id, ("", "retried", "error"))
             state = "queued" if tried <= max_retries else "failed"
-            db.execute(
-                "UPDATE jobs SET state=?, error=?, updated=? WHERE campaign=? AND id=?",
-                (state, error[:2000], now, campaign, job_id),
-            )
-            db.execute(
-                "UPDATE attempts SET ended=?, outcome=?, error=?, gpu_seconds=? WHERE campaign=? AND job=? "
-                "AND ended IS NULL",
-                (now, "retried" if state == "queued" else "error", error[:2000], gpu_seconds, campaign, job_id),
-            )
-            db.execute("UPDATE campaigns SET gpu_seconds=gpu_seconds+? WHERE name=?", (gpu_seconds, campaign))
+            outcome = "retried" if state == "queued" else "error"
+            self._end_attempt(db, campaign, job_id, state, outcome, error, gpu_seconds)
         self.log(
             f"attempt failed ({'will retry' if state == 'queued' else 'no retries left'}): {error[:300]}",
             campaign,
@@ -270,21 +277,12 @@ class Store:
     def interrupt(self, campaign: str, job_id: str, reason: str, gpu_seconds: float, max_interruptions: int = 3) -> str:
         """The job's worker died under it: requeue without using a retry, unless the job has now lost
         `max_interruptions` workers (then it is the likely cause, and fails). Returns the new state."""
-        now = time.time()
         with self._tx() as db:
             lost = self._count_attempts(db, campaign, job_id, ("worker_lost",)) + 1
             state = "queued" if lost < max_interruptions else "failed"
             error = reason if state == "queued" else f"lost its worker {lost} times (last: {reason})"
-            db.execute(
-                "UPDATE jobs SET state=?, error=?, updated=? WHERE campaign=? AND id=?",
-                (state, error[:2000], now, campaign, job_id),
-            )
-            db.execute(
-                "UPDATE attempts SET ended=?, outcome=?, error=?, gpu_seconds=? WHERE campaign=? AND job=? "
-                "AND ended IS NULL",
-                (now, "worker_lost" if state == "queued" else "error", error[:2000], gpu_seconds, campaign, job_id),
-            )
-            db.execute("UPDATE campaigns SET gpu_seconds=gpu_seconds+? WHERE name=?", (gpu_seconds, campaign))
+            outcome = "worker_lost" if state == "queued" else "error"
+            self._end_attempt(db, campaign, job_id, state, outcome, error, gpu_seconds)
         self.log(f"worker lost ({'requeued' if state == 'queued' else 'failed'}): {error[:300]}", campaign, job_id)
         return state
 

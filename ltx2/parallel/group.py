@@ -32,10 +32,6 @@ class GangGroup:
     world_size: int
     device: torch.device
 
-    @property
-    def group(self) -> dist.ProcessGroup:
-        return dist.group.WORLD
-
 
 def init_gang_group(rank: int, world_size: int, port: int, device: torch.device, timeout_s: float = 300.0) -> GangGroup:
     """Join the gang's process group (one per process); the collective timeout bounds a hang on a dead peer."""
