@@ -66,6 +66,7 @@ class CampaignRunner:
         self._failures: dict[int, list[str]] = {}  # worker slot -> ids of the jobs it failed since its last success
         self._failed_on: dict[tuple[str, str], set[int]] = {}  # (campaign, job) -> worker slots that failed it
         self._blocklisted_slots: set[int] = set()
+        self._held: dict[int, str | None] = {}  # worker slot -> LoRA set of its last job (pools per LoRA set)
 
     def _out_dir(self, campaign: str) -> Path:
         return self.out_root / campaign
@@ -122,6 +123,7 @@ class CampaignRunner:
 
         def start(worker: int, name: str, row: dict[str, Any], job: ValidJob) -> None:
             free.remove(worker)
+            self._held[worker] = row.get("lora_set")
             ref = self.pool.workers[worker].actor.render.remote(job, str(self._out_dir(name)))
             running[ref] = _Running(name, row["id"], job, worker, ref)
 
@@ -143,7 +145,8 @@ class CampaignRunner:
                 if not free:
                     break
                 worker = free[0]
-                row = self.store.claim(name, self.pool.workers[worker].info["name"])
+                # A worker takes jobs with the LoRA set it already holds first: one pool per set, no refusing.
+                row = self.store.claim(name, self.pool.workers[worker].info["name"], self._held.get(worker))
                 if row is None:
                     continue
                 spec = self.store.campaign_spec(name)
@@ -221,6 +224,7 @@ class CampaignRunner:
         state = self.store.interrupt(r.campaign, r.job_id, f"worker {name} died: {error}", time.time() - r.started)
         stats["requeued" if state == "queued" else "failed"] += 1
         new = self.pool.replace(r.worker)
+        self._held.pop(r.worker, None)
         stats["replaced"] = stats.get("replaced", 0) + 1
         self._sweep_partials()  # the dead worker's half-written files (named with its pid)
         self.store.log(f"worker {name} died; replaced by {new.info['name']}", r.campaign, r.job_id)
@@ -246,6 +250,7 @@ class CampaignRunner:
         from cluster.coordinator import Coordinator
 
         started = time.time()
+        self._held = dict.fromkeys(range(len(self.pool.workers)), row.get("lora_set"))  # every worker takes its set
         try:
             [sidecar] = Coordinator(self.pool).run([plan_job(job)], self._out_dir(spec.campaign))
         except ray.exceptions.RayActorError as error:  # a worker died mid-plan: replace it, run the job again

@@ -22,7 +22,7 @@ import torch
 
 from cluster.executor import WorkerPool
 from cluster.metrics import FarmMetrics
-from cluster.worker import job_guidance, job_images, tensor_sha256
+from cluster.worker import job_guidance, job_images, job_loras, tensor_sha256
 from jobs.outputs import output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
 from ltx2 import stages
@@ -231,6 +231,7 @@ class Coordinator:
                 audio_guidance=audio_g,
                 tail_strength=spec.tail_strength,
                 images=job_images(plan.job) if i == 0 else (),  # keyframes never reach multi-chunk plans
+                loras=job_loras(plan.job),
             )
             negative = run.done[f"encode:{len(plan.prompts) - 1}"] if spec.recipe == "two_stage" else None
             return {
@@ -270,6 +271,7 @@ class Coordinator:
                 "width": (tile.width.start, tile.width.stop),
                 "audio_span": audio_span,
                 "time_origin": time_origin_seconds(tile.time, spec.frame_rate),
+                "loras": job_loras(plan.job),
             }
         if task.kind == "audio":
             final: stages.Stage2State = ray.get(run.done[f"blend:{plan.stage2_steps - 1}"])

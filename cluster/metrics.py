@@ -48,11 +48,23 @@ class WorkerMetrics:
         )
         self.outcomes = Counter("ltx2farm_task_outcomes", "Task outcomes", ["stage", "outcome"], registry=r)
         self.model_load_seconds = Gauge("ltx2farm_model_load_seconds", "Checkpoint to ready", registry=r)
+        self.lora_set_changes = Counter(
+            "ltx2farm_lora_set_changes",
+            "Times this worker's model switched to another job LoRA set (a LoRA pool built or rebuilt)",
+            registry=r,
+        )
+        self._lora_set_changes_seen = 0
         self.gpu_seconds = Counter("ltx2farm_gpu_seconds", "Seconds of GPU (or CPU worker) time used", registry=r)
         self.vram = {
             name: Gauge(f"ltx2farm_vram_{name}_bytes", f"GPU memory {name}", registry=r)
             for name in ("allocated", "reserved", "peak", "total")
         }
+
+    def count_lora_set_changes(self, total: int) -> None:
+        """Bring the counter up to the resident model's running total of LoRA set switches."""
+        if total > self._lora_set_changes_seen:
+            self.lora_set_changes.inc(total - self._lora_set_changes_seen)
+            self._lora_set_changes_seen = total
 
     def sample_vram(self, device: object) -> None:
         import torch

@@ -26,6 +26,7 @@ from jobs.plan import describe_task
 from jobs.spec import OFFICIAL_NEGATIVE_PROMPT, GuidanceSpec, ValidJob, validate_for_model
 from ltx2 import stages
 from ltx2.checkpoint import CheckpointSet, cached_file_sha256
+from ltx2.lora import LoraSpec
 from ltx2.media import probe_mp4, write_mp4
 from ltx2.models import LOAD_COUNTER, load_resident_models
 from ltx2.render import (
@@ -78,11 +79,16 @@ def render_request(job: ValidJob, num_layers: int) -> RenderRequest:
         video_guidance=job_guidance(job, num_layers)[0],
         audio_guidance=job_guidance(job, num_layers)[1],
         images=job_images(job),
+        loras=job_loras(job),
     )
 
 
 def job_images(job: ValidJob) -> tuple[tuple[str, int, float], ...]:
     return tuple((image.path, image.frame, image.strength) for image in job.spec.images)
+
+
+def job_loras(job: ValidJob) -> tuple[LoraSpec, ...]:
+    return tuple(LoraSpec(lora.path, lora.strength) for lora in job.spec.loras)
 
 
 def _non_finite(value: Any, where: str = "its output") -> str | None:
@@ -160,6 +166,8 @@ class RenderWorker:
             "jobs_done": self.jobs_done,
             "prompt_encodes": self.renderer.prompts.encodes,
             "num_layers": self.models.num_layers,
+            "lora_set": [[lora.path, lora.strength] for lora in self.models.loras.state.loras],
+            "lora_set_changes": self.models.loras.set_changes,
         }
 
     def progress(self) -> dict[str, Any]:
@@ -175,6 +183,7 @@ class RenderWorker:
     def metrics_text(self) -> tuple[dict[str, str], str]:
         """This worker's metrics in the Prometheus text format, with its bounded identity labels."""
         self.metrics.sample_vram(self.models.device)
+        self.metrics.count_lora_set_changes(self.models.loras.set_changes)
         return worker_labels(self.models.device, self.name), self.metrics.text()
 
     def _record(self, stage: str, seconds: float, outcome: str) -> None:
@@ -196,6 +205,7 @@ class RenderWorker:
 
     def _render(self, job: ValidJob, out_dir: str) -> dict[str, Any]:
         validate_for_model(job, self.models.num_layers, heads=self.models.num_heads)
+        self.models.loras.check(job_loras(job))  # a LoRA for another model fails here, before compute
         paths = output_paths(job, Path(out_dir))
         with self._lock:
             self._progress = {"stage": "starting", "step": 0, "total": 0, "job": paths.video.name}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from jobs.spec import FieldProblem, JobValidationError, ValidJob
@@ -46,39 +46,65 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
+def _check_lora(path: Path) -> str | None:
+    """Why the file is not a usable LoRA (a safetensors file with lora_A/lora_B pairs), or None."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            keys = list(f.keys())
+    except (SafetensorError, OSError, ValueError) as e:
+        return f"is not a readable safetensors file ({type(e).__name__}); LoRAs load from .safetensors only"
+    if not any(k.endswith("lora_A.weight") for k in keys) or not any(k.endswith("lora_B.weight") for k in keys):
+        return "holds no lora_A/lora_B weight pairs; is it a LoRA?"
+    return None
+
+
+def _resolve_file(
+    field: str, raw: str, roots: Sequence[Path], base: Path | None, check: Callable[[Path], str | None]
+) -> tuple[Path, str] | FieldProblem:
+    """(absolute path, SHA-256) of an input file inside the roots that passes `check`, or the problem."""
+    path = Path(raw)
+    if not path.is_absolute():
+        path = (base or Path.cwd()) / path
+    path = path.resolve()
+    if not any(path.is_relative_to(root) for root in roots):
+        return FieldProblem(
+            field,
+            raw,
+            "is outside the allowed input folders; move the file there or add its folder to LTX2_FARM_INPUT_ROOTS",
+        )
+    if not path.is_file():
+        return FieldProblem(field, raw, "does not exist (or is not a file)")
+    why = check(path)
+    if why:
+        return FieldProblem(field, raw, why)
+    return path, file_sha256(path)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def resolve_inputs(job: ValidJob, roots: Sequence[Path], base: Path | None = None, source: str = "job") -> ValidJob:
-    """The job with each image path made absolute and its SHA-256 recorded; every problem reported at once."""
-    if not job.spec.images:
+    """The job with each input path (images, LoRAs) made absolute and its SHA-256 recorded; every problem
+    reported at once."""
+    spec = job.spec
+    if not spec.images and not spec.loras:
         return job
     problems: list[FieldProblem] = []
-    images = []
-    for i, image in enumerate(job.spec.images):
-        field = f"images[{i}].path"
-        path = Path(image.path)
-        if not path.is_absolute():
-            path = (base or Path.cwd()) / path
-        path = path.resolve()
-        if not any(path.is_relative_to(root) for root in roots):
-            problems.append(
-                FieldProblem(
-                    field,
-                    image.path,
-                    "is outside the allowed input folders; move the file there or add "
-                    "its folder to LTX2_FARM_INPUT_ROOTS",
-                )
-            )
-            continue
-        if not path.is_file():
-            problems.append(FieldProblem(field, image.path, "does not exist (or is not a file)"))
-            continue
-        why = _check_image(path)
-        if why:
-            problems.append(FieldProblem(field, image.path, why))
-            continue
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        images.append(image.model_copy(update={"path": str(path), "sha256": digest}))
+    updates: dict[str, list] = {"images": [], "loras": []}
+    for name, items, check in (("images", spec.images, _check_image), ("loras", spec.loras, _check_lora)):
+        for i, item in enumerate(items):
+            found = _resolve_file(f"{name}[{i}].path", item.path, roots, base, check)
+            if isinstance(found, FieldProblem):
+                problems.append(found)
+            else:
+                updates[name].append(item.model_copy(update={"path": str(found[0]), "sha256": found[1]}))
     if problems:
         raise JobValidationError(problems, source)
-    return ValidJob(
-        spec=job.spec.model_copy(update={"images": images}), num_frames=job.num_frames, adjustments=job.adjustments
-    )
+    return ValidJob(spec=spec.model_copy(update=updates), num_frames=job.num_frames, adjustments=job.adjustments)

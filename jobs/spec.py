@@ -40,6 +40,20 @@ class ImageInput(BaseModel):
     sha256: str | None = Field(None, description="filled by the farm: the file's digest, part of the job's identity")
 
 
+class LoraInput(BaseModel):
+    """A LoRA fused into the transformer for this job (a style, a character, a brand)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(description="LoRA file (.safetensors, official or ComfyUI key names), inside the allowed roots")
+    strength: float = Field(1.0, description="scale of its delta, in [-2, 2], not 0")
+    sha256: str | None = Field(None, description="filled by the farm: the file's digest, part of the job's identity")
+
+
+MAX_LORAS = 8
+MAX_LORA_STRENGTH = 2.0
+
+
 class GuidanceSpec(BaseModel):
     """Multimodal guidance for one modality; unset fields take the official defaults."""
 
@@ -83,6 +97,11 @@ class JobSpec(BaseModel):
     decode_tile_frames: int = Field(64, description="VAE decode tile length in frames (multiple of 8, ≥ 32).")
     images: list[ImageInput] = Field(
         default_factory=list, description="conditioning images: [{path, frame: 0, strength: 1.0}, ...]"
+    )
+    loras: list[LoraInput] = Field(
+        default_factory=list,
+        description="LoRAs fused into the model in both stages: [{path, strength: 1.0}, ...]; jobs with the same "
+        "set share workers that already hold it",
     )
     placement: PlacementSpec = Field(
         PlacementSpec(), description="GPUs per model: replica (1), or a gang in sequence/guidance/sharded mode."
@@ -301,6 +320,22 @@ def validate_job(raw: dict[str, Any] | JobSpec, snap: bool = False, source: str 
             problems.append(
                 FieldProblem(f"images[{i}].frame", image.frame, f"must be in [0, {num_frames - 1}] (the job's frames)")
             )
+    if len(spec.loras) > MAX_LORAS:
+        problems.append(FieldProblem("loras", len(spec.loras), f"lists more than {MAX_LORAS} LoRAs; merge some"))
+    for i, lora in enumerate(spec.loras):
+        if not lora.path.strip() or "\x00" in lora.path:
+            problems.append(FieldProblem(f"loras[{i}].path", lora.path, "is empty or holds a NUL character"))
+        if not math.isfinite(lora.strength) or not 0 < abs(lora.strength) <= MAX_LORA_STRENGTH:
+            problems.append(
+                FieldProblem(
+                    f"loras[{i}].strength",
+                    lora.strength,
+                    f"must be in [-{MAX_LORA_STRENGTH:g}, {MAX_LORA_STRENGTH:g}] and not 0 (0 is no LoRA: remove it)",
+                )
+            )
+    lora_paths = [lora.path for lora in spec.loras]
+    if len(set(lora_paths)) != len(lora_paths):
+        problems.append(FieldProblem("loras", lora_paths, "lists the same file twice; give each LoRA once"))
     frames_used = [image.frame for image in spec.images]
     if len(set(frames_used)) != len(frames_used):
         problems.append(FieldProblem("images", frames_used, "pins the same frame twice; give one image per frame"))

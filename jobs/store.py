@@ -199,12 +199,19 @@ class Store:
             self.log("requeued after a coordinator restart", r["campaign"], r["id"])
         return len(stale)
 
-    def claim(self, campaign: str, worker: str) -> dict[str, Any] | None:
-        """Move the oldest queued job of `campaign` to running and open an attempt."""
+    def claim(self, campaign: str, worker: str, prefer_loras: str | None = None) -> dict[str, Any] | None:
+        """Move the oldest queued job of `campaign` to running and open an attempt.
+
+        `prefer_loras` (a job's `lora_set` as returned by an earlier claim) picks the oldest job with that
+        LoRA set first, so a worker keeps the set it holds (a pool per LoRA set) while such jobs are queued.
+        The row's `lora_set` is the JSON of its LoRA list, normalised by SQLite.
+        """
         now = time.time()
         with self._tx() as db:
             row = db.execute(
-                "SELECT * FROM jobs WHERE campaign=? AND state='queued' ORDER BY created, id LIMIT 1", (campaign,)
+                "SELECT *, json_extract(spec, '$.loras') AS lora_set FROM jobs WHERE campaign=? AND state='queued' "
+                "ORDER BY COALESCE(json_extract(spec, '$.loras') = ?, 0) DESC, created, id LIMIT 1",
+                (campaign, prefer_loras),
             ).fetchone()
             if row is None:
                 return None

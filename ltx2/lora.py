@@ -8,7 +8,7 @@ from a host-memory backup afterwards, so no rounding drift accumulates across jo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -38,22 +38,30 @@ class LoraSpec:
     strength: float = 1.0
 
 
+def load_lora(path: str) -> StateDict:
+    """A LoRA file's tensors on the CPU, with ComfyUI key names mapped to ltx-core's (the official loader)."""
+    read_safetensors_header(path)
+    return SafetensorsStateDictLoader().load(path, sd_ops=LTXV_LORA_COMFY_RENAMING_MAP, device=torch.device("cpu"))
+
+
 @dataclass
 class LoraFusion:
-    """Fuses a set of LoRAs into `model`'s weights on demand; `unfuse` restores the originals exactly."""
+    """Fuses a set of LoRAs into `model`'s weights on demand; `unfuse` restores the originals exactly.
+
+    All deltas of the set are summed and added in one `apply_loras` call, as the official builder does for
+    a ledger's LoRA list, so the fused weights are those of a fresh official build with that list.
+    """
 
     model: torch.nn.Module
     loras: Sequence[LoraSpec]
+    loader: Callable[[str], StateDict] = load_lora
     _state_dicts: list[LoraStateDictWithStrength] = field(default_factory=list, init=False)
     _targets: list[str] = field(default_factory=list, init=False)
     _backup: dict[str, torch.Tensor] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        loader = SafetensorsStateDictLoader()
         for lora in self.loras:
-            read_safetensors_header(lora.path)
-            sd = loader.load(lora.path, sd_ops=LTXV_LORA_COMFY_RENAMING_MAP, device=torch.device("cpu"))
-            self._state_dicts.append(LoraStateDictWithStrength(sd, lora.strength))
+            self._state_dicts.append(LoraStateDictWithStrength(self.loader(lora.path), lora.strength))
         params = dict(self.model.named_parameters())
         for lora, lsd in zip(self.loras, self._state_dicts, strict=True):
             matched = 0
@@ -109,3 +117,70 @@ class LoraFusion:
         if self._backup and torch.cuda.is_available():
             torch.cuda.synchronize()
         self._backup.clear()
+
+
+@dataclass(frozen=True)
+class LoraState:
+    """What is fused into a resident transformer: the job's LoRAs, in order, and whether the distilled one."""
+
+    loras: tuple[LoraSpec, ...] = ()
+    distilled: bool = False
+
+
+@dataclass
+class ResidentLoras:
+    """The LoRA state of one resident transformer, switched per stage and per job.
+
+    Switching restores the exact original weights and fuses the new list in one go (never a delta on top of
+    a delta), so any sequence of jobs gives the weights of a fresh official build for each. LoRA files stay
+    in host memory (the distilled one always, job LoRAs up to `cache_size` files) so a switch never
+    rereads a file it has seen recently. `set_changes` counts switches of the job LoRA set: what a pool
+    per LoRA set keeps low.
+    """
+
+    model: torch.nn.Module
+    distilled_lora: LoraSpec
+    cache_size: int = 4
+    set_changes: int = 0
+    fuses: int = 0
+    _fusion: LoraFusion | None = field(default=None, init=False)
+    _state: LoraState = field(default_factory=LoraState, init=False)
+    _files: dict[str, StateDict] = field(default_factory=dict, init=False)
+
+    @property
+    def state(self) -> LoraState:
+        return self._state
+
+    def _load(self, path: str) -> StateDict:
+        if path in self._files:
+            self._files[path] = self._files.pop(path)  # most recently used last
+            return self._files[path]
+        sd = load_lora(path)
+        self._files[path] = sd
+        job_files = [p for p in self._files if p != self.distilled_lora.path]
+        while len(job_files) > self.cache_size:
+            del self._files[job_files.pop(0)]
+        return sd
+
+    def check(self, loras: Sequence[LoraSpec]) -> None:
+        """Load (and cache) each file and check it fits this model, without fusing: errors before compute."""
+        LoraFusion(self.model, list(loras), loader=self._load)
+
+    def use(self, loras: Sequence[LoraSpec] = (), distilled: bool = False) -> None:
+        """Make the fused state exactly `loras` (+ the distilled LoRA last, as the official stage-2 ledger)."""
+        wanted = LoraState(tuple(loras), distilled)
+        if wanted == self._state:
+            return
+        if wanted.loras != self._state.loras:
+            self.set_changes += 1
+        if self._fusion is not None:
+            self._fusion.unfuse()
+            self._fusion = None
+        self._state = LoraState()
+        specs = list(wanted.loras) + ([self.distilled_lora] if distilled else [])
+        if specs:
+            fusion = LoraFusion(self.model, specs, loader=self._load)
+            fusion.fuse()
+            self._fusion = fusion
+            self.fuses += 1
+        self._state = wanted

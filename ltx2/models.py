@@ -40,7 +40,7 @@ from ltx_core.text_encoders.gemma import (
 )
 
 from ltx2.checkpoint import CheckpointSet, gemma_weight_files, require_fully_loaded, validate_checkpoint_set
-from ltx2.lora import LoraFusion, LoraSpec
+from ltx2.lora import LoraSpec, ResidentLoras
 from ltx2.parallel.guidance import PassRunner, run_sequential
 from ltx2.text_encoder import embeddings_processor_configurator, gemma_text_encoder_configurator, read_gemma_config
 
@@ -57,7 +57,8 @@ class ResidentModels:
     device: torch.device
     dtype: torch.dtype
     transformer: X0Model
-    distilled: LoraFusion
+    loras: ResidentLoras
+    """What is fused into the transformer (job LoRAs, distilled LoRA), switched per stage."""
     video_encoder: VideoEncoder
     video_decoder: VideoDecoder
     audio_decoder: AudioDecoder
@@ -131,7 +132,7 @@ def load_resident_models(
         device=device,
         dtype=dtype,
         transformer=transformer,
-        distilled=LoraFusion(velocity_model, [LoraSpec(str(paths.distilled_lora), 1.0)]),
+        loras=ResidentLoras(velocity_model, LoraSpec(str(paths.distilled_lora), 1.0)),
         video_encoder=from_checkpoint(VideoEncoderConfigurator, VAE_ENCODER_COMFY_KEYS_FILTER, "video VAE encoder"),
         video_decoder=from_checkpoint(VideoDecoderConfigurator, VAE_DECODER_COMFY_KEYS_FILTER, "video VAE decoder"),
         audio_decoder=from_checkpoint(

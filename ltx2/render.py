@@ -37,6 +37,7 @@ from ltx_pipelines.utils.helpers import (
 from ltx_pipelines.utils.samplers import euler_denoising_loop
 from ltx_pipelines.utils.types import DenoisingFunc, PipelineComponents
 
+from ltx2.lora import LoraSpec
 from ltx2.models import ResidentModels
 from ltx2.parallel.guidance import guided_denoising_func
 
@@ -103,6 +104,8 @@ class RenderRequest:
     images: tuple[tuple[str, int, float], ...] = ()
     """(path, frame, strength) of each conditioning image: frame 0 replaces the first latent, others are
     keyframes (the official `combined_image_conditionings`, in both stages)."""
+    loras: tuple[LoraSpec, ...] = ()
+    """The job's LoRAs, fused in both stages (the distilled LoRA joins them in stage 2, as upstream)."""
 
 
 def image_conditionings(
@@ -218,6 +221,7 @@ class Renderer:
                 request.audio_guidance,
                 (positive.video_encoding, positive.audio_encoding),
                 (negative.video_encoding, negative.audio_encoding) if negative is not None else None,
+                request.loras,
             )
             video_state, audio_state = denoise_audio_video(
                 output_shape=stage_1_shape,
@@ -240,7 +244,7 @@ class Renderer:
             batch=1, frames=request.num_frames, width=request.width, height=request.height, fps=request.frame_rate
         )
         with timer("stage_2"):
-            m.distilled.fuse()
+            m.loras.use(request.loras, distilled=True)
             sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=m.device)
             video_state, audio_state = denoise_audio_video(
                 output_shape=stage_2_shape,
@@ -260,7 +264,6 @@ class Renderer:
                 initial_video_latent=upscaled,
                 initial_audio_latent=audio_state.latent,
             )
-            m.distilled.unfuse()
 
         with timer("decode"):
             frames = torch.cat(list(vae_decode_video(video_state.latent, m.video_decoder, None, generator)), dim=0)
@@ -284,16 +287,18 @@ def stage_1_denoiser(
     audio_guidance: Guidance,
     positive: tuple[torch.Tensor, torch.Tensor],
     negative: tuple[torch.Tensor, torch.Tensor] | None,
+    loras: tuple[LoraSpec, ...] = (),
 ) -> tuple[torch.Tensor, DenoisingFunc]:
     """Stage 1's sigmas and denoising function for a recipe (and the matching LoRA state).
 
-    `two_stage`: the LTX-2 schedule with the official multimodal guider per modality, LoRA unfused; the
-    guided passes run as `models.pass_runner` says (one by one by default, as upstream).
-    `distilled`: the distilled sigmas, no guidance, distilled LoRA fused. Contexts are (video, audio).
+    `two_stage`: the LTX-2 schedule with the official multimodal guider per modality, only the job's LoRAs
+    fused; the guided passes run as `models.pass_runner` says (one by one by default, as upstream).
+    `distilled`: the distilled sigmas, no guidance, the job's LoRAs and the distilled LoRA fused. Contexts
+    are (video, audio).
     """
     m = models
     if recipe == "two_stage":
-        m.distilled.unfuse()
+        m.loras.use(loras, distilled=False)
         sigmas = LTX2Scheduler().execute(steps=steps).to(dtype=torch.float32, device=m.device)
         return sigmas, guided_denoising_func(
             video_guider_factory=create_multimodal_guider_factory(
@@ -307,7 +312,7 @@ def stage_1_denoiser(
             transformer=m.transformer,
             run_passes=m.pass_runner,
         )
-    m.distilled.fuse()
+    m.loras.use(loras, distilled=True)
     sigmas = torch.tensor(DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=m.device)
     return sigmas, simple_denoising_func(positive[0], positive[1], m.transformer)
 

@@ -26,6 +26,7 @@ from ltx_pipelines.utils.helpers import (
 )
 from ltx_pipelines.utils.types import PipelineComponents
 
+from ltx2.lora import LoraSpec
 from ltx2.models import ResidentModels
 from ltx2.render import Guidance, StepCallback, _loop, image_conditionings, stage_1_denoiser
 
@@ -54,6 +55,7 @@ class ChunkRequest:
     tail_strength: float = 1.0
     images: tuple[tuple[str, int, float], ...] = ()
     """Conditioning images of this chunk (path, frame within the chunk, strength)."""
+    loras: tuple[LoraSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ def stage1_chunk(
         request.audio_guidance,
         (positive.video.to(dev), positive.audio.to(dev)),
         (negative.video.to(dev), negative.audio.to(dev)) if negative is not None else None,
+        request.loras,
     )
     comps = _components(m)
     video_state, video_tools = noise_video_state(shape, noiser, video_cond, comps, m.dtype, dev)
@@ -236,10 +239,11 @@ def stage2_tile_denoise(
     width: tuple[int, int],
     audio_span: tuple[int, int],
     time_origin: float,
+    loras: tuple[LoraSpec, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The X0 prediction of one tile at one stage-2 step (distilled LoRA fused), on the CPU."""
+    """The X0 prediction of one tile at one stage-2 step (job LoRAs + distilled LoRA fused), on the CPU."""
     m, dev = models, models.device
-    m.distilled.fuse()
+    m.loras.use(loras, distilled=True)
     sigmas = stage2_sigmas().to(dev)
     index = tile_token_index(state.video_shape, time, height, width)
     video = _to(_select(state.video, index, time_origin), dev)

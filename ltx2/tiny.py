@@ -17,6 +17,7 @@ import json
 import os
 import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -412,15 +413,47 @@ def _write_upsampler(path: Path, generator: torch.Generator) -> None:
 
 def _write_distilled_lora(path: Path, transformer_sd: dict[str, torch.Tensor], generator: torch.Generator) -> None:
     """A LoRA over every 2-D linear weight of the transformer blocks, keyed as the official LoRA files are."""
+    shapes = {name: tuple(weight.shape) for name, weight in transformer_sd.items()}
+    _write_lora(path, shapes, DISTILLED_LORA_RANK, generator, lambda name: True)
+
+
+def _write_lora(
+    path: Path,
+    shapes: dict[str, tuple[int, ...]],
+    rank: int,
+    generator: torch.Generator,
+    select: Callable[[str], bool],
+    scale: float = 0.05,
+    metadata: dict[str, str] | None = None,
+) -> None:
     tensors: dict[str, torch.Tensor] = {}
-    for name, weight in sorted(transformer_sd.items()):
-        if not name.startswith("transformer_blocks.") or not name.endswith(".weight") or weight.dim() != 2:
+    for name, shape in sorted(shapes.items()):
+        if not name.startswith("transformer_blocks.") or not name.endswith(".weight") or len(shape) != 2:
             continue
-        prefix = "diffusion_model." + name.removesuffix(".weight")
-        out_features, in_features = weight.shape
-        tensors[f"{prefix}.lora_A.weight"] = torch.randn(DISTILLED_LORA_RANK, in_features, generator=generator) * 0.05
-        tensors[f"{prefix}.lora_B.weight"] = torch.randn(out_features, DISTILLED_LORA_RANK, generator=generator) * 0.05
-    save_file(_bf16(tensors), str(path), metadata={"format": "pt"})
+        if not select(name):
+            continue
+        prefix = "diffusion_model." + name.removesuffix(".weight")  # ComfyUI names, as published LoRAs use
+        out_features, in_features = shape
+        tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator) * scale
+        tensors[f"{prefix}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * scale
+    save_file(_bf16(tensors), str(path), metadata={"format": "pt", **(metadata or {})})
+
+
+def write_tiny_lora(
+    path: Path, checkpoint: Path, seed: int = 1, rank: int = 4, targets: str = "attn", scale: float = 0.2
+) -> Path:
+    """A style-LoRA stand-in for the tiny model: rank `rank` on the block weights whose names contain
+    `targets` (e.g. 'attn' or 'ff'), shapes read from `checkpoint`'s header (no weights loaded)."""
+    from ltx2.checkpoint import read_safetensors_header
+
+    prefix = "model.diffusion_model."
+    shapes = {
+        name.removeprefix(prefix): tuple(entry["shape"])
+        for name, entry in read_safetensors_header(checkpoint).items()
+        if name.startswith(prefix) and isinstance(entry, dict) and "shape" in entry
+    }
+    _write_lora(Path(path), shapes, rank, torch.Generator().manual_seed(seed), lambda n: targets in n, scale)
+    return Path(path)
 
 
 def _write_gemma_folder(root: Path, generator: torch.Generator) -> None:

@@ -67,11 +67,12 @@ def test_guidance_changes_the_output(resident):
 
 def test_lora_fusion_restores_exact_weights(resident):
     model = resident.transformer.velocity_model
+    resident.loras.use()  # a render leaves its last stage's LoRAs fused: start from the plain weights
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    resident.distilled.fuse()
+    resident.loras.use(distilled=True)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed and all(".transformer_blocks." in f".{k}" for k in changed)
-    resident.distilled.unfuse()
+    resident.loras.use()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
@@ -87,13 +88,13 @@ def test_lora_fusion_matches_official_build(resident, tiny_set):
         loras=(LoraPathStrengthAndSDOps(str(tiny_set.distilled_lora), 1.0, LTXV_LORA_COMFY_RENAMING_MAP),),
     )
     official = ledger.transformer().velocity_model.state_dict()
-    resident.distilled.fuse()
+    resident.loras.use(distilled=True)
     try:
         ours = resident.transformer.velocity_model.state_dict()
         assert official.keys() == ours.keys()
         assert all(torch.equal(official[k], ours[k]) for k in official)
     finally:
-        resident.distilled.unfuse()
+        resident.loras.use()
 
 
 def test_progress_callback_counts_steps(resident):

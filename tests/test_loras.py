@@ -1,0 +1,150 @@
+"""Job LoRAs on the tiny model: fused exactly as the official builder fuses them, checked before compute,
+switched without drift between jobs, and kept per worker (a pool per LoRA set) by the campaign runner."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import ray
+import torch
+import yaml
+
+from cluster.campaign_runner import CampaignRunner
+from cluster.cli import main
+from cluster.executor import WorkerPool
+from cluster.worker import render_request
+from jobs.campaign import parse_manifest
+from jobs.spec import validate_job
+from jobs.store import Store
+from ltx2.lora import LoraSpec
+from ltx2.render import Renderer
+from ltx2.tiny import write_tiny_lora
+from tests.conftest import SMALL_JOB
+
+
+@pytest.fixture(scope="module")
+def loras(tiny_set, tmp_path_factory):
+    """Two style-LoRA stand-ins in the official file format: one on attention, one on feed-forward."""
+    root = tmp_path_factory.mktemp("loras")
+    return (
+        write_tiny_lora(root / "style-a.safetensors", tiny_set.checkpoint, seed=1, targets="attn"),
+        write_tiny_lora(root / "style-b.safetensors", tiny_set.checkpoint, seed=2, targets="ff"),
+    )
+
+
+def test_switching_sets_gives_the_official_build_each_time(resident, tiny_set, loras):
+    """After any sequence of switches the weights equal ltx-core building the model with that LoRA list."""
+    from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, LoraPathStrengthAndSDOps
+    from ltx_pipelines.utils.model_ledger import ModelLedger
+
+    a, b = (LoraSpec(str(loras[0]), 0.8), LoraSpec(str(loras[1]), -1.5))
+    model = resident.transformer.velocity_model
+    pristine = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        resident.loras.use([b])
+        resident.loras.use([a], distilled=True)
+        resident.loras.use([a, b], distilled=True)
+        ledger = ModelLedger(
+            dtype=torch.bfloat16,
+            device=torch.device("cpu"),
+            checkpoint_path=str(tiny_set.checkpoint),
+            loras=tuple(
+                LoraPathStrengthAndSDOps(path, strength, LTXV_LORA_COMFY_RENAMING_MAP)
+                for path, strength in [(a.path, 0.8), (b.path, -1.5), (str(tiny_set.distilled_lora), 1.0)]
+            ),
+        )
+        official = ledger.transformer().velocity_model.state_dict()
+        ours = model.state_dict()
+        assert all(torch.equal(official[k], ours[k]) for k in official)
+    finally:
+        resident.loras.use()
+    assert all(torch.equal(v, pristine[k]) for k, v in model.state_dict().items())
+
+
+def test_a_lora_changes_the_render_and_switching_back_is_exact(resident, loras):
+    renderer = Renderer(resident)
+    styled = validate_job({**SMALL_JOB, "loras": [{"path": str(loras[0]), "strength": 1.0}]})
+    plain = validate_job(SMALL_JOB)
+    first = renderer.render(render_request(styled, resident.num_layers))
+    base = renderer.render(render_request(plain, resident.num_layers))
+    again = renderer.render(render_request(styled, resident.num_layers))
+    assert not torch.equal(first.video, base.video)
+    assert torch.equal(first.video, again.video) and torch.equal(first.audio, again.audio)
+
+
+@pytest.mark.parametrize(
+    ("lora", "words"),
+    [
+        ({"path": "missing.safetensors"}, "does not exist"),
+        ({"path": "/etc/hostname"}, "outside the allowed input folders"),
+        ({"path": "job.yaml"}, "not a readable safetensors file"),
+        ({"path": "plain.safetensors"}, "holds no lora_A/lora_B"),
+        ({"path": "style-a.safetensors", "strength": 0}, "loras[0].strength"),
+        ({"path": "style-a.safetensors", "strength": 7.5}, "loras[0].strength"),
+    ],
+    ids=["missing", "outside the roots", "not safetensors", "not a LoRA", "strength 0", "absurd strength"],
+)
+def test_bad_loras_are_refused_before_compute(tmp_path, capsys, tiny_set, lora, words):
+    from ltx2.tiny import save_file
+
+    write_tiny_lora(tmp_path / "style-a.safetensors", tiny_set.checkpoint)
+    save_file({"weight": torch.zeros(2, 2)}, str(tmp_path / "plain.safetensors"))
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({**SMALL_JOB, "loras": [lora]}))
+    assert main(["validate", str(path)]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_the_same_lora_twice_is_refused(tmp_path, capsys, tiny_set):
+    write_tiny_lora(tmp_path / "a.safetensors", tiny_set.checkpoint)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({**SMALL_JOB, "loras": [{"path": "a.safetensors"}, {"path": "a.safetensors"}]}))
+    assert main(["validate", str(path)]) == 2
+    assert "lists the same file twice" in capsys.readouterr().err
+
+
+def test_a_lora_for_another_model_fails_before_compute(resident, tmp_path):
+    """A LoRA whose targets the model lacks is refused when the worker checks it, naming the weight."""
+    from ltx2.checkpoint import CheckpointError
+    from ltx2.tiny import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file(
+        {
+            "diffusion_model.transformer_blocks.97.attn1.to_q.lora_A.weight": torch.zeros(2, 8),
+            "diffusion_model.transformer_blocks.97.attn1.to_q.lora_B.weight": torch.zeros(8, 2),
+        },
+        str(path),
+    )
+    with pytest.raises(CheckpointError, match=r"transformer_blocks\.97\.attn1\.to_q\.weight.*trained for this model"):
+        resident.loras.check([LoraSpec(str(path))])
+
+
+TINY = {"height": 64, "width": 64, "num_frames": 9, "steps": 2}
+
+
+def test_two_lora_sets_in_one_campaign_land_on_two_pools(ray_cluster, tiny_set, loras, tmp_path):
+    """Rows alternate between two LoRA sets; each worker builds its set once and keeps it (no switch per job)."""
+    pool = WorkerPool(tiny_set, num_workers=2)
+    try:
+        sets = [[{"path": str(loras[0])}], [{"path": str(loras[1]), "strength": 0.5}]]
+        rows = [{"id": f"r{i}", "prompt": f"scene {i}", "loras": sets[i % 2]} for i in range(8)]
+        manifest = parse_manifest({"campaign": "styles", "defaults": TINY, "rows": rows}, base=loras[0].parent)
+        store = Store(tmp_path / "db")
+        store.submit(manifest.spec, manifest.jobs)
+        stats = CampaignRunner(store, pool, tmp_path / "out").run()
+        assert stats["done"] == 8, stats
+        infos = pool.refresh_info()
+        assert [i["lora_set_changes"] for i in infos] == [1, 1], infos
+        held = {json.dumps(i["lora_set"]) for i in infos}
+        assert len(held) == 2  # one worker per set
+        by_worker: dict[str, set[str]] = {}
+        for attempt in store.attempts("styles"):
+            row = next(j for j in store.jobs("styles") if j["id"] == attempt["job"])
+            by_worker.setdefault(attempt["worker"], set()).add(json.dumps(json.loads(row["spec"])["loras"]))
+        assert sorted(len(s) for s in by_worker.values()) == [1, 1], by_worker
+        labels, text = ray.get(pool.workers[0].actor.metrics_text.remote())
+        assert "ltx2farm_lora_set_changes_total 1.0" in text
+    finally:
+        pool.shutdown()
