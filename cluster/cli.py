@@ -106,6 +106,15 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
         help="GPUs per model copy: replica (1 GPU), or a gang: sequence / guidance / sharded (see --gpus)",
     )
     group.add_argument("--gpus", type=int, help="GPUs per gang (2, 4, 8; sequence and sharded need a divisor of 32)")
+    group.add_argument(
+        "--image",
+        action="append",
+        metavar="PATH[@FRAME][:STRENGTH]",
+        help="conditioning image (repeatable): frame 0 = image-to-video, another frame = keyframe",
+    )
+    group.add_argument(
+        "--lora", action="append", metavar="PATH[:STRENGTH]", help="LoRA fused into the model (repeatable)"
+    )
     parser.add_argument(
         "--snap", action="store_true", help="move invalid sizes/frame counts to the nearest valid value and say so"
     )
@@ -200,6 +209,10 @@ def load_job_mapping(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         merged = dict(data.get("placement") or {})
         merged.update({k: v for k, v in placement.items() if v is not None})
         data["placement"] = merged
+    for flag, field, parse in (("image", "images", _image_flag), ("lora", "loras", _lora_flag)):
+        given = getattr(args, flag, None)
+        if given:
+            data[field] = [*data.get(field, []), *(parse(value) for value in given)]
     if getattr(args, "resolution", None):
         try:
             width, height = (int(v) for v in args.resolution.lower().split("x"))
@@ -211,6 +224,35 @@ def load_job_mapping(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     if getattr(args, "num_frames", None) is not None:
         data.pop("duration", None)
     return data, source
+
+
+def _split_strength(flag: str, value: str, example: str) -> tuple[str, float | None]:
+    """'path:0.8' → ('path', 0.8); a path without ':NUMBER' keeps its colons."""
+    head, sep, tail = value.rpartition(":")
+    if not sep or not head:
+        return value, None
+    try:
+        return head, float(tail)
+    except ValueError:
+        raise UsageError(f"--{flag} {value!r}: the part after the last ':' is a strength, e.g. {example}") from None
+
+
+def _image_flag(value: str) -> dict[str, Any]:
+    path, strength = _split_strength("image", value, "--image shot.png@0:0.9")
+    entry: dict[str, Any] = {"path": path}
+    if "@" in path:
+        path, _, frame = path.rpartition("@")
+        if not frame.isdigit():
+            raise UsageError(f"--image {value!r}: the part after '@' is a frame index, e.g. --image key.png@48")
+        entry = {"path": path, "frame": int(frame)}
+    if strength is not None:
+        entry["strength"] = strength
+    return entry
+
+
+def _lora_flag(value: str) -> dict[str, Any]:
+    path, strength = _split_strength("lora", value, "--lora style.safetensors:0.8")
+    return {"path": path} if strength is None else {"path": path, "strength": strength}
 
 
 def _resolve_inputs(job: ValidJob, args: argparse.Namespace, source: str) -> ValidJob:

@@ -52,28 +52,31 @@ def anchor_statistics(chunk: torch.Tensor, reference: torch.Tensor) -> torch.Ten
     return out.to(chunk.dtype)
 
 
-def tile_weights(tile: Any) -> torch.Tensor:
-    """Per-token blend weight of a stage-2 tile, in the tile's (t, h, w) token order."""
-    t = torch.tensor(tile.time_weights, dtype=torch.float32)[:, None, None]
-    h = torch.tensor(tile.height_weights, dtype=torch.float32)[None, :, None]
-    w = torch.tensor(tile.width_weights, dtype=torch.float32)[None, None, :]
-    return (t * h * w).reshape(-1)
+def tile_weights(tile: Any, frames: torch.Tensor) -> torch.Tensor:
+    """Blend weight of each of a stage-2 tile's tokens (`stages.tile_tokens` order): the product of its time,
+    row and column ramps; a keyframe token weighs as the grid token it overlays."""
+    t = torch.tensor(tile.time_weights, dtype=torch.float32)[frames - tile.time.start]
+    hw = (
+        torch.tensor(tile.height_weights, dtype=torch.float32)[:, None]
+        * torch.tensor(tile.width_weights, dtype=torch.float32)[None, :]
+    ).reshape(-1)
+    return t * hw.repeat(len(frames) // len(hw))
 
 
-def blend_tiles(plan: JobPlan, video_shape: tuple[int, ...], predictions: list[torch.Tensor]) -> torch.Tensor:
-    """Full-frame X0 prediction from tile predictions, weights normalised to sum to one per token."""
-    _, channels, frames, rows, cols = video_shape
-    tokens = frames * rows * cols
+def blend_tiles(plan: JobPlan, state: stages.Stage2State, predictions: list[torch.Tensor]) -> torch.Tensor:
+    """Full X0 prediction (grid and keyframe tokens) from tile predictions, weights normalised per token."""
+    tokens, channels = state.video.latent.shape[1], state.video_shape[1]
     acc = torch.zeros(1, tokens, channels, dtype=torch.float32)
     norm = torch.zeros(tokens, dtype=torch.float32)
     for tile, pred in zip(plan.tiles, predictions, strict=True):
-        index = stages.tile_token_index(
-            video_shape,
+        index, frames = stages.tile_tokens(
+            state.video_shape,
+            state.keyframes,
             (tile.time.start, tile.time.stop),
             (tile.height.start, tile.height.stop),
             (tile.width.start, tile.width.stop),
         )
-        w = tile_weights(tile)
+        w = tile_weights(tile, frames)
         acc[:, index] += pred.float() * w[None, :, None]
         norm[index] += w
     return (acc / norm[None, :, None]).to(predictions[0].dtype)
@@ -230,7 +233,12 @@ class Coordinator:
                 video_guidance=video_g,
                 audio_guidance=audio_g,
                 tail_strength=spec.tail_strength,
-                images=job_images(plan.job) if i == 0 else (),  # keyframes never reach multi-chunk plans
+                images=tuple(
+                    (path, local_frame, strength)
+                    for (path, _, strength), (_, local_frame) in zip(
+                        [job_images(plan.job)[k] for k, _ in plan.chunk_images[i]], plan.chunk_images[i], strict=True
+                    )
+                ),
                 loras=job_loras(plan.job),
             )
             negative = run.done[f"encode:{len(plan.prompts) - 1}"] if spec.recipe == "two_stage" else None
@@ -301,7 +309,7 @@ class Coordinator:
         plan, step = run.plan, task.arg("step")
         state: stages.Stage2State = ray.get(run.done["stage2_init"] if step == 0 else run.done[f"blend:{step - 1}"])
         outputs = ray.get([run.done[f"stage2:{step}:{t.index}"] for t in plan.tiles])
-        video_pred = blend_tiles(plan, state.video_shape, [o[0] for o in outputs])
+        video_pred = blend_tiles(plan, state, [o[0] for o in outputs])
         video = stages.stage2_advance(state.video, video_pred, step)
         audio = stages.stage2_advance(state.audio, outputs[0][1], step) if plan.refine_audio else state.audio
         run.done[task.id] = ray.put(stages.Stage2State(video, audio, state.video_shape, state.audio_shape))

@@ -68,6 +68,8 @@ class JobPlan:
     decode: DecodeTiling
     stage2_steps: int
     tasks: tuple[Task, ...] = field(repr=False)
+    chunk_images: tuple[tuple[tuple[int, int], ...], ...] = ()
+    """Per chunk: (index in the job's `images`, frame within the chunk) of the images it is conditioned on."""
 
     @property
     def refine_audio(self) -> bool:
@@ -107,6 +109,7 @@ class JobPlan:
                     "overlap_audio": c.overlap_audio,
                     "prompt": self.chunk_prompt[c.index],
                     "seed": self.chunk_seed[c.index],
+                    "images": [list(x) for x in self.chunk_images[c.index]] if self.chunk_images else [],
                 }
                 for c in self.chunks
             ],
@@ -186,27 +189,12 @@ def plan_job(job: ValidJob) -> JobPlan:
             texts.append(negative)
         negative_index = texts.index(negative)
 
-    keyframes = [i for i, image in enumerate(spec.images) if image.frame != 0]
     frames_latent = video_latent_frames(job.num_frames)
     lh, lw = spec.height // VIDEO_SPACE_SCALE, spec.width // VIDEO_SPACE_SCALE
     tile = max(1, spec.tile_pixels // VIDEO_SPACE_SCALE)
     overlap = spec.tile_overlap // VIDEO_SPACE_SCALE
     time_spans = tuple(c.video for c in chunks)
     tiles = plan_tiles(time_spans, lh, lw, tile, min(overlap, tile - 1))
-    if keyframes and (len(chunks) > 1 or len(tiles) > 1):
-        i = keyframes[0]
-        raise JobValidationError(
-            [
-                FieldProblem(
-                    f"images[{i}].frame",
-                    spec.images[i].frame,
-                    f"is a keyframe, but this job renders in {len(chunks)} chunk(s) and {len(tiles)} tile(s); "
-                    "keyframes work only for jobs rendered in one piece for now (first-frame images work "
-                    "everywhere): shorten the job or raise chunk_seconds / tile_pixels",
-                    None,
-                )
-            ]
-        )
     decode = _decode_tiling(spec, frames_latent, lh, lw)
 
     tasks: list[Task] = [Task(f"encode:{i}", "encode", (), (("text", t),)) for i, t in enumerate(texts)]
@@ -246,7 +234,22 @@ def plan_job(job: ValidJob) -> JobPlan:
         decode=decode,
         stage2_steps=steps,
         tasks=tuple(tasks),
+        chunk_images=images_by_chunk(chunks, [image.frame for image in spec.images]),
     )
+
+
+def images_by_chunk(chunks: tuple[TemporalChunk, ...], frames: list[int]) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Which chunk renders each conditioning image, at which of its frames.
+
+    An image lands in the first chunk that holds its frame (a frame in an overlap belongs to the earlier
+    chunk; the later one inherits it through the tail it is conditioned on). So a frame-0 image stays the
+    first frame of chunk 0 and no keyframe lands on a later chunk's frame 0, which its tail occupies.
+    """
+    placed: list[list[tuple[int, int]]] = [[] for _ in chunks]
+    for i, frame in enumerate(frames):
+        chunk = next(c for c in chunks if c.first_frame <= frame < c.first_frame + c.num_frames)
+        placed[chunk.index].append((i, frame - chunk.first_frame))
+    return tuple(tuple(p) for p in placed)
 
 
 def time_origin_seconds(span: Span, fps: float) -> float:

@@ -157,6 +157,9 @@ class Stage2State:
     audio: LatentState
     video_shape: tuple[int, ...]  # [1, 128, T, H, W]
     audio_shape: tuple[int, ...]  # [1, 8, Ta, 16]
+    keyframes: tuple[tuple[int, int], ...] = ()
+    """(first token, latent frame) of each keyframe's tokens, appended after the T·H·W grid tokens as the
+    official keyframe conditioning appends them (one latent frame of H·W tokens each)."""
 
 
 def _to(state: LatentState, device: torch.device | str) -> LatentState:
@@ -194,7 +197,7 @@ def stage2_init(
     sigma0 = float(STAGE_2_DISTILLED_SIGMA_VALUES[0])
     shape = VideoPixelShape(batch=1, frames=num_frames, width=width, height=height, fps=fps)
     comps = _components(m)
-    conditionings = image_conditionings(m, images, height, width)  # first-frame images: the tiles inherit them
+    conditionings = image_conditionings(m, images, height, width)  # the tiles carve these tokens too
     video_state, _ = noise_video_state(
         shape, noiser, conditionings, comps, m.dtype, dev, sigma0, upscaled.to(dev, m.dtype)
     )
@@ -203,7 +206,14 @@ def stage2_init(
     else:
         frozen = [AudioConditionByLatentIndex(audio.to(dev, m.dtype), strength=1.0, latent_idx=0)]
         audio_state, _ = noise_audio_state(shape, noiser, frozen, comps, m.dtype, dev, sigma0, audio.to(dev, m.dtype))
-    return Stage2State(_to(video_state, "cpu"), _to(audio_state, "cpu"), tuple(upscaled.shape), tuple(audio.shape))
+    grid = upscaled.shape[2] * upscaled.shape[3] * upscaled.shape[4]
+    per_frame = upscaled.shape[3] * upscaled.shape[4]
+    keyframes = tuple(
+        (grid + k * per_frame, (frame + 7) // 8) for k, frame in enumerate(f for _, f, _ in images if f != 0)
+    )
+    return Stage2State(
+        _to(video_state, "cpu"), _to(audio_state, "cpu"), tuple(upscaled.shape), tuple(audio.shape), keyframes
+    )
 
 
 def tile_token_index(
@@ -215,6 +225,27 @@ def tile_token_index(
     h = torch.arange(*height)[None, :, None]
     w = torch.arange(*width)[None, None, :]
     return ((t * rows + h) * cols + w).reshape(-1)
+
+
+def tile_tokens(
+    video_shape: tuple[int, ...],
+    keyframes: tuple[tuple[int, int], ...],
+    time: tuple[int, int],
+    height: tuple[int, int],
+    width: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tile's tokens in the full stage-2 state: its grid tokens, then the same spatial crop of every
+    keyframe whose latent frame lies in the tile's time span. Also returns each token's latent frame
+    (for the blend weights)."""
+    _, _, _, rows, cols = video_shape
+    index = [tile_token_index(video_shape, time, height, width)]
+    frames = [torch.arange(*time).repeat_interleave((height[1] - height[0]) * (width[1] - width[0]))]
+    crop = tile_token_index((1, 0, 1, rows, cols), (0, 1), height, width)
+    for first, frame in keyframes:
+        if time[0] <= frame < time[1]:
+            index.append(first + crop)
+            frames.append(torch.full_like(crop, frame))
+    return torch.cat(index), torch.cat(frames)
 
 
 def _select(state: LatentState, index: torch.Tensor, time_origin: float) -> LatentState:
@@ -245,7 +276,7 @@ def stage2_tile_denoise(
     m, dev = models, models.device
     m.loras.use(loras, distilled=True)
     sigmas = stage2_sigmas().to(dev)
-    index = tile_token_index(state.video_shape, time, height, width)
+    index, _ = tile_tokens(state.video_shape, state.keyframes, time, height, width)
     video = _to(_select(state.video, index, time_origin), dev)
     audio = _to(_select(state.audio, torch.arange(*audio_span), time_origin), dev)
     sigma = sigmas[step_index]
@@ -267,8 +298,8 @@ def stage2_advance(state: LatentState, denoised: torch.Tensor, step_index: int) 
 
 
 def unpatchify_video(state: LatentState, video_shape: tuple[int, ...]) -> torch.Tensor:
-    _, c, t, h, w = video_shape
-    return state.latent.reshape(1, t, h, w, c).permute(0, 4, 1, 2, 3).contiguous()
+    _, c, t, h, w = video_shape  # conditioning tokens appended after the grid (keyframes) are dropped
+    return state.latent[:, : t * h * w].reshape(1, t, h, w, c).permute(0, 4, 1, 2, 3).contiguous()
 
 
 def unpatchify_audio(state: LatentState, audio_shape: tuple[int, ...]) -> torch.Tensor:

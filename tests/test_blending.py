@@ -8,6 +8,7 @@ import torch
 from cluster.coordinator import anchor_statistics, blend_tiles, crossfade_into
 from jobs.plan import plan_job
 from jobs.spec import validate_job
+from ltx2 import stages
 from ltx2.stages import tile_token_index
 
 
@@ -37,7 +38,10 @@ def test_anchor_statistics_matches_reference_channels():
     assert torch.allclose(out.std(dims), ref.std(dims), atol=1e-3)
 
 
-def test_blending_identical_predictions_returns_them_and_covers_every_token():
+@pytest.mark.parametrize("keyframes", [(), (9, 15)], ids=["grid only", "with keyframe tokens"])
+def test_blending_identical_predictions_returns_them_and_covers_every_token(keyframes):
+    from ltx_core.types import LatentState
+
     plan = plan_job(
         validate_job(
             {"prompt": "x", "height": 256, "width": 384, "num_frames": 17, "tile_pixels": 128, "tile_overlap": 64}
@@ -45,14 +49,20 @@ def test_blending_identical_predictions_returns_them_and_covers_every_token():
     )
     assert len(plan.tiles) > 4
     shape = (1, 128, plan.latent_frames, plan.latent_height, plan.latent_width)
-    full = torch.randn(1, plan.latent_frames * plan.latent_height * plan.latent_width, 128)
+    grid = plan.latent_frames * plan.latent_height * plan.latent_width
+    per_frame = plan.latent_height * plan.latent_width
+    slots = tuple((grid + k * per_frame, (f + 7) // 8) for k, f in enumerate(keyframes))
+    full = torch.randn(1, grid + len(keyframes) * per_frame, 128)
+    state = stages.Stage2State(
+        LatentState(full, full[..., :1], torch.zeros(1, 3, full.shape[1], 2), full), None, shape, (), slots
+    )
     preds = []
     for t in plan.tiles:
-        index = tile_token_index(
-            shape, (t.time.start, t.time.stop), (t.height.start, t.height.stop), (t.width.start, t.width.stop)
+        index, _ = stages.tile_tokens(
+            shape, slots, (t.time.start, t.time.stop), (t.height.start, t.height.stop), (t.width.start, t.width.stop)
         )
         preds.append(full[:, index])
-    assert torch.allclose(blend_tiles(plan, shape, preds), full, atol=1e-6)  # weights sum to one everywhere
+    assert torch.allclose(blend_tiles(plan, state, preds), full, atol=1e-6)  # weights sum to one everywhere
 
 
 def test_tile_token_index_matches_patchifier_order():

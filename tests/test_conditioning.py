@@ -54,10 +54,29 @@ def test_bad_images_are_refused_before_compute(tmp_path, capsys, picture, images
     assert words in capsys.readouterr().err
 
 
-def test_keyframes_in_a_chunked_job_are_refused_with_the_fix(tmp_path, capsys, picture):
-    path = _job(tmp_path, num_frames=None, duration=4, chunk_seconds=2, images=[{"path": "product.png", "frame": 40}])
-    assert main(["validate", str(path)]) == 2
-    assert "keyframes work only for jobs rendered in one piece" in capsys.readouterr().err
+def test_each_image_lands_in_the_first_chunk_that_holds_its_frame():
+    from jobs.plan import plan_job
+    from jobs.spec import validate_job
+
+    plan = plan_job(
+        validate_job(
+            {
+                **SMALL_JOB,
+                "num_frames": None,
+                "duration": 4,
+                "chunk_seconds": 2,
+                "chunk_overlap": 0.5,
+                "images": [{"path": "a.png"}, {"path": "b.png", "frame": 40}, {"path": "c.png", "frame": 96}],
+            }
+        )
+    )
+    assert len(plan.chunks) == 3
+    for i, frame in enumerate([0, 40, 96]):
+        first = min(c.index for c in plan.chunks if c.first_frame <= frame < c.first_frame + c.num_frames)
+        assert (i, frame - plan.chunks[first].first_frame) in plan.chunk_images[first]
+    placed = [i for chunk in plan.chunk_images for i, _ in chunk]
+    assert sorted(placed) == [0, 1, 2]  # each image exactly once
+    assert all(frame > 0 for chunk in plan.chunk_images[1:] for _, frame in chunk)  # never on a tail's frame 0
 
 
 def test_image_is_pinned_by_content(tmp_path, capsys, picture):
@@ -131,3 +150,48 @@ def test_image_to_video_renders_plain_and_chunked(tmp_path, picture):
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert len(doc["plan"]["chunks"]) == 3 and doc["media"]["frames"] == 97
+
+
+def test_stage2_keyframe_tokens_are_clean_and_carved_by_the_tiles(resident, picture):
+    """A keyframe's tokens sit after the grid, clean (strength 1), and a tile carries its spatial crop."""
+    chunk = stages.stage1_chunk(
+        resident, _request(((str(picture), 8, 1.0),)), stages.encode_prompt(resident, "x"), None
+    )
+    upscaled = stages.upsample(resident, chunk.video)
+    images = ((str(picture), 0, 1.0), (str(picture), 9, 1.0))
+    state = stages.stage2_init(
+        resident, upscaled, chunk.audio, 17, 128, 192, 24.0, chunk.generator_state, False, images
+    )
+    _, _, t, h, w = state.video_shape
+    assert state.keyframes == ((t * h * w, 2),)  # frame 9 is in latent frame 2 (frames 9..16)
+    assert state.video.latent.shape[1] == t * h * w + h * w
+    assert torch.all(state.video.denoise_mask[:, t * h * w :] == 0)
+    index, frames = stages.tile_tokens(state.video_shape, state.keyframes, (1, 3), (0, 2), (2, 5))
+    assert len(index) == 2 * 2 * 3 + 2 * 3 and torch.all(frames[-6:] == 2)
+    assert set(index[-6:].tolist()) == {t * h * w + r * w + c for r in range(2) for c in range(2, 5)}
+    none, _ = stages.tile_tokens(state.video_shape, state.keyframes, (0, 2), (0, 2), (2, 5))
+    assert len(none) == 2 * 2 * 3  # the keyframe's latent frame is not in this tile's time span
+    assert stages.unpatchify_video(state.video, state.video_shape).shape == upscaled.shape
+
+
+def test_keyframes_render_through_chunks_and_tiles(tmp_path, picture):
+    from tests.test_cli import run
+
+    job = _job(
+        tmp_path,
+        name="storyboard",
+        num_frames=None,
+        duration=4,
+        chunk_seconds=2,
+        chunk_overlap=0.5,
+        tile_pixels=128,
+        tile_overlap=64,
+        decode_tile_frames=32,
+        images=[{"path": "product.png"}, {"path": "product.png", "frame": 40}, {"path": "product.png", "frame": 90}],
+    )
+    result = run("render", str(job), "--workers", "2", "--out", str(tmp_path / "out"), "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert len(doc["plan"]["chunks"]) == 3 and len(doc["plan"]["stage2_tiles"]) > 3
+    assert sorted(i for c in doc["plan"]["chunks"] for i, _ in c["images"]) == [0, 1, 2]
+    assert doc["media"]["frames"] == 97

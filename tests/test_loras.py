@@ -144,7 +144,7 @@ def test_two_lora_sets_in_one_campaign_land_on_two_pools(ray_cluster, tiny_set, 
             row = next(j for j in store.jobs("styles") if j["id"] == attempt["job"])
             by_worker.setdefault(attempt["worker"], set()).add(json.dumps(json.loads(row["spec"])["loras"]))
         assert sorted(len(s) for s in by_worker.values()) == [1, 1], by_worker
-        labels, text = ray.get(pool.workers[0].actor.metrics_text.remote())
+        _labels, text = ray.get(pool.workers[0].actor.metrics_text.remote())
         assert "ltx2farm_lora_set_changes_total 1.0" in text
     finally:
         pool.shutdown()
