@@ -22,7 +22,7 @@ import torch
 
 from cluster.executor import WorkerPool
 from cluster.metrics import FarmMetrics
-from cluster.worker import job_guidance, job_images, job_loras, tensor_sha256
+from cluster.worker import content_hashes, job_audio, job_guidance, job_images, job_loras
 from jobs.outputs import output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
 from ltx2 import stages
@@ -218,6 +218,13 @@ class Coordinator:
         plan, spec = run.plan, run.plan.job.spec
         if task.kind == "encode":
             return {"text": task.arg("text")}
+        if task.kind == "audio_encode":
+            return {
+                "path": spec.audio.path,
+                "start": spec.audio.start,
+                "num_frames": plan.job.num_frames,
+                "fps": spec.frame_rate,
+            }
         if task.kind == "stage1":
             i = task.arg("chunk")
             chunk = plan.chunks[i]
@@ -249,6 +256,9 @@ class Coordinator:
                 "previous": run.done[f"stage1:{i - 1}"] if i else None,
                 "overlap_video": chunk.overlap_video,
                 "overlap_audio": chunk.overlap_audio,
+                "track": ray.get(run.done["audio_encode"])[:, :, chunk.audio.start : chunk.audio.stop]
+                if spec.audio is not None
+                else None,
             }
         if task.kind == "upsample":
             return {"video": run.done["stitch"]["video"]}
@@ -303,6 +313,8 @@ class Coordinator:
                 v = anchor_statistics(v, first.video)
             crossfade_into(video, v, chunk.video.start, chunk.overlap_video)
             crossfade_into(audio, a, chunk.audio.start, chunk.overlap_audio)
+        if plan.job.spec.audio is not None:
+            audio = ray.get(run.done["audio_encode"])  # the track's latent as encoded, not a re-blend of it
         run.done[task.id] = {"video": ray.put(video), "audio": ray.put(audio), "generator_state": first.generator_state}
 
     def _local_blend(self, run: JobRun, task: Task) -> None:
@@ -346,7 +358,12 @@ class Coordinator:
             for k, tile in enumerate(group):
                 run.decode_queue.append((g, f"decode:{g}:{k}", ray.put(latent[tile.in_coords].contiguous())))
         run.writer = Mp4Writer(
-            output_paths(plan.job, run.out_dir).video, spec.frame_rate, spec.width, spec.height, sample_rate=24000
+            output_paths(plan.job, run.out_dir).video,
+            spec.frame_rate,
+            spec.width,
+            spec.height,
+            sample_rate=None if spec.audio is not None else 24000,
+            source_audio=job_audio(plan.job),
         )
         run.running.add(task.id)
 
@@ -401,9 +418,11 @@ class Coordinator:
 
     def _local_mux(self, run: JobRun, task: Task) -> None:
         plan = run.plan
-        waveform, sample_rate = ray.get(run.done["audio"])
-        if sample_rate != 24000:
-            raise RuntimeError(f"vocoder produced {sample_rate} Hz audio; the muxer was opened for 24000 Hz")
+        waveform = None
+        if plan.job.spec.audio is None:
+            waveform, sample_rate = ray.get(run.done["audio"])
+            if sample_rate != 24000:
+                raise RuntimeError(f"vocoder produced {sample_rate} Hz audio; the muxer was opened for 24000 Hz")
         mux_start = time.perf_counter()
         path = run.writer.close(waveform)
         media = asdict(probe_mp4(path))
@@ -421,7 +440,7 @@ class Coordinator:
             timings=stage_seconds,
             media=media,
             output={"video": path.name, "bytes": path.stat().st_size, "sha256": cached_file_sha256(path)},
-            content={"video_frames": run.decode_state["sha256"].hexdigest(), "audio_waveform": tensor_sha256(waveform)},
+            content=content_hashes(plan.job, run.decode_state["sha256"].hexdigest(), waveform),
             worker={
                 "workers": sorted({t["worker"] for t in run.traces}),
                 "placement": {"mode": self.pool.placement.mode, "gpus": self.pool.placement.gpus},

@@ -26,6 +26,7 @@ KIND_TO_STAGE = {
     "stage2": "stage_2",
     "decode": "decode",
     "audio": "audio",
+    "audio_encode": "audio_encode",
     "render": "stage_1",
 }
 OUTCOMES = ("ok", "oom", "error", "retried", "preempted")

@@ -27,9 +27,10 @@ from jobs.spec import OFFICIAL_NEGATIVE_PROMPT, GuidanceSpec, ValidJob, validate
 from ltx2 import stages
 from ltx2.checkpoint import CheckpointSet, cached_file_sha256
 from ltx2.lora import LoraSpec
-from ltx2.media import probe_mp4, write_mp4
+from ltx2.media import SourceAudio, probe_mp4, write_mp4
 from ltx2.models import LOAD_COUNTER, load_resident_models
 from ltx2.render import (
+    A2V_AUDIO_GUIDANCE,
     Guidance,
     NonFiniteOutputError,
     Renderer,
@@ -51,11 +52,14 @@ def _guidance(spec: GuidanceSpec, default: Guidance) -> Guidance:
 
 
 def job_guidance(job: ValidJob, num_layers: int) -> tuple[Guidance, Guidance]:
-    """(video, audio) guidance of a job: its settings over the official defaults for this model's depth."""
-    return (
-        _guidance(job.spec.video_guidance, default_video_guidance(num_layers)),
-        _guidance(job.spec.audio_guidance, default_audio_guidance(num_layers)),
+    """(video, audio) guidance of a job: its settings over the official defaults for this model's depth.
+    An audio-to-video job's audio is frozen and gets none (as in the official A2V pipeline)."""
+    audio = (
+        A2V_AUDIO_GUIDANCE
+        if job.spec.audio is not None
+        else _guidance(job.spec.audio_guidance, default_audio_guidance(num_layers))
     )
+    return _guidance(job.spec.video_guidance, default_video_guidance(num_layers)), audio
 
 
 def render_request(job: ValidJob, num_layers: int) -> RenderRequest:
@@ -80,11 +84,29 @@ def render_request(job: ValidJob, num_layers: int) -> RenderRequest:
         audio_guidance=job_guidance(job, num_layers)[1],
         images=job_images(job),
         loras=job_loras(job),
+        audio=(spec.audio.path, spec.audio.start) if spec.audio is not None else None,
     )
 
 
 def job_images(job: ValidJob) -> tuple[tuple[str, int, float], ...]:
     return tuple((image.path, image.frame, image.strength) for image in job.spec.images)
+
+
+def job_audio(job: ValidJob) -> SourceAudio | None:
+    """The track an audio-to-video job carries into its output."""
+    audio = job.spec.audio
+    return SourceAudio(audio.path, audio.start) if audio is not None else None
+
+
+def content_hashes(job: ValidJob, frames_sha256: str, waveform: torch.Tensor | None) -> dict[str, str]:
+    """What the sidecar pins as the render's content: the frames, and the generated waveform or the
+    source track it carries (audio-to-video)."""
+    content = {"video_frames": frames_sha256}
+    if waveform is not None:
+        content["audio_waveform"] = tensor_sha256(waveform)
+    elif job.spec.audio is not None:
+        content["audio_source"] = str(job.spec.audio.sha256)
+    return content
 
 
 def job_loras(job: ValidJob) -> tuple[LoraSpec, ...]:
@@ -215,7 +237,14 @@ class RenderWorker:
         for stage, seconds in output.timings.items():
             self._record(stage, seconds, "ok")
         mux_start = time.perf_counter()
-        write_mp4(paths.video, output.video, job.spec.frame_rate, output.audio, output.sample_rate)
+        write_mp4(
+            paths.video,
+            output.video,
+            job.spec.frame_rate,
+            output.audio,
+            output.sample_rate,
+            source_audio=job_audio(job),
+        )
         timings = dict(output.timings, mux=time.perf_counter() - mux_start)
         self._record("mux", timings["mux"], "ok")
         timings["total"] = time.perf_counter() - started
@@ -230,7 +259,7 @@ class RenderWorker:
                 "bytes": paths.video.stat().st_size,
                 "sha256": cached_file_sha256(paths.video),
             },
-            content={"video_frames": tensor_sha256(output.video), "audio_waveform": tensor_sha256(output.audio)},
+            content=content_hashes(job, tensor_sha256(output.video), output.audio),
             worker=self.info(),
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
@@ -300,12 +329,16 @@ class RenderWorker:
         previous: stages.ChunkResult | None,
         overlap_video: int,
         overlap_audio: int,
+        track: torch.Tensor | None = None,
     ) -> stages.ChunkResult:
         tail_video = previous.video[:, :, -overlap_video:] if previous is not None and overlap_video else None
         tail_audio = previous.audio[:, :, -overlap_audio:] if previous is not None and overlap_audio else None
         return stages.stage1_chunk(
-            self.models, request, positive, negative, tail_video, tail_audio, on_step=self._on_step
+            self.models, request, positive, negative, tail_video, tail_audio, on_step=self._on_step, track=track
         )
+
+    def _task_audio_encode(self, path: str, start: float, num_frames: int, fps: float) -> torch.Tensor:
+        return stages.encode_track(self.models, path, start, num_frames, fps)
 
     def _task_upsample(self, video: torch.Tensor) -> torch.Tensor:
         return stages.upsample(self.models, video)

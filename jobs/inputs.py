@@ -12,6 +12,7 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from jobs.spec import FieldProblem, JobValidationError, ValidJob
 
@@ -60,6 +61,37 @@ def _check_lora(path: Path) -> str | None:
     return None
 
 
+def _check_audio(path: Path) -> str | None:
+    """Why the file holds no decodable sound track, or None."""
+    from ltx2.media import NoAudioStream, audio_track_seconds
+
+    try:
+        audio_track_seconds(str(path))
+    except NoAudioStream as e:
+        return f"{e}; give a WAV, MP3, AAC/M4A or FLAC file, or a video with sound"
+    except Exception as e:  # PyAV raises its own error types for unreadable media
+        return f"is not a readable audio file ({type(e).__name__}); give a WAV, MP3, AAC/M4A or FLAC file"
+    return None
+
+
+def _check_audio_length(job: ValidJob, path: Path) -> FieldProblem | None:
+    """The track must cover the video from `start` (the model reads exactly the video's duration)."""
+    from ltx2.media import audio_track_seconds
+
+    audio = job.spec.audio
+    assert audio is not None
+    _, _, seconds = audio_track_seconds(str(path))
+    needed = job.num_frames / job.spec.frame_rate
+    if audio.start + needed > seconds + 1e-6:
+        return FieldProblem(
+            "audio.path",
+            audio.path,
+            f"is {seconds:.2f} s long; from start {audio.start:g} s the job needs {needed:.2f} s: shorten the job "
+            f"(duration ≤ {max(0.0, seconds - audio.start):.2f} s), lower audio.start, or give a longer track",
+        )
+    return None
+
+
 def _resolve_file(
     field: str, raw: str, roots: Sequence[Path], base: Path | None, check: Callable[[Path], str | None]
 ) -> tuple[Path, str] | FieldProblem:
@@ -91,13 +123,13 @@ def file_sha256(path: Path) -> str:
 
 
 def resolve_inputs(job: ValidJob, roots: Sequence[Path], base: Path | None = None, source: str = "job") -> ValidJob:
-    """The job with each input path (images, LoRAs) made absolute and its SHA-256 recorded; every problem
+    """The job with each input path (images, LoRAs, audio) made absolute and its SHA-256 recorded; every problem
     reported at once."""
     spec = job.spec
-    if not spec.images and not spec.loras:
+    if not spec.images and not spec.loras and spec.audio is None:
         return job
     problems: list[FieldProblem] = []
-    updates: dict[str, list] = {"images": [], "loras": []}
+    updates: dict[str, Any] = {"images": [], "loras": []}
     for name, items, check in (("images", spec.images, _check_image), ("loras", spec.loras, _check_lora)):
         for i, item in enumerate(items):
             found = _resolve_file(f"{name}[{i}].path", item.path, roots, base, check)
@@ -105,6 +137,13 @@ def resolve_inputs(job: ValidJob, roots: Sequence[Path], base: Path | None = Non
                 problems.append(found)
             else:
                 updates[name].append(item.model_copy(update={"path": str(found[0]), "sha256": found[1]}))
+    if spec.audio is not None:
+        found = _resolve_file("audio.path", spec.audio.path, roots, base, _check_audio)
+        if isinstance(found, FieldProblem):
+            problems.append(found)
+        else:
+            problems += [p for p in [_check_audio_length(job, found[0])] if p]
+            updates["audio"] = spec.audio.model_copy(update={"path": str(found[0]), "sha256": found[1]})
     if problems:
         raise JobValidationError(problems, source)
     return ValidJob(spec=spec.model_copy(update=updates), num_frames=job.num_frames, adjustments=job.adjustments)

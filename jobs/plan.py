@@ -24,7 +24,9 @@ from jobs.geometry import (
 )
 from jobs.spec import OFFICIAL_NEGATIVE_PROMPT, FieldProblem, JobValidationError, ValidJob
 
-TaskKind = Literal["encode", "stage1", "stitch", "upsample", "stage2_init", "stage2", "blend", "decode", "audio", "mux"]
+TaskKind = Literal[
+    "encode", "audio_encode", "stage1", "stitch", "upsample", "stage2_init", "stage2", "blend", "decode", "audio", "mux"
+]
 LOCAL_KINDS = frozenset({"stitch", "blend", "mux"})
 """Cheap steps the coordinator runs itself; everything else runs on a GPU worker."""
 
@@ -73,8 +75,9 @@ class JobPlan:
 
     @property
     def refine_audio(self) -> bool:
-        """Untiled stage 2 refines audio as the official pipeline does; tiled stage 2 keeps stage-1 audio."""
-        return len(self.tiles) == 1
+        """Untiled stage 2 refines audio as the official pipeline does; tiled stage 2 keeps stage-1 audio, and
+        an audio-to-video job keeps its track's latent throughout."""
+        return len(self.tiles) == 1 and self.job.spec.audio is None
 
     @property
     def trivial(self) -> bool:
@@ -198,8 +201,10 @@ def plan_job(job: ValidJob) -> JobPlan:
     decode = _decode_tiling(spec, frames_latent, lh, lw)
 
     tasks: list[Task] = [Task(f"encode:{i}", "encode", (), (("text", t),)) for i, t in enumerate(texts)]
+    if spec.audio is not None:  # audio-to-video: the track is encoded once, each chunk takes its span
+        tasks.append(Task("audio_encode", "audio_encode"))
     for c in chunks:
-        deps = [f"encode:{chunk_prompt[c.index]}"]
+        deps = [f"encode:{chunk_prompt[c.index]}"] + (["audio_encode"] if spec.audio is not None else [])
         if negative_index is not None:
             deps.append(f"encode:{negative_index}")
         if c.index:
@@ -218,8 +223,9 @@ def plan_job(job: ValidJob) -> JobPlan:
         tasks.append(Task(f"blend:{step}", "blend", tuple(tile_ids), (("step", step),)))
         previous = f"blend:{step}"
     tasks.append(Task("decode", "decode", (previous,)))
-    tasks.append(Task("audio", "audio", (previous,)))
-    tasks.append(Task("mux", "mux", ("decode", "audio")))
+    if spec.audio is None:
+        tasks.append(Task("audio", "audio", (previous,)))
+    tasks.append(Task("mux", "mux", ("decode", "audio") if spec.audio is None else ("decode",)))
     return JobPlan(
         job=job,
         prompts=tuple(texts),

@@ -50,6 +50,16 @@ class LoraInput(BaseModel):
     sha256: str | None = Field(None, description="filled by the farm: the file's digest, part of the job's identity")
 
 
+class AudioInput(BaseModel):
+    """A sound track that drives the video (audio-to-video); the output carries it unchanged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(description="audio or video file with a sound track (WAV, MP3, AAC/M4A, FLAC, ...)")
+    start: float = Field(0.0, description="seconds into the track where the video starts")
+    sha256: str | None = Field(None, description="filled by the farm: the file's digest, part of the job's identity")
+
+
 MAX_LORAS = 8
 MAX_LORA_STRENGTH = 2.0
 
@@ -102,6 +112,9 @@ class JobSpec(BaseModel):
         default_factory=list,
         description="LoRAs fused into the model in both stages: [{path, strength: 1.0}, ...]; jobs with the same "
         "set share workers that already hold it",
+    )
+    audio: AudioInput | None = Field(
+        None, description="a sound track to animate: {path, start: 0.0}; the video follows it, the output keeps it"
     )
     placement: PlacementSpec = Field(
         PlacementSpec(), description="GPUs per model: replica (1), or a gang in sequence/guidance/sharded mode."
@@ -333,6 +346,11 @@ def validate_job(raw: dict[str, Any] | JobSpec, snap: bool = False, source: str 
                     f"must be in [-{MAX_LORA_STRENGTH:g}, {MAX_LORA_STRENGTH:g}] and not 0 (0 is no LoRA: remove it)",
                 )
             )
+    if spec.audio is not None:
+        if not spec.audio.path.strip() or "\x00" in spec.audio.path:
+            problems.append(FieldProblem("audio.path", spec.audio.path, "is empty or holds a NUL character"))
+        if not math.isfinite(spec.audio.start) or not 0 <= spec.audio.start <= 86400:
+            problems.append(FieldProblem("audio.start", spec.audio.start, "must be a number of seconds ≥ 0"))
     lora_paths = [lora.path for lora in spec.loras]
     if len(set(lora_paths)) != len(lora_paths):
         problems.append(FieldProblem("loras", lora_paths, "lists the same file twice; give each LoRA once"))

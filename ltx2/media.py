@@ -3,6 +3,11 @@
 Audio is fitted to the video's duration (trimmed, or padded with silence by at most a few milliseconds
 of vocoder rounding) so the two streams agree within one AAC frame. Files are written to a temporary
 name beside the target and renamed into place: a crash never leaves a truncated MP4 under the real name.
+
+A user's audio track (audio-to-video) is carried unchanged: AAC or MP3 from the start of an MP4/M4A/MP3
+file is copied packet for packet (no re-encode); anything else (WAV/PCM, FLAC, a start offset) is cut to
+the sample and stored as FLAC in the MP4, which is lossless: decoding the output gives the input's
+samples bit for bit (float PCM is stored as 32-bit integers).
 """
 
 from __future__ import annotations
@@ -38,6 +43,43 @@ def fit_audio(waveform: torch.Tensor, sample_rate: int, num_frames: int, fps: fl
     return np.ascontiguousarray(np.clip(audio, -1.0, 1.0), dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class SourceAudio:
+    """A user's audio track to carry into the output from `start` seconds."""
+
+    path: str
+    start: float = 0.0
+
+
+COPY_CODECS = frozenset({"aac", "mp3"})
+COPY_CONTAINERS = ("mp4", "mov", "m4a", "mp3")
+"""Formats whose AAC/MP3 packets an MP4 holds as they are (ADTS .aac would need a bitstream filter)."""
+
+
+class NoAudioStream(ValueError):
+    """A media file without a sound track."""
+
+
+def audio_track_seconds(path: str) -> tuple[str, int, float]:
+    """(codec, sample rate, seconds) of a file's first audio stream, by decoding it; NoAudioStream if none."""
+    with av.open(path) as container:
+        if not container.streams.audio:
+            raise NoAudioStream("has no audio stream")
+        stream = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(stream))
+        rate = stream.codec_context.sample_rate
+        return stream.codec_context.name, rate, samples / rate
+
+
+def copies_packets(source: SourceAudio, container: av.container.InputContainer) -> bool:
+    stream = container.streams.audio[0]
+    return (
+        source.start == 0
+        and stream.codec_context.name in COPY_CODECS
+        and any(name in container.format.name.split(",") for name in COPY_CONTAINERS)
+    )
+
+
 class Mp4Writer:
     """Streams frames into an MP4 (H.264) as they are decoded, then adds the audio (AAC) and closes.
 
@@ -45,7 +87,14 @@ class Mp4Writer:
     """
 
     def __init__(
-        self, path: Path, fps: float, width: int, height: int, sample_rate: int | None = None, crf: int = 18
+        self,
+        path: Path,
+        fps: float,
+        width: int,
+        height: int,
+        sample_rate: int | None = None,
+        crf: int = 18,
+        source_audio: SourceAudio | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +107,17 @@ class Mp4Writer:
         self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
         self._video.options = {"crf": str(crf), "preset": "medium"}
         self._audio = None
-        if sample_rate is not None:
+        self._source = source_audio
+        self._source_container = None
+        if source_audio is not None:
+            self._source_container = av.open(source_audio.path)
+            template = self._source_container.streams.audio[0]
+            if copies_packets(source_audio, self._source_container):
+                self._audio = self._container.add_stream_from_template(template)
+            else:
+                self._audio = self._container.add_stream("flac", rate=template.codec_context.sample_rate)
+                self._audio.layout = template.codec_context.layout
+        elif sample_rate is not None:
             self._audio = self._container.add_stream("aac", rate=sample_rate)
             self._audio.layout = "stereo"
 
@@ -76,9 +135,13 @@ class Mp4Writer:
         try:
             self._container.mux(self._video.encode(None))
             astream = self._audio
-            if (audio is None) != (astream is None):
+            if self._source is not None:
+                if audio is not None:
+                    raise ValueError("the writer carries the source audio; do not pass generated audio too")
+                self._mux_source_audio(self.frames_written / self.fps)
+            elif (audio is None) != (astream is None):
                 raise ValueError("audio must be given exactly when the writer was opened with a sample rate")
-            if astream is not None:
+            elif astream is not None:
                 sample_rate = astream.rate
                 samples = fit_audio(audio, sample_rate, self.frames_written, self.fps)
                 for start in range(0, samples.shape[1], AAC_FRAME_SAMPLES):
@@ -95,22 +158,70 @@ class Mp4Writer:
             self.abort()
         return self.path
 
+    def _mux_source_audio(self, seconds: float) -> None:
+        """The source track's `seconds` from its start offset: packets copied, or samples cut and FLAC-coded."""
+        source, container, out = self._source, self._source_container, self._audio
+        stream = container.streams.audio[0]
+        if copies_packets(source, container):
+            for packet in container.demux(stream):
+                if packet.dts is None or packet.pts is None:
+                    continue
+                if packet.pts * stream.time_base >= seconds:
+                    break
+                packet.stream = out
+                self._container.mux(packet)
+            return
+        rate = stream.codec_context.sample_rate
+        first, last = round(source.start * rate), round((source.start + seconds) * rate)
+        fmt = "s16" if stream.codec_context.format.name.startswith("s16") else "s32"  # FLAC: integer samples
+        resampler = av.AudioResampler(format=fmt, layout=stream.codec_context.layout, rate=rate)
+        position, written = 0, 0
+        for decoded in container.decode(stream):
+            if decoded.pts is not None:
+                position = round(decoded.pts * stream.time_base * rate)
+            for frame in resampler.resample(decoded):
+                samples = frame.to_ndarray()  # packed: [1, samples * channels]
+                channels = len(frame.layout.channels)
+                keep_from, keep_to = max(0, first - position), min(frame.samples, last - position)
+                position += frame.samples
+                if keep_to <= keep_from:
+                    continue
+                cut = samples[:, keep_from * channels : keep_to * channels]
+                out_frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(cut), format=fmt, layout=frame.layout.name)
+                out_frame.sample_rate, out_frame.pts, out_frame.time_base = rate, written, Fraction(1, rate)
+                written += keep_to - keep_from
+                self._container.mux(out.encode(out_frame))
+            if position >= last:
+                break
+        self._container.mux(out.encode(None))
+
     def abort(self) -> None:
         """Drop the partial file (after a failure)."""
         with contextlib.suppress(Exception):
             self._container.close()
+        if self._source_container is not None:
+            with contextlib.suppress(Exception):
+                self._source_container.close()
         self._tmp.unlink(missing_ok=True)
 
 
 def write_mp4(
-    path: Path, video: torch.Tensor, fps: float, audio: torch.Tensor | None, sample_rate: int, crf: int = 18
+    path: Path,
+    video: torch.Tensor,
+    fps: float,
+    audio: torch.Tensor | None,
+    sample_rate: int,
+    crf: int = 18,
+    source_audio: SourceAudio | None = None,
 ) -> Path:
-    """Encode `video` (uint8 [frames, height, width, 3]) and `audio` ([channels, samples]) into `path`."""
+    """Encode `video` (uint8 [frames, height, width, 3]) and `audio` ([channels, samples]) into `path`;
+    with `source_audio`, carry that track instead of `audio`."""
     _, height, width, _ = video.shape
-    writer = Mp4Writer(path, fps, width, height, sample_rate if audio is not None else None, crf)
+    rate = sample_rate if audio is not None and source_audio is None else None
+    writer = Mp4Writer(path, fps, width, height, rate, crf, source_audio)
     try:
         writer.add_frames(video)
-        return writer.close(audio)
+        return writer.close(None if source_audio is not None else audio)
     except BaseException:
         writer.abort()
         raise

@@ -14,9 +14,12 @@ import torch
 from ltx_core.loader import SingleGPUModelBuilder
 from ltx_core.model.audio_vae import (
     AUDIO_VAE_DECODER_COMFY_KEYS_FILTER,
+    AUDIO_VAE_ENCODER_COMFY_KEYS_FILTER,
     VOCODER_COMFY_KEYS_FILTER,
     AudioDecoder,
     AudioDecoderConfigurator,
+    AudioEncoder,
+    AudioEncoderConfigurator,
     Vocoder,
     VocoderConfigurator,
 )
@@ -61,6 +64,8 @@ class ResidentModels:
     """What is fused into the transformer (job LoRAs, distilled LoRA), switched per stage."""
     video_encoder: VideoEncoder
     video_decoder: VideoDecoder
+    audio_encoder: AudioEncoder
+    """Encodes a user's sound track (audio-to-video)."""
     audio_decoder: AudioDecoder
     vocoder: Vocoder
     upsampler: LatentUpsampler
@@ -135,6 +140,9 @@ def load_resident_models(
         loras=ResidentLoras(velocity_model, LoraSpec(str(paths.distilled_lora), 1.0)),
         video_encoder=from_checkpoint(VideoEncoderConfigurator, VAE_ENCODER_COMFY_KEYS_FILTER, "video VAE encoder"),
         video_decoder=from_checkpoint(VideoDecoderConfigurator, VAE_DECODER_COMFY_KEYS_FILTER, "video VAE decoder"),
+        audio_encoder=from_checkpoint(
+            AudioEncoderConfigurator, AUDIO_VAE_ENCODER_COMFY_KEYS_FILTER, "audio VAE encoder"
+        ),
         audio_decoder=from_checkpoint(
             AudioDecoderConfigurator, AUDIO_VAE_DECODER_COMFY_KEYS_FILTER, "audio VAE decoder"
         ),

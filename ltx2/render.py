@@ -32,6 +32,7 @@ from ltx_core.types import LatentState, VideoPixelShape
 from ltx_pipelines.utils.constants import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
 from ltx_pipelines.utils.helpers import (
     denoise_audio_video,
+    denoise_video_only,
     simple_denoising_func,
 )
 from ltx_pipelines.utils.samplers import euler_denoising_loop
@@ -106,6 +107,35 @@ class RenderRequest:
     keyframes (the official `combined_image_conditionings`, in both stages)."""
     loras: tuple[LoraSpec, ...] = ()
     """The job's LoRAs, fused in both stages (the distilled LoRA joins them in stage 2, as upstream)."""
+    audio: tuple[str, float] | None = None
+    """(path, start seconds) of a sound track that drives the video (the official audio-to-video recipe:
+    audio latent frozen in both stages, video-only denoising); the output carries the track itself."""
+
+
+A2V_AUDIO_GUIDANCE = Guidance(cfg=1.0, stg=0.0, modality=1.0, rescale=0.0, stg_blocks=())
+"""No audio guidance (ltx-core's `MultiModalGuiderParams()` defaults): what the official audio-to-video
+pipeline gives the frozen audio."""
+
+
+def encode_audio_track(models: ResidentModels, path: str, start: float, num_frames: int, fps: float) -> torch.Tensor:
+    """The audio latent of the track from `start` for the video's duration, as the official A2V pipeline
+    makes it (decode with PyAV, mel + audio VAE encoder, cut to the video's audio latent count)."""
+    from ltx_core.model.audio_vae import encode_audio
+    from ltx_core.types import AudioLatentShape
+    from ltx_pipelines.utils.media_io import decode_audio_from_file
+
+    seconds = num_frames / fps
+    decoded = decode_audio_from_file(path, models.device, start, seconds)
+    if decoded is None:
+        raise ValueError(f"{path}: no audio stream")
+    latent = encode_audio(decoded, models.audio_encoder)
+    frames = AudioLatentShape.from_duration(batch=1, duration=seconds, channels=8, mel_bins=16).frames
+    if latent.shape[2] < frames:
+        raise ValueError(
+            f"{path}: the track gives {latent.shape[2]} audio latents from {start:g} s, the video needs {frames}; "
+            "give a slightly longer track or a shorter job"
+        )
+    return latent[:, :, :frames]
 
 
 def image_conditionings(
@@ -132,7 +162,7 @@ class RenderOutput:
     """Decoded frames and waveform, on the CPU."""
 
     video: torch.Tensor  # uint8 [frames, height, width, 3]
-    audio: torch.Tensor  # float32 [channels, samples]
+    audio: torch.Tensor | None  # float32 [channels, samples]; None: the request's own track is the sound
     sample_rate: int
     timings: dict[str, float]
 
@@ -204,6 +234,10 @@ class Renderer:
         with timer("text_encode"):
             positive = self.prompts.get(request.prompt)
             negative = self.prompts.get(request.negative_prompt) if request.recipe == "two_stage" else None
+        track = None
+        if request.audio is not None:
+            with timer("audio_encode"):
+                track = encode_audio_track(m, *request.audio, request.num_frames, request.frame_rate)
 
         stage_1_shape = VideoPixelShape(
             batch=1,
@@ -223,7 +257,7 @@ class Renderer:
                 (negative.video_encoding, negative.audio_encoding) if negative is not None else None,
                 request.loras,
             )
-            video_state, audio_state = denoise_audio_video(
+            stage_1 = dict(
                 output_shape=stage_1_shape,
                 conditionings=image_conditionings(m, request.images, stage_1_shape.height, stage_1_shape.width),
                 noiser=noiser,
@@ -234,6 +268,10 @@ class Renderer:
                 dtype=m.dtype,
                 device=m.device,
             )
+            if track is None:
+                video_state, audio_state = denoise_audio_video(**stage_1)
+            else:  # audio-to-video: the track's latent stays as it is, only the video is denoised
+                video_state = denoise_video_only(**stage_1, initial_audio_latent=track)
 
         with timer("upsample"):
             upscaled = upsample_video(
@@ -246,7 +284,7 @@ class Renderer:
         with timer("stage_2"):
             m.loras.use(request.loras, distilled=True)
             sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=m.device)
-            video_state, audio_state = denoise_audio_video(
+            stage_2 = dict(
                 output_shape=stage_2_shape,
                 conditionings=image_conditionings(m, request.images, stage_2_shape.height, stage_2_shape.width),
                 noiser=noiser,
@@ -262,21 +300,22 @@ class Renderer:
                 device=m.device,
                 noise_scale=sigmas[0],
                 initial_video_latent=upscaled,
-                initial_audio_latent=audio_state.latent,
             )
+            if track is None:
+                video_state, audio_state = denoise_audio_video(**stage_2, initial_audio_latent=audio_state.latent)
+            else:
+                video_state = denoise_video_only(**stage_2, initial_audio_latent=track)
 
         with timer("decode"):
             frames = torch.cat(list(vae_decode_video(video_state.latent, m.video_decoder, None, generator)), dim=0)
-        with timer("audio"):
-            audio = vae_decode_audio(audio_state.latent, m.audio_decoder, m.vocoder)
         _check_finite(frames.float(), "decoded video")
-        _check_finite(audio.waveform, "decoded audio")
-        return RenderOutput(
-            video=frames.cpu(),
-            audio=audio.waveform.float().cpu(),
-            sample_rate=int(audio.sampling_rate),
-            timings=timer.timings,
-        )
+        waveform, sample_rate = None, 0
+        if track is None:
+            with timer("audio"):
+                audio = vae_decode_audio(audio_state.latent, m.audio_decoder, m.vocoder)
+            _check_finite(audio.waveform, "decoded audio")
+            waveform, sample_rate = audio.waveform.float().cpu(), int(audio.sampling_rate)
+        return RenderOutput(video=frames.cpu(), audio=waveform, sample_rate=sample_rate, timings=timer.timings)
 
 
 def stage_1_denoiser(

@@ -28,7 +28,7 @@ from ltx_pipelines.utils.types import PipelineComponents
 
 from ltx2.lora import LoraSpec
 from ltx2.models import ResidentModels
-from ltx2.render import Guidance, StepCallback, _loop, image_conditionings, stage_1_denoiser
+from ltx2.render import Guidance, StepCallback, _loop, encode_audio_track, image_conditionings, stage_1_denoiser
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,12 @@ class AudioConditionByLatentIndex:
         return state
 
 
+@torch.inference_mode()
+def encode_track(models: ResidentModels, path: str, start: float, num_frames: int, fps: float) -> torch.Tensor:
+    """The whole job's sound-track latent (CPU), for audio-to-video chunks to take their spans from."""
+    return encode_audio_track(models, path, start, num_frames, fps).cpu()
+
+
 def encode_prompt(models: ResidentModels, text: str) -> Contexts:
     with torch.inference_mode():
         hidden, mask = models.text_encoder.encode(text)
@@ -105,8 +111,12 @@ def stage1_chunk(
     tail_video: torch.Tensor | None = None,
     tail_audio: torch.Tensor | None = None,
     on_step: StepCallback | None = None,
+    track: torch.Tensor | None = None,
 ) -> ChunkResult:
-    """Denoise one chunk from pure noise; its first latents are the previous chunk's tail (both modalities)."""
+    """Denoise one chunk from pure noise; its first latents are the previous chunk's tail (both modalities).
+
+    With `track` (audio-to-video: this chunk's span of the encoded sound track) the audio is frozen to it
+    instead of generated, and only the video is denoised."""
     m, dev = models, models.device
     generator = torch.Generator(device=dev).manual_seed(request.seed)
     noiser = GaussianNoiser(generator=generator)
@@ -115,7 +125,9 @@ def stage1_chunk(
     audio_cond = []
     if tail_video is not None:
         video_cond.append(VideoConditionByLatentIndex(tail_video.to(dev, m.dtype), request.tail_strength, 0))
-    if tail_audio is not None:
+    if track is not None:
+        audio_cond.append(AudioConditionByLatentIndex(track.to(dev, m.dtype), strength=1.0, latent_idx=0))
+    elif tail_audio is not None:
         audio_cond.append(AudioConditionByLatentIndex(tail_audio.to(dev, m.dtype), request.tail_strength, 0))
     video_cond += image_conditionings(m, request.images, request.height, request.width)
     sigmas, denoise_fn = stage_1_denoiser(
