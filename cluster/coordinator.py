@@ -22,7 +22,7 @@ import torch
 
 from cluster.executor import WorkerPool
 from cluster.metrics import FarmMetrics
-from cluster.worker import content_hashes, job_audio, job_guidance, job_images, job_loras
+from cluster.worker import content_hashes, job_audio, job_control, job_guidance, job_images, job_loras
 from jobs.outputs import output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
 from ltx2 import stages
@@ -247,6 +247,8 @@ class Coordinator:
                     )
                 ),
                 loras=job_loras(plan.job),
+                first_frame=chunk.first_frame,
+                **job_control(plan.job),
             )
             negative = run.done[f"encode:{len(plan.prompts) - 1}"] if spec.recipe == "two_stage" else None
             return {

@@ -85,6 +85,7 @@ def render_request(job: ValidJob, num_layers: int) -> RenderRequest:
         images=job_images(job),
         loras=job_loras(job),
         audio=(spec.audio.path, spec.audio.start) if spec.audio is not None else None,
+        **job_control(job),
     )
 
 
@@ -107,6 +108,21 @@ def content_hashes(job: ValidJob, frames_sha256: str, waveform: torch.Tensor | N
     elif job.spec.audio is not None:
         content["audio_source"] = str(job.spec.audio.sha256)
     return content
+
+
+def job_control(job: ValidJob) -> dict[str, Any]:
+    """The IC-LoRA control of a job as request fields: `control` (reference, downscale, strength) and
+    `control_lora`; empty for a job without one."""
+    control = job.spec.control
+    if control is None:
+        return {}
+    from ltx2.control import reference_downscale_factor
+
+    reference = control.reference or control.path
+    return {
+        "control": (reference, reference_downscale_factor(control.lora), control.strength),
+        "control_lora": LoraSpec(control.lora, control.lora_strength),
+    }
 
 
 def job_loras(job: ValidJob) -> tuple[LoraSpec, ...]:
@@ -227,7 +243,8 @@ class RenderWorker:
 
     def _render(self, job: ValidJob, out_dir: str) -> dict[str, Any]:
         validate_for_model(job, self.models.num_layers, heads=self.models.num_heads)
-        self.models.loras.check(job_loras(job))  # a LoRA for another model fails here, before compute
+        control_lora = job_control(job).get("control_lora")
+        self.models.loras.check(job_loras(job) + ((control_lora,) if control_lora else ()))  # before compute
         paths = output_paths(job, Path(out_dir))
         with self._lock:
             self._progress = {"stage": "starting", "step": 0, "total": 0, "job": paths.video.name}

@@ -92,6 +92,70 @@ def _check_audio_length(job: ValidJob, path: Path) -> FieldProblem | None:
     return None
 
 
+def _check_video(path: Path) -> str | None:
+    """Why the file holds no decodable video, or None."""
+    from ltx2.control import video_frame_count
+
+    try:
+        video_frame_count(str(path))
+    except Exception as e:  # PyAV's errors, or no video stream
+        return f"is not a readable video ({type(e).__name__}: {e}); give an MP4/MOV/MKV/WebM file"
+    return None
+
+
+def control_cache_dir() -> Path:
+    """Where derived control passes (canny maps) are cached: LTX2_FARM_CONTROL_DIR, else the farm's cache."""
+    from ltx2.tiny import default_cache_dir
+
+    return Path(os.environ.get("LTX2_FARM_CONTROL_DIR") or default_cache_dir() / "controls")
+
+
+def _resolve_control(job: ValidJob, roots: Sequence[Path], base: Path | None) -> Any:
+    """The control input with files pinned and its reference video made (canny) or found, or the problems."""
+    from ltx2.control import canny_pass, reference_downscale_factor, video_frame_count
+
+    control = job.spec.control
+    problems: list[FieldProblem] = []
+    source = _resolve_file("control.path", control.path, roots, base, _check_video)
+    lora = _resolve_file("control.lora", control.lora, roots, base, _check_lora)
+    problems += [p for p in (source, lora) if isinstance(p, FieldProblem)]
+    if problems:
+        return problems
+    frames = video_frame_count(str(source[0]))
+    if frames < job.num_frames:
+        return [
+            FieldProblem(
+                "control.path",
+                control.path,
+                f"has {frames} frames; the job renders {job.num_frames}: give a longer control video or a shorter job",
+            )
+        ]
+    factor = reference_downscale_factor(str(lora[0]))
+    half = (job.spec.height // 2, job.spec.width // 2)
+    if any(side % factor for side in half):
+        return [
+            FieldProblem(
+                "control.lora",
+                control.lora,
+                f"was trained with references 1/{factor} of the target size; stage 1 renders {half[1]}x{half[0]}, "
+                f"which {factor} does not divide: pick a size whose half is a multiple of {factor * 32}",
+            )
+        ]
+    reference = source[0]
+    if control.kind == "canny":
+        name = f"canny-{source[1][:20]}-{control.canny_low}-{control.canny_high}.mkv"
+        reference = canny_pass(str(source[0]), control_cache_dir() / name, control.canny_low, control.canny_high)
+    return control.model_copy(
+        update={
+            "path": str(source[0]),
+            "sha256": source[1],
+            "lora": str(lora[0]),
+            "lora_sha256": lora[1],
+            "reference": str(reference),
+        }
+    )
+
+
 def _resolve_file(
     field: str, raw: str, roots: Sequence[Path], base: Path | None, check: Callable[[Path], str | None]
 ) -> tuple[Path, str] | FieldProblem:
@@ -123,10 +187,10 @@ def file_sha256(path: Path) -> str:
 
 
 def resolve_inputs(job: ValidJob, roots: Sequence[Path], base: Path | None = None, source: str = "job") -> ValidJob:
-    """The job with each input path (images, LoRAs, audio) made absolute and its SHA-256 recorded; every problem
-    reported at once."""
+    """The job with each input path (images, LoRAs, audio, control) made absolute and its SHA-256 recorded;
+    every problem reported at once."""
     spec = job.spec
-    if not spec.images and not spec.loras and spec.audio is None:
+    if not spec.images and not spec.loras and spec.audio is None and spec.control is None:
         return job
     problems: list[FieldProblem] = []
     updates: dict[str, Any] = {"images": [], "loras": []}
@@ -144,6 +208,12 @@ def resolve_inputs(job: ValidJob, roots: Sequence[Path], base: Path | None = Non
         else:
             problems += [p for p in [_check_audio_length(job, found[0])] if p]
             updates["audio"] = spec.audio.model_copy(update={"path": str(found[0]), "sha256": found[1]})
+    if spec.control is not None:
+        control = _resolve_control(job, roots, base)
+        if isinstance(control, list):
+            problems += control
+        else:
+            updates["control"] = control
     if problems:
         raise JobValidationError(problems, source)
     return ValidJob(spec=spec.model_copy(update=updates), num_frames=job.num_frames, adjustments=job.adjustments)

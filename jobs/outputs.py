@@ -16,9 +16,11 @@ SIDECAR_SCHEMA = "ltx2-farm/render-sidecar/v1"
 def job_content_hash(job: ValidJob) -> str:
     """SHA-256 of the resolved job: the same request always maps to the same output name.
 
-    Placement is left out: it says how the job runs, not what it renders (the gang modes are exact).
+    Placement is left out: it says how the job runs, not what it renders (the gang modes are exact); so is
+    where a derived control pass was cached (its source, thresholds and digests are in).
     """
-    payload = {"spec": job.spec.model_dump(mode="json", exclude={"name", "placement"}), "num_frames": job.num_frames}
+    exclude: dict = {"name": True, "placement": True, "control": {"reference"}}
+    payload = {"spec": job.spec.model_dump(mode="json", exclude=exclude), "num_frames": job.num_frames}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -60,6 +60,24 @@ class AudioInput(BaseModel):
     sha256: str | None = Field(None, description="filled by the farm: the file's digest, part of the job's identity")
 
 
+class ControlInput(BaseModel):
+    """An IC-LoRA control pass the video follows: edges (canny, computed by the farm from a source video),
+    or a depth or pose pass the user supplies, with the IC-LoRA trained for it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["canny", "depth", "pose"] = Field(description="canny: `path` is a source video to trace")
+    path: str = Field(description="canny: the source video; depth/pose: the pass itself, as a video")
+    lora: str = Field(description="the IC-LoRA file for this kind of control (.safetensors)")
+    lora_strength: float = Field(1.0, description="scale of the IC-LoRA's delta")
+    strength: float = Field(1.0, description="0..1; 1 keeps the reference clean (the official default)")
+    canny_low: int = Field(100, description="canny: lower hysteresis threshold (OpenCV)")
+    canny_high: int = Field(200, description="canny: upper hysteresis threshold (OpenCV)")
+    sha256: str | None = Field(None, description="filled by the farm: the source file's digest")
+    lora_sha256: str | None = Field(None, description="filled by the farm: the IC-LoRA's digest")
+    reference: str | None = Field(None, description="filled by the farm: the video the model sees (canny: derived)")
+
+
 MAX_LORAS = 8
 MAX_LORA_STRENGTH = 2.0
 
@@ -112,6 +130,9 @@ class JobSpec(BaseModel):
         default_factory=list,
         description="LoRAs fused into the model in both stages: [{path, strength: 1.0}, ...]; jobs with the same "
         "set share workers that already hold it",
+    )
+    control: ControlInput | None = Field(
+        None, description="an IC-LoRA control pass: {kind: canny|depth|pose, path, lora}; stage 1 follows it"
     )
     audio: AudioInput | None = Field(
         None, description="a sound track to animate: {path, start: 0.0}; the video follows it, the output keeps it"
@@ -351,6 +372,30 @@ def validate_job(raw: dict[str, Any] | JobSpec, snap: bool = False, source: str 
             problems.append(FieldProblem("audio.path", spec.audio.path, "is empty or holds a NUL character"))
         if not math.isfinite(spec.audio.start) or not 0 <= spec.audio.start <= 86400:
             problems.append(FieldProblem("audio.start", spec.audio.start, "must be a number of seconds ≥ 0"))
+    if spec.control is not None:
+        control = spec.control
+        for field in ("path", "lora"):
+            value = getattr(control, field)
+            if not value.strip() or "\x00" in value:
+                problems.append(FieldProblem(f"control.{field}", value, "is empty or holds a NUL character"))
+        if not math.isfinite(control.strength) or not 0.0 <= control.strength <= 1.0:
+            problems.append(FieldProblem("control.strength", control.strength, "must be in [0, 1]"))
+        if not math.isfinite(control.lora_strength) or not 0 < abs(control.lora_strength) <= MAX_LORA_STRENGTH:
+            problems.append(
+                FieldProblem(
+                    "control.lora_strength",
+                    control.lora_strength,
+                    f"must be in [-{MAX_LORA_STRENGTH:g}, {MAX_LORA_STRENGTH:g}] and not 0",
+                )
+            )
+        if not 0 <= control.canny_low < control.canny_high <= 1000:
+            problems.append(
+                FieldProblem(
+                    "control.canny_low",
+                    [control.canny_low, control.canny_high],
+                    "thresholds must satisfy 0 ≤ canny_low < canny_high ≤ 1000 (OpenCV's usual: 100, 200)",
+                )
+            )
     lora_paths = [lora.path for lora in spec.loras]
     if len(set(lora_paths)) != len(lora_paths):
         problems.append(FieldProblem("loras", lora_paths, "lists the same file twice; give each LoRA once"))

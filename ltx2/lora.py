@@ -121,10 +121,12 @@ class LoraFusion:
 
 @dataclass(frozen=True)
 class LoraState:
-    """What is fused into a resident transformer: the job's LoRAs, in order, and whether the distilled one."""
+    """What is fused into a resident transformer: the job's LoRAs, in order, a stage's own LoRAs (an IC-LoRA
+    in stage 1), and whether the distilled one."""
 
     loras: tuple[LoraSpec, ...] = ()
     distilled: bool = False
+    stage: tuple[LoraSpec, ...] = ()
 
 
 @dataclass
@@ -166,9 +168,10 @@ class ResidentLoras:
         """Load (and cache) each file and check it fits this model, without fusing: errors before compute."""
         LoraFusion(self.model, list(loras), loader=self._load)
 
-    def use(self, loras: Sequence[LoraSpec] = (), distilled: bool = False) -> None:
-        """Make the fused state exactly `loras` (+ the distilled LoRA last, as the official stage-2 ledger)."""
-        wanted = LoraState(tuple(loras), distilled)
+    def use(self, loras: Sequence[LoraSpec] = (), distilled: bool = False, stage: Sequence[LoraSpec] = ()) -> None:
+        """Make the fused state exactly `loras` + `stage` (+ the distilled LoRA last, as the official stage-2
+        ledger). Only a change of `loras`, the job's set, counts as a set change."""
+        wanted = LoraState(tuple(loras), distilled, tuple(stage))
         if wanted == self._state:
             return
         if wanted.loras != self._state.loras:
@@ -177,7 +180,7 @@ class ResidentLoras:
             self._fusion.unfuse()
             self._fusion = None
         self._state = LoraState()
-        specs = list(wanted.loras) + ([self.distilled_lora] if distilled else [])
+        specs = [*wanted.loras, *wanted.stage] + ([self.distilled_lora] if distilled else [])
         if specs:
             fusion = LoraFusion(self.model, specs, loader=self._load)
             fusion.fuse()

@@ -107,6 +107,10 @@ class RenderRequest:
     keyframes (the official `combined_image_conditionings`, in both stages)."""
     loras: tuple[LoraSpec, ...] = ()
     """The job's LoRAs, fused in both stages (the distilled LoRA joins them in stage 2, as upstream)."""
+    control: tuple[str, int, float] | None = None
+    """(reference video, reference downscale factor, strength) of an IC-LoRA control pass: appended to stage 1
+    (the official IC-LoRA recipe) with `control_lora` fused; stage 2 refines without either."""
+    control_lora: LoraSpec | None = None
     audio: tuple[str, float] | None = None
     """(path, start seconds) of a sound track that drives the video (the official audio-to-video recipe:
     audio latent frozen in both stages, video-only denoising); the output carries the track itself."""
@@ -256,10 +260,18 @@ class Renderer:
                 (positive.video_encoding, positive.audio_encoding),
                 (negative.video_encoding, negative.audio_encoding) if negative is not None else None,
                 request.loras,
+                (request.control_lora,) if request.control_lora is not None else (),
             )
+            conditionings = image_conditionings(m, request.images, stage_1_shape.height, stage_1_shape.width)
+            if request.control is not None:
+                from ltx2.control import reference_conditioning
+
+                conditionings += reference_conditioning(
+                    m, request.control, 0, request.num_frames, stage_1_shape.height, stage_1_shape.width
+                )
             stage_1 = dict(
                 output_shape=stage_1_shape,
-                conditionings=image_conditionings(m, request.images, stage_1_shape.height, stage_1_shape.width),
+                conditionings=conditionings,
                 noiser=noiser,
                 sigmas=sigmas,
                 stepper=stepper,
@@ -327,17 +339,18 @@ def stage_1_denoiser(
     positive: tuple[torch.Tensor, torch.Tensor],
     negative: tuple[torch.Tensor, torch.Tensor] | None,
     loras: tuple[LoraSpec, ...] = (),
+    stage_loras: tuple[LoraSpec, ...] = (),
 ) -> tuple[torch.Tensor, DenoisingFunc]:
     """Stage 1's sigmas and denoising function for a recipe (and the matching LoRA state).
 
     `two_stage`: the LTX-2 schedule with the official multimodal guider per modality, only the job's LoRAs
     fused; the guided passes run as `models.pass_runner` says (one by one by default, as upstream).
     `distilled`: the distilled sigmas, no guidance, the job's LoRAs and the distilled LoRA fused. Contexts
-    are (video, audio).
+    are (video, audio). `stage_loras` (an IC-LoRA) are fused for this stage only.
     """
     m = models
     if recipe == "two_stage":
-        m.loras.use(loras, distilled=False)
+        m.loras.use(loras, distilled=False, stage=stage_loras)
         sigmas = LTX2Scheduler().execute(steps=steps).to(dtype=torch.float32, device=m.device)
         return sigmas, guided_denoising_func(
             video_guider_factory=create_multimodal_guider_factory(
@@ -351,7 +364,7 @@ def stage_1_denoiser(
             transformer=m.transformer,
             run_passes=m.pass_runner,
         )
-    m.loras.use(loras, distilled=True)
+    m.loras.use(loras, distilled=True, stage=stage_loras)
     sigmas = torch.tensor(DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=m.device)
     return sigmas, simple_denoising_func(positive[0], positive[1], m.transformer)
 

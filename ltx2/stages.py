@@ -56,6 +56,11 @@ class ChunkRequest:
     images: tuple[tuple[str, int, float], ...] = ()
     """Conditioning images of this chunk (path, frame within the chunk, strength)."""
     loras: tuple[LoraSpec, ...] = ()
+    control: tuple[str, int, float] | None = None
+    """IC-LoRA reference (path, downscale factor, strength); the chunk takes its own frames of it."""
+    control_lora: LoraSpec | None = None
+    first_frame: int = 0
+    """The chunk's first frame in the job (where its span of the reference starts)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,12 @@ def stage1_chunk(
     elif tail_audio is not None:
         audio_cond.append(AudioConditionByLatentIndex(tail_audio.to(dev, m.dtype), request.tail_strength, 0))
     video_cond += image_conditionings(m, request.images, request.height, request.width)
+    if request.control is not None:
+        from ltx2.control import reference_conditioning
+
+        video_cond += reference_conditioning(
+            m, request.control, request.first_frame, request.frames, request.height, request.width
+        )
     sigmas, denoise_fn = stage_1_denoiser(
         m,
         request.recipe,
@@ -139,6 +150,7 @@ def stage1_chunk(
         (positive.video.to(dev), positive.audio.to(dev)),
         (negative.video.to(dev), negative.audio.to(dev)) if negative is not None else None,
         request.loras,
+        (request.control_lora,) if request.control_lora is not None else (),
     )
     comps = _components(m)
     video_state, video_tools = noise_video_state(shape, noiser, video_cond, comps, m.dtype, dev)

@@ -440,10 +440,17 @@ def _write_lora(
 
 
 def write_tiny_lora(
-    path: Path, checkpoint: Path, seed: int = 1, rank: int = 4, targets: str = "attn", scale: float = 0.2
+    path: Path,
+    checkpoint: Path,
+    seed: int = 1,
+    rank: int = 4,
+    targets: str = "attn",
+    scale: float = 0.2,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
-    """A style-LoRA stand-in for the tiny model: rank `rank` on the block weights whose names contain
-    `targets` (e.g. 'attn' or 'ff'), shapes read from `checkpoint`'s header (no weights loaded)."""
+    """A style-LoRA (or IC-LoRA, with its `reference_downscale_factor` metadata) stand-in for the tiny model:
+    rank `rank` on the block weights whose names contain `targets` (e.g. 'attn' or 'ff'), shapes read from
+    `checkpoint`'s header (no weights loaded)."""
     from ltx2.checkpoint import read_safetensors_header
 
     prefix = "model.diffusion_model."
@@ -452,7 +459,8 @@ def write_tiny_lora(
         for name, entry in read_safetensors_header(checkpoint).items()
         if name.startswith(prefix) and isinstance(entry, dict) and "shape" in entry
     }
-    _write_lora(Path(path), shapes, rank, torch.Generator().manual_seed(seed), lambda n: targets in n, scale)
+    generator = torch.Generator().manual_seed(seed)
+    _write_lora(Path(path), shapes, rank, generator, lambda n: targets in n, scale, metadata)
     return Path(path)
 
 

@@ -1,0 +1,154 @@
+"""IC-LoRA control on the tiny model: canny passes made by the farm (OpenCV), depth/pose passes given,
+the reference appended to stage 1 with the IC-LoRA fused (the official recipe), chunked in step."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cluster.cli import main
+from ltx2 import stages
+from ltx2.control import canny_pass, load_reference
+from ltx2.render import default_audio_guidance, default_video_guidance
+from ltx2.tiny import write_tiny_lora
+from tests.conftest import SMALL_JOB
+from tests.test_cli import run
+
+
+def write_clip(path, frames: int, height: int = 128, width: int = 192) -> None:
+    """A real H.264 clip: a bright square moving over a gradient."""
+    y, x = np.mgrid[0:height, 0:width]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(24))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            rgb = np.stack([x * 255 // width, y * 255 // height, np.full_like(x, 60)], axis=-1).astype(np.uint8)
+            left = 10 + 4 * i
+            rgb[40:90, left : left + 50] = 240
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+@pytest.fixture
+def inputs(tmp_path, tiny_set):
+    write_clip(tmp_path / "source.mp4", 40)
+    write_clip(tmp_path / "short.mp4", 9)
+    write_tiny_lora(tmp_path / "ic-canny.safetensors", tiny_set.checkpoint, seed=5, targets="attn1")
+    write_tiny_lora(
+        tmp_path / "ic-half.safetensors",
+        tiny_set.checkpoint,
+        seed=6,
+        targets="attn1",
+        metadata={"reference_downscale_factor": "3"},
+    )
+    return tmp_path
+
+
+def _job(tmp_path, **fields):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({**SMALL_JOB, "recipe": "distilled", **fields}))
+    return path
+
+
+def test_canny_pass_is_opencv_canny_of_every_frame(tmp_path):
+    write_clip(tmp_path / "source.mp4", 12)
+    out = canny_pass(str(tmp_path / "source.mp4"), tmp_path / "edges.mkv", 100, 200)
+    with av.open(str(tmp_path / "source.mp4")) as src, av.open(str(out)) as edges:
+        pairs = list(zip(src.decode(video=0), edges.decode(video=0), strict=True))
+    assert len(pairs) == 12
+    for original, edge in pairs:
+        expected = cv2.Canny(cv2.cvtColor(original.to_ndarray(format="rgb24"), cv2.COLOR_RGB2GRAY), 100, 200)
+        got = edge.to_ndarray(format="rgb24")
+        assert np.array_equal(got[:, :, 0], expected) and np.array_equal(got[:, :, 2], expected)  # lossless
+    assert expected.any()  # the moving square has edges
+
+
+def test_a_chunk_takes_its_own_span_of_the_reference(tmp_path):
+    write_clip(tmp_path / "source.mp4", 40)
+    full = load_reference(str(tmp_path / "source.mp4"), 0, 33, 64, 96, torch.float32, torch.device("cpu"))
+    span = load_reference(str(tmp_path / "source.mp4"), 16, 17, 64, 96, torch.float32, torch.device("cpu"))
+    assert torch.equal(span, full[:, :, 16:33])
+
+
+def _request(control=None, lora=None):
+    return stages.ChunkRequest(
+        frames=17,
+        height=64,
+        width=96,
+        fps=24.0,
+        seed=3,
+        recipe="distilled",
+        steps=2,
+        video_guidance=default_video_guidance(2),
+        audio_guidance=default_audio_guidance(2),
+        control=control,
+        control_lora=lora,
+    )
+
+
+def test_stage1_follows_the_reference_with_the_ic_lora_fused(resident, inputs):
+    from ltx2.lora import LoraSpec
+
+    lora = LoraSpec(str(inputs / "ic-canny.safetensors"))
+    positive = stages.encode_prompt(resident, "a square slides right")
+    plain = stages.stage1_chunk(resident, _request(), positive, None)
+    followed = stages.stage1_chunk(resident, _request((str(inputs / "source.mp4"), 1, 1.0), lora), positive, None)
+    assert resident.loras.state.stage == (lora,) and resident.loras.state.distilled
+    assert followed.video.shape == plain.video.shape  # the reference tokens are appended, then stripped
+    assert not torch.equal(followed.video, plain.video)
+    resident.loras.use(distilled=True)  # what stage 2 uses: the IC-LoRA is gone, the job set unchanged
+    assert resident.loras.state.stage == ()
+
+
+@pytest.mark.parametrize(
+    ("control", "words"),
+    [
+        ({"kind": "canny", "path": "short.mp4", "lora": "ic-canny.safetensors"}, "has 9 frames"),
+        ({"kind": "depth", "path": "job.yaml", "lora": "ic-canny.safetensors"}, "not a readable video"),
+        ({"kind": "pose", "path": "source.mp4", "lora": "source.mp4"}, "not a readable safetensors file"),
+        ({"kind": "canny", "path": "source.mp4", "lora": "ic-half.safetensors"}, "1/3 of the target size"),
+        ({"kind": "canny", "path": "source.mp4", "lora": "ic-canny.safetensors", "canny_low": 300}, "canny_low"),
+        ({"kind": "canny", "path": "source.mp4", "lora": "ic-canny.safetensors", "strength": 3}, "control.strength"),
+        ({"kind": "normals", "path": "source.mp4", "lora": "ic-canny.safetensors"}, "control.kind"),
+    ],
+    ids=["too short", "not a video", "IC-LoRA not a LoRA", "downscale", "thresholds", "strength", "unknown kind"],
+)
+def test_bad_controls_are_refused_before_compute(inputs, capsys, control, words):
+    path = _job(inputs, control=control)
+    assert main(["validate", str(path)]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_control_renders_whole_and_chunked(inputs):
+    """Canny (made by the farm) in a one-piece job; a user's depth pass through three temporal chunks."""
+    job = _job(inputs, name="edges", control={"kind": "canny", "path": "source.mp4", "lora": "ic-canny.safetensors"})
+    result = run("render", str(job), "--out", str(inputs / "out"), "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    control = doc["job"]["control"]
+    assert control["reference"].endswith(".mkv") and len(control["sha256"]) == 64 and control["lora_sha256"]
+    write_clip(inputs / "depth.mp4", 100)
+    chunked = _job(
+        inputs,
+        name="depth-long",
+        num_frames=None,
+        duration=4,
+        chunk_seconds=2,
+        chunk_overlap=0.5,
+        decode_tile_frames=32,
+        control={"kind": "depth", "path": "depth.mp4", "lora": "ic-canny.safetensors", "strength": 0.9},
+    )
+    result = run("render", str(chunked), "--workers", "2", "--out", str(inputs / "out"), "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert len(doc["plan"]["chunks"]) == 3 and doc["media"]["frames"] == 97
+    assert doc["job"]["control"]["reference"] == doc["job"]["control"]["path"]  # a given pass is used as is
