@@ -22,6 +22,7 @@ import torch
 
 from cluster.executor import WorkerPool
 from cluster.metrics import FarmMetrics
+from cluster.storage import localize
 from cluster.worker import content_hashes, job_audio, job_control, job_guidance, job_images, job_loras
 from jobs.outputs import output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
@@ -365,7 +366,7 @@ class Coordinator:
             spec.width,
             spec.height,
             sample_rate=None if spec.audio is not None else 24000,
-            source_audio=job_audio(plan.job),
+            source_audio=localize(job_audio(plan.job)),
         )
         run.running.add(task.id)
 

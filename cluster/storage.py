@@ -10,6 +10,7 @@ from boto3's standard chain and never appear in messages.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -74,6 +76,109 @@ def _retryable(error: Exception) -> bool:
     return isinstance(error, BotoCoreError | ConnectionError | OSError)
 
 
+def s3_client(options: StorageOptions) -> Any:
+    """A boto3 S3 client for the options (credentials from boto3's standard chain)."""
+    session = boto3.session.Session(profile_name=options.profile)
+    return session.client(
+        "s3",
+        endpoint_url=options.endpoint_url,
+        region_name=options.region,
+        config=Config(
+            s3={"addressing_style": options.addressing_style},
+            retries={"mode": "standard", "max_attempts": 3},
+            signature_version="s3v4",
+            connect_timeout=5,
+            read_timeout=60,
+            # S3-compatible servers differ in the newer flexible checksums; we verify ETags instead.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
+class InputFetchError(RuntimeError):
+    """An s3:// input that could not be fetched, or whose content is not the one the job pinned."""
+
+
+def input_cache_dir() -> Path:
+    """Where s3:// inputs are kept on this node: LTX2_FARM_INPUT_CACHE, else the farm's cache folder."""
+    from ltx2.tiny import default_cache_dir
+
+    return Path(os.environ.get("LTX2_FARM_INPUT_CACHE") or default_cache_dir() / "inputs")
+
+
+def fetch_input(url: str, sha256: str | None = None, options: StorageOptions | None = None) -> tuple[Path, str]:
+    """(local path, SHA-256) of an s3:// object, downloaded once per node into the input cache.
+
+    With `sha256` the cached copy is reused when it has that content, and a download with other content
+    (the object changed after the job was validated) is refused rather than rendered.
+    """
+    from jobs.keys import parse_destination
+
+    options = options or StorageOptions(endpoint_url=os.environ.get("AWS_ENDPOINT_URL"), addressing_style="path")
+    where = parse_destination(url)
+    name = Path(where.prefix).name or "object"
+    target = input_cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:20] / name
+    if sha256 is not None and target.is_file() and _file_sha256(target) == sha256:
+        return target, sha256
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{name}.partial-{os.getpid()}")
+    try:
+        s3_client(options).download_file(where.bucket, where.prefix, str(tmp))
+    except ClientError as error:
+        tmp.unlink(missing_ok=True)
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        why = "no such object" if status == 404 else f"{type(error).__name__}: {_redact(error)}"
+        raise InputFetchError(f"{url}: {why}") from None
+    except (BotoCoreError, OSError) as error:
+        tmp.unlink(missing_ok=True)
+        raise InputFetchError(f"{url}: {type(error).__name__}: {_redact(error)}") from None
+    digest = _file_sha256(tmp)
+    if sha256 is not None and digest != sha256:
+        tmp.unlink(missing_ok=True)
+        raise InputFetchError(
+            f"{url} changed since the job was validated (SHA-256 {digest[:12]}…, pinned {sha256[:12]}…)"
+        )
+    os.replace(tmp, target)
+    return target, digest
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+PINNED = "#sha256="
+
+
+def input_ref(path: str, sha256: str | None) -> str:
+    """How a job input travels to a worker: a local path as is, an s3:// URL with its pinned digest."""
+    return f"{path}{PINNED}{sha256}" if path.startswith("s3://") and sha256 else path
+
+
+def localize(value: Any) -> Any:
+    """`value` (request dataclasses, tuples, dicts, strings) with every pinned s3:// reference replaced by
+    the path of this node's verified copy: workers fetch their own inputs."""
+    if isinstance(value, str):
+        if value.startswith("s3://") and PINNED in value:
+            url, _, digest = value.partition(PINNED)
+            return str(fetch_input(url, digest)[0])
+        return value
+    if isinstance(value, tuple):
+        return tuple(localize(v) for v in value)
+    if isinstance(value, list):
+        return [localize(v) for v in value]
+    if isinstance(value, dict):
+        return {k: localize(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: localize(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        return dataclasses.replace(value, **changes)
+    return value
+
+
 class Uploader:
     """Puts a render's files at a destination and confirms each one."""
 
@@ -86,24 +191,7 @@ class Uploader:
         self.destination = destination
         self.options = options or StorageOptions()
         self._sleep = sleep
-        self._client = None
-        if destination.scheme == "s3":
-            session = boto3.session.Session(profile_name=self.options.profile)
-            self._client = session.client(
-                "s3",
-                endpoint_url=self.options.endpoint_url,
-                region_name=self.options.region,
-                config=Config(
-                    s3={"addressing_style": self.options.addressing_style},
-                    retries={"mode": "standard", "max_attempts": 3},
-                    signature_version="s3v4",
-                    connect_timeout=5,
-                    read_timeout=60,
-                    # S3-compatible servers differ in the newer flexible checksums; we verify ETags instead.
-                    request_checksum_calculation="when_required",
-                    response_checksum_validation="when_required",
-                ),
-            )
+        self._client = s3_client(self.options) if destination.scheme == "s3" else None
         self._transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK)
 
     def upload(self, files: list[tuple[Path, str, str]]) -> list[UploadedObject]:

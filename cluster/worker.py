@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from cluster.metrics import KIND_TO_STAGE, WorkerMetrics, worker_labels
+from cluster.storage import input_ref, localize
 from jobs.outputs import output_paths, sidecar_document
 from jobs.plan import describe_task
 from jobs.spec import OFFICIAL_NEGATIVE_PROMPT, GuidanceSpec, ValidJob, validate_for_model
@@ -84,19 +85,19 @@ def render_request(job: ValidJob, num_layers: int) -> RenderRequest:
         audio_guidance=job_guidance(job, num_layers)[1],
         images=job_images(job),
         loras=job_loras(job),
-        audio=(spec.audio.path, spec.audio.start) if spec.audio is not None else None,
+        audio=(input_ref(spec.audio.path, spec.audio.sha256), spec.audio.start) if spec.audio is not None else None,
         **job_control(job),
     )
 
 
 def job_images(job: ValidJob) -> tuple[tuple[str, int, float], ...]:
-    return tuple((image.path, image.frame, image.strength) for image in job.spec.images)
+    return tuple((input_ref(image.path, image.sha256), image.frame, image.strength) for image in job.spec.images)
 
 
 def job_audio(job: ValidJob) -> SourceAudio | None:
     """The track an audio-to-video job carries into its output."""
     audio = job.spec.audio
-    return SourceAudio(audio.path, audio.start) if audio is not None else None
+    return SourceAudio(input_ref(audio.path, audio.sha256), audio.start) if audio is not None else None
 
 
 def content_hashes(job: ValidJob, frames_sha256: str, waveform: torch.Tensor | None) -> dict[str, str]:
@@ -119,14 +120,15 @@ def job_control(job: ValidJob) -> dict[str, Any]:
     from ltx2.control import reference_downscale_factor
 
     reference = control.reference or control.path
+    lora = input_ref(control.lora, control.lora_sha256)
     return {
-        "control": (reference, reference_downscale_factor(control.lora), control.strength),
-        "control_lora": LoraSpec(control.lora, control.lora_strength),
+        "control": (input_ref(reference, control.sha256), reference_downscale_factor(localize(lora)), control.strength),
+        "control_lora": LoraSpec(lora, control.lora_strength),
     }
 
 
 def job_loras(job: ValidJob) -> tuple[LoraSpec, ...]:
-    return tuple(LoraSpec(lora.path, lora.strength) for lora in job.spec.loras)
+    return tuple(LoraSpec(input_ref(lora.path, lora.sha256), lora.strength) for lora in job.spec.loras)
 
 
 def _non_finite(value: Any, where: str = "its output") -> str | None:
@@ -244,12 +246,13 @@ class RenderWorker:
     def _render(self, job: ValidJob, out_dir: str) -> dict[str, Any]:
         validate_for_model(job, self.models.num_layers, heads=self.models.num_heads)
         control_lora = job_control(job).get("control_lora")
-        self.models.loras.check(job_loras(job) + ((control_lora,) if control_lora else ()))  # before compute
+        self.models.loras.check(localize(job_loras(job) + ((control_lora,) if control_lora else ())))  # pre-compute
         paths = output_paths(job, Path(out_dir))
         with self._lock:
             self._progress = {"stage": "starting", "step": 0, "total": 0, "job": paths.video.name}
         started = time.perf_counter()
-        output = self.renderer.render(render_request(job, self.models.num_layers), on_step=self._on_step)
+        request = localize(render_request(job, self.models.num_layers))  # s3:// inputs fetched to this node
+        output = self.renderer.render(request, on_step=self._on_step)
         self._on_step("mux", 0, 0)
         for stage, seconds in output.timings.items():
             self._record(stage, seconds, "ok")
@@ -260,7 +263,7 @@ class RenderWorker:
             job.spec.frame_rate,
             output.audio,
             output.sample_rate,
-            source_audio=job_audio(job),
+            source_audio=localize(job_audio(job)),
         )
         timings = dict(output.timings, mux=time.perf_counter() - mux_start)
         self._record("mux", timings["mux"], "ok")
@@ -304,7 +307,7 @@ class RenderWorker:
             kinds = sorted(name.removeprefix("_task_") for name in dir(self) if name.startswith("_task_"))
             raise ValueError(f"unknown task kind {kind!r}; this worker runs {kinds}")
         try:
-            result = run(**kwargs)
+            result = run(**localize(kwargs))  # s3:// inputs fetched to this node, verified by digest
             bad = _non_finite(result)
             if bad is not None:
                 raise NonFiniteOutputError(f"{describe_task(label)} produced NaN or Inf in {bad} (worker {self.name})")

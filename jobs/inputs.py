@@ -121,7 +121,7 @@ def _resolve_control(job: ValidJob, roots: Sequence[Path], base: Path | None) ->
     problems += [p for p in (source, lora) if isinstance(p, FieldProblem)]
     if problems:
         return problems
-    frames = video_frame_count(str(source[0]))
+    frames = video_frame_count(str(source[1]))
     if frames < job.num_frames:
         return [
             FieldProblem(
@@ -130,7 +130,7 @@ def _resolve_control(job: ValidJob, roots: Sequence[Path], base: Path | None) ->
                 f"has {frames} frames; the job renders {job.num_frames}: give a longer control video or a shorter job",
             )
         ]
-    factor = reference_downscale_factor(str(lora[0]))
+    factor = reference_downscale_factor(str(lora[1]))
     half = (job.spec.height // 2, job.spec.width // 2)
     if any(side % factor for side in half):
         return [
@@ -143,23 +143,30 @@ def _resolve_control(job: ValidJob, roots: Sequence[Path], base: Path | None) ->
         ]
     reference = source[0]
     if control.kind == "canny":
-        name = f"canny-{source[1][:20]}-{control.canny_low}-{control.canny_high}.mkv"
-        reference = canny_pass(str(source[0]), control_cache_dir() / name, control.canny_low, control.canny_high)
+        name = f"canny-{source[2][:20]}-{control.canny_low}-{control.canny_high}.mkv"
+        reference = str(canny_pass(str(source[1]), control_cache_dir() / name, control.canny_low, control.canny_high))
     return control.model_copy(
-        update={
-            "path": str(source[0]),
-            "sha256": source[1],
-            "lora": str(lora[0]),
-            "lora_sha256": lora[1],
-            "reference": str(reference),
-        }
+        update={"path": source[0], "sha256": source[2], "lora": lora[0], "lora_sha256": lora[2], "reference": reference}
     )
 
 
 def _resolve_file(
     field: str, raw: str, roots: Sequence[Path], base: Path | None, check: Callable[[Path], str | None]
-) -> tuple[Path, str] | FieldProblem:
-    """(absolute path, SHA-256) of an input file inside the roots that passes `check`, or the problem."""
+) -> tuple[str, Path, str] | FieldProblem:
+    """(path for the spec, local file, SHA-256) of an input that passes `check`, or the problem.
+
+    A local path must lie inside the roots and becomes absolute; an s3:// URL stays as it is in the spec
+    and is fetched here (into this node's input cache) to be checked and pinned by its digest.
+    """
+    if raw.startswith("s3://"):
+        from cluster.storage import InputFetchError, fetch_input
+
+        try:
+            local, digest = fetch_input(raw)
+        except (InputFetchError, ValueError) as e:
+            return FieldProblem(field, raw, f"could not be fetched ({e}); check the bucket, key and credentials")
+        why = check(local)
+        return FieldProblem(field, raw, why) if why else (raw, local, digest)
     path = Path(raw)
     if not path.is_absolute():
         path = (base or Path.cwd()) / path
@@ -175,7 +182,7 @@ def _resolve_file(
     why = check(path)
     if why:
         return FieldProblem(field, raw, why)
-    return path, file_sha256(path)
+    return str(path), path, file_sha256(path)
 
 
 def file_sha256(path: Path) -> str:
@@ -200,14 +207,14 @@ def resolve_inputs(job: ValidJob, roots: Sequence[Path], base: Path | None = Non
             if isinstance(found, FieldProblem):
                 problems.append(found)
             else:
-                updates[name].append(item.model_copy(update={"path": str(found[0]), "sha256": found[1]}))
+                updates[name].append(item.model_copy(update={"path": found[0], "sha256": found[2]}))
     if spec.audio is not None:
         found = _resolve_file("audio.path", spec.audio.path, roots, base, _check_audio)
         if isinstance(found, FieldProblem):
             problems.append(found)
         else:
-            problems += [p for p in [_check_audio_length(job, found[0])] if p]
-            updates["audio"] = spec.audio.model_copy(update={"path": str(found[0]), "sha256": found[1]})
+            problems += [p for p in [_check_audio_length(job, found[1])] if p]
+            updates["audio"] = spec.audio.model_copy(update={"path": found[0], "sha256": found[2]})
     if spec.control is not None:
         control = _resolve_control(job, roots, base)
         if isinstance(control, list):
