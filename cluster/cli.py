@@ -27,6 +27,8 @@ examples:
   ltx2-farm plan job.yaml                       show the task graph (chunks, tiles, decode tiles)
   ltx2-farm validate job.yaml --json            check a job without rendering
   ltx2-farm models tiny                         generate the tiny test checkpoint set
+  ltx2-farm examples demo/                      a conditioned campaign (image, keyframe, control,
+                                                audio, LoRA rows) with its input files
   ltx2-farm deploy render                       KubeRay manifests from deploy/k8s/values.yaml
 
 model files (flags or environment; all four, or none for the built-in tiny model):
@@ -178,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     render_k8s.add_argument("--dashboard", default="deploy/grafana/ltx2farm-dashboard.json")
     render_k8s.add_argument("--out", default="deploy/k8s/rendered", help="folder for the manifests")
     render_k8s.add_argument("--json", action="store_true")
+
+    examples = sub.add_parser(
+        "examples",
+        help="write the conditioned-campaign example: image, keyframe, control, audio and LoRA rows + their files",
+    )
+    examples.add_argument("folder", help="where to write conditioned.yaml and its input files")
+    examples.add_argument("--cache-dir", metavar="DIR", help="tiny model cache (its LoRAs are made for it)")
+    examples.add_argument("--json", action="store_true")
 
     models = sub.add_parser("models", help="model files: generate the tiny set, check a set")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -513,6 +523,22 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_examples(args: argparse.Namespace) -> int:
+    from ltx2.samples import write_conditioned_example
+    from ltx2.tiny import ensure_tiny_checkpoint_set
+
+    checkpoints = ensure_tiny_checkpoint_set(Path(args.cache_dir) if args.cache_dir else None)
+    manifest = write_conditioned_example(Path(args.folder), checkpoints.checkpoint)
+    files = sorted(str(p) for p in Path(args.folder).iterdir())
+    _emit(
+        args,
+        {"ok": True, "manifest": str(manifest), "files": files},
+        f"wrote {manifest} and its inputs; run it with:\n"
+        f"  ltx2-farm campaign submit {manifest}\n  ltx2-farm campaign run --workers 2",
+    )
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     if args.models_command == "tiny":
         from ltx2.tiny import ensure_tiny_checkpoint_set
@@ -543,7 +569,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cluster.executor import CapacityError
-    from cluster.storage import UploadError
+    from cluster.storage import InputFetchError, UploadError
     from jobs.campaign import ManifestError
     from jobs.keys import DestinationError
     from jobs.placement import PlacementError
@@ -557,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
             "plan": cmd_plan,
             "validate": cmd_validate,
             "models": cmd_models,
+            "examples": cmd_examples,
             "campaign": cmd_campaign,
             "deploy": cmd_deploy,
         }
@@ -574,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         DestinationError,
         UploadError,
         ManifestError,
+        InputFetchError,
     ) as e:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": str(e)}, indent=2))

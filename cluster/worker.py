@@ -190,6 +190,9 @@ class RenderWorker:
         self._progress: dict[str, Any] = {"stage": "idle", "step": 0, "total": 0, "job": None}
         self._lock = threading.Lock()  # guards the progress record (polled from another thread)
         self._busy = threading.Lock()  # one render or task at a time: the model (and its LoRA state) is shared
+        # Model-file digests (for sidecars) are computed in the background while the first job renders.
+        self._hashing = threading.Thread(target=self.model_hashes, name="model-hashes", daemon=True)
+        self._hashing.start()
 
     def info(self) -> dict[str, Any]:
         """Identity and load statistics (tests use `loads` to prove a warm worker does not reload)."""
@@ -232,7 +235,9 @@ class RenderWorker:
         self.metrics.gpu_seconds.inc(seconds)
 
     def model_hashes(self) -> dict[str, dict[str, Any]]:
-        """SHA-256 and size of every model file, hashed once per process."""
+        """SHA-256 and size of every model file, hashed once per machine (memo on disk)."""
+        if threading.current_thread() is not self._hashing:
+            self._hashing.join()
         return {
             role: {"path": str(path), "bytes": path.stat().st_size, "sha256": cached_file_sha256(path)}
             for role, path in self.models.paths.files().items()

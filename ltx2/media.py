@@ -244,10 +244,11 @@ class MediaInfo:
 
 
 def probe_mp4(path: Path) -> MediaInfo:
-    """Decode every video frame and audio sample of `path` and report streams and durations."""
+    """Read back `path`: video frames counted from its packets (one per frame; decoding 121 frames of
+    704x1280 cost 1.3 s per job), audio samples by decoding, streams and durations."""
     with av.open(str(path)) as container:
         vstream = container.streams.video[0]
-        frames = sum(1 for _ in container.decode(vstream))
+        frames = sum(1 for packet in container.demux(vstream) if packet.size)
         fps = float(vstream.average_rate or vstream.base_rate)
         info = dict(video_codec=vstream.codec_context.name, width=vstream.width, height=vstream.height)
     audio_codec = sample_rate = channels = audio_seconds = None

@@ -7,7 +7,6 @@ AAC from an M4A → packets copied), over the video's duration.
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 
 import av
 import numpy as np
@@ -20,32 +19,11 @@ from jobs.plan import plan_job
 from jobs.spec import validate_job
 from ltx2 import stages
 from ltx2.render import A2V_AUDIO_GUIDANCE, default_video_guidance, encode_audio_track
+from ltx2.samples import AUDIO_RATE, write_track
 from tests.conftest import SMALL_JOB
 from tests.test_cli import run
 
-RATE = 24000
-
-
-def write_track(path, seconds: float, codec: str = "pcm_s16le") -> None:
-    """A real stereo track (two tones and a click train) written by FFmpeg through PyAV."""
-    n = int(seconds * RATE)
-    t = np.arange(n) / RATE
-    left = 0.3 * np.sin(2 * np.pi * 330 * t) + 0.2 * (np.arange(n) % 4800 < 40)
-    right = 0.25 * np.sin(2 * np.pi * 523 * t)
-    samples = np.stack([left, right]).astype(np.float32)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=RATE)
-        stream.layout = "stereo"
-        for start in range(0, n, 1024):
-            chunk = samples[:, start : start + 1024]
-            if codec == "pcm_s16le":
-                packed = (chunk.T.reshape(1, -1) * 32767).astype(np.int16)
-                frame = av.AudioFrame.from_ndarray(packed, format="s16", layout="stereo")
-            else:
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="stereo")
-            frame.sample_rate, frame.pts, frame.time_base = RATE, start, Fraction(1, RATE)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+RATE = AUDIO_RATE
 
 
 def decoded(path) -> np.ndarray:

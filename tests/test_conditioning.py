@@ -14,18 +14,14 @@ from PIL import Image
 from cluster.cli import main
 from ltx2 import stages
 from ltx2.render import default_audio_guidance, default_video_guidance, image_conditionings
+from ltx2.samples import write_picture
 from tests.conftest import SMALL_JOB
 
 
 @pytest.fixture
 def picture(tmp_path):
     """A real PNG with structure (gradient + a square), not the job's size (so it is resized and cropped)."""
-    y, x = np.mgrid[0:150, 0:220]
-    rgb = np.stack([x * 255 // 220, y * 255 // 150, np.full_like(x, 90)], axis=-1).astype(np.uint8)
-    rgb[40:90, 60:120] = (250, 250, 20)
-    path = tmp_path / "product.png"
-    Image.fromarray(rgb).save(path)
-    return path
+    return write_picture(tmp_path / "product.png")
 
 
 def _job(tmp_path, **fields):

@@ -4,7 +4,6 @@ the reference appended to stage 1 with the IC-LoRA fused (the official recipe), 
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 
 import av
 import cv2
@@ -17,25 +16,10 @@ from cluster.cli import main
 from ltx2 import stages
 from ltx2.control import canny_pass, load_reference
 from ltx2.render import default_audio_guidance, default_video_guidance
+from ltx2.samples import write_clip
 from ltx2.tiny import write_tiny_lora
 from tests.conftest import SMALL_JOB
 from tests.test_cli import run
-
-
-def write_clip(path, frames: int, height: int = 128, width: int = 192) -> None:
-    """A real H.264 clip: a bright square moving over a gradient."""
-    y, x = np.mgrid[0:height, 0:width]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(24))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(frames):
-            rgb = np.stack([x * 255 // width, y * 255 // height, np.full_like(x, 60)], axis=-1).astype(np.uint8)
-            left = 10 + 4 * i
-            rgb[40:90, left : left + 50] = 240
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
 
 
 @pytest.fixture

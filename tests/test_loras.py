@@ -40,6 +40,7 @@ def test_switching_sets_gives_the_official_build_each_time(resident, tiny_set, l
 
     a, b = (LoraSpec(str(loras[0]), 0.8), LoraSpec(str(loras[1]), -1.5))
     model = resident.transformer.velocity_model
+    resident.loras.use()  # earlier renders leave their last stage's LoRAs fused
     pristine = {k: v.clone() for k, v in model.state_dict().items()}
     try:
         resident.loras.use([b])
