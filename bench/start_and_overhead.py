@@ -14,6 +14,9 @@ twice the 43 GB checkpoint here). Then, in the same process:
    for job B also `LOAD_COUNTER` before/after and the time from submit to the first denoising step.
 
 Ray is not on the GPU machines: this is the in-process worker path; Ray object transfer is not included.
+Since the worker hashes its model files in a background thread from its start (`RenderWorker.__init__`),
+each `cached_file_sha256` call is also timed (file, seconds, start/end from the worker's creation) and the
+job's wait for the digests is the `model_hashes` event.
 
     OUT=$OUT python bench/start_and_overhead.py     # -> $OUT/start_and_overhead.json (+ log, sidecars)
     env: ROOT=/tmp/ltx2-real  STEPS=3  SIZE=704x1280x121  LORA_RANK=384  GEMMA_DIR=auto|<folder>
@@ -34,6 +37,7 @@ import shutil  # noqa: E402
 import statistics  # noqa: E402
 import struct  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -440,6 +444,44 @@ def drop_page_cache() -> dict:
     return {"sync_s": round(synced, 1), "dropped": dropped, "host_after": host_memory()}
 
 
+def stub_boto3_if_missing() -> str:
+    """The GPU image has no boto3 (its wheels do not fit the 64 MiB carry with the others) and
+    `cluster.worker` imports `cluster.storage`, which imports it. These jobs use local paths only, so a stub
+    with the names `cluster.storage` binds at import stands in; any S3 call would fail loudly."""
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("boto3") is not None:
+        return "installed"
+
+    class BotoCoreError(Exception):
+        pass
+
+    class ClientError(Exception):
+        pass
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("boto3 is stubbed in this benchmark (not on the GPU image)")
+
+    modules = {
+        "boto3": {"session": types.SimpleNamespace(Session=unavailable)},
+        "boto3.s3": {},
+        "boto3.s3.transfer": {"TransferConfig": unavailable},
+        "botocore": {},
+        "botocore.config": {"Config": unavailable},
+        "botocore.exceptions": {"BotoCoreError": BotoCoreError, "ClientError": ClientError},
+    }
+    for name, attrs in modules.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        sys.modules[name] = module
+    sys.modules["boto3"].s3 = sys.modules["boto3.s3"]
+    sys.modules["boto3.s3"].transfer = sys.modules["boto3.s3.transfer"]
+    sys.modules["botocore"].config = sys.modules["botocore.config"]
+    sys.modules["botocore"].exceptions = sys.modules["botocore.exceptions"]
+    return "stub (not on the GPU image; no S3 in these jobs)"
+
+
 def cold_start(paths: CheckpointSet) -> object:
     """RenderWorker(...) from files on disk, each component's build timed (the farm's code, unmodified)."""
     import ltx2.lora as ll
@@ -497,8 +539,29 @@ def cold_start(paths: CheckpointSet) -> object:
 
         ll.load_lora = timed_load
 
+    REPORT["info"]["boto3"] = stub_boto3_if_missing()
+    import cluster.worker as cw
     from cluster.worker import RenderWorker
     from ltx2.models import LOAD_COUNTER
+
+    original_sha = cw.cached_file_sha256
+
+    def timed_sha(path):
+        t = time.perf_counter()
+        digest = original_sha(path)
+        end = time.perf_counter()
+        HASHES.append(
+            {
+                "file": Path(path).name,
+                "thread": threading.current_thread().name,
+                "seconds": round(end - t, 3),
+                "start_s": round(t - T_WORKER[0], 2),
+                "end_s": round(end - T_WORKER[0], 2),
+            }
+        )
+        return digest
+
+    cw.cached_file_sha256 = timed_sha
 
     t_imports = time.perf_counter()
     cold = REPORT.setdefault("cold_start", {})
@@ -510,6 +573,7 @@ def cold_start(paths: CheckpointSet) -> object:
         sync()
         cold["cuda_context_s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
+    T_WORKER[0] = t
     worker = RenderWorker(paths, device=str(DEVICE))
     sync()
     cold["render_worker_init_s"] = round(time.perf_counter() - t, 2)
@@ -534,6 +598,8 @@ def cold_start(paths: CheckpointSet) -> object:
 
 
 CURRENT: dict = {"stage": "submit"}
+HASHES: list[dict] = []  # every cached_file_sha256 call (the worker's background thread included)
+T_WORKER = [0.0]  # perf_counter when RenderWorker(...) was called
 EVENTS: list[dict] = []
 FORWARDS: list[dict] = []
 STEPS_DONE: list[dict] = []
@@ -586,7 +652,7 @@ def install_job_probes(worker) -> None:
     ll.LoraFusion.fuse = timed("lora fuse", ll.LoraFusion.fuse)
     ll.LoraFusion.unfuse = timed("lora unfuse", ll.LoraFusion.unfuse)
     cw.write_mp4 = timed("write_mp4 (H.264 + AAC mux)", cw.write_mp4)
-    cw.probe_mp4 = timed("probe_mp4 (decode the MP4 back)", cw.probe_mp4)
+    cw.probe_mp4 = timed("probe_mp4 (read the MP4 back)", cw.probe_mp4)
     cw.validate_for_model = timed("validate_for_model", cw.validate_for_model)
     cw.tensor_sha256 = timed("tensor_sha256 (content hashes)", cw.tensor_sha256)
     worker.model_hashes = timed("model_hashes (SHA-256 of every model file)", worker.model_hashes)
@@ -626,6 +692,7 @@ def run_job(worker, tag: str, prompt: str, seed: int, out_dir: Path) -> dict:
         }
     )
     t_valid = time.perf_counter()
+    hashes_before = len(HASHES)
     sidecar = worker.render(job, str(out_dir))
     sync()
     t_end = time.perf_counter()
@@ -664,6 +731,8 @@ def run_job(worker, tag: str, prompt: str, seed: int, out_dir: Path) -> dict:
         "forwards": len(FORWARDS),
         "stages": stages,
         "events": EVENTS[:],
+        "submit_s_after_worker_created": round(t_submit - T_WORKER[0], 2),
+        "file_hashes_during_job": HASHES[hashes_before:],
         "submit_to_first_forward_s": round(first_fwd - t_submit, 3) if first_fwd else None,
         "submit_to_first_step_done_s": round(s1_steps[0]["at"] - t_submit, 3) if s1_steps else None,
         "stage_1_step_s": [round(s["seconds"], 3) for s in s1_steps],
@@ -712,6 +781,7 @@ def main() -> None:
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "date": os.environ.get("DATE", "2026-11-25"),
+        "commit": os.environ.get("COMMIT"),
         "machine_clock": time.strftime("%Y-%m-%d %H:%M:%S"),
         "smoke": SMOKE,
         "size": [H, W, F],
@@ -769,6 +839,7 @@ def main() -> None:
             }
         ),
     )
+    REPORT["file_hashes_all"] = HASHES[:]
     REPORT["total_script_s"] = round(time.perf_counter() - T_START, 1)
     flush(REPORT)
     log("done")
