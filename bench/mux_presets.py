@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-import ltx2.media as media  # noqa: E402
+import ltx2.media as media
 
 OUT = Path(os.environ.get("OUT", "bench/results"))
 H, W, N = map(int, os.environ.get("SIZE", "704x1280x121").split("x"))
@@ -47,8 +47,12 @@ def pattern() -> torch.Tensor:
     texture = torch.zeros(N, 3, H, W)
     for cells, amp in ((128, 50.0), (32, 20.0), (8, 5.0)):  # coarse -> fine random fields (cell px), drifting
         keys = torch.randn(N // 8 + 2, 3, H // cells + 2, W // cells + 2, generator=gen)
-        field = F.interpolate(keys.permute(1, 0, 2, 3).unsqueeze(0), size=(N, H + 2 * cells, W + 2 * cells),
-                              mode="trilinear", align_corners=False)[0].permute(1, 0, 2, 3)
+        field = F.interpolate(
+            keys.permute(1, 0, 2, 3).unsqueeze(0),
+            size=(N, H + 2 * cells, W + 2 * cells),
+            mode="trilinear",
+            align_corners=False,
+        )[0].permute(1, 0, 2, 3)
         shift = torch.arange(N) % (2 * cells)  # slow pan
         for i in range(N):
             s = int(shift[i])
@@ -69,8 +73,11 @@ def main() -> None:
         "commit": os.environ.get("COMMIT"),
         "cpus": os.cpu_count(),
         "cpu_model": next(
-            (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")),
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
             None,
         ),
         "size": [H, W, N],

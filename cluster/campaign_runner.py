@@ -21,6 +21,7 @@ import ray
 from cluster.executor import WorkerPool
 from cluster.storage import StorageOptions, Uploader
 from jobs.campaign import CampaignSpec
+from jobs.fallback import rung_after
 from jobs.keys import parse_destination, render_key
 from jobs.outputs import job_content_hash, output_paths
 from jobs.plan import plan_job
@@ -40,7 +41,16 @@ class _Running:
 
 
 def job_from_row(row: dict[str, Any]) -> ValidJob:
-    return ValidJob(spec=JobSpec.model_validate_json(row["spec"]), num_frames=row["num_frames"])
+    """The job of a claimed row, on the OOM-ladder rung its earlier out-of-memory attempts call for."""
+    job = ValidJob(spec=JobSpec.model_validate_json(row["spec"]), num_frames=row["num_frames"])
+    return job.with_fallback(rung_after(row.get("ooms") or 0))
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A CUDA out-of-memory, also when it comes back wrapped by Ray."""
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or "OutOfMemoryError" in type(error).__name__
 
 
 class CampaignRunner:
@@ -192,6 +202,9 @@ class CampaignRunner:
                     self._worker_lost(r, error, stats)  # its slot stays free, with a fresh worker in it
                     continue
                 except Exception as error:  # the job failed on a live worker
+                    if is_out_of_memory(error):
+                        self._out_of_memory(r.campaign, r.job_id, error, time.time() - r.started, stats)
+                        continue
                     state = self.store.fail(
                         r.campaign,
                         r.job_id,
@@ -213,6 +226,16 @@ class CampaignRunner:
                 break
         self._sweep_partials()
         return stats
+
+    def _out_of_memory(
+        self, campaign: str, job_id: str, error: Exception, seconds: float, stats: dict[str, int]
+    ) -> None:
+        """Requeue for the next rung of the OOM ladder (not a retry, not the worker's fault)."""
+        state = self.store.oom(campaign, job_id, f"{type(error).__name__}: {str(error)[:500]}", seconds)
+        if state == "queued":
+            stats["oom_fallbacks"] = stats.get("oom_fallbacks", 0) + 1
+        else:
+            stats["failed"] += 1
 
     def _alternatives(self, avoid: set[int]) -> bool:
         """Whether a usable worker exists that has not failed this job."""
@@ -263,6 +286,9 @@ class CampaignRunner:
             self._sweep_partials()
             return
         except Exception as error:
+            if is_out_of_memory(error):
+                self._out_of_memory(spec.campaign, row["id"], error, time.time() - started, stats)
+                return
             state = self.store.fail(
                 spec.campaign,
                 row["id"],

@@ -572,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.storage import InputFetchError, UploadError
     from jobs.campaign import ManifestError
     from jobs.keys import DestinationError
+    from jobs.outputs import DiskFullError
     from jobs.placement import PlacementError
     from ltx2.checkpoint import CheckpointError
 
@@ -602,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         UploadError,
         ManifestError,
         InputFetchError,
+        DiskFullError,
     ) as e:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": str(e)}, indent=2))

@@ -9,6 +9,7 @@ ends up in the job's sidecar.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import time
@@ -24,7 +25,7 @@ from cluster.executor import WorkerPool
 from cluster.metrics import FarmMetrics
 from cluster.storage import localize
 from cluster.worker import content_hashes, job_audio, job_control, job_guidance, job_images, job_loras
-from jobs.outputs import output_paths, sidecar_document
+from jobs.outputs import disk_full_guard, output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
 from ltx2 import stages
 from ltx2.checkpoint import cached_file_sha256
@@ -122,6 +123,12 @@ class Coordinator:
 
     def run(self, plans: list[JobPlan], out_dir: str | Path) -> list[dict[str, Any]]:
         runs = [JobRun(p, Path(out_dir), self.num_layers) for p in plans]
+        with contextlib.ExitStack() as guards:  # a full output disk: a clear error, no output files left
+            for run in runs:
+                guards.enter_context(disk_full_guard(output_paths(run.plan.job, run.out_dir)))
+            return self._run(runs)
+
+    def _run(self, runs: list[JobRun]) -> list[dict[str, Any]]:
         idle = list(range(len(self.pool.workers)))
         inflight: dict[Any, tuple[JobRun, str, int, Any]] = {}
         try:
@@ -211,7 +218,9 @@ class Coordinator:
         worker = next((w for w in idle if w != avoid), idle[0])
         idle.remove(worker)
         actor = self.pool.workers[worker].actor
-        value_ref, trace_ref = actor.task.options(num_returns=2).remote(kind, label, **kwargs)
+        value_ref, trace_ref = actor.task.options(num_returns=2).remote(
+            kind, label, fallback=run.plan.job.fallback, **kwargs
+        )
         run.running.add(label)
         inflight[trace_ref] = (run, label, worker, value_ref, (kind, kwargs) if retry else None)
 

@@ -55,6 +55,9 @@ class WorkerMetrics:
             registry=r,
         )
         self._lora_set_changes_seen = 0
+        self.oom_fallbacks = Counter(
+            "ltx2farm_oom_fallbacks", "Jobs this worker ran on a rung of the OOM ladder", ["rung"], registry=r
+        )
         self.gpu_seconds = Counter("ltx2farm_gpu_seconds", "Seconds of GPU (or CPU worker) time used", registry=r)
         self.vram = {
             name: Gauge(f"ltx2farm_vram_{name}_bytes", f"GPU memory {name}", registry=r)

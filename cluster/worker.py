@@ -22,7 +22,7 @@ import torch
 
 from cluster.metrics import KIND_TO_STAGE, WorkerMetrics, worker_labels
 from cluster.storage import input_ref, localize
-from jobs.outputs import output_paths, sidecar_document
+from jobs.outputs import disk_full_guard, output_paths, sidecar_document
 from jobs.plan import describe_task
 from jobs.spec import OFFICIAL_NEGATIVE_PROMPT, GuidanceSpec, ValidJob, validate_for_model
 from ltx2 import stages
@@ -158,6 +158,39 @@ def _ray_node_id() -> str | None:
         return None
 
 
+def _release_cached_memory() -> None:
+    """After an out-of-memory: give the allocator's cached blocks back before the next task."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def install_faults(models: Any, spec: str) -> int | None:
+    """Fault injection for chaos tests (`LTX2_FARM_FAULTS=oom_over_tokens:N`): every transformer call over N
+    video tokens raises the `torch.OutOfMemoryError` a GPU too small for it would. Returns N (or None)."""
+    limit = None
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, value = item.partition(":")
+        if name != "oom_over_tokens" or not value.isdigit():
+            raise ValueError(f"LTX2_FARM_FAULTS: unknown fault {item!r} (known: oom_over_tokens:N)")
+        limit = int(value)
+    if limit is None:
+        return None
+
+    def over_limit(_module: Any, args: tuple, kwargs: dict) -> None:
+        video = kwargs.get("video", args[0] if args else None)
+        tokens = int(video.latent.shape[1]) if video is not None else 0
+        if tokens > limit:
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory (injected by LTX2_FARM_FAULTS): {tokens} video tokens, limit {limit}"
+            )
+
+    models.transformer.register_forward_pre_hook(over_limit, with_kwargs=True)
+    return limit
+
+
 def tensor_sha256(tensor: torch.Tensor) -> str:
     """Hash of a tensor's bytes: identical renders give identical hashes on any worker."""
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
@@ -165,8 +198,11 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
 
 def _write_json_atomic(path: Path, document: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class RenderWorker:
@@ -191,6 +227,7 @@ class RenderWorker:
         self._lock = threading.Lock()  # guards the progress record (polled from another thread)
         self._busy = threading.Lock()  # one render or task at a time: the model (and its LoRA state) is shared
         # Model-file digests (for sidecars) are computed in the background while the first job renders.
+        self._oom_over_tokens = install_faults(self.models, os.environ.get("LTX2_FARM_FAULTS", ""))
         self._hashing = threading.Thread(target=self.model_hashes, name="model-hashes", daemon=True)
         self._hashing.start()
 
@@ -257,19 +294,29 @@ class RenderWorker:
             self._progress = {"stage": "starting", "step": 0, "total": 0, "job": paths.video.name}
         started = time.perf_counter()
         request = localize(render_request(job, self.models.num_layers))  # s3:// inputs fetched to this node
-        output = self.renderer.render(request, on_step=self._on_step)
+        if job.fallback is not None:
+            self.metrics.oom_fallbacks.labels(job.fallback).inc()
+        try:
+            output = self.renderer.render(
+                request, on_step=self._on_step, offload_text_encoder=job.fallback == "offload_text_encoder"
+            )
+        except torch.OutOfMemoryError:
+            self._record("render", time.perf_counter() - started, "oom")
+            _release_cached_memory()
+            raise
         self._on_step("mux", 0, 0)
         for stage, seconds in output.timings.items():
             self._record(stage, seconds, "ok")
         mux_start = time.perf_counter()
-        write_mp4(
-            paths.video,
-            output.video,
-            job.spec.frame_rate,
-            output.audio,
-            output.sample_rate,
-            source_audio=localize(job_audio(job)),
-        )
+        with disk_full_guard(paths):
+            write_mp4(
+                paths.video,
+                output.video,
+                job.spec.frame_rate,
+                output.audio,
+                output.sample_rate,
+                source_audio=localize(job_audio(job)),
+            )
         timings = dict(output.timings, mux=time.perf_counter() - mux_start)
         self._record("mux", timings["mux"], "ok")
         timings["total"] = time.perf_counter() - started
@@ -288,7 +335,8 @@ class RenderWorker:
             worker=self.info(),
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
-        _write_json_atomic(paths.sidecar, document)
+        with disk_full_guard(paths):
+            _write_json_atomic(paths.sidecar, document)
         self.jobs_done += 1
         document["worker"]["jobs_done"] = self.jobs_done
         with self._lock:
@@ -302,7 +350,12 @@ class RenderWorker:
         with self._busy:
             return self._task(kind, label, **kwargs)
 
-    def _task(self, kind: str, label: str, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    def _task(self, kind: str, label: str, fallback: str | None = None, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """Run one task; `fallback` is the job's OOM-ladder rung (counted once per job, at stage2_init)."""
+        if fallback is not None and kind == "stage2_init":
+            self.metrics.oom_fallbacks.labels(fallback).inc()
+        offload = fallback == "offload_text_encoder" and kind != "encode"
+        self.models.text_encoder.to("cpu" if offload else self.models.device)
         if self.models.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.models.device)
         start = time.time()
@@ -318,6 +371,7 @@ class RenderWorker:
                 raise NonFiniteOutputError(f"{describe_task(label)} produced NaN or Inf in {bad} (worker {self.name})")
         except torch.OutOfMemoryError:
             self._record(stage, time.time() - start, "oom")
+            _release_cached_memory()
             raise
         except Exception:
             self._record(stage, time.time() - start, "error")

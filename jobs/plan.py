@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from jobs.fallback import Tiling, effective_tiling
 from jobs.geometry import (
     VIDEO_SPACE_SCALE,
     VIDEO_TIME_SCALE,
@@ -151,7 +152,7 @@ def _official_spatial_split(length: int, size: int, overlap: int) -> int:
     return (length + size - 2 * overlap - 1) // (size - overlap)
 
 
-def _decode_tiling(spec: Any, frames_latent: int, height: int, width: int) -> DecodeTiling:
+def _decode_tiling(spec: Tiling, frames_latent: int, height: int, width: int) -> DecodeTiling:
     """Mirror of `VideoDecoder._prepare_tiles` counts for TilingConfig(spatial, temporal)."""
     size, overlap = spec.decode_tile_pixels // VIDEO_SPACE_SCALE, 64 // VIDEO_SPACE_SCALE
     long_side = max(height, width)
@@ -194,11 +195,12 @@ def plan_job(job: ValidJob) -> JobPlan:
 
     frames_latent = video_latent_frames(job.num_frames)
     lh, lw = spec.height // VIDEO_SPACE_SCALE, spec.width // VIDEO_SPACE_SCALE
-    tile = max(1, spec.tile_pixels // VIDEO_SPACE_SCALE)
-    overlap = spec.tile_overlap // VIDEO_SPACE_SCALE
+    tiling = effective_tiling(job, job.fallback)  # the spec's tiles, or an OOM-ladder rung's smaller ones
+    tile = max(1, tiling.tile_pixels // VIDEO_SPACE_SCALE)
+    overlap = tiling.tile_overlap // VIDEO_SPACE_SCALE
     time_spans = tuple(c.video for c in chunks)
     tiles = plan_tiles(time_spans, lh, lw, tile, min(overlap, tile - 1))
-    decode = _decode_tiling(spec, frames_latent, lh, lw)
+    decode = _decode_tiling(tiling, frames_latent, lh, lw)
 
     tasks: list[Task] = [Task(f"encode:{i}", "encode", (), (("text", t),)) for i, t in enumerate(texts)]
     if spec.audio is not None:  # audio-to-video: the track is encoded once, each chunk takes its span

@@ -182,6 +182,11 @@ class ValidJob:
     num_frames: int
     adjustments: tuple[FieldProblem, ...] = ()
     """What `snap` changed, each with the original value and the value used."""
+    fallback: str | None = None
+    """The OOM-ladder rung it runs with (`jobs.fallback`): how it runs, not part of its identity."""
+
+    def with_fallback(self, rung: str | None) -> ValidJob:
+        return ValidJob(self.spec, self.num_frames, self.adjustments, rung)
 
 
 def nearest_multiple(value: int, multiple: int, minimum: int) -> int:

@@ -209,7 +209,9 @@ class Store:
         now = time.time()
         with self._tx() as db:
             row = db.execute(
-                "SELECT *, json_extract(spec, '$.loras') AS lora_set FROM jobs WHERE campaign=? AND state='queued' "
+                "SELECT *, json_extract(spec, '$.loras') AS lora_set, (SELECT COUNT(*) FROM attempts a WHERE "
+                "a.campaign=jobs.campaign AND a.job=jobs.id AND a.outcome='oom') AS ooms "
+                "FROM jobs WHERE campaign=? AND state='queued' "
                 "ORDER BY COALESCE(json_extract(spec, '$.loras') = ?, 0) DESC, created, id LIMIT 1",
                 (campaign, prefer_loras),
             ).fetchone()
@@ -278,6 +280,25 @@ class Store:
             f"attempt failed ({'will retry' if state == 'queued' else 'no retries left'}): {error[:300]}",
             campaign,
             job_id,
+        )
+        return state
+
+    def oom(self, campaign: str, job_id: str, error: str, gpu_seconds: float) -> str:
+        """The job ran out of GPU memory: requeue it for the next rung of the OOM ladder (not a retry) while
+        rungs remain, else fail it saying so. Returns the new state; the next claim's `ooms` picks the rung."""
+        from jobs.fallback import OOM_LADDER
+
+        with self._tx() as db:
+            ooms = self._count_attempts(db, campaign, job_id, ("oom",)) + 1
+            state = "queued" if ooms <= len(OOM_LADDER) else "failed"
+            if state == "failed":
+                error = (
+                    f"out of GPU memory on every rung of the OOM ladder ({', '.join(OOM_LADDER)}); last: {error}. "
+                    "Render it smaller or shorter, or on a GPU with more memory"
+                )
+            self._end_attempt(db, campaign, job_id, state, "oom", error, gpu_seconds)
+        self.log(
+            f"out of memory ({'next rung' if state == 'queued' else 'ladder spent'}): {error[:300]}", campaign, job_id
         )
         return state
 

@@ -1,0 +1,46 @@
+"""A full scratch disk (a real 1 MiB tmpfs as the output folder): a clear error, no partial file left,
+nothing recorded as done; the same job renders once space is back."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import SMALL_JOB
+from tests.test_cli import run
+
+
+@contextlib.contextmanager
+def tiny_disk(root: Path, size: str = "1m"):
+    """A real filesystem that fills up: tmpfs of `size`, mounted and unmounted by this test."""
+    mount_point = root / f"disk-{uuid.uuid4().hex[:8]}"
+    mount_point.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_render_onto_a_full_disk_fails_clearly_and_leaves_nothing(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**SMALL_JOB, "height": 256, "width": 384, "num_frames": 25, "name": "full"}))
+    with tiny_disk(tmp_path, "64k") as disk:
+        result = run("render", str(job), "--out", str(disk), "--quiet")
+        assert result.returncode == 2, result.stderr
+        assert "no space left" in result.stderr.lower() and "free space" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+        assert list(disk.iterdir()) == []  # no MP4, no sidecar, no partial file
+    retried = run("render", str(job), "--out", str(tmp_path / "out"), "--json")
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(retried.stdout)["media"]["frames"] == 25

@@ -1,0 +1,76 @@
+"""Out of memory: a job is retried one rung down the OOM ladder instead of failing.
+
+The tiny model never fills a GPU, so the workers run with the farm's fault injection
+(`LTX2_FARM_FAULTS=oom_over_tokens:N`): any transformer call over N video tokens raises the same
+`torch.OutOfMemoryError` CUDA raises, as a small GPU would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from jobs.fallback import OOM_LADDER, effective_tiling, rung_after
+from jobs.plan import plan_job
+from jobs.spec import validate_job
+from jobs.store import Store
+from tests.conftest import CACHE, SMALL_JOB
+
+TINY = {"height": 128, "width": 192, "num_frames": 17, "recipe": "distilled"}
+
+
+def test_ladder_order_and_tiles():
+    assert [rung_after(n) for n in range(5)] == [None, *OOM_LADDER, None]
+    job = validate_job({**SMALL_JOB, "height": 1024, "width": 1536})
+    tiles = {rung: len(plan_job(job.with_fallback(rung)).tiles) for rung in (None, "smaller_tiles", "smallest_tiles")}
+    assert tiles[None] < tiles["smaller_tiles"] < tiles["smallest_tiles"], tiles
+    smaller = effective_tiling(job, "smaller_tiles")
+    smallest = effective_tiling(job, "smallest_tiles")
+    assert smaller.tile_pixels == 512 and smallest.tile_pixels == 256
+    assert smaller.decode_tile_pixels == 256 and smallest.decode_tile_frames == 32
+    one_piece = validate_job({**SMALL_JOB, **TINY})
+    assert plan_job(one_piece).trivial
+    assert not plan_job(one_piece.with_fallback("smaller_tiles")).trivial  # even a one-piece job gets split
+    assert plan_job(one_piece.with_fallback("offload_text_encoder")).trivial
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "campaign", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize(("limit", "rung"), [(40, "smaller_tiles"), (0, None)], ids=["recovers", "ladder spent"])
+def test_an_oom_moves_the_job_down_the_ladder(tmp_path, limit, rung):
+    env = {
+        **os.environ,
+        "LTX2_FARM_CACHE": str(CACHE),
+        "LTX2_FARM_DB": str(tmp_path / "db"),
+        "LTX2_FARM_FAULTS": f"oom_over_tokens:{limit}",
+    }
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        yaml.safe_dump({"campaign": "oom", "defaults": TINY, "rows": [{"id": "big", "prompt": "a wide shot"}]})
+    )
+    assert _cli("submit", str(manifest), env=env).returncode == 0
+    ran = _cli("run", "--workers", "1", "--out", str(tmp_path / "out"), env=env)
+    assert ran.returncode == 0, ran.stderr
+    store = Store(tmp_path / "db")
+    [job] = store.jobs("oom")
+    outcomes = [a["outcome"] for a in store.attempts("oom")]
+    if rung is not None:  # stage 2 untiled has 72 video tokens > 40; halved tiles have at most 27
+        assert job["state"] == "done" and outcomes == ["oom", "ok"], outcomes
+        [sidecar] = [json.loads(p.read_text()) for p in (tmp_path / "out" / "oom").glob("*.json")]
+        assert sidecar["fallback"] == rung and len(sidecar["plan"]["stage2_tiles"]) > 1
+    else:  # every call is over the limit: each rung is tried once, then the job fails saying so
+        assert job["state"] == "failed" and outcomes == ["oom"] * (len(OOM_LADDER) + 1), outcomes
+        assert "out of GPU memory on every rung" in job["error"]
