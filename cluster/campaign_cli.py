@@ -54,6 +54,7 @@ def add_campaign_parser(sub: Any, epilog: str) -> None:
     run.add_argument("--forever", action="store_true", help="keep waiting for windows and new jobs")
     run.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// outputs (env AWS_ENDPOINT_URL)")
     run.add_argument("--addressing-style", choices=["auto", "path", "virtual"], default="auto")
+    run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT while running")
     run.add_argument("--json", action="store_true")
     for name, text in (("status", "progress and ETA"), ("logs", "the campaign's log")):
         p = actions.add_parser(name, help=text)
@@ -196,7 +197,13 @@ def _run(args: argparse.Namespace, store: Any) -> int:
         raise UsageError("; ".join(f"--gpus {value}: {why}" for _field, value, why in problems))
     placement = Placement(shape.mode, shape.resolved_gpus())
     pool = WorkerPool(checkpoints, num_workers=args.workers, device=args.device, placement=placement)
+    metrics = None
     try:
+        if args.metrics_port is not None:
+            from cluster.metrics import MetricsServer
+
+            metrics = MetricsServer(pool, port=args.metrics_port)
+            sys.stderr.write(f"metrics at {metrics.url}\n")
         runner = CampaignRunner(
             store,
             pool,
@@ -205,6 +212,7 @@ def _run(args: argparse.Namespace, store: Any) -> int:
                 endpoint_url=args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
                 addressing_style=args.addressing_style,
             ),
+            metrics=metrics.farm if metrics is not None else None,
         )
         bar = None
         if not args.json:
@@ -225,6 +233,8 @@ def _run(args: argparse.Namespace, store: Any) -> int:
             if bar is not None:
                 bar.close()
     finally:
+        if metrics is not None:
+            metrics.close()
         pool.shutdown()
     _print(args, {"ok": True, **stats}, ", ".join(f"{k} {v}" for k, v in stats.items()))
     return 0

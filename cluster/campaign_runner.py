@@ -63,6 +63,7 @@ class CampaignRunner:
         clock: Callable[[], dt.datetime] = utcnow,
         poll_s: float = 0.5,
         blocklist_after: int = 3,
+        metrics: Any = None,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -72,6 +73,7 @@ class CampaignRunner:
         self.poll_s = poll_s
         self._uploaders: dict[str, Uploader | None] = {}
         self.blocklist_after = blocklist_after
+        self.metrics = metrics  # FarmMetrics of the endpoint (`campaign run --metrics-port`), or None
         self.blocklisted: dict[str, str] = {}  # worker name -> why
         self._failures: dict[int, list[str]] = {}  # worker slot -> ids of the jobs it failed since its last success
         self._failed_on: dict[tuple[str, str], set[int]] = {}  # (campaign, job) -> worker slots that failed it
@@ -220,6 +222,8 @@ class CampaignRunner:
                     continue
                 self._failures.pop(r.worker, None)
                 self._complete(spec, r.job_id, r.job, float(sidecar["timings_s"].get("total", 0.0)), stats, "done")
+            if ready:
+                self._observe()
             if ready and on_progress is not None:
                 on_progress(dict(stats))
             if max_seconds is not None and time.monotonic() - started > max_seconds:
@@ -236,6 +240,18 @@ class CampaignRunner:
             stats["oom_fallbacks"] = stats.get("oom_fallbacks", 0) + 1
         else:
             stats["failed"] += 1
+
+    def _observe(self) -> None:
+        """Jobs by state and the queue depth, for the metrics endpoint."""
+        if self.metrics is None:
+            return
+        totals: dict[str, int] = {}
+        for state in self.store.campaign_states():
+            for name, count in self.store.counts(state.name).items():
+                totals[name] = totals.get(name, 0) + count
+        for name, count in totals.items():
+            self.metrics.jobs.labels(name).set(count)
+        self.metrics.queue_depth.labels("normal").set(totals.get("queued", 0))
 
     def _alternatives(self, avoid: set[int]) -> bool:
         """Whether a usable worker exists that has not failed this job."""
@@ -320,6 +336,9 @@ class CampaignRunner:
             return
         self.store.finish(spec.campaign, job_id, output, gpu_seconds)
         stats[counter] += 1
+        if self.metrics is not None and counter == "done":
+            self.metrics.job_seconds.observe(gpu_seconds)
+            self.metrics.video_seconds.inc(job.num_frames / job.spec.frame_rate)
 
 
 def _actor_alive(actor: Any) -> bool:

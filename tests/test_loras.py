@@ -4,6 +4,7 @@ switched without drift between jobs, and kept per worker (a pool per LoRA set) b
 from __future__ import annotations
 
 import json
+import urllib.request
 
 import pytest
 import ray
@@ -13,6 +14,7 @@ import yaml
 from cluster.campaign_runner import CampaignRunner
 from cluster.cli import main
 from cluster.executor import WorkerPool
+from cluster.metrics import MetricsServer
 from cluster.worker import render_request
 from jobs.campaign import parse_manifest
 from jobs.spec import validate_job
@@ -134,8 +136,16 @@ def test_two_lora_sets_in_one_campaign_land_on_two_pools(ray_cluster, tiny_set, 
         manifest = parse_manifest({"campaign": "styles", "defaults": TINY, "rows": rows}, base=loras[0].parent)
         store = Store(tmp_path / "db")
         store.submit(manifest.spec, manifest.jobs)
-        stats = CampaignRunner(store, pool, tmp_path / "out").run()
+        server = MetricsServer(pool)  # what `campaign run --metrics-port` serves
+        try:
+            stats = CampaignRunner(store, pool, tmp_path / "out", metrics=server.farm).run()
+            with urllib.request.urlopen(server.url, timeout=30) as response:
+                scraped = response.read().decode()
+        finally:
+            server.close()
         assert stats["done"] == 8, stats
+        assert 'ltx2farm_jobs{state="done"} 8.0' in scraped
+        assert scraped.count("ltx2farm_lora_set_changes_total{") == 2, scraped  # one series per worker
         infos = pool.refresh_info()
         assert [i["lora_set_changes"] for i in infos] == [1, 1], infos
         held = {json.dumps(i["lora_set"]) for i in infos}
