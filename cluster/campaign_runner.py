@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import ray
 
 from cluster.executor import WorkerPool
 from cluster.storage import StorageOptions, Uploader
+from cluster.worker import prompt_texts
 from jobs.campaign import CampaignSpec
 from jobs.fallback import rung_after
 from jobs.keys import parse_destination, render_key
@@ -38,6 +40,10 @@ class _Running:
     worker: int
     ref: Any
     started: float = field(default_factory=time.time)
+
+
+PROMPT_REFS = 256
+"""Encoded prompts kept in Ray's object store by the runner (about 12 MB each at the 19B model's size)."""
 
 
 def job_from_row(row: dict[str, Any]) -> ValidJob:
@@ -78,6 +84,7 @@ class CampaignRunner:
         self._failures: dict[int, list[str]] = {}  # worker slot -> ids of the jobs it failed since its last success
         self._failed_on: dict[tuple[str, str], set[int]] = {}  # (campaign, job) -> worker slots that failed it
         self._blocklisted_slots: set[int] = set()
+        self.prompts: OrderedDict[str, Any] = OrderedDict()  # text -> Ray ref of its encoding (farm-wide)
         self._held: dict[int, str | None] = {}  # worker slot -> LoRA set of its last job (pools per LoRA set)
 
     def _out_dir(self, campaign: str) -> Path:
@@ -136,7 +143,9 @@ class CampaignRunner:
         def start(worker: int, name: str, row: dict[str, Any], job: ValidJob) -> None:
             free.remove(worker)
             self._held[worker] = row.get("lora_set")
-            ref = self.pool.workers[worker].actor.render.remote(job, str(self._out_dir(name)))
+            actor = self.pool.workers[worker].actor
+            encoded = {text: self._encoded(actor, text) for text in prompt_texts(job)}
+            ref = actor.render.remote(job, str(self._out_dir(name)), encoded)
             running[ref] = _Running(name, row["id"], job, worker, ref)
 
         while True:
@@ -201,9 +210,11 @@ class CampaignRunner:
                 try:
                     sidecar = ray.get(ref)
                 except ray.exceptions.RayActorError as error:  # the worker died under the job
+                    self._forget_prompts(r.job)
                     self._worker_lost(r, error, stats)  # its slot stays free, with a fresh worker in it
                     continue
                 except Exception as error:  # the job failed on a live worker
+                    self._forget_prompts(r.job)  # an encoding that failed is not kept for later jobs
                     if is_out_of_memory(error):
                         self._out_of_memory(r.campaign, r.job_id, error, time.time() - r.started, stats)
                         continue
@@ -230,6 +241,22 @@ class CampaignRunner:
                 break
         self._sweep_partials()
         return stats
+
+    def _forget_prompts(self, job: ValidJob) -> None:
+        for text in prompt_texts(job):
+            self.prompts.pop(text, None)
+
+    def _encoded(self, actor: Any, text: str) -> Any:
+        """A Ray ref to `text`'s encoding: made once by an `encode` task, then shared by every job and worker."""
+        ref = self.prompts.get(text)
+        if ref is None:
+            ref, _trace = actor.task.options(num_returns=2).remote("encode", "encode:prompt", text=text)
+            self.prompts[text] = ref
+            while len(self.prompts) > PROMPT_REFS:
+                self.prompts.popitem(last=False)
+        else:
+            self.prompts.move_to_end(text)
+        return ref
 
     def _out_of_memory(
         self, campaign: str, job_id: str, error: Exception, seconds: float, stats: dict[str, int]
@@ -291,7 +318,8 @@ class CampaignRunner:
         started = time.time()
         self._held = dict.fromkeys(range(len(self.pool.workers)), row.get("lora_set"))  # every worker takes its set
         try:
-            [sidecar] = Coordinator(self.pool).run([plan_job(job)], self._out_dir(spec.campaign))
+            coordinator = Coordinator(self.pool, prompts=self.prompts)
+            [sidecar] = coordinator.run([plan_job(job)], self._out_dir(spec.campaign))
         except ray.exceptions.RayActorError as error:  # a worker died mid-plan: replace it, run the job again
             dead = [i for i, w in enumerate(self.pool.workers) if not _actor_alive(w.actor)]
             state = self.store.interrupt(spec.campaign, row["id"], f"worker died: {error}", time.time() - started)

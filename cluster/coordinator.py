@@ -27,6 +27,7 @@ from cluster.storage import localize
 from cluster.worker import content_hashes, job_audio, job_control, job_guidance, job_images, job_loras
 from jobs.outputs import disk_full_guard, output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
+from jobs.spec import OFFICIAL_NEGATIVE_PROMPT
 from ltx2 import stages
 from ltx2.checkpoint import cached_file_sha256
 from ltx2.media import Mp4Writer, probe_mp4
@@ -116,9 +117,11 @@ DECODE_GROUPS_AHEAD = 1
 class Coordinator:
     """Runs plans on a `WorkerPool`, several jobs at once."""
 
-    def __init__(self, pool: WorkerPool, metrics: FarmMetrics | None = None) -> None:
+    def __init__(self, pool: WorkerPool, metrics: FarmMetrics | None = None, prompts: dict | None = None) -> None:
         self.pool = pool
         self.metrics = metrics
+        self.prompts = prompts if prompts is not None else {}
+        """Prompt text -> Ray ref of its encoding, shared with the campaign runner: encoded once farm-wide."""
         self.num_layers = pool.workers[0].info["num_layers"]
 
     def run(self, plans: list[JobPlan], out_dir: str | Path) -> list[dict[str, Any]]:
@@ -140,6 +143,9 @@ class Coordinator:
                         for task in list(run.ready()):
                             if task.kind in ("stitch", "blend", "mux"):
                                 self._local(run, task)
+                                progressed = True
+                            elif task.kind == "encode" and _prompt_key(task.arg("text")) in self.prompts:
+                                run.done[task.id] = self.prompts[_prompt_key(task.arg("text"))]
                                 progressed = True
                             elif task.kind == "decode":
                                 self._start_decode(run, task)
@@ -179,6 +185,9 @@ class Coordinator:
                 run.traces.append(trace)
                 run.running.discard(label)
                 run.done[label] = value_ref
+                if trace["kind"] == "encode":
+                    text = next(t.arg("text") for t in run.plan.tasks if t.id == label)
+                    self.prompts[_prompt_key(text)] = value_ref
                 idle.append(worker)
         finally:
             for run in runs:
@@ -469,6 +478,15 @@ class Coordinator:
         if self.metrics is not None:
             self.metrics.job_seconds.observe(stage_seconds["total"])
             self.metrics.video_seconds.inc(plan.job.num_frames / plan.job.spec.frame_rate)
+
+
+def _prompt_key(text: str) -> str:
+    """The text a prompt's encoding is cached under (the official negative prompt spelled out)."""
+    if text == OFFICIAL_NEGATIVE_PROMPT:
+        from ltx_pipelines.utils.constants import DEFAULT_NEGATIVE_PROMPT
+
+        return DEFAULT_NEGATIVE_PROMPT
+    return text
 
 
 def _official_decode_tiles(latent: torch.Tensor, tiling: Any) -> list[Any]:

@@ -63,6 +63,17 @@ def job_guidance(job: ValidJob, num_layers: int) -> tuple[Guidance, Guidance]:
     return _guidance(job.spec.video_guidance, default_video_guidance(num_layers)), audio
 
 
+def prompt_texts(job: ValidJob) -> tuple[str, ...]:
+    """The texts a one-piece render encodes: its prompt, and the negative prompt when it is guided."""
+    from ltx_pipelines.utils.constants import DEFAULT_NEGATIVE_PROMPT
+
+    spec = job.spec
+    texts = tuple(spec.prompts()[:1])
+    if spec.recipe == "two_stage":
+        texts += (DEFAULT_NEGATIVE_PROMPT if spec.negative_prompt is None else spec.negative_prompt,)
+    return texts
+
+
 def render_request(job: ValidJob, num_layers: int) -> RenderRequest:
     """The engine's request for a validated job, official defaults filled in for this model's depth."""
     from ltx_pipelines.utils.constants import DEFAULT_NEGATIVE_PROMPT
@@ -223,6 +234,7 @@ class RenderWorker:
         self.metrics = WorkerMetrics()
         self.metrics.model_load_seconds.set(self.models.load_seconds)
         self.jobs_done = 0
+        self._encode_tasks = 0
         self._progress: dict[str, Any] = {"stage": "idle", "step": 0, "total": 0, "job": None}
         self._lock = threading.Lock()  # guards the progress record (polled from another thread)
         self._busy = threading.Lock()  # one render or task at a time: the model (and its LoRA state) is shared
@@ -244,7 +256,7 @@ class RenderWorker:
             "loads": LOAD_COUNTER["loads"],
             "load_seconds": self.models.load_seconds,
             "jobs_done": self.jobs_done,
-            "prompt_encodes": self.renderer.prompts.encodes,
+            "prompt_encodes": self.renderer.prompts.encodes + self._encode_tasks,  # Gemma runs on this worker
             "num_layers": self.models.num_layers,
             "lora_set": [[lora.path, lora.strength] for lora in self.models.loras.state.loras],
             "lora_set_changes": self.models.loras.set_changes,
@@ -280,8 +292,18 @@ class RenderWorker:
             for role, path in self.models.paths.files().items()
         }
 
-    def render(self, job: ValidJob, out_dir: str) -> dict[str, Any]:
-        """Render `job` into `out_dir`; return the sidecar document (also written beside the MP4)."""
+    def render(self, job: ValidJob, out_dir: str, encoded: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Render `job` into `out_dir`; return the sidecar document (also written beside the MP4).
+
+        `encoded` maps prompt texts to encodings made by an `encode` task (or Ray refs to them), so a
+        campaign runs Gemma once per distinct prompt, not once per job or per worker.
+        """
+        for text, value in (encoded or {}).items():
+            if not isinstance(value, stages.Contexts):  # a Ray ref, resolved before taking the model
+                import ray
+
+                value = ray.get(value)
+            self.renderer.prompts.put(text, value.video, value.audio)
         with self._busy:
             return self._render(job, out_dir)
 
@@ -394,6 +416,7 @@ class RenderWorker:
         return result, trace
 
     def _task_encode(self, text: str) -> stages.Contexts:
+        self._encode_tasks += 1
         if text == OFFICIAL_NEGATIVE_PROMPT:
             from ltx_pipelines.utils.constants import DEFAULT_NEGATIVE_PROMPT
 

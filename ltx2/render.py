@@ -175,6 +175,14 @@ StepCallback = Callable[[str, int, int, float], None]
 """Called as (stage, step_done, steps_total, seconds) after every denoising step: progress and metrics."""
 
 
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """The two encodings a render reads (the fields of ltx-core's `EmbeddingsProcessorOutput` it uses)."""
+
+    video_encoding: torch.Tensor
+    audio_encoding: torch.Tensor
+
+
 class PromptCache:
     """Encoded prompts by text (LRU): a prompt is run through Gemma once per worker, not once per job."""
 
@@ -183,6 +191,14 @@ class PromptCache:
         self._capacity = capacity
         self._entries: OrderedDict[str, EmbeddingsProcessorOutput] = OrderedDict()
         self.encodes = 0
+
+    def put(self, text: str, video: torch.Tensor, audio: torch.Tensor) -> None:
+        """An encoding made elsewhere (by another worker's Gemma): across the farm a prompt is encoded once."""
+        encoded = EncodedPrompt(video.to(self._models.device), audio.to(self._models.device))
+        self._entries[text] = encoded  # type: ignore[assignment]
+        self._entries.move_to_end(text)
+        if len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
 
     def get(self, text: str) -> EmbeddingsProcessorOutput:
         if text in self._entries:

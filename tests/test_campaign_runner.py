@@ -282,3 +282,20 @@ def test_campaign_submitted_as_a_ray_job(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=30)
+
+
+def test_each_distinct_prompt_is_encoded_once_across_the_farm(pool, tmp_path):
+    """12 jobs over 3 prompts on 2 workers, then (ids sort last) a chunked job reusing one: Gemma runs 3 + 1
+    (negative) times in all."""
+    store = Store(tmp_path / "db")
+    rows = [{"id": f"p{i}", "prompt": f"prompt {i % 3}", "seed": i} for i in range(12)]
+    rows.append({"id": "z-long", "prompt": "prompt 1", "num_frames": None, "duration": 4, "chunk_seconds": 2})
+    submit(store, "prompts", rows)
+    before = sum(info["prompt_encodes"] for info in pool.refresh_info())
+    stats = CampaignRunner(store, pool, tmp_path / "out").run()
+    assert stats["done"] == 13, stats
+    after = sum(info["prompt_encodes"] for info in pool.refresh_info())
+    assert after - before == 4  # 3 prompts + the official negative prompt, whichever worker ran them
+    sidecars = [json.loads(p.read_text()) for p in (tmp_path / "out" / "prompts").glob("*.json")]
+    planned = next(d for d in sidecars if d.get("plan") and len(d["plan"]["chunks"]) > 1)
+    assert not any(t["kind"] == "encode" for t in planned["trace"])  # its prompts were already encoded
