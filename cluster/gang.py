@@ -44,7 +44,9 @@ class GangMember:
         if device == "cuda":
             device = "cuda:0"  # Ray sets CUDA_VISIBLE_DEVICES to this member's one GPU
         transformer_device = "cpu" if sharded else None  # shards move to the GPU; the whole never does
-        self.worker = RenderWorker(checkpoints, device, dtype, name, transformer_device=transformer_device)
+        self.worker = RenderWorker(
+            checkpoints, device, dtype, name, transformer_device=transformer_device, warm_lora_originals=not sharded
+        )
         self.parallel = None
 
     def rendezvous_port(self) -> int:

@@ -226,11 +226,14 @@ class RenderWorker:
         dtype: str = "bfloat16",
         name: str = "worker",
         transformer_device: str | None = None,
+        warm_lora_originals: bool = True,
     ) -> None:
         self.name = name
         self.device = device or default_device()
         self.models = load_resident_models(checkpoints, self.device, getattr(torch, dtype), transformer_device)
         self.renderer = Renderer(self.models)
+        if warm_lora_originals:  # not for a model about to be sharded: its shards are what fusion restores
+            self.models.loras.warm_originals()
         self.metrics = WorkerMetrics()
         self.metrics.model_load_seconds.set(self.models.load_seconds)
         self.jobs_done = 0

@@ -159,3 +159,18 @@ def test_two_lora_sets_in_one_campaign_land_on_two_pools(ray_cluster, tiny_set, 
         assert "ltx2farm_lora_set_changes_total 1.0" in text
     finally:
         pool.shutdown()
+
+
+def test_worker_copies_the_originals_in_the_background_before_any_fusion(tiny_set):
+    """The copy the first fusion would make is made at worker start; fusing waits for it, so it is pristine."""
+    from cluster.worker import RenderWorker
+
+    worker = RenderWorker(tiny_set, "cpu")
+    loras = worker.models.loras
+    model = worker.models.transformer.velocity_model
+    pristine = {k: v.clone() for k, v in model.state_dict().items()}
+    loras.use(distilled=True)  # joins the copy first
+    originals = loras._originals
+    assert originals and all(torch.equal(originals[name], pristine[name]) for name in originals)
+    loras.use()
+    assert all(torch.equal(v, pristine[k]) for k, v in model.state_dict().items())
