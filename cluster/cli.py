@@ -117,6 +117,13 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--lora", action="append", metavar="PATH[:STRENGTH]", help="LoRA fused into the model (repeatable)"
     )
+    group.add_argument("--audio", metavar="PATH[@START]", help="sound track the video follows (audio-to-video)")
+    group.add_argument(
+        "--control",
+        metavar="KIND:PATH",
+        help="IC-LoRA control: canny:source.mp4 (edges traced by the farm), depth:pass.mp4 or pose:pass.mp4",
+    )
+    group.add_argument("--control-lora", metavar="PATH[:STRENGTH]", help="the IC-LoRA trained for --control")
     parser.add_argument(
         "--snap", action="store_true", help="move invalid sizes/frame counts to the nearest valid value and say so"
     )
@@ -223,6 +230,14 @@ def load_job_mapping(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         given = getattr(args, flag, None)
         if given:
             data[field] = [*data.get(field, []), *(parse(value) for value in given)]
+    if getattr(args, "audio", None):
+        path, at, start = args.audio.rpartition("@")
+        try:
+            data["audio"] = {"path": path, "start": float(start)} if at else {"path": args.audio}
+        except ValueError:
+            raise UsageError(f"--audio {args.audio!r}: the part after '@' is a start time in seconds") from None
+    if getattr(args, "control", None) or getattr(args, "control_lora", None):
+        data["control"] = _control_flags(args.control, args.control_lora)
     if getattr(args, "resolution", None):
         try:
             width, height = (int(v) for v in args.resolution.lower().split("x"))
@@ -263,6 +278,19 @@ def _image_flag(value: str) -> dict[str, Any]:
 def _lora_flag(value: str) -> dict[str, Any]:
     path, strength = _split_strength("lora", value, "--lora style.safetensors:0.8")
     return {"path": path} if strength is None else {"path": path, "strength": strength}
+
+
+def _control_flags(control: str | None, lora: str | None) -> dict[str, Any]:
+    kind, _, path = (control or "").partition(":")
+    if kind not in ("canny", "depth", "pose") or not path:
+        raise UsageError(f"--control {control!r}: write it as KIND:PATH with KIND canny, depth or pose")
+    if not lora:
+        raise UsageError("--control needs --control-lora PATH[:STRENGTH]: the IC-LoRA trained for that control")
+    lora_path, strength = _split_strength("control-lora", lora, "--control-lora ic-canny.safetensors:0.9")
+    entry: dict[str, Any] = {"kind": kind, "path": path, "lora": lora_path}
+    if strength is not None:
+        entry["lora_strength"] = strength
+    return entry
 
 
 def _resolve_inputs(job: ValidJob, args: argparse.Namespace, source: str) -> ValidJob:

@@ -4,6 +4,7 @@ conditioned latent kept as given, and renders through the plain path and the coo
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -191,3 +192,34 @@ def test_keyframes_render_through_chunks_and_tiles(tmp_path, picture):
     assert len(doc["plan"]["chunks"]) == 3 and len(doc["plan"]["stage2_tiles"]) > 3
     assert sorted(i for c in doc["plan"]["chunks"] for i, _ in c["images"]) == [0, 1, 2]
     assert doc["media"]["frames"] == 97
+
+
+def test_two_chunk_image_to_video_keeps_the_first_frame(resident, picture):
+    """Chunk 0 carries the image, chunk 1 continues from its tail; the stitched latent still starts with the
+    encoded image exactly (what the coordinator's stitch task does, in-process)."""
+    from cluster.coordinator import crossfade_into
+    from jobs.plan import plan_job
+    from jobs.spec import validate_job
+
+    plan = plan_job(
+        validate_job({**SMALL_JOB, "num_frames": 65, "chunk_seconds": 2.0, "chunk_overlap": 0.5, "recipe": "distilled"})
+    )
+    assert len(plan.chunks) == 2
+    positive = stages.encode_prompt(resident, "a product on a table")
+    first, second = plan.chunks
+    image = ((str(picture), 0, 1.0),)
+    r0 = stages.stage1_chunk(resident, replace(_request(image), frames=first.num_frames), positive, None)
+    r1 = stages.stage1_chunk(
+        resident,
+        replace(_request(()), frames=second.num_frames, seed=plan.chunk_seed[1]),
+        positive,
+        None,
+        tail_video=r0.video[:, :, -second.overlap_video :],
+        tail_audio=r0.audio[:, :, -second.overlap_audio :],
+    )
+    video = torch.zeros(*r0.video.shape[:2], plan.latent_frames, *r0.video.shape[3:], dtype=r0.video.dtype)
+    crossfade_into(video, r0.video, first.video.start, first.overlap_video)
+    crossfade_into(video, r1.video, second.video.start, second.overlap_video)
+    [item] = image_conditionings(resident, image, 64, 96)
+    assert torch.equal(video[:, :, :1], item.latent.cpu().to(video.dtype))
+    assert not torch.equal(video[:, :, -1:], torch.zeros_like(video[:, :, -1:]))  # chunk 1 filled the rest

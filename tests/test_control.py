@@ -136,3 +136,20 @@ def test_control_renders_whole_and_chunked(inputs):
     doc = json.loads(result.stdout)
     assert len(doc["plan"]["chunks"]) == 3 and doc["media"]["frames"] == 97
     assert doc["job"]["control"]["reference"] == doc["job"]["control"]["path"]  # a given pass is used as is
+
+
+def test_command_line_flags_build_the_same_job(inputs, capsys, monkeypatch):
+    from ltx2.samples import write_track
+
+    write_track(inputs / "voice.wav", 1.0)
+    monkeypatch.chdir(inputs)
+    args = ["validate", "--prompt", "x", "--height", "128", "--width", "192", "--frames", "17", "--json"]
+    flags = ["--control", "canny:source.mp4", "--control-lora", "ic-canny.safetensors:0.5", "--audio", "voice.wav@0.1"]
+    assert main([*args, *flags]) == 0
+    job = json.loads(capsys.readouterr().out)["job"]
+    assert job["control"]["kind"] == "canny" and job["control"]["lora_strength"] == 0.5
+    assert job["audio"]["start"] == 0.1 and len(job["audio"]["sha256"]) == 64
+    assert main([*args, "--control", "normals:x.mp4", "--control-lora", "a.safetensors"]) == 2
+    assert "KIND:PATH" in capsys.readouterr().err
+    assert main([*args, "--control", "canny:source.mp4"]) == 2
+    assert "needs --control-lora" in capsys.readouterr().err
