@@ -4,10 +4,11 @@ Audio is fitted to the video's duration (trimmed, or padded with silence by at m
 of vocoder rounding) so the two streams agree within one AAC frame. Files are written to a temporary
 name beside the target and renamed into place: a crash never leaves a truncated MP4 under the real name.
 
-A user's audio track (audio-to-video) is carried unchanged: AAC or MP3 from the start of an MP4/M4A/MP3
-file is copied packet for packet (no re-encode); anything else (WAV/PCM, FLAC, a start offset) is cut to
-the sample and stored as FLAC in the MP4, which is lossless: decoding the output gives the input's
-samples bit for bit (float PCM is stored as 32-bit integers).
+A user's audio track (audio-to-video) is carried unchanged: AAC from the start of an MP4/M4A/MOV file is
+copied packet for packet (no re-encode, decodes bit for bit as the input); anything else (WAV, MP3, FLAC,
+a start offset) is decoded, cut to the sample and stored as FLAC in the MP4: 16-bit sources bit for bit,
+float-decoded ones (MP3, AAC) with 24 bits, within 2^-23 of the decoded input. (MP3 packets are not
+copied: an MP4 has no place for the LAME header's encoder delay, so they would decode shifted.)
 """
 
 from __future__ import annotations
@@ -54,9 +55,9 @@ class SourceAudio:
     start: float = 0.0
 
 
-COPY_CODECS = frozenset({"aac", "mp3"})
-COPY_CONTAINERS = ("mp4", "mov", "m4a", "mp3")
-"""Formats whose AAC/MP3 packets an MP4 holds as they are (ADTS .aac would need a bitstream filter)."""
+COPY_CODECS = frozenset({"aac"})
+COPY_CONTAINERS = ("mp4", "mov", "m4a")
+"""Formats whose AAC packets an MP4 holds as they are (ADTS .aac would need a bitstream filter)."""
 
 
 class NoAudioStream(ValueError):
@@ -81,6 +82,12 @@ def copies_packets(source: SourceAudio, container: av.container.InputContainer) 
         and stream.codec_context.name in COPY_CODECS
         and any(name in container.format.name.split(",") for name in COPY_CONTAINERS)
     )
+
+
+def _flac_format(stream: av.audio.stream.AudioStream) -> str:
+    """FLAC stores integers: 16-bit sources as they are, anything else (float decoders: MP3, AAC) in 32-bit
+    containers (FFmpeg's FLAC keeps 24 bits of them)."""
+    return "s16" if stream.codec_context.format.name.startswith("s16") else "s32"
 
 
 class Mp4Writer:
@@ -120,6 +127,7 @@ class Mp4Writer:
             else:
                 self._audio = self._container.add_stream("flac", rate=template.codec_context.sample_rate)
                 self._audio.layout = template.codec_context.layout
+                self._audio.format = _flac_format(template)
         elif sample_rate is not None:
             self._audio = self._container.add_stream("aac", rate=sample_rate)
             self._audio.layout = "stereo"
@@ -176,12 +184,10 @@ class Mp4Writer:
             return
         rate = stream.codec_context.sample_rate
         first, last = round(source.start * rate), round((source.start + seconds) * rate)
-        fmt = "s16" if stream.codec_context.format.name.startswith("s16") else "s32"  # FLAC: integer samples
+        fmt = _flac_format(stream)
         resampler = av.AudioResampler(format=fmt, layout=stream.codec_context.layout, rate=rate)
-        position, written = 0, 0
-        for decoded in container.decode(stream):
-            if decoded.pts is not None:
-                position = round(decoded.pts * stream.time_base * rate)
+        position, written = 0, 0  # samples counted as decoded from the track's first (pts can carry an
+        for decoded in container.decode(stream):  # MP3's encoder delay, which the decoder has already dropped)
             for frame in resampler.resample(decoded):
                 samples = frame.to_ndarray()  # packed: [1, samples * channels]
                 channels = len(frame.layout.channels)

@@ -141,3 +141,20 @@ def test_audio_to_video_through_chunks(tmp_path):
     start = int(0.25 * RATE) * 2  # packed stereo s16
     assert out.shape[1] == round(97 / 24 * RATE) * 2
     assert np.array_equal(out, src[:, start : start + out.shape[1]])
+
+
+def test_an_mp3_track_is_carried_within_24_bits(tmp_path):
+    """MP3 decodes to floats: stored as 24-bit FLAC, cut to the sample, within 2^-23 of the decoded input."""
+    from ltx2.media import SourceAudio, write_mp4
+
+    write_track(tmp_path / "voice.mp3", 1.0, codec="libmp3lame")
+    video = torch.zeros(17, 64, 64, 3, dtype=torch.uint8)
+    for start in (0.0, 0.25):
+        out = write_mp4(
+            tmp_path / "o.mp4", video, 24.0, None, RATE, source_audio=SourceAudio(str(tmp_path / "voice.mp3"), start)
+        )
+        carried = decoded(out).reshape(-1, 2).T.astype(np.float64) / 2**31  # packed 32-bit stereo
+        source = decoded(tmp_path / "voice.mp3").astype(np.float64)
+        first = round(start * RATE)
+        assert carried.shape[1] == round(17 / 24 * RATE)
+        assert np.abs(carried - source[:, first : first + carried.shape[1]]).max() <= 2**-23
