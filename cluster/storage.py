@@ -159,13 +159,30 @@ def input_ref(path: str, sha256: str | None) -> str:
     return f"{path}{PINNED}{sha256}" if path.startswith("s3://") and sha256 else path
 
 
+CANNY = "canny:"
+
+
+def canny_ref(source: str, sha256: str, low: int, high: int) -> str:
+    """How a canny control pass travels: the recipe (thresholds, source digest, source reference), so every
+    node derives the same edges from its own copy of the source instead of reading another node's file."""
+    return f"{CANNY}{low}:{high}:{sha256}:{source}"
+
+
 def localize(value: Any) -> Any:
-    """`value` (request dataclasses, tuples, dicts, strings) with every pinned s3:// reference replaced by
-    the path of this node's verified copy: workers fetch their own inputs."""
+    """`value` (request dataclasses, tuples, dicts, strings) with every input made available on this node:
+    pinned s3:// references replaced by the path of a verified local copy, canny recipes by the path of the
+    edges traced here (cached): workers fetch and derive their own inputs."""
     if isinstance(value, str):
         if value.startswith("s3://") and PINNED in value:
             url, _, digest = value.partition(PINNED)
             return str(fetch_input(url, digest)[0])
+        if value.startswith(CANNY):
+            from jobs.inputs import canny_file_name, control_cache_dir
+            from ltx2.control import canny_pass
+
+            low, high, digest, source = value.removeprefix(CANNY).split(":", 3)
+            name = canny_file_name(digest, int(low), int(high))
+            return str(canny_pass(localize(source), control_cache_dir() / name, int(low), int(high)))
         return value
     if isinstance(value, tuple):
         return tuple(localize(v) for v in value)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from cluster.metrics import KIND_TO_STAGE, WorkerMetrics, worker_labels
-from cluster.storage import input_ref, localize
+from cluster.storage import canny_ref, input_ref, localize
 from jobs.outputs import disk_full_guard, output_paths, sidecar_document
 from jobs.plan import describe_task
 from jobs.spec import OFFICIAL_NEGATIVE_PROMPT, GuidanceSpec, ValidJob, validate_for_model
@@ -130,10 +130,14 @@ def job_control(job: ValidJob) -> dict[str, Any]:
         return {}
     from ltx2.control import reference_downscale_factor
 
-    reference = control.reference or control.path
+    source = input_ref(control.path, control.sha256)
+    if control.kind == "canny":  # each node traces its own copy of the source (deterministic, cached)
+        reference = canny_ref(source, str(control.sha256), control.canny_low, control.canny_high)
+    else:
+        reference = source
     lora = input_ref(control.lora, control.lora_sha256)
     return {
-        "control": (input_ref(reference, control.sha256), reference_downscale_factor(localize(lora)), control.strength),
+        "control": (reference, reference_downscale_factor(localize(lora)), control.strength),
         "control_lora": LoraSpec(lora, control.lora_strength),
     }
 

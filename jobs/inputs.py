@@ -103,6 +103,11 @@ def _check_video(path: Path) -> str | None:
     return None
 
 
+def canny_file_name(source_sha256: str, low: int, high: int) -> str:
+    """Where a canny pass is cached: named by what determines it (the source's digest and the thresholds)."""
+    return f"canny-{source_sha256[:20]}-{low}-{high}.mkv"
+
+
 def control_cache_dir() -> Path:
     """Where derived control passes (canny maps) are cached: LTX2_FARM_CONTROL_DIR, else the farm's cache."""
     from ltx2.tiny import default_cache_dir
@@ -143,7 +148,7 @@ def _resolve_control(job: ValidJob, roots: Sequence[Path], base: Path | None) ->
         ]
     reference = source[0]
     if control.kind == "canny":
-        name = f"canny-{source[2][:20]}-{control.canny_low}-{control.canny_high}.mkv"
+        name = canny_file_name(source[2], control.canny_low, control.canny_high)
         reference = str(canny_pass(str(source[1]), control_cache_dir() / name, control.canny_low, control.canny_high))
     return control.model_copy(
         update={"path": source[0], "sha256": source[2], "lora": lora[0], "lora_sha256": lora[2], "reference": reference}

@@ -153,3 +153,21 @@ def test_command_line_flags_build_the_same_job(inputs, capsys, monkeypatch):
     assert "KIND:PATH" in capsys.readouterr().err
     assert main([*args, "--control", "canny:source.mp4"]) == 2
     assert "needs --control-lora" in capsys.readouterr().err
+
+
+def test_every_node_traces_canny_from_its_own_copy(inputs, monkeypatch):
+    """A worker on another node has no access to the validating node's canny file: it gets the recipe and
+    traces the same edges into its own cache."""
+    from cluster.storage import canny_ref, localize
+    from jobs.inputs import file_sha256
+
+    source = inputs / "source.mp4"
+    monkeypatch.setenv("LTX2_FARM_CONTROL_DIR", str(inputs / "node-a"))
+    here = localize(canny_ref(str(source), file_sha256(source), 100, 200))
+    monkeypatch.setenv("LTX2_FARM_CONTROL_DIR", str(inputs / "node-b"))
+    there = localize(canny_ref(str(source), file_sha256(source), 100, 200))
+    assert here != there and there.startswith(str(inputs / "node-b"))
+    with av.open(here) as a, av.open(there) as b:
+        pairs = list(zip(a.decode(video=0), b.decode(video=0), strict=True))
+    same = all(np.array_equal(x.to_ndarray(format="rgb24"), y.to_ndarray(format="rgb24")) for x, y in pairs)
+    assert len(pairs) == 40 and same
