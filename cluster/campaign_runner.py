@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import ray
 
 from cluster.executor import WorkerPool
+from cluster.prompt_refs import PromptRefs
 from cluster.storage import StorageOptions, Uploader
 from cluster.worker import prompt_texts
 from jobs.campaign import CampaignSpec
@@ -40,10 +40,6 @@ class _Running:
     worker: int
     ref: Any
     started: float = field(default_factory=time.time)
-
-
-PROMPT_REFS = 256
-"""Encoded prompts kept in Ray's object store by the runner (about 12 MB each at the 19B model's size)."""
 
 
 def job_from_row(row: dict[str, Any]) -> ValidJob:
@@ -84,7 +80,7 @@ class CampaignRunner:
         self._failures: dict[int, list[str]] = {}  # worker slot -> ids of the jobs it failed since its last success
         self._failed_on: dict[tuple[str, str], set[int]] = {}  # (campaign, job) -> worker slots that failed it
         self._blocklisted_slots: set[int] = set()
-        self.prompts: OrderedDict[str, Any] = OrderedDict()  # text -> Ray ref of its encoding (farm-wide)
+        self.prompts = PromptRefs()  # text -> Ray ref of its encoding (farm-wide)
         self._held: dict[int, str | None] = {}  # worker slot -> LoRA set of its last job (pools per LoRA set)
 
     def _out_dir(self, campaign: str) -> Path:
@@ -252,10 +248,6 @@ class CampaignRunner:
         if ref is None:
             ref, _trace = actor.task.options(num_returns=2).remote("encode", "encode:prompt", text=text)
             self.prompts[text] = ref
-            while len(self.prompts) > PROMPT_REFS:
-                self.prompts.popitem(last=False)
-        else:
-            self.prompts.move_to_end(text)
         return ref
 
     def _out_of_memory(

@@ -23,6 +23,7 @@ import torch
 
 from cluster.executor import WorkerPool
 from cluster.metrics import FarmMetrics
+from cluster.prompt_refs import PromptRefs
 from cluster.storage import localize
 from cluster.worker import content_hashes, job_audio, job_control, job_guidance, job_images, job_loras
 from jobs.outputs import disk_full_guard, output_paths, sidecar_document
@@ -117,10 +118,10 @@ DECODE_GROUPS_AHEAD = 1
 class Coordinator:
     """Runs plans on a `WorkerPool`, several jobs at once."""
 
-    def __init__(self, pool: WorkerPool, metrics: FarmMetrics | None = None, prompts: dict | None = None) -> None:
+    def __init__(self, pool: WorkerPool, metrics: FarmMetrics | None = None, prompts: PromptRefs | None = None) -> None:
         self.pool = pool
         self.metrics = metrics
-        self.prompts = prompts if prompts is not None else {}
+        self.prompts = prompts if prompts is not None else PromptRefs()
         """Prompt text -> Ray ref of its encoding, shared with the campaign runner: encoded once farm-wide."""
         self.num_layers = pool.workers[0].info["num_layers"]
 
@@ -145,7 +146,7 @@ class Coordinator:
                                 self._local(run, task)
                                 progressed = True
                             elif task.kind == "encode" and _prompt_key(task.arg("text")) in self.prompts:
-                                run.done[task.id] = self.prompts[_prompt_key(task.arg("text"))]
+                                run.done[task.id] = self.prompts.get(_prompt_key(task.arg("text")))
                                 progressed = True
                             elif task.kind == "decode":
                                 self._start_decode(run, task)
@@ -185,9 +186,6 @@ class Coordinator:
                 run.traces.append(trace)
                 run.running.discard(label)
                 run.done[label] = value_ref
-                if trace["kind"] == "encode":
-                    text = next(t.arg("text") for t in run.plan.tasks if t.id == label)
-                    self.prompts[_prompt_key(text)] = value_ref
                 idle.append(worker)
         finally:
             for run in runs:
@@ -232,6 +230,8 @@ class Coordinator:
         )
         run.running.add(label)
         inflight[trace_ref] = (run, label, worker, value_ref, (kind, kwargs) if retry else None)
+        if kind == "encode":  # shared from dispatch on: another job's encode of the same text waits on this one
+            self.prompts[_prompt_key(kwargs["text"])] = value_ref
 
     def _arguments(self, run: JobRun, task: Task) -> dict[str, Any]:
         plan, spec = run.plan, run.plan.job.spec
