@@ -16,7 +16,9 @@ twice the 43 GB checkpoint here). Then, in the same process:
 Ray is not on the GPU machines: this is the in-process worker path; Ray object transfer is not included.
 Since the worker hashes its model files in a background thread from its start (`RenderWorker.__init__`),
 each `cached_file_sha256` call is also timed (file, seconds, start/end from the worker's creation) and the
-job's wait for the digests is the `model_hashes` event.
+job's wait for the digests is the `model_hashes` event. Likewise the worker's background copy of the weights
+the distilled LoRA changes (`ResidentLoras.warm_originals`) is timed (`lora_originals_copy`), and so is the
+first fusion's wait for it (a `wait for the LoRA originals copy` event, `lora_originals_wait_s`).
 
     OUT=$OUT python bench/start_and_overhead.py     # -> $OUT/start_and_overhead.json (+ log, sidecars)
     env: ROOT=/tmp/ltx2-real  STEPS=3  SIZE=704x1280x121  LORA_RANK=384  GEMMA_DIR=auto|<folder>
@@ -539,6 +541,48 @@ def cold_start(paths: CheckpointSet) -> object:
 
         ll.load_lora = timed_load
 
+    if hasattr(ll.ResidentLoras, "warm_originals"):  # the background copy of the originals (from cd9e32d)
+        original_warm = ll.ResidentLoras.warm_originals
+
+        def timed_warm(self):
+            t = time.perf_counter()
+            original_warm(self)
+            thread = self._warming
+            LORA_WARM.update(thread=thread.name, start_s=round(t - T_WORKER[0], 2))
+            original_join = thread.join
+
+            def waited_join(timeout=None):  # ResidentLoras.use joins it before the first weight change
+                t0 = time.perf_counter()
+                running = thread.is_alive()
+                original_join(timeout)
+                EVENTS.append(
+                    {
+                        "event": "wait for the LoRA originals copy (ResidentLoras.use joins it)",
+                        "stage": CURRENT["stage"],
+                        "seconds": round(time.perf_counter() - t0, 3),
+                        "copy_running_at_join": running,
+                        "at_s": round(t0 - T_WORKER[0], 2),
+                    }
+                )
+
+            thread.join = waited_join
+
+            def watch() -> None:
+                original_join()
+                end = time.perf_counter()
+                LORA_WARM.update(
+                    end_s=round(end - T_WORKER[0], 2),
+                    seconds=round(end - t, 2),
+                    tensors=len(self._originals),
+                    gib=round(sum(v.nbytes for v in self._originals.values()) / GIB, 2),
+                    pinned=all(v.is_pinned() for v in self._originals.values()) if DEVICE.type == "cuda" else None,
+                    host_after=host_memory(),
+                )
+
+            threading.Thread(target=watch, name="bench-watch-lora-originals", daemon=True).start()
+
+        ll.ResidentLoras.warm_originals = timed_warm
+
     REPORT["info"]["boto3"] = stub_boto3_if_missing()
     import cluster.worker as cw
     from cluster.worker import RenderWorker
@@ -598,6 +642,7 @@ def cold_start(paths: CheckpointSet) -> object:
 
 
 CURRENT: dict = {"stage": "submit"}
+LORA_WARM: dict = {}  # the background copy of the originals the distilled LoRA changes (s from worker creation)
 HASHES: list[dict] = []  # every cached_file_sha256 call (the worker's background thread included)
 T_WORKER = [0.0]  # perf_counter when RenderWorker(...) was called
 EVENTS: list[dict] = []
@@ -733,6 +778,7 @@ def run_job(worker, tag: str, prompt: str, seed: int, out_dir: Path) -> dict:
         "events": EVENTS[:],
         "submit_s_after_worker_created": round(t_submit - T_WORKER[0], 2),
         "file_hashes_during_job": HASHES[hashes_before:],
+        "lora_originals_wait_s": round(sum(e["seconds"] for e in EVENTS if e["event"].startswith("wait for")), 3),
         "submit_to_first_forward_s": round(first_fwd - t_submit, 3) if first_fwd else None,
         "submit_to_first_step_done_s": round(s1_steps[0]["at"] - t_submit, 3) if s1_steps else None,
         "stage_1_step_s": [round(s["seconds"], 3) for s in s1_steps],
@@ -839,6 +885,7 @@ def main() -> None:
             }
         ),
     )
+    REPORT["lora_originals_copy"] = dict(LORA_WARM)
     REPORT["file_hashes_all"] = HASHES[:]
     REPORT["total_script_s"] = round(time.perf_counter() - T_START, 1)
     flush(REPORT)
