@@ -24,6 +24,25 @@ SMALL_JOB = {
 }
 
 
+THREE_CHUNKS = {
+    "num_frames": None,
+    "duration": 4,
+    "chunk_seconds": 2,
+    "chunk_overlap": 0.5,
+    "decode_tile_frames": 32,
+}
+"""A 4-second job rendered in three temporal chunks (97 frames): the shape the chunked end-to-end tests use."""
+
+
+def write_job(folder: Path, **fields: object) -> Path:
+    """SMALL_JOB with `fields` on top, written as `job.yaml` in `folder` (its inputs resolve from there)."""
+    import yaml
+
+    path = Path(folder) / "job.yaml"
+    path.write_text(yaml.safe_dump({**SMALL_JOB, **fields}))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_set() -> CheckpointSet:
     from ltx2.tiny import ensure_tiny_checkpoint_set

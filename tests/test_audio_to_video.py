@@ -12,7 +12,6 @@ import av
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from cluster.cli import main
 from jobs.plan import plan_job
@@ -20,7 +19,7 @@ from jobs.spec import validate_job
 from ltx2 import stages
 from ltx2.render import A2V_AUDIO_GUIDANCE, default_video_guidance, encode_audio_track
 from ltx2.samples import AUDIO_RATE, write_track
-from tests.conftest import SMALL_JOB
+from tests.conftest import SMALL_JOB, THREE_CHUNKS, write_job
 from tests.test_cli import run
 
 RATE = AUDIO_RATE
@@ -29,12 +28,6 @@ RATE = AUDIO_RATE
 def decoded(path) -> np.ndarray:
     with av.open(str(path)) as container:
         return np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
-
-
-def _job(tmp_path, **fields):
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump({**SMALL_JOB, **fields}))
-    return path
 
 
 @pytest.mark.parametrize(
@@ -52,7 +45,7 @@ def _job(tmp_path, **fields):
 def test_bad_tracks_are_refused_before_compute(tmp_path, capsys, audio, words):
     write_track(tmp_path / "voice.wav", 1.0)
     write_track(tmp_path / "short.wav", 0.3)
-    path = _job(tmp_path, audio=audio)
+    path = write_job(tmp_path, audio=audio)
     assert main(["validate", str(path)]) == 2
     assert words in capsys.readouterr().err
 
@@ -105,7 +98,7 @@ def test_track_latent_is_the_official_encoding(resident, tmp_path):
 def test_output_carries_the_track_bit_for_bit(tmp_path, source, codec):
     write_track(tmp_path / "voice.wav", 1.0)
     write_track(tmp_path / "voice.m4a", 1.0, codec="aac")
-    job = _job(tmp_path, name="a2v", audio={"path": source})
+    job = write_job(tmp_path, name="a2v", audio={"path": source})
     result = run("render", str(job), "--out", str(tmp_path / "out"), "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
@@ -121,14 +114,10 @@ def test_output_carries_the_track_bit_for_bit(tmp_path, source, codec):
 
 def test_audio_to_video_through_chunks(tmp_path):
     write_track(tmp_path / "song.wav", 4.5)
-    job = _job(
+    job = write_job(
         tmp_path,
         name="a2v-long",
-        num_frames=None,
-        duration=4,
-        chunk_seconds=2,
-        chunk_overlap=0.5,
-        decode_tile_frames=32,
+        **THREE_CHUNKS,
         audio={"path": "song.wav", "start": 0.25},
     )
     result = run("render", str(job), "--workers", "2", "--out", str(tmp_path / "out"), "--json")

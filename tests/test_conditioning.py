@@ -9,26 +9,19 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from cluster.cli import main
 from ltx2 import stages
 from ltx2.render import default_audio_guidance, default_video_guidance, image_conditionings
 from ltx2.samples import write_picture
-from tests.conftest import SMALL_JOB
+from tests.conftest import SMALL_JOB, THREE_CHUNKS, write_job
 
 
 @pytest.fixture
 def picture(tmp_path):
     """A real PNG with structure (gradient + a square), not the job's size (so it is resized and cropped)."""
     return write_picture(tmp_path / "product.png")
-
-
-def _job(tmp_path, **fields):
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump({**SMALL_JOB, **fields}))
-    return path
 
 
 @pytest.mark.parametrize(
@@ -46,7 +39,7 @@ def _job(tmp_path, **fields):
 )
 def test_bad_images_are_refused_before_compute(tmp_path, capsys, picture, images, words):
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "gray.png")
-    path = _job(tmp_path, images=images)
+    path = write_job(tmp_path, images=images)
     assert main(["validate", str(path)]) == 2
     assert words in capsys.readouterr().err
 
@@ -77,7 +70,7 @@ def test_each_image_lands_in_the_first_chunk_that_holds_its_frame():
 
 
 def test_image_is_pinned_by_content(tmp_path, capsys, picture):
-    path = _job(tmp_path, images=[{"path": "product.png"}])
+    path = write_job(tmp_path, images=[{"path": "product.png"}])
     assert main(["validate", str(path), "--json"]) == 0
     [image] = json.loads(capsys.readouterr().out)["job"]["images"]
     assert image["path"] == str(picture.resolve()) and len(image["sha256"]) == 64
@@ -128,19 +121,15 @@ def test_image_to_video_renders_plain_and_chunked(tmp_path, picture):
     """Through the command line as users run it (a subprocess with its own embedded Ray)."""
     from tests.test_cli import run
 
-    plain = _job(tmp_path, name="i2v", images=[{"path": "product.png"}])
+    plain = write_job(tmp_path, name="i2v", images=[{"path": "product.png"}])
     result = run("render", str(plain), "--out", str(tmp_path / "out"), "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["job"]["images"][0]["sha256"] and doc["media"]["frames"] == 17
-    chunked = _job(
+    chunked = write_job(
         tmp_path,
         name="i2v-long",
-        num_frames=None,
-        duration=4,
-        chunk_seconds=2,
-        chunk_overlap=0.5,
-        decode_tile_frames=32,
+        **THREE_CHUNKS,
         images=[{"path": "product.png", "strength": 0.9}],
     )
     result = run("render", str(chunked), "--workers", "2", "--out", str(tmp_path / "out"), "--json")
@@ -174,7 +163,7 @@ def test_stage2_keyframe_tokens_are_clean_and_carved_by_the_tiles(resident, pict
 def test_keyframes_render_through_chunks_and_tiles(tmp_path, picture):
     from tests.test_cli import run
 
-    job = _job(
+    job = write_job(
         tmp_path,
         name="storyboard",
         num_frames=None,

@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from cluster.cli import main
 from ltx2 import stages
@@ -18,7 +17,7 @@ from ltx2.control import canny_pass, load_reference
 from ltx2.render import default_audio_guidance, default_video_guidance
 from ltx2.samples import write_clip
 from ltx2.tiny import write_tiny_lora
-from tests.conftest import SMALL_JOB
+from tests.conftest import THREE_CHUNKS, write_job
 from tests.test_cli import run
 
 
@@ -38,9 +37,7 @@ def inputs(tmp_path, tiny_set):
 
 
 def _job(tmp_path, **fields):
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump({**SMALL_JOB, "recipe": "distilled", **fields}))
-    return path
+    return write_job(tmp_path, recipe="distilled", **fields)
 
 
 def test_canny_pass_is_opencv_canny_of_every_frame(tmp_path):
@@ -124,11 +121,7 @@ def test_control_renders_whole_and_chunked(inputs):
     chunked = _job(
         inputs,
         name="depth-long",
-        num_frames=None,
-        duration=4,
-        chunk_seconds=2,
-        chunk_overlap=0.5,
-        decode_tile_frames=32,
+        **THREE_CHUNKS,
         control={"kind": "depth", "path": "depth.mp4", "lora": "ic-canny.safetensors", "strength": 0.9},
     )
     result = run("render", str(chunked), "--workers", "2", "--out", str(inputs / "out"), "--json")
