@@ -43,6 +43,25 @@ def write_job(folder: Path, **fields: object) -> Path:
     return path
 
 
+def small_chunk(**fields: object):  # -> ltx2.stages.ChunkRequest
+    """A 17-frame 64x96 distilled stage-1 chunk request for the tiny model, `fields` on top."""
+    from ltx2 import stages
+    from ltx2.render import default_audio_guidance, default_video_guidance
+
+    defaults = dict(
+        frames=17,
+        height=64,
+        width=96,
+        fps=24.0,
+        seed=3,
+        recipe="distilled",
+        steps=2,
+        video_guidance=default_video_guidance(2),
+        audio_guidance=default_audio_guidance(2),
+    )
+    return stages.ChunkRequest(**{**defaults, **fields})
+
+
 @pytest.fixture(scope="session")
 def tiny_set() -> CheckpointSet:
     from ltx2.tiny import ensure_tiny_checkpoint_set

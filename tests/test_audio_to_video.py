@@ -17,9 +17,9 @@ from cluster.cli import main
 from jobs.plan import plan_job
 from jobs.spec import validate_job
 from ltx2 import stages
-from ltx2.render import A2V_AUDIO_GUIDANCE, default_video_guidance, encode_audio_track
+from ltx2.render import A2V_AUDIO_GUIDANCE, encode_audio_track
 from ltx2.samples import AUDIO_RATE, write_track
-from tests.conftest import SMALL_JOB, THREE_CHUNKS, write_job
+from tests.conftest import SMALL_JOB, THREE_CHUNKS, small_chunk, write_job
 from tests.test_cli import run
 
 RATE = AUDIO_RATE
@@ -62,17 +62,7 @@ def test_a_track_plans_one_encode_and_no_audio_decode():
 def test_a_chunk_keeps_its_span_of_the_track_exactly(resident, tmp_path):
     write_track(tmp_path / "voice.wav", 1.0)
     track = stages.encode_track(resident, str(tmp_path / "voice.wav"), 0.0, 17, 24.0)
-    request = stages.ChunkRequest(
-        frames=17,
-        height=64,
-        width=96,
-        fps=24.0,
-        seed=3,
-        recipe="distilled",
-        steps=2,
-        video_guidance=default_video_guidance(2),
-        audio_guidance=A2V_AUDIO_GUIDANCE,
-    )
+    request = small_chunk(audio_guidance=A2V_AUDIO_GUIDANCE)
     positive = stages.encode_prompt(resident, "a singer on a stage")
     result = stages.stage1_chunk(resident, request, positive, None, track=track)
     assert torch.equal(result.audio, track.to(result.audio.dtype))

@@ -13,9 +13,9 @@ from PIL import Image
 
 from cluster.cli import main
 from ltx2 import stages
-from ltx2.render import default_audio_guidance, default_video_guidance, image_conditionings
+from ltx2.render import image_conditionings
 from ltx2.samples import write_picture
-from tests.conftest import SMALL_JOB, THREE_CHUNKS, write_job
+from tests.conftest import SMALL_JOB, THREE_CHUNKS, small_chunk, write_job
 
 
 @pytest.fixture
@@ -76,35 +76,20 @@ def test_image_is_pinned_by_content(tmp_path, capsys, picture):
     assert image["path"] == str(picture.resolve()) and len(image["sha256"]) == 64
 
 
-def _request(images, height=64, width=96, recipe="distilled"):
-    return stages.ChunkRequest(
-        frames=17,
-        height=height,
-        width=width,
-        fps=24.0,
-        seed=3,
-        recipe=recipe,
-        steps=2,
-        video_guidance=default_video_guidance(2),
-        audio_guidance=default_audio_guidance(2),
-        images=images,
-    )
-
-
 def test_first_frame_latent_is_the_encoded_image(resident, picture):
     """Strength 1 keeps the first latent exactly as encoded: stage 1 returns it unchanged (bf16: exact)."""
     positive = stages.encode_prompt(resident, "a product on a table")
-    result = stages.stage1_chunk(resident, _request(((str(picture), 0, 1.0),)), positive, None)
+    result = stages.stage1_chunk(resident, small_chunk(images=((str(picture), 0, 1.0),)), positive, None)
     [item] = image_conditionings(resident, ((str(picture), 0, 1.0),), 64, 96)
     encoded = item.latent.cpu()
     assert torch.equal(result.video[:, :, :1], encoded.to(result.video.dtype))
-    plain = stages.stage1_chunk(resident, _request(()), positive, None)
+    plain = stages.stage1_chunk(resident, small_chunk(), positive, None)
     assert not torch.equal(plain.video[:, :, :1], result.video[:, :, :1])
 
 
 def test_stage2_state_keeps_the_first_frame_clean_for_every_tile(resident, picture):
     chunk = stages.stage1_chunk(
-        resident, _request(((str(picture), 0, 1.0),)), stages.encode_prompt(resident, "x"), None
+        resident, small_chunk(images=((str(picture), 0, 1.0),)), stages.encode_prompt(resident, "x"), None
     )
     upscaled = stages.upsample(resident, chunk.video)
     state = stages.stage2_init(
@@ -141,7 +126,7 @@ def test_image_to_video_renders_plain_and_chunked(tmp_path, picture):
 def test_stage2_keyframe_tokens_are_clean_and_carved_by_the_tiles(resident, picture):
     """A keyframe's tokens sit after the grid, clean (strength 1), and a tile carries its spatial crop."""
     chunk = stages.stage1_chunk(
-        resident, _request(((str(picture), 8, 1.0),)), stages.encode_prompt(resident, "x"), None
+        resident, small_chunk(images=((str(picture), 8, 1.0),)), stages.encode_prompt(resident, "x"), None
     )
     upscaled = stages.upsample(resident, chunk.video)
     images = ((str(picture), 0, 1.0), (str(picture), 9, 1.0))
@@ -197,10 +182,10 @@ def test_two_chunk_image_to_video_keeps_the_first_frame(resident, picture):
     positive = stages.encode_prompt(resident, "a product on a table")
     first, second = plan.chunks
     image = ((str(picture), 0, 1.0),)
-    r0 = stages.stage1_chunk(resident, replace(_request(image), frames=first.num_frames), positive, None)
+    r0 = stages.stage1_chunk(resident, replace(small_chunk(images=image), frames=first.num_frames), positive, None)
     r1 = stages.stage1_chunk(
         resident,
-        replace(_request(()), frames=second.num_frames, seed=plan.chunk_seed[1]),
+        replace(small_chunk(), frames=second.num_frames, seed=plan.chunk_seed[1]),
         positive,
         None,
         tail_video=r0.video[:, :, -second.overlap_video :],

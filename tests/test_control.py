@@ -14,10 +14,9 @@ import torch
 from cluster.cli import main
 from ltx2 import stages
 from ltx2.control import canny_pass, load_reference
-from ltx2.render import default_audio_guidance, default_video_guidance
 from ltx2.samples import write_clip
 from ltx2.tiny import write_tiny_lora
-from tests.conftest import THREE_CHUNKS, write_job
+from tests.conftest import THREE_CHUNKS, small_chunk, write_job
 from tests.test_cli import run
 
 
@@ -60,29 +59,15 @@ def test_a_chunk_takes_its_own_span_of_the_reference(tmp_path):
     assert torch.equal(span, full[:, :, 16:33])
 
 
-def _request(control=None, lora=None):
-    return stages.ChunkRequest(
-        frames=17,
-        height=64,
-        width=96,
-        fps=24.0,
-        seed=3,
-        recipe="distilled",
-        steps=2,
-        video_guidance=default_video_guidance(2),
-        audio_guidance=default_audio_guidance(2),
-        control=control,
-        control_lora=lora,
-    )
-
-
 def test_stage1_follows_the_reference_with_the_ic_lora_fused(resident, inputs):
     from ltx2.lora import LoraSpec
 
     lora = LoraSpec(str(inputs / "ic-canny.safetensors"))
     positive = stages.encode_prompt(resident, "a square slides right")
-    plain = stages.stage1_chunk(resident, _request(), positive, None)
-    followed = stages.stage1_chunk(resident, _request((str(inputs / "source.mp4"), 1, 1.0), lora), positive, None)
+    plain = stages.stage1_chunk(resident, small_chunk(), positive, None)
+    followed = stages.stage1_chunk(
+        resident, small_chunk(control=(str(inputs / "source.mp4"), 1, 1.0), control_lora=lora), positive, None
+    )
     assert resident.loras.state.stage == (lora,) and resident.loras.state.distilled
     assert followed.video.shape == plain.video.shape  # the reference tokens are appended, then stripped
     assert not torch.equal(followed.video, plain.video)
