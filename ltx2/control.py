@@ -8,6 +8,7 @@ of its own span, so the control stays in step with the target.
 
 from __future__ import annotations
 
+import functools
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -20,7 +21,14 @@ from ltx2.models import ResidentModels
 
 
 def video_frame_count(path: str) -> int:
-    """Frames of a file's first video stream, by decoding (container counts are often missing)."""
+    """Frames of a file's first video stream, by decoding (container counts are often missing). Decoded once
+    per file version: validation checks the video, then its length."""
+    stat = os.stat(path)
+    return _video_frame_count(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _video_frame_count(path: str, _size: int, _mtime_ns: int) -> int:
     with av.open(path) as container:
         if not container.streams.video:
             raise ValueError("has no video stream")

@@ -14,6 +14,7 @@ copied: an MP4 has no place for the LAME header's encoder delay, so they would d
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -65,7 +66,14 @@ class NoAudioStream(ValueError):
 
 
 def audio_track_seconds(path: str) -> tuple[str, int, float]:
-    """(codec, sample rate, seconds) of a file's first audio stream, by decoding it; NoAudioStream if none."""
+    """(codec, sample rate, seconds) of a file's first audio stream, by decoding it; NoAudioStream if none.
+    Decoded once per file version: validation checks the track, then its length."""
+    stat = os.stat(path)
+    return _audio_track_seconds(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _audio_track_seconds(path: str, _size: int, _mtime_ns: int) -> tuple[str, int, float]:
     with av.open(path) as container:
         if not container.streams.audio:
             raise NoAudioStream("has no audio stream")
