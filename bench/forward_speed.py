@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -77,6 +78,8 @@ def main() -> None:
                 "prepare_s": round(prepare_s, 1),
                 "first_forward_s": round(first_s, 1),
                 "rel_err_video": rel(output[0].cpu(), reference[shape]) if shape in reference else None,
+                "graphs": counters["stats"]["unique_graphs"],
+                "graph_breaks": sum(counters["graph_break"].values()),
             }
             base = next(
                 (r for r in rows if r["options"] == "official" and r["h"] == shape[0] and r["w"] == shape[1]), None

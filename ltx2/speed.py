@@ -6,6 +6,9 @@
   the matmuls at the FP8 rate. Needs a GPU with FP8 tensor cores (compute capability ≥ 8.9).
 - `compile`: each transformer block compiled by `torch.compile` with static shapes, so norms, RoPE,
   AdaLN modulation and gating fuse into fewer kernels. The first forward at a new shape compiles.
+  Blocks are compiled in place (`Module.compile`), so parameter names (and LoRA fusion by name) do not
+  change, and each attention layer gets the callable the official `AttentionFunction` enum dispatches
+  to: dynamo cannot trace a call on the enum member, which split every block into seven graphs.
 """
 
 from __future__ import annotations
@@ -52,17 +55,50 @@ COMPILE_RECOMPILE_LIMIT = 1024
 which it silently runs the blocks eagerly; a farm worker meets many shapes, so the limit is raised."""
 
 
-def apply_compile(velocity_model: torch.nn.Module) -> torch.nn.Module:
-    """Compile every transformer block (static shapes: a job's shapes repeat for every step)."""
-    import torch._dynamo.config as dynamo_config
+BLOCK_INDEX_SOURCE = "L['self'].idx"
+"""A block's index, which the official block passes to the perturbation checks (STG skips chosen blocks).
+Dynamo treats a module's int attributes as constants and would compile one graph per block (48 per
+shape); declared dynamic, the unperturbed passes of all blocks share one graph and the STG pass adds
+one guard (`idx == k`), not 48 graphs."""
 
+
+def traceable_attention(function: object) -> object:
+    """What `AttentionFunction.__call__` would run for `function`, as an object dynamo can trace.
+
+    Same kernels, same numbers: the enum's own dispatch (xformers if installed, else PyTorch SDPA for
+    DEFAULT), only resolved once here instead of on every call. Other callables are returned as given.
+    """
+    from ltx_core.model.transformer import attention
+
+    if not isinstance(function, attention.AttentionFunction):
+        return function
+    kind = function
+    if kind is attention.AttentionFunction.DEFAULT:
+        xformers = attention.memory_efficient_attention is not None
+        kind = attention.AttentionFunction.XFORMERS if xformers else attention.AttentionFunction.PYTORCH
+    return {
+        attention.AttentionFunction.PYTORCH: attention.PytorchAttention,
+        attention.AttentionFunction.XFORMERS: attention.XFormersAttention,
+        attention.AttentionFunction.FLASH_ATTENTION_3: attention.FlashAttention3,
+    }[kind]()
+
+
+def apply_compile(velocity_model: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
+    """Compile every transformer block in place (static shapes: a job's shapes repeat for every step)."""
+    import torch._dynamo.config as dynamo_config
+    from ltx_core.model.transformer.attention import Attention
+
+    sources = {s for s in torch.compiler.config.dynamic_sources.split(",") if s}
+    torch.compiler.config.dynamic_sources = ",".join(sorted(sources | {BLOCK_INDEX_SOURCE}))
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
     dynamo_config.accumulated_recompile_limit = max(
         dynamo_config.accumulated_recompile_limit, 4 * COMPILE_RECOMPILE_LIMIT
     )
-    blocks = velocity_model.transformer_blocks
-    for i, block in enumerate(blocks):
-        blocks[i] = torch.compile(block, dynamic=False)
+    for module in velocity_model.modules():
+        if isinstance(module, Attention):
+            module.attention_function = traceable_attention(module.attention_function)
+    for block in velocity_model.transformer_blocks:
+        block.compile(dynamic=False, backend=backend)
     return velocity_model
 
 

@@ -1,0 +1,62 @@
+"""Speed options applied to the unmodified ltx-core model: compiled blocks trace whole and give the same numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import small_chunk
+from torch._dynamo.utils import counters
+
+from ltx2 import stages
+from ltx2.speed import SpeedOptions, apply_compile, apply_speed_options, traceable_attention
+
+
+@pytest.fixture()
+def fresh32(tiny_set):
+    """A model set of its own: compiling changes the model in place."""
+    from ltx2.models import load_resident_models
+
+    return load_resident_models(tiny_set, "cpu", torch.float32)
+
+
+def _chunk(models, recipe: str):
+    positive = stages.encode_prompt(models, "waves crash on black rocks, gulls cry")
+    negative = stages.encode_prompt(models, "blurry") if recipe == "two_stage" else None
+    return stages.stage1_chunk(models, small_chunk(recipe=recipe), positive, negative)
+
+
+def test_attention_enum_resolves_to_the_callable_it_dispatches_to():
+    from ltx_core.model.transformer.attention import AttentionFunction, PytorchAttention
+
+    assert isinstance(traceable_attention(AttentionFunction.PYTORCH), PytorchAttention)
+    assert isinstance(traceable_attention(AttentionFunction.DEFAULT), PytorchAttention)  # no xformers here
+    custom = object()
+    assert traceable_attention(custom) is custom  # e.g. a gang's sequence-parallel attention
+
+
+def test_compiled_blocks_trace_without_breaks_share_one_graph_and_match_eager(fresh32):
+    """Unperturbed passes of every block run one graph (not one per block), with no graph breaks."""
+    eager = _chunk(fresh32, "two_stage")
+    names = [n for n, _ in fresh32.transformer.velocity_model.named_parameters()]
+    torch._dynamo.reset()
+    counters.clear()
+    apply_compile(fresh32.transformer.velocity_model, backend="eager")
+    distilled = _chunk(fresh32, "distilled")  # one unperturbed pass per step
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    compiled = _chunk(fresh32, "two_stage")  # cond, uncond, STG at one block, modality-isolated
+    assert dict(counters["graph_break"]) == {}
+    assert torch.equal(compiled.video, eager.video) and torch.equal(compiled.audio, eager.audio)
+    assert distilled.video.shape == eager.video.shape
+    # in place: parameter names (what LoRA fusion and checkpoints address) are unchanged
+    assert [n for n, _ in fresh32.transformer.velocity_model.named_parameters()] == names
+
+
+def test_inductor_compiled_blocks_agree_with_eager(fresh32):
+    """The real backend (inductor, CPU code here) within float32 rounding of eager."""
+    eager = _chunk(fresh32, "distilled")
+    torch._dynamo.reset()
+    apply_speed_options(fresh32.transformer.velocity_model, SpeedOptions(compile=True))
+    compiled = _chunk(fresh32, "distilled")
+    scale = eager.video.abs().max()
+    assert (compiled.video - eager.video).abs().max() <= 1e-4 * scale
