@@ -75,7 +75,14 @@ class WorkerPool:
         device: str | None = None,
         dtype: str = "bfloat16",
         placement: Placement = REPLICA,
+        compile: bool | None = None,
     ) -> None:
+        """`compile`: compiled transformer blocks in replica workers (None: on for GPUs, see `ltx2.speed`)."""
+        if compile and placement.is_gang:
+            raise CapacityError(
+                f"compiled blocks are for replica workers; a {placement.mode} gang runs eager: drop --compile "
+                f"or use --placement replica"
+            )
         gpus = gpus_available()
         use_gpu = device != "cpu" and gpus >= 1
         resource = "GPU" if use_gpu else "CPU"
@@ -103,7 +110,7 @@ class WorkerPool:
             actor_cls = ray.remote(RenderWorker).options(**options)
 
             def start(name: str) -> Any:
-                return actor_cls.remote(checkpoints, target, dtype, name)
+                return actor_cls.remote(checkpoints, target, dtype, name, compile=compile)
 
         self._start = start
         self.replacements = 0

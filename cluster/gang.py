@@ -45,7 +45,13 @@ class GangMember:
             device = "cuda:0"  # Ray sets CUDA_VISIBLE_DEVICES to this member's one GPU
         transformer_device = "cpu" if sharded else None  # shards move to the GPU; the whole never does
         self.worker = RenderWorker(
-            checkpoints, device, dtype, name, transformer_device=transformer_device, warm_lora_originals=not sharded
+            checkpoints,
+            device,
+            dtype,
+            name,
+            transformer_device=transformer_device,
+            warm_lora_originals=not sharded,
+            compile=False,  # the parallel modes replace attention and shard weights after the load: eager
         )
         self.parallel = None
 

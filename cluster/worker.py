@@ -39,6 +39,7 @@ from ltx2.render import (
     default_audio_guidance,
     default_video_guidance,
 )
+from ltx2.speed import apply_speed_options, default_speed_options
 
 
 def default_device() -> str:
@@ -231,10 +232,15 @@ class RenderWorker:
         name: str = "worker",
         transformer_device: str | None = None,
         warm_lora_originals: bool = True,
+        compile: bool | None = None,
     ) -> None:
         self.name = name
         self.device = device or default_device()
         self.models = load_resident_models(checkpoints, self.device, getattr(torch, dtype), transformer_device)
+        self.speed = default_speed_options(self.device)
+        if compile is not None:
+            self.speed = replace(self.speed, compile=compile)
+        apply_speed_options(self.models.transformer.velocity_model, self.speed)
         self.renderer = Renderer(self.models)
         if warm_lora_originals:  # not for a model about to be sharded: its shards are what fusion restores
             self.models.loras.warm_originals()
@@ -267,6 +273,7 @@ class RenderWorker:
             "num_layers": self.models.num_layers,
             "lora_set": [[lora.path, lora.strength] for lora in self.models.loras.state.loras],
             "lora_set_changes": self.models.loras.set_changes,
+            "compile": self.speed.compile,
         }
 
     def progress(self) -> dict[str, Any]:

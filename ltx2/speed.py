@@ -24,6 +24,13 @@ class SpeedOptions:
     compile: bool = False
 
 
+def default_speed_options(device: torch.device | str) -> SpeedOptions:
+    """What a worker runs with unless told otherwise: compiled blocks on a GPU (same model, ~1.2x per
+    forward, one compile of ~10 s per new shape), plain eager on the CPU (inductor's CPU compile costs
+    more than it saves on the tiny model). FP8 is opt-in: it changes the numbers more (see bench/)."""
+    return SpeedOptions(compile=torch.device(device).type == "cuda")
+
+
 class SpeedOptionError(ValueError):
     """A speed option this device cannot run."""
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import small_chunk
 from torch._dynamo.utils import counters
 
 from ltx2 import stages
 from ltx2.speed import SpeedOptions, apply_compile, apply_speed_options, traceable_attention
+from tests.conftest import SMALL_JOB, small_chunk
 
 
 @pytest.fixture()
@@ -60,3 +60,34 @@ def test_inductor_compiled_blocks_agree_with_eager(fresh32):
     compiled = _chunk(fresh32, "distilled")
     scale = eager.video.abs().max()
     assert (compiled.video - eager.video).abs().max() <= 1e-4 * scale
+
+
+def test_compiled_blocks_follow_lora_fusion_in_place(fresh32):
+    """A whole two-stage render (stage 2 fuses the distilled LoRA into the compiled blocks' weights, the
+    next render restores them) equals the eager render exactly: graphs read the live weights."""
+    from cluster.worker import render_request
+    from jobs.spec import validate_job
+    from ltx2.render import Renderer
+
+    request = render_request(validate_job(SMALL_JOB), fresh32.num_layers)
+    eager = Renderer(fresh32).render(request)
+    torch._dynamo.reset()
+    apply_compile(fresh32.transformer.velocity_model, backend="eager")
+    renderer = Renderer(fresh32)
+    for _ in range(2):  # the second render starts with the LoRA fused by the first's stage 2
+        compiled = renderer.render(request)
+        assert torch.equal(compiled.video, eager.video) and torch.equal(compiled.audio, eager.audio)
+
+
+def test_gangs_refuse_compiled_blocks_before_starting_workers(tiny_set):
+    from cluster.executor import CapacityError, WorkerPool
+    from jobs.placement import Placement
+
+    with pytest.raises(CapacityError, match="drop --compile or use --placement replica"):
+        WorkerPool(tiny_set, placement=Placement("sequence", 2), compile=True)
+
+
+def test_workers_compile_by_default_on_gpus_only():
+    from ltx2.speed import default_speed_options
+
+    assert default_speed_options("cuda:0").compile and not default_speed_options("cpu").compile
