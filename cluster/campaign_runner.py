@@ -23,7 +23,7 @@ from cluster.prompt_refs import PromptRefs
 from cluster.storage import StorageOptions, Uploader
 from cluster.worker import prompt_texts
 from jobs.campaign import CampaignSpec
-from jobs.fallback import rung_after
+from jobs.fallback import OOM_LADDER, ladder_for, rung_after
 from jobs.keys import parse_destination, render_key
 from jobs.outputs import job_content_hash, output_paths
 from jobs.plan import plan_job
@@ -42,10 +42,10 @@ class _Running:
     started: float = field(default_factory=time.time)
 
 
-def job_from_row(row: dict[str, Any]) -> ValidJob:
+def job_from_row(row: dict[str, Any], ladder: tuple[str, ...] = OOM_LADDER) -> ValidJob:
     """The job of a claimed row, on the OOM-ladder rung its earlier out-of-memory attempts call for."""
     job = ValidJob(spec=JobSpec.model_validate_json(row["spec"]), num_frames=row["num_frames"])
-    return job.with_fallback(rung_after(row.get("ooms") or 0))
+    return job.with_fallback(rung_after(row.get("ooms") or 0, ladder))
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -69,6 +69,7 @@ class CampaignRunner:
     ) -> None:
         self.store = store
         self.pool = pool
+        self.ladder = ladder_for(pool.placement.mode)
         self.out_root = Path(out_root)
         self.storage = storage or StorageOptions()
         self.clock = clock
@@ -167,7 +168,7 @@ class CampaignRunner:
                 if row is None:
                     continue
                 spec = self.store.campaign_spec(name)
-                job = job_from_row(row)
+                job = job_from_row(row, self.ladder)
                 paths = output_paths(job, self._out_dir(name))
                 if paths.sidecar.exists() and paths.video.exists():
                     # Rendered before a crash: publish (idempotent) and finish, never render twice.
@@ -254,7 +255,7 @@ class CampaignRunner:
         self, campaign: str, job_id: str, error: Exception, seconds: float, stats: dict[str, int]
     ) -> None:
         """Requeue for the next rung of the OOM ladder (not a retry, not the worker's fault)."""
-        state = self.store.oom(campaign, job_id, f"{type(error).__name__}: {str(error)[:500]}", seconds)
+        state = self.store.oom(campaign, job_id, f"{type(error).__name__}: {str(error)[:500]}", seconds, self.ladder)
         if state == "queued":
             stats["oom_fallbacks"] = stats.get("oom_fallbacks", 0) + 1
         else:

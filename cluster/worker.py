@@ -7,6 +7,7 @@ when its sidecar exists.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -14,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import torch
 
 from cluster.metrics import KIND_TO_STAGE, WorkerMetrics, worker_labels
 from cluster.storage import canny_ref, input_ref, localize
+from jobs.fallback import reaches
 from jobs.outputs import disk_full_guard, output_paths, sidecar_document
 from jobs.plan import describe_task
 from jobs.spec import OFFICIAL_NEGATIVE_PROMPT, GuidanceSpec, ValidJob, validate_for_model
@@ -30,6 +33,8 @@ from ltx2.checkpoint import CheckpointSet, cached_file_sha256
 from ltx2.lora import LoraSpec
 from ltx2.media import SourceAudio, probe_mp4, write_mp4
 from ltx2.models import LOAD_COUNTER, load_resident_models
+from ltx2.offload import StreamedBlocks
+from ltx2.parallel.guidance import DistributedPassRunner
 from ltx2.render import (
     A2V_AUDIO_GUIDANCE,
     Guidance,
@@ -183,27 +188,36 @@ def _release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def install_faults(models: Any, spec: str) -> int | None:
-    """Fault injection for chaos tests (`LTX2_FARM_FAULTS=oom_over_tokens:N`): every transformer call over N
-    video tokens raises the `torch.OutOfMemoryError` a GPU too small for it would. Returns N (or None)."""
+def install_faults(models: Any, spec: str, streaming: StreamedBlocks | None = None) -> int | None:
+    """Fault injection for chaos tests (`LTX2_FARM_FAULTS`): `oom_over_tokens:N` makes every transformer call
+    over N video tokens raise the `torch.OutOfMemoryError` a GPU too small for it would; `oom_unless_streamed`
+    makes every call raise it unless the blocks are streamed from host memory (a GPU that fits the weights
+    or the activations, not both). Returns N (or None)."""
     limit = None
+    unless_streamed = False
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, value = item.partition(":")
-        if name != "oom_over_tokens" or not value.isdigit():
-            raise ValueError(f"LTX2_FARM_FAULTS: unknown fault {item!r} (known: oom_over_tokens:N)")
-        limit = int(value)
-    if limit is None:
-        return None
+        if name == "oom_over_tokens" and value.isdigit():
+            limit = int(value)
+        elif name == "oom_unless_streamed" and not value and streaming is not None:
+            unless_streamed = True
+        else:
+            raise ValueError(
+                f"LTX2_FARM_FAULTS: unknown fault {item!r} (known: oom_over_tokens:N, oom_unless_streamed)"
+            )
 
-    def over_limit(_module: Any, args: tuple, kwargs: dict) -> None:
+    def injected(_module: Any, args: tuple, kwargs: dict) -> None:
         video = kwargs.get("video", args[0] if args else None)
         tokens = int(video.latent.shape[1]) if video is not None else 0
-        if tokens > limit:
+        if limit is not None and tokens > limit:
             raise torch.OutOfMemoryError(
                 f"CUDA out of memory (injected by LTX2_FARM_FAULTS): {tokens} video tokens, limit {limit}"
             )
+        if unless_streamed and not streaming.active:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by LTX2_FARM_FAULTS): blocks not streamed")
 
-    models.transformer.register_forward_pre_hook(over_limit, with_kwargs=True)
+    if limit is not None or unless_streamed:
+        models.transformer.register_forward_pre_hook(injected, with_kwargs=True)
     return limit
 
 
@@ -241,6 +255,8 @@ class RenderWorker:
         if compile is not None:
             self.speed = replace(self.speed, compile=compile)
         apply_speed_options(self.models.transformer.velocity_model, self.speed)
+        self.streaming = StreamedBlocks(self.models.transformer.velocity_model, self.models.device)
+        self.models.loras.streaming = self.streaming  # the OOM ladder's CPU-offload rung (off until asked for)
         self.renderer = Renderer(self.models)
         if warm_lora_originals:  # not for a model about to be sharded: its shards are what fusion restores
             self.models.loras.warm_originals()
@@ -252,7 +268,7 @@ class RenderWorker:
         self._lock = threading.Lock()  # guards the progress record (polled from another thread)
         self._busy = threading.Lock()  # one render or task at a time: the model (and its LoRA state) is shared
         # Model-file digests (for sidecars) are computed in the background while the first job renders.
-        self._oom_over_tokens = install_faults(self.models, os.environ.get("LTX2_FARM_FAULTS", ""))
+        install_faults(self.models, os.environ.get("LTX2_FARM_FAULTS", ""), self.streaming)
         self._hashing = threading.Thread(target=self.model_hashes, name="model-hashes", daemon=True)
         self._hashing.start()
 
@@ -333,9 +349,10 @@ class RenderWorker:
         if job.fallback is not None:
             self.metrics.oom_fallbacks.labels(job.fallback).inc()
         try:
-            output = self.renderer.render(
-                request, on_step=self._on_step, offload_text_encoder=job.fallback == "offload_text_encoder"
-            )
+            with self._on_rung(job.fallback, text_encoder=False):  # the renderer moves Gemma after encoding
+                output = self.renderer.render(
+                    request, on_step=self._on_step, offload_text_encoder=reaches(job.fallback, "offload_text_encoder")
+                )
         except torch.OutOfMemoryError:
             self._record("render", time.perf_counter() - started, "oom")
             _release_cached_memory()
@@ -390,8 +407,30 @@ class RenderWorker:
         """Run one task; `fallback` is the job's OOM-ladder rung (counted once per job, at stage2_init)."""
         if fallback is not None and kind == "stage2_init":
             self.metrics.oom_fallbacks.labels(fallback).inc()
-        offload = fallback == "offload_text_encoder" and kind != "encode"
-        self.models.text_encoder.to("cpu" if offload else self.models.device)
+        with self._on_rung(fallback, text_encoder=kind != "encode"):
+            return self._run_task(kind, label, **kwargs)
+
+    @contextlib.contextmanager
+    def _on_rung(self, rung: str | None, text_encoder: bool) -> Iterator[None]:
+        """What a job's OOM-ladder rung changes here while its render or one of its tasks runs: Gemma in host
+        memory, blocks streamed from host memory (both stay so for the next job on the same rung: moving
+        them costs seconds), a guidance gang's passes one by one (for this task only)."""
+        models = self.models
+        if text_encoder:
+            models.text_encoder.to("cpu" if reaches(rung, "offload_text_encoder") else models.device)
+        if reaches(rung, "offload_transformer"):
+            self.streaming.enable()
+        else:
+            self.streaming.disable()
+        runner = models.pass_runner
+        if reaches(rung, "sequential_passes") and isinstance(runner, DistributedPassRunner) and not runner.lockstep:
+            models.pass_runner = replace(runner, lockstep=True)  # batch-one forwards, one pass after another
+        try:
+            yield
+        finally:
+            models.pass_runner = runner
+
+    def _run_task(self, kind: str, label: str, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         if self.models.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.models.device)
         start = time.time()

@@ -1,9 +1,13 @@
 """What a job that ran out of GPU memory is retried with: the OOM ladder. Pure: no torch, no Ray.
 
-Each out-of-memory attempt moves the job one rung down: smaller stage-2 and decode tiles, then the
-smallest tiles, then the text encoder offloaded to host memory while the transformer runs. A rung changes
-how the job runs, never what it asks for: the job keeps its name and identity, and its sidecar says which
-rung rendered it (tiles change the pixels slightly at seams; the offload changes nothing).
+Each out-of-memory attempt moves the job one rung down, and a rung keeps what the rungs above it did:
+smaller stage-2 and decode tiles, the smallest tiles, fewer parallel passes (a guidance gang runs its
+share of a step's guided passes one by one instead of batched), the text encoder offloaded to host
+memory while the transformer runs, and the transformer's blocks streamed from host memory (CPU offload).
+A rung changes how the job runs, never what it asks for: the job keeps its name and identity, and its
+sidecar says which rung rendered it (tiles change the pixels slightly at seams; the rest changes nothing).
+A rung that would change nothing for the pool (passes are already one by one outside guidance gangs) is
+left out of that pool's ladder. FP8 weights are not a rung: workers fuse LoRAs into bf16 weights.
 """
 
 from __future__ import annotations
@@ -12,14 +16,39 @@ from dataclasses import dataclass
 
 from jobs.spec import JobSpec, ValidJob
 
-OOM_LADDER: tuple[str, ...] = ("smaller_tiles", "smallest_tiles", "offload_text_encoder")
+OOM_LADDER: tuple[str, ...] = (
+    "smaller_tiles",
+    "smallest_tiles",
+    "sequential_passes",
+    "offload_text_encoder",
+    "offload_transformer",
+)
+
+BATCHED_PASS_MODES = ("guidance",)
+"""Pool placements whose workers batch guided passes (a guidance gang's share per rank)."""
 
 
-def rung_after(oom_attempts: int) -> str | None:
+def ladder_for(placement_mode: str) -> tuple[str, ...]:
+    """The rungs that change something for a pool of `placement_mode` workers (a sharded gang's blocks are
+    already split over its GPUs: it does not stream them)."""
+    skip = set()
+    if placement_mode not in BATCHED_PASS_MODES:
+        skip.add("sequential_passes")
+    if placement_mode == "sharded":
+        skip.add("offload_transformer")
+    return tuple(r for r in OOM_LADDER if r not in skip)
+
+
+def rung_after(oom_attempts: int, ladder: tuple[str, ...] = OOM_LADDER) -> str | None:
     """The rung for a job that has run out of memory `oom_attempts` times; None when the ladder is spent."""
     if oom_attempts <= 0:
         return None
-    return OOM_LADDER[oom_attempts - 1] if oom_attempts <= len(OOM_LADDER) else None
+    return ladder[oom_attempts - 1] if oom_attempts <= len(ladder) else None
+
+
+def reaches(rung: str | None, step: str) -> bool:
+    """Whether a job on `rung` does what `step` does (rungs keep what the rungs above them did)."""
+    return rung is not None and OOM_LADDER.index(rung) >= OOM_LADDER.index(step)
 
 
 @dataclass(frozen=True)
@@ -38,12 +67,13 @@ def _down32(value: float, minimum: int) -> int:
 
 def effective_tiling(job: ValidJob, rung: str | None) -> Tiling:
     """Tile sizes for `rung`: `smaller_tiles` halves the stage-2 tile (at most half the frame's long side,
-    so even a one-piece job is split) and the decode tiles; `smallest_tiles` quarters them."""
+    so even a one-piece job is split) and the decode tiles; `smallest_tiles` and every rung below it quarter
+    them."""
     spec: JobSpec = job.spec
     base = Tiling(spec.tile_pixels, spec.tile_overlap, spec.decode_tile_pixels, spec.decode_tile_frames)
-    if rung not in ("smaller_tiles", "smallest_tiles"):
+    if not reaches(rung, "smaller_tiles"):
         return base
-    divisor = 2 if rung == "smaller_tiles" else 4
+    divisor = 4 if reaches(rung, "smallest_tiles") else 2
     side = min(spec.tile_pixels, max(spec.height, spec.width)) / divisor
     tile = _down32(side, 64)
     return Tiling(

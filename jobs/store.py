@@ -283,17 +283,20 @@ class Store:
         )
         return state
 
-    def oom(self, campaign: str, job_id: str, error: str, gpu_seconds: float) -> str:
+    def oom(
+        self, campaign: str, job_id: str, error: str, gpu_seconds: float, ladder: tuple[str, ...] | None = None
+    ) -> str:
         """The job ran out of GPU memory: requeue it for the next rung of the OOM ladder (not a retry) while
         rungs remain, else fail it saying so. Returns the new state; the next claim's `ooms` picks the rung."""
         from jobs.fallback import OOM_LADDER
 
+        ladder = OOM_LADDER if ladder is None else ladder
         with self._tx() as db:
             ooms = self._count_attempts(db, campaign, job_id, ("oom",)) + 1
-            state = "queued" if ooms <= len(OOM_LADDER) else "failed"
+            state = "queued" if ooms <= len(ladder) else "failed"
             if state == "failed":
                 error = (
-                    f"out of GPU memory on every rung of the OOM ladder ({', '.join(OOM_LADDER)}); last: {error}. "
+                    f"out of GPU memory on every rung of the OOM ladder ({', '.join(ladder)}); last: {error}. "
                     "Render it smaller or shorter, or on a GPU with more memory"
                 )
             self._end_attempt(db, campaign, job_id, state, "oom", error, gpu_seconds)

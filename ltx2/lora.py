@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -24,6 +25,7 @@ from ltx_core.loader.fuse_loras import _prepare_deltas
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ltx2.checkpoint import CheckpointError, read_safetensors_header
+from ltx2.offload import StreamedBlocks
 
 
 def _local(param: torch.Tensor) -> torch.Tensor:
@@ -171,6 +173,8 @@ class ResidentLoras:
     _files: dict[str, StateDict] = field(default_factory=dict, init=False)
     _originals: dict[str, torch.Tensor] = field(default_factory=dict, init=False)
     _warming: threading.Thread | None = field(default=None, init=False)
+    streaming: StreamedBlocks | None = None
+    """Set while the blocks may be streamed from host memory (OOM ladder): fusion pauses it."""
 
     def __post_init__(self) -> None:
         self.check([self.distilled_lora])  # read and checked at load time: a worker is ready when loaded
@@ -225,11 +229,15 @@ class ResidentLoras:
             self._warming = None
         if wanted.loras != self._state.loras:
             self.set_changes += 1
+        with self.streaming.paused() if self.streaming is not None else nullcontext():  # fuse on the GPU
+            self._switch(wanted)
+
+    def _switch(self, wanted: LoraState) -> None:
         if self._fusion is not None:
             self._fusion.unfuse()
             self._fusion = None
         self._state = LoraState()
-        specs = [*wanted.loras, *wanted.stage] + ([self.distilled_lora] if distilled else [])
+        specs = [*wanted.loras, *wanted.stage] + ([self.distilled_lora] if wanted.distilled else [])
         if specs:
             fusion = LoraFusion(self.model, specs, loader=self._load, originals=self._originals)
             fusion.fuse()

@@ -15,7 +15,7 @@ import sys
 import pytest
 import yaml
 
-from jobs.fallback import OOM_LADDER, effective_tiling, rung_after
+from jobs.fallback import OOM_LADDER, effective_tiling, ladder_for, rung_after
 from jobs.plan import plan_job
 from jobs.spec import validate_job
 from jobs.store import Store
@@ -25,7 +25,11 @@ TINY = {"height": 128, "width": 192, "num_frames": 17, "recipe": "distilled"}
 
 
 def test_ladder_order_and_tiles():
-    assert [rung_after(n) for n in range(5)] == [None, *OOM_LADDER, None]
+    assert [rung_after(n) for n in range(len(OOM_LADDER) + 2)] == [None, *OOM_LADDER, None]
+    # rungs that change nothing for a pool are left out of its ladder
+    assert "sequential_passes" not in ladder_for("replica") and "sequential_passes" in ladder_for("guidance")
+    assert "offload_transformer" in ladder_for("sequence") and "offload_transformer" not in ladder_for("sharded")
+    assert [rung_after(n, ladder_for("replica")) for n in (3, 4)] == ["offload_text_encoder", "offload_transformer"]
     job = validate_job({**SMALL_JOB, "height": 1024, "width": 1536})
     tiles = {rung: len(plan_job(job.with_fallback(rung)).tiles) for rung in (None, "smaller_tiles", "smallest_tiles")}
     assert tiles[None] < tiles["smaller_tiles"] < tiles["smallest_tiles"], tiles
@@ -36,7 +40,9 @@ def test_ladder_order_and_tiles():
     one_piece = validate_job({**SMALL_JOB, **TINY})
     assert plan_job(one_piece).trivial
     assert not plan_job(one_piece.with_fallback("smaller_tiles")).trivial  # even a one-piece job gets split
-    assert plan_job(one_piece.with_fallback("offload_text_encoder")).trivial
+    # a rung keeps what the rungs above it did: the offload rungs render with the smallest tiles
+    for rung in ("sequential_passes", "offload_text_encoder", "offload_transformer"):
+        assert effective_tiling(job, rung) == smallest
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -49,13 +55,24 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize(("limit", "rung"), [(40, "smaller_tiles"), (0, None)], ids=["recovers", "ladder spent"])
-def test_an_oom_moves_the_job_down_the_ladder(tmp_path, limit, rung):
+LADDER = ladder_for("replica")
+
+
+@pytest.mark.parametrize(
+    ("fault", "rung"),
+    [
+        ("oom_over_tokens:40", "smaller_tiles"),
+        ("oom_unless_streamed", "offload_transformer"),
+        ("oom_over_tokens:0", None),
+    ],
+    ids=["recovers", "recovers on the last rung", "ladder spent"],
+)
+def test_an_oom_moves_the_job_down_the_ladder(tmp_path, fault, rung):
     env = {
         **os.environ,
         "LTX2_FARM_CACHE": str(CACHE),
         "LTX2_FARM_DB": str(tmp_path / "db"),
-        "LTX2_FARM_FAULTS": f"oom_over_tokens:{limit}",
+        "LTX2_FARM_FAULTS": fault,
     }
     manifest = tmp_path / "m.yaml"
     manifest.write_text(
@@ -68,9 +85,9 @@ def test_an_oom_moves_the_job_down_the_ladder(tmp_path, limit, rung):
     [job] = store.jobs("oom")
     outcomes = [a["outcome"] for a in store.attempts("oom")]
     if rung is not None:  # stage 2 untiled has 72 video tokens > 40; halved tiles have at most 27
-        assert job["state"] == "done" and outcomes == ["oom", "ok"], outcomes
+        assert job["state"] == "done" and outcomes == ["oom"] * (LADDER.index(rung) + 1) + ["ok"], outcomes
         [sidecar] = [json.loads(p.read_text()) for p in (tmp_path / "out" / "oom").glob("*.json")]
         assert sidecar["fallback"] == rung and len(sidecar["plan"]["stage2_tiles"]) > 1
     else:  # every call is over the limit: each rung is tried once, then the job fails saying so
-        assert job["state"] == "failed" and outcomes == ["oom"] * (len(OOM_LADDER) + 1), outcomes
-        assert "out of GPU memory on every rung" in job["error"]
+        assert job["state"] == "failed" and outcomes == ["oom"] * (len(LADDER) + 1), outcomes
+        assert f"out of GPU memory on every rung of the OOM ladder ({', '.join(LADDER)})" in job["error"]
