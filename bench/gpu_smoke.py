@@ -1,5 +1,8 @@
 """GPU smoke run of the foundation: tiny checkpoint set → resident models on CUDA → both recipes → MP4.
 
+Then, on a second worker with eager blocks, the OOM ladder's CPU-offload rung (blocks streamed from pinned
+host memory, `ltx2/offload.py`): its render must equal the same worker's plain render bit for bit.
+
 Run on the lent GPU machine with `PYTHONPATH=.` (no Ray there: the worker class runs in-process).
 Prints one JSON line per render and writes the MP4s and sidecars under $OUT (or ./renders-gpu).
 """
@@ -61,6 +64,27 @@ def main() -> None:
             )
         )
     assert results[0]["content_sha256"] == results[2]["content_sha256"], "same job twice must match"
+    print(json.dumps({"compiled": worker.info()["compile"]}))
+
+    eager = RenderWorker(paths, device=worker.device, compile=False, name="eager")
+    job = validate_job({"prompt": "a red fox in the snow, a raven calls", "seed": 10, "height": 256, "width": 384})
+    plain = eager.render(job, str(out / "eager"))
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    streamed = eager.render(job.with_fallback("offload_transformer"), str(out / "streamed"))
+    print(
+        json.dumps(
+            {
+                "streamed_equals_plain": streamed["content_sha256"] == plain["content_sha256"],
+                "compiled_equals_eager": plain["content_sha256"] == results[0]["content_sha256"],
+                "block_loads": eager.streaming.loads,
+                "streamed_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+                "timings_s": {"plain": plain["timings_s"], "streamed": streamed["timings_s"]},
+            }
+        )
+    )
+    assert streamed["content_sha256"] == plain["content_sha256"], "streamed blocks must not change the numbers"
+    assert eager.streaming.loads > 0
     print("OK")
 
 

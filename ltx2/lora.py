@@ -203,13 +203,27 @@ class ResidentLoras:
         distilled = self.distilled_lora.path
         targets = LoraFusion(self.model, [self.distilled_lora], loader=lambda _path: self._files[distilled]).targets
 
+        params = dict(self.model.named_parameters())
+        cuda = [_local(params[name]).device for name in targets if _local(params[name]).is_cuda]
+        side = torch.cuda.Stream(cuda[0]) if cuda else None
+        if side is not None:  # the weights were written on the current stream: copy after that
+            side.wait_stream(torch.cuda.current_stream(cuda[0]))
+
         def copy() -> None:
-            params = dict(self.model.named_parameters())
+            # Into pinned buffers, asynchronously on a side stream: a pageable copy on the default stream
+            # serialised with the first job's kernels and slowed its stage 1 (bench, 2026-11-25).
             for name in targets:
                 if name not in self._originals:
-                    local = _local(params[name])
-                    backup = local.detach().to("cpu", copy=True)
-                    self._originals[name] = backup.pin_memory() if local.is_cuda else backup
+                    local = _local(params[name]).detach()
+                    if local.is_cuda:
+                        backup = torch.empty(local.shape, dtype=local.dtype, pin_memory=True)
+                        with torch.cuda.stream(side):
+                            backup.copy_(local, non_blocking=True)
+                    else:
+                        backup = local.to("cpu", copy=True)
+                    self._originals[name] = backup
+            if side is not None:
+                side.synchronize()
 
         self._warming = threading.Thread(target=copy, name="lora-originals", daemon=True)
         self._warming.start()
