@@ -11,14 +11,30 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
+import ltx_pipelines  # noqa: F401  (before the boto3 stub, as start_and_overhead.py says)
 import torch
 
-from cluster.worker import RenderWorker
-from jobs.spec import validate_job
-from ltx2.tiny import ensure_tiny_checkpoint_set
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from start_and_overhead import stub_boto3_if_missing
+
+stub_boto3_if_missing()  # the GPU image has no boto3; these renders write local files only
+
+from cluster.worker import RenderWorker  # noqa: E402
+from jobs.spec import validate_job  # noqa: E402
+from ltx2.tiny import ensure_tiny_checkpoint_set  # noqa: E402
+
+JOB = {
+    "prompt": "a red fox in the snow, a raven calls",
+    "seed": 10,
+    "height": 256,
+    "width": 384,
+    "duration": 2.0,
+    "steps": 8,
+}
 
 
 def main() -> None:
@@ -39,17 +55,7 @@ def main() -> None:
     )
     results = []
     for recipe in ("two_stage", "distilled", "two_stage"):
-        job = validate_job(
-            {
-                "prompt": "a red fox in the snow, a raven calls",
-                "seed": 10,
-                "height": 256,
-                "width": 384,
-                "duration": 2.0,
-                "recipe": recipe,
-                "steps": 8,
-            }
-        )
+        job = validate_job({**JOB, "recipe": recipe})
         sidecar = worker.render(job, str(out / "renders"))
         results.append(sidecar)
         print(
@@ -67,7 +73,7 @@ def main() -> None:
     print(json.dumps({"compiled": worker.info()["compile"]}))
 
     eager = RenderWorker(paths, device=worker.device, compile=False, name="eager")
-    job = validate_job({"prompt": "a red fox in the snow, a raven calls", "seed": 10, "height": 256, "width": 384})
+    job = validate_job({**JOB, "recipe": "two_stage"})  # the first render's job, on eager blocks
     plain = eager.render(job, str(out / "eager"))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
