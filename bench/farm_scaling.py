@@ -34,7 +34,7 @@ Workers run as the farm runs them: replicas with compiled blocks on GPUs (the de
 Model: the real-size checkpoint set of `bench/start_and_overhead.py` (19B transformer, Gemma-3-12B, random
 weights), written to ROOT once (~60 s) and reused while the machine keeps /tmp. Ray must be importable
 (`bench/pack_ray.sh`). boto3 is not on the GPU image: the driver and every Ray worker process stub it
-(`start_and_overhead.stub_boto3_if_missing`, after importing ltx_pipelines; a Ray worker-process setup hook).
+(`boto3_stub.stub_boto3_if_missing`, after importing ltx_pipelines; a Ray worker-process setup hook).
 Results go to $OUT/farm_scaling.json after every run (a run cut off at the call limit keeps what finished).
 
     OUT=$OUT PHASES=e2e python bench/farm_scaling.py
@@ -66,7 +66,8 @@ from typing import Any  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import start_and_overhead as soh  # noqa: E402  (bench/: the script's folder)
+import boto3_stub  # noqa: E402  (bench/: the script's folder)
+import start_and_overhead as soh  # noqa: E402
 import torch  # noqa: E402
 
 from ltx2.checkpoint import CheckpointSet  # noqa: E402
@@ -133,9 +134,9 @@ def worker_setup(bench: str = str(Path(__file__).resolve().parent)) -> None:
 
     if bench not in sys.path:
         sys.path.append(bench)
-    import start_and_overhead
+    import boto3_stub  # torch-free: CUDA must not start before Ray pins this process to its GPU
 
-    start_and_overhead.stub_boto3_if_missing()
+    boto3_stub.stub_boto3_if_missing()
 
 
 def start_ray() -> None:
@@ -655,7 +656,7 @@ def main() -> None:
         "phases": PHASES,
         "torch": torch.__version__,
         "python": sys.version.split()[0],
-        "boto3": soh.stub_boto3_if_missing(),
+        "boto3": boto3_stub.stub_boto3_if_missing(),
         "date": os.environ.get("DATE"),
         "machine_clock": time.strftime("%Y-%m-%d %H:%M:%S"),
         "commit": os.environ.get("COMMIT") or git_commit(),

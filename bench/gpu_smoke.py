@@ -19,7 +19,7 @@ import ltx_pipelines  # noqa: F401  (before the boto3 stub, as start_and_overhea
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from start_and_overhead import stub_boto3_if_missing
+from boto3_stub import stub_boto3_if_missing
 
 stub_boto3_if_missing()  # the GPU image has no boto3; these renders write local files only
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.start_and_overhead import stub_boto3_if_missing
+from bench.boto3_stub import stub_boto3_if_missing
 
 OUT = Path(os.environ.get("OUT", "bench/results"))
 ROOT = Path(os.environ.get("ROOT", "/tmp/tiny"))

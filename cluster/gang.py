@@ -41,8 +41,7 @@ class GangMember:
         name: str,
     ) -> None:
         self.rank, self.world_size, self.sharded = rank, world_size, sharded
-        if device == "cuda":
-            device = "cuda:0"  # Ray sets CUDA_VISIBLE_DEVICES to this member's one GPU
+        # a bare "cuda" is pinned to this member's Ray-assigned GPU by the worker (`resolve_device`)
         transformer_device = "cpu" if sharded else None  # shards move to the GPU; the whole never does
         self.worker = RenderWorker(
             checkpoints,

@@ -51,6 +51,27 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cuda_device_for(assigned: list[int], visible: int) -> str:
+    """The torch device of the GPU Ray assigned to this process (`assigned`: Ray's GPU ids; `visible`: the
+    devices torch enumerates). Ray hides the other GPUs with CUDA_VISIBLE_DEVICES, but only for a process
+    whose CUDA driver starts after that: one that asked `torch.cuda.is_available()` earlier (an import or a
+    setup hook can) still sees every GPU, and "cuda" would put every worker on GPU 0."""
+    if not assigned or visible == len(assigned):
+        return "cuda:0"
+    return f"cuda:{int(assigned[0])}"
+
+
+def resolve_device(device: str | None) -> str:
+    """`device`, with a bare "cuda" pinned to this process's Ray-assigned GPU (see `cuda_device_for`)."""
+    device = device or default_device()
+    if device != "cuda":
+        return device
+    import ray
+
+    assigned = [int(i) for i in ray.get_gpu_ids()] if ray.is_initialized() else []
+    return cuda_device_for(assigned, torch.cuda.device_count())
+
+
 def _guidance(spec: GuidanceSpec, default: Guidance) -> Guidance:
     updates = {k: v for k, v in spec.model_dump().items() if v is not None}
     if "stg_blocks" in updates:
@@ -249,7 +270,9 @@ class RenderWorker:
         compile: bool | None = None,
     ) -> None:
         self.name = name
-        self.device = device or default_device()
+        self.device = resolve_device(device)
+        if self.device.startswith("cuda"):
+            torch.cuda.set_device(self.device)  # streams, pinned copies and syncs without a device use this one
         self.models = load_resident_models(checkpoints, self.device, getattr(torch, dtype), transformer_device)
         self.speed = default_speed_options(self.device)
         if compile is not None:
