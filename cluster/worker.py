@@ -33,7 +33,7 @@ from ltx2.checkpoint import CheckpointSet, cached_file_sha256
 from ltx2.lora import LoraSpec
 from ltx2.media import SourceAudio, probe_mp4, write_mp4
 from ltx2.models import LOAD_COUNTER, load_resident_models
-from ltx2.offload import StreamedBlocks
+from ltx2.offload import Fp8Blocks, StreamedBlocks
 from ltx2.parallel.guidance import DistributedPassRunner
 from ltx2.render import (
     A2V_AUDIO_GUIDANCE,
@@ -278,8 +278,10 @@ class RenderWorker:
         if compile is not None:
             self.speed = replace(self.speed, compile=compile)
         apply_speed_options(self.models.transformer.velocity_model, self.speed)
+        # the OOM ladder's FP8-weights and CPU-offload rungs (off until a job's rung asks for them)
+        self.fp8_weights = Fp8Blocks(self.models.transformer.velocity_model, self.models.device)
         self.streaming = StreamedBlocks(self.models.transformer.velocity_model, self.models.device)
-        self.models.loras.streaming = self.streaming  # the OOM ladder's CPU-offload rung (off until asked for)
+        self.models.loras.parked = [self.fp8_weights, self.streaming]
         self.renderer = Renderer(self.models)
         if warm_lora_originals:  # not for a model about to be sharded: its shards are what fusion restores
             self.models.loras.warm_originals()
@@ -436,15 +438,20 @@ class RenderWorker:
     @contextlib.contextmanager
     def _on_rung(self, rung: str | None, text_encoder: bool) -> Iterator[None]:
         """What a job's OOM-ladder rung changes here while its render or one of its tasks runs: Gemma in host
-        memory, blocks streamed from host memory (both stay so for the next job on the same rung: moving
-        them costs seconds), a guidance gang's passes one by one (for this task only)."""
+        memory, block weights as FP8 or streamed from host memory (these stay so for the next job on the same
+        rung: switching costs seconds), a guidance gang's passes one by one (for this task only)."""
         models = self.models
         if text_encoder:
             models.text_encoder.to("cpu" if reaches(rung, "offload_text_encoder") else models.device)
-        if reaches(rung, "offload_transformer"):
-            self.streaming.enable()
-        else:
-            self.streaming.disable()
+        streamed = reaches(rung, "offload_transformer")  # streams the exact weights: FP8 adds nothing then
+        fp8 = reaches(rung, "fp8_weights") and not streamed
+        choice = ((self.fp8_weights, fp8), (self.streaming, streamed))
+        for parking, wanted in choice:  # the unwanted one off first: never both at once
+            if not wanted:
+                parking.disable()
+        for parking, wanted in choice:
+            if wanted:
+                parking.enable()
         runner = models.pass_runner
         if reaches(rung, "sequential_passes") and isinstance(runner, DistributedPassRunner) and not runner.lockstep:
             models.pass_runner = replace(runner, lockstep=True)  # batch-one forwards, one pass after another

@@ -2,12 +2,13 @@
 
 Each out-of-memory attempt moves the job one rung down, and a rung keeps what the rungs above it did:
 smaller stage-2 and decode tiles, the smallest tiles, fewer parallel passes (a guidance gang runs its
-share of a step's guided passes one by one instead of batched), the text encoder offloaded to host
-memory while the transformer runs, and the transformer's blocks streamed from host memory (CPU offload).
-A rung changes how the job runs, never what it asks for: the job keeps its name and identity, and its
-sidecar says which rung rendered it (tiles change the pixels slightly at seams; the rest changes nothing).
-A rung that would change nothing for the pool (passes are already one by one outside guidance gangs) is
-left out of that pool's ladder. FP8 weights are not a rung: workers fuse LoRAs into bf16 weights.
+share of a step's guided passes one by one instead of batched), FP8 weights (the blocks' linear weights
+kept on the GPU as FP8, about half the bytes), the text encoder offloaded to host memory while the
+transformer runs, and the transformer's blocks streamed from host memory (CPU offload; it streams the
+exact weights, so FP8 is off again there). A rung changes how the job runs, never what it asks for: the
+job keeps its name and identity, and its sidecar says which rung rendered it (tiles change the pixels
+slightly at seams, FP8 by the weights' rounding; the offloads change nothing). A rung that would change
+nothing for the pool (passes are already one by one outside guidance gangs) is left out of its ladder.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ OOM_LADDER: tuple[str, ...] = (
     "smaller_tiles",
     "smallest_tiles",
     "sequential_passes",
+    "fp8_weights",
     "offload_text_encoder",
     "offload_transformer",
 )
@@ -30,12 +32,12 @@ BATCHED_PASS_MODES = ("guidance",)
 
 def ladder_for(placement_mode: str) -> tuple[str, ...]:
     """The rungs that change something for a pool of `placement_mode` workers (a sharded gang's blocks are
-    already split over its GPUs: it does not stream them)."""
+    split over its GPUs as DTensors: it neither streams nor re-stores them)."""
     skip = set()
     if placement_mode not in BATCHED_PASS_MODES:
         skip.add("sequential_passes")
     if placement_mode == "sharded":
-        skip.add("offload_transformer")
+        skip |= {"fp8_weights", "offload_transformer"}
     return tuple(r for r in OOM_LADDER if r not in skip)
 
 

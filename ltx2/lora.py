@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -25,7 +25,7 @@ from ltx_core.loader.fuse_loras import _prepare_deltas
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ltx2.checkpoint import CheckpointError, read_safetensors_header
-from ltx2.offload import StreamedBlocks
+from ltx2.offload import ParkedBlocks
 
 
 def _local(param: torch.Tensor) -> torch.Tensor:
@@ -173,8 +173,8 @@ class ResidentLoras:
     _files: dict[str, StateDict] = field(default_factory=dict, init=False)
     _originals: dict[str, torch.Tensor] = field(default_factory=dict, init=False)
     _warming: threading.Thread | None = field(default=None, init=False)
-    streaming: StreamedBlocks | None = None
-    """Set while the blocks may be streamed from host memory (OOM ladder): fusion pauses it."""
+    parked: list[ParkedBlocks] = field(default_factory=list)
+    """Ways the worker may park block weights (OOM ladder: streamed, FP8): fusion pauses them."""
 
     def __post_init__(self) -> None:
         self.check([self.distilled_lora])  # read and checked at load time: a worker is ready when loaded
@@ -243,7 +243,9 @@ class ResidentLoras:
             self._warming = None
         if wanted.loras != self._state.loras:
             self.set_changes += 1
-        with self.streaming.paused() if self.streaming is not None else nullcontext():  # fuse on the GPU
+        with ExitStack() as resident:  # weights change in place: exact and on the GPU
+            for parking in self.parked:
+                resident.enter_context(parking.paused())
             self._switch(wanted)
 
     def _switch(self, wanted: LoraState) -> None:

@@ -1,5 +1,6 @@
-"""Transformer blocks streamed from host memory (the OOM ladder's CPU-offload rung): same numbers, one block
-loaded at a time, LoRA switches while streaming."""
+"""Parked transformer blocks (the OOM ladder's FP8-weights and CPU-offload rungs): streamed blocks give the
+same numbers one block at a time, FP8 blocks hold about half the bytes and stay close, both restore the exact
+weights, and LoRA switches while parked fuse the exact weights."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from ltx2 import stages
-from ltx2.offload import StreamedBlocks
+from ltx2.offload import Fp8Blocks, StreamedBlocks
 from tests.conftest import small_chunk
 
 
@@ -33,7 +34,7 @@ def test_streamed_blocks_give_the_same_numbers_one_block_at_a_time(fresh):
     loaded_while_running: list[int] = []
 
     def count_loaded(_module, _args):  # runs after the streamer's own pre-hook: the block is loaded now
-        host = {p.data_ptr() for buffers in streaming._host for p in buffers}
+        host = {p.data_ptr() for buffers in streaming._host for p in buffers}  # parked copies
         loaded_while_running.append(sum(p.data_ptr() not in host for b in streaming.blocks for p in b.parameters()))
 
     streaming.enable()
@@ -49,16 +50,36 @@ def test_streamed_blocks_give_the_same_numbers_one_block_at_a_time(fresh):
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
-def test_a_lora_switch_while_streaming_fuses_resident_weights_and_streams_again(fresh):
+def test_fp8_blocks_hold_half_the_bytes_stay_close_and_restore_exact_weights(fresh):
+    model = fresh.transformer.velocity_model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    plain = _chunk(fresh)
+    linear = [m.weight for b in model.transformer_blocks for m in b.modules() if isinstance(m, torch.nn.Linear)]
+    bf16_bytes = sum(w.numel() * w.element_size() for w in linear)
+    fp8 = Fp8Blocks(model, fresh.device)
+    fp8.enable()
+    assert all(w.numel() == 0 for w in linear)  # between runs only the FP8 copies are on the device
+    assert fp8.device_bytes() < 0.6 * bf16_bytes
+    quantized = _chunk(fresh)
+    fp8.disable()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert not torch.equal(quantized.video, plain.video)  # FP8 rounding of the weights shows
+    error = (quantized.video.float() - plain.video.float()).abs().max() / plain.video.float().abs().max()
+    assert error < 0.1, error
+    assert fp8.loads == 2 * len(fp8.blocks) * 4  # 2 steps x 4 guided passes, every block fetched per forward
+
+
+@pytest.mark.parametrize("parking", [StreamedBlocks, Fp8Blocks])
+def test_a_lora_switch_while_parked_fuses_the_exact_weights_and_parks_again(fresh, parking):
     model = fresh.transformer.velocity_model
     fresh.loras.use(distilled=True)
     fused = {n: p.detach().clone() for n, p in model.named_parameters()}
     fresh.loras.use()
-    streaming = StreamedBlocks(model, fresh.device)
-    fresh.loras.streaming = streaming
-    streaming.enable()
-    fresh.loras.use(distilled=True)  # pauses streaming, fuses, streams the fused weights again
-    assert streaming.active
-    streaming.disable()
+    parked = parking(model, fresh.device)
+    fresh.loras.parked = [parked]
+    parked.enable()
+    fresh.loras.use(distilled=True)  # pauses the parking, fuses the exact weights, parks the fused ones
+    assert parked.active
+    parked.disable()
     assert all(torch.equal(p, fused[n]) for n, p in model.named_parameters())
     fresh.loras.use()

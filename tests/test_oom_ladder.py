@@ -29,7 +29,8 @@ def test_ladder_order_and_tiles():
     # rungs that change nothing for a pool are left out of its ladder
     assert "sequential_passes" not in ladder_for("replica") and "sequential_passes" in ladder_for("guidance")
     assert "offload_transformer" in ladder_for("sequence") and "offload_transformer" not in ladder_for("sharded")
-    assert [rung_after(n, ladder_for("replica")) for n in (3, 4)] == ["offload_text_encoder", "offload_transformer"]
+    assert ladder_for("replica")[2:] == ("fp8_weights", "offload_text_encoder", "offload_transformer")
+    assert "fp8_weights" not in ladder_for("sharded")
     job = validate_job({**SMALL_JOB, "height": 1024, "width": 1536})
     tiles = {rung: len(plan_job(job.with_fallback(rung)).tiles) for rung in (None, "smaller_tiles", "smallest_tiles")}
     assert tiles[None] < tiles["smaller_tiles"] < tiles["smallest_tiles"], tiles
@@ -41,7 +42,7 @@ def test_ladder_order_and_tiles():
     assert plan_job(one_piece).trivial
     assert not plan_job(one_piece.with_fallback("smaller_tiles")).trivial  # even a one-piece job gets split
     # a rung keeps what the rungs above it did: the offload rungs render with the smallest tiles
-    for rung in ("sequential_passes", "offload_text_encoder", "offload_transformer"):
+    for rung in ("sequential_passes", "fp8_weights", "offload_text_encoder", "offload_transformer"):
         assert effective_tiling(job, rung) == smallest
 
 
