@@ -20,8 +20,8 @@ import ray
 
 from cluster.executor import WorkerPool
 from cluster.prompt_refs import PromptRefs
+from cluster.requests import prompt_texts
 from cluster.storage import StorageOptions, Uploader
-from cluster.worker import prompt_texts
 from jobs.campaign import CampaignSpec
 from jobs.fallback import OOM_LADDER, ladder_for, rung_after
 from jobs.keys import parse_destination, render_key

@@ -481,7 +481,7 @@ def resolve_placement(
     """The job's placement with `auto` resolved against this cluster's free GPUs and their memory."""
     import ray
 
-    from cluster.worker import job_guidance
+    from cluster.requests import job_guidance
     from jobs.placement import choose_placement, guided_pass_count, stage2_video_tokens
 
     spec = job.spec

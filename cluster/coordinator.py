@@ -24,8 +24,8 @@ import torch
 from cluster.executor import WorkerPool
 from cluster.metrics import FarmMetrics
 from cluster.prompt_refs import PromptRefs
+from cluster.requests import content_hashes, job_audio, job_control, job_guidance, job_images, job_loras
 from cluster.storage import localize
-from cluster.worker import content_hashes, job_audio, job_control, job_guidance, job_images, job_loras
 from jobs.outputs import disk_full_guard, output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
 from jobs.spec import OFFICIAL_NEGATIVE_PROMPT
@@ -470,9 +470,9 @@ class Coordinator:
         )
         document["plan"] = plan.summary()
         document["trace"] = sorted(run.traces, key=lambda t: t["start"])
-        from cluster.worker import _write_json_atomic
+        from jobs.outputs import write_json_atomic
 
-        _write_json_atomic(paths.sidecar, document)
+        write_json_atomic(paths.sidecar, document)
         run.done[task.id] = True
         run.result = document
         if self.metrics is not None:

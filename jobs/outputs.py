@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,3 +96,13 @@ def sidecar_document(
         "content_sha256": content,
         "worker": worker,
     }
+
+
+def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
+    """Write `document` as JSON so that readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from cluster.campaign_runner import CampaignRunner
 from cluster.cli import main
 from cluster.executor import WorkerPool
 from cluster.metrics import MetricsServer
-from cluster.worker import render_request
+from cluster.requests import render_request
 from jobs.campaign import parse_manifest
 from jobs.spec import validate_job
 from jobs.store import Store

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.worker import RenderWorker, render_request
+from cluster.requests import render_request
+from cluster.worker import RenderWorker
 from jobs.spec import validate_job
 from ltx2.media import AAC_FRAME_SAMPLES
 from ltx2.render import Renderer

@@ -65,7 +65,7 @@ def test_inductor_compiled_blocks_agree_with_eager(fresh32):
 def test_compiled_blocks_follow_lora_fusion_in_place(fresh32):
     """A whole two-stage render (stage 2 fuses the distilled LoRA into the compiled blocks' weights, the
     next render restores them) equals the eager render exactly: graphs read the live weights."""
-    from cluster.worker import render_request
+    from cluster.requests import render_request
     from jobs.spec import validate_job
     from ltx2.render import Renderer
 
