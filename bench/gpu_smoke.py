@@ -1,7 +1,8 @@
 """GPU smoke run of the foundation: tiny checkpoint set → resident models on CUDA → both recipes → MP4.
 
 Then, on a second worker with eager blocks, the OOM ladder's CPU-offload rung (blocks streamed from pinned
-host memory, `ltx2/offload.py`): its render must equal the same worker's plain render bit for bit.
+host memory, `ltx2/offload.py`): its render must equal the same worker's plain render bit for bit; and the
+FP8-weights rung must render (its numbers differ by the weights' rounding).
 
 Run on the lent GPU machine with `PYTHONPATH=.` (no Ray there: the worker class runs in-process).
 Prints one JSON line per render and writes the MP4s and sidecars under $OUT (or ./renders-gpu).
@@ -91,6 +92,18 @@ def main() -> None:
     )
     assert streamed["content_sha256"] == plain["content_sha256"], "streamed blocks must not change the numbers"
     assert eager.streaming.loads > 0
+    fp8 = eager.render(job.with_fallback("fp8_weights"), str(out / "fp8"))  # the rung above: FP8 weights
+    print(
+        json.dumps(
+            {
+                "fp8_rung_rendered": fp8["media"]["frames"],
+                "fp8_equals_plain": fp8["content_sha256"] == plain["content_sha256"],
+                "fp8_device_bytes": eager.fp8_weights.device_bytes(),
+                "streaming_after_fp8": eager.streaming.active,
+            }
+        )
+    )
+    assert eager.fp8_weights.active and not eager.streaming.active
     print("OK")
 
 
