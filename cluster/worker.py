@@ -323,6 +323,8 @@ class RenderWorker:
             models.text_encoder.to("cpu" if reaches(rung, "offload_text_encoder") else models.device)
         streamed = reaches(rung, "offload_transformer")  # streams the exact weights: FP8 adds nothing then
         fp8 = reaches(rung, "fp8_weights") and not streamed
+        if streamed or fp8:
+            models.loras.originals_copied()  # parking moves the weights the background copy reads
         choice = ((self.fp8_weights, fp8), (self.streaming, streamed))
         for parking, wanted in choice:  # the unwanted one off first: never both at once
             if not wanted:

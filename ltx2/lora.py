@@ -228,6 +228,13 @@ class ResidentLoras:
         self._warming = threading.Thread(target=copy, name="lora-originals", daemon=True)
         self._warming.start()
 
+    def originals_copied(self) -> None:
+        """Wait for the background copy of the originals: call it before any weight changes or moves (a
+        fusion, or parking the blocks), or the copy could read changed weights."""
+        if self._warming is not None:
+            self._warming.join()
+            self._warming = None
+
     def check(self, loras: Sequence[LoraSpec]) -> None:
         """Load (and cache) each file and check it fits this model, without fusing: errors before compute."""
         LoraFusion(self.model, list(loras), loader=self._load)
@@ -238,9 +245,7 @@ class ResidentLoras:
         wanted = LoraState(tuple(loras), distilled, tuple(stage))
         if wanted == self._state:
             return
-        if self._warming is not None:  # the originals must be copied before any weight changes
-            self._warming.join()
-            self._warming = None
+        self.originals_copied()
         if wanted.loras != self._state.loras:
             self.set_changes += 1
         with ExitStack() as resident:  # weights change in place: exact and on the GPU
