@@ -101,11 +101,11 @@ def _release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def install_faults(models: Any, spec: str, streaming: StreamedBlocks | None = None) -> int | None:
+def install_faults(models: Any, spec: str, streaming: StreamedBlocks | None = None) -> None:
     """Fault injection for chaos tests (`LTX2_FARM_FAULTS`): `oom_over_tokens:N` makes every transformer call
     over N video tokens raise the `torch.OutOfMemoryError` a GPU too small for it would; `oom_unless_streamed`
     makes every call raise it unless the blocks are streamed from host memory (a GPU that fits the weights
-    or the activations, not both). Returns N (or None)."""
+    or the activations, not both)."""
     limit = None
     unless_streamed = False
     for item in filter(None, (part.strip() for part in spec.split(","))):
@@ -131,7 +131,6 @@ def install_faults(models: Any, spec: str, streaming: StreamedBlocks | None = No
 
     if limit is not None or unless_streamed:
         models.transformer.register_forward_pre_hook(injected, with_kwargs=True)
-    return limit
 
 
 class RenderWorker:

@@ -204,10 +204,10 @@ class ResidentLoras:
         targets = LoraFusion(self.model, [self.distilled_lora], loader=lambda _path: self._files[distilled]).targets
 
         params = dict(self.model.named_parameters())
-        cuda = [_local(params[name]).device for name in targets if _local(params[name]).is_cuda]
-        side = torch.cuda.Stream(cuda[0]) if cuda else None
+        device = next((_local(params[name]).device for name in targets if _local(params[name]).is_cuda), None)
+        side = torch.cuda.Stream(device) if device is not None else None
         if side is not None:  # the weights were written on the current stream: copy after that
-            side.wait_stream(torch.cuda.current_stream(cuda[0]))
+            side.wait_stream(torch.cuda.current_stream(device))
 
         def copy() -> None:
             # Into pinned buffers, asynchronously on a side stream: a pageable copy on the default stream

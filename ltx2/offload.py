@@ -36,9 +36,11 @@ class ParkedBlocks:
         """Blocks fetched for a run since the start (one per block per forward while on)."""
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._compiled: list[object] = []
+        # listed once: the hooks run per block per forward, and parking swaps a parameter's data, not the object
+        self._block_params: list[list[torch.nn.Parameter]] = [list(block.parameters()) for block in self.blocks]
 
     def _params(self, index: int) -> list[torch.nn.Parameter]:
-        return list(self.blocks[index].parameters())
+        return self._block_params[index]
 
     def _park(self, index: int, params: list[torch.nn.Parameter]) -> None:
         raise NotImplementedError
@@ -147,13 +149,14 @@ class Fp8Blocks(ParkedBlocks):
 
     def __init__(self, velocity_model: torch.nn.Module, device: torch.device | str) -> None:
         super().__init__(velocity_model, device)
+        linear = [{id(m.weight) for m in block.modules() if isinstance(m, torch.nn.Linear)} for block in self.blocks]
         self._linear_weights = [
-            {id(m.weight) for m in block.modules() if isinstance(m, torch.nn.Linear)} for block in self.blocks
+            [(n, p) for n, p in enumerate(params) if id(p) in linear[i]] for i, params in enumerate(self._block_params)
         ]
         self._fp8: list[dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [{} for _ in self.blocks]
 
-    def _quantized(self, index: int, params: list[torch.nn.Parameter]) -> list[tuple[int, torch.nn.Parameter]]:
-        return [(n, p) for n, p in enumerate(params) if id(p) in self._linear_weights[index]]
+    def _quantized(self, index: int, _params: list[torch.nn.Parameter]) -> list[tuple[int, torch.nn.Parameter]]:
+        return self._linear_weights[index]
 
     def _park(self, index: int, params: list[torch.nn.Parameter]) -> None:
         pin = self.device.type == "cuda"
