@@ -6,6 +6,7 @@ forward time, peak memory, weight memory, and the relative error against the off
 (max |ours - official| / max |official|; for scale, cuDNN vs flash SDPA differ by 6.8e-3).
 
     SIZES=704x1280x121,1024x1536x121 python bench/forward_speed.py     # rows → $OUT/forward_speed.json
+    PROFILE=1 OPTIONS=official,compile python bench/forward_speed.py  # + GPU time by kernel kind per row
 """
 
 from __future__ import annotations
@@ -32,7 +33,55 @@ OPTIONS = {
     "compile": SpeedOptions(compile=True),
     "fp8": SpeedOptions(fp8=True),
     "fp8+compile": SpeedOptions(fp8=True, compile=True),
+    "compile+autotune": SpeedOptions(compile=True, compile_mode="max-autotune-no-cudagraphs"),
+    "compile+cudagraphs": SpeedOptions(compile=True, compile_mode="reduce-overhead"),
 }
+
+KERNEL_KINDS = (
+    ("attention", ("fmha", "sdpa", "flash", "attention", "cudnn")),
+    ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "scaled_mm", "sm90_")),
+    ("fused (triton)", ("triton",)),
+    ("copy / cast", ("copy", "memcpy", "memset", "cast", "elementwise")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in lowered for k in keys)), "other")
+
+
+def kernel_profile(fn) -> dict:
+    """GPU time of one call by kernel kind (from the profiler's trace), the top kernels, and the time the
+    GPU sat idle inside the call (launch gaps)."""
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    with tempfile.NamedTemporaryFile(suffix=".json") as trace:
+        prof.export_chrome_trace(trace.name)
+        events = [e for e in json.loads(Path(trace.name).read_text())["traceEvents"] if e.get("cat") == "kernel"]
+    by_kind: dict[str, float] = {}
+    by_name: dict[str, list] = {}
+    for e in events:
+        ms = e["dur"] / 1e3
+        by_kind[kernel_kind(e["name"])] = by_kind.get(kernel_kind(e["name"]), 0.0) + ms
+        entry = by_name.setdefault(e["name"][:120], [0.0, 0])
+        entry[0] += ms
+        entry[1] += 1
+    span = (max(e["ts"] + e["dur"] for e in events) - min(e["ts"] for e in events)) / 1e3
+    busy = sum(by_kind.values())
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:15]
+    return {
+        "span_ms": round(span, 1),
+        "kernel_ms": round(busy, 1),
+        "idle_ms": round(span - busy, 1),
+        "kernels": len(events),
+        "by_kind_ms": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+        "top": [{"name": n, "ms": round(v[0], 1), "calls": v[1]} for n, v in top],
+    }
 
 
 def weight_gib(model: torch.nn.Module) -> float:
@@ -50,6 +99,7 @@ def main() -> None:
     inputs = {shape: anchor.inputs(*shape) for shape in sizes}
     reference: dict = {}
     rows = []
+    info = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     for name in chosen:
         torch.manual_seed(0)
         model, _ = anchor.build_model("default")
@@ -85,14 +135,16 @@ def main() -> None:
                 (r for r in rows if r["options"] == "official" and r["h"] == shape[0] and r["w"] == shape[1]), None
             )
             row["speedup"] = round(base["ms"] / ms, 2) if base else 1.0
+            if os.environ.get("PROFILE"):
+                with torch.inference_mode():
+                    row["profile"] = kernel_profile(lambda v=v, a=a, m=model: m(v, a, None))
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "forward_speed.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
         model = output = None
         gc.collect()
         torch.cuda.empty_cache()
-    info = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "forward_speed.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
     print(json.dumps(info))
 
 

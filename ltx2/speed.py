@@ -22,6 +22,9 @@ import torch
 class SpeedOptions:
     fp8: bool = False
     compile: bool = False
+    compile_mode: str | None = None
+    """`torch.compile` mode for the blocks (None: inductor's default; "max-autotune-no-cudagraphs" tunes the
+    matmul kernels, "reduce-overhead" adds CUDA graphs); bench/forward_speed.py compares them."""
 
 
 def default_speed_options(device: torch.device | str) -> SpeedOptions:
@@ -90,7 +93,9 @@ def traceable_attention(function: object) -> object:
     }[kind]()
 
 
-def apply_compile(velocity_model: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
+def apply_compile(
+    velocity_model: torch.nn.Module, backend: str = "inductor", mode: str | None = None
+) -> torch.nn.Module:
     """Compile every transformer block in place (static shapes: a job's shapes repeat for every step)."""
     import torch._dynamo.config as dynamo_config
     from ltx_core.model.transformer.attention import Attention
@@ -105,7 +110,7 @@ def apply_compile(velocity_model: torch.nn.Module, backend: str = "inductor") ->
         if isinstance(module, Attention):
             module.attention_function = traceable_attention(module.attention_function)
     for block in velocity_model.transformer_blocks:
-        block.compile(dynamic=False, backend=backend)
+        block.compile(dynamic=False, backend=backend, mode=mode)
     return velocity_model
 
 
@@ -113,5 +118,5 @@ def apply_speed_options(velocity_model: torch.nn.Module, options: SpeedOptions) 
     if options.fp8:
         apply_fp8(velocity_model)
     if options.compile:
-        apply_compile(velocity_model)
+        apply_compile(velocity_model, mode=options.compile_mode)
     return velocity_model
