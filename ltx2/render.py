@@ -233,8 +233,10 @@ class _Timer:
         self.timings[self._name] = self.timings.get(self._name, 0.0) + time.perf_counter() - self._start
 
     def _sync(self) -> None:
+        # The current stream only: the whole device would also wait for the background restore of the
+        # transformer weights (`ResidentLoras.restore_in_background`) meant to overlap the decode.
         if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
+            torch.cuda.current_stream(self._device).synchronize()
 
 
 class Renderer:
@@ -350,6 +352,10 @@ class Renderer:
                 video_state, audio_state = denoise_audio_video(**stage_2, initial_audio_latent=audio_state.latent)
             else:
                 video_state = denoise_video_only(**stage_2, initial_audio_latent=track)
+            if request.recipe == "two_stage":
+                # the next job's stage 1 runs without the distilled LoRA: restore while this job decodes
+                # (a distilled job keeps one fused state through both stages and into the next distilled job)
+                m.loras.restore_in_background()
 
         with timer("decode"):
             frames = torch.cat(list(vae_decode_video(video_state.latent, m.video_decoder, None, generator)), dim=0)

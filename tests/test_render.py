@@ -11,6 +11,7 @@ import torch
 from cluster.requests import render_request
 from cluster.worker import RenderWorker
 from jobs.spec import validate_job
+from ltx2.lora import LoraState
 from ltx2.media import AAC_FRAME_SAMPLES
 from ltx2.render import Renderer
 from tests.conftest import SMALL_JOB
@@ -25,6 +26,8 @@ def worker(tiny_set) -> RenderWorker:
 def test_render_writes_a_checked_mp4_and_sidecar(worker, tmp_path, recipe):
     job = validate_job({**SMALL_JOB, "recipe": recipe})
     sidecar = worker.render(job, str(tmp_path))
+    # a two-stage job restores the original weights after its stage 2; a distilled one keeps its LoRA fused
+    assert worker.models.loras.state == (LoraState() if recipe == "two_stage" else LoraState(distilled=True))
     video = tmp_path / sidecar["output"]["video"]
     on_disk = json.loads(video.with_suffix(".json").read_text())
     assert on_disk["job_sha256"] == sidecar["job_sha256"]
