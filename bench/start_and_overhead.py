@@ -32,6 +32,7 @@ import time
 T_START = time.perf_counter()
 
 import copy  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -658,7 +659,16 @@ def install_job_probes(worker) -> None:
         return wrapper
 
     ll.LoraFusion.fuse = timed("lora fuse", ll.LoraFusion.fuse)
-    ll.LoraFusion.unfuse = timed("lora unfuse", ll.LoraFusion.unfuse)
+    blocking_unfuse = timed("lora unfuse", ll.LoraFusion.unfuse)
+    plain_unfuse = ll.LoraFusion.unfuse
+
+    def unfuse(self, stream=None):
+        if stream is None:
+            return blocking_unfuse(self)
+        EVENTS.append({"event": "lora unfuse (background restore, enqueued)", "stage": CURRENT["stage"], "seconds": 0})
+        return plain_unfuse(self, stream=stream)  # no sync here: it overlaps the decode by design
+
+    ll.LoraFusion.unfuse = unfuse
     cw.write_mp4 = timed("write_mp4 (H.264 + AAC mux)", cw.write_mp4)
     cw.probe_mp4 = timed("probe_mp4 (read the MP4 back)", cw.probe_mp4)
     cw.validate_for_model = timed("validate_for_model", cw.validate_for_model)
@@ -673,20 +683,10 @@ def install_job_probes(worker) -> None:
     worker._on_step = counted_step
 
 
-def run_job(worker, tag: str, prompt: str, seed: int, out_dir: Path) -> dict:
+def bench_job(tag: str, prompt: str, seed: int):
     from jobs.spec import validate_job
-    from ltx2.models import LOAD_COUNTER
 
-    FORWARDS.clear()
-    EVENTS.clear()
-    STEPS_DONE.clear()
-    CURRENT["stage"] = "submit"
-    if DEVICE.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    loads_before = LOAD_COUNTER["loads"]
-    sync()
-    t_submit = time.perf_counter()
-    job = validate_job(
+    return validate_job(
         {
             "name": f"bench-{tag}",
             "prompt": prompt,
@@ -699,6 +699,78 @@ def run_job(worker, tag: str, prompt: str, seed: int, out_dir: Path) -> dict:
             "steps": STEPS,
         }
     )
+
+
+def run_pipelined(worker, count: int, prompt: str, out_dir: Path) -> dict:
+    """`count` warm jobs sent at once, `JOBS_PER_WORKER` of them in flight (as the campaign runner keeps a
+    worker): each job's model work (its sidecar's timeline) follows the last one's, and its mux, probe,
+    hashes and sidecar run meanwhile. The GPU period per job in steady state is the time from one job's
+    model start to the next one's; what of it is not forwards (or the VAE decode) is the farm's share."""
+    from cluster.executor import JOBS_PER_WORKER
+
+    FORWARDS.clear()
+    EVENTS.clear()
+    CURRENT["stage"] = "pipelined"
+    slots = threading.Semaphore(JOBS_PER_WORKER)
+    sidecars: list = [None] * count
+    errors: list = []
+
+    def one(i: int) -> None:
+        with slots:
+            try:
+                sidecars[i] = worker.render(bench_job(f"P{i}", prompt, 20 + i), str(out_dir))
+            except BaseException as e:  # reported, not swallowed
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    sync()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+        time.sleep(0.05)  # in order, as a runner submits them
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        return {"errors": errors}
+    phases = sorted((d["timeline_unix"]["model_start"], d["timeline_unix"]["model_end"]) for d in sidecars)
+    periods = [b[0] - a[0] for a, b in itertools.pairwise(phases)]
+    gaps = [b[0] - a[1] for a, b in itertools.pairwise(phases)]
+    per_job_forward = sum(f["seconds"] for f in FORWARDS) / count
+    per_job_decode = statistics.median(d["timings_s"]["decode"] for d in sidecars)
+    period = statistics.median(periods) if periods else wall
+    farm = period - per_job_forward - per_job_decode
+    return {
+        "jobs": count,
+        "in_flight": JOBS_PER_WORKER,
+        "wall_s": round(wall, 3),
+        "gpu_period_per_job_s": round(period, 3),
+        "gaps_between_model_work_s": [round(g, 3) for g in gaps],
+        "forward_per_job_s": round(per_job_forward, 3),
+        "decode_per_job_s": round(per_job_decode, 3),
+        "mux_per_job_s": [round(d["timings_s"]["mux"], 3) for d in sidecars],
+        "non_forward_non_decode_per_job_s": round(farm, 3),
+        "non_forward_non_decode_fraction": round(farm / period, 4),
+        "non_forward_fraction_decode_counted_as_overhead": round((period - per_job_forward) / period, 4),
+        "events": EVENTS[:],
+        "timelines": [d["timeline_unix"] for d in sidecars],
+        "sidecar_timings_s": [d["timings_s"] for d in sidecars],
+    }
+
+
+def run_job(worker, tag: str, prompt: str, seed: int, out_dir: Path) -> dict:
+    from ltx2.models import LOAD_COUNTER
+
+    FORWARDS.clear()
+    EVENTS.clear()
+    STEPS_DONE.clear()
+    CURRENT["stage"] = "submit"
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    loads_before = LOAD_COUNTER["loads"]
+    sync()
+    t_submit = time.perf_counter()
+    job = bench_job(tag, prompt, seed)
     t_valid = time.perf_counter()
     hashes_before = len(HASHES)
     sidecar = worker.render(job, str(out_dir))
@@ -848,6 +920,21 @@ def main() -> None:
             }
         ),
     )
+    flush(REPORT)
+    count = int(os.environ.get("PIPELINED_JOBS", "4"))
+    if count > 1:
+        prompt = "Waves crash against black rocks under a stormy sky while seagulls cry."
+        REPORT["pipelined_warm"] = run_pipelined(worker, count, prompt, renders)
+        log(
+            "pipelined",
+            json.dumps(
+                {
+                    k: v
+                    for k, v in REPORT["pipelined_warm"].items()
+                    if k not in ("events", "timelines", "sidecar_timings_s")
+                }
+            ),
+        )
     REPORT["lora_originals_copy"] = dict(LORA_WARM)
     REPORT["file_hashes_all"] = HASHES[:]
     REPORT["total_script_s"] = round(time.perf_counter() - T_START, 1)

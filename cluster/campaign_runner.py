@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from cluster.executor import WorkerPool
+from cluster.executor import JOBS_PER_WORKER, WorkerPool
 from cluster.prompt_refs import PromptRefs
 from cluster.requests import prompt_texts
 from cluster.storage import StorageOptions, Uploader
@@ -39,6 +39,9 @@ class _Running:
     job: ValidJob
     worker: int
     ref: Any
+    actor: Any = None
+    """The actor it was sent to: a dead worker's jobs all come back, and only the first replaces it."""
+    worker_name: str = ""
     started: float = field(default_factory=time.time)
 
 
@@ -129,7 +132,8 @@ class CampaignRunner:
         requeued = self.store.recover()
         self._sweep_partials()
         started = time.monotonic()
-        free = list(range(len(self.pool.workers)))
+        depth = 1 if self.pool.is_gang else JOBS_PER_WORKER
+        free = [w for _ in range(depth) for w in range(len(self.pool.workers))]  # a slot per job a worker holds
         running: dict[Any, _Running] = {}
         stats = {"done": 0, "failed": 0, "retried": 0, "skipped": 0, "requeued": requeued}
         planned: list[tuple[CampaignSpec, dict[str, Any], ValidJob]] = []  # chunked/tiled jobs waiting
@@ -143,7 +147,7 @@ class CampaignRunner:
             actor = self.pool.workers[worker].actor
             encoded = {text: self._encoded(actor, text) for text in prompt_texts(job)}
             ref = actor.render.remote(job, str(self._out_dir(name)), encoded)
-            running[ref] = _Running(name, row["id"], job, worker, ref)
+            running[ref] = _Running(name, row["id"], job, worker, ref, actor, self.pool.workers[worker].info["name"])
 
         while True:
             now = self.clock()
@@ -202,7 +206,8 @@ class CampaignRunner:
             ready, _ = ray.wait(list(running), num_returns=1, timeout=self.poll_s)
             for ref in ready:
                 r = running.pop(ref)
-                free.append(r.worker)
+                if r.worker not in self._blocklisted_slots:
+                    free.append(r.worker)
                 spec = self.store.campaign_spec(r.campaign)
                 try:
                     sidecar = ray.get(ref)
@@ -224,8 +229,10 @@ class CampaignRunner:
                     )
                     stats["retried" if state == "queued" else "failed"] += 1
                     self._failed_on.setdefault((r.campaign, r.job_id), set()).add(r.worker)
-                    if self._count_failure(r.worker, r.campaign, r.job_id, error, stats):
-                        free.remove(r.worker)
+                    if r.worker not in self._blocklisted_slots and self._count_failure(
+                        r.worker, r.campaign, r.job_id, error, stats
+                    ):
+                        free[:] = [w for w in free if w != r.worker]
                         self._blocklisted_slots.add(r.worker)
                     continue
                 self._failures.pop(r.worker, None)
@@ -279,9 +286,11 @@ class CampaignRunner:
 
     def _worker_lost(self, r: _Running, error: Exception, stats: dict[str, int]) -> None:
         """Requeue the job without using a retry and put a fresh worker in the dead one's slot."""
-        name = self.pool.workers[r.worker].info["name"]
+        name = r.worker_name or self.pool.workers[r.worker].info["name"]
         state = self.store.interrupt(r.campaign, r.job_id, f"worker {name} died: {error}", time.time() - r.started)
         stats["requeued" if state == "queued" else "failed"] += 1
+        if r.actor is not None and self.pool.workers[r.worker].actor is not r.actor:
+            return  # another job of the same dead worker came back first and replaced it
         new = self.pool.replace(r.worker)
         self._held.pop(r.worker, None)
         stats["replaced"] = stats.get("replaced", 0) + 1

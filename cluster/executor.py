@@ -23,6 +23,11 @@ from ltx2.checkpoint import CheckpointSet
 ProgressCallback = Callable[[dict[str, Any]], None]
 
 WORKER_ENV = {"TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+JOBS_PER_WORKER = 2
+"""Whole renders a replica worker holds at once. The worker's model lock still runs the model work one job
+at a time; the second job's forwards start while the first one's MP4 is muxed, hashed and uploaded, so
+the GPU does not wait for host work between jobs."""
 """Per-step bars inside actors would interleave in the driver's log; the driver draws its own."""
 
 
@@ -105,7 +110,7 @@ class WorkerPool:
                 return gang_cls.remote(checkpoints, placement, target, dtype, name)
 
         else:
-            options: dict[str, Any] = {"max_concurrency": 2}  # one render + progress polls
+            options: dict[str, Any] = {"max_concurrency": JOBS_PER_WORKER + 2}  # + an encode task, progress polls
             options.update(num_gpus=1 if use_gpu else 0, num_cpus=1)
             actor_cls = ray.remote(RenderWorker).options(**options)
 

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from cluster.metrics import KIND_TO_STAGE, WorkerMetrics, worker_labels
 from cluster.requests import content_hashes, job_audio, job_control, job_loras, render_request, tensor_sha256
 from cluster.storage import localize
 from jobs.fallback import reaches
-from jobs.outputs import disk_full_guard, output_paths, sidecar_document, write_json_atomic
+from jobs.outputs import OutputPaths, disk_full_guard, output_paths, sidecar_document, write_json_atomic
 from jobs.plan import describe_task
 from jobs.spec import OFFICIAL_NEGATIVE_PROMPT, ValidJob, validate_for_model
 from ltx2 import stages
@@ -33,10 +33,7 @@ from ltx2.media import probe_mp4, write_mp4
 from ltx2.models import LOAD_COUNTER, load_resident_models
 from ltx2.offload import Fp8Blocks, StreamedBlocks
 from ltx2.parallel.guidance import DistributedPassRunner
-from ltx2.render import (
-    NonFiniteOutputError,
-    Renderer,
-)
+from ltx2.render import NonFiniteOutputError, Renderer, RenderOutput
 from ltx2.speed import apply_speed_options, default_speed_options
 
 
@@ -133,6 +130,19 @@ def install_faults(models: Any, spec: str, streaming: StreamedBlocks | None = No
         models.transformer.register_forward_pre_hook(injected, with_kwargs=True)
 
 
+@dataclass(frozen=True)
+class _Rendered:
+    """A render whose model work is done: what writing its outputs needs."""
+
+    output: RenderOutput
+    paths: OutputPaths
+    started: float
+    model_start: float
+    model_end: float
+    worker: dict[str, Any]
+    """The worker's info when the model work ended (the next job may change its LoRA set meanwhile)."""
+
+
 class RenderWorker:
     """One model copy on one device, rendering jobs sequentially."""
 
@@ -189,7 +199,7 @@ class RenderWorker:
             "jobs_done": self.jobs_done,
             "prompt_encodes": self.renderer.prompts.encodes + self._encode_tasks,  # Gemma runs on this worker
             "num_layers": self.models.num_layers,
-            "lora_set": [[lora.path, lora.strength] for lora in self.models.loras.state.loras],
+            "lora_set": [[lora.path, lora.strength] for lora in self.models.loras.job_set],
             "lora_set_changes": self.models.loras.set_changes,
             "compile": self.speed.compile,
         }
@@ -229,6 +239,10 @@ class RenderWorker:
 
         `encoded` maps prompt texts to encodings made by an `encode` task (or Ray refs to them), so a
         campaign runs Gemma once per distinct prompt, not once per job or per worker.
+
+        Only the model work holds the model: the MP4 mux, probe, hashes and sidecar run after it is let go,
+        so a second `render` call (the runner keeps `JOBS_PER_WORKER` in flight) starts its forwards while
+        this one muxes, and the GPU does not wait for the host between jobs.
         """
         for text, value in (encoded or {}).items():
             if not isinstance(value, stages.Contexts):  # a Ray ref, resolved before taking the model
@@ -237,16 +251,23 @@ class RenderWorker:
                 value = ray.get(value)
             self.renderer.prompts.put(text, value.video, value.audio)
         with self._busy:
-            return self._render(job, out_dir)
+            rendered = self._render_frames(job, out_dir)
+        try:
+            return self._write_outputs(job, rendered)
+        finally:
+            with self._lock:
+                if self._progress.get("job") == rendered.paths.video.name and self._progress["stage"] == "mux":
+                    self._progress = {"stage": "idle", "step": 0, "total": 0, "job": None}
 
-    def _render(self, job: ValidJob, out_dir: str) -> dict[str, Any]:
+    def _render_frames(self, job: ValidJob, out_dir: str) -> _Rendered:
+        """The model part of a render."""
         validate_for_model(job, self.models.num_layers, heads=self.models.num_heads)
         control_lora = job_control(job).get("control_lora")
         self.models.loras.check(localize(job_loras(job) + ((control_lora,) if control_lora else ())))  # pre-compute
         paths = output_paths(job, Path(out_dir))
         with self._lock:
             self._progress = {"stage": "starting", "step": 0, "total": 0, "job": paths.video.name}
-        started = time.perf_counter()
+        started, model_start = time.perf_counter(), time.time()
         request = localize(render_request(job, self.models.num_layers))  # s3:// inputs fetched to this node
         if job.fallback is not None:
             self.metrics.oom_fallbacks.labels(job.fallback).inc()
@@ -262,6 +283,11 @@ class RenderWorker:
         self._on_step("mux", 0, 0)
         for stage, seconds in output.timings.items():
             self._record(stage, seconds, "ok")
+        return _Rendered(output, paths, started, model_start, time.time(), self.info())
+
+    def _write_outputs(self, job: ValidJob, rendered: _Rendered) -> dict[str, Any]:
+        """MP4, then the sidecar, each atomically (host work: runs while the next job has the model)."""
+        output, paths = rendered.output, rendered.paths
         mux_start = time.perf_counter()
         with disk_full_guard(paths):
             write_mp4(
@@ -273,8 +299,9 @@ class RenderWorker:
                 source_audio=localize(job_audio(job)),
             )
         timings = dict(output.timings, mux=time.perf_counter() - mux_start)
+        timeline = {"model_start": rendered.model_start, "model_end": rendered.model_end, "mux_end": time.time()}
         self._record("mux", timings["mux"], "ok")
-        timings["total"] = time.perf_counter() - started
+        timings["total"] = time.perf_counter() - rendered.started
         media = asdict(probe_mp4(paths.video))
         document = sidecar_document(
             job,
@@ -287,15 +314,15 @@ class RenderWorker:
                 "sha256": cached_file_sha256(paths.video),
             },
             content=content_hashes(job, tensor_sha256(output.video), output.audio),
-            worker=self.info(),
+            worker=rendered.worker,
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            timeline=timeline,
         )
         with disk_full_guard(paths):
             write_json_atomic(paths.sidecar, document)
-        self.jobs_done += 1
-        document["worker"]["jobs_done"] = self.jobs_done
         with self._lock:
-            self._progress = {"stage": "idle", "step": 0, "total": 0, "job": None}
+            self.jobs_done += 1
+            document["worker"]["jobs_done"] = self.jobs_done
         return document
 
     # --- planned tasks (cluster.coordinator) -------------------------------------------------------------

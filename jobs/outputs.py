@@ -79,9 +79,11 @@ def sidecar_document(
     content: dict[str, str],
     worker: dict[str, Any],
     created_at: str,
+    timeline: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The JSON sidecar: enough to audit and reproduce the render."""
-    return {
+    """The JSON sidecar: enough to audit and reproduce the render. `timeline`: wall-clock marks (Unix
+    seconds) of the render's phases on its worker, to see how jobs overlapped there."""
+    document = {
         "schema": SIDECAR_SCHEMA,
         "created_at": created_at,
         "job": job.spec.model_dump(mode="json"),
@@ -96,6 +98,9 @@ def sidecar_document(
         "content_sha256": content,
         "worker": worker,
     }
+    if timeline is not None:
+        document["timeline_unix"] = {k: round(v, 6) for k, v in timeline.items()}
+    return document
 
 
 def write_json_atomic(path: Path, document: dict[str, Any]) -> None:

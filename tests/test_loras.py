@@ -202,10 +202,8 @@ def test_two_lora_sets_in_one_campaign_land_on_two_pools(ray_cluster, tiny_set, 
         assert scraped.count("ltx2farm_lora_set_changes_total{") == 2, scraped  # one series per worker
         infos = pool.refresh_info()
         assert [i["lora_set_changes"] for i in infos] == [1, 1], infos
-        # the info's `lora_set` is what is fused now (`ResidentLoras.state`): nothing, as a two-stage job restores
-        # the original weights after its stage 2; the set each worker serves is `ResidentLoras.job_set`,
-        # checked here through the set changes above and the attempts below
-        assert all(i["lora_set"] == [] for i in infos), infos
+        held = {json.dumps(i["lora_set"]) for i in infos}
+        assert len(held) == 2  # one worker per set (the set it serves, also between jobs when nothing is fused)
         by_worker: dict[str, set[str]] = {}
         for attempt in store.attempts("styles"):
             row = next(j for j in store.jobs("styles") if j["id"] == attempt["job"])

@@ -56,6 +56,20 @@ def test_render_all_spreads_jobs(pool, tmp_path):
     assert len(list(tmp_path.glob("*.mp4"))) == 3
 
 
+def test_a_worker_starts_the_next_jobs_model_work_while_the_last_one_muxes(pool, tmp_path):
+    """Two renders sent to one worker: the model work runs one job at a time, but the second job's starts
+    before the first one's MP4 is written (the GPU does not wait for host work), and outputs are unchanged."""
+    alone = pool.render(validate_job({**SMALL_JOB, "seed": 7}), str(tmp_path / "alone"), worker=1)
+    actor = pool.workers[0].actor
+    refs = [actor.render.remote(validate_job({**SMALL_JOB, "seed": s}), str(tmp_path / "both")) for s in (7, 8)]
+    first, second = sorted(ray.get(refs), key=lambda d: d["timeline_unix"]["model_start"])
+    assert second["timeline_unix"]["model_start"] >= first["timeline_unix"]["model_end"]  # one model, one job
+    assert second["timeline_unix"]["model_start"] < first["timeline_unix"]["mux_end"]  # overlapped the mux
+    by_seed = {d["resolved"]["seed"]: d for d in (first, second)}
+    assert by_seed[7]["content_sha256"] == alone["content_sha256"]
+    assert len(list((tmp_path / "both").glob("*.mp4"))) == 2
+
+
 def test_a_worker_is_pinned_to_its_ray_gpu_even_if_torch_saw_every_gpu():
     """Ray hides other GPUs with CUDA_VISIBLE_DEVICES; a process whose CUDA started before that still sees
     all of them (found on a 2-GPU machine: both replicas on GPU 0)."""
