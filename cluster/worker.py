@@ -56,9 +56,11 @@ def resolve_device(device: str | None) -> str:
     device = device or default_device()
     if device != "cuda":
         return device
-    import ray
-
-    assigned = [int(i) for i in ray.get_gpu_ids()] if ray.is_initialized() else []
+    try:
+        import ray
+    except ImportError:  # used in-process without Ray (benchmarks on a bare GPU machine)
+        ray = None
+    assigned = [int(i) for i in ray.get_gpu_ids()] if ray is not None and ray.is_initialized() else []
     return cuda_device_for(assigned, torch.cuda.device_count())
 
 
