@@ -706,7 +706,7 @@ def run_pipelined(worker, count: int, prompt: str, out_dir: Path) -> dict:
     worker): each job's model work (its sidecar's timeline) follows the last one's, and its mux, probe,
     hashes and sidecar run meanwhile. The GPU period per job in steady state is the time from one job's
     model start to the next one's; what of it is not forwards (or the VAE decode) is the farm's share."""
-    from cluster.executor import JOBS_PER_WORKER
+    from cluster.worker import JOBS_PER_WORKER
 
     FORWARDS.clear()
     EVENTS.clear()

@@ -15,7 +15,7 @@ from typing import Any
 
 import ray
 
-from cluster.worker import RenderWorker
+from cluster.worker import JOBS_PER_WORKER, RenderWorker
 from jobs.placement import REPLICA, Placement
 from jobs.spec import ValidJob
 from ltx2.checkpoint import CheckpointSet
@@ -24,10 +24,6 @@ ProgressCallback = Callable[[dict[str, Any]], None]
 
 WORKER_ENV = {"TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
-JOBS_PER_WORKER = 2
-"""Whole renders a replica worker holds at once. The worker's model lock still runs the model work one job
-at a time; the second job's forwards start while the first one's MP4 is muxed, hashed and uploaded, so
-the GPU does not wait for host work between jobs."""
 """Per-step bars inside actors would interleave in the driver's log; the driver draws its own."""
 
 

@@ -36,6 +36,11 @@ from ltx2.parallel.guidance import DistributedPassRunner
 from ltx2.render import NonFiniteOutputError, Renderer, RenderOutput
 from ltx2.speed import apply_speed_options, default_speed_options
 
+JOBS_PER_WORKER = 2
+"""Whole renders a replica worker holds at once. The worker's model lock still runs the model work one job
+at a time; the second job's forwards start while the first one's MP4 is muxed, hashed and uploaded, so
+the GPU does not wait for host work between jobs."""
+
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
