@@ -70,6 +70,35 @@ def test_a_worker_starts_the_next_jobs_model_work_while_the_last_one_muxes(pool,
     assert len(list((tmp_path / "both").glob("*.mp4"))) == 2
 
 
+def test_output_writers_run_below_the_thread_that_feeds_the_gpu():
+    """The MP4 mux of one job runs while the next job's forwards do: its threads (and libx264's, which
+    inherit their creator's priority) must not starve the thread that launches the kernels."""
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cluster.worker import WRITER_NICENESS, _lower_writer_priority
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = niceness()
+    with ThreadPoolExecutor(1, initializer=_lower_writer_priority) as writers:
+        inside, spawned = writers.submit(lambda: (niceness(), _in_new_thread(niceness))).result()
+    assert inside == spawned == min(19, before + WRITER_NICENESS)
+    assert niceness() == before
+
+
+def _in_new_thread(fn):
+    import threading
+
+    out = []
+    thread = threading.Thread(target=lambda: out.append(fn()))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
 def test_a_worker_is_pinned_to_its_ray_gpu_even_if_torch_saw_every_gpu():
     """Ray hides other GPUs with CUDA_VISIBLE_DEVICES; a process whose CUDA started before that still sees
     all of them (found on a 2-GPU machine: both replicas on GPU 0)."""
