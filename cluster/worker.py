@@ -263,7 +263,8 @@ class RenderWorker:
 
         Only the model work holds the model: the MP4 mux, probe, hashes and sidecar run after it is let go,
         so a second `render` call (the runner keeps `JOBS_PER_WORKER` in flight) starts its forwards while
-        this one muxes, and the GPU does not wait for the host between jobs.
+        this one muxes, and the GPU does not wait for the host between jobs. The outputs are written by a
+        pool of lower CPU priority (`WRITER_NICENESS`), so the mux does not slow the next job's forwards.
         """
         for text, value in (encoded or {}).items():
             if not isinstance(value, stages.Contexts):  # a Ray ref, resolved before taking the model
