@@ -33,6 +33,8 @@ OPTIONS = {
     "compile": SpeedOptions(compile=True),
     "fp8": SpeedOptions(fp8=True),
     "fp8+compile": SpeedOptions(fp8=True, compile=True),
+    "fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
+    "fp8+fp8attn+compile": SpeedOptions(fp8=True, fp8_attention=True, compile=True),
     "compile+autotune": SpeedOptions(compile=True, compile_mode="max-autotune-no-cudagraphs"),
     "compile+cudagraphs": SpeedOptions(compile=True, compile_mode="reduce-overhead"),
 }

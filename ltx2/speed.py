@@ -22,6 +22,8 @@ import torch
 class SpeedOptions:
     fp8: bool = False
     compile: bool = False
+    fp8_attention: bool = False
+    """The video self-attention in FP8 through cuDNN (`ltx2.fp8_attention`; Hopper or newer, bench option)."""
     compile_mode: str | None = None
     """`torch.compile` mode for the blocks (None: inductor's default; "max-autotune-no-cudagraphs" tunes the
     matmul kernels, "reduce-overhead" adds CUDA graphs); bench/forward_speed.py compares them."""
@@ -117,6 +119,10 @@ def apply_compile(
 def apply_speed_options(velocity_model: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
     if options.fp8:
         apply_fp8(velocity_model)
+    if options.fp8_attention:
+        from ltx2.fp8_attention import apply_fp8_attention
+
+        apply_fp8_attention(velocity_model)
     if options.compile:
         apply_compile(velocity_model, mode=options.compile_mode)
     return velocity_model

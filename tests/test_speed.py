@@ -91,3 +91,17 @@ def test_workers_compile_by_default_on_gpus_only():
     from ltx2.speed import default_speed_options
 
     assert default_speed_options("cuda:0").compile and not default_speed_options("cpu").compile
+
+
+def test_fp8_attention_quantises_per_tensor_within_e4m3_precision_and_refuses_the_cpu(fresh32):
+    """The FP8 attention option (cuDNN, Hopper only: measured in bench/) quantises q, k, v with one scale
+    each, never past e4m3's range; on a CPU model it refuses with the fix instead of failing mid-render."""
+    from ltx2.fp8_attention import E4M3_MAX, Fp8AttentionError, quantize_tensor
+
+    x = torch.randn(1, 64, 4, 32) * 7.0
+    values, descale = quantize_tensor(x)
+    assert values.dtype == torch.float8_e4m3fn
+    assert values.float().abs().max().item() == E4M3_MAX  # the abs-max lands on the top of the range
+    assert (values.float() * descale - x).abs().max() <= x.abs().max() / 16  # 3 mantissa bits
+    with pytest.raises(Fp8AttentionError, match="drop the fp8_attention option"):
+        apply_speed_options(fresh32.transformer.velocity_model, SpeedOptions(fp8_attention=True))
