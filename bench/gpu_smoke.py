@@ -2,7 +2,8 @@
 
 Then, on a second worker with eager blocks, the OOM ladder's CPU-offload rung (blocks streamed from pinned
 host memory, `ltx2/offload.py`): its render must equal the same worker's plain render bit for bit; and the
-FP8-weights rung must render (its numbers differ by the weights' rounding).
+FP8-weights rung must render (its numbers differ by the weights' rounding); with FP8_ATTENTION=1 a worker
+with FP8 cuDNN attention must render too.
 
 Run on the lent GPU machine with `PYTHONPATH=.` (no Ray there: the worker class runs in-process).
 Prints one JSON line per render and writes the MP4s and sidecars under $OUT (or ./renders-gpu).
@@ -120,6 +121,21 @@ def main() -> None:
         )
     )
     assert eager.fp8_weights.active and not eager.streaming.active
+
+    if os.environ.get("FP8_ATTENTION") == "1":  # needs nvidia-cudnn-frontend importable (pip install '.[fp8]')
+        fast = RenderWorker(paths, device=worker.device, fp8_attention=True, name="fp8-attention")
+        rendered = fast.render(job, str(out / "fp8_attention"))
+        print(
+            json.dumps(
+                {
+                    "fp8_attention_frames": rendered["media"]["frames"],
+                    "fp8_attention_equals_compiled": rendered["content_sha256"] == results[0]["content_sha256"],
+                    "timings_s": rendered["timings_s"],
+                    "worker": {k: rendered["worker"][k] for k in ("compile", "fp8_attention")},
+                }
+            )
+        )
+        assert rendered["media"]["frames"] == results[0]["media"]["frames"]
     print("OK")
 
 

@@ -23,7 +23,7 @@ examples:
 
 
 def add_campaign_parser(sub: Any, epilog: str) -> None:
-    from cluster.cli import add_compile_flag  # cluster.cli builds this parser: imported when called
+    from cluster.cli import add_speed_flags  # cluster.cli builds this parser: imported when called
 
     camp = sub.add_parser(
         "campaign",
@@ -53,7 +53,7 @@ def add_campaign_parser(sub: Any, epilog: str) -> None:
     run.add_argument("--out", default="renders", help="local output root (a folder per campaign)")
     run.add_argument("--address", help="join this Ray cluster (env RAY_ADDRESS)")
     run.add_argument("--device", choices=["cuda", "cpu"])
-    add_compile_flag(run)
+    add_speed_flags(run)
     run.add_argument("--forever", action="store_true", help="keep waiting for windows and new jobs")
     run.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// outputs (env AWS_ENDPOINT_URL)")
     run.add_argument("--addressing-style", choices=["auto", "path", "virtual"], default="auto")
@@ -200,7 +200,12 @@ def _run(args: argparse.Namespace, store: Any) -> int:
         raise UsageError("; ".join(f"--gpus {value}: {why}" for _field, value, why in problems))
     placement = Placement(shape.mode, shape.resolved_gpus())
     pool = WorkerPool(
-        checkpoints, num_workers=args.workers, device=args.device, placement=placement, compile=args.compile
+        checkpoints,
+        num_workers=args.workers,
+        device=args.device,
+        placement=placement,
+        compile=args.compile,
+        fp8_attention=args.fp8_attention,
     )
     metrics = None
     try:

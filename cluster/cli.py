@@ -130,13 +130,19 @@ def _add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a machine-readable result on stdout")
 
 
-def add_compile_flag(parser: argparse.ArgumentParser) -> None:
+def add_speed_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="compiled transformer blocks (torch.compile): ~1.2x per forward on an H100, ~10 s to compile each "
         "new shape once per worker; default on for GPU replica workers, off on the CPU and for gangs",
+    )
+    parser.add_argument(
+        "--fp8-attention",
+        action="store_true",
+        help="the video self-attention in FP8 through cuDNN (Hopper GPUs; pip install '.[fp8]'): 1.30-1.34x per "
+        "forward with compiled blocks on an H100, outputs change more than compiling changes them; replicas only",
     )
 
 
@@ -159,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--device", choices=["cuda", "cpu"], help="default: a GPU if Ray sees one, else the CPU")
     render.add_argument("--address", help="join this Ray cluster (env RAY_ADDRESS); default: embedded cluster")
     render.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_compile_flag(render)
+    add_speed_flags(render)
     render.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT while rendering")
     render.add_argument(
         "--workers",
@@ -415,7 +421,12 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers {args.workers}: give at least 1")
     placement = resolve_placement(job, transformer, args.device, args.workers)
     pool = WorkerPool(
-        checkpoints, num_workers=args.workers, device=args.device, placement=placement, compile=args.compile
+        checkpoints,
+        num_workers=args.workers,
+        device=args.device,
+        placement=placement,
+        compile=args.compile,
+        fp8_attention=args.fp8_attention,
     )
     metrics = None
     if args.metrics_port is not None:

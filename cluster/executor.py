@@ -77,15 +77,23 @@ class WorkerPool:
         dtype: str = "bfloat16",
         placement: Placement = REPLICA,
         compile: bool | None = None,
+        fp8_attention: bool = False,
     ) -> None:
-        """`compile`: compiled transformer blocks in replica workers (None: on for GPUs, see `ltx2.speed`)."""
-        if compile and placement.is_gang:
-            raise CapacityError(
-                f"compiled blocks are for replica workers; a {placement.mode} gang runs eager: drop --compile "
-                f"or use --placement replica"
-            )
+        """`compile`: compiled transformer blocks in replica workers (None: on for GPUs, see `ltx2.speed`);
+        `fp8_attention`: their video self-attention in FP8 through cuDNN (Hopper GPUs, `ltx2.fp8_attention`)."""
+        for flag, wanted in (("--compile", compile), ("--fp8-attention", fp8_attention)):
+            if wanted and placement.is_gang:
+                raise CapacityError(
+                    f"{flag} is for replica workers; a {placement.mode} gang runs eager with its own attention: "
+                    f"drop {flag} or use --placement replica"
+                )
         gpus = gpus_available()
         use_gpu = device != "cpu" and gpus >= 1
+        if fp8_attention and not use_gpu:
+            raise CapacityError(
+                "--fp8-attention needs a Hopper-or-newer GPU (H100, H200, B200), and this pool runs on the CPU: "
+                "drop --fp8-attention"
+            )
         resource = "GPU" if use_gpu else "CPU"
         free = int(ray.available_resources().get(resource, 0))
         needed = num_workers * placement.gpus
@@ -111,7 +119,7 @@ class WorkerPool:
             actor_cls = ray.remote(RenderWorker).options(**options)
 
             def start(name: str) -> Any:
-                return actor_cls.remote(checkpoints, target, dtype, name, compile=compile)
+                return actor_cls.remote(checkpoints, target, dtype, name, compile=compile, fp8_attention=fp8_attention)
 
         self._start = start
         self.replacements = 0

@@ -85,6 +85,15 @@ def test_gangs_refuse_compiled_blocks_before_starting_workers(tiny_set):
 
     with pytest.raises(CapacityError, match="drop --compile or use --placement replica"):
         WorkerPool(tiny_set, placement=Placement("sequence", 2), compile=True)
+    with pytest.raises(CapacityError, match="drop --fp8-attention or use --placement replica"):
+        WorkerPool(tiny_set, placement=Placement("guidance", 2), fp8_attention=True)
+
+
+def test_fp8_attention_is_refused_before_starting_cpu_workers(ray_cluster, tiny_set):
+    from cluster.executor import CapacityError, WorkerPool
+
+    with pytest.raises(CapacityError, match=r"needs a Hopper-or-newer GPU.*drop --fp8-attention"):
+        WorkerPool(tiny_set, device="cpu", fp8_attention=True)
 
 
 def test_workers_compile_by_default_on_gpus_only():
