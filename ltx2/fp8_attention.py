@@ -53,7 +53,9 @@ def _graph(q: torch.Tensor, scale: float) -> tuple[Any, dict[str, Any], torch.Te
     if key in _GRAPHS:
         return _GRAPHS[key]
     cudnn = _cudnn()
-    handle = _HANDLES.setdefault(q.device.index, cudnn.create_handle())
+    if q.device.index not in _HANDLES:
+        _HANDLES[q.device.index] = cudnn.create_handle()
+    handle = _HANDLES[q.device.index]
     fp8, f32 = cudnn.data_type.FP8_E4M3, cudnn.data_type.FLOAT
     graph = cudnn.pygraph(io_data_type=fp8, intermediate_data_type=f32, compute_data_type=f32, handle=handle)
     view = q.transpose(1, 2)  # [B, H, S, D] over [B, S, H, D] memory, as ltx-core hands q to SDPA
