@@ -244,10 +244,11 @@ class RenderWorker:
         self.metrics.count_lora_set_changes(self.models.loras.set_changes)
         return worker_labels(self.models.device, self.name), self.metrics.text()
 
-    def _record(self, stage: str, seconds: float, outcome: str) -> None:
+    def _record(self, stage: str, seconds: float, outcome: str, on_device: bool = True) -> None:
         self.metrics.task_seconds.labels(stage).observe(seconds)
         self.metrics.outcomes.labels(stage, outcome).inc()
-        self.metrics.gpu_seconds.inc(seconds)
+        if on_device:  # the mux is host work, overlapping the next job's device time
+            self.metrics.gpu_seconds.inc(seconds)
 
     def model_hashes(self) -> dict[str, dict[str, Any]]:
         """SHA-256 and size of every model file, hashed once per machine (memo on disk)."""
@@ -325,7 +326,7 @@ class RenderWorker:
             )
         timings = dict(output.timings, mux=time.perf_counter() - mux_start)
         timeline = {"model_start": rendered.model_start, "model_end": rendered.model_end, "mux_end": time.time()}
-        self._record("mux", timings["mux"], "ok")
+        self._record("mux", timings["mux"], "ok", on_device=False)
         timings["total"] = time.perf_counter() - rendered.started
         media = asdict(probe_mp4(paths.video))
         document = sidecar_document(
