@@ -23,7 +23,6 @@ from ltx2.checkpoint import CheckpointSet
 ProgressCallback = Callable[[dict[str, Any]], None]
 
 WORKER_ENV = {"TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
 """Per-step bars inside actors would interleave in the driver's log; the driver draws its own."""
 
 
