@@ -185,8 +185,8 @@ def cmd_campaign(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, store: Any) -> int:
     from cluster.campaign_runner import CampaignRunner
-    from cluster.cli import resolve_checkpoints
-    from cluster.executor import WorkerPool, start_ray
+    from cluster.cli import resolve_checkpoints, worker_pool
+    from cluster.executor import start_ray
     from cluster.storage import StorageOptions
 
     checkpoints = resolve_checkpoints(args)  # the LTX2_* environment, or the tiny set
@@ -199,14 +199,7 @@ def _run(args: argparse.Namespace, store: Any) -> int:
     if problems:
         raise UsageError("; ".join(f"--gpus {value}: {why}" for _field, value, why in problems))
     placement = Placement(shape.mode, shape.resolved_gpus())
-    pool = WorkerPool(
-        checkpoints,
-        num_workers=args.workers,
-        device=args.device,
-        placement=placement,
-        compile=args.compile,
-        fp8_attention=args.fp8_attention,
-    )
+    pool = worker_pool(args, checkpoints, placement)
     metrics = None
     try:
         if args.metrics_port is not None:

@@ -146,6 +146,20 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def worker_pool(args: argparse.Namespace, checkpoints: Any, placement: Any) -> Any:
+    """The worker pool that `render`'s or `campaign run`'s flags ask for (`--workers`, `--device`, speed flags)."""
+    from cluster.executor import WorkerPool
+
+    return WorkerPool(
+        checkpoints,
+        num_workers=args.workers,
+        device=args.device,
+        placement=placement,
+        compile=args.compile,
+        fp8_attention=args.fp8_attention,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ltx2-farm",
@@ -408,7 +422,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from cluster.executor import WorkerPool, start_ray
+    from cluster.executor import start_ray
 
     # The embedded cluster gives CPU workers one logical CPU each, even beyond the machine's cores.
     start_ray(args.address, num_cpus=None if args.address else max(os.cpu_count() or 1, args.workers))
@@ -420,14 +434,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: give at least 1")
     placement = resolve_placement(job, transformer, args.device, args.workers)
-    pool = WorkerPool(
-        checkpoints,
-        num_workers=args.workers,
-        device=args.device,
-        placement=placement,
-        compile=args.compile,
-        fp8_attention=args.fp8_attention,
-    )
+    pool = worker_pool(args, checkpoints, placement)
     metrics = None
     if args.metrics_port is not None:
         from cluster.metrics import MetricsServer
