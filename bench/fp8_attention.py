@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ltx2.fp8_attention import quantize_tensor
+
 OUT = Path(os.environ.get("OUT", "bench/results"))
 SIZES = [int(s) for s in os.environ.get("SIZES", "14080,24576").split(",") if s]
 BATCH, HEADS, DIM = 1, 32, 128
@@ -72,10 +74,9 @@ def rms_normed(tokens: int) -> torch.Tensor:
 
 
 def quantise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tensor E4M3: (x * 448 / amax) cast to FP8, and descale = amax / 448 as a [1, 1, 1, 1] fp32 tensor."""
-    amax = x.abs().amax().float()
-    x8 = (x.float() * (E4M3_MAX / amax)).clamp_(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-    return x8, (amax / E4M3_MAX).reshape(1, 1, 1, 1)
+    """Per-tensor E4M3 as the farm's FP8 attention does it, with the descale as a [1, 1, 1, 1] tensor."""
+    values, descale = quantize_tensor(x)
+    return values, descale.reshape(1, 1, 1, 1)
 
 
 def build_fp8(cudnn, handle, q, k, v, o, stats):
