@@ -144,6 +144,13 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
         help="the video self-attention in FP8 through cuDNN (Hopper GPUs; pip install '.[fp8]'): 1.30-1.34x per "
         "forward with compiled blocks on an H100, outputs change more than compiling changes them; replicas only",
     )
+    parser.add_argument(
+        "--fp8",
+        action="store_true",
+        help="the transformer's linear layers in FP8 (ltx-core's scaled-FP8 format, torch._scaled_mm; GPUs with FP8 "
+        "tensor cores: L4, L40S, H100, H200, B200): about half the weights (~19 GB at 19B) and faster matmuls, "
+        "outputs change by the FP8 rounding; replicas only",
+    )
 
 
 def worker_pool(args: argparse.Namespace, checkpoints: Any, placement: Any) -> Any:
@@ -157,6 +164,7 @@ def worker_pool(args: argparse.Namespace, checkpoints: Any, placement: Any) -> A
         placement=placement,
         compile=args.compile,
         fp8_attention=args.fp8_attention,
+        fp8=args.fp8,
     )
 
 

@@ -77,10 +77,12 @@ class WorkerPool:
         placement: Placement = REPLICA,
         compile: bool | None = None,
         fp8_attention: bool = False,
+        fp8: bool = False,
     ) -> None:
         """`compile`: compiled transformer blocks in replica workers (None: on for GPUs, see `ltx2.speed`);
-        `fp8_attention`: their video self-attention in FP8 through cuDNN (Hopper GPUs, `ltx2.fp8_attention`)."""
-        for flag, wanted in (("--compile", compile), ("--fp8-attention", fp8_attention)):
+        `fp8_attention`: their video self-attention in FP8 through cuDNN (Hopper GPUs, `ltx2.fp8_attention`);
+        `fp8`: their linear layers in FP8 (`ltx2.fp8_linear`; FP8 tensor cores, or the CPU)."""
+        for flag, wanted in (("--compile", compile), ("--fp8-attention", fp8_attention), ("--fp8", fp8)):
             if wanted and placement.is_gang:
                 raise CapacityError(
                     f"{flag} is for replica workers; a {placement.mode} gang runs eager with its own attention: "
@@ -118,7 +120,9 @@ class WorkerPool:
             actor_cls = ray.remote(RenderWorker).options(**options)
 
             def start(name: str) -> Any:
-                return actor_cls.remote(checkpoints, target, dtype, name, compile=compile, fp8_attention=fp8_attention)
+                return actor_cls.remote(
+                    checkpoints, target, dtype, name, compile=compile, fp8_attention=fp8_attention, fp8=fp8
+                )
 
         self._start = start
         self.replacements = 0

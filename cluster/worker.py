@@ -176,6 +176,7 @@ class RenderWorker:
         warm_lora_originals: bool = True,
         compile: bool | None = None,
         fp8_attention: bool = False,
+        fp8: bool = False,
     ) -> None:
         self.name = name
         self.device = resolve_device(device)
@@ -185,7 +186,7 @@ class RenderWorker:
         self.speed = default_speed_options(self.device)
         if compile is not None:
             self.speed = replace(self.speed, compile=compile)
-        self.speed = replace(self.speed, fp8_attention=fp8_attention)
+        self.speed = replace(self.speed, fp8_attention=fp8_attention, fp8=fp8)
         apply_speed_options(self.models.transformer.velocity_model, self.speed)
         # the OOM ladder's FP8-weights and CPU-offload rungs (off until a job's rung asks for them)
         self.fp8_weights = Fp8Blocks(self.models.transformer.velocity_model, self.models.device)
@@ -226,6 +227,7 @@ class RenderWorker:
             "lora_set_changes": self.models.loras.set_changes,
             "compile": self.speed.compile,
             "fp8_attention": self.speed.fp8_attention,
+            "fp8": self.speed.fp8,
         }
 
     def progress(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from ltx_core.loader.fuse_loras import _prepare_deltas
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ltx2.checkpoint import CheckpointError, read_safetensors_header
+from ltx2.fp8_linear import FP8, scale_name
 from ltx2.offload import ParkedBlocks
 
 
@@ -52,7 +53,9 @@ class LoraFusion:
     """Fuses a set of LoRAs into `model`'s weights on demand; `unfuse` restores the originals exactly.
 
     All deltas of the set are summed and added in one `apply_loras` call, as the official builder does for
-    a ledger's LoRA list, so the fused weights are those of a fresh official build with that list.
+    a ledger's LoRA list, so the fused weights are those of a fresh official build with that list. FP8
+    weights (`ltx2.fp8_linear`, ltx-core's scaled-FP8 format) go through the official scaled-FP8 fusion:
+    dequantised with their scale, the delta added, re-quantised with a new scale; both are restored.
     """
 
     model: torch.nn.Module
@@ -64,6 +67,8 @@ class LoraFusion:
     _fused: bool = field(default=False, init=False)
     _state_dicts: list[LoraStateDictWithStrength] = field(default_factory=list, init=False)
     _targets: list[str] = field(default_factory=list, init=False)
+    _scales: dict[str, str] = field(default_factory=dict, init=False)
+    """FP8 target weight -> its scale parameter (changed by the fusion too)."""
     _backup: dict[str, torch.Tensor] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -83,14 +88,16 @@ class LoraFusion:
                         )
                     if target not in self._targets:
                         self._targets.append(target)
+                        if params[target].dtype == FP8 and scale_name(target) in params:
+                            self._scales[target] = scale_name(target)
                     matched += 1
             if matched == 0:
                 raise CheckpointError(lora.path, "LoRA holds no lora_A/lora_B pairs for this model")
 
     @property
     def targets(self) -> tuple[str, ...]:
-        """The parameters this set of LoRAs changes."""
-        return tuple(self._targets)
+        """The parameters this set of LoRAs changes (FP8 weights' scales included)."""
+        return (*self._targets, *self._scales.values())
 
     def _originals_store(self) -> dict[str, torch.Tensor]:
         return self.originals if self.originals is not None else self._backup
@@ -107,22 +114,28 @@ class LoraFusion:
             return
         params = dict(self.model.named_parameters())  # looked up now: sharding replaces the parameters
         originals = self._originals_store()
-        for name in self._targets:
-            param = params[name]
-            local = _local(param)
+        for name in self.targets:
             if name not in originals:
+                local = _local(params[name])
                 backup = local.detach().to("cpu", copy=True)
                 originals[name] = backup.pin_memory() if local.is_cuda else backup
+        for name in self._targets:
+            param = params[name]
             weight = param.detach().full_tensor() if isinstance(param, DTensor) else param.detach()
-            base = StateDict(sd={name: weight}, device=weight.device, size=weight.nbytes, dtype={weight.dtype})
+            base = {name: weight}
+            if name in self._scales:  # the official scaled-FP8 fusion dequantises with the scale
+                base[self._scales[name]] = params[self._scales[name]].detach()
+            sd = StateDict(sd=base, device=weight.device, size=weight.nbytes, dtype={weight.dtype})
             if weight.dtype == torch.float32:  # ltx-core fuses bf16/fp8 only; same deltas, added in float32
-                fused = weight + _prepare_deltas(self._state_dicts, name, torch.float32, weight.device)
+                fused = {name: weight + _prepare_deltas(self._state_dicts, name, torch.float32, weight.device)}
             else:
-                fused = apply_loras(model_sd=base, lora_sd_and_strengths=self._state_dicts, dtype=weight.dtype)
-                fused = fused.sd[name]
+                fused = apply_loras(model_sd=sd, lora_sd_and_strengths=self._state_dicts, dtype=weight.dtype).sd
             if isinstance(param, DTensor):  # every rank fused the same full weight: keep this rank's shard
-                fused = distribute_tensor(fused, param.device_mesh, param.placements, src_data_rank=None).to_local()
-            local.copy_(fused)
+                fused[name] = distribute_tensor(
+                    fused[name], param.device_mesh, param.placements, src_data_rank=None
+                ).to_local()
+            for key, value in fused.items():
+                _local(params[key]).copy_(value)
         self._fused = True
 
     @torch.inference_mode(False)
@@ -139,7 +152,7 @@ class LoraFusion:
         params = dict(self.model.named_parameters())
         originals = self._originals_store()
         with torch.cuda.stream(stream):  # None: the current stream
-            for name in self._targets:
+            for name in self.targets:
                 _local(params[name]).copy_(originals[name], non_blocking=True)
         if stream is None and torch.cuda.is_available():
             torch.cuda.synchronize()

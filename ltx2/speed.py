@@ -1,9 +1,10 @@
 """Speed options for the transformer, applied to the unmodified ltx-core model by small functions.
 
-- `fp8`: the linear layers of the transformer blocks hold FP8 (e4m3) weights with per-row scales and
-  quantize their activations per row on the fly; the matmul is `torch._scaled_mm` (torchao's
-  `Float8DynamicActivationFloat8WeightConfig`). Halves the weights (≈ 19 GB for the 19B model) and runs
-  the matmuls at the FP8 rate. Needs a GPU with FP8 tensor cores (compute capability ≥ 8.9).
+- `fp8`: the transformer's linear layers hold FP8 (e4m3) weights in ltx-core's scaled-FP8 format (one
+  scale per tensor; the official policy's layers stay bf16) and quantize their input per tensor on the
+  fly; the matmul is `torch._scaled_mm` (`ltx2.fp8_linear`). Halves the weights (≈ 19 GB for the 19B
+  model) and runs the matmuls at the FP8 rate. Needs FP8 tensor cores (compute capability ≥ 8.9); the
+  CPU runs the same code slowly (tests).
 - `compile`: each transformer block compiled by `torch.compile` with static shapes, so norms, RoPE,
   AdaLN modulation and gating fuse into fewer kernels. The first forward at a new shape compiles.
   Blocks are compiled in place (`Module.compile`), so parameter names (and LoRA fusion by name) do not
@@ -21,6 +22,7 @@ import torch
 @dataclass(frozen=True)
 class SpeedOptions:
     fp8: bool = False
+    """FP8 matmuls (`ltx2.fp8_linear`): opt-in, the outputs change by the FP8 rounding (see bench/)."""
     compile: bool = False
     fp8_attention: bool = False
     """The video self-attention in FP8 through cuDNN (`ltx2.fp8_attention`; Hopper or newer, bench option)."""
@@ -34,32 +36,6 @@ def default_speed_options(device: torch.device | str) -> SpeedOptions:
     forward, one compile of ~10 s per new shape), plain eager on the CPU (inductor's CPU compile costs
     more than it saves on the tiny model). FP8 is opt-in: it changes the numbers more (see bench/)."""
     return SpeedOptions(compile=torch.device(device).type == "cuda")
-
-
-class SpeedOptionError(ValueError):
-    """A speed option this device cannot run."""
-
-
-def fp8_supported(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
-
-
-def _block_linear(module: torch.nn.Module, fqn: str) -> bool:
-    return isinstance(module, torch.nn.Linear) and fqn.startswith("transformer_blocks.")
-
-
-def apply_fp8(velocity_model: torch.nn.Module) -> torch.nn.Module:
-    """Quantize the blocks' linear layers to FP8 in place (weights per row, activations per row, dynamic)."""
-    device = next(velocity_model.parameters()).device
-    if not fp8_supported(device):
-        raise SpeedOptionError(
-            f"fp8 needs a CUDA GPU with FP8 tensor cores (compute capability 8.9+: L4, L40S, H100, H200); "
-            f"this worker runs on {device}: drop the fp8 option"
-        )
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-
-    quantize_(velocity_model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=_block_linear)
-    return velocity_model
 
 
 COMPILE_RECOMPILE_LIMIT = 1024
@@ -118,7 +94,9 @@ def apply_compile(
 
 def apply_speed_options(velocity_model: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
     if options.fp8:
-        apply_fp8(velocity_model)
+        from ltx2.fp8_linear import apply_fp8_linears
+
+        apply_fp8_linears(velocity_model)
     if options.fp8_attention:
         from ltx2.fp8_attention import apply_fp8_attention
 

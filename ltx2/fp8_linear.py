@@ -1,0 +1,108 @@
+"""FP8 matmuls for the transformer: ltx-core's own scaled-FP8 layer format, run by `torch._scaled_mm`.
+
+ltx-core's `fp8_scaled_mm` quantization policy (made for its FP8 checkpoints) swaps Linear layers for
+`FP8Linear`: the weight in e4m3, stored transposed (the column-major operand cuBLAS wants), one float32
+scale per tensor. It leaves chosen layers in bf16 (`EXCLUDED_LAYER_SUBSTRINGS`: the embeddings and heads,
+block 0 and the last five blocks), and its LoRA fusion handles that format (dequantise, add the delta,
+re-quantise per tensor). It needs TensorRT-LLM for two calls: a static input quantiser (a calibrated
+input scale stored in the checkpoint) and a cuBLAS FP8 matmul.
+
+Here the format, the weight quantiser, the excluded layers and the LoRA fusion are the official ones, and
+only those two calls change: the input is quantised per tensor on the fly (scale = amax / 448, so no
+calibration is needed and any bf16 checkpoint can be quantised at load), and the matmul is
+`torch._scaled_mm` (cuBLAS FP8 on Ada/Hopper; PyTorch's CPU kernel, per-tensor only, runs the same
+code in the tests). Under compiled blocks the input's amax, scaling and cast fuse into the neighbouring
+kernels.
+"""
+
+from __future__ import annotations
+
+import ltx_core.loader  # noqa: F401  (ltx_core.quantization imports fail unless the loader is imported first)
+import torch
+from ltx_core.quantization.fp8_scaled_mm import (
+    EXCLUDED_LAYER_SUBSTRINGS,
+    FP8Linear,
+    quantize_weight_to_fp8_per_tensor,
+)
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8).max)
+
+
+class Fp8Error(ValueError):
+    """FP8 matmuls asked for where they cannot run."""
+
+
+def quantize_input(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x` in e4m3 with one dynamic scale (amax / 448, float32): x ≈ q * scale."""
+    wide = x.float()
+    scale = wide.abs().amax().clamp(min=torch.finfo(torch.float32).tiny) / FP8_MAX
+    return (wide / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+
+
+class ScaledMMFp8Linear(FP8Linear):
+    """ltx-core's `FP8Linear` (same parameters, same names) with its TensorRT-LLM calls replaced by a
+    dynamic per-tensor input scale and `torch._scaled_mm`. The unused static `input_scale` is dropped."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device: torch.device | None = None):
+        super().__init__(in_features, out_features, bias=bias, device=device)
+        del self.input_scale
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear) -> ScaledMMFp8Linear:
+        """The official per-tensor quantisation of `linear`'s weight (bias kept in its dtype)."""
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device=torch.device("meta"))
+        weight, scale = quantize_weight_to_fp8_per_tensor(linear.weight.detach())
+        layer.weight = torch.nn.Parameter(weight, requires_grad=False)
+        layer.weight_scale = torch.nn.Parameter(scale.to(torch.float32), requires_grad=False)
+        if linear.bias is not None:
+            layer.bias = torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        q, scale = quantize_input(rows)
+        out = torch._scaled_mm(q, self.weight, scale_a=scale, scale_b=self.weight_scale, out_dtype=x.dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def fp8_supported(device: torch.device) -> bool:
+    """FP8 tensor cores (compute capability 8.9+), or the CPU (PyTorch's per-tensor kernel: slow, exact code)."""
+    if device.type == "cpu":
+        return True
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def excluded(name: str) -> bool:
+    """Layers the official FP8 policy leaves in bf16."""
+    return any(part in name for part in EXCLUDED_LAYER_SUBSTRINGS)
+
+
+@torch.no_grad()
+def apply_fp8_linears(velocity_model: torch.nn.Module) -> list[str]:
+    """Swap the velocity model's Linear layers for `ScaledMMFp8Linear` in place, except the official
+    exclusions; parameter names stay the same (`…to_q.weight`, plus `…to_q.weight_scale`), so LoRAs still
+    find their targets. Returns the names of the swapped layers."""
+    device = next(velocity_model.parameters()).device
+    if not fp8_supported(device):
+        raise Fp8Error(
+            f"fp8 needs FP8 tensor cores (compute capability 8.9+: L4, L40S, H100, H200, B200); this worker runs "
+            f"on {torch.cuda.get_device_name(device)}: drop --fp8"
+        )
+    names = [
+        name
+        for name, module in velocity_model.named_modules()
+        if type(module) is torch.nn.Linear and not excluded(name)
+    ]
+    for name in names:  # one layer at a time: each bf16 weight is freed as soon as its FP8 copy exists
+        parent_name, _, attr = name.rpartition(".")
+        parent = velocity_model.get_submodule(parent_name) if parent_name else velocity_model
+        setattr(parent, attr, ScaledMMFp8Linear.from_linear(getattr(parent, attr)))
+    return names
+
+
+def scale_name(weight_name: str) -> str:
+    """The per-tensor scale parameter that goes with an FP8 weight."""
+    return weight_name.removesuffix(".weight") + ".weight_scale"

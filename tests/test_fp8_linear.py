@@ -1,0 +1,124 @@
+"""FP8 matmuls (`ltx2.fp8_linear`) on the tiny model: the official scaled-FP8 format and exclusions, LoRAs fused
+the official scaled-FP8 way and restored exactly, renders through plain and compiled blocks. The CPU runs the
+same `torch._scaled_mm` code (per-tensor scales) that cuBLAS runs on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from cluster.executor import CapacityError, WorkerPool
+from cluster.requests import render_request
+from jobs.placement import Placement
+from jobs.spec import validate_job
+from ltx2.fp8_linear import FP8, ScaledMMFp8Linear, apply_fp8_linears, excluded, quantize_input
+from ltx2.render import Renderer
+from ltx2.speed import SpeedOptions, apply_compile, apply_speed_options
+from tests.conftest import SMALL_JOB
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality (FP8 tensors compared as bytes)."""
+    return torch.equal(a.view(torch.uint8), b.view(torch.uint8)) if a.dtype == FP8 else torch.equal(a, b)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+@pytest.fixture()
+def fresh(tiny_set):
+    """A bf16 model set of its own: FP8 swaps its layers in place."""
+    from ltx2.models import load_resident_models
+
+    return load_resident_models(tiny_set, "cpu")
+
+
+def test_layer_matches_bf16_linear_within_e4m3_precision():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 256).to(torch.bfloat16)
+    layer = ScaledMMFp8Linear.from_linear(linear)
+    x = torch.randn(2, 9, 64, dtype=torch.bfloat16)
+    assert layer.weight.dtype == FP8 and layer.weight.shape == (64, 256)  # stored transposed, as ltx-core does
+    assert [name for name, _ in layer.named_parameters()] == ["weight", "weight_scale", "bias"]
+    out = layer(x)
+    assert out.shape == (2, 9, 256) and out.dtype == torch.bfloat16
+    err = rel(out, linear(x))
+    assert 0 < err < 0.08, err  # e4m3 keeps 3 mantissa bits: a few % on a random layer
+    q, scale = quantize_input(x)
+    assert q.dtype == FP8 and q.float().abs().max().item() == 448.0
+    assert rel(q.float() * scale, x) < 0.07
+
+
+def test_official_layers_are_swapped_names_kept_and_weights_halved(fresh):
+    model = fresh.transformer.velocity_model
+    names = {n for n, _ in model.named_parameters()}
+    before = sum(p.nbytes for p in model.parameters())
+    swapped = apply_fp8_linears(model)
+    assert swapped and all(name.startswith("transformer_blocks.1.") for name in swapped)  # block 0 stays bf16
+    modules = dict(model.named_modules())
+    assert all(type(modules[name]) is ScaledMMFp8Linear for name in swapped)
+    assert all(excluded(name) for name, m in modules.items() if type(m) is torch.nn.Linear)
+    after = {n: p for n, p in model.named_parameters()}
+    assert set(after) == names | {f"{name}.weight_scale" for name in swapped}
+    assert all(after[f"{name}.weight"].dtype == FP8 for name in swapped)
+    swapped_bytes = sum(after[f"{name}.weight"].nbytes for name in swapped)
+    assert sum(p.nbytes for p in model.parameters()) < before - swapped_bytes + 1024
+
+
+def test_loras_fuse_the_official_scaled_fp8_way_and_restore_exactly(fresh):
+    from ltx_core.loader.fuse_loras import _prepare_deltas
+    from ltx_core.quantization.fp8_scaled_mm import quantize_weight_to_fp8_per_tensor
+
+    model = fresh.transformer.velocity_model
+    apply_fp8_linears(model)
+    loras = fresh.loras
+    pristine = {k: v.clone() for k, v in model.state_dict().items()}
+    loras.use(distilled=True)
+    fusion = loras._fusion
+    fp8_targets = [t for t in fusion._targets if pristine[t].dtype == FP8]
+    assert fp8_targets and set(fusion._scales) == set(fp8_targets)
+    params = dict(model.named_parameters())
+    for name in fp8_targets:
+        scale = name.removesuffix(".weight") + ".weight_scale"
+        delta = _prepare_deltas(fusion._state_dicts, name, torch.bfloat16, torch.device("cpu"))
+        expected, expected_scale = quantize_weight_to_fp8_per_tensor(
+            pristine[name].t().float() * pristine[scale] + delta.float()
+        )
+        assert same(params[name], expected)
+        assert torch.equal(params[scale], expected_scale) and not torch.equal(params[scale], pristine[scale])
+    loras.use()
+    assert all(same(v, pristine[k]) for k, v in model.state_dict().items())
+
+
+def test_fp8_renders_repeat_exactly_and_compiled_blocks_trace_scaled_mm_whole(fresh, resident):
+    """A two-stage render (the distilled LoRA fused into FP8 weights in stage 2, restored after) gives the same
+    output twice, different from bf16; compiled blocks run `_scaled_mm` with no graph breaks, same numbers."""
+    request = render_request(validate_job(SMALL_JOB), fresh.num_layers)
+    plain = Renderer(resident).render(request)
+    apply_speed_options(fresh.transformer.velocity_model, SpeedOptions(fp8=True))
+    renderer = Renderer(fresh)
+    first, second = renderer.render(request), renderer.render(request)
+    assert torch.equal(first.video, second.video) and torch.equal(first.audio, second.audio)
+    assert not torch.equal(first.video, plain.video)
+    torch._dynamo.reset()
+    counters.clear()
+    apply_compile(fresh.transformer.velocity_model, backend="eager")
+    compiled = Renderer(fresh).render(request)
+    assert dict(counters["graph_break"]) == {}
+    assert torch.equal(compiled.video, first.video) and torch.equal(compiled.audio, first.audio)
+
+
+def test_gangs_refuse_fp8_before_starting_workers(tiny_set):
+    with pytest.raises(CapacityError, match="drop --fp8 or use --placement replica"):
+        WorkerPool(tiny_set, placement=Placement("guidance", 2), fp8=True)
+
+
+def test_a_cpu_worker_renders_with_fp8_and_says_so(tiny_set, tmp_path):
+    from cluster.worker import RenderWorker
+
+    worker = RenderWorker(tiny_set, "cpu", fp8=True)
+    assert worker.info()["fp8"] is True
+    document = worker.render(validate_job(SMALL_JOB), str(tmp_path))
+    assert document["media"]["frames"] == 17 and (tmp_path / document["output"]["video"]).stat().st_size > 0
