@@ -26,7 +26,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gang_forward import anchor, rel, timed
 
+from ltx2.fp8_linear import EXCLUDED_LAYER_SUBSTRINGS, apply_fp8_linears
 from ltx2.speed import SpeedOptions, apply_speed_options
+
+
+def torchao_rowwise(model: torch.nn.Module) -> None:
+    """The FP8 path before ltx2.fp8_linear: torchao, per-row scales, every block linear (bench comparison)."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    def block_linear(module: torch.nn.Module, fqn: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and fqn.startswith("transformer_blocks.")
+
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=block_linear)
+
+
+def every_block(model: torch.nn.Module) -> None:
+    """ltx2.fp8_linear without the official policy's bf16 blocks (0 and 43-47): the speed they cost."""
+    apply_fp8_linears(model, keep_bf16=tuple(p for p in EXCLUDED_LAYER_SUBSTRINGS if "transformer_blocks" not in p))
+
+
+BENCH_FP8 = {"fp8rowwise": torchao_rowwise, "fp8all": every_block}
+"""Bench-only FP8 variants, applied before the option set named after the first '+'."""
 
 OPTIONS = {
     "official": SpeedOptions(),
@@ -35,6 +55,8 @@ OPTIONS = {
     "fp8+compile": SpeedOptions(fp8=True, compile=True),
     "fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
     "fp8+fp8attn+compile": SpeedOptions(fp8=True, fp8_attention=True, compile=True),
+    "fp8rowwise+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
+    "fp8all+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
     "compile+autotune": SpeedOptions(compile=True, compile_mode="max-autotune-no-cudagraphs"),
     "compile+cudagraphs": SpeedOptions(compile=True, compile_mode="reduce-overhead"),
 }
@@ -106,6 +128,8 @@ def main() -> None:
         torch.manual_seed(0)
         model, _ = anchor.build_model("default")
         started = time.perf_counter()
+        if name.split("+")[0] in BENCH_FP8:
+            BENCH_FP8[name.split("+")[0]](model)
         apply_speed_options(model, OPTIONS[name])
         prepare_s = time.perf_counter() - started
         for shape in sizes:

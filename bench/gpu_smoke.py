@@ -3,7 +3,8 @@
 Then, on a second worker with eager blocks, the OOM ladder's CPU-offload rung (blocks streamed from pinned
 host memory, `ltx2/offload.py`): its render must equal the same worker's plain render bit for bit; and the
 FP8-weights rung must render (its numbers differ by the weights' rounding); with FP8_ATTENTION=1 a worker
-with FP8 cuDNN attention must render too.
+with FP8 cuDNN attention must render too; a compiled worker with FP8 matmuls (--fp8) must render the same
+two-stage job twice alike.
 
 Run on the lent GPU machine with `PYTHONPATH=.` (no Ray there: the worker class runs in-process).
 Prints one JSON line per render and writes the MP4s and sidecars under $OUT (or ./renders-gpu).
@@ -136,6 +137,24 @@ def main() -> None:
             )
         )
         assert rendered["media"]["frames"] == results[0]["media"]["frames"]
+
+    # FP8 matmuls (--fp8, ltx2/fp8_linear.py) in a compiled worker: a two-stage job fuses the distilled LoRA
+    # into the FP8 weights for stage 2 and restores them after, so the same job twice renders the same
+    fp8_attention = os.environ.get("FP8_ATTENTION") == "1"
+    quick = RenderWorker(paths, device=worker.device, fp8=True, fp8_attention=fp8_attention, name="fp8")
+    twice = [quick.render(job, str(out / f"fp8_matmuls_{i}")) for i in range(2)]
+    print(
+        json.dumps(
+            {
+                "fp8_matmuls_frames": twice[0]["media"]["frames"],
+                "fp8_matmuls_repeat_equal": twice[0]["content_sha256"] == twice[1]["content_sha256"],
+                "fp8_matmuls_equal_compiled": twice[0]["content_sha256"] == results[0]["content_sha256"],
+                "timings_s": twice[1]["timings_s"],
+                "worker": {k: twice[0]["worker"][k] for k in ("compile", "fp8", "fp8_attention")},
+            }
+        )
+    )
+    assert twice[0]["content_sha256"] == twice[1]["content_sha256"], "FP8 LoRA fusion must restore exactly"
     print("OK")
 
 

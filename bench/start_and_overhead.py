@@ -60,6 +60,8 @@ ROOT = Path(os.environ.get("ROOT", "/tmp/ltx2-real"))
 STEPS = int(os.environ.get("STEPS", "2" if SMOKE else "3"))
 H, W, F = map(int, os.environ.get("SIZE", "128x192x9" if SMOKE else "704x1280x121").split("x"))
 LORA_RANK = int(os.environ.get("LORA_RANK", "8" if SMOKE else "384"))
+FP8 = os.environ.get("FP8") == "1"  # the worker's --fp8 (ltx2/fp8_linear.py)
+FP8_ATTENTION = os.environ.get("FP8_ATTENTION") == "1"  # the worker's --fp8-attention (needs cudnn-frontend)
 EXTRAPOLATE_STEPS = 40
 GIB = 2**30
 
@@ -582,7 +584,7 @@ def cold_start(paths: CheckpointSet) -> object:
         cold["cuda_context_s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     T_WORKER[0] = t
-    worker = RenderWorker(paths, device=str(DEVICE))
+    worker = RenderWorker(paths, device=str(DEVICE), fp8=FP8, fp8_attention=FP8_ATTENTION)
     sync()
     cold["render_worker_init_s"] = round(time.perf_counter() - t, 2)
     cold["load_resident_models_s"] = round(worker.models.load_seconds, 2)

@@ -75,16 +75,19 @@ def fp8_supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-def excluded(name: str) -> bool:
-    """Layers the official FP8 policy leaves in bf16."""
-    return any(part in name for part in EXCLUDED_LAYER_SUBSTRINGS)
+def excluded(name: str, keep_bf16: tuple[str, ...] = EXCLUDED_LAYER_SUBSTRINGS) -> bool:
+    """Layers the official FP8 policy leaves in bf16 (any name containing one of `keep_bf16`)."""
+    return any(part in name for part in keep_bf16)
 
 
 @torch.no_grad()
-def apply_fp8_linears(velocity_model: torch.nn.Module) -> list[str]:
-    """Swap the velocity model's Linear layers for `ScaledMMFp8Linear` in place, except the official
-    exclusions; parameter names stay the same (`…to_q.weight`, plus `…to_q.weight_scale`), so LoRAs still
-    find their targets. Returns the names of the swapped layers."""
+def apply_fp8_linears(
+    velocity_model: torch.nn.Module, keep_bf16: tuple[str, ...] = EXCLUDED_LAYER_SUBSTRINGS
+) -> list[str]:
+    """Swap the velocity model's Linear layers for `ScaledMMFp8Linear` in place, except those named by
+    `keep_bf16` (the official exclusions); parameter names stay the same (`…to_q.weight`, plus
+    `…to_q.weight_scale`), so LoRAs still find their targets. Returns the names of the swapped layers.
+    Apply it before any LoRA is fused (a worker does, at load)."""
     device = next(velocity_model.parameters()).device
     if not fp8_supported(device):
         raise Fp8Error(
@@ -94,7 +97,7 @@ def apply_fp8_linears(velocity_model: torch.nn.Module) -> list[str]:
     names = [
         name
         for name, module in velocity_model.named_modules()
-        if type(module) is torch.nn.Linear and not excluded(name)
+        if type(module) is torch.nn.Linear and not excluded(name, keep_bf16)
     ]
     for name in names:  # one layer at a time: each bf16 weight is freed as soon as its FP8 copy exists
         parent_name, _, attr = name.rpartition(".")
