@@ -767,6 +767,7 @@ def run_job(worker, tag: str, prompt: str, seed: int, out_dir: Path) -> dict:
     EVENTS.clear()
     STEPS_DONE.clear()
     CURRENT["stage"] = "submit"
+    retries_before = torch.cuda.memory_stats().get("num_alloc_retries", 0) if DEVICE.type == "cuda" else 0
     if DEVICE.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     loads_before = LOAD_COUNTER["loads"]
@@ -824,6 +825,10 @@ def run_job(worker, tag: str, prompt: str, seed: int, out_dir: Path) -> dict:
         "load_counter_after": LOAD_COUNTER["loads"],
         "sidecar_timings_s": timings,
         "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if DEVICE.type == "cuda" else None,
+        # cudaMalloc failures the caching allocator recovered from by freeing its cache (slow: syncs, frees)
+        "alloc_retries": torch.cuda.memory_stats().get("num_alloc_retries", 0) - retries_before
+        if DEVICE.type == "cuda"
+        else None,
         "media": sidecar.get("media"),
         "output_bytes": sidecar.get("output", {}).get("bytes"),
     }

@@ -32,7 +32,7 @@ from jobs.spec import OFFICIAL_NEGATIVE_PROMPT
 from ltx2 import stages
 from ltx2.checkpoint import cached_file_sha256
 from ltx2.media import Mp4Writer, probe_mp4
-from ltx2.render import NonFiniteOutputError
+from ltx2.render import NonFiniteOutputError, tiling_config
 
 
 def crossfade_into(target: torch.Tensor, chunk: torch.Tensor, start: int, overlap: int) -> None:
@@ -351,17 +351,10 @@ class Coordinator:
 
     def _start_decode(self, run: JobRun, task: Task) -> None:
         """Cut the final latent into ltx-core's own decode tiles and queue them for the workers."""
-        from ltx_core.model.video_vae import TilingConfig
-        from ltx_core.model.video_vae.tiling import SpatialTilingConfig, TemporalTilingConfig
-
         plan, spec = run.plan, run.plan.job.spec
         final: stages.Stage2State = ray.get(run.done[f"blend:{plan.stage2_steps - 1}"])
         latent = stages.unpatchify_video(final.video, final.video_shape)
-        tiling = TilingConfig(
-            spatial_config=SpatialTilingConfig(plan.decode.tile_pixels, plan.decode.overlap_pixels),
-            temporal_config=TemporalTilingConfig(plan.decode.tile_frames, plan.decode.overlap_frames),
-        )
-        tiles = _official_decode_tiles(latent, tiling)
+        tiles = _official_decode_tiles(latent, tiling_config(plan.decode.tiles))
         groups: list[list[Any]] = []
         for tile in tiles:
             if groups and groups[-1][0].out_coords[2] == tile.out_coords[2]:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from cluster.storage import canny_ref, input_ref, localize
+from jobs.plan import decode_tiling
 from jobs.spec import GuidanceSpec, ValidJob
 from ltx2.lora import LoraSpec
 from ltx2.media import SourceAudio
@@ -79,6 +80,7 @@ def render_request(job: ValidJob, num_layers: int) -> RenderRequest:
         images=job_images(job),
         loras=job_loras(job),
         audio=(input_ref(spec.audio.path, spec.audio.sha256), spec.audio.start) if spec.audio is not None else None,
+        decode_tiling=decode_tiling(job).tiles,
         **job_control(job),
     )
 

@@ -54,6 +54,11 @@ class DecodeTiling:
     spatial_tiles: int
     temporal_tiles: int
 
+    @property
+    def tiles(self) -> tuple[int, int, int, int]:
+        """(tile pixels, overlap pixels, tile frames, overlap frames): what the decoder's tiling takes."""
+        return (self.tile_pixels, self.overlap_pixels, self.tile_frames, self.overlap_frames)
+
 
 @dataclass(frozen=True)
 class JobPlan:
@@ -165,6 +170,13 @@ def _decode_tiling(spec: Tiling, frames_latent: int, height: int, width: int) ->
     return DecodeTiling(spec.decode_tile_pixels, 64, spec.decode_tile_frames, 24, spatial, temporal)
 
 
+def decode_tiling(job: ValidJob) -> DecodeTiling:
+    """The job's VAE decode tiles (the spec's, or an OOM-ladder rung's smaller ones), whichever path renders it."""
+    spec = job.spec
+    latent_h, latent_w = spec.height // VIDEO_SPACE_SCALE, spec.width // VIDEO_SPACE_SCALE
+    return _decode_tiling(effective_tiling(job, job.fallback), video_latent_frames(job.num_frames), latent_h, latent_w)
+
+
 def plan_job(job: ValidJob) -> JobPlan:
     """The whole task graph of one job."""
     spec = job.spec
@@ -200,7 +212,7 @@ def plan_job(job: ValidJob) -> JobPlan:
     overlap = tiling.tile_overlap // VIDEO_SPACE_SCALE
     time_spans = tuple(c.video for c in chunks)
     tiles = plan_tiles(time_spans, lh, lw, tile, min(overlap, tile - 1))
-    decode = _decode_tiling(tiling, frames_latent, lh, lw)
+    decode = decode_tiling(job)
 
     tasks: list[Task] = [Task(f"encode:{i}", "encode", (), (("text", t),)) for i, t in enumerate(texts)]
     if spec.audio is not None:  # audio-to-video: the track is encoded once, each chunk takes its span
