@@ -55,6 +55,8 @@ OPTIONS = {
     "fp8+compile": SpeedOptions(fp8=True, compile=True),
     "fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
     "fp8+fp8attn+compile": SpeedOptions(fp8=True, fp8_attention=True, compile=True),
+    "fp8rowwise+compile": SpeedOptions(compile=True),
+    "fp8all+compile": SpeedOptions(compile=True),
     "fp8rowwise+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
     "fp8all+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
     "compile+autotune": SpeedOptions(compile=True, compile_mode="max-autotune-no-cudagraphs"),
