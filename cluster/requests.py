@@ -132,4 +132,19 @@ def job_loras(job: ValidJob) -> tuple[LoraSpec, ...]:
 
 def tensor_sha256(tensor: torch.Tensor) -> str:
     """Hash of a tensor's bytes: identical renders give identical hashes on any worker."""
-    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+    return TensorDigest().update(tensor).hexdigest()
+
+
+class TensorDigest:
+    """`tensor_sha256` of the tensors given so far, concatenated along their first dimension: frames are
+    hashed run by run as the decode yields them, to the digest the whole video would give."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+
+    def update(self, tensor: torch.Tensor) -> TensorDigest:
+        self._sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return self
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()

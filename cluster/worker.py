@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import queue
 import socket
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from cluster.metrics import KIND_TO_STAGE, WorkerMetrics, worker_labels
-from cluster.requests import content_hashes, job_audio, job_control, job_loras, render_request, tensor_sha256
+from cluster.requests import TensorDigest, content_hashes, job_audio, job_control, job_loras, render_request
 from cluster.storage import localize
 from jobs.fallback import reaches
 from jobs.outputs import OutputPaths, disk_full_guard, output_paths, sidecar_document, write_json_atomic
@@ -30,11 +31,11 @@ from jobs.plan import describe_task
 from jobs.spec import OFFICIAL_NEGATIVE_PROMPT, ValidJob, validate_for_model
 from ltx2 import stages
 from ltx2.checkpoint import CheckpointSet, cached_file_sha256
-from ltx2.media import probe_mp4, write_mp4
+from ltx2.media import Mp4Writer, probe_mp4
 from ltx2.models import LOAD_COUNTER, load_resident_models
 from ltx2.offload import Fp8Blocks, StreamedBlocks
 from ltx2.parallel.guidance import DistributedPassRunner
-from ltx2.render import NonFiniteOutputError, Renderer, RenderOutput
+from ltx2.render import FramesCallback, NonFiniteOutputError, Renderer, RenderOutput
 from ltx2.speed import apply_speed_options, default_speed_options
 
 JOBS_PER_WORKER = 2
@@ -267,10 +268,11 @@ class RenderWorker:
         `encoded` maps prompt texts to encodings made by an `encode` task (or Ray refs to them), so a
         campaign runs Gemma once per distinct prompt, not once per job or per worker.
 
-        Only the model work holds the model: the MP4 mux, probe, hashes and sidecar run after it is let go,
-        so a second `render` call (the runner keeps `JOBS_PER_WORKER` in flight) starts its forwards while
-        this one muxes, and the GPU does not wait for the host between jobs. The outputs are written by a
-        pool of lower CPU priority (`WRITER_NICENESS`), so the mux does not slow the next job's forwards.
+        Only the model work holds the model. The job's writer (a pool of lower CPU priority,
+        `WRITER_NICENESS`) encodes the MP4 as the tiled VAE decode yields frames, and after the model is let
+        go adds the audio, closes the file, probes it and writes the sidecar, while a second `render` call
+        (the runner keeps `JOBS_PER_WORKER` in flight) already runs its forwards. So neither the GPU waits for
+        the host between jobs, nor a lone job for a whole mux after its decode.
         """
         for text, value in (encoded or {}).items():
             if not isinstance(value, stages.Contexts):  # a Ray ref, resolved before taking the model
@@ -278,21 +280,30 @@ class RenderWorker:
 
                 value = ray.get(value)
             self.renderer.prompts.put(text, value.video, value.audio)
-        with self._busy:
-            rendered = self._render_frames(job, out_dir)
+        paths = output_paths(job, Path(out_dir))
+        handoff: queue.SimpleQueue[Any] = queue.SimpleQueue()  # frame runs, then the _Rendered or the error
+        written = self._writers.submit(self._write_outputs, job, paths, handoff)
         try:
-            return self._writers.submit(self._write_outputs, job, rendered).result()
+            with self._busy:
+                rendered = self._render_frames(job, paths, handoff.put)
+        except BaseException as error:
+            handoff.put(error)  # the writer drops its partial file
+            with contextlib.suppress(BaseException):
+                written.result()
+            raise
+        handoff.put(rendered)
+        try:
+            return written.result()
         finally:
             with self._lock:
-                if self._progress.get("job") == rendered.paths.video.name and self._progress["stage"] == "mux":
+                if self._progress.get("job") == paths.video.name and self._progress["stage"] == "mux":
                     self._progress = {"stage": "idle", "step": 0, "total": 0, "job": None}
 
-    def _render_frames(self, job: ValidJob, out_dir: str) -> _Rendered:
+    def _render_frames(self, job: ValidJob, paths: OutputPaths, on_frames: FramesCallback) -> _Rendered:
         """The model part of a render."""
         validate_for_model(job, self.models.num_layers, heads=self.models.num_heads)
         control_lora = job_control(job).get("control_lora")
         self.models.loras.check(localize(job_loras(job) + ((control_lora,) if control_lora else ())))  # pre-compute
-        paths = output_paths(job, Path(out_dir))
         with self._lock:
             self._progress = {"stage": "starting", "step": 0, "total": 0, "job": paths.video.name}
         started, model_start = time.perf_counter(), time.time()
@@ -302,7 +313,10 @@ class RenderWorker:
         try:
             with self._on_rung(job.fallback, text_encoder=False):  # the renderer moves Gemma after encoding
                 output = self.renderer.render(
-                    request, on_step=self._on_step, offload_text_encoder=reaches(job.fallback, "offload_text_encoder")
+                    request,
+                    on_step=self._on_step,
+                    offload_text_encoder=reaches(job.fallback, "offload_text_encoder"),
+                    on_frames=on_frames,
                 )
         except torch.OutOfMemoryError:
             self._record("render", time.perf_counter() - started, "oom")
@@ -313,20 +327,37 @@ class RenderWorker:
             self._record(stage, seconds, "ok")
         return _Rendered(output, paths, started, model_start, time.time(), self.info())
 
-    def _write_outputs(self, job: ValidJob, rendered: _Rendered) -> dict[str, Any]:
-        """MP4, then the sidecar, each atomically (host work: runs while the next job has the model)."""
-        output, paths = rendered.output, rendered.paths
-        mux_start = time.perf_counter()
-        with disk_full_guard(paths):
-            write_mp4(
-                paths.video,
-                output.video,
-                job.spec.frame_rate,
-                output.audio,
-                output.sample_rate,
-                source_audio=localize(job_audio(job)),
-            )
-        timings = dict(output.timings, mux=time.perf_counter() - mux_start)
+    def _write_outputs(self, job: ValidJob, paths: OutputPaths, handoff: queue.SimpleQueue[Any]) -> dict[str, Any]:
+        """The MP4, encoded run by run as the model thread hands frames over, then (once it hands over the
+        finished render) the audio and the sidecar, each file atomically. An error handed over instead, or
+        one here, drops the partial MP4: a render is written whole or not at all."""
+        source = localize(job_audio(job))
+        rate = None if source is not None else int(self.models.vocoder.output_sampling_rate)
+        writer: Mp4Writer | None = None
+        digest = TensorDigest()
+        try:
+            while isinstance(item := handoff.get(), torch.Tensor):
+                with disk_full_guard(paths):
+                    if writer is None:
+                        _, height, width, _ = item.shape
+                        writer = Mp4Writer(paths.video, job.spec.frame_rate, width, height, rate, source_audio=source)
+                    writer.add_frames(item)
+                digest.update(item)
+            if isinstance(item, BaseException):
+                raise item
+            rendered: _Rendered = item
+            output = rendered.output
+            written = writer.frames_written if writer is not None else 0
+            if written != output.video.shape[0]:
+                raise RuntimeError(f"the MP4 writer got {written} of {output.video.shape[0]} decoded frames")
+            tail_start = time.perf_counter()
+            with disk_full_guard(paths):
+                writer.close(None if source is not None else output.audio)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        timings = dict(output.timings, mux=time.perf_counter() - tail_start)
         timeline = {"model_start": rendered.model_start, "model_end": rendered.model_end, "mux_end": time.time()}
         self._record("mux", timings["mux"], "ok", on_device=False)
         timings["total"] = time.perf_counter() - rendered.started
@@ -341,7 +372,7 @@ class RenderWorker:
                 "bytes": paths.video.stat().st_size,
                 "sha256": cached_file_sha256(paths.video),
             },
-            content=content_hashes(job, tensor_sha256(output.video), output.audio),
+            content=content_hashes(job, digest.hexdigest(), output.audio),
             worker=rendered.worker,
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             timeline=timeline,

@@ -191,6 +191,10 @@ class RenderOutput:
 StepCallback = Callable[[str, int, int, float], None]
 """Called as (stage, step_done, steps_total, seconds) after every denoising step: progress and metrics."""
 
+FramesCallback = Callable[[torch.Tensor], None]
+"""Called with each run of decoded frames (uint8 [frames, height, width, 3], CPU), in order, as the tiled
+decode yields them: the worker encodes them into the MP4 while the GPU decodes the next ones."""
+
 
 @dataclass(frozen=True)
 class EncodedPrompt:
@@ -267,17 +271,28 @@ class Renderer:
 
     @torch.inference_mode()
     def render(
-        self, request: RenderRequest, on_step: StepCallback | None = None, offload_text_encoder: bool = False
+        self,
+        request: RenderRequest,
+        on_step: StepCallback | None = None,
+        offload_text_encoder: bool = False,
+        on_frames: FramesCallback | None = None,
     ) -> RenderOutput:
         """Render `request`; `offload_text_encoder` keeps Gemma in host memory while the transformer runs
-        (the OOM ladder's last rung: ~24 GB less on a 19B worker, the same output)."""
+        (the OOM ladder's last rung: ~24 GB less on a 19B worker, the same output); `on_frames` gets the
+        decoded frames run by run (the returned output still holds them all)."""
         try:
-            return self._render(request, on_step, offload_text_encoder)
+            return self._render(request, on_step, offload_text_encoder, on_frames)
         finally:
             if offload_text_encoder:
                 self.models.text_encoder.to(self.models.device)
 
-    def _render(self, request: RenderRequest, on_step: StepCallback | None, offload_text_encoder: bool) -> RenderOutput:
+    def _render(
+        self,
+        request: RenderRequest,
+        on_step: StepCallback | None,
+        offload_text_encoder: bool,
+        on_frames: FramesCallback | None,
+    ) -> RenderOutput:
         m = self.models
         timer = _Timer(m.device)
         generator = torch.Generator(device=m.device).manual_seed(request.seed)
@@ -377,15 +392,20 @@ class Renderer:
 
         with timer("decode"):
             tiling = tiling_config(request.decode_tiling) if request.decode_tiling is not None else None
-            frames = torch.cat(list(vae_decode_video(video_state.latent, m.video_decoder, tiling, generator)), dim=0)
-        _check_finite(frames.float(), "decoded video")
+            runs = []
+            for run in vae_decode_video(video_state.latent, m.video_decoder, tiling, generator):
+                _check_finite(run.float(), "decoded video")
+                runs.append(run.cpu())
+                if on_frames is not None:
+                    on_frames(runs[-1])
+            frames = torch.cat(runs, dim=0)
         waveform, sample_rate = None, 0
         if track is None:
             with timer("audio"):
                 audio = vae_decode_audio(audio_state.latent, m.audio_decoder, m.vocoder)
             _check_finite(audio.waveform, "decoded audio")
             waveform, sample_rate = audio.waveform.float().cpu(), int(audio.sampling_rate)
-        return RenderOutput(video=frames.cpu(), audio=waveform, sample_rate=sample_rate, timings=timer.timings)
+        return RenderOutput(video=frames, audio=waveform, sample_rate=sample_rate, timings=timer.timings)
 
 
 def stage_1_denoiser(

@@ -115,3 +115,46 @@ def test_worker_output_name_is_content_addressed(worker, tmp_path):
     sidecar = worker.render(job, str(tmp_path))
     assert Path(sidecar["output"]["video"]).name.startswith("shot-")
     assert sidecar["output"]["video"].endswith(f"-seed{SMALL_JOB['seed']}.mp4")
+
+
+def test_decoded_frames_reach_the_writer_run_by_run(resident, worker, tmp_path):
+    """A job of several decode tiles in time: the renderer hands the frames over run by run as the tiled decode
+    yields them (the worker encodes them into the MP4 meanwhile); together they are the whole video, and the
+    worker's content hash, taken run by run, is that of the whole video."""
+    from cluster.requests import TensorDigest, tensor_sha256
+
+    job = validate_job({**SMALL_JOB, "num_frames": 41, "decode_tile_frames": 32})
+    runs: list[torch.Tensor] = []
+    output = Renderer(resident).render(render_request(job, resident.num_layers), on_frames=runs.append)
+    assert len(runs) > 1 and torch.equal(torch.cat(runs), output.video)
+    digest = TensorDigest()
+    for run in runs:
+        digest.update(run)
+    assert digest.hexdigest() == tensor_sha256(output.video)
+    sidecar = worker.render(job, str(tmp_path))
+    assert sidecar["content_sha256"]["video_frames"] == tensor_sha256(output.video)
+    assert sidecar["media"]["frames"] == 41
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [sidecar["output"]["video"], Path(sidecar["output"]["video"]).stem + ".json"]
+    )
+
+
+def test_a_render_failing_after_frames_were_encoded_leaves_no_file(worker, tmp_path, monkeypatch):
+    """The MP4 is encoded while the model still works; a failure after that (here: NaN found in a later run of
+    frames) drops the half-encoded file, and the worker renders the next job normally."""
+    from ltx2.render import NonFiniteOutputError
+
+    real = worker.renderer.render
+
+    def fails_after_the_first_frames(request, on_frames=None, **kwargs):
+        output = real(request, **kwargs)
+        on_frames(output.video[:8])
+        raise NonFiniteOutputError("decoded video has NaN or Inf (injected)")
+
+    monkeypatch.setattr(worker.renderer, "render", fails_after_the_first_frames)
+    job = validate_job(SMALL_JOB)
+    with pytest.raises(NonFiniteOutputError, match="injected"):
+        worker.render(job, str(tmp_path / "failed"))
+    assert list((tmp_path / "failed").iterdir()) == []  # no MP4, no sidecar, no partial file
+    monkeypatch.undo()
+    assert worker.render(job, str(tmp_path / "ok"))["media"]["frames"] == 17
