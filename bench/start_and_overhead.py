@@ -649,12 +649,16 @@ def install_job_probes(worker) -> None:
 
     lr._Timer = StageTimer
 
-    def timed(name: str, fn):
+    def timed(name: str, fn, device_sync: bool = True):
+        """`device_sync=False` for host work on the writer thread, which runs while the GPU decodes."""
+
         def wrapper(*args, **kwargs):
-            sync()
+            if device_sync:
+                sync()
             t = time.perf_counter()
             result = fn(*args, **kwargs)
-            sync()
+            if device_sync:
+                sync()
             EVENTS.append({"event": name, "stage": CURRENT["stage"], "seconds": round(time.perf_counter() - t, 3)})
             return result
 
@@ -671,10 +675,12 @@ def install_job_probes(worker) -> None:
         return plain_unfuse(self, stream=stream)  # no sync here: it overlaps the decode by design
 
     ll.LoraFusion.unfuse = unfuse
-    cw.write_mp4 = timed("write_mp4 (H.264 + AAC mux)", cw.write_mp4)
-    cw.probe_mp4 = timed("probe_mp4 (read the MP4 back)", cw.probe_mp4)
+    writer = cw.Mp4Writer
+    writer.add_frames = timed("MP4 encode of one run of frames (during the decode)", writer.add_frames, False)
+    writer.close = timed("MP4 close (last frames, AAC, move into place)", writer.close, False)
+    cw.probe_mp4 = timed("probe_mp4 (read the MP4 back)", cw.probe_mp4, False)
     cw.validate_for_model = timed("validate_for_model", cw.validate_for_model)
-    cw.tensor_sha256 = timed("tensor_sha256 (content hashes)", cw.tensor_sha256)
+    cw.TensorDigest.update = timed("content hash (a run of frames, or the waveform)", cw.TensorDigest.update, False)
     worker.model_hashes = timed("model_hashes (SHA-256 of every model file)", worker.model_hashes)
     on_step = worker._on_step
 
