@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import time
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import torch
 from cluster.executor import WorkerPool
 from cluster.metrics import FarmMetrics
 from cluster.prompt_refs import PromptRefs
-from cluster.requests import content_hashes, job_audio, job_control, job_guidance, job_images, job_loras
+from cluster.requests import TensorDigest, content_hashes, job_audio, job_control, job_guidance, job_images, job_loras
 from cluster.storage import localize
 from jobs.outputs import disk_full_guard, output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
@@ -100,6 +100,9 @@ class JobRun:
     started: float = field(default_factory=time.time)
     writer: Mp4Writer | None = None
     decode_state: dict[str, Any] | None = None
+    encoder: ThreadPoolExecutor | None = None
+    """Blends decoded groups and encodes their frames, in order, off the scheduling thread."""
+    encoding: list[Future[None]] = field(default_factory=list)
     result: dict[str, Any] | None = None
 
     @property
@@ -113,6 +116,13 @@ class JobRun:
 
 
 DECODE_GROUPS_AHEAD = 1
+
+ENCODE_POLL_S = 0.05
+"""How often the scheduler looks at the encoder threads while it waits for Ray tasks."""
+
+ENCODE_GROUPS_BEHIND = 1
+"""Decoded groups the encoder thread may hold beyond the one it works on; past that the scheduler waits, and
+so does the decode (its horizon stays put): decoded pixels never pile up in host memory either."""
 
 
 class Coordinator:
@@ -162,6 +172,10 @@ class Coordinator:
                 self._observe(runs)
                 if all(r.finished for r in runs):
                     break
+                encoding = [f for r in runs for f in r.encoding if not f.done()]
+                if not inflight and encoding:  # only the encoder threads are busy: wait for one
+                    wait(encoding, return_when=FIRST_COMPLETED)
+                    continue
                 if not inflight:
                     pending = {
                         r.plan.job.spec.name or i: sorted(t.id for t in r.plan.tasks if t.id not in r.done)
@@ -169,7 +183,10 @@ class Coordinator:
                         if not r.finished
                     }
                     raise RuntimeError(f"coordinator stalled: no task can run (a bug): pending {pending}")
-                ready, _ = ray.wait(list(inflight), num_returns=1)
+                # while frames are encoded, look up now and then: a finished encode may let more tiles go out
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=ENCODE_POLL_S if encoding else None)
+                if not ready:
+                    continue
                 run, label, worker, value_ref, retry = inflight.pop(ready[0])
                 try:
                     trace = ray.get(ready[0])
@@ -189,6 +206,8 @@ class Coordinator:
                 idle.append(worker)
         finally:
             for run in runs:
+                if run.encoder is not None:
+                    run.encoder.shutdown(wait=True, cancel_futures=True)
                 if run.writer is not None and not run.finished:
                     run.writer.abort()
         return [r.result for r in runs]
@@ -366,8 +385,9 @@ class Coordinator:
             "next_group": 0,
             "previous": None,
             "frames": 0,
-            "sha256": hashlib.sha256(),
+            "digest": TensorDigest(),
         }
+        run.encoder = ThreadPoolExecutor(1, thread_name_prefix="encode")
         for g, group in enumerate(groups):
             for k, tile in enumerate(group):
                 run.decode_queue.append((g, f"decode:{g}:{k}", ray.put(latent[tile.in_coords].contiguous())))
@@ -382,7 +402,10 @@ class Coordinator:
         run.running.add(task.id)
 
     def _drain_decode(self, run: JobRun) -> bool:
-        """Accumulate finished decode groups in order (ltx-core's tiled_decode blending) and stream frames.
+        """Hand finished decode groups, in order, to the run's encoder thread, which blends them (ltx-core's
+        tiled_decode blending) and streams their frames into the MP4. The scheduling thread only fetches the
+        pixels: it goes on dispatching tiles while frames are blended and encoded (the encode alone took
+        longer than the decode tasks of a 1024x1536 job, and the GPUs waited for it).
 
         True when it consumed a group: that moves the backpressure horizon, so more tiles may be dispatched.
         """
@@ -396,38 +419,51 @@ class Coordinator:
             labels = [f"decode:{g}:{k}" for k in range(len(groups[g]))]
             if not all(label in run.done for label in labels):
                 return consumed
+            run.encoding = [f for f in run.encoding if not f.done() or f.exception() is not None]
+            if sum(not f.done() for f in run.encoding) > ENCODE_GROUPS_BEHIND:
+                return consumed
             consumed = True
             decoded = ray.get([run.done[label] for label in labels])
             for label in labels:
                 run.done[label] = None  # free the pixels
-            buffer, weights, temporal = _accumulate_group(groups[g], decoded, run.plan.job.spec)
-            previous = state["previous"]
-            if previous is not None:
-                p_buffer, p_weights, p_temporal = previous
-                if p_temporal.stop > temporal.start:
-                    n = p_temporal.stop - temporal.start
-                    offset = temporal.start - p_temporal.start
-                    p_buffer[:, :, offset:] += buffer[:, :, :n]
-                    p_weights[:, :, offset:] += weights[:, :, :n]
-                    buffer[:, :, :n] = p_buffer[:, :, offset:]
-                    weights[:, :, :n] = p_weights[:, :, offset:]
-                keep = temporal.start - p_temporal.start
-                self._emit(run, (p_buffer / p_weights.clamp(min=1e-8))[:, :, :keep])
-            state["previous"] = (buffer, weights, temporal)
+            run.encoding.append(run.encoder.submit(self._blend_group, run, groups[g], decoded))
             state["next_group"] += 1
-        buffer, weights, _ = state["previous"]
-        self._emit(run, buffer / weights.clamp(min=1e-8))
-        state["previous"] = None
+        run.encoding.append(run.encoder.submit(self._flush_decode, run))
         run.running.discard("decode")
-        run.done["decode"] = state["frames"]
+        run.done["decode"] = True
         return True
+
+    def _blend_group(self, run: JobRun, tiles: list[Any], decoded: list[torch.Tensor]) -> None:
+        """Blend one temporal group into the previous one's overlap and emit the frames no later group
+        touches (encoder thread)."""
+        state = run.decode_state
+        buffer, weights, temporal = _accumulate_group(tiles, decoded, run.plan.job.spec)
+        previous = state["previous"]
+        if previous is not None:
+            p_buffer, p_weights, p_temporal = previous
+            if p_temporal.stop > temporal.start:
+                n = p_temporal.stop - temporal.start
+                offset = temporal.start - p_temporal.start
+                p_buffer[:, :, offset:] += buffer[:, :, :n]
+                p_weights[:, :, offset:] += weights[:, :, :n]
+                buffer[:, :, :n] = p_buffer[:, :, offset:]
+                weights[:, :, :n] = p_weights[:, :, offset:]
+            keep = temporal.start - p_temporal.start
+            self._emit(run, (p_buffer / p_weights.clamp(min=1e-8))[:, :, :keep])
+        state["previous"] = (buffer, weights, temporal)
+
+    def _flush_decode(self, run: JobRun) -> None:
+        """Emit the last group's frames (encoder thread)."""
+        buffer, weights, _ = run.decode_state["previous"]
+        self._emit(run, buffer / weights.clamp(min=1e-8))
+        run.decode_state["previous"] = None
 
     def _emit(self, run: JobRun, frames: torch.Tensor) -> None:
         """float [1, 3, F, H, W] in [-1, 1] → uint8 frames into the muxer (ltx-core's conversion)."""
         pixels = (((frames + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).to(torch.uint8)
         frames_hwc = pixels[0].permute(1, 2, 3, 0).contiguous()
         run.writer.add_frames(frames_hwc)
-        run.decode_state["sha256"].update(frames_hwc.numpy().tobytes())
+        run.decode_state["digest"].update(frames_hwc)
         run.decode_state["frames"] += pixels.shape[2]
 
     def _local_mux(self, run: JobRun, task: Task) -> None:
@@ -438,6 +474,9 @@ class Coordinator:
             if sample_rate != 24000:
                 raise RuntimeError(f"vocoder produced {sample_rate} Hz audio; the muxer was opened for 24000 Hz")
         mux_start = time.perf_counter()
+        for encoded in run.encoding:  # the last frames, and any error the encoder met
+            encoded.result()
+        run.encoder.shutdown(wait=True)
         path = run.writer.close(waveform)
         media = asdict(probe_mp4(path))
         if media["frames"] != plan.job.num_frames:
@@ -454,7 +493,7 @@ class Coordinator:
             timings=stage_seconds,
             media=media,
             output={"video": path.name, "bytes": path.stat().st_size, "sha256": cached_file_sha256(path)},
-            content=content_hashes(plan.job, run.decode_state["sha256"].hexdigest(), waveform),
+            content=content_hashes(plan.job, run.decode_state["digest"].hexdigest(), waveform),
             worker={
                 "workers": sorted({t["worker"] for t in run.traces}),
                 "placement": {"mode": self.pool.placement.mode, "gpus": self.pool.placement.gpus},
