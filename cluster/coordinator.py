@@ -384,7 +384,6 @@ class Coordinator:
             "groups": groups,
             "next_group": 0,
             "previous": None,
-            "frames": 0,
             "digest": TensorDigest(),
         }
         run.encoder = ThreadPoolExecutor(1, thread_name_prefix="encode")
@@ -464,7 +463,6 @@ class Coordinator:
         frames_hwc = pixels[0].permute(1, 2, 3, 0).contiguous()
         run.writer.add_frames(frames_hwc)
         run.decode_state["digest"].update(frames_hwc)
-        run.decode_state["frames"] += pixels.shape[2]
 
     def _local_mux(self, run: JobRun, task: Task) -> None:
         plan = run.plan

@@ -90,9 +90,10 @@ def apply_fp8_linears(
     Apply it before any LoRA is fused (a worker does, at load)."""
     device = next(velocity_model.parameters()).device
     if not fp8_supported(device):
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
         raise Fp8Error(
             f"fp8 needs FP8 tensor cores (compute capability 8.9+: L4, L40S, H100, H200, B200); this worker runs "
-            f"on {torch.cuda.get_device_name(device)}: drop --fp8"
+            f"on {name}: drop --fp8"
         )
     names = [
         name
