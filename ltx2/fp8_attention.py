@@ -3,8 +3,8 @@
 Why: with FP8 matmuls the 19B forward's time is half attention, and torch's SDPA has no FP8 path. cuDNN's
 `sdpa_fp8` (reached through the `nvidia-cudnn-frontend` package) runs at 990-1030 TFLOP/s on an H100 where
 bf16 cuDNN runs at 610-680 (bench/fp8_attention.py). q, k and v are quantised to e4m3 with one scale per
-tensor (their abs-max), the softmax probabilities with the fixed scale 448 (they lie in [0, 1]), and the
-output with v's scale: an attention output is a convex combination of v's rows, so it never exceeds v's
+tensor (q and k: a bound known from their RMSNorm's weight, `normed_descale`; v: its abs-max), the softmax
+probabilities with the fixed scale 448 (they lie in [0, 1]), and the output with v's scale: an attention output is a convex combination of v's rows, so it never exceeds v's
 abs-max and cannot overflow. Inside a compiled block the abs-max, scaling and casts fuse into the kernels
 around the call, which is a `torch.library` custom op so that dynamo traces through it.
 
@@ -27,10 +27,22 @@ class Fp8AttentionError(RuntimeError):
     """cuDNN FP8 attention cannot run here."""
 
 
-def quantize_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """e4m3 values and the float32 descale (`x ≈ values * descale`), one scale for the whole tensor."""
-    descale = x.detach().abs().amax().float().clamp(min=1e-12) / E4M3_MAX
+def quantize_tensor(x: torch.Tensor, descale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """e4m3 values and the float32 descale (`x ≈ values * descale`), one scale for the whole tensor: its
+    abs-max / 448 unless a `descale` is given."""
+    if descale is None:
+        descale = x.detach().abs().amax().float().clamp(min=1e-12) / E4M3_MAX
     return (x.float() / descale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), descale
+
+
+def normed_descale(norm: torch.nn.RMSNorm) -> torch.Tensor:
+    """A descale that no output of `norm` can exceed, even after RoPE: RMSNorm over D features leaves
+    sum((y_i / w_i)^2) <= D, so |y_i| <= sqrt(D) * max|w|, and RoPE only rotates pairs of features. Known
+    before q and k exist, it lets their cast to e4m3 fuse into the kernel that writes them, where an
+    abs-max needs a pass over the whole tensor first. Precision is the same (e4m3 is floating point: a
+    smaller scale only moves values down its exponent range, far from the subnormals)."""
+    features = math.prod(norm.normalized_shape)
+    return math.sqrt(features) * norm.weight.detach().abs().amax().float().clamp(min=1e-12) / E4M3_MAX
 
 
 _GRAPHS: dict[tuple, Any] = {}
@@ -122,12 +134,14 @@ def _(q, k, v, descale_q, descale_k, descale_v, scale):  # shapes only, for trac
 
 class Fp8CudnnAttention:
     """An ltx-core attention callable `(q, k, v, heads, mask) -> out` ([B, S, H*D] in and out) running FP8
-    cuDNN attention; masked calls fall back to the official PyTorch SDPA path."""
+    cuDNN attention; masked calls fall back to the official PyTorch SDPA path. Given the layer's q/k norms,
+    q and k are quantised with the norms' bound (`normed_descale`), v with its abs-max."""
 
-    def __init__(self) -> None:
+    def __init__(self, q_norm: torch.nn.RMSNorm | None = None, k_norm: torch.nn.RMSNorm | None = None) -> None:
         from ltx_core.model.transformer.attention import PytorchAttention
 
         self.fallback = PytorchAttention()
+        self.norms = (q_norm, k_norm)
 
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: torch.Tensor | None = None
@@ -136,7 +150,10 @@ class Fp8CudnnAttention:
             return self.fallback(q, k, v, heads, mask)
         b, s, inner = q.shape
         dim = inner // heads
-        (q8, dq), (k8, dk), (v8, dv) = (quantize_tensor(t.view(b, -1, heads, dim)) for t in (q, k, v))
+        descales = [None if norm is None else normed_descale(norm) for norm in self.norms] + [None]
+        (q8, dq), (k8, dk), (v8, dv) = (
+            quantize_tensor(t.view(b, -1, heads, dim), d) for t, d in zip((q, k, v), descales, strict=True)
+        )
         out = torch.ops.ltx2.cudnn_sdpa_fp8(q8, k8, v8, dq, dk, dv, 1 / math.sqrt(dim))
         return (out.float() * dv).to(q.dtype).reshape(b, s, inner)
 
@@ -151,5 +168,5 @@ def apply_fp8_attention(velocity_model: torch.nn.Module) -> torch.nn.Module:
         )
     _cudnn()
     for block in velocity_model.transformer_blocks:
-        block.attn1.attention_function = Fp8CudnnAttention()
+        block.attn1.attention_function = Fp8CudnnAttention(block.attn1.q_norm, block.attn1.k_norm)
     return velocity_model

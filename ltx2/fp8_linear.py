@@ -8,11 +8,12 @@ re-quantise per tensor). It needs TensorRT-LLM for two calls: a static input qua
 input scale stored in the checkpoint) and a cuBLAS FP8 matmul.
 
 Here the format, the weight quantiser, the excluded layers and the LoRA fusion are the official ones, and
-only those two calls change: the input is quantised per tensor on the fly (scale = amax / 448, so no
-calibration is needed and any bf16 checkpoint can be quantised at load), and the matmul is
-`torch._scaled_mm` (cuBLAS FP8 on Ada/Hopper; PyTorch's CPU kernel, per-tensor only, runs the same
-code in the tests). Under compiled blocks the input's amax, scaling and cast fuse into the neighbouring
-kernels.
+only those two calls change: the input is quantised on the fly (scale = amax / 448, so no calibration is
+needed and any bf16 checkpoint can be quantised at load), and the matmul is `torch._scaled_mm`. On a GPU
+each input row gets its own scale (the weight's one scale is broadcast over its columns): a row's amax,
+scaling and cast fuse into the compiled kernel that writes the row, where one scale for the whole input
+needs a second pass over it (~6 % of the matmul time at 1024x1536, bench/README.md). PyTorch's CPU
+kernel only takes per-tensor scales, so on the CPU (the tests) the input gets one scale.
 """
 
 from __future__ import annotations
@@ -33,16 +34,19 @@ class Fp8Error(ValueError):
     """FP8 matmuls asked for where they cannot run."""
 
 
-def quantize_input(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`x` in e4m3 with one dynamic scale (amax / 448, float32): x ≈ q * scale."""
+def quantize_input(x: torch.Tensor, per_row: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x` in e4m3 with dynamic scales (amax / 448, float32): x ≈ q * scale. One scale for the tensor, or
+    with `per_row` one per row of the 2-D `x` (scale shape [rows, 1], as `torch._scaled_mm` takes it)."""
     wide = x.float()
-    scale = wide.abs().amax().clamp(min=torch.finfo(torch.float32).tiny) / FP8_MAX
+    amax = wide.abs().amax(dim=-1, keepdim=True) if per_row else wide.abs().amax()
+    scale = amax.clamp(min=torch.finfo(torch.float32).tiny) / FP8_MAX
     return (wide / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 
 class ScaledMMFp8Linear(FP8Linear):
-    """ltx-core's `FP8Linear` (same parameters, same names) with its TensorRT-LLM calls replaced by a
-    dynamic per-tensor input scale and `torch._scaled_mm`. The unused static `input_scale` is dropped."""
+    """ltx-core's `FP8Linear` (same parameters, same names) with its TensorRT-LLM calls replaced by dynamic
+    input scales (per row on a GPU, per tensor on the CPU) and `torch._scaled_mm`. The unused static
+    `input_scale` is dropped."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: torch.device | None = None):
         super().__init__(in_features, out_features, bias=bias, device=device)
@@ -61,8 +65,12 @@ class ScaledMMFp8Linear(FP8Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        q, scale = quantize_input(rows)
-        out = torch._scaled_mm(q, self.weight, scale_a=scale, scale_b=self.weight_scale, out_dtype=x.dtype)
+        per_row = rows.is_cuda  # PyTorch's CPU kernel takes per-tensor scales only
+        q, scale = quantize_input(rows, per_row=per_row)
+        weight_scale = self.weight_scale
+        if per_row:  # row-wise scaling wants a [1, out] weight scale: the one scale, broadcast
+            weight_scale = weight_scale.reshape(1, 1).expand(1, self.out_features).contiguous()
+        out = torch._scaled_mm(q, self.weight, scale_a=scale, scale_b=weight_scale, out_dtype=x.dtype)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], out.shape[-1])

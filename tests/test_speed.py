@@ -114,3 +114,35 @@ def test_fp8_attention_quantises_per_tensor_within_e4m3_precision_and_refuses_th
     assert (values.float() * descale - x).abs().max() <= x.abs().max() / 16  # 3 mantissa bits
     with pytest.raises(Fp8AttentionError, match="drop the fp8_attention option"):
         apply_speed_options(fresh32.transformer.velocity_model, SpeedOptions(fp8_attention=True))
+
+
+def test_fp8_attention_bound_for_q_and_k_holds_after_the_norm_and_rope(fresh32):
+    """q and k are cast to e4m3 with a scale known before they exist (from their RMSNorm's weight): every
+    value the real blocks hand to attention (norm, then RoPE) lies inside it, each within e4m3 precision."""
+    from ltx_core.model.transformer.attention import PytorchAttention
+
+    from ltx2.fp8_attention import E4M3_MAX, normed_descale, quantize_tensor
+
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    attention = PytorchAttention()
+
+    def recording(layer):
+        def call(q, k, v, heads, mask=None):
+            seen.append((q, k, normed_descale(layer.q_norm), normed_descale(layer.k_norm)))
+            return attention(q, k, v, heads, mask)
+
+        return call
+
+    generator = torch.Generator().manual_seed(0)
+    for block in fresh32.transformer.velocity_model.transformer_blocks:
+        for norm in (block.attn1.q_norm, block.attn1.k_norm):  # uneven weights, as trained norms have
+            norm.weight.data.copy_(torch.rand(norm.weight.shape, generator=generator) * 3 + 0.05)
+        block.attn1.attention_function = recording(block.attn1)
+    _chunk(fresh32, "distilled")
+    assert len(seen) >= len(fresh32.transformer.velocity_model.transformer_blocks)
+    for q, k, q_descale, k_descale in seen:
+        for x, descale in ((q, q_descale), (k, k_descale)):
+            assert x.abs().max() <= descale * E4M3_MAX * (1 + 1e-6)  # never clipped
+            values, _ = quantize_tensor(x, descale)
+            error = (values.float() * descale - x).abs()
+            assert (error <= x.abs() / 16 + descale * 2**-9).all()  # 3 mantissa bits, or a subnormal step
