@@ -4,9 +4,10 @@ Why: with FP8 matmuls the 19B forward's time is half attention, and torch's SDPA
 `sdpa_fp8` (reached through the `nvidia-cudnn-frontend` package) runs at 990-1030 TFLOP/s on an H100 where
 bf16 cuDNN runs at 610-680 (bench/fp8_attention.py). q, k and v are quantised to e4m3 with one scale per
 tensor (q and k: a bound known from their RMSNorm's weight, `normed_descale`; v: its abs-max), the softmax
-probabilities with the fixed scale 448 (they lie in [0, 1]), and the output with v's scale: an attention output is a convex combination of v's rows, so it never exceeds v's
-abs-max and cannot overflow. Inside a compiled block the abs-max, scaling and casts fuse into the kernels
-around the call, which is a `torch.library` custom op so that dynamo traces through it.
+probabilities with the fixed scale 448 (they lie in [0, 1]), and the output with v's scale: an attention
+output is a convex combination of v's rows, so it never exceeds v's abs-max and cannot overflow. Inside a
+compiled block the abs-max, scaling and casts fuse into the kernels around the call, which is a
+`torch.library` custom op so that dynamo traces through it.
 
 Only the video self-attention (`attn1`, no mask, the ~46 % of a forward's FLOPs at 1024x1536) is changed;
 cross-attention, audio and masked calls keep the official path.

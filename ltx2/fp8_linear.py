@@ -48,6 +48,9 @@ class ScaledMMFp8Linear(FP8Linear):
     input scales (per row on a GPU, per tensor on the CPU) and `torch._scaled_mm`. The unused static
     `input_scale` is dropped."""
 
+    per_row: bool | None = None
+    """Scales per input row (None: on a GPU, where `_scaled_mm` takes them; False: one per tensor)."""
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: torch.device | None = None):
         super().__init__(in_features, out_features, bias=bias, device=device)
         del self.input_scale
@@ -65,7 +68,7 @@ class ScaledMMFp8Linear(FP8Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        per_row = rows.is_cuda  # PyTorch's CPU kernel takes per-tensor scales only
+        per_row = rows.is_cuda if self.per_row is None else self.per_row  # the CPU kernel: per tensor only
         q, scale = quantize_input(rows, per_row=per_row)
         weight_scale = self.weight_scale
         if per_row:  # row-wise scaling wants a [1, out] weight scale: the one scale, broadcast
@@ -90,11 +93,14 @@ def excluded(name: str, keep_bf16: tuple[str, ...] = EXCLUDED_LAYER_SUBSTRINGS) 
 
 @torch.no_grad()
 def apply_fp8_linears(
-    velocity_model: torch.nn.Module, keep_bf16: tuple[str, ...] = EXCLUDED_LAYER_SUBSTRINGS
+    velocity_model: torch.nn.Module,
+    keep_bf16: tuple[str, ...] = EXCLUDED_LAYER_SUBSTRINGS,
+    per_row: bool | None = None,
 ) -> list[str]:
     """Swap the velocity model's Linear layers for `ScaledMMFp8Linear` in place, except those named by
     `keep_bf16` (the official exclusions); parameter names stay the same (`…to_q.weight`, plus
-    `…to_q.weight_scale`), so LoRAs still find their targets. Returns the names of the swapped layers.
+    `…to_q.weight_scale`), so LoRAs still find their targets. `per_row`: see `ScaledMMFp8Linear.per_row`.
+    Returns the names of the swapped layers.
     Apply it before any LoRA is fused (a worker does, at load)."""
     device = next(velocity_model.parameters()).device
     if not fp8_supported(device):
@@ -111,7 +117,9 @@ def apply_fp8_linears(
     for name in names:  # one layer at a time: each bf16 weight is freed as soon as its FP8 copy exists
         parent_name, _, attr = name.rpartition(".")
         parent = velocity_model.get_submodule(parent_name) if parent_name else velocity_model
-        setattr(parent, attr, ScaledMMFp8Linear.from_linear(getattr(parent, attr)))
+        layer = ScaledMMFp8Linear.from_linear(getattr(parent, attr))
+        layer.per_row = per_row
+        setattr(parent, attr, layer)
     return names
 
 

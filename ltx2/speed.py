@@ -29,6 +29,9 @@ class SpeedOptions:
     compile_mode: str | None = None
     """`torch.compile` mode for the blocks (None: inductor's default; "max-autotune-no-cudagraphs" tunes the
     matmul kernels, "reduce-overhead" adds CUDA graphs); bench/forward_speed.py compares them."""
+    tune_fused_kernels: bool = False
+    """Inductor's coordinate-descent tuning of the block sizes of the fused (Triton) kernels, without
+    max-autotune's matmul search: the FP8 input casts are row reductions over 4-16k features."""
 
 
 def default_speed_options(device: torch.device | str) -> SpeedOptions:
@@ -72,7 +75,7 @@ def traceable_attention(function: object) -> object:
 
 
 def apply_compile(
-    velocity_model: torch.nn.Module, backend: str = "inductor", mode: str | None = None
+    velocity_model: torch.nn.Module, backend: str = "inductor", mode: str | None = None, tune: bool = False
 ) -> torch.nn.Module:
     """Compile every transformer block in place (static shapes: a job's shapes repeat for every step)."""
     import torch._dynamo.config as dynamo_config
@@ -87,8 +90,9 @@ def apply_compile(
     for module in velocity_model.modules():
         if isinstance(module, Attention):
             module.attention_function = traceable_attention(module.attention_function)
+    options = {"coordinate_descent_tuning": True} if tune else None  # torch.compile takes a mode or options
     for block in velocity_model.transformer_blocks:
-        block.compile(dynamic=False, backend=backend, mode=mode)
+        block.compile(dynamic=False, backend=backend, mode=mode, options=options)
     return velocity_model
 
 
@@ -102,5 +106,5 @@ def apply_speed_options(velocity_model: torch.nn.Module, options: SpeedOptions) 
 
         apply_fp8_attention(velocity_model)
     if options.compile:
-        apply_compile(velocity_model, mode=options.compile_mode)
+        apply_compile(velocity_model, mode=options.compile_mode, tune=options.tune_fused_kernels)
     return velocity_model
