@@ -8,12 +8,13 @@ re-quantise per tensor). It needs TensorRT-LLM for two calls: a static input qua
 input scale stored in the checkpoint) and a cuBLAS FP8 matmul.
 
 Here the format, the weight quantiser, the excluded layers and the LoRA fusion are the official ones, and
-only those two calls change: the input is quantised on the fly (scale = amax / 448, so no calibration is
-needed and any bf16 checkpoint can be quantised at load), and the matmul is `torch._scaled_mm`. On a GPU
-each input row gets its own scale (the weight's one scale is broadcast over its columns): a row's amax,
-scaling and cast fuse into the compiled kernel that writes the row, where one scale for the whole input
-needs a second pass over it (~6 % of the matmul time at 1024x1536, bench/README.md). PyTorch's CPU
-kernel only takes per-tensor scales, so on the CPU (the tests) the input gets one scale.
+only those two calls change: the input is quantised per tensor on the fly (scale = amax / 448, so no
+calibration is needed and any bf16 checkpoint can be quantised at load), and the matmul is
+`torch._scaled_mm` (cuBLAS FP8 on Ada/Hopper; PyTorch's CPU kernel, per-tensor only, runs the same
+code in the tests). Under compiled blocks the input's amax, scaling and cast fuse into the neighbouring
+kernels. One scale per input row (`per_row`, GPUs only) saves that second pass over the input, but
+cuBLAS's row-wise FP8 kernel is slower on an H100: 714 vs 672 ms per forward at 704x1280x121
+(bench/README.md).
 """
 
 from __future__ import annotations
@@ -44,12 +45,11 @@ def quantize_input(x: torch.Tensor, per_row: bool = False) -> tuple[torch.Tensor
 
 
 class ScaledMMFp8Linear(FP8Linear):
-    """ltx-core's `FP8Linear` (same parameters, same names) with its TensorRT-LLM calls replaced by dynamic
-    input scales (per row on a GPU, per tensor on the CPU) and `torch._scaled_mm`. The unused static
-    `input_scale` is dropped."""
+    """ltx-core's `FP8Linear` (same parameters, same names) with its TensorRT-LLM calls replaced by a
+    dynamic input scale and `torch._scaled_mm`. The unused static `input_scale` is dropped."""
 
-    per_row: bool | None = None
-    """Scales per input row (None: on a GPU, where `_scaled_mm` takes them; False: one per tensor)."""
+    per_row: bool = False
+    """One input scale per row (GPUs only: PyTorch's CPU kernel takes per-tensor scales) instead of one."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: torch.device | None = None):
         super().__init__(in_features, out_features, bias=bias, device=device)
@@ -68,10 +68,9 @@ class ScaledMMFp8Linear(FP8Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        per_row = rows.is_cuda if self.per_row is None else self.per_row  # the CPU kernel: per tensor only
-        q, scale = quantize_input(rows, per_row=per_row)
+        q, scale = quantize_input(rows, per_row=self.per_row)
         weight_scale = self.weight_scale
-        if per_row:  # row-wise scaling wants a [1, out] weight scale: the one scale, broadcast
+        if self.per_row:  # row-wise scaling wants a [1, out] weight scale: the one scale, broadcast
             weight_scale = weight_scale.reshape(1, 1).expand(1, self.out_features).contiguous()
         out = torch._scaled_mm(q, self.weight, scale_a=scale, scale_b=weight_scale, out_dtype=x.dtype)
         if self.bias is not None:
@@ -95,7 +94,7 @@ def excluded(name: str, keep_bf16: tuple[str, ...] = EXCLUDED_LAYER_SUBSTRINGS) 
 def apply_fp8_linears(
     velocity_model: torch.nn.Module,
     keep_bf16: tuple[str, ...] = EXCLUDED_LAYER_SUBSTRINGS,
-    per_row: bool | None = None,
+    per_row: bool = False,
 ) -> list[str]:
     """Swap the velocity model's Linear layers for `ScaledMMFp8Linear` in place, except those named by
     `keep_bf16` (the official exclusions); parameter names stay the same (`…to_q.weight`, plus

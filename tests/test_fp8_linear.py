@@ -50,7 +50,7 @@ def test_layer_matches_bf16_linear_within_e4m3_precision():
     assert q.dtype == FP8 and q.float().abs().max().item() == 448.0
     assert rel(q.float() * scale, x) < 0.07
     rows = x.reshape(-1, 64) * torch.logspace(-3, 3, 18).reshape(18, 1).to(torch.bfloat16)  # rows 1e6 apart
-    q, scale = quantize_input(rows, per_row=True)  # what a GPU runs: one scale per row
+    q, scale = quantize_input(rows, per_row=True)  # the per_row option (GPUs): one scale per row
     assert scale.shape == (18, 1) and (q.float().abs().amax(dim=1) == 448.0).all()
     assert all(rel(q[i].float() * scale[i], rows[i]) < 0.07 for i in range(18))  # each row to its own precision
 
