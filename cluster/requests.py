@@ -143,7 +143,7 @@ class TensorDigest:
         self._sha = hashlib.sha256()
 
     def update(self, tensor: torch.Tensor) -> TensorDigest:
-        self._sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        self._sha.update(tensor.detach().cpu().contiguous().numpy())  # the buffer itself, no bytes copy
         return self
 
     def hexdigest(self) -> str:

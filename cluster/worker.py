@@ -335,14 +335,16 @@ class RenderWorker:
         rate = None if source is not None else int(self.models.vocoder.output_sampling_rate)
         writer: Mp4Writer | None = None
         digest = TensorDigest()
+        hashing = ThreadPoolExecutor(1, "frame-hashes")  # beside the encode (hashlib releases the GIL), in order
+        hashed = []
         try:
             while isinstance(item := handoff.get(), torch.Tensor):
+                hashed.append(hashing.submit(digest.update, item))
                 with disk_full_guard(paths):
                     if writer is None:
                         _, height, width, _ = item.shape
                         writer = Mp4Writer(paths.video, job.spec.frame_rate, width, height, rate, source_audio=source)
                     writer.add_frames(item)
-                digest.update(item)
             if isinstance(item, BaseException):
                 raise item
             rendered: _Rendered = item
@@ -350,15 +352,20 @@ class RenderWorker:
             written = writer.frames_written if writer is not None else 0
             if written != output.video.shape[0]:
                 raise RuntimeError(f"the MP4 writer got {written} of {output.video.shape[0]} decoded frames")
-            tail_start = time.perf_counter()
             with disk_full_guard(paths):
                 writer.close(None if source is not None else output.audio)
+            for run in hashed:
+                run.result()
         except BaseException:
             if writer is not None:
                 writer.abort()
             raise
-        timings = dict(output.timings, mux=time.perf_counter() - tail_start)
-        timeline = {"model_start": rendered.model_start, "model_end": rendered.model_end, "mux_end": time.time()}
+        finally:
+            hashing.shutdown(wait=True)
+        # what the job waited for after its model work: the frames the encoder had left, the audio, the close
+        mux_end = time.time()
+        timings = dict(output.timings, mux=max(0.0, mux_end - rendered.model_end))
+        timeline = {"model_start": rendered.model_start, "model_end": rendered.model_end, "mux_end": mux_end}
         self._record("mux", timings["mux"], "ok", on_device=False)
         timings["total"] = time.perf_counter() - rendered.started
         media = asdict(probe_mp4(paths.video))
