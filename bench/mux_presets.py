@@ -6,6 +6,8 @@ fields at three scales (random-ish texture that an encoder can still predict), 5
 
     OUT=$OUT python bench/mux_presets.py    # -> $OUT/mux_presets.json
     env: SIZE=704x1280x121  PRESETS=medium,fast,veryfast,ultrafast  CRF=18  REPS=1
+    THREADS=SLICE,FRAME (PyAV's thread_type for libx264: sliced or frame threads; the writer's default first)
+    CONTENT=pattern,noise (noise: uniform random pixels, the worst case, like a random-weight model's output)
     HASH_ROOT=<folder>[:<folder>...]: also time `cached_file_sha256` of every *.safetensors under it in this new process
     (the on-disk digest memo written by an earlier process).
 """
@@ -28,6 +30,8 @@ import ltx2.media as media
 OUT = Path(os.environ.get("OUT", "bench/results"))
 H, W, N = map(int, os.environ.get("SIZE", "704x1280x121").split("x"))
 PRESETS = os.environ.get("PRESETS", "medium,fast,veryfast,ultrafast").split(",")
+THREADS = os.environ.get("THREADS", "SLICE").split(",")
+CONTENT = os.environ.get("CONTENT", "pattern").split(",")
 CRF = int(os.environ.get("CRF", "18"))
 REPS = int(os.environ.get("REPS", "1"))
 FPS = 24.0
@@ -61,6 +65,11 @@ def pattern() -> torch.Tensor:
     return video.clamp(0, 255).to(torch.uint8)
 
 
+def noise() -> torch.Tensor:
+    """uint8 [N, H, W, 3] of uniform random pixels (seeded): nothing for the encoder to predict."""
+    return torch.randint(0, 256, (N, H, W, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+
+
 def audio() -> torch.Tensor:
     samples = int(N / FPS * SAMPLE_RATE)
     tt = torch.arange(samples, dtype=torch.float32) / SAMPLE_RATE
@@ -87,37 +96,40 @@ def main() -> None:
         "libx264_threads": "libx264 default (auto)",
     }
     t = time.perf_counter()
-    video, track = pattern(), audio()
+    videos, track = {name: {"pattern": pattern, "noise": noise}[name]() for name in CONTENT}, audio()
     report["pattern_s"] = round(time.perf_counter() - t, 2)
     original_init = media.Mp4Writer.__init__
-    current = {"preset": "medium"}
+    current = {"preset": "medium", "threads": "SLICE"}
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
         self._video.options = dict(self._video.options, preset=current["preset"])
+        self._video.codec_context.thread_type = current["threads"]  # before the first frame opens the codec
 
     media.Mp4Writer.__init__ = init
     out_dir = Path("/tmp/mux_presets")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for rep in range(REPS):
-        for preset in PRESETS:
-            current["preset"] = preset
-            path = out_dir / f"{preset}.mp4"
-            t = time.perf_counter()
-            media.write_mp4(path, video, FPS, track, SAMPLE_RATE, crf=CRF)
-            seconds = time.perf_counter() - t
-            info = media.probe_mp4(path)
-            row = {
-                "preset": preset,
-                "rep": rep,
-                "seconds": round(seconds, 3),
-                "bytes": path.stat().st_size,
-                "frames": info.frames,
-                "audio_codec": info.audio_codec,
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    runs = [(r, c, p, th) for r in range(REPS) for c in CONTENT for p in PRESETS for th in THREADS]
+    for rep, content, preset, threads in runs:
+        current.update(preset=preset, threads=threads)
+        path = out_dir / f"{preset}.mp4"
+        t = time.perf_counter()
+        media.write_mp4(path, videos[content], FPS, track, SAMPLE_RATE, crf=CRF)
+        seconds = time.perf_counter() - t
+        info = media.probe_mp4(path)
+        row = {
+            "content": content,
+            "threads": threads,
+            "preset": preset,
+            "rep": rep,
+            "seconds": round(seconds, 3),
+            "bytes": path.stat().st_size,
+            "frames": info.frames,
+            "audio_codec": info.audio_codec,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     report["runs"] = rows
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "mux_presets.json").write_text(json.dumps(report, indent=1) + "\n")  # before the optional step below
