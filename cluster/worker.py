@@ -357,28 +357,25 @@ class RenderWorker:
             for run in hashed:
                 run.result()
         except BaseException:
+            hashing.shutdown(wait=True)
             if writer is not None:
                 writer.abort()
             raise
-        finally:
-            hashing.shutdown(wait=True)
         # what the job waited for after its model work: the frames the encoder had left, the audio, the close
         mux_end = time.time()
         timings = dict(output.timings, mux=max(0.0, mux_end - rendered.model_end))
         timeline = {"model_start": rendered.model_start, "model_end": rendered.model_end, "mux_end": mux_end}
         self._record("mux", timings["mux"], "ok", on_device=False)
         timings["total"] = time.perf_counter() - rendered.started
-        media = asdict(probe_mp4(paths.video))
+        with hashing:  # the file's digest and the probe both read it back: side by side
+            file_sha256 = hashing.submit(cached_file_sha256, paths.video)
+            media = asdict(probe_mp4(paths.video))
         document = sidecar_document(
             job,
             models=self.model_hashes(),
             timings=timings,
             media=media,
-            output={
-                "video": paths.video.name,
-                "bytes": paths.video.stat().st_size,
-                "sha256": cached_file_sha256(paths.video),
-            },
+            output={"video": paths.video.name, "bytes": paths.video.stat().st_size, "sha256": file_sha256.result()},
             content=content_hashes(job, digest.hexdigest(), output.audio),
             worker=rendered.worker,
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
