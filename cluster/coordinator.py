@@ -139,6 +139,7 @@ class Coordinator:
         self.prompts = prompts if prompts is not None else PromptRefs()
         """Prompt text -> Ray ref of its encoding, shared with the campaign runner: encoded once farm-wide."""
         self.num_layers = pool.workers[0].info["num_layers"]
+        self.audio_sample_rate = pool.workers[0].info["audio_sample_rate"]
 
     def run(self, plans: list[JobPlan], out_dir: str | Path) -> list[dict[str, Any]]:
         runs = [JobRun(p, Path(out_dir), self.num_layers) for p in plans]
@@ -404,7 +405,7 @@ class Coordinator:
             spec.frame_rate,
             spec.width,
             spec.height,
-            sample_rate=None if spec.audio is not None else 24000,
+            sample_rate=None if spec.audio is not None else self.audio_sample_rate,
             source_audio=localize(job_audio(plan.job)),
         )
         run.running.add(task.id)
@@ -479,8 +480,10 @@ class Coordinator:
         waveform = None
         if plan.job.spec.audio is None:
             waveform, sample_rate = ray.get(run.done["audio"])
-            if sample_rate != 24000:
-                raise RuntimeError(f"vocoder produced {sample_rate} Hz audio; the muxer was opened for 24000 Hz")
+            if sample_rate != self.audio_sample_rate:
+                raise RuntimeError(
+                    f"vocoder produced {sample_rate} Hz audio; the muxer was opened for {self.audio_sample_rate} Hz"
+                )
         mux_start = time.perf_counter()
         for encoded in run.encoding:  # the last frames, and any error the encoder met
             encoded.result()

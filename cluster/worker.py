@@ -224,6 +224,7 @@ class RenderWorker:
             "jobs_done": self.jobs_done,
             "prompt_encodes": self.renderer.prompts.encodes + self._encode_tasks,  # Gemma runs on this worker
             "num_layers": self.models.num_layers,
+            "audio_sample_rate": int(self.models.vocoder.output_sampling_rate),  # the muxer opens its AAC at it
             "lora_set": [[lora.path, lora.strength] for lora in self.models.loras.job_set],
             "lora_set_changes": self.models.loras.set_changes,
             "compile": self.speed.compile,
