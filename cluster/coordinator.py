@@ -26,6 +26,7 @@ from cluster.metrics import FarmMetrics
 from cluster.prompt_refs import PromptRefs
 from cluster.requests import TensorDigest, content_hashes, job_audio, job_control, job_guidance, job_images, job_loras
 from cluster.storage import localize
+from cluster.transport import unpack
 from jobs.outputs import disk_full_guard, output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
 from jobs.spec import OFFICIAL_NEGATIVE_PROMPT
@@ -447,7 +448,8 @@ class Coordinator:
         frames no later group touches (encoder thread: fetching a group's ~1.6 GB on the scheduling thread
         held up tile dispatch for ~1 s per group)."""
         state = run.decode_state
-        buffer, weights, temporal = _accumulate_group(tiles, ray.get(refs), run.plan.job.spec)
+        decoded = [unpack(packed) for packed in ray.get(refs)]
+        buffer, weights, temporal = _accumulate_group(tiles, decoded, run.plan.job.spec)
         previous = state["previous"]
         if previous is not None:
             p_buffer, p_weights, p_temporal = previous

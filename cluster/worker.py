@@ -25,6 +25,7 @@ import torch
 from cluster.metrics import KIND_TO_STAGE, WorkerMetrics, worker_labels
 from cluster.requests import TensorDigest, content_hashes, job_audio, job_control, job_loras, render_request
 from cluster.storage import localize
+from cluster.transport import pack
 from jobs.fallback import reaches
 from jobs.outputs import OutputPaths, disk_full_guard, output_paths, sidecar_document, write_json_atomic
 from jobs.plan import describe_task
@@ -81,6 +82,10 @@ def resolve_device(device: str | None) -> str:
         ray = None
     assigned = [int(i) for i in ray.get_gpu_ids()] if ray is not None and ray.is_initialized() else []
     return cuda_device_for(assigned, torch.cuda.device_count())
+
+
+PACKED_RESULTS = frozenset({"decode"})
+"""Task results sent as numpy buffers (`cluster.transport`): decoded pixels, ~100 MB a tile."""
 
 
 def _non_finite(value: Any, where: str = "its output") -> str | None:
@@ -451,6 +456,8 @@ class RenderWorker:
         except Exception:
             self._record(stage, time.time() - start, "error")
             raise
+        if kind in PACKED_RESULTS:
+            result = pack(result)
         end = time.time()
         self._record(stage, end - start, "ok")
         trace = {
