@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,9 @@ from jobs.spec import ValidJob
 from ltx2.checkpoint import CheckpointSet
 
 ProgressCallback = Callable[[dict[str, Any]], None]
+
+SHUTDOWN_WAIT_S = 10.0
+"""How long `WorkerPool.shutdown` waits for Ray to get its workers' CPUs/GPUs back."""
 
 WORKER_ENV = {"TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
 """Per-step bars inside actors would interleave in the driver's log; the driver draws its own."""
@@ -98,6 +102,7 @@ class WorkerPool:
         resource = "GPU" if use_gpu else "CPU"
         free = int(ray.available_resources().get(resource, 0))
         needed = num_workers * placement.gpus
+        self._resource = resource
         if free < needed:
             what = f"{num_workers} gang(s) of {placement.gpus}" if placement.is_gang else f"{num_workers} workers"
             raise CapacityError(
@@ -185,8 +190,18 @@ class WorkerPool:
         return self.placement.is_gang
 
     def shutdown(self) -> None:
+        """Stop every worker; return once Ray has their CPUs/GPUs back (up to `SHUTDOWN_WAIT_S`): `ray.kill`
+        only starts an actor's exit, and a pool started right after (a test, the campaign runner's next pool)
+        was refused for capacity that was about to come free."""
+        if not self.workers:
+            return
+        resource, held = self._resource, len(self.workers) * self.placement.gpus
+        before = ray.available_resources().get(resource, 0)
         if self.is_gang:
             ray.get([w.actor.shutdown.remote() for w in self.workers])
         for w in self.workers:
             ray.kill(w.actor)
         self.workers = []
+        deadline = time.monotonic() + SHUTDOWN_WAIT_S
+        while ray.available_resources().get(resource, 0) < before + held and time.monotonic() < deadline:
+            time.sleep(0.05)

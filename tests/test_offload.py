@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from jobs.spec import validate_job
 from ltx2 import stages
 from ltx2.offload import Fp8Blocks, StreamedBlocks
-from tests.conftest import small_chunk
+from tests.conftest import SMALL_JOB, small_chunk
 
 
 @pytest.fixture()
@@ -48,6 +49,23 @@ def test_streamed_blocks_give_the_same_numbers_one_block_at_a_time(fresh):
     assert streaming.loads == len(loaded_while_running)
     streaming.disable()
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_a_whole_job_on_the_offload_rung_renders_as_its_tiles_rung_does(tiny_set, tmp_path):
+    """Rungs are cumulative: the CPU-offload rung also decodes in the smallest tiles, so a whole-job render on
+    it equals the `smallest_tiles` render of the same job bit for bit (streaming changes no number), and
+    differs from the plain render only in the video (the decode's tiles; the audio is the same)."""
+    from cluster.worker import RenderWorker
+
+    worker = RenderWorker(tiny_set, device="cpu", compile=False, name="eager")
+    job = validate_job({**SMALL_JOB, "recipe": "two_stage"})
+    plain = worker.render(job, str(tmp_path / "plain"))["content_sha256"]
+    tiles = worker.render(job.with_fallback("smallest_tiles"), str(tmp_path / "tiles"))["content_sha256"]
+    streamed = worker.render(job.with_fallback("offload_transformer"), str(tmp_path / "streamed"))["content_sha256"]
+    assert worker.streaming.loads > 0
+    assert streamed == tiles
+    assert streamed["audio_waveform"] == plain["audio_waveform"]
+    assert streamed["video_frames"] != plain["video_frames"]
 
 
 def test_fp8_blocks_hold_half_the_bytes_stay_close_and_restore_exact_weights(fresh):

@@ -107,3 +107,13 @@ def test_a_worker_is_pinned_to_its_ray_gpu_even_if_torch_saw_every_gpu():
     assert cuda_device_for([1], visible=1) == "cuda:0"  # hidden as Ray intends: its one GPU is device 0
     assert cuda_device_for([1], visible=2) == "cuda:1"  # torch sees both: pick Ray's by index
     assert cuda_device_for([], visible=2) == "cuda:0"  # not a Ray GPU actor
+
+
+def test_shutdown_returns_once_ray_has_the_workers_cpus_back(pool, tiny_set):
+    """`ray.kill` only starts an actor's exit: a pool started right after another's shutdown was refused for
+    CPUs about to come free (seen when test modules ran in another order). This module's pool holds 2 of 4."""
+    first = WorkerPool(tiny_set, num_workers=2)
+    first.shutdown()
+    assert ray.available_resources().get("CPU", 0) >= 2
+    second = WorkerPool(tiny_set, num_workers=2)
+    second.shutdown()
