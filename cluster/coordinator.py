@@ -209,7 +209,8 @@ class Coordinator:
                             f"twice (the retry ran on another worker when one was free): {error.args[0]}"
                         ) from None
                     kind, kwargs = retry
-                    self._dispatch(run, label, kind, kwargs, slots, inflight, avoid=worker, retry=False)
+                    elsewhere = idle if any(w != worker for w in idle) else slots  # another worker if one is free
+                    self._dispatch(run, label, kind, kwargs, elsewhere, inflight, avoid=worker, retry=False)
                     continue
                 run.traces.append(trace)
                 run.running.discard(label)
