@@ -45,12 +45,22 @@ def every_block(model: torch.nn.Module) -> None:
     apply_fp8_linears(model, keep_bf16=tuple(p for p in EXCLUDED_LAYER_SUBSTRINGS if "transformer_blocks" not in p))
 
 
-def per_row(model: torch.nn.Module) -> None:
-    """ltx2.fp8_linear with one input scale per row (cuBLAS's row-wise kernel) instead of one per tensor."""
-    apply_fp8_linears(model, per_row=True)
+def per_tensor(model: torch.nn.Module) -> None:
+    """ltx2.fp8_linear with one input scale per tensor instead of one per row (the GPU default)."""
+    apply_fp8_linears(model, per_row=False)
 
 
-BENCH_FP8 = {"fp8rowwise": torchao_rowwise, "fp8all": every_block, "fp8rows": per_row}
+def fp32_accumulation(model: torch.nn.Module) -> None:
+    """ltx2.fp8_linear with cuBLAS's float32-promoted accumulation instead of the fast one."""
+    apply_fp8_linears(model, fast_accum=False)
+
+
+BENCH_FP8 = {
+    "fp8rowwise": torchao_rowwise,
+    "fp8all": every_block,
+    "fp8tensor": per_tensor,
+    "fp8fp32acc": fp32_accumulation,
+}
 """Bench-only FP8 variants, applied before the option set named after the first '+'."""
 
 OPTIONS = {
@@ -64,12 +74,18 @@ OPTIONS = {
     "fp8all+compile": SpeedOptions(compile=True),
     "fp8rowwise+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
     "fp8all+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
-    "fp8rows+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
+    "fp8tensor+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
+    "fp8fp32acc+compile": SpeedOptions(compile=True),
+    "fp8fp32acc+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
     "fp8+fp8attn+compile+tune": SpeedOptions(fp8=True, fp8_attention=True, compile=True, tune_fused_kernels=True),
     "fp8all+fp8attn+compile+tune": SpeedOptions(fp8_attention=True, compile=True, tune_fused_kernels=True),
     "compile+tune": SpeedOptions(compile=True, tune_fused_kernels=True),
-    "compile+autotune": SpeedOptions(compile=True, compile_mode="max-autotune-no-cudagraphs"),
-    "compile+cudagraphs": SpeedOptions(compile=True, compile_mode="reduce-overhead"),
+    "compile+looped": SpeedOptions(compile=True, persistent_reductions=False),
+    "fp8+fp8attn+compile+looped": SpeedOptions(fp8=True, fp8_attention=True, compile=True, persistent_reductions=False),
+    "compile+autotune": SpeedOptions(
+        compile=True, compile_mode="max-autotune-no-cudagraphs", persistent_reductions=False
+    ),
+    "compile+cudagraphs": SpeedOptions(compile=True, compile_mode="reduce-overhead", persistent_reductions=False),
 }
 
 KERNEL_KINDS = (  # first match wins; inductor names its kernels after every op they fuse (…_scaled_mm_…)

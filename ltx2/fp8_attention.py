@@ -60,15 +60,20 @@ def _cudnn() -> Any:
     return cudnn
 
 
-def _graph(q: torch.Tensor, scale: float) -> tuple[Any, dict[str, Any], torch.Tensor]:
-    """The cached `sdpa_fp8` graph for [B, S, H, D] e4m3 buffers of q's shape: (graph, IR tensors, workspace)."""
-    key = (tuple(q.shape), q.device.index, scale)
-    if key in _GRAPHS:
-        return _GRAPHS[key]
+def _handle(device: torch.device) -> Any:
+    if device.index not in _HANDLES:
+        _HANDLES[device.index] = _cudnn().create_handle()
+    return _HANDLES[device.index]
+
+
+def attention_graph(
+    q: torch.Tensor, scale: float, heuristics: tuple[str, ...] = ("A", "FALLBACK"), build_all: bool = False
+) -> tuple[Any, dict[str, Any], torch.Tensor]:
+    """A new `sdpa_fp8` graph for [B, S, H, D] e4m3 buffers of q's shape: (graph, IR tensors, workspace).
+    Plans come from the named cuDNN heuristics modes; the first that builds runs, or with `build_all` every
+    one is built (bench/fp8_attention_plans.py times them)."""
     cudnn = _cudnn()
-    if q.device.index not in _HANDLES:
-        _HANDLES[q.device.index] = cudnn.create_handle()
-    handle = _HANDLES[q.device.index]
+    handle = _handle(q.device)
     fp8, f32 = cudnn.data_type.FP8_E4M3, cudnn.data_type.FLOAT
     graph = cudnn.pygraph(io_data_type=fp8, intermediate_data_type=f32, compute_data_type=f32, handle=handle)
     view = q.transpose(1, 2)  # [B, H, S, D] over [B, S, H, D] memory, as ltx-core hands q to SDPA
@@ -84,31 +89,36 @@ def _graph(q: torch.Tensor, scale: float) -> tuple[Any, dict[str, Any], torch.Te
         t[n].set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(f32)
     graph.validate()
     graph.build_operation_graph()
-    graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    graph.create_execution_plans([getattr(cudnn.heur_mode, mode) for mode in heuristics])
     graph.check_support()
-    graph.build_plans()
+    if build_all:
+        graph.build_plans(cudnn.build_plan_policy.ALL)
+    else:
+        graph.build_plans()
     workspace = torch.empty(graph.get_workspace_size(), device=q.device, dtype=torch.uint8)
-    _GRAPHS[key] = graph, t, workspace
+    return graph, t, workspace
+
+
+def _graph(q: torch.Tensor, scale: float) -> tuple[Any, dict[str, Any], torch.Tensor]:
+    """The cached graph for q's shape and device (`attention_graph`)."""
+    key = (tuple(q.shape), q.device.index, scale)
+    if key not in _GRAPHS:
+        _GRAPHS[key] = attention_graph(q, scale)
     return _GRAPHS[key]
 
 
-@torch.library.custom_op("ltx2::cudnn_sdpa_fp8", mutates_args=())
-def cudnn_sdpa_fp8(
+def graph_buffers(
+    tensors: dict[str, Any],
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    out: torch.Tensor,
     descale_q: torch.Tensor,
     descale_k: torch.Tensor,
     descale_v: torch.Tensor,
-    scale: float,
-) -> torch.Tensor:
-    """Attention of e4m3 q, k, v laid out [B, S, H, D]; the output is e4m3 at v's scale (`o * descale_v`)."""
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # the graph is built for this layout
-    graph, t, workspace = _graph(q, scale)
-    cudnn = _cudnn()
-    handle = _HANDLES[q.device.index]
-    cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream(q.device).cuda_stream)
-    out = torch.empty_like(q)
+) -> dict[Any, torch.Tensor]:
+    """The variant pack of one call: the graph's IR tensors bound to [B, S, H, D] e4m3 buffers (viewed as
+    [B, H, S, D]) and the float32 scales; the output is at v's scale."""
     one = torch.ones(1, 1, 1, 1, device=q.device)
     buffers = {
         "q": q.transpose(1, 2),
@@ -124,7 +134,26 @@ def cudnn_sdpa_fp8(
         "amax_s": torch.empty(1, 1, 1, 1, device=q.device),
         "amax_o": torch.empty(1, 1, 1, 1, device=q.device),
     }
-    graph.execute({t[n]: buffers[n] for n in t}, workspace, handle=handle)
+    return {tensors[n]: buffers[n] for n in tensors}
+
+
+@torch.library.custom_op("ltx2::cudnn_sdpa_fp8", mutates_args=())
+def cudnn_sdpa_fp8(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    descale_q: torch.Tensor,
+    descale_k: torch.Tensor,
+    descale_v: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Attention of e4m3 q, k, v laid out [B, S, H, D]; the output is e4m3 at v's scale (`o * descale_v`)."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # the graph is built for this layout
+    graph, tensors, workspace = _graph(q, scale)
+    handle = _handle(q.device)
+    _cudnn().set_stream(handle=handle, stream=torch.cuda.current_stream(q.device).cuda_stream)
+    out = torch.empty_like(q)
+    graph.execute(graph_buffers(tensors, q, k, v, out, descale_q, descale_k, descale_v), workspace, handle=handle)
     return out
 
 

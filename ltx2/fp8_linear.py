@@ -12,9 +12,11 @@ only those two calls change: the input is quantised per tensor on the fly (scale
 calibration is needed and any bf16 checkpoint can be quantised at load), and the matmul is
 `torch._scaled_mm` (cuBLAS FP8 on Ada/Hopper; PyTorch's CPU kernel, per-tensor only, runs the same
 code in the tests). Under compiled blocks the input's amax, scaling and cast fuse into the neighbouring
-kernels. One scale per input row (`per_row`, GPUs only) saves that second pass over the input, but
-cuBLAS's row-wise FP8 kernel is slower on an H100: 714 vs 672 ms per forward at 704x1280x121
-(bench/README.md).
+kernels. On a GPU each input row gets its own scale (the weight's one scale broadcast over its columns) and
+cuBLAS accumulates in its fast FP8 mode: a row's amax fuses into the kernel that writes the row, and with
+fast accumulation cuBLAS's row-wise kernel is as fast as its per-tensor one (666 vs 674 ms per forward at
+704x1280x121 on an H100; without it, 714 vs 672: bench/README.md). PyTorch's CPU kernel takes per-tensor
+scales only.
 """
 
 from __future__ import annotations
@@ -48,8 +50,14 @@ class ScaledMMFp8Linear(FP8Linear):
     """ltx-core's `FP8Linear` (same parameters, same names) with its TensorRT-LLM calls replaced by a
     dynamic input scale and `torch._scaled_mm`. The unused static `input_scale` is dropped."""
 
-    per_row: bool = False
-    """One input scale per row (GPUs only: PyTorch's CPU kernel takes per-tensor scales) instead of one."""
+    per_row: bool | None = None
+    """One input scale per row instead of one per tensor; None: per row on a GPU, per tensor on the CPU
+    (PyTorch's CPU kernel takes per-tensor scales only)."""
+
+    fast_accum: bool = True
+    """cuBLAS's fast FP8 accumulation (Hopper: the tensor cores' own accumulator, no periodic promotion to
+    float32), as torchao's FP8 inference does by default. False: the float32-promoted kernel (bench variant
+    `fp8fp32acc`). PyTorch's CPU kernel ignores it."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: torch.device | None = None):
         super().__init__(in_features, out_features, bias=bias, device=device)
@@ -68,11 +76,14 @@ class ScaledMMFp8Linear(FP8Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        q, scale = quantize_input(rows, per_row=self.per_row)
+        per_row = rows.is_cuda if self.per_row is None else self.per_row
+        q, scale = quantize_input(rows, per_row=per_row)
         weight_scale = self.weight_scale
-        if self.per_row:  # row-wise scaling wants a [1, out] weight scale: the one scale, broadcast
+        if per_row:  # row-wise scaling wants a [1, out] weight scale: the one scale, broadcast
             weight_scale = weight_scale.reshape(1, 1).expand(1, self.out_features).contiguous()
-        out = torch._scaled_mm(q, self.weight, scale_a=scale, scale_b=weight_scale, out_dtype=x.dtype)
+        out = torch._scaled_mm(
+            q, self.weight, scale_a=scale, scale_b=weight_scale, out_dtype=x.dtype, use_fast_accum=self.fast_accum
+        )
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], out.shape[-1])
@@ -94,11 +105,12 @@ def excluded(name: str, keep_bf16: tuple[str, ...] = EXCLUDED_LAYER_SUBSTRINGS) 
 def apply_fp8_linears(
     velocity_model: torch.nn.Module,
     keep_bf16: tuple[str, ...] = EXCLUDED_LAYER_SUBSTRINGS,
-    per_row: bool = False,
+    per_row: bool | None = None,
+    fast_accum: bool = True,
 ) -> list[str]:
     """Swap the velocity model's Linear layers for `ScaledMMFp8Linear` in place, except those named by
     `keep_bf16` (the official exclusions); parameter names stay the same (`…to_q.weight`, plus
-    `…to_q.weight_scale`), so LoRAs still find their targets. `per_row`: see `ScaledMMFp8Linear.per_row`.
+    `…to_q.weight_scale`), so LoRAs still find their targets. `per_row`, `fast_accum`: see `ScaledMMFp8Linear`.
     Returns the names of the swapped layers.
     Apply it before any LoRA is fused (a worker does, at load)."""
     device = next(velocity_model.parameters()).device
@@ -118,6 +130,7 @@ def apply_fp8_linears(
         parent = velocity_model.get_submodule(parent_name) if parent_name else velocity_model
         layer = ScaledMMFp8Linear.from_linear(getattr(parent, attr))
         layer.per_row = per_row
+        layer.fast_accum = fast_accum
         setattr(parent, attr, layer)
     return names
 

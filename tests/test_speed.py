@@ -52,6 +52,16 @@ def test_compiled_blocks_trace_without_breaks_share_one_graph_and_match_eager(fr
     assert [n for n, _ in fresh32.transformer.velocity_model.named_parameters()] == names
 
 
+def test_a_compile_mode_with_inductor_options_is_refused_with_the_fix():
+    """torch.compile takes a mode or options: asking for both names what to turn off instead of failing deep
+    inside torch (persistent reductions are on by default)."""
+    model = torch.nn.Module()
+    model.transformer_blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+    with pytest.raises(ValueError, match="turn off tune / persistent_reductions"):
+        apply_speed_options(model, SpeedOptions(compile=True, compile_mode="reduce-overhead"))
+    apply_speed_options(model, SpeedOptions(compile=True, compile_mode="reduce-overhead", persistent_reductions=False))
+
+
 def test_inductor_compiled_blocks_agree_with_eager(fresh32):
     """The real backend (inductor, CPU code here) within float32 rounding of eager."""
     eager = _chunk(fresh32, "distilled")
