@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gang_forward import anchor, rel, timed
 
-from ltx2.fp8_linear import EXCLUDED_LAYER_SUBSTRINGS, apply_fp8_linears
+from ltx2.fp8_linear import EVERY_BLOCK, apply_fp8_linears
 from ltx2.speed import SpeedOptions, apply_speed_options
 
 
@@ -42,7 +42,7 @@ def torchao_rowwise(model: torch.nn.Module) -> None:
 
 def every_block(model: torch.nn.Module) -> None:
     """ltx2.fp8_linear without the official policy's bf16 blocks (0 and 43-47): the speed they cost."""
-    apply_fp8_linears(model, keep_bf16=tuple(p for p in EXCLUDED_LAYER_SUBSTRINGS if "transformer_blocks" not in p))
+    apply_fp8_linears(model, keep_bf16=EVERY_BLOCK)
 
 
 def per_tensor(model: torch.nn.Module) -> None:
@@ -73,12 +73,15 @@ OPTIONS = {
     "fp8rowwise+compile": SpeedOptions(compile=True),
     "fp8all+compile": SpeedOptions(compile=True),
     "fp8rowwise+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
-    "fp8all+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
-    "fp8tensor+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
-    "fp8fp32acc+compile": SpeedOptions(compile=True),
-    "fp8fp32acc+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
+    "fp8all+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True, sigmoid_gelu=True),
+    "fp8tensor+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True, sigmoid_gelu=True),
+    "fp8fp32acc+compile": SpeedOptions(compile=True, sigmoid_gelu=True),
+    "fp8fp32acc+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True, sigmoid_gelu=True),
+    "fp8+fp8attn+compile+tanh": SpeedOptions(fp8=True, fp8_attention=True, compile=True, sigmoid_gelu=False),
     "fp8+fp8attn+compile+tune": SpeedOptions(fp8=True, fp8_attention=True, compile=True, tune_fused_kernels=True),
-    "fp8all+fp8attn+compile+tune": SpeedOptions(fp8_attention=True, compile=True, tune_fused_kernels=True),
+    "fp8all+fp8attn+compile+tune": SpeedOptions(
+        fp8_attention=True, compile=True, tune_fused_kernels=True, sigmoid_gelu=True
+    ),
     "compile+tune": SpeedOptions(compile=True, tune_fused_kernels=True),
     "compile+looped": SpeedOptions(compile=True, persistent_reductions=False),
     "fp8+fp8attn+compile+looped": SpeedOptions(fp8=True, fp8_attention=True, compile=True, persistent_reductions=False),

@@ -151,6 +151,13 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
         "tensor cores: L4, L40S, H100, H200, B200): about half the weights (~19 GB at 19B) and faster matmuls, "
         "outputs change by the FP8 rounding; replicas only",
     )
+    parser.add_argument(
+        "--fp8-all-blocks",
+        action="store_true",
+        help="with --fp8 (implied): blocks 0 and 43-47 in FP8 too, which the official FP8 policy keeps in bf16; "
+        "~4%% faster per forward on an H100 (1.86x vs 1.77x the official forward at 704x1280x121), error on real "
+        "weights not measured",
+    )
 
 
 def worker_pool(args: argparse.Namespace, checkpoints: Any, placement: Any) -> Any:
@@ -164,7 +171,8 @@ def worker_pool(args: argparse.Namespace, checkpoints: Any, placement: Any) -> A
         placement=placement,
         compile=args.compile,
         fp8_attention=args.fp8_attention,
-        fp8=args.fp8,
+        fp8=args.fp8 or args.fp8_all_blocks,
+        fp8_all_blocks=args.fp8_all_blocks,
     )
 
 

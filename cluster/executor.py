@@ -82,11 +82,14 @@ class WorkerPool:
         compile: bool | None = None,
         fp8_attention: bool = False,
         fp8: bool = False,
+        fp8_all_blocks: bool = False,
     ) -> None:
         """`compile`: compiled transformer blocks in replica workers (None: on for GPUs, see `ltx2.speed`);
         `fp8_attention`: their video self-attention in FP8 through cuDNN (Hopper GPUs, `ltx2.fp8_attention`);
-        `fp8`: their linear layers in FP8 (`ltx2.fp8_linear`; FP8 tensor cores, or the CPU)."""
-        for flag, wanted in (("--compile", compile), ("--fp8-attention", fp8_attention), ("--fp8", fp8)):
+        `fp8`: their linear layers in FP8 (`ltx2.fp8_linear`; FP8 tensor cores, or the CPU), with
+        `fp8_all_blocks` in every block (`ltx2.speed.SpeedOptions.fp8_all_blocks`)."""
+        flags = (("--compile", compile), ("--fp8-attention", fp8_attention), ("--fp8", fp8 or fp8_all_blocks))
+        for flag, wanted in flags:
             if wanted and placement.is_gang:
                 raise CapacityError(
                     f"{flag} is for replica workers; a {placement.mode} gang runs eager with its own attention: "
@@ -126,7 +129,14 @@ class WorkerPool:
 
             def start(name: str) -> Any:
                 return actor_cls.remote(
-                    checkpoints, target, dtype, name, compile=compile, fp8_attention=fp8_attention, fp8=fp8
+                    checkpoints,
+                    target,
+                    dtype,
+                    name,
+                    compile=compile,
+                    fp8_attention=fp8_attention,
+                    fp8=fp8 or fp8_all_blocks,
+                    fp8_all_blocks=fp8_all_blocks,
                 )
 
         self._start = start

@@ -183,6 +183,7 @@ class RenderWorker:
         compile: bool | None = None,
         fp8_attention: bool = False,
         fp8: bool = False,
+        fp8_all_blocks: bool = False,
     ) -> None:
         self.name = name
         self.device = resolve_device(device)
@@ -192,7 +193,8 @@ class RenderWorker:
         self.speed = default_speed_options(self.device)
         if compile is not None:
             self.speed = replace(self.speed, compile=compile)
-        self.speed = replace(self.speed, fp8_attention=fp8_attention, fp8=fp8)
+        fp8 = fp8 or fp8_all_blocks
+        self.speed = replace(self.speed, fp8_attention=fp8_attention, fp8=fp8, fp8_all_blocks=fp8_all_blocks)
         apply_speed_options(self.models.transformer.velocity_model, self.speed)
         # the OOM ladder's FP8-weights and CPU-offload rungs (off until a job's rung asks for them)
         self.fp8_weights = Fp8Blocks(self.models.transformer.velocity_model, self.models.device)
@@ -235,6 +237,7 @@ class RenderWorker:
             "compile": self.speed.compile,
             "fp8_attention": self.speed.fp8_attention,
             "fp8": self.speed.fp8,
+            "fp8_all_blocks": self.speed.fp8_all_blocks,
         }
 
     def progress(self) -> dict[str, Any]:

@@ -29,6 +29,11 @@ from ltx_core.quantization.fp8_scaled_mm import (
     quantize_weight_to_fp8_per_tensor,
 )
 
+EVERY_BLOCK = tuple(part for part in EXCLUDED_LAYER_SUBSTRINGS if not part.startswith("transformer_blocks."))
+"""The official exclusions without its bf16 blocks (0 and 43-47): every block's linear layers in FP8. ltx-core's
+weight-only `fp8_cast` policy stores every block in e4m3 too; its `fp8_scaled_mm` policy, which also quantises
+the inputs (with calibrated static scales), keeps those six blocks in bf16."""
+
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)
 

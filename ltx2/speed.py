@@ -1,8 +1,8 @@
 """Speed options for the transformer, applied to the unmodified ltx-core model by small functions.
 
 - `fp8`: the transformer's linear layers hold FP8 (e4m3) weights in ltx-core's scaled-FP8 format (one
-  scale per tensor; the official policy's layers stay bf16) and quantize their input per tensor on the
-  fly; the matmul is `torch._scaled_mm` (`ltx2.fp8_linear`). Halves the weights (≈ 19 GB for the 19B
+  scale per tensor; the official policy's layers stay bf16) and quantize their input on the fly (one
+  scale per row on a GPU); the matmul is `torch._scaled_mm` (`ltx2.fp8_linear`). Halves the weights (≈ 19 GB for the 19B
   model) and runs the matmuls at the FP8 rate. Needs FP8 tensor cores (compute capability ≥ 8.9); the
   CPU runs the same code slowly (tests).
 - `compile`: each transformer block compiled by `torch.compile` with static shapes, so norms, RoPE,
@@ -14,15 +14,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+from ltx_core.model.transformer.gelu_approx import GELUApprox
 
 
 @dataclass(frozen=True)
 class SpeedOptions:
     fp8: bool = False
     """FP8 matmuls (`ltx2.fp8_linear`): opt-in, the outputs change by the FP8 rounding (see bench/)."""
+    fp8_all_blocks: bool = False
+    """With `fp8`: blocks 0 and 43-47 in FP8 too (`ltx2.fp8_linear.EVERY_BLOCK`), which the official FP8
+    policy keeps in bf16; ~4 % faster per forward, error on real weights not measured."""
     compile: bool = False
     fp8_attention: bool = False
     """The video self-attention in FP8 through cuDNN (`ltx2.fp8_attention`; Hopper or newer, bench option)."""
@@ -37,6 +42,13 @@ class SpeedOptions:
     cast) as persistent kernels that read the row once, each benchmarked against the looped kernel at the
     first call (`triton.multi_kernel`; inductor's own default: rows of up to 1k features). FP8 forward
     1.5 % faster on an H100, bf16 unchanged (bench/README.md)."""
+    sigmoid_gelu: bool | None = None
+    """The FF layers' tanh GELU written through a sigmoid (`gelu_tanh_by_sigmoid`, the same function) in
+    compiled blocks; None: with FP8 matmuls, where the FF output layer's per-row input cast made the fused
+    GELU kernel compute-bound (1.36 -> 0.69 ms per call at 1024x1536); in bf16 it does not pay."""
+
+    def gelu_by_sigmoid(self) -> bool:
+        return self.compile and (self.fp8 if self.sigmoid_gelu is None else self.sigmoid_gelu)
 
 
 def default_speed_options(device: torch.device | str) -> SpeedOptions:
@@ -79,6 +91,33 @@ def traceable_attention(function: object) -> object:
     }[kind]()
 
 
+GELU_TANH_COEFF = 2 * math.sqrt(2 / math.pi)
+
+
+def gelu_tanh_by_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """The official tanh-approximate GELU, 0.5x(1 + tanh(z)) with z = sqrt(2/pi)(x + 0.044715x^3), written as
+    x * sigmoid(2z), the same function: compiled, a sigmoid is one fast exp and a division, where the tanh
+    is libdevice's accurate tanh, which made the FF hidden layer's fused kernel compute-bound."""
+    wide = x.float()
+    return (wide * torch.sigmoid(GELU_TANH_COEFF * (wide + 0.044715 * wide * wide * wide))).to(x.dtype)
+
+
+class SigmoidGELUApprox(GELUApprox):
+    """ltx-core's `GELUApprox` with its GELU as `gelu_tanh_by_sigmoid`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gelu_tanh_by_sigmoid(self.proj(x))
+
+
+def apply_sigmoid_gelu(velocity_model: torch.nn.Module) -> torch.nn.Module:
+    """Give every ltx-core `GELUApprox` (the FF layers' input projection + tanh GELU) the sigmoid form, in
+    place: same parameters and names, same function (`gelu_tanh_by_sigmoid`)."""
+    for module in velocity_model.modules():
+        if type(module) is GELUApprox:
+            module.__class__ = SigmoidGELUApprox
+    return velocity_model
+
+
 def apply_compile(
     velocity_model: torch.nn.Module,
     backend: str = "inductor",
@@ -113,13 +152,15 @@ def apply_compile(
 
 def apply_speed_options(velocity_model: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
     if options.fp8:
-        from ltx2.fp8_linear import apply_fp8_linears
+        from ltx2.fp8_linear import EVERY_BLOCK, EXCLUDED_LAYER_SUBSTRINGS, apply_fp8_linears
 
-        apply_fp8_linears(velocity_model)
+        apply_fp8_linears(velocity_model, EVERY_BLOCK if options.fp8_all_blocks else EXCLUDED_LAYER_SUBSTRINGS)
     if options.fp8_attention:
         from ltx2.fp8_attention import apply_fp8_attention
 
         apply_fp8_attention(velocity_model)
+    if options.gelu_by_sigmoid():
+        apply_sigmoid_gelu(velocity_model)
     if options.compile:
         apply_compile(
             velocity_model,

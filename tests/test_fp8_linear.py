@@ -12,7 +12,7 @@ from cluster.executor import CapacityError, WorkerPool
 from cluster.requests import render_request
 from jobs.placement import Placement
 from jobs.spec import validate_job
-from ltx2.fp8_linear import FP8, ScaledMMFp8Linear, apply_fp8_linears, excluded, quantize_input
+from ltx2.fp8_linear import EVERY_BLOCK, FP8, ScaledMMFp8Linear, apply_fp8_linears, excluded, quantize_input
 from ltx2.render import Renderer
 from ltx2.speed import SpeedOptions, apply_compile, apply_speed_options
 from tests.conftest import SMALL_JOB
@@ -69,6 +69,26 @@ def test_official_layers_are_swapped_names_kept_and_weights_halved(fresh):
     assert all(after[f"{name}.weight"].dtype == FP8 for name in swapped)
     swapped_bytes = sum(after[f"{name}.weight"].nbytes for name in swapped)
     assert sum(p.nbytes for p in model.parameters()) < before - swapped_bytes + 1024
+
+
+def test_all_blocks_puts_the_official_bf16_blocks_in_fp8_too(fresh):
+    """`fp8_all_blocks`: block 0 (bf16 under the official policy) gets FP8 layers; embeddings and heads stay bf16."""
+    model = fresh.transformer.velocity_model
+    apply_speed_options(model, SpeedOptions(fp8=True, fp8_all_blocks=True))
+    modules = dict(model.named_modules())
+    assert type(modules["transformer_blocks.0.attn1.to_q"]) is ScaledMMFp8Linear
+    assert type(modules["transformer_blocks.0.ff.net.2"]) is ScaledMMFp8Linear
+    assert type(modules["patchify_proj"]) is torch.nn.Linear and type(modules["proj_out"]) is torch.nn.Linear
+    assert all(excluded(n, EVERY_BLOCK) for n, m in modules.items() if type(m) is torch.nn.Linear)
+
+
+def test_the_all_blocks_flag_implies_fp8_and_is_refused_for_gangs(tiny_set):
+    from cluster.cli import build_parser
+
+    args = build_parser().parse_args(["render", "--prompt", "a fox", "--fp8-all-blocks"])
+    assert args.fp8_all_blocks and not args.fp8  # worker_pool passes fp8=True for it
+    with pytest.raises(CapacityError, match="drop --fp8 or use --placement replica"):
+        WorkerPool(tiny_set, placement=Placement("guidance", 2), fp8_all_blocks=True)
 
 
 def test_loras_fuse_the_official_scaled_fp8_way_and_restore_exactly(fresh):

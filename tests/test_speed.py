@@ -7,7 +7,15 @@ import torch
 from torch._dynamo.utils import counters
 
 from ltx2 import stages
-from ltx2.speed import SpeedOptions, apply_compile, apply_speed_options, traceable_attention
+from ltx2.speed import (
+    SigmoidGELUApprox,
+    SpeedOptions,
+    apply_compile,
+    apply_sigmoid_gelu,
+    apply_speed_options,
+    gelu_tanh_by_sigmoid,
+    traceable_attention,
+)
 from tests.conftest import SMALL_JOB, small_chunk
 
 
@@ -60,6 +68,29 @@ def test_a_compile_mode_with_inductor_options_is_refused_with_the_fix():
     with pytest.raises(ValueError, match="turn off tune / persistent_reductions"):
         apply_speed_options(model, SpeedOptions(compile=True, compile_mode="reduce-overhead"))
     apply_speed_options(model, SpeedOptions(compile=True, compile_mode="reduce-overhead", persistent_reductions=False))
+
+
+def test_sigmoid_gelu_is_the_official_tanh_gelu_and_comes_with_compiled_fp8(fresh32):
+    """The FF layers' GELU through a sigmoid: the same function (float32 rounding), the same parameters, and
+    only where it pays (compiled FP8 matmuls) unless asked for."""
+    from ltx_core.model.transformer.gelu_approx import GELUApprox
+
+    x = torch.linspace(-12, 12, 4001, dtype=torch.float64)
+    assert torch.allclose(gelu_tanh_by_sigmoid(x), torch.nn.functional.gelu(x, approximate="tanh"), atol=1e-12)
+    assert SpeedOptions(fp8=True, compile=True).gelu_by_sigmoid()
+    assert not SpeedOptions(compile=True).gelu_by_sigmoid() and not SpeedOptions(fp8=True).gelu_by_sigmoid()
+    assert SpeedOptions(compile=True, sigmoid_gelu=True).gelu_by_sigmoid()
+
+    model = fresh32.transformer.velocity_model
+    eager = _chunk(fresh32, "distilled")
+    names = [n for n, _ in model.named_parameters()]
+    apply_sigmoid_gelu(model)
+    swapped = [m for m in model.modules() if isinstance(m, GELUApprox)]
+    assert swapped and all(type(m) is SigmoidGELUApprox for m in swapped)
+    assert [n for n, _ in model.named_parameters()] == names
+    sigmoid = _chunk(fresh32, "distilled")
+    assert torch.allclose(sigmoid.video, eager.video, atol=1e-4)
+    assert torch.allclose(sigmoid.audio, eager.audio, atol=1e-4)
 
 
 def test_inductor_compiled_blocks_agree_with_eager(fresh32):
