@@ -67,18 +67,24 @@ def _handle(device: torch.device) -> Any:
 
 
 def attention_graph(
-    q: torch.Tensor, scale: float, heuristics: tuple[str, ...] = ("A", "FALLBACK"), build_all: bool = False
+    q: torch.Tensor,
+    scale: float,
+    heuristics: tuple[str, ...] = ("A", "FALLBACK"),
+    build_all: bool = False,
+    v: torch.Tensor | None = None,
 ) -> tuple[Any, dict[str, Any], torch.Tensor]:
-    """A new `sdpa_fp8` graph for [B, S, H, D] e4m3 buffers of q's shape: (graph, IR tensors, workspace).
-    Plans come from the named cuDNN heuristics modes; the first that builds runs, or with `build_all` every
-    one is built (bench/fp8_attention_plans.py times them)."""
+    """A new `sdpa_fp8` graph for [B, S, H, D] e4m3 buffers of q's shape and strides (v's own strides if
+    given): (graph, IR tensors, workspace). Plans come from the named cuDNN heuristics modes; the first that
+    builds runs, or with `build_all` every one is built (bench/fp8_attention_plans.py times them)."""
     cudnn = _cudnn()
     handle = _handle(q.device)
     fp8, f32 = cudnn.data_type.FP8_E4M3, cudnn.data_type.FLOAT
     graph = cudnn.pygraph(io_data_type=fp8, intermediate_data_type=f32, compute_data_type=f32, handle=handle)
     view = q.transpose(1, 2)  # [B, H, S, D] over [B, S, H, D] memory, as ltx-core hands q to SDPA
     dims, strides = list(view.shape), list(view.stride())
-    t = {n: graph.tensor(name=n, dim=dims, stride=strides, data_type=fp8) for n in ("q", "k", "v")}
+    t = {n: graph.tensor(name=n, dim=dims, stride=strides, data_type=fp8) for n in ("q", "k")}
+    v_strides = strides if v is None else list(v.transpose(1, 2).stride())
+    t["v"] = graph.tensor(name="v", dim=dims, stride=v_strides, data_type=fp8)
     scalars = ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o")
     t |= {n: graph.tensor(name=n, dim=[1, 1, 1, 1], stride=[1, 1, 1, 1], data_type=f32) for n in scalars}
     t["o"], _stats, t["amax_s"], t["amax_o"] = graph.sdpa_fp8(
