@@ -83,12 +83,10 @@ OPTIONS = {
         fp8_attention=True, compile=True, tune_fused_kernels=True, sigmoid_gelu=True
     ),
     "compile+tune": SpeedOptions(compile=True, tune_fused_kernels=True),
-    "compile+looped": SpeedOptions(compile=True, persistent_reductions=False),
+    "compile+persist": SpeedOptions(compile=True, persistent_reductions=True),
     "fp8+fp8attn+compile+looped": SpeedOptions(fp8=True, fp8_attention=True, compile=True, persistent_reductions=False),
-    "compile+autotune": SpeedOptions(
-        compile=True, compile_mode="max-autotune-no-cudagraphs", persistent_reductions=False
-    ),
-    "compile+cudagraphs": SpeedOptions(compile=True, compile_mode="reduce-overhead", persistent_reductions=False),
+    "compile+autotune": SpeedOptions(compile=True, compile_mode="max-autotune-no-cudagraphs"),
+    "compile+cudagraphs": SpeedOptions(compile=True, compile_mode="reduce-overhead"),
 }
 
 KERNEL_KINDS = (  # first match wins; inductor names its kernels after every op they fuse (…_scaled_mm_…)

@@ -37,11 +37,17 @@ class SpeedOptions:
     tune_fused_kernels: bool = False
     """Inductor's coordinate-descent tuning of the block sizes of the fused (Triton) kernels, without
     max-autotune's matmul search: the FP8 input casts are row reductions over 4-16k features."""
-    persistent_reductions: bool = True
+    persistent_reductions: bool | None = None
     """Let inductor write row reductions of up to 16k features (the FP8 input casts: a row's amax, then its
     cast) as persistent kernels that read the row once, each benchmarked against the looped kernel at the
-    first call (`triton.multi_kernel`; inductor's own default: rows of up to 1k features). FP8 forward
-    1.5 % faster on an H100, bf16 unchanged (bench/README.md)."""
+    first call (`triton.multi_kernel`; inductor's own default: rows of up to 1k features). None: with FP8
+    matmuls (1.5 % per forward on an H100; bf16 unchanged, bench/README.md). Such blocks skip inductor's
+    FX graph cache: torch 2.11 fails to reload a cached graph holding a multi-kernel (a triton
+    `JITFunction` without its hash lock, seen on an H100), so every worker compiles them afresh."""
+
+    def reductions_persistent(self) -> bool:
+        return self.compile and (self.fp8 if self.persistent_reductions is None else self.persistent_reductions)
+
     sigmoid_gelu: bool | None = None
     """The FF layers' tanh GELU written through a sigmoid (`gelu_tanh_by_sigmoid`, the same function) in
     compiled blocks; None: with FP8 matmuls, where the FF output layer's per-row input cast made the fused
@@ -142,7 +148,7 @@ def apply_compile(
             module.attention_function = traceable_attention(module.attention_function)
     options = {"coordinate_descent_tuning": True} if tune else {}
     if persistent_reductions:
-        options["triton.multi_kernel"] = 1
+        options |= {"triton.multi_kernel": 1, "fx_graph_cache": False}
     if mode is not None and options:
         raise ValueError(f"compile mode {mode!r} takes no inductor options: turn off tune / persistent_reductions")
     for block in velocity_model.transformer_blocks:
@@ -166,6 +172,6 @@ def apply_speed_options(velocity_model: torch.nn.Module, options: SpeedOptions) 
             velocity_model,
             mode=options.compile_mode,
             tune=options.tune_fused_kernels,
-            persistent_reductions=options.persistent_reductions,
+            persistent_reductions=options.reductions_persistent(),
         )
     return velocity_model

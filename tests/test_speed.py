@@ -62,12 +62,16 @@ def test_compiled_blocks_trace_without_breaks_share_one_graph_and_match_eager(fr
 
 def test_a_compile_mode_with_inductor_options_is_refused_with_the_fix():
     """torch.compile takes a mode or options: asking for both names what to turn off instead of failing deep
-    inside torch (persistent reductions are on by default)."""
+    inside torch (persistent reductions come with FP8 matmuls)."""
     model = torch.nn.Module()
     model.transformer_blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+    asked = SpeedOptions(compile=True, compile_mode="reduce-overhead", persistent_reductions=True)
     with pytest.raises(ValueError, match="turn off tune / persistent_reductions"):
-        apply_speed_options(model, SpeedOptions(compile=True, compile_mode="reduce-overhead"))
-    apply_speed_options(model, SpeedOptions(compile=True, compile_mode="reduce-overhead", persistent_reductions=False))
+        apply_speed_options(model, asked)
+    apply_speed_options(model, SpeedOptions(compile=True, compile_mode="reduce-overhead"))
+    assert SpeedOptions(compile=True, fp8=True).reductions_persistent()
+    assert not SpeedOptions(compile=True).reductions_persistent()
+    assert not SpeedOptions(fp8=True).reductions_persistent()
 
 
 def test_sigmoid_gelu_is_the_official_tanh_gelu_and_comes_with_compiled_fp8(fresh32):
