@@ -675,6 +675,17 @@ def install_job_probes(worker) -> None:
         return plain_unfuse(self, stream=stream)  # no sync here: it overlaps the decode by design
 
     ll.LoraFusion.unfuse = unfuse
+    plain_prefetch = ll.ResidentLoras.prefetch
+
+    def prefetch(self, *args, **kwargs):
+        t = time.perf_counter()
+        started = plain_prefetch(self, *args, **kwargs)
+        free_gib = torch.cuda.mem_get_info()[0] / 2**30 if torch.cuda.is_available() else None
+        event = f"lora prefetch to the GPU ({'started' if started else 'skipped'}; {free_gib and round(free_gib, 1)} GiB free after)"
+        EVENTS.append({"event": event, "stage": CURRENT["stage"], "seconds": round(time.perf_counter() - t, 3)})
+        return started
+
+    ll.ResidentLoras.prefetch = prefetch
     writer = cw.Mp4Writer
     writer.add_frames = timed("MP4 encode of one run of frames (during the decode)", writer.add_frames, False)
     writer.close = timed("MP4 close (last frames, AAC, move into place)", writer.close, False)

@@ -331,6 +331,10 @@ class Renderer:
                 (request.control_lora,) if request.control_lora is not None else (),
             )
             conditionings = image_conditionings(m, request.images, stage_1_shape.height, stage_1_shape.width)
+
+            def prefetch_stage_2() -> None:  # stage 2's LoRA factors to the GPU during the last stage-1 step
+                m.loras.prefetch(request.loras, distilled=True)
+
             if request.control is not None:
                 from ltx2.control import reference_conditioning
 
@@ -343,7 +347,7 @@ class Renderer:
                 noiser=noiser,
                 sigmas=sigmas,
                 stepper=stepper,
-                denoising_loop_fn=_loop(denoise_fn, "stage_1", on_step),
+                denoising_loop_fn=_loop(denoise_fn, "stage_1", on_step, prefetch_stage_2),
                 components=self._components,
                 dtype=m.dtype,
                 device=m.device,
@@ -447,8 +451,14 @@ def stage_1_denoiser(
     return sigmas, simple_denoising_func(positive[0], positive[1], m.transformer)
 
 
-def _loop(denoise_fn: DenoisingFunc, stage: str, on_step: StepCallback | None) -> Callable:
-    """The official Euler loop, with a per-step callback for progress and metrics."""
+def _loop(
+    denoise_fn: DenoisingFunc,
+    stage: str,
+    on_step: StepCallback | None,
+    before_last_step: Callable[[], object] | None = None,
+) -> Callable:
+    """The official Euler loop, with a per-step callback for progress and metrics, and a hook run as the
+    last step starts (the next stage's LoRA prefetch)."""
 
     def loop(
         sigmas: torch.Tensor, video_state: LatentState, audio_state: LatentState, stepper: DiffusionStepProtocol
@@ -457,6 +467,8 @@ def _loop(denoise_fn: DenoisingFunc, stage: str, on_step: StepCallback | None) -
 
         def counted(video: LatentState, audio: LatentState, s: torch.Tensor, index: int) -> tuple:
             started = time.perf_counter()
+            if before_last_step is not None and index == total - 1:
+                before_last_step()
             out = denoise_fn(video, audio, s, index)
             if on_step is not None:
                 if out[0] is not None and out[0].is_cuda:

@@ -110,6 +110,28 @@ def test_use_after_a_background_restore_fuses_exactly_what_a_direct_switch_does(
         resident.loras.use()
 
 
+def test_a_fused_state_holds_no_factors_and_a_cpu_model_is_not_prefetched(resident, loras):
+    """A fusion lets go of the LoRA factors once fused (a GPU prefetch is freed with them) and undoes exactly
+    from the originals; a model on the CPU has nothing to prefetch (the GPU path: bench/gpu_smoke.py)."""
+    a = LoraSpec(str(loras[0]), 0.8)
+    model = resident.transformer.velocity_model
+    resident.loras.use()
+    pristine = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        assert resident.loras.prefetch([a], distilled=True) is False
+        resident.loras.use([a], distilled=True)
+        fused = {k: v.clone() for k, v in model.state_dict().items()}
+        fusion = resident.loras._fusion
+        assert fusion is not None and fusion._state_dicts == []
+        fusion.unfuse()
+        assert all(torch.equal(v, pristine[k]) for k, v in model.state_dict().items())
+        fusion.fuse()  # reads the factors again through the host loader
+        assert all(torch.equal(v, fused[k]) for k, v in model.state_dict().items())
+    finally:
+        resident.loras.use()
+    assert all(torch.equal(v, pristine[k]) for k, v in model.state_dict().items())
+
+
 def test_no_background_restore_while_blocks_are_parked(resident):
     """Parked blocks hold their weights elsewhere: the fused state stays for the next `use` to undo."""
     from ltx2.offload import StreamedBlocks
