@@ -680,8 +680,8 @@ def install_job_probes(worker) -> None:
     def prefetch(self, *args, **kwargs):
         t = time.perf_counter()
         started = plain_prefetch(self, *args, **kwargs)
-        free_gib = torch.cuda.mem_get_info()[0] / 2**30 if torch.cuda.is_available() else None
-        event = f"lora prefetch to the GPU ({'started' if started else 'skipped'}; {free_gib and round(free_gib, 1)} GiB free after)"
+        free = round(torch.cuda.mem_get_info()[0] / 2**30, 1) if torch.cuda.is_available() else None
+        event = f"lora prefetch to the GPU ({'started' if started else 'skipped'}; {free} GiB free after)"
         EVENTS.append({"event": event, "stage": CURRENT["stage"], "seconds": round(time.perf_counter() - t, 3)})
         return started
 
