@@ -679,11 +679,11 @@ def install_job_probes(worker) -> None:
 
     def prefetch(self, *args, **kwargs):
         t = time.perf_counter()
-        started = plain_prefetch(self, *args, **kwargs)
+        copied = plain_prefetch(self, *args, **kwargs)
         free = round(torch.cuda.mem_get_info()[0] / 2**30, 1) if torch.cuda.is_available() else None
-        event = f"lora prefetch to the GPU ({'started' if started else 'skipped'}; {free} GiB free after)"
+        event = f"lora prefetch to the GPU ({copied / 2**30:.1f} GiB started; {free} GiB free after)"
         EVENTS.append({"event": event, "stage": CURRENT["stage"], "seconds": round(time.perf_counter() - t, 3)})
-        return started
+        return copied
 
     ll.ResidentLoras.prefetch = prefetch
     writer = cw.Mp4Writer
