@@ -171,9 +171,9 @@ class LoraFusion:
 
 
 PREFETCH_HEADROOM = 4 * 2**30
-"""GPU memory `ResidentLoras.prefetch` leaves free: what the rest of the stage may still allocate (the step's
-own activations are already in PyTorch's cache by the last step). A bf16 19B worker with Gemma resident has
-9.6-10.9 GiB free there at 704x1280 (H100), so it prefetches part of the 7.7 GB distilled LoRA."""
+"""GPU memory `ResidentLoras.prefetch` leaves unused above the peak so far. A bf16 19B worker with Gemma resident
+had 10.9 GiB free at its first job's last stage-1 step at 704x1280 (H100): it prefetches 6.9 of the 7.2 GiB
+distilled LoRA."""
 
 
 @dataclass(frozen=True)
@@ -251,16 +251,18 @@ class ResidentLoras:
 
     def prefetch(self, loras: Sequence[LoraSpec] = (), distilled: bool = False) -> int:
         """Start copying the factors of the LoRA files that `use(loras, distilled)` will fuse onto the GPU,
-        on a side stream: as many as fit while `PREFETCH_HEADROOM` of the GPU stays free (the fusion copies
-        the rest itself). Returns the bytes it copies. Why: ltx-core's fusion copies each factor pair from
+        on a side stream: as many as fit below the GPU's peak use so far (`max_memory_allocated`: the stage's
+        steps reach it again) less `PREFETCH_HEADROOM` (the fusion copies the rest itself). Returns the bytes
+        it copies. The device's free memory is no measure: blocks freed by the last job's prefetch stay in
+        PyTorch's cache for the next. Why: ltx-core's fusion copies each factor pair from
         host memory and waits for it, ~0.26 s of a 0.33-0.38 s distilled-LoRA fusion at 19B (rank 384,
         7.7 GB) on an H100; started during the last stage-1 step, the copy overlaps the forwards. The GPU
         copies are freed once the fusion is done."""
         device = next(self.model.parameters()).device
         if device.type != "cuda" or LoraState(tuple(loras), distilled) == self._state:
             return 0
-        free, _total = torch.cuda.mem_get_info(device)
-        budget = free - PREFETCH_HEADROOM
+        _free, total = torch.cuda.mem_get_info(device)
+        budget = total - torch.cuda.max_memory_allocated(device) - PREFETCH_HEADROOM
         specs = [*loras] + ([self.distilled_lora] if distilled else [])
         if self._side is None:
             self._side = torch.cuda.Stream(device)
@@ -272,7 +274,11 @@ class ResidentLoras:
                 for key, tensor in host.sd.items():
                     if copied + tensor.nbytes > budget:
                         break
-                    tensors[key] = tensor.to(device, non_blocking=True)
+                    try:
+                        tensors[key] = tensor.to(device, non_blocking=True)
+                    except torch.OutOfMemoryError:  # fragmentation: the fusion copies the rest
+                        budget = copied
+                        break
                     copied += tensor.nbytes
                 done = torch.cuda.Event()
                 done.record(self._side)
