@@ -132,6 +132,29 @@ def test_a_fused_state_holds_no_factors_and_a_cpu_model_is_not_prefetched(reside
     assert all(torch.equal(v, pristine[k]) for k, v in model.state_dict().items())
 
 
+def test_a_two_stage_render_asks_for_stage_2s_lora_factors_as_its_last_stage_1_step_starts(resident, loras):
+    """The renderer starts the prefetch of stage 2's LoRAs (the job's and the distilled one) once, when the last
+    stage-1 step begins, so the copy overlaps that step's forwards."""
+    calls = []
+    steps = []
+    real = resident.loras.prefetch
+
+    def recording(*args, **kwargs):
+        calls.append((args, kwargs, len(steps)))
+        return real(*args, **kwargs)
+
+    styled = validate_job({**SMALL_JOB, "loras": [{"path": str(loras[0]), "strength": 1.0}]})
+    request = render_request(styled, resident.num_layers)
+    resident.loras.prefetch = recording
+    try:
+        Renderer(resident).render(request, on_step=lambda stage, *_: steps.append(stage))
+    finally:
+        del resident.loras.prefetch
+    stage_1_steps = steps.count("stage_1")
+    assert stage_1_steps == request.steps
+    assert calls == [((request.loras,), {"distilled": True}, stage_1_steps - 1)]
+
+
 def test_no_background_restore_while_blocks_are_parked(resident):
     """Parked blocks hold their weights elsewhere: the fused state stays for the next `use` to undo."""
     from ltx2.offload import StreamedBlocks
