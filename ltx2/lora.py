@@ -253,13 +253,17 @@ class ResidentLoras:
         """Start copying the factors of the LoRA files that `use(loras, distilled)` will fuse onto the GPU,
         on a side stream: as many as fit below the GPU's peak use so far (`max_memory_allocated`: the stage's
         steps reach it again) less `PREFETCH_HEADROOM` (the fusion copies the rest itself). Returns the bytes
-        it copies. The device's free memory is no measure: blocks freed by the last job's prefetch stay in
-        PyTorch's cache for the next. Why: ltx-core's fusion copies each factor pair from
-        host memory and waits for it, ~0.26 s of a 0.33-0.38 s distilled-LoRA fusion at 19B (rank 384,
-        7.7 GB) on an H100; started during the last stage-1 step, the copy overlaps the forwards. The GPU
-        copies are freed once the fusion is done."""
+        it copies; none while blocks are parked (the OOM ladder's rungs). The device's free memory is no
+        measure: blocks freed by the last job's prefetch stay in PyTorch's cache for the next.
+
+        Why: ltx-core's fusion copies each factor pair from host memory and waits for it, ~0.2 s of a
+        0.33-0.38 s distilled-LoRA fusion at 19B (rank 384, 7.2 GiB) on an H100 (0.14 s with the prefetch);
+        started during the last stage-1 step, the copy overlaps the forwards. The GPU copies are freed once
+        the fusion is done."""
         device = next(self.model.parameters()).device
         if device.type != "cuda" or LoraState(tuple(loras), distilled) == self._state:
+            return 0
+        if any(parking.active for parking in self.parked):  # an OOM rung: the fusion itself needs the room
             return 0
         _free, total = torch.cuda.mem_get_info(device)
         budget = total - torch.cuda.max_memory_allocated(device) - PREFETCH_HEADROOM
