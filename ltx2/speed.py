@@ -2,9 +2,10 @@
 
 - `fp8`: the transformer's linear layers hold FP8 (e4m3) weights in ltx-core's scaled-FP8 format (one
   scale per tensor; the official policy's layers stay bf16) and quantize their input on the fly (one
-  scale per row on a GPU); the matmul is `torch._scaled_mm` (`ltx2.fp8_linear`). Halves the weights (≈ 19 GB for the 19B
-  model) and runs the matmuls at the FP8 rate. Needs FP8 tensor cores (compute capability ≥ 8.9); the
-  CPU runs the same code slowly (tests).
+  scale per row on a GPU); the matmul is `torch._scaled_mm` (`ltx2.fp8_linear`). Halves the weights
+  (≈ 19 GB for the 19B model) and runs the matmuls at the FP8 rate. Needs FP8 tensor cores (compute
+  capability ≥ 8.9); the CPU runs the same code slowly (tests). Compiled FP8 blocks also get persistent
+  row reductions and the FF GELU through a sigmoid (see their options).
 - `compile`: each transformer block compiled by `torch.compile` with static shapes, so norms, RoPE,
   AdaLN modulation and gating fuse into fewer kernels. The first forward at a new shape compiles.
   Blocks are compiled in place (`Module.compile`), so parameter names (and LoRA fusion by name) do not
@@ -44,16 +45,17 @@ class SpeedOptions:
     matmuls (1.5 % per forward on an H100; bf16 unchanged, bench/README.md). Such blocks skip inductor's
     FX graph cache: torch 2.11 fails to reload a cached graph holding a multi-kernel (a triton
     `JITFunction` without its hash lock, seen on an H100), so every worker compiles them afresh."""
-
-    def reductions_persistent(self) -> bool:
-        return self.compile and (self.fp8 if self.persistent_reductions is None else self.persistent_reductions)
-
     sigmoid_gelu: bool | None = None
     """The FF layers' tanh GELU written through a sigmoid (`gelu_tanh_by_sigmoid`, the same function) in
     compiled blocks; None: with FP8 matmuls, where the FF output layer's per-row input cast made the fused
     GELU kernel compute-bound (1.36 -> 0.69 ms per call at 1024x1536); in bf16 it does not pay."""
 
+    def reductions_persistent(self) -> bool:
+        """Whether compiled blocks get `persistent_reductions` (None resolved)."""
+        return self.compile and (self.fp8 if self.persistent_reductions is None else self.persistent_reductions)
+
     def gelu_by_sigmoid(self) -> bool:
+        """Whether compiled blocks get `sigmoid_gelu` (None resolved)."""
         return self.compile and (self.fp8 if self.sigmoid_gelu is None else self.sigmoid_gelu)
 
 
