@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gang_forward import anchor, rel, timed
 
-from ltx2.fp8_linear import EVERY_BLOCK, apply_fp8_linears
+from ltx2.fp8_linear import apply_fp8_linears
 from ltx2.speed import SpeedOptions, apply_speed_options
 
 
@@ -38,11 +38,6 @@ def torchao_rowwise(model: torch.nn.Module) -> None:
         return isinstance(module, torch.nn.Linear) and fqn.startswith("transformer_blocks.")
 
     quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=block_linear)
-
-
-def every_block(model: torch.nn.Module) -> None:
-    """ltx2.fp8_linear without the official policy's bf16 blocks (0 and 43-47): the speed they cost."""
-    apply_fp8_linears(model, keep_bf16=EVERY_BLOCK)
 
 
 def per_tensor(model: torch.nn.Module) -> None:
@@ -57,11 +52,13 @@ def fp32_accumulation(model: torch.nn.Module) -> None:
 
 BENCH_FP8 = {
     "fp8rowwise": torchao_rowwise,
-    "fp8all": every_block,
     "fp8tensor": per_tensor,
     "fp8fp32acc": fp32_accumulation,
 }
 """Bench-only FP8 variants, applied before the option set named after the first '+'."""
+
+FP8_EXTRAS = {"sigmoid_gelu": True, "persistent_reductions": True}
+"""What compiled blocks get with `fp8` (`SpeedOptions`), for the variants that apply their FP8 layers themselves."""
 
 OPTIONS = {
     "official": SpeedOptions(),
@@ -71,16 +68,16 @@ OPTIONS = {
     "fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
     "fp8+fp8attn+compile": SpeedOptions(fp8=True, fp8_attention=True, compile=True),
     "fp8rowwise+compile": SpeedOptions(compile=True),
-    "fp8all+compile": SpeedOptions(compile=True),
+    "fp8all+compile": SpeedOptions(fp8=True, fp8_all_blocks=True, compile=True),
     "fp8rowwise+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
-    "fp8all+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True, sigmoid_gelu=True),
-    "fp8tensor+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True, sigmoid_gelu=True),
-    "fp8fp32acc+compile": SpeedOptions(compile=True, sigmoid_gelu=True),
-    "fp8fp32acc+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True, sigmoid_gelu=True),
+    "fp8all+fp8attn+compile": SpeedOptions(fp8=True, fp8_all_blocks=True, fp8_attention=True, compile=True),
+    "fp8tensor+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True, **FP8_EXTRAS),
+    "fp8fp32acc+compile": SpeedOptions(compile=True, **FP8_EXTRAS),
+    "fp8fp32acc+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True, **FP8_EXTRAS),
     "fp8+fp8attn+compile+tanh": SpeedOptions(fp8=True, fp8_attention=True, compile=True, sigmoid_gelu=False),
     "fp8+fp8attn+compile+tune": SpeedOptions(fp8=True, fp8_attention=True, compile=True, tune_fused_kernels=True),
     "fp8all+fp8attn+compile+tune": SpeedOptions(
-        fp8_attention=True, compile=True, tune_fused_kernels=True, sigmoid_gelu=True
+        fp8=True, fp8_all_blocks=True, fp8_attention=True, compile=True, tune_fused_kernels=True
     ),
     "compile+tune": SpeedOptions(compile=True, tune_fused_kernels=True),
     "compile+persist": SpeedOptions(compile=True, persistent_reductions=True),
