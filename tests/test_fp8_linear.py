@@ -106,9 +106,8 @@ def test_loras_fuse_the_official_scaled_fp8_way_and_restore_exactly(fresh):
     params = dict(model.named_parameters())
     for name in fp8_targets:
         scale = name.removesuffix(".weight") + ".weight_scale"
-        delta = _prepare_deltas(
-            fusion._factors(), name, torch.bfloat16, torch.device("cpu")
-        )  # re-read (dropped once fused)
+        factors = fusion._factors()  # read again: a fused state drops them
+        delta = _prepare_deltas(factors, name, torch.bfloat16, torch.device("cpu"))
         expected, expected_scale = quantize_weight_to_fp8_per_tensor(
             pristine[name].t().float() * pristine[scale] + delta.float()
         )
