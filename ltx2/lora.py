@@ -213,7 +213,7 @@ class ResidentLoras:
     _warming: threading.Thread | None = field(default=None, init=False)
     _job_set: tuple[LoraSpec, ...] = field(default=(), init=False)
     _side: torch.cuda.Stream | None = field(default=None, init=False)
-    """The stream background restores copy on (made once, at the first one on a GPU)."""
+    """The stream background restores and prefetches copy on (`_side_stream`: made at the first one on a GPU)."""
     _restoring: torch.cuda.Event | None = field(default=None, init=False)
     """Recorded on `_side` after a background restore's copies: done once it has completed."""
     _prefetched: dict[str, tuple[StateDict, torch.cuda.Event]] = field(default_factory=dict, init=False)
@@ -268,10 +268,9 @@ class ResidentLoras:
         _free, total = torch.cuda.mem_get_info(device)
         budget = total - torch.cuda.max_memory_allocated(device) - PREFETCH_HEADROOM
         specs = [*loras] + ([self.distilled_lora] if distilled else [])
-        if self._side is None:
-            self._side = torch.cuda.Stream(device)
+        side = self._side_stream(device)
         copied = 0
-        with torch.cuda.stream(self._side):
+        with torch.cuda.stream(side):
             for path in dict.fromkeys(spec.path for spec in specs if spec.path not in self._prefetched):
                 host = self._load(path)
                 tensors = dict(host.sd)
@@ -285,9 +284,15 @@ class ResidentLoras:
                         break
                     copied += tensor.nbytes
                 done = torch.cuda.Event()
-                done.record(self._side)
+                done.record(side)
                 self._prefetched[path] = (replace(host, sd=tensors), done)
         return copied
+
+    def _side_stream(self, device: torch.device) -> torch.cuda.Stream:
+        """The stream background restores and prefetches copy on (made once)."""
+        if self._side is None:
+            self._side = torch.cuda.Stream(device)
+        return self._side
 
     def _load(self, path: str) -> StateDict:
         if path in self._files:
@@ -372,9 +377,7 @@ class ResidentLoras:
             fusion.unfuse()
         else:
             self._restored()  # (none pending: a fusion is active, so `use` has waited for the last one)
-            if self._side is None:
-                self._side = torch.cuda.Stream(device)
-            self._side.wait_stream(torch.cuda.current_stream(device))  # after the stage's last forward
+            self._side_stream(device).wait_stream(torch.cuda.current_stream(device))  # after the stage's last forward
             fusion.unfuse(stream=self._side)
             self._restoring = torch.cuda.Event()
             self._restoring.record(self._side)
