@@ -171,7 +171,7 @@ def worker_pool(args: argparse.Namespace, checkpoints: Any, placement: Any) -> A
         placement=placement,
         compile=args.compile,
         fp8_attention=args.fp8_attention,
-        fp8=args.fp8 or args.fp8_all_blocks,
+        fp8=args.fp8,
         fp8_all_blocks=args.fp8_all_blocks,
     )
 

@@ -135,8 +135,8 @@ class WorkerPool:
                     name,
                     compile=compile,
                     fp8_attention=fp8_attention,
-                    fp8=fp8 or fp8_all_blocks,
-                    fp8_all_blocks=fp8_all_blocks,
+                    fp8=fp8,
+                    fp8_all_blocks=fp8_all_blocks,  # implies fp8 (the worker resolves it)
                 )
 
         self._start = start

@@ -86,9 +86,19 @@ def test_the_all_blocks_flag_implies_fp8_and_is_refused_for_gangs(tiny_set):
     from cluster.cli import build_parser
 
     args = build_parser().parse_args(["render", "--prompt", "a fox", "--fp8-all-blocks"])
-    assert args.fp8_all_blocks and not args.fp8  # worker_pool passes fp8=True for it
+    assert args.fp8_all_blocks and not args.fp8  # the worker turns fp8 on for it
     with pytest.raises(CapacityError, match="drop --fp8 or use --placement replica"):
         WorkerPool(tiny_set, placement=Placement("guidance", 2), fp8_all_blocks=True)
+
+
+def test_a_worker_asked_for_all_blocks_turns_fp8_on(tiny_set):
+    from cluster.worker import RenderWorker
+
+    worker = RenderWorker(tiny_set, "cpu", fp8_all_blocks=True, warm_lora_originals=False)
+    assert worker.info()["fp8"] is True and worker.info()["fp8_all_blocks"] is True
+    block_0 = worker.models.transformer.velocity_model.transformer_blocks[0]
+    assert type(block_0.attn1.to_q) is ScaledMMFp8Linear
+    worker.model_hashes()  # joins the background hashing thread: exiting while it runs aborts the interpreter
 
 
 def test_loras_fuse_the_official_scaled_fp8_way_and_restore_exactly(fresh):
