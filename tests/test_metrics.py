@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -118,6 +119,14 @@ def test_a_real_prometheus_scrapes_the_farm(farm, tmp_path):
         wait_for_port(port)
         query = urllib.parse.urlencode({"query": "ltx2farm_model_load_seconds"})
         deadline = time.monotonic() + 60
+        ready = False  # Prometheus opens its port before its storage is up, and answers 503 until /-/ready
+        while time.monotonic() < deadline and not ready:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=10) as r:
+                    ready = r.status == 200
+            except urllib.error.HTTPError as error:
+                assert error.code == 503, error
+                time.sleep(0.5)
         series = []
         while time.monotonic() < deadline and not series:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?{query}", timeout=10) as r:
