@@ -79,6 +79,18 @@ OPTIONS = {
     "fp8all+fp8attn+compile+tune": SpeedOptions(
         fp8=True, fp8_all_blocks=True, fp8_attention=True, compile=True, tune_fused_kernels=True
     ),
+    "compile+shared": SpeedOptions(compile=True, shared_timesteps=True),
+    "fp8+fp8attn+compile+shared": SpeedOptions(fp8=True, fp8_attention=True, compile=True, shared_timesteps=True),
+    "fp8all+fp8attn+compile+shared": SpeedOptions(
+        fp8=True, fp8_all_blocks=True, fp8_attention=True, compile=True, shared_timesteps=True
+    ),
+    "compile+shared+fa4": SpeedOptions(compile=True, shared_timesteps=True, fa4_attention=True),
+    "fp8+fp8attn+compile+shared+fa4": SpeedOptions(
+        fp8=True, fp8_attention=True, compile=True, shared_timesteps=True, fa4_attention=True
+    ),
+    "fp8all+fp8attn+compile+shared+fa4": SpeedOptions(
+        fp8=True, fp8_all_blocks=True, fp8_attention=True, compile=True, shared_timesteps=True, fa4_attention=True
+    ),
     "compile+tune": SpeedOptions(compile=True, tune_fused_kernels=True),
     "compile+persist": SpeedOptions(compile=True, persistent_reductions=True),
     "fp8+fp8attn+compile+looped": SpeedOptions(fp8=True, fp8_attention=True, compile=True, persistent_reductions=False),

@@ -145,6 +145,14 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
         "forward with compiled blocks on an H100, outputs change more than compiling changes them; replicas only",
     )
     parser.add_argument(
+        "--fa4-attention",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 attention through FlashAttention-4's kernel (Hopper/Blackwell GPUs; pip install '.[fa4]'): "
+        "~8%% faster attention than cuDNN on an H100, 1.24x per forward with compiled blocks; default on for GPU "
+        "replica workers where it is installed",
+    )
+    parser.add_argument(
         "--fp8",
         action="store_true",
         help="the transformer's linear layers in FP8 (ltx-core's scaled-FP8 format, torch._scaled_mm; GPUs with FP8 "
@@ -173,6 +181,7 @@ def worker_pool(args: argparse.Namespace, checkpoints: Any, placement: Any) -> A
         fp8_attention=args.fp8_attention,
         fp8=args.fp8,
         fp8_all_blocks=args.fp8_all_blocks,
+        fa4_attention=args.fa4_attention,
     )
 
 

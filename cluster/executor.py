@@ -83,12 +83,19 @@ class WorkerPool:
         fp8_attention: bool = False,
         fp8: bool = False,
         fp8_all_blocks: bool = False,
+        fa4_attention: bool | None = None,
     ) -> None:
         """`compile`: compiled transformer blocks in replica workers (None: on for GPUs, see `ltx2.speed`);
         `fp8_attention`: their video self-attention in FP8 through cuDNN (Hopper GPUs, `ltx2.fp8_attention`);
         `fp8`: their linear layers in FP8 (`ltx2.fp8_linear`; FP8 tensor cores, or the CPU), with
-        `fp8_all_blocks` in every block (`ltx2.speed.SpeedOptions.fp8_all_blocks`)."""
-        flags = (("--compile", compile), ("--fp8-attention", fp8_attention), ("--fp8", fp8 or fp8_all_blocks))
+        `fp8_all_blocks` in every block (`ltx2.speed.SpeedOptions.fp8_all_blocks`); `fa4_attention`: their
+        bf16 attention through FlashAttention-4 (None: where it runs, `ltx2.fa4_attention`)."""
+        flags = (
+            ("--compile", compile),
+            ("--fp8-attention", fp8_attention),
+            ("--fp8", fp8 or fp8_all_blocks),
+            ("--fa4-attention", fa4_attention),
+        )
         for flag, wanted in flags:
             if wanted and placement.is_gang:
                 raise CapacityError(
@@ -97,11 +104,12 @@ class WorkerPool:
                 )
         gpus = gpus_available()
         use_gpu = device != "cpu" and gpus >= 1
-        if fp8_attention and not use_gpu:
-            raise CapacityError(
-                "--fp8-attention needs a Hopper-or-newer GPU (H100, H200, B200), and this pool runs on the CPU: "
-                "drop --fp8-attention"
-            )
+        for flag, wanted in (("--fp8-attention", fp8_attention), ("--fa4-attention", fa4_attention)):
+            if wanted and not use_gpu:
+                raise CapacityError(
+                    f"{flag} needs a Hopper-or-newer GPU (H100, H200, B200), and this pool runs on the CPU: "
+                    f"drop {flag}"
+                )
         resource = "GPU" if use_gpu else "CPU"
         free = int(ray.available_resources().get(resource, 0))
         needed = num_workers * placement.gpus
@@ -137,6 +145,7 @@ class WorkerPool:
                     fp8_attention=fp8_attention,
                     fp8=fp8,
                     fp8_all_blocks=fp8_all_blocks,  # implies fp8 (the worker resolves it)
+                    fa4_attention=fa4_attention,
                 )
 
         self._start = start

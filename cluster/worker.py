@@ -184,6 +184,7 @@ class RenderWorker:
         fp8_attention: bool = False,
         fp8: bool = False,
         fp8_all_blocks: bool = False,
+        fa4_attention: bool | None = None,
     ) -> None:
         self.name = name
         self.device = resolve_device(device)
@@ -193,6 +194,8 @@ class RenderWorker:
         self.speed = default_speed_options(self.device)
         if compile is not None:
             self.speed = replace(self.speed, compile=compile)
+        if fa4_attention is not None:
+            self.speed = replace(self.speed, fa4_attention=fa4_attention)
         fp8 = fp8 or fp8_all_blocks
         self.speed = replace(self.speed, fp8_attention=fp8_attention, fp8=fp8, fp8_all_blocks=fp8_all_blocks)
         apply_speed_options(self.models.transformer.velocity_model, self.speed)
@@ -238,6 +241,7 @@ class RenderWorker:
             "fp8_attention": self.speed.fp8_attention,
             "fp8": self.speed.fp8,
             "fp8_all_blocks": self.speed.fp8_all_blocks,
+            "fa4_attention": self.speed.fa4_attention,
         }
 
     def progress(self) -> dict[str, Any]:

@@ -6,6 +6,11 @@
   (≈ 19 GB for the 19B model) and runs the matmuls at the FP8 rate. Needs FP8 tensor cores (compute
   capability ≥ 8.9); the CPU runs the same code slowly (tests). Compiled FP8 blocks also get persistent
   row reductions and the FF GELU through a sigmoid (see their options).
+- `shared_timesteps`: a modality whose tokens all share one timestep (every token of a text-to-video
+  job, or of any job without conditioning latents) reaches the model with one timestep per batch row
+  instead of one per token. Same values, broadcast: ltx-core embeds the timestep per token and each block
+  reads per-token shift/scale/gate tensors (9 x tokens x 4096 values per block at 1024x1536x121, ~1.8 GB),
+  which is most of what the fused norm/modulation kernels move.
 - `compile`: each transformer block compiled by `torch.compile` with static shapes, so norms, RoPE,
   AdaLN modulation and gating fuse into fewer kernels. The first forward at a new shape compiles.
   Blocks are compiled in place (`Module.compile`), so parameter names (and LoRA fusion by name) do not
@@ -16,10 +21,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from ltx_core.model.transformer.gelu_approx import GELUApprox
+from ltx_core.model.transformer.modality import Modality
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,10 @@ class SpeedOptions:
     compile: bool = False
     fp8_attention: bool = False
     """The video self-attention in FP8 through cuDNN (`ltx2.fp8_attention`; Hopper or newer, bench option)."""
+    fa4_attention: bool = False
+    """bf16 attention through FlashAttention-4 (`ltx2.fa4_attention`; Hopper or Blackwell, `flash-attn-4`
+    installed): every attention layer not given another kernel (with `fp8_attention`: all but the video
+    self-attention). On by default where it can run (`default_speed_options`)."""
     compile_mode: str | None = None
     """`torch.compile` mode for the blocks (None: inductor's default; "max-autotune-no-cudagraphs" tunes the
     matmul kernels, "reduce-overhead" adds CUDA graphs); bench/forward_speed.py compares them."""
@@ -50,6 +61,10 @@ class SpeedOptions:
     compiled blocks; None: with FP8 matmuls, where the FF output layer's per-row input cast made the fused
     GELU kernel compute-bound (1.36 -> 0.69 ms per call at 1024x1536); in bf16 it does not pay."""
 
+    shared_timesteps: bool = False
+    """One timestep per batch row where all of a modality's tokens share it (`apply_shared_timesteps`); on
+    by default: the same numbers, less memory traffic per block."""
+
     def reductions_persistent(self) -> bool:
         """Whether compiled blocks get `persistent_reductions` (None resolved)."""
         return self.compile and (self.fp8 if self.persistent_reductions is None else self.persistent_reductions)
@@ -62,8 +77,13 @@ class SpeedOptions:
 def default_speed_options(device: torch.device | str) -> SpeedOptions:
     """What a worker runs with unless told otherwise: compiled blocks on a GPU (same model, ~1.2x per
     forward, one compile of ~10 s per new shape), plain eager on the CPU (inductor's CPU compile costs
-    more than it saves on the tiny model). FP8 is opt-in: it changes the numbers more (see bench/)."""
-    return SpeedOptions(compile=torch.device(device).type == "cuda")
+    more than it saves on the tiny model), FA4 attention where it runs, one timestep per row where tokens
+    share it. FP8 is opt-in: it changes the numbers more (see bench/)."""
+    from ltx2.fa4_attention import fa4_available
+
+    return SpeedOptions(
+        compile=torch.device(device).type == "cuda", shared_timesteps=True, fa4_attention=fa4_available(device)
+    )
 
 
 COMPILE_RECOMPILE_LIMIT = 1024
@@ -126,6 +146,30 @@ def apply_sigmoid_gelu(velocity_model: torch.nn.Module) -> torch.nn.Module:
     return velocity_model
 
 
+def shared_timestep(modality: Modality) -> Modality:
+    """`modality` with one timestep per batch row (shape (B, 1, ...)) if every token of each row has the
+    same one (the model broadcasts it), else unchanged. Costs one device sync: the check reads the values."""
+    timesteps = modality.timesteps
+    if timesteps.ndim < 2 or timesteps.shape[1] == 1:
+        return modality
+    first = timesteps[:, :1]
+    if not torch.equal(timesteps, first.expand_as(timesteps)):
+        return modality  # conditioning tokens (timestep 0) among noisy ones
+    return replace(modality, timesteps=first)
+
+
+def _share_timesteps(_: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    shared = lambda m: shared_timestep(m) if isinstance(m, Modality) else m  # noqa: E731
+    return tuple(shared(a) for a in args), {k: shared(v) for k, v in kwargs.items()}
+
+
+def apply_shared_timesteps(velocity_model: torch.nn.Module) -> torch.nn.Module:
+    """Hand the velocity model one timestep per batch row where a modality's tokens share it (a forward
+    pre-hook on the unmodified model; what wraps it, e.g. the X0 conversion, still sees per-token values)."""
+    velocity_model.register_forward_pre_hook(_share_timesteps, with_kwargs=True)
+    return velocity_model
+
+
 def apply_compile(
     velocity_model: torch.nn.Module,
     backend: str = "inductor",
@@ -159,6 +203,8 @@ def apply_compile(
 
 
 def apply_speed_options(velocity_model: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
+    if options.shared_timesteps:
+        apply_shared_timesteps(velocity_model)
     if options.fp8:
         from ltx2.fp8_linear import EVERY_BLOCK, EXCLUDED_LAYER_SUBSTRINGS, apply_fp8_linears
 
@@ -167,6 +213,10 @@ def apply_speed_options(velocity_model: torch.nn.Module, options: SpeedOptions) 
         from ltx2.fp8_attention import apply_fp8_attention
 
         apply_fp8_attention(velocity_model)
+    if options.fa4_attention:
+        from ltx2.fa4_attention import apply_fa4_attention
+
+        apply_fa4_attention(velocity_model)
     if options.gelu_by_sigmoid():
         apply_sigmoid_gelu(velocity_model)
     if options.compile:

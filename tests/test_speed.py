@@ -191,3 +191,38 @@ def test_fp8_attention_bound_for_q_and_k_holds_after_the_norm_and_rope(fresh32):
             values, _ = quantize_tensor(x, descale)
             error = (values.float() * descale - x).abs()
             assert (error <= x.abs() / 16 + descale * 2**-9).all()  # 3 mantissa bits, or a subnormal step
+
+
+def test_shared_timesteps_collapse_only_uniform_rows_and_give_the_same_render(fresh32):
+    """Tokens that share a timestep reach the model as one per batch row (the model broadcasts it); a
+    modality with conditioning tokens (timestep 0 among noisy ones) keeps its per-token values."""
+    from ltx_core.model.transformer.modality import Modality
+
+    from ltx2.speed import apply_shared_timesteps, shared_timestep
+
+    def modality(timesteps: torch.Tensor) -> Modality:
+        return Modality(
+            latent=torch.zeros(2, 5, 4),
+            sigma=timesteps[:, 0],
+            timesteps=timesteps,
+            positions=torch.zeros(2, 3, 5),
+            context=torch.zeros(2, 1, 4),
+        )
+
+    uniform = modality(torch.tensor([[0.7] * 5, [0.2] * 5]).unsqueeze(-1))  # (B, T, 1), as the pipelines make
+    assert torch.equal(shared_timestep(uniform).timesteps, torch.tensor([[[0.7]], [[0.2]]]))
+    conditioned = modality(torch.tensor([[0.0, 0.7, 0.7, 0.7, 0.7], [0.2] * 5]).unsqueeze(-1))
+    assert shared_timestep(conditioned) is conditioned
+
+    per_token = _chunk(fresh32, "two_stage")
+    seen: list[tuple[int, ...]] = []
+    model = fresh32.transformer.velocity_model
+    apply_shared_timesteps(model)
+    probe = model.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].timesteps.shape)))
+    try:
+        shared = _chunk(fresh32, "two_stage")
+    finally:
+        probe.remove()
+    assert seen and all(shape[1] == 1 for shape in seen), seen
+    assert torch.allclose(shared.video, per_token.video, atol=1e-5 * per_token.video.abs().max())
+    assert torch.allclose(shared.audio, per_token.audio, atol=1e-5 * per_token.audio.abs().max())
