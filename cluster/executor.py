@@ -107,8 +107,7 @@ class WorkerPool:
         for flag, wanted in (("--fp8-attention", fp8_attention), ("--fa4-attention", fa4_attention)):
             if wanted and not use_gpu:
                 raise CapacityError(
-                    f"{flag} needs a Hopper-or-newer GPU (H100, H200, B200), and this pool runs on the CPU: "
-                    f"drop {flag}"
+                    f"{flag} needs a Hopper-or-newer GPU (H100, H200, B200), and this pool runs on the CPU: drop {flag}"
                 )
         resource = "GPU" if use_gpu else "CPU"
         free = int(ray.available_resources().get(resource, 0))
