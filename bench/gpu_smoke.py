@@ -77,7 +77,7 @@ def main() -> None:
     assert results[0]["content_sha256"] == results[1]["content_sha256"] == results[3]["content_sha256"], (
         "the same job must render the same, whatever ran before it"
     )
-    print(json.dumps({"compiled": worker.info()["compile"]}))
+    print(json.dumps({k: worker.info()[k] for k in ("compile", "fa4_attention")}))
 
     # two jobs in flight on one worker (as the campaign runner keeps it): the second's model work runs
     # while the first muxes; the outputs must equal the sequential ones
