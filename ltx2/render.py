@@ -27,7 +27,6 @@ from ltx_core.components.schedulers import LTX2Scheduler
 from ltx_core.model.audio_vae import decode_audio as vae_decode_audio
 from ltx_core.model.upsampler import upsample_video
 from ltx_core.model.video_vae import SpatialTilingConfig, TemporalTilingConfig, TilingConfig
-from ltx_core.model.video_vae import decode_video as vae_decode_video
 from ltx_core.types import LatentState, VideoPixelShape
 from ltx_pipelines.utils.constants import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
 from ltx_pipelines.utils.helpers import (
@@ -41,6 +40,7 @@ from ltx_pipelines.utils.types import DenoisingFunc, PipelineComponents
 from ltx2.lora import LoraSpec
 from ltx2.models import ResidentModels
 from ltx2.parallel.guidance import guided_denoising_func
+from ltx2.video_decode import decode_video_runs
 
 Recipe = Literal["two_stage", "distilled"]
 RECIPES: tuple[str, ...] = ("two_stage", "distilled")
@@ -193,7 +193,7 @@ StepCallback = Callable[[str, int, int, float], None]
 
 FramesCallback = Callable[[torch.Tensor], None]
 """Called with each run of decoded frames (uint8 [frames, height, width, 3], CPU), in order, as the tiled
-decode yields them: the worker encodes them into the MP4 while the GPU decodes the next ones."""
+decode finishes them (`ltx2.video_decode`): the worker encodes them into the MP4 while the GPU decodes the next ones."""
 
 
 @dataclass(frozen=True)
@@ -397,7 +397,7 @@ class Renderer:
         with timer("decode"):
             tiling = tiling_config(request.decode_tiling) if request.decode_tiling is not None else None
             runs = []
-            for run in vae_decode_video(video_state.latent, m.video_decoder, tiling, generator):
+            for run in decode_video_runs(video_state.latent, m.video_decoder, tiling, generator):
                 _check_finite(run.float(), "decoded video")
                 runs.append(run.cpu())
                 if on_frames is not None:
