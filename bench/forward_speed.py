@@ -7,6 +7,9 @@ forward time, peak memory, weight memory, and the relative error against the off
 
     SIZES=704x1280x121,1024x1536x121 python bench/forward_speed.py     # rows → $OUT/forward_speed.json
     PROFILE=1 OPTIONS=official,compile python bench/forward_speed.py  # + GPU time by kernel kind per row
+    BACK_TO_BACK=8 SIZES=352x640x121 …  # + ms per forward over 8 calls with no sync between them, as a
+                                        #   denoising loop calls the model, and ms_launch: host time
+                                        #   to issue one forward (CPU launch cost shows here)
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ OPTIONS = {
     "fp8all+fp8attn+compile+shared": SpeedOptions(
         fp8=True, fp8_all_blocks=True, fp8_attention=True, compile=True, shared_timesteps=True
     ),
+    "compile+fa4": SpeedOptions(compile=True, fa4_attention=True),
+    "fp8+fp8attn+compile+fa4": SpeedOptions(fp8=True, fp8_attention=True, compile=True, fa4_attention=True),
     "compile+shared+fa4": SpeedOptions(compile=True, shared_timesteps=True, fa4_attention=True),
     "fp8+fp8attn+compile+shared+fa4": SpeedOptions(
         fp8=True, fp8_attention=True, compile=True, shared_timesteps=True, fa4_attention=True
@@ -157,6 +162,7 @@ def main() -> None:
     sizes = [tuple(map(int, s.split("x"))) for s in os.environ.get("SIZES", "704x1280x121,1024x1536x121").split(",")]
     chosen = os.environ.get("OPTIONS", ",".join(OPTIONS)).split(",")
     out = Path(os.environ.get("OUT", "bench/results"))
+    back_to_back = int(os.environ.get("BACK_TO_BACK", "0"))
     inputs = {shape: anchor.inputs(*shape) for shape in sizes}
     reference: dict = {}
     rows = []
@@ -198,6 +204,20 @@ def main() -> None:
                 (r for r in rows if r["options"] == "official" and r["h"] == shape[0] and r["w"] == shape[1]), None
             )
             row["speedup"] = round(base["ms"] / ms, 2) if base else 1.0
+            if back_to_back:
+                with torch.inference_mode():
+                    torch.cuda.synchronize()
+                    started = time.perf_counter()
+                    for _ in range(back_to_back):
+                        model(v, a, None)
+                    torch.cuda.synchronize()
+                row["ms_back_to_back"] = round((time.perf_counter() - started) * 1e3 / back_to_back, 1)
+                with torch.inference_mode():  # host time to issue one forward: above `ms`, the CPU is the limit
+                    torch.cuda.synchronize()
+                    started = time.perf_counter()
+                    model(v, a, None)
+                    row["ms_launch"] = round((time.perf_counter() - started) * 1e3, 1)
+                    torch.cuda.synchronize()
             if os.environ.get("PROFILE"):
                 with torch.inference_mode():
                     row["profile"] = kernel_profile(lambda v=v, a=a, m=model: m(v, a, None))

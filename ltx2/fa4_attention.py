@@ -17,6 +17,12 @@ import torch
 KERNEL_ARCHES = (9, 10)
 """Compute capability majors whose FA4 forward the farm uses: Hopper (H100/H200) and Blackwell (B200)."""
 
+MIN_TOKENS = 8192
+"""Shortest query and key sequence FA4 is given. Its Python launch costs tens of microseconds more per call
+than SDPA's; a forward makes ~240 attention calls, and at small shapes (stage 1's 3 520 video tokens, the
+audio and text layers at any size) an FP8 forward is launch-bound: FA4 everywhere made it 156 -> 183 ms
+(bench/README.md). The gain is in the video self-attention at full resolution (14 080 tokens and up)."""
+
 
 class Fa4AttentionError(RuntimeError):
     """FlashAttention-4 cannot run here."""
@@ -65,20 +71,28 @@ def kernel_serves(q: torch.Tensor, head_dim: int) -> bool:
 
 class Fa4Attention:
     """An ltx-core attention callable `(q, k, v, heads, mask) -> out` ([B, S, H*D] in and out) running FA4;
-    masked calls and inputs the kernel does not take fall back to the official PyTorch SDPA path."""
+    masked calls, sequences shorter than `min_tokens` and inputs the kernel does not take run the official
+    PyTorch SDPA path (compiled blocks have static shapes, so the choice is made once per shape)."""
 
-    def __init__(self) -> None:
+    def __init__(self, min_tokens: int = MIN_TOKENS) -> None:
         from ltx_core.model.transformer.attention import PytorchAttention
 
         self.fallback = PytorchAttention()
+        self.min_tokens = min_tokens
+
+    def serves(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: torch.Tensor | None) -> bool:
+        """Whether this call goes to FA4 (else to the official SDPA path)."""
+        long = min(q.shape[1], k.shape[1]) >= self.min_tokens
+        same_dtype = k.dtype == q.dtype and v.dtype == q.dtype
+        return long and mask is None and same_dtype and kernel_serves(q, q.shape[-1] // heads)
 
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
+        if not self.serves(q, k, v, heads, mask):
+            return self.fallback(q, k, v, heads, mask)
         b, s, inner = q.shape
         dim = inner // heads
-        if mask is not None or not kernel_serves(q, dim) or k.dtype != q.dtype or v.dtype != q.dtype:
-            return self.fallback(q, k, v, heads, mask)
         out = torch.ops.ltx2.fa4_attention(*(t.view(b, -1, heads, dim) for t in (q, k, v)))
         return out.reshape(b, s, inner)
 

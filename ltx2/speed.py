@@ -41,8 +41,9 @@ class SpeedOptions:
     """The video self-attention in FP8 through cuDNN (`ltx2.fp8_attention`; Hopper or newer, bench option)."""
     fa4_attention: bool = False
     """bf16 attention through FlashAttention-4 (`ltx2.fa4_attention`; Hopper or Blackwell, `flash-attn-4`
-    installed): every attention layer not given another kernel (with `fp8_attention`: all but the video
-    self-attention). On by default where it can run (`default_speed_options`)."""
+    installed) for the attention calls of 8 192+ query and key tokens (the video self-attention at full
+    resolution) not given another kernel (`fp8_attention` takes that layer first). On by default where it
+    can run (`default_speed_options`)."""
     compile_mode: str | None = None
     """`torch.compile` mode for the blocks (None: inductor's default; "max-autotune-no-cudagraphs" tunes the
     matmul kernels, "reduce-overhead" adds CUDA graphs); bench/forward_speed.py compares them."""

@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from ltx2.fa4_attention import Fa4Attention, Fa4AttentionError, apply_fa4_attention, fa4_available, kernel_serves
+from ltx2.fa4_attention import (
+    MIN_TOKENS,
+    Fa4Attention,
+    Fa4AttentionError,
+    apply_fa4_attention,
+    fa4_available,
+    kernel_serves,
+)
 from ltx2.speed import SpeedOptions, apply_speed_options, default_speed_options
 
 
@@ -34,6 +41,21 @@ def test_calls_the_kernel_does_not_take_run_the_official_sdpa_path():
     assert not kernel_serves(q, 16)  # float32 on the CPU
     assert not kernel_serves(bf16, 16)  # not on a GPU
     assert not kernel_serves(torch.empty(1, device="meta", dtype=torch.bfloat16), 12)  # head dim not 8k
+
+
+def test_only_long_unmasked_sequences_go_to_the_kernel():
+    """FA4's launch costs more than SDPA's: short calls (audio, text, stage-1 video) keep SDPA (MIN_TOKENS)."""
+    fa4 = Fa4Attention(min_tokens=64)
+    with FakeTensorMode():  # CUDA tensors without a GPU: only shapes, dtypes and devices are looked at
+        long, short = (torch.empty(1, n, 4 * 32, dtype=torch.bfloat16, device="cuda") for n in (64, 63))
+        assert fa4.serves(long, long, long, 4, None)
+        assert not fa4.serves(short, short, short, 4, None)  # a short self-attention
+        assert not fa4.serves(long, short, short, 4, None)  # long queries onto a short key sequence
+        assert not fa4.serves(short, long, long, 4, None)
+        assert not fa4.serves(long, long, long, 4, torch.zeros(1, 64, 64, device="cuda"))  # masked
+        assert not fa4.serves(long, long.float(), long, 4, None)  # mixed dtypes
+        assert not fa4.serves(long, long, long, 5, None)  # head dim 25.6: not whole
+    assert Fa4Attention().min_tokens == MIN_TOKENS
 
 
 def test_the_op_traces_with_the_shapes_the_kernel_returns():

@@ -246,16 +246,18 @@ def test_two_lora_sets_in_one_campaign_land_on_two_pools(ray_cluster, tiny_set, 
         assert 'ltx2farm_jobs{state="done"} 8.0' in scraped
         assert scraped.count("ltx2farm_lora_set_changes_total{") == 2, scraped  # one series per worker
         infos = pool.refresh_info()
-        assert [i["lora_set_changes"] for i in infos] == [1, 1], infos
-        held = {json.dumps(i["lora_set"]) for i in infos}
-        assert len(held) == 2  # one worker per set (the set it serves, also between jobs when nothing is fused)
-        by_worker: dict[str, set[str]] = {}
-        for attempt in store.attempts("styles"):
+        # Each worker builds the set of its first job and keeps it. A worker that runs out of jobs of its set
+        # takes the other set rather than idle (work-conserving), so a fast worker may switch once at the tail;
+        # a scheduler without set affinity switches a worker per job.
+        changes = [i["lora_set_changes"] for i in infos]
+        assert min(changes) == 1 and sum(changes) <= 3, infos
+        first: dict[str, str] = {}
+        for attempt in store.attempts("styles"):  # oldest first
             row = next(j for j in store.jobs("styles") if j["id"] == attempt["job"])
-            by_worker.setdefault(attempt["worker"], set()).add(json.dumps(json.loads(row["spec"])["loras"]))
-        assert sorted(len(s) for s in by_worker.values()) == [1, 1], by_worker
+            first.setdefault(attempt["worker"], json.dumps(json.loads(row["spec"])["loras"]))
+        assert len(set(first.values())) == 2, first  # the two sets land on two pools
         _labels, text = ray.get(pool.workers[0].actor.metrics_text.remote())
-        assert "ltx2farm_lora_set_changes_total 1.0" in text
+        assert f"ltx2farm_lora_set_changes_total {float(changes[0])}" in text
     finally:
         pool.shutdown()
 
