@@ -18,10 +18,10 @@ KERNEL_ARCHES = (9, 10)
 """Compute capability majors whose FA4 forward the farm uses: Hopper (H100/H200) and Blackwell (B200)."""
 
 MIN_TOKENS = 8192
-"""Shortest query and key sequence FA4 is given. Its Python launch costs tens of microseconds more per call
-than SDPA's; a forward makes ~240 attention calls, and at small shapes (stage 1's 3 520 video tokens, the
-audio and text layers at any size) an FP8 forward is launch-bound: FA4 everywhere made it 156 -> 183 ms
-(bench/README.md). The gain is in the video self-attention at full resolution (14 080 tokens and up)."""
+"""Shortest query and key sequence FA4 is given; shorter calls keep cuDNN SDPA. One H100, self-attention
+per call (bench/fa4_attention.py, `results/fa4_attention_h100_2026-11-26_sizes.json`): FA4 is slower at
+3 520 tokens (0.475 vs 0.394 ms, its Python launch shows), even at 6 144, 3 % faster at 8 192 and 9 % at
+14 080. So it serves the video self-attention at full resolution, not stage 1, the audio or text layers."""
 
 
 class Fa4AttentionError(RuntimeError):
