@@ -72,7 +72,7 @@ class CampaignRunner:
     ) -> None:
         self.store = store
         self.pool = pool
-        self.ladder = ladder_for(pool.placement.mode)
+        self.ladder = ladder_for(pool.placement.mode, pool.batches_passes)
         self.out_root = Path(out_root)
         self.storage = storage or StorageOptions()
         self.clock = clock

@@ -153,6 +153,14 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
         "replica workers where it is installed",
     )
     parser.add_argument(
+        "--batched-passes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a guided step's passes (cond, uncond, STG, modality) as one batched forward where the video is short "
+        "(stage 1 of a two-stage job up to 4096 latent tokens): 1.39x per step in FP8, 1.06x in bf16 on an H100, "
+        "~1 GiB more memory; default on for GPU replica workers",
+    )
+    parser.add_argument(
         "--fp8",
         action="store_true",
         help="the transformer's linear layers in FP8 (ltx-core's scaled-FP8 format, torch._scaled_mm; GPUs with FP8 "
@@ -182,6 +190,7 @@ def worker_pool(args: argparse.Namespace, checkpoints: Any, placement: Any) -> A
         fp8=args.fp8,
         fp8_all_blocks=args.fp8_all_blocks,
         fa4_attention=args.fa4_attention,
+        batched_passes=args.batched_passes,
     )
 
 

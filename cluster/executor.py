@@ -84,17 +84,20 @@ class WorkerPool:
         fp8: bool = False,
         fp8_all_blocks: bool = False,
         fa4_attention: bool | None = None,
+        batched_passes: bool | None = None,
     ) -> None:
         """`compile`: compiled transformer blocks in replica workers (None: on for GPUs, see `ltx2.speed`);
         `fp8_attention`: their video self-attention in FP8 through cuDNN (Hopper GPUs, `ltx2.fp8_attention`);
         `fp8`: their linear layers in FP8 (`ltx2.fp8_linear`; FP8 tensor cores, or the CPU), with
         `fp8_all_blocks` in every block (`ltx2.speed.SpeedOptions.fp8_all_blocks`); `fa4_attention`: their
-        bf16 attention through FlashAttention-4 (None: where it runs, `ltx2.fa4_attention`)."""
+        bf16 attention through FlashAttention-4 (None: where it runs, `ltx2.fa4_attention`); `batched_passes`:
+        a short step's guided passes as one batched forward (None: on GPUs, `ltx2.speed`)."""
         flags = (
             ("--compile", compile),
             ("--fp8-attention", fp8_attention),
             ("--fp8", fp8 or fp8_all_blocks),
             ("--fa4-attention", fa4_attention),
+            ("--batched-passes", batched_passes),
         )
         for flag, wanted in flags:
             if wanted and placement.is_gang:
@@ -145,6 +148,7 @@ class WorkerPool:
                     fp8=fp8,
                     fp8_all_blocks=fp8_all_blocks,  # implies fp8 (the worker resolves it)
                     fa4_attention=fa4_attention,
+                    batched_passes=batched_passes,
                 )
 
         self._start = start
@@ -201,6 +205,11 @@ class WorkerPool:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    @property
+    def batches_passes(self) -> bool:
+        """Whether these replica workers batch a step's guided passes (the OOM ladder's `sequential_passes`)."""
+        return any(w.info.get("batched_passes") for w in self.workers)
 
     @property
     def is_gang(self) -> bool:

@@ -35,7 +35,7 @@ from ltx2.checkpoint import CheckpointSet, cached_file_sha256
 from ltx2.media import Mp4Writer, probe_mp4
 from ltx2.models import LOAD_COUNTER, load_resident_models
 from ltx2.offload import Fp8Blocks, StreamedBlocks
-from ltx2.parallel.guidance import DistributedPassRunner
+from ltx2.parallel.guidance import BatchedWhenShort, DistributedPassRunner, run_sequential
 from ltx2.render import FramesCallback, NonFiniteOutputError, Renderer, RenderOutput
 from ltx2.speed import apply_speed_options, default_speed_options
 
@@ -126,9 +126,10 @@ def _release_cached_memory() -> None:
 
 def install_faults(models: Any, spec: str, streaming: StreamedBlocks | None = None) -> None:
     """Fault injection for chaos tests (`LTX2_FARM_FAULTS`): `oom_over_tokens:N` makes every transformer call
-    over N video tokens raise the `torch.OutOfMemoryError` a GPU too small for it would; `oom_unless_streamed`
-    makes every call raise it unless the blocks are streamed from host memory (a GPU that fits the weights
-    or the activations, not both)."""
+    over N video tokens (over its whole batch: batched guided passes count each pass) raise the
+    `torch.OutOfMemoryError` a GPU too small for it would; `oom_unless_streamed` makes every call raise it
+    unless the blocks are streamed from host memory (a GPU that fits the weights or the activations, not
+    both)."""
     limit = None
     unless_streamed = False
     for item in filter(None, (part.strip() for part in spec.split(","))):
@@ -144,7 +145,7 @@ def install_faults(models: Any, spec: str, streaming: StreamedBlocks | None = No
 
     def injected(_module: Any, args: tuple, kwargs: dict) -> None:
         video = kwargs.get("video", args[0] if args else None)
-        tokens = int(video.latent.shape[1]) if video is not None else 0
+        tokens = int(video.latent.shape[0] * video.latent.shape[1]) if video is not None else 0
         if limit is not None and tokens > limit:
             raise torch.OutOfMemoryError(
                 f"CUDA out of memory (injected by LTX2_FARM_FAULTS): {tokens} video tokens, limit {limit}"
@@ -185,6 +186,7 @@ class RenderWorker:
         fp8: bool = False,
         fp8_all_blocks: bool = False,
         fa4_attention: bool | None = None,
+        batched_passes: bool | None = None,
     ) -> None:
         self.name = name
         self.device = resolve_device(device)
@@ -196,6 +198,10 @@ class RenderWorker:
             self.speed = replace(self.speed, compile=compile)
         if fa4_attention is not None:
             self.speed = replace(self.speed, fa4_attention=fa4_attention)
+        if batched_passes is not None:
+            self.speed = replace(self.speed, batched_passes=batched_passes)
+        if self.speed.batched_passes:
+            self.models.pass_runner = BatchedWhenShort()
         fp8 = fp8 or fp8_all_blocks
         self.speed = replace(self.speed, fp8_attention=fp8_attention, fp8=fp8, fp8_all_blocks=fp8_all_blocks)
         apply_speed_options(self.models.transformer.velocity_model, self.speed)
@@ -242,6 +248,7 @@ class RenderWorker:
             "fp8": self.speed.fp8,
             "fp8_all_blocks": self.speed.fp8_all_blocks,
             "fa4_attention": self.speed.fa4_attention,
+            "batched_passes": self.speed.batched_passes,
         }
 
     def progress(self) -> dict[str, Any]:
@@ -419,7 +426,7 @@ class RenderWorker:
     def _on_rung(self, rung: str | None, text_encoder: bool) -> Iterator[None]:
         """What a job's OOM-ladder rung changes here while its render or one of its tasks runs: Gemma in host
         memory, block weights as FP8 or streamed from host memory (these stay so for the next job on the same
-        rung: switching costs seconds), a guidance gang's passes one by one (for this task only)."""
+        rung: switching costs seconds), batched guided passes one by one (for this task only)."""
         models = self.models
         if text_encoder:
             models.text_encoder.to("cpu" if reaches(rung, "offload_text_encoder") else models.device)
@@ -437,6 +444,8 @@ class RenderWorker:
         runner = models.pass_runner
         if reaches(rung, "sequential_passes") and isinstance(runner, DistributedPassRunner) and not runner.lockstep:
             models.pass_runner = replace(runner, lockstep=True)  # batch-one forwards, one pass after another
+        if reaches(rung, "sequential_passes") and isinstance(runner, BatchedWhenShort):
+            models.pass_runner = run_sequential
         try:
             yield
         finally:

@@ -27,14 +27,16 @@ OOM_LADDER: tuple[str, ...] = (
 )
 
 BATCHED_PASS_MODES = ("guidance",)
-"""Pool placements whose workers batch guided passes (a guidance gang's share per rank)."""
+"""Pool placements whose workers batch guided passes (a guidance gang's share per rank); replica workers do
+where told to (`batched_passes`, on by default on GPUs)."""
 
 
-def ladder_for(placement_mode: str) -> tuple[str, ...]:
-    """The rungs that change something for a pool of `placement_mode` workers (a sharded gang's blocks are
-    split over its GPUs as DTensors: it neither streams nor re-stores them)."""
+def ladder_for(placement_mode: str, batched_passes: bool = False) -> tuple[str, ...]:
+    """The rungs that change something for a pool of `placement_mode` workers (`batched_passes`: replica
+    workers that batch a step's passes; a sharded gang's blocks are split over its GPUs as DTensors: it
+    neither streams nor re-stores them)."""
     skip = set()
-    if placement_mode not in BATCHED_PASS_MODES:
+    if placement_mode not in BATCHED_PASS_MODES and not batched_passes:
         skip.add("sequential_passes")
     if placement_mode == "sharded":
         skip |= {"fp8_weights", "offload_transformer"}

@@ -62,6 +62,11 @@ class SpeedOptions:
     compiled blocks; None: with FP8 matmuls, where the FF output layer's per-row input cast made the fused
     GELU kernel compute-bound (1.36 -> 0.69 ms per call at 1024x1536); in bf16 it does not pay."""
 
+    batched_passes: bool = False
+    """A guided step's passes as one batched forward where the video sequence is short (stage 1 at half
+    resolution; `ltx2.parallel.guidance.BatchedWhenShort`), set on the worker's pass runner rather than on
+    the model. On by default on GPUs: 1.39x per FP8 stage-1 step, 1.06x in bf16 (bench/guided_step.py)."""
+
     shared_timesteps: bool = False
     """One timestep per batch row where all of a modality's tokens share it (`apply_shared_timesteps`); on
     by default: the same numbers, less memory traffic per block."""
@@ -79,12 +84,12 @@ def default_speed_options(device: torch.device | str) -> SpeedOptions:
     """What a worker runs with unless told otherwise: compiled blocks on a GPU (same model, ~1.2x per
     forward, one compile of ~10 s per new shape), plain eager on the CPU (inductor's CPU compile costs
     more than it saves on the tiny model), FA4 attention where it runs, one timestep per row where tokens
-    share it. FP8 is opt-in: it changes the numbers more (see bench/)."""
+    share it, a short step's guided passes batched on GPUs. FP8 is opt-in: it changes the numbers more
+    (see bench/)."""
     from ltx2.fa4_attention import fa4_available
 
-    return SpeedOptions(
-        compile=torch.device(device).type == "cuda", shared_timesteps=True, fa4_attention=fa4_available(device)
-    )
+    gpu = torch.device(device).type == "cuda"
+    return SpeedOptions(compile=gpu, batched_passes=gpu, shared_timesteps=True, fa4_attention=fa4_available(device))
 
 
 COMPILE_RECOMPILE_LIMIT = 1024

@@ -18,7 +18,7 @@ from ltx_pipelines.utils.samplers import euler_denoising_loop
 from ltx_pipelines.utils.types import PipelineComponents
 
 from ltx2 import stages
-from ltx2.parallel.guidance import guided_denoising_func, run_batched, run_sequential
+from ltx2.parallel.guidance import BatchedWhenShort, guided_denoising_func, run_batched, run_sequential
 from ltx2.render import Guidance, default_audio_guidance, default_video_guidance
 
 
@@ -86,3 +86,16 @@ def test_batched_passes_match_the_official_function(resident32, case):
     ours = _denoise(resident32, _ours(run_batched), video_g, audio_g)
     for r, o in zip(ref, ours, strict=True):
         assert (o - r).abs().max() <= 1e-5 * r.abs().max()
+
+
+def test_passes_are_batched_only_up_to_the_token_limit(resident32):
+    """The worker's GPU default batches short sequences (stage 1) and runs long ones one by one, as upstream."""
+    video_g, audio_g = GUIDANCES["official defaults (4 passes)"]
+    ref = _denoise(resident32, _ours(run_sequential), video_g, audio_g)
+    batched = _denoise(resident32, _ours(run_batched), video_g, audio_g)
+    tokens = 3 * 2 * 3  # 17 frames x 64 x 96 pixels: (1 + 16 / 8) x (64 / 32) x (96 / 32) latent tokens
+    below = _denoise(resident32, _ours(BatchedWhenShort(max_video_tokens=tokens - 1)), video_g, audio_g)
+    at = _denoise(resident32, _ours(BatchedWhenShort(max_video_tokens=tokens)), video_g, audio_g)
+    assert all(torch.equal(b, r) for b, r in zip(below, ref, strict=True))  # one by one: bit for bit
+    assert all(torch.equal(a, b) for a, b in zip(at, batched, strict=True))  # batched
+    assert not all(torch.equal(b, r) for b, r in zip(batched, ref, strict=True))  # the two paths differ here

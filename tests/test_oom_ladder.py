@@ -28,6 +28,7 @@ def test_ladder_order_and_tiles():
     assert [rung_after(n) for n in range(len(OOM_LADDER) + 2)] == [None, *OOM_LADDER, None]
     # rungs that change nothing for a pool are left out of its ladder
     assert "sequential_passes" not in ladder_for("replica") and "sequential_passes" in ladder_for("guidance")
+    assert "sequential_passes" in ladder_for("replica", batched_passes=True)  # GPU replicas batch short steps
     assert "offload_transformer" in ladder_for("sequence") and "offload_transformer" not in ladder_for("sharded")
     assert ladder_for("replica")[2:] == ("fp8_weights", "offload_text_encoder", "offload_transformer")
     assert "fp8_weights" not in ladder_for("sharded")
@@ -92,3 +93,28 @@ def test_an_oom_moves_the_job_down_the_ladder(tmp_path, fault, rung):
     else:  # every call is over the limit: each rung is tried once, then the job fails saying so
         assert job["state"] == "failed" and outcomes == ["oom"] * (len(LADDER) + 1), outcomes
         assert f"out of GPU memory on every rung of the OOM ladder ({', '.join(LADDER)})" in job["error"]
+
+
+def test_batched_guided_passes_fall_back_to_one_by_one(tmp_path):
+    """A replica that batches a step's passes and runs out of memory doing it renders them one by one.
+
+    Guided two-stage job: stage 1 has 18 video tokens a pass, 72 batched (4 passes); stage 2 has 72 untiled
+    and at most 27 in halved tiles. Over 40 tokens is out of memory: the tile rungs fix stage 2, and stage 1
+    renders once its passes run one by one."""
+    env = {
+        **os.environ,
+        "LTX2_FARM_CACHE": str(CACHE),
+        "LTX2_FARM_DB": str(tmp_path / "db"),
+        "LTX2_FARM_FAULTS": "oom_over_tokens:40",
+    }
+    manifest = tmp_path / "m.yaml"
+    job = {"height": 128, "width": 192, "num_frames": 17, "steps": 2}
+    manifest.write_text(yaml.safe_dump({"campaign": "oom", "defaults": job, "rows": [{"id": "g", "prompt": "rain"}]}))
+    assert _cli("submit", str(manifest), env=env).returncode == 0
+    ran = _cli("run", "--workers", "1", "--batched-passes", "--out", str(tmp_path / "out"), env=env)
+    assert ran.returncode == 0, ran.stderr
+    ladder = ladder_for("replica", batched_passes=True)
+    outcomes = [a["outcome"] for a in Store(tmp_path / "db").attempts("oom")]
+    assert outcomes == ["oom"] * (ladder.index("sequential_passes") + 1) + ["ok"], outcomes
+    [sidecar] = [json.loads(p.read_text()) for p in (tmp_path / "out" / "oom").glob("*.json")]
+    assert sidecar["fallback"] == "sequential_passes"

@@ -132,6 +132,8 @@ def test_gangs_refuse_compiled_blocks_before_starting_workers(tiny_set):
         WorkerPool(tiny_set, placement=Placement("sequence", 2), compile=True)
     with pytest.raises(CapacityError, match="drop --fp8-attention or use --placement replica"):
         WorkerPool(tiny_set, placement=Placement("guidance", 2), fp8_attention=True)
+    with pytest.raises(CapacityError, match="drop --batched-passes or use --placement replica"):
+        WorkerPool(tiny_set, placement=Placement("guidance", 2), batched_passes=True)
 
 
 def test_fp8_attention_is_refused_before_starting_cpu_workers(ray_cluster, tiny_set):
@@ -141,10 +143,12 @@ def test_fp8_attention_is_refused_before_starting_cpu_workers(ray_cluster, tiny_
         WorkerPool(tiny_set, device="cpu", fp8_attention=True)
 
 
-def test_workers_compile_by_default_on_gpus_only():
+def test_workers_compile_and_batch_guided_passes_by_default_on_gpus_only():
     from ltx2.speed import default_speed_options
 
-    assert default_speed_options("cuda:0").compile and not default_speed_options("cpu").compile
+    gpu, cpu = default_speed_options("cuda:0"), default_speed_options("cpu")
+    assert gpu.compile and not cpu.compile
+    assert gpu.batched_passes and not cpu.batched_passes
 
 
 def test_fp8_attention_quantises_per_tensor_within_e4m3_precision_and_refuses_the_cpu(fresh32):

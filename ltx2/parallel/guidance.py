@@ -8,6 +8,7 @@ combines them with the official `MultiModalGuider.calculate`. Here the same pass
 
 - `run_sequential`: the official order at batch one (bit-identical to the official function);
 - `run_batched`: passes with the same enabled flags stacked into one forward (fewer, larger matmuls);
+- `BatchedWhenShort`: `run_batched` for short sequences (stage 1 at half resolution), else one by one;
 - `DistributedPassRunner`: rank r runs passes r, r+N, ... and the outputs are all-gathered, so every
   rank holds every pass and takes the same Euler step (guidance parallelism).
 """
@@ -149,6 +150,26 @@ def run_batched(transformer: torch.nn.Module, passes: Sequence[GuidedPass]) -> l
         for row, i in enumerate(members):
             outputs[i] = (video[row : row + 1], audio[row : row + 1])
     return [o for o in outputs if o is not None]
+
+
+BATCHED_PASSES_MAX_TOKENS = 4096
+"""Longest video sequence whose passes `BatchedWhenShort` batches. One H100, a 4-pass step with the worker's
+compiled blocks (bench/guided_step.py): at 3 520 tokens (stage 1 of 704x1280) batched is 1.39x faster in FP8
+(720 -> 518 ms: short forwards are bound by the host's kernel launches) and 1.06x in bf16; at 6 144 tokens
+1.06x / 0.99x; at full resolution eager batching was 2-5 % slower (bench/README.md). It costs ~1 GiB more
+peak memory at 3 520 tokens."""
+
+
+@dataclass(frozen=True)
+class BatchedWhenShort:
+    """Batch a step's passes (`run_batched`) where the video sequence is at most `max_video_tokens` long,
+    else run them one by one (`run_sequential`): the worker default on GPUs (`SpeedOptions.batched_passes`)."""
+
+    max_video_tokens: int = BATCHED_PASSES_MAX_TOKENS
+
+    def __call__(self, transformer: torch.nn.Module, passes: Sequence[GuidedPass]) -> list[PassOutput]:
+        short = passes[0].video.latent.shape[1] <= self.max_video_tokens
+        return (run_batched if short else run_sequential)(transformer, passes)
 
 
 @dataclass(frozen=True)
