@@ -51,6 +51,8 @@ class GangMember:
             transformer_device=transformer_device,
             warm_lora_originals=not sharded,
             compile=False,  # the parallel modes replace attention and shard weights after the load: eager
+            fa4_attention=False,  # with the official attention that they wrap
+            batched_passes=False,  # a guidance gang spreads the passes itself; the others run them as upstream
         )
         self.parallel = None
 
