@@ -150,6 +150,12 @@ def kernel_profile(fn) -> dict:
     }
 
 
+def save_rows(out: Path, name: str, info: dict, rows: list[dict]) -> None:
+    """Write the rows so far (a long run that is cut off keeps what it measured)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+
+
 def weight_gib(model: torch.nn.Module) -> float:
     total = 0
     for p in model.parameters():
@@ -223,8 +229,7 @@ def main() -> None:
                     row["profile"] = kernel_profile(lambda v=v, a=a, m=model: m(v, a, None))
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "forward_speed.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+            save_rows(out, "forward_speed.json", info, rows)
         model = output = None
         gc.collect()
         torch.cuda.empty_cache()

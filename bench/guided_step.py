@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from forward_speed import OPTIONS
+from forward_speed import OPTIONS, save_rows
 from gang_forward import anchor, guided_inputs, peak_gib, rel, timed
 from ltx_core.model.transformer import X0Model
 
@@ -61,8 +61,7 @@ def main() -> None:
                     row["batched_ms"] = "OOM"
             rows.append(row)
             print(json.dumps(row), flush=True)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "guided_step.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+            save_rows(out, "guided_step.json", info, rows)
             sequential = batched = None
             torch.cuda.empty_cache()
         model = x0 = None
