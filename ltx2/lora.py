@@ -24,6 +24,7 @@ from ltx_core.loader import (
 from ltx_core.loader.fuse_loras import _prepare_deltas
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from ltx2 import fp8_lora_fusion
 from ltx2.checkpoint import CheckpointError, read_safetensors_header
 from ltx2.fp8_linear import FP8, scale_name
 from ltx2.offload import ParkedBlocks
@@ -55,13 +56,17 @@ class LoraFusion:
     All deltas of the set are summed and added in one `apply_loras` call, as the official builder does for
     a ledger's LoRA list, so the fused weights are those of a fresh official build with that list. FP8
     weights (`ltx2.fp8_linear`, ltx-core's scaled-FP8 format) go through the official scaled-FP8 fusion:
-    dequantised with their scale, the delta added, re-quantised with a new scale; both are restored.
+    dequantised with their scale, the delta added, re-quantised with a new scale; both are restored. On a GPU
+    that arithmetic runs in two Triton passes (`ltx2.fp8_lora_fusion`: the same bits, no float32 copies).
     """
 
     model: torch.nn.Module
     loras: Sequence[LoraSpec]
     loader: Callable[[str], StateDict] = load_lora
     originals: dict[str, torch.Tensor] | None = None
+    fp8_kernels: bool = True
+    """Scaled-FP8 weights on a GPU fuse through `ltx2.fp8_lora_fusion` (the official arithmetic in two passes);
+    False: through ltx-core's `apply_loras` itself (what `bench/lora_fusion.py` compares with)."""
     """Host copies of the original weights, kept across fusions (a resident model's weights never change
     otherwise): copying and pinning 35 GB per fusion was most of the 18 s a warm 19B job spent fusing."""
     _fused: bool = field(default=False, init=False)
@@ -130,6 +135,16 @@ class LoraFusion:
                 originals[name] = backup.pin_memory() if local.is_cuda else backup
         for name in self._targets:
             param = params[name]
+            scale = params.get(self._scales.get(name, ""))
+            if (
+                self.fp8_kernels
+                and scale is not None
+                and not isinstance(param, DTensor)
+                and fp8_lora_fusion.applies(param, scale)
+            ):
+                delta = _prepare_deltas(self._factors(), name, torch.bfloat16, param.device)
+                fp8_lora_fusion.fuse_into_scaled_fp8_(param.detach(), scale.detach(), delta)
+                continue
             weight = param.detach().full_tensor() if isinstance(param, DTensor) else param.detach()
             base = {name: weight}
             if name in self._scales:  # the official scaled-FP8 fusion dequantises with the scale

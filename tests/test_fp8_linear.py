@@ -4,9 +4,14 @@ same `torch._scaled_mm` code (per-tensor scales) that cuBLAS runs on a GPU."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from cluster.executor import CapacityError, WorkerPool
 from cluster.requests import render_request
@@ -157,3 +162,53 @@ def test_a_cpu_worker_renders_with_fp8_and_says_so(tiny_set, tmp_path):
     assert worker.info()["fp8"] is True
     document = worker.render(validate_job(SMALL_JOB), str(tmp_path))
     assert document["media"]["frames"] == 17 and (tmp_path / document["output"]["video"]).stat().st_size > 0
+
+
+INTERPRETED_FUSION = """
+import torch
+import ltx_core.loader  # (ltx_core.quantization imports ltx_core.loader first)
+from ltx_core.loader.fuse_loras import _fuse_delta_with_scaled_fp8
+from ltx_core.loader.primitives import StateDict
+from ltx_core.quantization.fp8_scaled_mm import quantize_weight_to_fp8_per_tensor
+from ltx2.fp8_linear import FP8
+from ltx2.fp8_lora_fusion import BLOCK, requantised_float32
+
+generator = torch.Generator().manual_seed(0)
+for rows, columns in [(8, 16), (3, BLOCK + 7), (300, 129)]:  # one short block; a partial last block; ten blocks
+    weight, scale = quantize_weight_to_fp8_per_tensor(torch.randn(rows, columns, generator=generator) * 0.05)
+    delta = (torch.randn(rows, columns, generator=generator) * 0.02).to(torch.bfloat16)
+    delta.view(-1)[5] = 3.0  # an outlier: the new scale comes from the delta
+    sd = StateDict(sd={"w.weight": weight, "w.weight_scale": scale}, device=weight.device, size=0, dtype={FP8})
+    official = _fuse_delta_with_scaled_fp8(delta, weight, "w.weight", "w.weight_scale", sd)
+    values, new_scale = requantised_float32(weight, scale, delta)
+    assert torch.equal(new_scale, official["w.weight_scale"]), (new_scale, official["w.weight_scale"])
+    assert torch.equal(values.to(FP8).t().view(torch.uint8), official["w.weight"].view(torch.uint8))
+    assert not torch.equal(new_scale, scale)
+print("same")
+"""
+
+
+def test_the_fp8_lora_fusion_kernels_do_the_official_arithmetic_in_tritons_interpreter():
+    """`ltx2.fp8_lora_fusion`'s two Triton passes, run by Triton's CPU interpreter: the new scale and the values
+    cast to e4m3 equal ltx-core's scaled-FP8 fusion bit for bit. (The interpreter's own e4m3 cast rounds
+    differently from a GPU's, so torch casts here; `bench/lora_fusion.py` checks the in-kernel cast on a GPU.)"""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", INTERPRETED_FUSION], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr[-3000:]
+
+
+def test_the_fp8_lora_fusion_kernels_take_gpu_fp8_weights_of_the_scaled_mm_layout_only():
+    from ltx2 import fp8_lora_fusion
+
+    weight = torch.zeros(16, 8, dtype=FP8).t()  # [in, out] view of a contiguous [out, in]: the layer's layout
+    scale = torch.ones((), dtype=torch.float32)
+    assert not fp8_lora_fusion.applies(weight, scale)  # the CPU: ltx-core's own fusion
+    with FakeTensorMode():  # CUDA tensors without a GPU: only layouts, dtypes and devices are looked at
+        gpu = torch.empty(16, 8, dtype=FP8, device="cuda").t()
+        gpu_scale = torch.empty((), dtype=torch.float32, device="cuda")
+        assert fp8_lora_fusion.applies(gpu, gpu_scale) == (fp8_lora_fusion.triton is not None)
+        assert not fp8_lora_fusion.applies(gpu.t(), gpu_scale)  # a row-major [in, out]: the official path
+        assert not fp8_lora_fusion.applies(gpu.to(torch.bfloat16), gpu_scale)
