@@ -35,6 +35,18 @@ def _local(param: torch.Tensor) -> torch.Tensor:
     return param.to_local() if isinstance(param, DTensor) else param
 
 
+def host_backup(tensor: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
+    """A host copy of a weight in the weight's own layout (strides), pinned for a GPU weight.
+
+    Why the layout: an FP8 weight is stored transposed ([in, out] view of a contiguous [out, in]); a row-major
+    backup made every restore copy go through a temporary on the GPU, and with the GPU's memory nearly full
+    after a stage those allocations blocked the host until the stage's last forward had run (0.59 s of each
+    FP8 job's stage 2, H100, 2026-11-27). With the same strides each copy is one plain memcpy."""
+    backup = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, pin_memory=tensor.is_cuda)
+    backup.copy_(tensor, non_blocking=non_blocking)
+    return backup
+
+
 @dataclass(frozen=True)
 class LoraSpec:
     """One LoRA file and its strength; strength is part of a fused set's identity."""
@@ -130,9 +142,7 @@ class LoraFusion:
         originals = self._originals_store()
         for name in self.targets:
             if name not in originals:
-                local = _local(params[name])
-                backup = local.detach().to("cpu", copy=True)
-                originals[name] = backup.pin_memory() if local.is_cuda else backup
+                originals[name] = host_backup(_local(params[name]).detach())
         for name in self._targets:
             param = params[name]
             scale = params.get(self._scales.get(name, ""))
@@ -340,14 +350,8 @@ class ResidentLoras:
             # serialised with the first job's kernels and slowed its stage 1 (bench, 2026-11-25).
             for name in targets:
                 if name not in self._originals:
-                    local = _local(params[name]).detach()
-                    if local.is_cuda:
-                        backup = torch.empty(local.shape, dtype=local.dtype, pin_memory=True)
-                        with torch.cuda.stream(side):
-                            backup.copy_(local, non_blocking=True)
-                    else:
-                        backup = local.to("cpu", copy=True)
-                    self._originals[name] = backup
+                    with torch.cuda.stream(side):  # None on the CPU: the current stream
+                        self._originals[name] = host_backup(_local(params[name]).detach(), non_blocking=True)
             if side is not None:
                 side.synchronize()
 

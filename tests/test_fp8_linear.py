@@ -155,11 +155,18 @@ def test_gangs_refuse_fp8_before_starting_workers(tiny_set):
         WorkerPool(tiny_set, placement=Placement("guidance", 2), fp8=True)
 
 
-def test_a_cpu_worker_renders_with_fp8_and_says_so(tiny_set, tmp_path):
+def test_a_cpu_worker_renders_with_fp8_says_so_and_backs_up_weights_in_their_layout(tiny_set, tmp_path):
     from cluster.worker import RenderWorker
 
     worker = RenderWorker(tiny_set, "cpu", fp8=True)
     assert worker.info()["fp8"] is True
+    loras = worker.models.loras
+    loras.originals_copied()
+    params = dict(worker.models.transformer.velocity_model.named_parameters())
+    fp8 = [name for name in loras._originals if params[name].dtype == FP8]
+    # transposed FP8 weights backed up with their own strides: a restore is one plain copy, no GPU temporary
+    assert fp8 and all(not params[name].is_contiguous() for name in fp8)
+    assert all(loras._originals[name].stride() == params[name].stride() for name in loras._originals)
     document = worker.render(validate_job(SMALL_JOB), str(tmp_path))
     assert document["media"]["frames"] == 17 and (tmp_path / document["output"]["video"]).stat().st_size > 0
 
