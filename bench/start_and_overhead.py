@@ -667,8 +667,8 @@ def install_job_probes(worker) -> None:
     ll.LoraFusion.fuse = timed("lora fuse", ll.LoraFusion.fuse)
     # the pieces of a stage around its steps (stage 2 sets up at full resolution, then restores in background)
     ll.ResidentLoras.use = timed("ResidentLoras.use (LoRA state for the stage; fuse included)", ll.ResidentLoras.use)
-    ll.ResidentLoras.restore_in_background = timed(
-        "ResidentLoras.restore_in_background (enqueue)", ll.ResidentLoras.restore_in_background
+    ll.ResidentLoras.restore_in_background = timed(  # host time only: its copies overlap the decode by design
+        "ResidentLoras.restore_in_background (enqueue, host)", ll.ResidentLoras.restore_in_background, False
     )
     lr.image_conditionings = timed("image_conditionings", lr.image_conditionings)
     lr.denoise_audio_video = timed("denoise_audio_video (the stage's loop, steps included)", lr.denoise_audio_video)
