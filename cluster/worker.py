@@ -35,7 +35,12 @@ from ltx2.checkpoint import CheckpointSet, cached_file_sha256
 from ltx2.media import Mp4Writer, probe_mp4
 from ltx2.models import LOAD_COUNTER, load_resident_models
 from ltx2.offload import Fp8Blocks, StreamedBlocks
-from ltx2.parallel.guidance import BatchedWhenShort, DistributedPassRunner, run_sequential
+from ltx2.parallel.guidance import (
+    BatchedWhenShort,
+    DistributedPassRunner,
+    batched_passes_max_tokens,
+    run_sequential,
+)
 from ltx2.render import FramesCallback, NonFiniteOutputError, Renderer, RenderOutput
 from ltx2.speed import apply_speed_options, default_speed_options
 
@@ -200,10 +205,10 @@ class RenderWorker:
             self.speed = replace(self.speed, fa4_attention=fa4_attention)
         if batched_passes is not None:
             self.speed = replace(self.speed, batched_passes=batched_passes)
-        if self.speed.batched_passes:
-            self.models.pass_runner = BatchedWhenShort()
         fp8 = fp8 or fp8_all_blocks
         self.speed = replace(self.speed, fp8_attention=fp8_attention, fp8=fp8, fp8_all_blocks=fp8_all_blocks)
+        if self.speed.batched_passes:
+            self.models.pass_runner = BatchedWhenShort(batched_passes_max_tokens(fp8, fp8_attention))
         apply_speed_options(self.models.transformer.velocity_model, self.speed)
         # the OOM ladder's FP8-weights and CPU-offload rungs (off until a job's rung asks for them)
         self.fp8_weights = Fp8Blocks(self.models.transformer.velocity_model, self.models.device)
@@ -249,6 +254,7 @@ class RenderWorker:
             "fp8_all_blocks": self.speed.fp8_all_blocks,
             "fa4_attention": self.speed.fa4_attention,
             "batched_passes": self.speed.batched_passes,
+            "batched_passes_max_tokens": getattr(self.models.pass_runner, "max_video_tokens", None),
         }
 
     def progress(self) -> dict[str, Any]:

@@ -99,6 +99,7 @@ def test_use_after_a_background_restore_fuses_exactly_what_a_direct_switch_does(
             resident.loras.use([a], distilled=True)
             resident.loras.restore_in_background()
             assert resident.loras.state == LoraState() and resident.loras.job_set == (a,)
+            resident.loras.originals_copied()  # the host's wait for the restore thread's copies
             assert all(torch.equal(v, pristine[k]) for k, v in model.state_dict().items())
             resident.loras.use([a], distilled=distilled)
             assert all(torch.equal(v, direct[k]) for k, v in model.state_dict().items())
@@ -108,6 +109,29 @@ def test_use_after_a_background_restore_fuses_exactly_what_a_direct_switch_does(
         assert resident.loras.state == LoraState()
     finally:
         resident.loras.use()
+
+
+def test_a_background_restore_that_fails_stops_the_next_use(resident):
+    """The restore runs on a thread; if it fails, the next `use` raises its error (no render on weights that
+    may still be fused), and the one after undoes the fusion itself: the exact originals again."""
+    model = resident.transformer.velocity_model
+    resident.loras.use()
+    pristine = {k: v.clone() for k, v in model.state_dict().items()}
+    resident.loras.use(distilled=True)
+    fusion = resident.loras._fusion
+
+    def failing_unfuse(stream=None):
+        raise RuntimeError("copy failed")
+
+    fusion.unfuse = failing_unfuse
+    resident.loras.restore_in_background()  # returns at once: the thread does the copies
+    with pytest.raises(RuntimeError, match="copy failed"):
+        resident.loras.use()
+    del fusion.unfuse  # the copies work again
+    assert resident.loras.state == LoraState(distilled=True)  # what the weights still hold
+    resident.loras.use()
+    assert resident.loras.state == LoraState()
+    assert all(torch.equal(v, pristine[k]) for k, v in model.state_dict().items())
 
 
 def test_a_fused_state_holds_no_factors_and_a_cpu_model_is_not_prefetched(resident, loras):

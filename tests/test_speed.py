@@ -144,11 +144,20 @@ def test_fp8_attention_is_refused_before_starting_cpu_workers(ray_cluster, tiny_
 
 
 def test_workers_compile_and_batch_guided_passes_by_default_on_gpus_only():
+    from ltx2.parallel.guidance import (
+        BATCHED_PASSES_MAX_TOKENS,
+        BATCHED_PASSES_MAX_TOKENS_FP8,
+        batched_passes_max_tokens,
+    )
     from ltx2.speed import default_speed_options
 
     gpu, cpu = default_speed_options("cuda:0"), default_speed_options("cpu")
     assert gpu.compile and not cpu.compile
     assert gpu.batched_passes and not cpu.batched_passes
+    # FP8 matmuls with FP8 attention batch longer sequences too (measured: stage 1 of 1024x1536); the rest not
+    assert batched_passes_max_tokens(fp8=True, fp8_attention=True) == BATCHED_PASSES_MAX_TOKENS_FP8 == 6144
+    for fp8, fp8_attention in [(False, False), (True, False), (False, True)]:
+        assert batched_passes_max_tokens(fp8, fp8_attention) == BATCHED_PASSES_MAX_TOKENS == 4096
 
 
 def test_fp8_attention_quantises_per_tensor_within_e4m3_precision_and_refuses_the_cpu(fresh32):

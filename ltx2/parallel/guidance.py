@@ -160,6 +160,18 @@ compiled blocks (bench/guided_step.py): at 3 520 tokens (stage 1 of 704x1280) ba
 peak memory at 3 520 tokens."""
 
 
+BATCHED_PASSES_MAX_TOKENS_FP8 = 6144
+"""The same limit for a worker with FP8 matmuls and FP8 attention (`--fp8 --fp8-attention`), whose forwards are
+shorter for the host to keep fed: at 6 144 tokens (stage 1 of 1024x1536) batching its 4 passes was still 1.06x
+faster (961 -> 910 ms, +2.0 GiB peak; one H100, bench/guided_step.py), where bf16 compiled blocks were not
+(0.99x). FP8 matmuls with bf16 attention were not measured there: they keep the bf16 limit."""
+
+
+def batched_passes_max_tokens(fp8: bool, fp8_attention: bool) -> int:
+    """The `BatchedWhenShort` limit for a worker's speed options."""
+    return BATCHED_PASSES_MAX_TOKENS_FP8 if fp8 and fp8_attention else BATCHED_PASSES_MAX_TOKENS
+
+
 @dataclass(frozen=True)
 class BatchedWhenShort:
     """Batch a step's passes (`run_batched`) where the video sequence is at most `max_video_tokens` long,
