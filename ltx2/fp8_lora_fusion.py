@@ -6,9 +6,9 @@ kernels, ~66 bytes of memory traffic per weight element. On a 19B FP8 worker the
 every stage 2 was the largest piece of a lone job's time outside the model (H100, 2026-11-26). Here the same
 float32 arithmetic runs in registers: one pass reads the FP8 weight and the bf16 delta for the amax, a second
 requantises in place (7 bytes per element). It is the official arithmetic operation for operation (a multiply
-then an add, never a fused multiply-add; the new scale from the same torch expressions; round-to-nearest-even
-into e4m3), so the fused weights equal the official fusion's: `bench/lora_fusion.py` checks every tensor of
-the 19B model on a GPU.
+then an add, never a fused multiply-add; the new scale as torch computes `fp8_max / max_abs`: an IEEE reciprocal,
+then a multiply; round-to-nearest-even into e4m3), so the fused weights equal the official fusion's:
+`bench/lora_fusion.py` checks every tensor of the 19B model on a GPU.
 """
 
 from __future__ import annotations

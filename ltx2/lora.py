@@ -40,9 +40,9 @@ def host_backup(tensor: torch.Tensor, non_blocking: bool = False) -> torch.Tenso
     """A host copy of a weight in the weight's own layout (strides), pinned for a GPU weight.
 
     Why the layout: an FP8 weight is stored transposed ([in, out] view of a contiguous [out, in]); a row-major
-    backup made every restore copy go through a temporary on the GPU, and with the GPU's memory nearly full
-    after a stage those allocations blocked the host until the stage's last forward had run (0.59 s of each
-    FP8 job's stage 2, H100, 2026-11-27). With the same strides each copy is one plain memcpy."""
+    backup made every copy between it and the weight go through a temporary on the GPU and a transposing
+    kernel. With the same strides each copy is one plain memcpy (with it, an FP8 job's stage 2 spent
+    0.63 s outside its steps instead of 0.84; H100, 2026-11-27)."""
     backup = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, pin_memory=tensor.is_cuda)
     backup.copy_(tensor, non_blocking=non_blocking)
     return backup
@@ -77,11 +77,11 @@ class LoraFusion:
     loras: Sequence[LoraSpec]
     loader: Callable[[str], StateDict] = load_lora
     originals: dict[str, torch.Tensor] | None = None
+    """Host copies of the original weights, kept across fusions (a resident model's weights never change
+    otherwise): copying and pinning 35 GB per fusion was most of the 18 s a warm 19B job spent fusing."""
     fp8_kernels: bool = True
     """Scaled-FP8 weights on a GPU fuse through `ltx2.fp8_lora_fusion` (the official arithmetic in two passes);
     False: through ltx-core's `apply_loras` itself (what `bench/lora_fusion.py` compares with)."""
-    """Host copies of the original weights, kept across fusions (a resident model's weights never change
-    otherwise): copying and pinning 35 GB per fusion was most of the 18 s a warm 19B job spent fusing."""
     _fused: bool = field(default=False, init=False)
     _state_dicts: list[LoraStateDictWithStrength] = field(default_factory=list, init=False)
     _targets: list[str] = field(default_factory=list, init=False)
