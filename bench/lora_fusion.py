@@ -28,7 +28,7 @@ from forward_speed import save_rows
 from gang_forward import anchor
 from ltx_core.loader import StateDict
 
-from ltx2.fp8_linear import FP8, apply_fp8_linears
+from ltx2.fp8_linear import FP8, apply_fp8_linears, bitwise_equal
 from ltx2.lora import LoraFusion, LoraSpec
 
 RANK = int(os.environ.get("RANK", "384"))
@@ -46,11 +46,6 @@ def random_lora(model: torch.nn.Module, layers: list[str]) -> StateDict:
     return StateDict(
         sd=sd, device=torch.device("cuda"), size=sum(t.nbytes for t in sd.values()), dtype={torch.bfloat16}
     )
-
-
-def same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bitwise equality (FP8 tensors compared as bytes)."""
-    return torch.equal(a.view(torch.uint8), b.view(torch.uint8)) if a.dtype == FP8 else torch.equal(a, b)
 
 
 def timed_fusions(fusion: LoraFusion) -> dict:
@@ -109,7 +104,7 @@ def main() -> None:
     ours = fusion(fp8_kernels=True)
     rows.append({"model": "fp8", "fusion": "ltx2.fp8_lora_fusion (Triton)", **timed_fusions(ours)})
     ours.fuse()
-    differ = [name for name in ours.targets if not same(params[name].detach(), reference[name])]
+    differ = [name for name in ours.targets if not bitwise_equal(params[name].detach(), reference[name])]
     ours.unfuse()
     rows[-1]["tensors_compared"] = len(ours.targets)
     rows[-1]["tensors_differing"] = len(differ)

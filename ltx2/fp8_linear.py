@@ -140,6 +140,11 @@ def apply_fp8_linears(
     return names
 
 
+def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-for-bit equality (FP8 tensors compared as bytes): fused and restored weights against references."""
+    return torch.equal(a.view(torch.uint8), b.view(torch.uint8)) if a.dtype == FP8 else torch.equal(a, b)
+
+
 def scale_name(weight_name: str) -> str:
     """The per-tensor scale parameter that goes with an FP8 weight."""
     return weight_name.removesuffix(".weight") + ".weight_scale"

@@ -17,15 +17,18 @@ from cluster.executor import CapacityError, WorkerPool
 from cluster.requests import render_request
 from jobs.placement import Placement
 from jobs.spec import validate_job
-from ltx2.fp8_linear import EVERY_BLOCK, FP8, ScaledMMFp8Linear, apply_fp8_linears, excluded, quantize_input
+from ltx2.fp8_linear import (
+    EVERY_BLOCK,
+    FP8,
+    ScaledMMFp8Linear,
+    apply_fp8_linears,
+    bitwise_equal,
+    excluded,
+    quantize_input,
+)
 from ltx2.render import Renderer
 from ltx2.speed import SpeedOptions, apply_compile, apply_speed_options
 from tests.conftest import SMALL_JOB
-
-
-def same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bitwise equality (FP8 tensors compared as bytes)."""
-    return torch.equal(a.view(torch.uint8), b.view(torch.uint8)) if a.dtype == FP8 else torch.equal(a, b)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -126,10 +129,10 @@ def test_loras_fuse_the_official_scaled_fp8_way_and_restore_exactly(fresh):
         expected, expected_scale = quantize_weight_to_fp8_per_tensor(
             pristine[name].t().float() * pristine[scale] + delta.float()
         )
-        assert same(params[name], expected)
+        assert bitwise_equal(params[name], expected)
         assert torch.equal(params[scale], expected_scale) and not torch.equal(params[scale], pristine[scale])
     loras.use()
-    assert all(same(v, pristine[k]) for k, v in model.state_dict().items())
+    assert all(bitwise_equal(v, pristine[k]) for k, v in model.state_dict().items())
 
 
 def test_fp8_renders_repeat_exactly_and_compiled_blocks_trace_scaled_mm_whole(fresh, resident):
