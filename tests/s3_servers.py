@@ -1,9 +1,10 @@
-"""S3-compatible servers for tests, started on 127.0.0.1 and stopped by PID."""
+"""S3-compatible servers for tests, started on 127.0.0.1 and stopped by PID; the port and process helpers they share."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +26,21 @@ def wait_for_port(port: int, timeout_s: float = 30.0) -> None:
                 return
         time.sleep(0.1)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM the process group we started (`start_new_session=True`), SIGKILL it after `grace_s`.
+
+    Why the short grace: a `ray start --block` head answers SIGTERM with a graceful shutdown that took 30 s and
+    more on a 2-core machine; the tests only need the processes gone.
+    """
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
 
 class MotoServer:

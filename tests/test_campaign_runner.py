@@ -197,7 +197,7 @@ def test_coordinator_killed_mid_campaign_then_restarted(tmp_path):
 
 def test_campaign_submitted_as_a_ray_job(tmp_path):
     """The usual Ray way: a head started with `ray start --head`, the farm's coordinator as a Ray job."""
-    from tests.s3_servers import free_port, wait_for_port
+    from tests.s3_servers import free_port, stop_process_group, wait_for_port
 
     ray_bin = str(Path(sys.executable).parent / "ray")
     env = {**os.environ, "LTX2_FARM_CACHE": str(CACHE), "LTX2_FARM_DB": str(tmp_path / "db"), "RAY_AUTH_MODE": "token"}
@@ -277,12 +277,7 @@ def test_campaign_submitted_as_a_ray_job(tmp_path):
         assert "succeeded" in submitted.stdout + submitted.stderr
         assert Store(tmp_path / "db").counts("rayjob")["done"] == 3
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # our own `ray start --block` and the head it runs
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=30)
+        stop_process_group(head)  # our own `ray start --block` and the head it runs
 
 
 def test_each_distinct_prompt_is_encoded_once_across_the_farm(pool, tmp_path):

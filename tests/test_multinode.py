@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import CACHE
-from tests.s3_servers import free_port, wait_for_port
+from tests.s3_servers import free_port, stop_process_group, wait_for_port
 
 TINY = {"height": 64, "width": 64, "num_frames": 9, "steps": 2}
 
@@ -97,10 +96,4 @@ def test_campaign_spreads_over_two_worker_nodes(tmp_path):
         assert used == workers and len(used) == 2  # both worker nodes rendered; the CPU-less head none
     finally:
         for p in reversed(started):  # only the processes this test started, by their process group
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in started:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+            stop_process_group(p)
