@@ -659,16 +659,32 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+REPORTED_ERRORS = (
+    ("ltx2.checkpoint", "CheckpointError"),
+    ("cluster.executor", "CapacityError"),
+    ("jobs.placement", "PlacementError"),
+    ("jobs.keys", "DestinationError"),
+    ("cluster.storage", "UploadError"),
+    ("jobs.campaign", "ManifestError"),
+    ("cluster.storage", "InputFetchError"),
+    ("jobs.outputs", "DiskFullError"),
+)
+"""Errors (besides UsageError) whose message says what to fix: printed alone (or as JSON), exit 2. Named,
+not imported: importing cluster.executor, ltx2.checkpoint or cluster.storage costs torch, Ray and boto3 (~10 s
+on 2 cores) before a missing job file could be reported; a class whose module was never imported cannot have
+been raised."""
+
+
+def _is_reported(error: BaseException) -> bool:
+    return isinstance(error, UsageError) or any(
+        isinstance(error, getattr(sys.modules[module], name))
+        for module, name in REPORTED_ERRORS
+        if module in sys.modules
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cluster.executor import CapacityError
-    from cluster.storage import InputFetchError, UploadError
-    from jobs.campaign import ManifestError
-    from jobs.keys import DestinationError
-    from jobs.outputs import DiskFullError
-    from jobs.placement import PlacementError
-    from ltx2.checkpoint import CheckpointError
-
     try:
         from cluster.campaign_cli import cmd_campaign
 
@@ -687,17 +703,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_problem_payload(e), indent=2, default=str))
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (
-        UsageError,
-        CheckpointError,
-        CapacityError,
-        PlacementError,
-        DestinationError,
-        UploadError,
-        ManifestError,
-        InputFetchError,
-        DiskFullError,
-    ) as e:
+    except Exception as e:
+        if not _is_reported(e):
+            raise
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": str(e)}, indent=2))
         print(f"error: {e}", file=sys.stderr)

@@ -82,6 +82,21 @@ def test_missing_job_file():
     assert result.returncode == 2 and "not found" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["render", "no/such/job.yaml"], ["render", "--prompt", ""], ["validate", "--height", "500"]],
+    ids=["missing file", "empty prompt", "bad height"],
+)
+def test_bad_input_is_reported_before_torch_ray_or_boto3_load(args):
+    """An error in the job comes back at once: the command imports the heavy stacks only for real work."""
+    code = (
+        "import sys; from cluster.cli import main; rc = main(sys.argv[1:]); "
+        "print(rc, [m for m in ('torch', 'ray', 'boto3') if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split("\n")[-2] == "2 []", result.stdout + result.stderr
+
+
 def test_plan_prints_chunks_and_tiles():
     result = run("plan", "--duration", "30", "--resolution", "1920x1088", "--prompt", "a|b|c", "--json")
     assert result.returncode == 0, result.stderr
