@@ -223,8 +223,8 @@ class ResidentLoras:
     per LoRA set keeps low.
 
     A two-stage job can start the restore of the original weights early (`restore_in_background`, after its
-    stage 2): the copy then runs on the GPU while the job decodes, and whatever touches the weights next
-    (`use`, or parking the blocks via `originals_copied`) waits for it first.
+    decode): the copy then runs on the GPU while the host finishes the job's MP4, and whatever touches the
+    weights next (`use`, or parking the blocks via `originals_copied`) waits for it first.
     """
 
     model: torch.nn.Module
@@ -377,11 +377,12 @@ class ResidentLoras:
 
         Why: a two-stage job ends with the distilled LoRA fused and the next job's stage 1 starts without it,
         so that stage's `use` restored the originals first: ~34 GB from pinned host memory at 19B, 0.76 s
-        of every warm job (H100) with the GPU otherwise idle. Called after stage 2's denoising, the copy runs
-        on a side stream while the VAE decode and the host's MP4 mux go on (neither reads the transformer).
+        of every warm job (H100) with the GPU otherwise idle. Called after the job's decodes, the copy runs
+        on a side stream while the host finishes the MP4 (the renderer calls it there: run during the VAE
+        decode, the copies slowed the decode by about what they took).
 
         A worker thread issues the copies (enqueuing an FP8 worker's 2,352 took 0.41 s of host time at 19B,
-        H100, 2026-11-27, while the decode waited): on a GPU they are only enqueued on the side stream, after
+        H100, 2026-11-27): on a GPU they are only enqueued on the side stream, after
         everything already on the current stream (the stage's last forward); no host wait. `use` makes the
         current stream wait for them before anything that reads or changes the weights, `originals_copied`
         (parking) waits on the host; both wait for the thread first and re-raise its error. CPU weights are
