@@ -66,8 +66,8 @@ def test_switching_sets_gives_the_official_build_each_time(resident, tiny_set, l
 
 
 def test_a_lora_changes_the_render_and_switching_back_is_exact(resident, loras):
-    """Also: a two-stage render restores the original weights after its stage 2 (in the background on a GPU),
-    and the job after it renders exactly as it would have anyway."""
+    """Also: a two-stage render restores the original weights after its decodes (a thread; the copies in the
+    background on a GPU), and the job after it renders exactly as it would have anyway."""
     model = resident.transformer.velocity_model
     resident.loras.use()
     pristine = {k: v.clone() for k, v in model.state_dict().items()}
@@ -76,6 +76,7 @@ def test_a_lora_changes_the_render_and_switching_back_is_exact(resident, loras):
     plain = validate_job(SMALL_JOB)
     first = renderer.render(render_request(styled, resident.num_layers))
     assert resident.loras.state == LoraState()  # nothing fused between jobs: the originals, bit for bit
+    resident.loras.originals_copied()  # once the restore thread is done (the next job's `use` waits the same way)
     assert all(torch.equal(v, pristine[k]) for k, v in model.state_dict().items())
     assert resident.loras.job_set == (LoraSpec(str(loras[0]), 1.0),)  # the set it serves is still this one
     base = renderer.render(render_request(plain, resident.num_layers))
