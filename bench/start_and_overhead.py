@@ -32,6 +32,7 @@ import time
 T_START = time.perf_counter()
 
 import copy  # noqa: E402
+import dataclasses  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -588,6 +589,7 @@ def cold_start(paths: CheckpointSet) -> object:
     sync()
     cold["render_worker_init_s"] = round(time.perf_counter() - t, 2)
     cold["load_resident_models_s"] = round(worker.models.load_seconds, 2)
+    cold["speed_options"] = dataclasses.asdict(worker.speed)  # what the worker chose: FA4 only where it imports
     cold["components"] = components
     cold["lora_events_during_load"] = list(EVENTS)
     cold["load_counter_after"] = LOAD_COUNTER["loads"]
