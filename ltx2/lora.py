@@ -383,7 +383,7 @@ class ResidentLoras:
 
         A worker thread issues the copies (enqueuing an FP8 worker's 2,352 took 0.41 s of host time at 19B,
         H100, 2026-11-27): on a GPU they are only enqueued on the side stream, after
-        everything already on the current stream (the stage's last forward); no host wait. `use` makes the
+        everything already on the current stream (the job's last forward and decodes); no host wait. `use` makes the
         current stream wait for them before anything that reads or changes the weights, `originals_copied`
         (parking) waits on the host; both wait for the thread first and re-raise its error. CPU weights are
         copied by the same thread (CPU tests take the same path). Skipped, leaving the fused
@@ -403,7 +403,7 @@ class ResidentLoras:
         self._restored()  # (none pending: a fusion is active, so `use` has waited for the last one)
         if device is not None:
             side = self._side_stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))  # after the stage's last forward
+            side.wait_stream(torch.cuda.current_stream(device))  # after the job's last forward and decodes
 
         def restore() -> torch.cuda.Event | None:
             fusion.unfuse(stream=side)  # CPU weights (side None): copied here and now
