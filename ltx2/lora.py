@@ -382,11 +382,11 @@ class ResidentLoras:
         decode, the copies slowed the decode by about what they took).
 
         A worker thread issues the copies (enqueuing an FP8 worker's 2,352 took 0.41 s of host time at 19B,
-        H100, 2026-11-27): on a GPU they are only enqueued on the side stream, after
-        everything already on the current stream (the job's last forward and decodes); no host wait. `use` makes the
-        current stream wait for them before anything that reads or changes the weights, `originals_copied`
-        (parking) waits on the host; both wait for the thread first and re-raise its error. CPU weights are
-        copied by the same thread (CPU tests take the same path). Skipped, leaving the fused
+        H100, 2026-11-27): on a GPU they are only enqueued on the side stream, after everything already on
+        the current stream (the job's last forward and decodes); no host wait. `use` makes the current
+        stream wait for them before anything that reads or changes the weights, `originals_copied` (parking)
+        waits on the host; both wait for the thread first and re-raise its error. CPU weights are copied by
+        the same thread (CPU tests take the same path). Skipped, leaving the fused
         state for the next `use` to undo as before, when nothing is fused, when parked blocks are enabled
         (their weights live elsewhere and parking swaps them) and for sharded (DTensor) weights (the gang's
         collectives read the shards on their own streams).
