@@ -94,7 +94,7 @@ def test_bad_input_is_reported_before_torch_ray_or_boto3_load(args):
         "print(rc, [m for m in ('torch', 'ray', 'boto3') if m in sys.modules])"
     )
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
-    assert result.stdout.split("\n")[-2] == "2 []", result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "2 []", result.stdout + result.stderr
 
 
 def test_plan_prints_chunks_and_tiles():
