@@ -407,7 +407,7 @@ class Renderer:
             waveform, sample_rate = audio.waveform.float().cpu(), int(audio.sampling_rate)
         if request.recipe == "two_stage":
             # The next job's stage 1 runs without the distilled LoRA: restore the originals now, while the host
-            # finishes the MP4 and the GPU has nothing else to do. Started before the decode instead, the copies
+            # finishes the MP4 (a lone job's GPU has nothing else to do then). Started before the decode, the copies
             # cost the decode what they saved stage 2 (FP8 19B, H100: decode +0.52 s). A distilled job keeps
             # one fused state through both stages and into the next distilled job.
             m.loras.restore_in_background()
