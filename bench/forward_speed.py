@@ -7,6 +7,8 @@ forward time, peak memory, weight memory, and the relative error against the off
 
     SIZES=704x1280x121,1024x1536x121 python bench/forward_speed.py     # rows → $OUT/forward_speed.json
     PROFILE=1 OPTIONS=official,compile python bench/forward_speed.py  # + GPU time by kernel kind per row
+    ROPE=split …                        # the real checkpoint's RoPE (split, float64 frequencies) instead of
+                                        #   the shared anchor's code defaults (interleaved, float32)
     BACK_TO_BACK=8 SIZES=352x640x121 …  # + ms per forward over 8 calls with no sync between them, as a
                                         #   denoising loop calls the model, and ms_launch: host time
                                         #   to issue one forward (CPU launch cost shows here)
@@ -83,6 +85,10 @@ OPTIONS = {
         fp8=True, fp8_all_blocks=True, fp8_attention=True, compile=True, tune_fused_kernels=True
     ),
     "compile+shared": SpeedOptions(compile=True, shared_timesteps=True),
+    "compile+shared+oldrope": SpeedOptions(compile=True, shared_timesteps=True, fusible_rope=False),
+    "fp8+fp8attn+compile+shared+oldrope": SpeedOptions(
+        fp8=True, fp8_attention=True, compile=True, shared_timesteps=True, fusible_rope=False
+    ),
     "fp8+fp8attn+compile+shared": SpeedOptions(fp8=True, fp8_attention=True, compile=True, shared_timesteps=True),
     "fp8all+fp8attn+compile+shared": SpeedOptions(
         fp8=True, fp8_all_blocks=True, fp8_attention=True, compile=True, shared_timesteps=True
@@ -172,7 +178,12 @@ def main() -> None:
     inputs = {shape: anchor.inputs(*shape) for shape in sizes}
     reference: dict = {}
     rows = []
-    info = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    info = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "rope": anchor.ROPE,
+    }
     for name in chosen:
         torch.manual_seed(0)
         model, _ = anchor.build_model("default")

@@ -12,7 +12,8 @@
   reads per-token shift/scale/gate tensors (9 x tokens x 4096 values per block at 1024x1536x121, ~1.8 GB),
   which is most of what the fused norm/modulation kernels move.
 - `compile`: each transformer block compiled by `torch.compile` with static shapes, so norms, RoPE,
-  AdaLN modulation and gating fuse into fewer kernels. The first forward at a new shape compiles.
+  AdaLN modulation and gating fuse into fewer kernels (RoPE written so that it fuses: `ltx2.fusible_rope`).
+  The first forward at a new shape compiles.
   Blocks are compiled in place (`Module.compile`), so parameter names (and LoRA fusion by name) do not
   change, and each attention layer gets the callable the official `AttentionFunction` enum dispatches
   to: dynamo cannot trace a call on the enum member, which split every block into seven graphs.
@@ -70,6 +71,11 @@ class SpeedOptions:
     shared_timesteps: bool = False
     """One timestep per batch row where all of a modality's tokens share it (`apply_shared_timesteps`); on
     by default: the same numbers, less memory traffic per block."""
+
+    fusible_rope: bool = True
+    """With `compile`: the attention layers' RoPE written without in-place slice updates
+    (`ltx2.fusible_rope`, the same operations), so inductor fuses it into one pass over q and k instead of
+    materialising them between steps. Off only to compare (bench/forward_speed.py)."""
 
     def reductions_persistent(self) -> bool:
         """Whether compiled blocks get `persistent_reductions` (None resolved)."""
@@ -225,6 +231,10 @@ def apply_speed_options(velocity_model: torch.nn.Module, options: SpeedOptions) 
         apply_fa4_attention(velocity_model)
     if options.gelu_by_sigmoid():
         apply_sigmoid_gelu(velocity_model)
+    if options.compile and options.fusible_rope:
+        from ltx2.fusible_rope import apply_fusible_rope
+
+        apply_fusible_rope(velocity_model)
     if options.compile:
         apply_compile(
             velocity_model,

@@ -58,6 +58,13 @@ CONFIG = {
         "use_middle_indices_grid": True,
     }
 }
+ROPE = os.environ.get("ROPE", "interleaved")
+"""The shared anchor (../shared/bench) leaves ltx-core's code defaults: interleaved RoPE, float32 frequencies.
+The real 19B checkpoint's metadata says split RoPE with float64 frequencies (DESIGN.md); ROPE=split builds that."""
+if ROPE == "split":
+    CONFIG["transformer"] |= {"rope_type": "split", "frequencies_precision": "float64"}
+elif ROPE != "interleaved":
+    raise SystemExit(f"ROPE={ROPE!r}: use 'interleaved' (the shared anchor) or 'split' (the real checkpoint)")
 
 
 def build_model(attn: str):

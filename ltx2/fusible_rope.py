@@ -1,0 +1,85 @@
+"""ltx-core's rotary embeddings written so that inductor fuses them: the same operations, no in-place slices.
+
+Why: compiled, the official split RoPE (the real 19B checkpoint's) became three full passes over q and k
+per attention layer: it writes `x * cos` and then updates each half in place (`addcmul_` on slices),
+which inductor can only follow by materialising the tensor between the steps. At 1024×1536×121 the RoPE
+kernels moved ~5.4 of the ~11.7 GB a block's fused kernels move (`bench/fused_kernels.py`). The
+interleaved form (ltx-core's code default) materialised the rotated copy (`stack((-x2, x1))`).
+
+Here both halves come from one expression over the whole tensor, `addcmul(x * cos, (-sin, sin), (second,
+first))`: the official operations in the official order, so eager results are bit-identical, and the
+swap of the halves is a flip, which inductor reads as an index change (a `stack` of the two halves was
+still copied in a pass of its own). The interleaved rotation is likewise a flip times ±1 (exact).
+`FusibleRopeAttention` runs ltx-core's own `Attention.forward`, its code object unchanged, with the
+`apply_rotary_emb` it calls bound to this one.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+from ltx_core.model.transformer import attention as official
+from ltx_core.model.transformer.rope import LTXRopeType
+
+
+def split_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`ltx_core...rope.apply_split_rotary_emb`: each head's first and second halves rotated by cos/sin."""
+    needs_reshape = x.ndim != 4 and cos.ndim == 4
+    if needs_reshape:
+        b, h, t, _ = cos.shape
+        x = x.reshape(b, t, h, -1).swapaxes(1, 2)
+    halves = x.unflatten(-1, (2, -1))  # (..., 2, D/2): (first, second)
+    signed_sin = sin.unsqueeze(-2) * sin.new_tensor([[-1.0], [1.0]])  # (-sin, sin), exactly
+    # (first cos - sin second, second cos + sin first), each rounded as the official addcmul_ rounds it
+    out = torch.addcmul(halves * cos.unsqueeze(-2), signed_sin, halves.flip(-2)).flatten(-2)
+    return out.swapaxes(1, 2).reshape(b, t, -1) if needs_reshape else out
+
+
+def interleaved_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`ltx_core...rope.apply_interleaved_rotary_emb`: pairs (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+    pairs = x.unflatten(-1, (-1, 2))
+    rotated = (pairs.flip(-1) * x.new_tensor([-1.0, 1.0])).flatten(-2)  # (-x2, x1), exactly
+    return x * cos + rotated * sin
+
+
+def fusible_rotary_emb(
+    x: torch.Tensor,
+    freqs_cis: tuple[torch.Tensor, torch.Tensor],
+    rope_type: LTXRopeType = LTXRopeType.INTERLEAVED,
+) -> torch.Tensor:
+    """Drop-in for ltx-core's `apply_rotary_emb` (same signature, same values)."""
+    if rope_type == LTXRopeType.SPLIT:
+        return split_rotary_emb(x, *freqs_cis)
+    if rope_type == LTXRopeType.INTERLEAVED:
+        return interleaved_rotary_emb(x, *freqs_cis)
+    raise ValueError(f"Invalid rope type: {rope_type}")
+
+
+def _calling(function: types.FunctionType, **replacements: object) -> types.FunctionType:
+    """`function`'s own code with some of the module globals it looks up bound to other objects."""
+    rebound = types.FunctionType(
+        function.__code__,
+        {**function.__globals__, **replacements},
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    rebound.__kwdefaults__ = function.__kwdefaults__
+    rebound.__qualname__ = function.__qualname__
+    rebound.__doc__ = function.__doc__
+    return rebound
+
+
+class FusibleRopeAttention(official.Attention):
+    """ltx-core's `Attention`, whose forward calls `fusible_rotary_emb` for its RoPE."""
+
+    forward = _calling(official.Attention.forward, apply_rotary_emb=fusible_rotary_emb)
+
+
+def apply_fusible_rope(velocity_model: torch.nn.Module) -> torch.nn.Module:
+    """Give every ltx-core `Attention` layer the fusible RoPE, in place (same parameters, names, values)."""
+    for module in velocity_model.modules():
+        if type(module) is official.Attention:
+            module.__class__ = FusibleRopeAttention
+    return velocity_model
