@@ -86,6 +86,7 @@ OPTIONS = {
     ),
     "compile+shared": SpeedOptions(compile=True, shared_timesteps=True),
     "compile+shared+oldrope": SpeedOptions(compile=True, shared_timesteps=True, fusible_rope=False),
+    "compile+shared+persist": SpeedOptions(compile=True, shared_timesteps=True, persistent_reductions=True),
     "fp8+fp8attn+compile+shared+oldrope": SpeedOptions(
         fp8=True, fp8_attention=True, compile=True, shared_timesteps=True, fusible_rope=False
     ),
