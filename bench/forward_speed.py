@@ -97,6 +97,10 @@ OPTIONS = {
     "compile+fa4": SpeedOptions(compile=True, fa4_attention=True),
     "fp8+fp8attn+compile+fa4": SpeedOptions(fp8=True, fp8_attention=True, compile=True, fa4_attention=True),
     "compile+shared+fa4": SpeedOptions(compile=True, shared_timesteps=True, fa4_attention=True),
+    "compile+shared+fa4+noepilogue": SpeedOptions(
+        compile=True, shared_timesteps=True, fa4_attention=True, gelu_epilogue=False
+    ),
+    "compile+shared+noepilogue": SpeedOptions(compile=True, shared_timesteps=True, gelu_epilogue=False),
     "compile+shared+fa4+oldrope": SpeedOptions(
         compile=True, shared_timesteps=True, fa4_attention=True, fusible_rope=False
     ),

@@ -72,6 +72,11 @@ class SpeedOptions:
     """One timestep per batch row where all of a modality's tokens share it (`apply_shared_timesteps`); on
     by default: the same numbers, less memory traffic per block."""
 
+    gelu_epilogue: bool | None = None
+    """With `compile`: the FF input layers' bias + tanh GELU in cuBLASLt's matmul epilogue (`ltx2.gelu_epilogue`)
+    instead of a fused kernel re-reading the hidden state. None: in bf16 blocks (FP8 blocks fuse their GELU with
+    the per-row input cast instead, `sigmoid_gelu`)."""
+
     fusible_rope: bool = True
     """With `compile`: the attention layers' RoPE written without in-place slice updates
     (`ltx2.fusible_rope`, the same operations), so inductor fuses it into one pass over q and k instead of
@@ -80,6 +85,10 @@ class SpeedOptions:
     def reductions_persistent(self) -> bool:
         """Whether compiled blocks get `persistent_reductions` (None resolved)."""
         return self.compile and (self.fp8 if self.persistent_reductions is None else self.persistent_reductions)
+
+    def gelu_in_epilogue(self) -> bool:
+        """Whether compiled blocks get `gelu_epilogue` (None resolved)."""
+        return self.compile and (not self.fp8 if self.gelu_epilogue is None else self.gelu_epilogue)
 
     def gelu_by_sigmoid(self) -> bool:
         """Whether compiled blocks get `sigmoid_gelu` (None resolved)."""
@@ -231,6 +240,10 @@ def apply_speed_options(velocity_model: torch.nn.Module, options: SpeedOptions) 
         apply_fa4_attention(velocity_model)
     if options.gelu_by_sigmoid():
         apply_sigmoid_gelu(velocity_model)
+    if options.gelu_in_epilogue():  # after the sigmoid form, which takes the layers it is given first
+        from ltx2.gelu_epilogue import apply_gelu_epilogue
+
+        apply_gelu_epilogue(velocity_model)
     if options.compile and options.fusible_rope:
         from ltx2.fusible_rope import apply_fusible_rope
 

@@ -43,11 +43,16 @@ def test_attention_enum_resolves_to_the_callable_it_dispatches_to():
 
 
 def test_compiled_blocks_trace_without_breaks_share_one_graph_and_match_eager(fresh32):
-    """Unperturbed passes of every block run one graph (not one per block), with no graph breaks."""
+    """Unperturbed passes of every block run one graph (not one per block), with no graph breaks, also through
+    the fusible RoPE and the GELU epilogue op that compiled blocks get (both give eager's numbers on the CPU)."""
+    from ltx2.fusible_rope import apply_fusible_rope
+    from ltx2.gelu_epilogue import apply_gelu_epilogue
+
     eager = _chunk(fresh32, "two_stage")
     names = [n for n, _ in fresh32.transformer.velocity_model.named_parameters()]
     torch._dynamo.reset()
     counters.clear()
+    apply_gelu_epilogue(apply_fusible_rope(fresh32.transformer.velocity_model))
     apply_compile(fresh32.transformer.velocity_model, backend="eager")
     distilled = _chunk(fresh32, "distilled")  # one unperturbed pass per step
     assert dict(counters["graph_break"]) == {}

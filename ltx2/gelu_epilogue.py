@@ -1,0 +1,47 @@
+"""The FF input layer's bias and tanh GELU applied by cuBLASLt to the matmul's accumulator (its GELU epilogue).
+
+Why: compiled, the layer is a cuBLAS matmul writing the 16 384-wide hidden state and a fused kernel reading it back
+to apply the GELU and write it again: 1.6 GB per block at 1024×1536×121, the largest of the fused kernels
+(bench/fused_kernels.py). `torch._addmm_activation(..., use_gelu=True)` is cuBLASLt's bias + GELU epilogue, the same
+tanh GELU, applied before the hidden state is written once (bench/ff_epilogue.py: 2.88 -> 2.54 ms per call at
+14 080 tokens, 5.06 -> 4.88 at 24 576). It is called through a `torch.library` custom op: traced as itself,
+inductor would decompose it back into a matmul and a GELU kernel. The GELU is computed from the float32
+accumulator instead of the bf16-rounded matmul output, the only difference from the official layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from ltx_core.model.transformer.gelu_approx import GELUApprox
+
+
+@torch.library.custom_op("ltx2::linear_gelu_tanh", mutates_args=())
+def linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """gelu(x @ weight.T + bias, approximate="tanh") over the last dim of x; on CUDA in one cuBLASLt call."""
+    rows = x.reshape(-1, x.shape[-1])
+    if x.is_cuda:
+        out = torch._addmm_activation(bias, rows, weight.t(), use_gelu=True)
+    else:  # the official arithmetic (workers on the CPU do not compile, tests compare against it)
+        out = torch.nn.functional.gelu(torch.nn.functional.linear(rows, weight, bias), approximate="tanh")
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+@linear_gelu_tanh.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+class EpilogueGELUApprox(GELUApprox):
+    """ltx-core's `GELUApprox` (the FF input projection + tanh GELU) as one `linear_gelu_tanh` call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear_gelu_tanh(x, self.proj.weight, self.proj.bias)
+
+
+def apply_gelu_epilogue(velocity_model: torch.nn.Module) -> torch.nn.Module:
+    """Give every ltx-core `GELUApprox` whose projection is a plain bf16/float `nn.Linear` with a bias the epilogue
+    form, in place: same parameters and names (FP8 projections keep theirs: their GELU fuses with the input cast)."""
+    for module in velocity_model.modules():
+        if type(module) is GELUApprox and type(module.proj) is torch.nn.Linear and module.proj.bias is not None:
+            module.__class__ = EpilogueGELUApprox
+    return velocity_model
