@@ -57,7 +57,11 @@ def fusible_rotary_emb(
 
 
 def _calling(function: types.FunctionType, **replacements: object) -> types.FunctionType:
-    """`function`'s own code with some of the module globals it looks up bound to other objects."""
+    """`function`'s own code with some of the module globals it looks up bound to other objects. A name the code
+    does not look up is refused: an ltx-core that stopped calling it would otherwise lose the change silently."""
+    unused = sorted(set(replacements) - set(function.__code__.co_names))
+    if unused:
+        raise RuntimeError(f"{function.__qualname__} no longer looks up {unused}: ltx2.fusible_rope needs updating")
     rebound = types.FunctionType(
         function.__code__,
         {**function.__globals__, **replacements},

@@ -8,7 +8,7 @@ from ltx_core.model.transformer import rope as official
 from ltx_core.model.transformer.attention import Attention
 
 from ltx2 import stages
-from ltx2.fusible_rope import FusibleRopeAttention, apply_fusible_rope, fusible_rotary_emb
+from ltx2.fusible_rope import FusibleRopeAttention, _calling, apply_fusible_rope, fusible_rotary_emb
 from ltx2.speed import SpeedOptions, apply_speed_options
 from tests.conftest import small_chunk
 
@@ -70,3 +70,10 @@ def test_compiled_blocks_get_the_fusible_rope_unless_turned_off(tiny_set):
     model = load_resident_models(tiny_set, "cpu", torch.float32).transformer.velocity_model
     apply_speed_options(model, SpeedOptions(compile=True, fusible_rope=False))
     assert {type(m) for m in model.modules() if isinstance(m, Attention)} == {Attention}
+
+
+def test_rebinding_a_name_the_code_does_not_look_up_is_refused():
+    assert FusibleRopeAttention.forward.__globals__["apply_rotary_emb"] is fusible_rotary_emb
+    assert Attention.forward.__globals__["apply_rotary_emb"] is official.apply_rotary_emb  # ltx-core untouched
+    with pytest.raises(RuntimeError, match="no longer looks up"):
+        _calling(Attention.forward, apply_rotary_embedding=fusible_rotary_emb)
