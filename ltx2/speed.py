@@ -12,7 +12,8 @@
   reads per-token shift/scale/gate tensors (9 x tokens x 4096 values per block at 1024x1536x121, ~1.8 GB),
   which is most of what the fused norm/modulation kernels move.
 - `compile`: each transformer block compiled by `torch.compile` with static shapes, so norms, RoPE,
-  AdaLN modulation and gating fuse into fewer kernels (RoPE written so that it fuses: `ltx2.fusible_rope`).
+  AdaLN modulation and gating fuse into fewer kernels (RoPE written so that it fuses: `ltx2.fusible_rope`;
+  in bf16 blocks the FF's GELU in the matmul's epilogue: `ltx2.gelu_epilogue`).
   The first forward at a new shape compiles.
   Blocks are compiled in place (`Module.compile`), so parameter names (and LoRA fusion by name) do not
   change, and each attention layer gets the callable the official `AttentionFunction` enum dispatches
