@@ -130,9 +130,8 @@ def kernel_kind(name: str) -> str:
     return next((kind for kind, keys in KERNEL_KINDS if any(k in lowered for k in keys)), "other")
 
 
-def kernel_profile(fn) -> dict:
-    """GPU time of one call by kernel kind (from the profiler's trace), the top kernels, and the time the
-    GPU sat idle inside the call (launch gaps)."""
+def kernel_events(fn) -> list[dict]:
+    """The GPU kernels of one call of `fn`, as the profiler's trace lists them (name, start and duration in µs)."""
     import tempfile
 
     from torch.profiler import ProfilerActivity, profile
@@ -142,7 +141,13 @@ def kernel_profile(fn) -> dict:
         torch.cuda.synchronize()
     with tempfile.NamedTemporaryFile(suffix=".json") as trace:
         prof.export_chrome_trace(trace.name)
-        events = [e for e in json.loads(Path(trace.name).read_text())["traceEvents"] if e.get("cat") == "kernel"]
+        return [e for e in json.loads(Path(trace.name).read_text())["traceEvents"] if e.get("cat") == "kernel"]
+
+
+def kernel_profile(fn) -> dict:
+    """GPU time of one call by kernel kind (from the profiler's trace), the top kernels, and the time the
+    GPU sat idle inside the call (launch gaps)."""
+    events = kernel_events(fn)
     by_kind: dict[str, float] = {}
     by_name: dict[str, list] = {}
     for e in events:

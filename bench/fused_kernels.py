@@ -16,7 +16,6 @@ import gc
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,12 +23,11 @@ os.environ.setdefault("TORCHINDUCTOR_BENCHMARK_KERNEL", "1")
 
 import torch
 from torch._inductor.runtime.triton_heuristics import CachingAutotuner
-from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from forward_speed import OPTIONS, kernel_kind
+from forward_speed import OPTIONS, kernel_events, kernel_kind
 from gang_forward import anchor
 
 from ltx2.speed import apply_speed_options
@@ -37,14 +35,8 @@ from ltx2.speed import apply_speed_options
 
 def kernel_times(fn) -> dict[str, list[float]]:
     """GPU ms and call count per kernel name over one call of `fn`."""
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    with tempfile.NamedTemporaryFile(suffix=".json") as trace:
-        prof.export_chrome_trace(trace.name)
-        events = [e for e in json.loads(Path(trace.name).read_text())["traceEvents"] if e.get("cat") == "kernel"]
     by_name: dict[str, list[float]] = {}
-    for e in events:
+    for e in kernel_events(fn):
         entry = by_name.setdefault(e["name"], [0.0, 0])
         entry[0] += e["dur"] / 1e3
         entry[1] += 1
