@@ -22,6 +22,8 @@ import torch
 from ltx_core.model.transformer import attention as official
 from ltx_core.model.transformer.rope import LTXRopeType
 
+from ltx2.speed import swap_module_class
+
 
 def split_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """`ltx_core...rope.apply_split_rotary_emb`: each head's first and second halves rotated by cos/sin."""
@@ -83,7 +85,4 @@ class FusibleRopeAttention(official.Attention):
 
 def apply_fusible_rope(velocity_model: torch.nn.Module) -> torch.nn.Module:
     """Give every ltx-core `Attention` layer the fusible RoPE, in place (same parameters, names, values)."""
-    for module in velocity_model.modules():
-        if type(module) is official.Attention:
-            module.__class__ = FusibleRopeAttention
-    return velocity_model
+    return swap_module_class(velocity_model, official.Attention, FusibleRopeAttention)

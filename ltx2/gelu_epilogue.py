@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from ltx_core.model.transformer.gelu_approx import GELUApprox
 
+from ltx2.speed import swap_module_class
+
 
 @torch.library.custom_op("ltx2::linear_gelu_tanh", mutates_args=())
 def linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -41,7 +43,8 @@ class EpilogueGELUApprox(GELUApprox):
 def apply_gelu_epilogue(velocity_model: torch.nn.Module) -> torch.nn.Module:
     """Give every ltx-core `GELUApprox` whose projection is a plain bf16/float `nn.Linear` with a bias the epilogue
     form, in place: same parameters and names (FP8 projections keep theirs: their GELU fuses with the input cast)."""
-    for module in velocity_model.modules():
-        if type(module) is GELUApprox and type(module.proj) is torch.nn.Linear and module.proj.bias is not None:
-            module.__class__ = EpilogueGELUApprox
-    return velocity_model
+
+    def plain_linear(layer: GELUApprox) -> bool:
+        return type(layer.proj) is torch.nn.Linear and layer.proj.bias is not None
+
+    return swap_module_class(velocity_model, GELUApprox, EpilogueGELUApprox, where=plain_linear)

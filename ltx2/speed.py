@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -159,13 +160,25 @@ class SigmoidGELUApprox(GELUApprox):
         return gelu_tanh_by_sigmoid(self.proj(x))
 
 
+def swap_module_class(
+    velocity_model: torch.nn.Module,
+    official: type[torch.nn.Module],
+    replacement: type[torch.nn.Module],
+    where: Callable[[torch.nn.Module], bool] = lambda _: True,
+) -> torch.nn.Module:
+    """Turn every module of exactly the `official` class (for which `where` holds) into `replacement`, a subclass
+    with another forward, in place: the same object, parameters and names (LoRA fusion and checkpoints address
+    them by name; compiled graphs read the live weights)."""
+    for module in velocity_model.modules():
+        if type(module) is official and where(module):
+            module.__class__ = replacement
+    return velocity_model
+
+
 def apply_sigmoid_gelu(velocity_model: torch.nn.Module) -> torch.nn.Module:
     """Give every ltx-core `GELUApprox` (the FF layers' input projection + tanh GELU) the sigmoid form, in
     place: same parameters and names, same function (`gelu_tanh_by_sigmoid`)."""
-    for module in velocity_model.modules():
-        if type(module) is GELUApprox:
-            module.__class__ = SigmoidGELUApprox
-    return velocity_model
+    return swap_module_class(velocity_model, GELUApprox, SigmoidGELUApprox)
 
 
 def shared_timestep(modality: Modality) -> Modality:

@@ -29,10 +29,7 @@ def _freqs(rope_type: official.LTXRopeType, dtype: torch.dtype) -> tuple[torch.T
 def test_fusible_rotary_emb_equals_ltx_core_bit_for_bit(rope_type, dtype):
     freqs = _freqs(rope_type, dtype)
     x = torch.randn(2, 60, 128, generator=torch.Generator().manual_seed(0)).to(dtype)
-    if rope_type is official.LTXRopeType.SPLIT:
-        freqs = tuple(f.expand(2, -1, -1, -1) for f in freqs)
-    else:
-        freqs = tuple(f.expand(2, -1, -1) for f in freqs)
+    freqs = tuple(f.expand(2, *f.shape[1:]) for f in freqs)  # a batch of two
     ours = fusible_rotary_emb(x, freqs, rope_type)
     theirs = official.apply_rotary_emb(x, freqs, rope_type)
     assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
