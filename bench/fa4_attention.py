@@ -11,7 +11,8 @@ max |ref| against cuDNN's output (for scale, cuDNN vs flash SDPA differ by ~7e-3
 FA4's tile shapes are tried too: its Python default (128 x 128) and the FA3 C++ one (128 x 176).
 
     PYTHONPATH=<site with flash-attn-4 + nvidia-cutlass-dsl>:. OUT=$OUT python3 bench/fa4_attention.py
-    env: SIZES=14080,24576 (video tokens); TILES=128x128,128x176
+    env: SIZES=14080,24576 (video tokens; QxKV for cross-attention, e.g. 24576x1024 for the text layer);
+         TILES=128x128,128x176
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def candidates(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fa4, tiles) ->
 
 def main() -> None:
     out = Path(os.environ.get("OUT", "bench/results"))
-    sizes = [int(s) for s in os.environ.get("SIZES", "14080,24576").split(",")]
+    sizes = os.environ.get("SIZES", "14080,24576").split(",")
     tiles = [tuple(map(int, t.split("x"))) for t in os.environ.get("TILES", "128x128,128x176").split(",")]
     rows: list[dict] = []
     info = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
@@ -78,17 +79,18 @@ def main() -> None:
         fa4 = None
         info["fa4_import_error"] = f"{type(exc).__name__}: {exc}"
     print(json.dumps(info), flush=True)
-    for tokens in sizes:
+    for size in sizes:
+        q_tokens, kv_tokens = (int(n) for n in (size.split("x") * 2)[:2])
         gen = torch.Generator(device="cuda").manual_seed(0)
         q, k, v = (
-            F.rms_norm(torch.randn(1, tokens, HEADS, DIM, device="cuda", generator=gen), (DIM,)).bfloat16()
-            for _ in range(3)
+            F.rms_norm(torch.randn(1, n, HEADS, DIM, device="cuda", generator=gen), (DIM,)).bfloat16()
+            for n in (q_tokens, kv_tokens, kv_tokens)
         )
-        flop = 4 * tokens * tokens * HEADS * DIM
+        flop = 4 * q_tokens * kv_tokens * HEADS * DIM
         kernels = candidates(q, k, v, fa4, tiles)
         reference = kernels["cudnn_sdpa"]()
         for name, fn in kernels.items():
-            row: dict = {"tokens": tokens, "kernel": name}
+            row: dict = {"tokens": q_tokens, "kv_tokens": kv_tokens, "kernel": name}
             try:
                 started = time.perf_counter()
                 first = fn()

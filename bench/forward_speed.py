@@ -17,6 +17,7 @@ forward time, peak memory, weight memory, and the relative error against the off
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import os
 import sys
@@ -101,6 +102,9 @@ OPTIONS = {
         compile=True, shared_timesteps=True, fa4_attention=True, gelu_epilogue=False
     ),
     "compile+shared+noepilogue": SpeedOptions(compile=True, shared_timesteps=True, gelu_epilogue=False),
+    "compile+shared+fa4+persist": SpeedOptions(
+        compile=True, shared_timesteps=True, fa4_attention=True, persistent_reductions=True
+    ),
     "compile+shared+fa4+oldrope": SpeedOptions(
         compile=True, shared_timesteps=True, fa4_attention=True, fusible_rope=False
     ),
@@ -144,28 +148,64 @@ def kernel_events(fn) -> list[dict]:
         return [e for e in json.loads(Path(trace.name).read_text())["traceEvents"] if e.get("cat") == "kernel"]
 
 
+def top_kernels(events: list[dict], count: int = 15) -> list[dict]:
+    """The kernels of `events` taking the most GPU time, by name (first 120 characters), with their call counts."""
+    by_name: dict[str, list] = {}
+    for e in events:
+        entry = by_name.setdefault(e["name"][:120], [0.0, 0])
+        entry[0] += e["dur"] / 1e3
+        entry[1] += 1
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:count]
+    return [{"name": n, "ms": round(v[0], 2), "calls": v[1]} for n, v in top]
+
+
+def idle_gaps(events: list[dict], largest: int = 12) -> dict:
+    """Where the GPU sat idle between kernels: idle ms before the first and after the last 10 % of the kernels
+    (the unblocked prologue and epilogue vs. the blocks), and the largest gaps with the kernels around them."""
+    events = sorted(events, key=lambda e: e["ts"])
+    gaps = []
+    for i, (before, after) in enumerate(itertools.pairwise(events)):
+        gap = after["ts"] - (before["ts"] + before["dur"])
+        if gap > 0:
+            gaps.append((gap / 1e3, i, before["name"][:60], after["name"][:60]))
+    tenth = len(events) // 10
+    first_fused = next((i for i, e in enumerate(events) if e["name"].startswith("triton")), len(events))
+    prologue = events[:first_fused]
+    return {
+        "before_first_fused_kernel": {  # the model's eager prologue (embeddings, RoPE tables) and the first call
+            "kernels": len(prologue),
+            "busy_ms": round(sum(e["dur"] for e in prologue) / 1e3, 1),
+            "idle_ms": round(sum(g[0] for g in gaps if g[1] < first_fused), 1),
+            "top": top_kernels(prologue, 10),
+        },
+        "first_tenth_of_kernels_ms": round(sum(g[0] for g in gaps if g[1] < tenth), 1),
+        "last_tenth_of_kernels_ms": round(sum(g[0] for g in gaps if g[1] >= len(events) - tenth), 1),
+        "gaps_over_50us": sum(1 for g in gaps if g[0] > 0.05),
+        "gaps_over_50us_ms": round(sum(g[0] for g in gaps if g[0] > 0.05), 1),
+        "largest": [
+            {"ms": round(g[0], 3), "kernel_index": g[1], "before": g[2], "after": g[3]}
+            for g in sorted(gaps, reverse=True)[:largest]
+        ],
+    }
+
+
 def kernel_profile(fn) -> dict:
     """GPU time of one call by kernel kind (from the profiler's trace), the top kernels, and the time the
     GPU sat idle inside the call (launch gaps)."""
     events = kernel_events(fn)
     by_kind: dict[str, float] = {}
-    by_name: dict[str, list] = {}
     for e in events:
-        ms = e["dur"] / 1e3
-        by_kind[kernel_kind(e["name"])] = by_kind.get(kernel_kind(e["name"]), 0.0) + ms
-        entry = by_name.setdefault(e["name"][:120], [0.0, 0])
-        entry[0] += ms
-        entry[1] += 1
+        by_kind[kernel_kind(e["name"])] = by_kind.get(kernel_kind(e["name"]), 0.0) + e["dur"] / 1e3
     span = (max(e["ts"] + e["dur"] for e in events) - min(e["ts"] for e in events)) / 1e3
     busy = sum(by_kind.values())
-    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:15]
     return {
         "span_ms": round(span, 1),
         "kernel_ms": round(busy, 1),
         "idle_ms": round(span - busy, 1),
+        "idle_gaps": idle_gaps(events),
         "kernels": len(events),
         "by_kind_ms": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
-        "top": [{"name": n, "ms": round(v[0], 1), "calls": v[1]} for n, v in top],
+        "top": top_kernels(events),
     }
 
 
