@@ -12,7 +12,7 @@ FA4's tile shapes are tried too: its Python default (128 x 128) and the FA3 C++ 
 
     PYTHONPATH=<site with flash-attn-4 + nvidia-cutlass-dsl>:. OUT=$OUT python3 bench/fa4_attention.py
     env: SIZES=14080,24576 (video tokens; QxKV for cross-attention, e.g. 24576x1024 for the text layer);
-         TILES=128x128,128x176
+         TILES=128x128,128x176; HEAD_DIM=128 (64: the audio-video cross-attentions, inner dim 2 048)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-HEADS, DIM = 32, 128
+HEADS, DIM = 32, int(os.environ.get("HEAD_DIM", "128"))
 
 
 def timed(fn, iters: int = 20) -> float:
@@ -60,6 +60,7 @@ def candidates(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fa4, tiles) ->
     }
     if fa4 is not None:
         kernels["fa4"] = lambda: fa4.flash_attn_func(q, k, v)[0]
+        kernels["fa4_split_kv"] = lambda: fa4.flash_attn_func(q, k, v, num_splits=0)[0]  # its split heuristic
         for tile_m, tile_n in tiles:
             kernels[f"fa4_{tile_m}x{tile_n}"] = lambda m=tile_m, n=tile_n: fa4._flash_attn_fwd(q, k, v, tile_mn=(m, n))[
                 0

@@ -44,15 +44,17 @@ def test_attention_enum_resolves_to_the_callable_it_dispatches_to():
 
 def test_compiled_blocks_trace_without_breaks_share_one_graph_and_match_eager(fresh32):
     """Unperturbed passes of every block run one graph (not one per block), with no graph breaks, also through
-    the fusible RoPE and the GELU epilogue op that compiled blocks get (both give eager's numbers on the CPU)."""
+    the fusible RoPE, the GELU epilogue op and the split-KV attention wrapper that compiled blocks get (all
+    give eager's numbers on the CPU)."""
     from ltx2.fusible_rope import apply_fusible_rope
     from ltx2.gelu_epilogue import apply_gelu_epilogue
+    from ltx2.split_kv_attention import apply_split_kv_attention
 
     eager = _chunk(fresh32, "two_stage")
     names = [n for n, _ in fresh32.transformer.velocity_model.named_parameters()]
     torch._dynamo.reset()
     counters.clear()
-    apply_gelu_epilogue(apply_fusible_rope(fresh32.transformer.velocity_model))
+    apply_split_kv_attention(apply_gelu_epilogue(apply_fusible_rope(fresh32.transformer.velocity_model)))
     apply_compile(fresh32.transformer.velocity_model, backend="eager")
     distilled = _chunk(fresh32, "distilled")  # one unperturbed pass per step
     assert dict(counters["graph_break"]) == {}
@@ -158,6 +160,8 @@ def test_workers_compile_and_batch_guided_passes_by_default_on_gpus_only():
 
     gpu, cpu = default_speed_options("cuda:0"), default_speed_options("cpu")
     assert gpu.compile and not cpu.compile
+    assert gpu.split_kv_attention and not cpu.split_kv_attention  # a CUDA kernel
+    assert gpu.rope_cache and cpu.rope_cache  # the same numbers everywhere
     assert gpu.batched_passes and not cpu.batched_passes
     # FP8 matmuls with FP8 attention batch longer sequences too (measured: stage 1 of 1024x1536); the rest not
     assert batched_passes_max_tokens(fp8=True, fp8_attention=True) == BATCHED_PASSES_MAX_TOKENS_FP8 == 6144

@@ -108,6 +108,16 @@ def run_sequential(transformer: torch.nn.Module, passes: Sequence[GuidedPass]) -
     return outputs
 
 
+def shared_positions(modalities: Sequence[Modality]) -> torch.Tensor:
+    """The passes' positions as one batch: a broadcast view of their common tensor where they share one (every
+    pass of a step does), so the batch keeps that tensor's identity and its cached RoPE tables
+    (`ltx2.rope_cache`); else concatenated."""
+    first = modalities[0].positions
+    if first.shape[0] == 1 and all(m.positions is first for m in modalities):
+        return first.expand(len(modalities), *first.shape[1:])
+    return torch.cat([m.positions for m in modalities], dim=0)
+
+
 def _stack(modalities: Sequence[Modality]) -> Modality:
     first = modalities[0]
 
@@ -121,7 +131,7 @@ def _stack(modalities: Sequence[Modality]) -> Modality:
         latent=cat("latent"),
         sigma=sigma,
         timesteps=cat("timesteps"),
-        positions=cat("positions"),
+        positions=shared_positions(modalities),
         context=cat("context"),
         context_mask=cat("context_mask"),
         attention_mask=cat("attention_mask"),
