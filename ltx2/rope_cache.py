@@ -1,11 +1,11 @@
 """RoPE tables computed once per positions tensor instead of at every forward.
 
 Why: ltx-core's args preprocessors rebuild the cos/sin tables (video, audio, and the audio-video cross tables)
-from the token positions in every forward, ~60 small kernels and a blocking copy of the frequency grid to the
-GPU each time, all issued by the host before the first block can start: the GPU idles ~9 ms at the start of a
-forward on an H100 (bench/forward_speed.py, PROFILE). A job's positions do not change between denoising steps
-(the official loop hands every step and every guided pass the same `LatentState.positions` tensor), so the
-tables are the same. Same function, same inputs: the numbers are the official ones bit for bit.
+from the token positions in every forward: ~56 of the 174 small kernels the host issues one by one before the
+first block can start, and a blocking copy of the frequency grid to the GPU (on an H100 the GPU idled 5-11 ms in
+that prologue; with the cache 3-4 ms, bench/forward_speed.py PROFILE). A job's positions do not change between
+denoising steps (the official loop hands every step and every guided pass the same `LatentState.positions`
+tensor), so the tables are the same. Same function, same inputs: the numbers are the official ones bit for bit.
 """
 
 from __future__ import annotations

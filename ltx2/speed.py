@@ -11,6 +11,9 @@
   instead of one per token. Same values, broadcast: ltx-core embeds the timestep per token and each block
   reads per-token shift/scale/gate tensors (9 x tokens x 4096 values per block at 1024x1536x121, ~1.8 GB),
   which is most of what the fused norm/modulation kernels move.
+- `split_kv_attention`: few-query, many-key attention calls (the video-to-audio layer) through torch's flash
+  kernel, which splits the keys over the SMs (`ltx2.split_kv_attention`; CUDA only).
+- `rope_cache`: the RoPE tables built once per positions tensor, not in every forward (`ltx2.rope_cache`).
 - `compile`: each transformer block compiled by `torch.compile` with static shapes, so norms, RoPE,
   AdaLN modulation and gating fuse into fewer kernels (RoPE written so that it fuses: `ltx2.fusible_rope`;
   in bf16 blocks the FF's GELU in the matmul's epilogue: `ltx2.gelu_epilogue`).
