@@ -6,6 +6,7 @@ import torch
 
 from ltx2.parallel.guidance import shared_positions
 from ltx2.rope_cache import RopeTableCache, apply_rope_cache, simple_preprocessors
+from tests.test_guided_passes import GUIDANCES, _denoise, _ours
 from tests.test_speed import _chunk, fresh32  # noqa: F401  (fixture)
 
 
@@ -19,6 +20,21 @@ def test_a_render_with_cached_tables_is_the_official_one_bit_for_bit_and_builds_
     assert len(caches) == 2 and all(isinstance(c, RopeTableCache) for c in caches)
     # once for the whole chunk: video self- and cross-attention tables; audio's two are the same call (one axis)
     assert [c.misses for c in caches] == [2, 1]
+
+
+def test_batched_guided_passes_reuse_the_tables_and_give_the_same_numbers(fresh32):  # noqa: F811
+    """A step's passes stacked into one batch (the GPU default at stage 1) share one positions tensor: the
+    batch is a broadcast view of it, so every step hits the tables the first one built."""
+    from ltx2.parallel.guidance import run_batched
+
+    video_g, audio_g = GUIDANCES["official defaults (4 passes)"]
+    plain = _denoise(fresh32, _ours(run_batched), video_g, audio_g)
+    model = fresh32.transformer.velocity_model
+    apply_rope_cache(model)
+    cached = _denoise(fresh32, _ours(run_batched), video_g, audio_g)
+    assert all(torch.equal(c, p) for c, p in zip(cached, plain, strict=True))
+    video = simple_preprocessors(model)[0]._prepare_positional_embeddings
+    assert video.misses == 2  # three steps of one batch-4 forward: built at the first
 
 
 def test_tables_are_rebuilt_when_the_positions_change_in_place_or_are_another_tensor():
