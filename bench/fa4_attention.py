@@ -46,6 +46,18 @@ def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x.float() - ref.float()).abs().max() / ref.float().abs().max())
 
 
+def matmul_row(tokens: int, variant: str, ms: float, flop: int) -> dict:
+    """One timed variant of a matmul bench (ff_epilogue.py, qkv_matmul.py): its time and TFLOP/s."""
+    return {"tokens": tokens, "variant": variant, "ms": round(ms, 3), "tflops": round(flop / ms / 1e9, 1)}
+
+
+def write_rows(out: Path, filename: str, rows: list[dict]) -> None:
+    """A bench's rows as JSON under `out`, with the device and torch version they were measured with."""
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    (out / filename).write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+
+
 def candidates(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fa4, tiles) -> dict:
     """The kernels to time on [B, S, H, D] q, k, v; each returns [B, S, H, D]."""
     heads_first = [t.transpose(1, 2) for t in (q, k, v)]  # what ltx-core hands SDPA: strided views

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fa4_attention import timed
+from fa4_attention import matmul_row, timed, write_rows
 
 IN, HIDDEN = 4096, 16_384
 
@@ -53,13 +53,10 @@ def main() -> None:
                 ms = timed(lambda fn=fn, args=(x, w, b): fn(*args))
                 result = fn(x, w, b)
             err = float((result.float() - reference).abs().max() / reference.abs().max())
-            row = {"tokens": tokens, "variant": name, "ms": round(ms, 3), "tflops": round(flop / ms / 1e9, 1)}
-            row["rel_err_vs_fp32"] = err
+            row = matmul_row(tokens, name, ms, flop) | {"rel_err_vs_fp32": err}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    info = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
-    (out / "ff_epilogue.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    write_rows(out, "ff_epilogue.json", rows)
 
 
 if __name__ == "__main__":

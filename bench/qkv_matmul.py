@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fa4_attention import rel, timed
+from fa4_attention import matmul_row, rel, timed, write_rows
 
 DIM = 4096
 
@@ -50,13 +50,10 @@ def main() -> None:
             with torch.inference_mode():
                 ms = timed(lambda fn=fn, args=(x, w, b): fn(*args))
                 err = max(rel(a, r) for a, r in zip(fn(x, w, b), reference, strict=True))
-            row = {"tokens": tokens, "variant": name, "ms": round(ms, 3), "tflops": round(flop / ms / 1e9, 1)}
-            row["max_rel_diff_vs_three"] = err
+            row = matmul_row(tokens, name, ms, flop) | {"max_rel_diff_vs_three": err}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    info = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
-    (out / "qkv_matmul.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    write_rows(out, "qkv_matmul.json", rows)
 
 
 if __name__ == "__main__":
