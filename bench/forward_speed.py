@@ -108,12 +108,17 @@ OPTIONS = {
     "compile+shared+fa4+splitkv": SpeedOptions(
         compile=True, shared_timesteps=True, fa4_attention=True, split_kv_attention=True
     ),
-    "compile+shared+fa4+splitkv+ropecache": SpeedOptions(
+    "compile+shared+fa4+splitkv+ropecache": SpeedOptions(  # the bf16 worker's default (FA4 installed)
         compile=True, shared_timesteps=True, fa4_attention=True, split_kv_attention=True, rope_cache=True
     ),
-    "compile+shared+splitkv": SpeedOptions(compile=True, shared_timesteps=True, split_kv_attention=True),
-    "fp8+fp8attn+compile+shared+splitkv": SpeedOptions(
-        fp8=True, fp8_attention=True, compile=True, shared_timesteps=True, split_kv_attention=True
+    "fp8+fp8attn+compile+shared+fa4+splitkv+ropecache": SpeedOptions(  # an FP8 worker's default (FA4 installed)
+        fp8=True,
+        fp8_attention=True,
+        compile=True,
+        shared_timesteps=True,
+        fa4_attention=True,
+        split_kv_attention=True,
+        rope_cache=True,
     ),
     "compile+shared+fa4+oldrope": SpeedOptions(
         compile=True, shared_timesteps=True, fa4_attention=True, fusible_rope=False
