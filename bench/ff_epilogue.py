@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fa4_attention import matmul_row, timed, write_rows
+from fa4_attention import matmul_row, rel, timed, write_rows
 
 IN, HIDDEN = 4096, 16_384
 
@@ -51,8 +51,7 @@ def main() -> None:
         for name, fn in variants.items():
             with torch.inference_mode():
                 ms = timed(lambda fn=fn, args=(x, w, b): fn(*args))
-                result = fn(x, w, b)
-            err = float((result.float() - reference).abs().max() / reference.abs().max())
+                err = rel(fn(x, w, b), reference)
             row = matmul_row(tokens, name, ms, flop) | {"rel_err_vs_fp32": err}
             rows.append(row)
             print(json.dumps(row), flush=True)
