@@ -111,6 +111,14 @@ OPTIONS = {
     "compile+shared+fa4+splitkv+ropecache": SpeedOptions(  # the bf16 worker's default (FA4 installed)
         compile=True, shared_timesteps=True, fa4_attention=True, split_kv_attention=True, rope_cache=True
     ),
+    "compile+shared+fa4+splitkv+ropecache+looped": SpeedOptions(  # the bf16 default before 2026-11-27
+        compile=True,
+        shared_timesteps=True,
+        fa4_attention=True,
+        split_kv_attention=True,
+        rope_cache=True,
+        persistent_reductions=False,
+    ),
     "fp8+fp8attn+compile+shared+fa4+splitkv+ropecache": SpeedOptions(  # an FP8 worker's default (FA4 installed)
         fp8=True,
         fp8_attention=True,

@@ -8,6 +8,8 @@ which adds it to each kernel's metadata without changing what runs); times are f
 one real forward.
 
     SIZE=1024x1536x121 OPTIONS=compile+shared OUT=$OUT python bench/fused_kernels.py
+
+SOURCES=n writes the sources of the n slowest fused kernels (default 5).
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def main() -> None:
     (out / "fused_kernels.json").write_text(json.dumps({"info": info, "summary": summary, "rows": rows}, indent=1))
     sources = out / "fused_kernels_src"
     sources.mkdir(exist_ok=True)
-    for r in fused[:5]:
+    for r in fused[: int(os.environ.get("SOURCES", "5"))]:
         kernel = kernels.get(r["kernel"])
         if kernel is not None:
             (sources / f"{r['kernel']}.py").write_text(kernel.fn.src)

@@ -9,7 +9,8 @@ interleaved form (ltx-core's code default) materialised the rotated copy (`stack
 Here both halves come from one expression over the whole tensor, `addcmul(x * cos, (-sin, sin), (second,
 first))`: the official operations in the official order, so eager results are bit-identical, and the
 swap of the halves is a flip, which inductor reads as an index change (a `stack` of the two halves was
-still copied in a pass of its own). The interleaved rotation is likewise a flip times ±1 (exact).
+still copied in a pass of its own). Traced for compiling, the `addcmul` is a written-out sum (see
+`_rotate_halves`). The interleaved rotation is likewise a flip times ±1 (exact).
 `FusibleRopeAttention` runs ltx-core's own `Attention.forward`, its code object unchanged, with the
 `apply_rotary_emb` it calls bound to this one.
 """
@@ -26,16 +27,31 @@ from ltx2.speed import swap_module_class
 
 
 def split_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """`ltx_core...rope.apply_split_rotary_emb`: each head's first and second halves rotated by cos/sin."""
-    needs_reshape = x.ndim != 4 and cos.ndim == 4
-    if needs_reshape:
+    """`ltx_core...rope.apply_split_rotary_emb`: each head's first and second halves rotated by cos/sin.
+
+    q and k come as (B, T, H·D) and the tables as (B, H, T, D/2) views of tokens-first memory (ltx-core
+    builds them (B, T, H, D/2) and swaps the axes), so the rotation runs in (B, T, H, 2, D/2) order: every
+    operand in its memory order, no axis swaps there and back (inductor's kernels came out the same).
+    """
+    if x.ndim != 4 and cos.ndim == 4:
         b, h, t, _ = cos.shape
-        x = x.reshape(b, t, h, -1).swapaxes(1, 2)
-    halves = x.unflatten(-1, (2, -1))  # (..., 2, D/2): (first, second)
+        rotated = _rotate_halves(x.reshape(b, t, h, 2, -1), cos.transpose(1, 2), sin.transpose(1, 2))
+        return rotated.reshape(b, t, -1)
+    return _rotate_halves(x.unflatten(-1, (2, -1)), cos, sin).flatten(-2)
+
+
+def _rotate_halves(halves: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """(first cos - sin second, second cos + sin first) over (..., 2, D/2).
+
+    Eager, each half is rounded as ltx-core's `addcmul_` rounds it. Compiled, the sum is written out: inductor
+    lowers a 16-bit `addcmul` to float32 arithmetic and a cast, and where the result fed attention it stored
+    the float32 sum (twice the bytes) and cast it in a pass of its own. Inductor rounds once at the store
+    either way.
+    """
     signed_sin = sin.unsqueeze(-2) * sin.new_tensor([[-1.0], [1.0]])  # (-sin, sin), exactly
-    # (first cos - sin second, second cos + sin first), each rounded as the official addcmul_ rounds it
-    out = torch.addcmul(halves * cos.unsqueeze(-2), signed_sin, halves.flip(-2)).flatten(-2)
-    return out.swapaxes(1, 2).reshape(b, t, -1) if needs_reshape else out
+    if torch.compiler.is_compiling():
+        return halves * cos.unsqueeze(-2) + signed_sin * halves.flip(-2)
+    return torch.addcmul(halves * cos.unsqueeze(-2), signed_sin, halves.flip(-2))
 
 
 def interleaved_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

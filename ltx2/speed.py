@@ -59,10 +59,13 @@ class SpeedOptions:
     persistent_reductions: bool | None = None
     """Let inductor write row reductions of up to 16k features (the FP8 input casts: a row's amax, then its
     cast) as persistent kernels that read the row once, each benchmarked against the looped kernel at the
-    first call (`triton.multi_kernel`; inductor's own default: rows of up to 1k features). None: with FP8
-    matmuls (1.5 % per forward on an H100; bf16 unchanged, bench/README.md). Such blocks skip inductor's
-    FX graph cache: torch 2.11 fails to reload a cached graph holding a multi-kernel (a triton
-    `JITFunction` without its hash lock, seen on an H100), so every worker compiles them afresh."""
+    first call (`triton.multi_kernel`; inductor's own default: rows of up to 1k features). None: on in
+    compiled blocks of inductor's default mode (the other modes take no options). With FP8 matmuls 1.5 % per
+    forward on an H100; in bf16 15 ms of 1 738 at 1024×1536×121 with the real checkpoint's split RoPE, whose
+    q/k RMS norm + RoPE kernel then reads each row once (noise with interleaved RoPE; bench/README.md).
+    Such blocks skip inductor's FX graph cache: torch 2.11 fails to reload a cached graph holding a
+    multi-kernel (a triton `JITFunction` without its hash lock, seen on an H100), so every worker compiles
+    them afresh."""
     sigmoid_gelu: bool | None = None
     """The FF layers' tanh GELU written through a sigmoid (`gelu_tanh_by_sigmoid`, the same function) in
     compiled blocks; None: with FP8 matmuls, where the FF output layer's per-row input cast made the fused
@@ -99,7 +102,8 @@ class SpeedOptions:
 
     def reductions_persistent(self) -> bool:
         """Whether compiled blocks get `persistent_reductions` (None resolved)."""
-        return self.compile and (self.fp8 if self.persistent_reductions is None else self.persistent_reductions)
+        default = self.compile_mode is None
+        return self.compile and (default if self.persistent_reductions is None else self.persistent_reductions)
 
     def gelu_in_epilogue(self) -> bool:
         """Whether compiled blocks get `gelu_epilogue` (None resolved)."""

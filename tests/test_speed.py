@@ -45,7 +45,7 @@ def test_attention_enum_resolves_to_the_callable_it_dispatches_to():
 def test_compiled_blocks_trace_without_breaks_share_one_graph_and_match_eager(fresh32):
     """Unperturbed passes of every block run one graph (not one per block), with no graph breaks, also through
     the fusible RoPE, the GELU epilogue op and the split-KV attention wrapper that compiled blocks get (all
-    give eager's numbers on the CPU)."""
+    give eager's numbers on the CPU, up to float32 rounding in the traced RoPE)."""
     from ltx2.fusible_rope import apply_fusible_rope
     from ltx2.gelu_epilogue import apply_gelu_epilogue
     from ltx2.split_kv_attention import apply_split_kv_attention
@@ -61,7 +61,10 @@ def test_compiled_blocks_trace_without_breaks_share_one_graph_and_match_eager(fr
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     compiled = _chunk(fresh32, "two_stage")  # cond, uncond, STG at one block, modality-isolated
     assert dict(counters["graph_break"]) == {}
-    assert torch.equal(compiled.video, eager.video) and torch.equal(compiled.audio, eager.audio)
+    # the fusible RoPE's traced form is a written-out sum (`ltx2.fusible_rope._rotate_halves`): float32
+    # rounding apart (~1e-5 at values up to 5 here), eager's numbers
+    torch.testing.assert_close(compiled.video, eager.video, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(compiled.audio, eager.audio, rtol=1e-4, atol=1e-4)
     assert distilled.video.shape == eager.video.shape
     # in place: parameter names (what LoRA fusion and checkpoints address) are unchanged
     assert [n for n, _ in fresh32.transformer.velocity_model.named_parameters()] == names
@@ -69,7 +72,7 @@ def test_compiled_blocks_trace_without_breaks_share_one_graph_and_match_eager(fr
 
 def test_a_compile_mode_with_inductor_options_is_refused_with_the_fix():
     """torch.compile takes a mode or options: asking for both names what to turn off instead of failing deep
-    inside torch (persistent reductions come with FP8 matmuls)."""
+    inside torch (persistent reductions come with inductor's default mode only)."""
     model = torch.nn.Module()
     model.transformer_blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
     asked = SpeedOptions(compile=True, compile_mode="reduce-overhead", persistent_reductions=True)
@@ -77,7 +80,9 @@ def test_a_compile_mode_with_inductor_options_is_refused_with_the_fix():
         apply_speed_options(model, asked)
     apply_speed_options(model, SpeedOptions(compile=True, compile_mode="reduce-overhead"))
     assert SpeedOptions(compile=True, fp8=True).reductions_persistent()
-    assert not SpeedOptions(compile=True).reductions_persistent()
+    assert SpeedOptions(compile=True).reductions_persistent()
+    assert not SpeedOptions(compile=True, persistent_reductions=False).reductions_persistent()
+    assert not SpeedOptions(compile=True, fp8=True, compile_mode="reduce-overhead").reductions_persistent()
     assert not SpeedOptions(fp8=True).reductions_persistent()
 
 
