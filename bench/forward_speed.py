@@ -128,6 +128,16 @@ OPTIONS = {
         split_kv_attention=True,
         rope_cache=True,
     ),
+    "fp8all+fp8attn+compile+shared+fa4+splitkv+ropecache": SpeedOptions(  # --fp8-all-blocks' default
+        fp8=True,
+        fp8_all_blocks=True,
+        fp8_attention=True,
+        compile=True,
+        shared_timesteps=True,
+        fa4_attention=True,
+        split_kv_attention=True,
+        rope_cache=True,
+    ),
     "compile+shared+fa4+oldrope": SpeedOptions(
         compile=True, shared_timesteps=True, fa4_attention=True, fusible_rope=False
     ),
