@@ -60,7 +60,7 @@ class SpeedOptions:
     """Let inductor write row reductions of up to 16k features (the FP8 input casts: a row's amax, then its
     cast) as persistent kernels that read the row once, each benchmarked against the looped kernel at the
     first call (`triton.multi_kernel`; inductor's own default: rows of up to 1k features). None: on in
-    compiled blocks of inductor's default mode (the other modes take no options). With FP8 matmuls 1.5 % per
+    compiled blocks of inductor's default mode on GPUs (the other modes take no options). With FP8 matmuls 1.5 % per
     forward on an H100; in bf16 15 ms of 1 738 at 1024×1536×121 with the real checkpoint's split RoPE, whose
     q/k RMS norm + RoPE kernel then reads each row once (noise with interleaved RoPE; bench/README.md).
     Such blocks skip inductor's FX graph cache: torch 2.11 fails to reload a cached graph holding a
@@ -100,9 +100,10 @@ class SpeedOptions:
     (`ltx2.fusible_rope`, the same operations), so inductor fuses it into one pass over q and k instead of
     materialising them between steps. Off only to compare (bench/forward_speed.py)."""
 
-    def reductions_persistent(self) -> bool:
-        """Whether compiled blocks get `persistent_reductions` (None resolved)."""
-        default = self.compile_mode is None
+    def reductions_persistent(self, gpu: bool = True) -> bool:
+        """Whether compiled blocks get `persistent_reductions` (None resolved: on for Triton's kernels, i.e. on
+        GPUs; inductor's CPU code has no such kernels, and the FX graph cache would be lost for nothing)."""
+        default = gpu and self.compile_mode is None
         return self.compile and (default if self.persistent_reductions is None else self.persistent_reductions)
 
     def gelu_in_epilogue(self) -> bool:
@@ -299,6 +300,8 @@ def apply_speed_options(velocity_model: torch.nn.Module, options: SpeedOptions) 
             velocity_model,
             mode=options.compile_mode,
             tune=options.tune_fused_kernels,
-            persistent_reductions=options.reductions_persistent(),
+            persistent_reductions=options.reductions_persistent(
+                gpu=next(velocity_model.parameters()).device.type == "cuda"
+            ),
         )
     return velocity_model

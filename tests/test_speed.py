@@ -81,6 +81,8 @@ def test_a_compile_mode_with_inductor_options_is_refused_with_the_fix():
     apply_speed_options(model, SpeedOptions(compile=True, compile_mode="reduce-overhead"))
     assert SpeedOptions(compile=True, fp8=True).reductions_persistent()
     assert SpeedOptions(compile=True).reductions_persistent()
+    assert not SpeedOptions(compile=True).reductions_persistent(gpu=False)  # inductor's CPU code: no Triton
+    assert SpeedOptions(compile=True, persistent_reductions=True).reductions_persistent(gpu=False)
     assert not SpeedOptions(compile=True, persistent_reductions=False).reductions_persistent()
     assert not SpeedOptions(compile=True, fp8=True, compile_mode="reduce-overhead").reductions_persistent()
     assert not SpeedOptions(fp8=True).reductions_persistent()
