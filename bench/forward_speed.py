@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -66,6 +67,12 @@ BENCH_FP8 = {
 FP8_EXTRAS = {"sigmoid_gelu": True, "persistent_reductions": True}
 """What compiled blocks get with `fp8` (`SpeedOptions`), for the variants that apply their FP8 layers themselves."""
 
+BF16_WORKER = SpeedOptions(
+    compile=True, shared_timesteps=True, fa4_attention=True, split_kv_attention=True, rope_cache=True
+)
+"""The model options of a bf16 worker on a GPU with FA4 installed (`default_speed_options`); with `fp8`,
+`fp8_attention` (and `fp8_all_blocks`), those of `--fp8 --fp8-attention` (`--fp8-all-blocks`) workers."""
+
 OPTIONS = {
     "official": SpeedOptions(),
     "compile": SpeedOptions(compile=True),
@@ -108,35 +115,11 @@ OPTIONS = {
     "compile+shared+fa4+splitkv": SpeedOptions(
         compile=True, shared_timesteps=True, fa4_attention=True, split_kv_attention=True
     ),
-    "compile+shared+fa4+splitkv+ropecache": SpeedOptions(  # the bf16 worker's default (FA4 installed)
-        compile=True, shared_timesteps=True, fa4_attention=True, split_kv_attention=True, rope_cache=True
-    ),
-    "compile+shared+fa4+splitkv+ropecache+looped": SpeedOptions(  # the bf16 default before 2026-11-27
-        compile=True,
-        shared_timesteps=True,
-        fa4_attention=True,
-        split_kv_attention=True,
-        rope_cache=True,
-        persistent_reductions=False,
-    ),
-    "fp8+fp8attn+compile+shared+fa4+splitkv+ropecache": SpeedOptions(  # an FP8 worker's default (FA4 installed)
-        fp8=True,
-        fp8_attention=True,
-        compile=True,
-        shared_timesteps=True,
-        fa4_attention=True,
-        split_kv_attention=True,
-        rope_cache=True,
-    ),
-    "fp8all+fp8attn+compile+shared+fa4+splitkv+ropecache": SpeedOptions(  # --fp8-all-blocks' default
-        fp8=True,
-        fp8_all_blocks=True,
-        fp8_attention=True,
-        compile=True,
-        shared_timesteps=True,
-        fa4_attention=True,
-        split_kv_attention=True,
-        rope_cache=True,
+    "compile+shared+fa4+splitkv+ropecache": BF16_WORKER,
+    "compile+shared+fa4+splitkv+ropecache+looped": replace(BF16_WORKER, persistent_reductions=False),
+    "fp8+fp8attn+compile+shared+fa4+splitkv+ropecache": replace(BF16_WORKER, fp8=True, fp8_attention=True),
+    "fp8all+fp8attn+compile+shared+fa4+splitkv+ropecache": replace(
+        BF16_WORKER, fp8=True, fp8_all_blocks=True, fp8_attention=True
     ),
     "compile+shared+fa4+oldrope": SpeedOptions(
         compile=True, shared_timesteps=True, fa4_attention=True, fusible_rope=False
