@@ -60,9 +60,10 @@ class SpeedOptions:
     """Let inductor write row reductions of up to 16k features (the FP8 input casts: a row's amax, then its
     cast) as persistent kernels that read the row once, each benchmarked against the looped kernel at the
     first call (`triton.multi_kernel`; inductor's own default: rows of up to 1k features). None: on in
-    compiled blocks of inductor's default mode on GPUs (the other modes take no options). With FP8 matmuls 1.5 % per
-    forward on an H100; in bf16 15 ms of 1 738 at 1024×1536×121 with the real checkpoint's split RoPE, whose
-    q/k RMS norm + RoPE kernel then reads each row once (noise with interleaved RoPE; bench/README.md).
+    compiled blocks of inductor's default mode on GPUs (the other modes take no options). With FP8 matmuls
+    1.5 % per forward on an H100; in bf16 4-15 ms of ~1 720 at 1024×1536×121 (two runs) with the real
+    checkpoint's split RoPE, whose q/k RMS norm + RoPE kernel then reads each row once (noise with
+    interleaved RoPE; bench/README.md).
     Such blocks skip inductor's FX graph cache: torch 2.11 fails to reload a cached graph holding a
     multi-kernel (a triton `JITFunction` without its hash lock, seen on an H100), so every worker compiles
     them afresh."""
