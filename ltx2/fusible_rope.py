@@ -49,9 +49,10 @@ def _rotate_halves(halves: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -
     either way.
     """
     signed_sin = sin.unsqueeze(-2) * sin.new_tensor([[-1.0], [1.0]])  # (-sin, sin), exactly
+    scaled, swapped = halves * cos.unsqueeze(-2), halves.flip(-2)
     if torch.compiler.is_compiling():
-        return halves * cos.unsqueeze(-2) + signed_sin * halves.flip(-2)
-    return torch.addcmul(halves * cos.unsqueeze(-2), signed_sin, halves.flip(-2))
+        return scaled + signed_sin * swapped
+    return torch.addcmul(scaled, signed_sin, swapped)
 
 
 def interleaved_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
