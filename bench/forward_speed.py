@@ -12,6 +12,10 @@ forward time, peak memory, weight memory, and the relative error against the off
     BACK_TO_BACK=8 SIZES=352x640x121 …  # + ms per forward over 8 calls with no sync between them, as a
                                         #   denoising loop calls the model, and ms_launch: host time
                                         #   to issue one forward (CPU launch cost shows here)
+    SUSTAIN=30 …                        # + forwards back to back for 30 s under nvidia-smi sampling: ms per
+                                        #   forward (all, and the second half: the GPU's steady state),
+                                        #   the second half's power, SM clock, share of samples at the
+                                        #   power cap or slowed for heat, joules per forward (gpu_power.py)
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gang_forward import anchor, rel, timed
+from gpu_power import PowerSampler
 
 from ltx2.fp8_linear import apply_fp8_linears
 from ltx2.speed import SpeedOptions, apply_speed_options
@@ -239,11 +244,37 @@ def weight_gib(model: torch.nn.Module) -> float:
     return round(total / 2**30, 1)
 
 
+def sustained(fn, seconds: float) -> dict:
+    """`fn` called back to back for `seconds` (synchronised every call) under power sampling: the GPU's power,
+    clock and power-cap share at that load, and the energy of one call. The second half is reported apart:
+    a lent H100 heats up under load (to 80+ C, where it also slows for heat), so the first seconds of a run
+    are faster than its steady state and an option set measured after another one starts hotter."""
+    times, power_by_half = [], []
+    with torch.inference_mode():
+        for half in (0, 1):
+            with PowerSampler() as power:
+                ends = time.perf_counter() + seconds / 2
+                while time.perf_counter() < ends:
+                    started = time.perf_counter()
+                    fn()
+                    torch.cuda.synchronize()
+                    times.append((half, (time.perf_counter() - started) * 1e3))
+            power_by_half.append(power)
+    result = {"forwards": len(times), "ms_mean": round(sum(t for _, t in times) / len(times), 1)}
+    steady = [t for half, t in times if half == 1]
+    result["steady_ms_mean"] = round(sum(steady) / len(steady), 1) if steady else None
+    result |= power_by_half[0].summary() if not power_by_half[1].samples else power_by_half[1].summary()
+    if "watts_mean" in result and steady:
+        result["joules_per_forward"] = round(result["watts_mean"] * result["steady_ms_mean"] / 1e3, 1)
+    return result
+
+
 def main() -> None:
     sizes = [tuple(map(int, s.split("x"))) for s in os.environ.get("SIZES", "704x1280x121,1024x1536x121").split(",")]
     chosen = os.environ.get("OPTIONS", ",".join(OPTIONS)).split(",")
     out = Path(os.environ.get("OUT", "bench/results"))
     back_to_back = int(os.environ.get("BACK_TO_BACK", "0"))
+    sustain_s = float(os.environ.get("SUSTAIN", "0"))
     inputs = {shape: anchor.inputs(*shape) for shape in sizes}
     reference: dict = {}
     rows = []
@@ -304,6 +335,8 @@ def main() -> None:
                     model(v, a, None)
                     row["ms_launch"] = round((time.perf_counter() - started) * 1e3, 1)
                     torch.cuda.synchronize()
+            if sustain_s:
+                row["sustained"] = sustained(lambda v=v, a=a, m=model: m(v, a, None), sustain_s)
             if os.environ.get("PROFILE"):
                 with torch.inference_mode():
                     row["profile"] = kernel_profile(lambda v=v, a=a, m=model: m(v, a, None))
