@@ -29,10 +29,18 @@ def test_help_teaches():
     assert "--snap" in run("render", "--help").stdout
 
 
-def test_render_job_file_json(tmp_path):
-    job = tmp_path / "job.yaml"
+@pytest.fixture(scope="module")
+def single_render(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """SMALL_JOB rendered once by `ltx2-farm render` on one worker: checked as a render of a job file, and the
+    reference a sequence-parallel gang's render of the same job file must equal."""
+    folder = tmp_path_factory.mktemp("single")
+    job = folder / "job.yaml"
     job.write_text(yaml.safe_dump({**SMALL_JOB, "name": "cli"}))
-    result = run("render", str(job), "--out", str(tmp_path / "out"), "--json")
+    return job, run("render", str(job), "--out", str(folder / "out"), "--json")
+
+
+def test_render_job_file_json(single_render):
+    _job, result = single_render
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["ok"] is True
@@ -195,11 +203,9 @@ def test_render_uploads_to_s3_and_prints_links(tmp_path, server_kind):
                 os.environ[k] = v
 
 
-def test_render_on_a_sequence_parallel_gang_matches_the_single_worker(tmp_path):
+def test_render_on_a_sequence_parallel_gang_matches_the_single_worker(tmp_path, single_render):
     """`--placement sequence --gpus 2`: a gang of two CPU ranks renders the same frames and audio."""
-    job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({**SMALL_JOB, "name": "gang"}))
-    single = run("render", str(job), "--out", str(tmp_path / "single"), "--json")
+    job, single = single_render
     gang = run("render", str(job), "--placement", "sequence", "--gpus", "2", "--out", str(tmp_path / "gang"), "--json")
     assert single.returncode == 0, single.stderr
     assert gang.returncode == 0, gang.stderr
