@@ -77,6 +77,20 @@ def resident(tiny_set):
 
 
 @pytest.fixture(scope="session")
+def small_render(resident):
+    """SMALL_JOB rendered once in-process on the resident models (a fresh `Renderer`), with the progress callback's
+    `(stage, step, steps)` calls: the bf16 reference several tests compare against. Read it, never change it."""
+    from cluster.requests import render_request
+    from jobs.spec import validate_job
+    from ltx2.render import Renderer
+
+    steps: list[tuple[str, int, int]] = []
+    request = render_request(validate_job(SMALL_JOB), resident.num_layers)
+    output = Renderer(resident).render(request, on_step=lambda s, i, n, _t: steps.append((s, i, n)))
+    return output, steps
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     import ray
 

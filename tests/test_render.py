@@ -45,20 +45,21 @@ def test_render_writes_a_checked_mp4_and_sidecar(worker, tmp_path, recipe):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([video.name, video.with_suffix(".json").name])
 
 
-def test_same_seed_same_output_other_seed_differs(resident):
+def test_same_seed_same_output_other_seed_differs(resident, small_render):
+    """The same job gives the same output from another renderer, and again after that renderer rendered another
+    seed (nothing of one render leaks into the next); the prompts are encoded once across the renders."""
+    a, _ = small_render  # SMALL_JOB on a renderer of its own
     renderer = Renderer(resident)
-    job = validate_job(SMALL_JOB)
-    a = renderer.render(render_request(job, resident.num_layers))
-    b = renderer.render(render_request(job, resident.num_layers))
     c = renderer.render(render_request(validate_job({**SMALL_JOB, "seed": 8}), resident.num_layers))
+    b = renderer.render(render_request(validate_job(SMALL_JOB), resident.num_layers))
     assert torch.equal(a.video, b.video) and torch.equal(a.audio, b.audio)
     assert not torch.equal(a.video, c.video)
-    assert renderer.prompts.encodes == 2  # prompt + negative prompt, once each across three renders
+    assert renderer.prompts.encodes == 2  # prompt + negative prompt, once each across two renders
 
 
-def test_guidance_changes_the_output(resident):
+def test_guidance_changes_the_output(resident, small_render):
     renderer = Renderer(resident)
-    plain = renderer.render(render_request(validate_job(SMALL_JOB), resident.num_layers))
+    plain, _ = small_render
     strong = renderer.render(
         render_request(
             validate_job({**SMALL_JOB, "video_guidance": {"cfg": 9.0}, "audio_guidance": {"stg": 0.0}}),
@@ -101,11 +102,8 @@ def test_lora_fusion_matches_official_build(resident, tiny_set):
         resident.loras.use()
 
 
-def test_progress_callback_counts_steps(resident):
-    seen: list[tuple[str, int, int]] = []
-    Renderer(resident).render(
-        render_request(validate_job(SMALL_JOB), resident.num_layers), on_step=lambda s, i, n, _t: seen.append((s, i, n))
-    )
+def test_progress_callback_counts_steps(small_render):
+    _, seen = small_render  # SMALL_JOB's render, with the callback's calls
     assert [x for x in seen if x[0] == "stage_1"][-1] == ("stage_1", 3, 3)
     assert [x for x in seen if x[0] == "stage_2"] == [("stage_2", 1, 3), ("stage_2", 2, 3), ("stage_2", 3, 3)]
 
