@@ -142,14 +142,20 @@ def test_nan_in_a_task_is_retried_on_another_worker_then_fails_the_job_naming_th
         pool.shutdown()
 
 
-def test_worker_memory_does_not_grow_over_200_jobs(ray_cluster, tiny_set, tmp_path):
-    """RSS of a worker after 40 warm-up jobs and after 200: a leak of 0.3 MB or more per job fails it."""
+WARM_UP_JOBS, MEASURED_JOBS = 40, 80
+GROWTH_BOUND_MB = 25  # over MEASURED_JOBS: 0.31 MB a job, the bound of 50 MB over 160 jobs this test once had
+
+
+def test_worker_memory_does_not_grow_over_120_jobs(ray_cluster, tiny_set, tmp_path):
+    """RSS of a worker after 40 warm-up jobs and after 80 more: a leak of 0.3 MB or more per job fails it
+    (measured on the 2-core machine: the same RSS after 40 and after 200 jobs, so the bound is all margin)."""
     import psutil
 
+    last = WARM_UP_JOBS + MEASURED_JOBS
     pool = WorkerPool(tiny_set, num_workers=1)
     try:
         pid = pool.workers[0].info["pid"]
-        rows = [{"id": f"m{i:03d}", "prompt": f"scene {i % 7}", "seed": i} for i in range(200)]
+        rows = [{"id": f"m{i:03d}", "prompt": f"scene {i % 7}", "seed": i} for i in range(last)]
         store = Store(tmp_path / "db")
         m = parse_manifest({"campaign": "mem", "defaults": TINY, "rows": rows})
         store.submit(m.spec, m.jobs)
@@ -157,13 +163,16 @@ def test_worker_memory_does_not_grow_over_200_jobs(ray_cluster, tiny_set, tmp_pa
 
         def sample(stats: dict) -> None:
             done = stats["done"]
-            if done in (40, 200):
+            if done in (WARM_UP_JOBS, last):
                 samples[done] = psutil.Process(pid).memory_info().rss
 
         CampaignRunner(store, pool, tmp_path / "out", poll_s=0.02).run(on_progress=sample)
     finally:
         pool.shutdown()
-    assert set(samples) == {40, 200}
-    growth_mb = (samples[200] - samples[40]) / 2**20
-    print(f"worker RSS after 40 jobs {samples[40] / 2**20:.0f} MB, after 200 {samples[200] / 2**20:.0f} MB")
-    assert growth_mb < 50, f"worker RSS grew {growth_mb:.0f} MB over 160 jobs"
+    assert set(samples) == {WARM_UP_JOBS, last}
+    growth_mb = (samples[last] - samples[WARM_UP_JOBS]) / 2**20
+    print(
+        f"worker RSS after {WARM_UP_JOBS} jobs {samples[WARM_UP_JOBS] / 2**20:.0f} MB, "
+        f"after {last} {samples[last] / 2**20:.0f} MB"
+    )
+    assert growth_mb < GROWTH_BOUND_MB, f"worker RSS grew {growth_mb:.0f} MB over {MEASURED_JOBS} jobs"
