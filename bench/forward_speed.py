@@ -122,6 +122,7 @@ OPTIONS = {
     ),
     "compile+shared+fa4+splitkv+ropecache": BF16_WORKER,
     "compile+shared+fa4+splitkv+ropecache+looped": replace(BF16_WORKER, persistent_reductions=False),
+    "compile+shared+fa4+splitkv+ropecache+graph": BF16_WORKER,
     "fp8+fp8attn+compile+shared+fa4+splitkv+ropecache": replace(BF16_WORKER, fp8=True, fp8_attention=True),
     "fp8all+fp8attn+compile+shared+fa4+splitkv+ropecache": replace(
         BF16_WORKER, fp8=True, fp8_all_blocks=True, fp8_attention=True
@@ -269,6 +270,35 @@ def sustained(fn, seconds: float) -> dict:
     return result
 
 
+GRAPH_SUFFIX = "+graph"
+"""Option sets ending so replay the whole forward as one CUDA graph (bench only: the inputs here are the same
+tensors every call). Per-block graphs (`reduce-overhead`) fail, since each block's output feeds the next; this
+measures what the GPU's idle time between kernels (10-18 ms a forward in PROFILE rows) is worth."""
+
+
+def graphed_forward(model: torch.nn.Module, v: object, a: object) -> object:
+    """`model(v, a, None)` captured once as a CUDA graph (after a warm-up on a side stream, as torch's docs do),
+    returned as a callable that replays it. One timestep per row is applied to the inputs first: the pre-hook's
+    check reads values (a device sync), which a capture cannot hold; given shared ones, the hook does nothing."""
+    from ltx2.speed import shared_timestep
+
+    v, a = shared_timestep(v), shared_timestep(a)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.inference_mode():
+        model(v, a, None)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(graph):
+        output = model(v, a, None)
+
+    def replay() -> object:
+        graph.replay()
+        return output
+
+    return replay
+
+
 def main() -> None:
     sizes = [tuple(map(int, s.split("x"))) for s in os.environ.get("SIZES", "704x1280x121,1024x1536x121").split(",")]
     chosen = os.environ.get("OPTIONS", ",".join(OPTIONS)).split(",")
@@ -299,7 +329,10 @@ def main() -> None:
                 model(v, a, None)
                 torch.cuda.synchronize()
                 first_s = time.perf_counter() - first
-                ms, output = timed(lambda v=v, a=a, m=model: m(v, a, None))
+                forward = lambda v=v, a=a, m=model: m(v, a, None)  # noqa: E731
+                if name.endswith(GRAPH_SUFFIX):
+                    forward = graphed_forward(model, v, a)
+                ms, output = timed(forward)
             if name == "official":
                 reference[shape] = output[0].float().cpu()
             row = {
@@ -326,24 +359,24 @@ def main() -> None:
                     torch.cuda.synchronize()
                     started = time.perf_counter()
                     for _ in range(back_to_back):
-                        model(v, a, None)
+                        forward()
                     torch.cuda.synchronize()
                 row["ms_back_to_back"] = round((time.perf_counter() - started) * 1e3 / back_to_back, 1)
                 with torch.inference_mode():  # host time to issue one forward: above `ms`, the CPU is the limit
                     torch.cuda.synchronize()
                     started = time.perf_counter()
-                    model(v, a, None)
+                    forward()
                     row["ms_launch"] = round((time.perf_counter() - started) * 1e3, 1)
                     torch.cuda.synchronize()
             if sustain_s:
-                row["sustained"] = sustained(lambda v=v, a=a, m=model: m(v, a, None), sustain_s)
+                row["sustained"] = sustained(forward, sustain_s)
             if os.environ.get("PROFILE"):
                 with torch.inference_mode():
-                    row["profile"] = kernel_profile(lambda v=v, a=a, m=model: m(v, a, None))
+                    row["profile"] = kernel_profile(forward)
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
             save_rows(out, "forward_speed.json", info, rows)
-        model = output = None
+        model = output = forward = None
         gc.collect()
         torch.cuda.empty_cache()
     print(json.dumps(info))
