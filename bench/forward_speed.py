@@ -264,7 +264,7 @@ def sustained(fn, seconds: float) -> dict:
     result = {"forwards": len(times), "ms_mean": round(sum(t for _, t in times) / len(times), 1)}
     steady = [t for half, t in times if half == 1]
     result["steady_ms_mean"] = round(sum(steady) / len(steady), 1) if steady else None
-    result |= power_by_half[0].summary() if not power_by_half[1].samples else power_by_half[1].summary()
+    result |= (power_by_half[1] if power_by_half[1].samples else power_by_half[0]).summary()
     if "watts_mean" in result and steady:
         result["joules_per_forward"] = round(result["watts_mean"] * result["steady_ms_mean"] / 1e3, 1)
     return result
