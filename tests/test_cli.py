@@ -18,8 +18,9 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "LTX2_FARM_CACHE": str(CACHE)}
     for var in ("LTX2_CHECKPOINT", "LTX2_GEMMA_ROOT", "LTX2_SPATIAL_UPSAMPLER", "LTX2_DISTILLED_LORA", "RAY_ADDRESS"):
         env.pop(var, None)
+    # a hang still fails; on a 2-core CPU without AVX-512 a 2-worker control render took over 600 s
     return subprocess.run(
-        [sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+        [sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=1200
     )
 
 
