@@ -11,11 +11,17 @@ against yuv420p frames converted beforehand on the GPU (BT.601 limited range, 2Ã
 from __future__ import annotations
 
 import os
+import sys
 import time
+from pathlib import Path
 
 import av
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ltx2.media import X264_PRESET, X264_THREADS
 
 H, W, N = 704, 1280, 41
 
@@ -36,8 +42,8 @@ def encode(frames: np.ndarray, fmt: str) -> str:
     container = av.open("/tmp/mux_tail.mp4", "w")
     stream = container.add_stream("libx264", rate=24)
     stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-    stream.options = {"crf": "18", "preset": "veryfast"}  # ltx2.media's settings
-    stream.codec_context.thread_type = "FRAME"
+    stream.options = {"crf": "18", "preset": X264_PRESET}  # the writer's settings (`ltx2.media.Mp4Writer`)
+    stream.codec_context.thread_type = X264_THREADS
     started = time.perf_counter()
     for i, array in enumerate(frames):
         frame = av.VideoFrame.from_ndarray(array, format=fmt)
