@@ -216,6 +216,7 @@ def _run(args: argparse.Namespace, store: Any) -> int:
                 addressing_style=args.addressing_style,
             ),
             metrics=metrics.farm if metrics is not None else None,
+            uploads=metrics.uploads if metrics is not None else None,
         )
         bar = None
         if not args.json:

@@ -12,7 +12,9 @@ import datetime as dt
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,24 @@ import ray
 
 from cluster.executor import JOBS_PER_WORKER, WorkerPool
 from cluster.prompt_refs import PromptRefs
+from cluster.publish import (
+    HEAD,
+    OutputTarget,
+    Published,
+    deliver_held,
+    drop,
+    output_record,
+    published,
+    staging_dir,
+    staging_root,
+    sweep_partials,
+)
 from cluster.requests import prompt_texts
-from cluster.storage import StorageOptions, Uploader
+from cluster.storage import StorageOptions, UploadError
 from jobs.campaign import CampaignSpec
 from jobs.fallback import OOM_LADDER, ladder_for, rung_after
-from jobs.keys import parse_destination, render_key
-from jobs.outputs import job_content_hash, output_paths
+from jobs.keys import parse_destination
+from jobs.outputs import output_paths
 from jobs.plan import plan_job
 from jobs.schedule import allocate
 from jobs.spec import JobSpec, ValidJob
@@ -69,6 +83,7 @@ class CampaignRunner:
         poll_s: float = 0.5,
         blocklist_after: int = 3,
         metrics: Any = None,
+        uploads: Any = None,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -77,9 +92,12 @@ class CampaignRunner:
         self.storage = storage or StorageOptions()
         self.clock = clock
         self.poll_s = poll_s
-        self._uploaders: dict[str, Uploader | None] = {}
         self.blocklist_after = blocklist_after
         self.metrics = metrics  # FarmMetrics of the endpoint (`campaign run --metrics-port`), or None
+        self.uploads = uploads  # the endpoint's UploadMetrics for what the head itself uploads, or None
+        self._publishing = ThreadPoolExecutor(2, thread_name_prefix="publish")
+        """Receives outputs from workers, uploads what the head holds: beside the scheduling loop, never in it."""
+        self._pending: list[tuple[Future[Published], CampaignSpec, str, ValidJob, float]] = []
         self.blocklisted: dict[str, str] = {}  # worker name -> why
         self._failures: dict[int, list[str]] = {}  # worker slot -> ids of the jobs it failed since its last success
         self._failed_on: dict[tuple[str, str], set[int]] = {}  # (campaign, job) -> worker slots that failed it
@@ -90,34 +108,9 @@ class CampaignRunner:
     def _out_dir(self, campaign: str) -> Path:
         return self.out_root / campaign
 
-    def _uploader(self, spec: CampaignSpec) -> Uploader | None:
-        if spec.campaign not in self._uploaders:
-            self._uploaders[spec.campaign] = (
-                Uploader(parse_destination(spec.output), self.storage) if spec.output else None
-            )
-        return self._uploaders[spec.campaign]
-
-    def _publish(self, spec: CampaignSpec, job: ValidJob) -> dict[str, Any]:
-        """Upload a finished render (MP4, then sidecar); return what the store records as the output."""
-        paths = output_paths(job, self._out_dir(spec.campaign))
-        output: dict[str, Any] = {"video": str(paths.video), "sidecar": str(paths.sidecar)}
-        uploader = self._uploader(spec)
-        if uploader is not None:
-            fields = {
-                "campaign": spec.campaign,
-                "job": paths.video.stem,
-                "name": job.spec.name or "render",
-                "seed": job.spec.seed,
-                "hash": job_content_hash(job)[:12],
-            }
-            objects = uploader.upload(
-                [
-                    (paths.video, render_key(spec.key_template, {**fields, "ext": "mp4"}), "video/mp4"),
-                    (paths.sidecar, render_key(spec.key_template, {**fields, "ext": "json"}), "application/json"),
-                ]
-            )
-            output["objects"] = [{"key": o.key, "etag": o.etag, "bytes": o.bytes, "url": o.url} for o in objects]
-        return output
+    def _target(self, spec: CampaignSpec) -> OutputTarget:
+        destination = parse_destination(spec.output) if spec.output else None
+        return OutputTarget(destination, self.storage, spec.key_template, spec.campaign)
 
     def run(
         self,
@@ -131,11 +124,11 @@ class CampaignRunner:
         """
         requeued = self.store.recover()
         self._sweep_partials()
+        self._stats = stats = {"done": 0, "failed": 0, "retried": 0, "skipped": 0, "requeued": requeued}
         started = time.monotonic()
         depth = 1 if self.pool.is_gang else JOBS_PER_WORKER
         free = [w for _ in range(depth) for w in range(len(self.pool.workers))]  # a slot per job a worker holds
         running: dict[Any, _Running] = {}
-        stats = {"done": 0, "failed": 0, "retried": 0, "skipped": 0, "requeued": requeued}
         planned: list[tuple[CampaignSpec, dict[str, Any], ValidJob]] = []  # chunked/tiled jobs waiting
         waiting: list[
             tuple[str, dict[str, Any], ValidJob]
@@ -146,11 +139,13 @@ class CampaignRunner:
             self._held[worker] = row.get("lora_set")
             actor = self.pool.workers[worker].actor
             encoded = {text: self._encoded(actor, text) for text in prompt_texts(job)}
-            ref = actor.render.remote(job, str(self._out_dir(name)), encoded)
+            ref = actor.render.remote(job, self._target(self.store.campaign_spec(name)), encoded)
             running[ref] = _Running(name, row["id"], job, worker, ref, actor, self.pool.workers[worker].info["name"])
 
         while True:
             now = self.clock()
+            if self._drain_published(stats) and on_progress is not None:
+                on_progress(dict(stats))
             for item in list(waiting):
                 avoid = self._failed_on.get((item[0], item[1]["id"]), set())
                 usable = [w for w in free if w not in avoid] or (free if not self._alternatives(avoid) else [])
@@ -173,10 +168,10 @@ class CampaignRunner:
                     continue
                 spec = self.store.campaign_spec(name)
                 job = job_from_row(row, self.ladder)
-                paths = output_paths(job, self._out_dir(name))
-                if paths.sidecar.exists() and paths.video.exists():
-                    # Rendered before a crash: publish (idempotent) and finish, never render twice.
-                    self._complete(spec, row["id"], job, 0.0, stats, "skipped")
+                target = self._target(spec)
+                if published(job, target, self._out_dir(name)):
+                    # Published before a crash (the sidecar goes last): finish, never render or upload twice.
+                    self._finish(spec, row["id"], job, 0.0, "skipped", output_record(job, target, self._out_dir(name)))
                     continue
                 if self.pool.is_gang or not plan_job(job).trivial:  # gangs run planned tasks only
                     planned.append((spec, row, job))  # claimed; stop claiming until it has run
@@ -197,11 +192,11 @@ class CampaignRunner:
                 if planned:
                     continue  # a claimed planned job runs at the top of the loop, the pool being idle
                 states = self.store.campaign_states()
-                if until_idle and not any(allocate(states, 1, now)):
+                if until_idle and not self._pending and not any(allocate(states, 1, now)):
                     break
                 if max_seconds is not None and time.monotonic() - started > max_seconds:
                     break
-                time.sleep(self.poll_s)
+                self._wait_published(self.poll_s)
                 continue
             ready, _ = ray.wait(list(running), num_returns=1, timeout=self.poll_s)
             for ref in ready:
@@ -210,7 +205,7 @@ class CampaignRunner:
                     free.append(r.worker)
                 spec = self.store.campaign_spec(r.campaign)
                 try:
-                    sidecar = ray.get(ref)
+                    reply = ray.get(ref)
                 except ray.exceptions.RayActorError as error:  # the worker died under the job
                     self._forget_prompts(r.job)
                     self._worker_lost(r, error, stats)  # its slot stays free, with a fresh worker in it
@@ -219,6 +214,9 @@ class CampaignRunner:
                     self._forget_prompts(r.job)  # an encoding that failed is not kept for later jobs
                     if is_out_of_memory(error):
                         self._out_of_memory(r.campaign, r.job_id, error, time.time() - r.started, stats)
+                        continue
+                    if isinstance(error, UploadError):  # rendered, not uploaded: the storage's fault, not the GPU's
+                        self._publish_failed(spec, r.job_id, error, time.time() - r.started)
                         continue
                     state = self.store.fail(
                         r.campaign,
@@ -236,13 +234,17 @@ class CampaignRunner:
                         self._blocklisted_slots.add(r.worker)
                     continue
                 self._failures.pop(r.worker, None)
-                self._complete(spec, r.job_id, r.job, float(sidecar["timings_s"].get("total", 0.0)), stats, "done")
+                seconds = float(reply.document["timings_s"].get("total", 0.0))
+                self._publish(spec, r.job_id, r.job, seconds, partial(self.pool.collect, r.actor, reply))
             if ready:
                 self._observe()
             if ready and on_progress is not None:
                 on_progress(dict(stats))
             if max_seconds is not None and time.monotonic() - started > max_seconds:
                 break
+        while self._pending:  # outputs on their way: recorded before returning, never left to a restart
+            self._wait_published(None)
+            self._drain_published(stats)
         self._sweep_partials()
         return stats
 
@@ -319,9 +321,11 @@ class CampaignRunner:
 
         started = time.time()
         self._held = dict.fromkeys(range(len(self.pool.workers)), row.get("lora_set"))  # every worker takes its set
+        staged = output_paths(job, staging_dir(self._target(spec), HEAD))
+        drop(staged)  # a plan whose delivery a crash interrupted runs again whole
         try:
             coordinator = Coordinator(self.pool, prompts=self.prompts)
-            [sidecar] = coordinator.run([plan_job(job)], self._out_dir(spec.campaign))
+            [sidecar] = coordinator.run([plan_job(job)], staged.video.parent)
         except ray.exceptions.RayActorError as error:  # a worker died mid-plan: replace it, run the job again
             dead = [i for i, w in enumerate(self.pool.workers) if not _actor_alive(w.actor)]
             state = self.store.interrupt(spec.campaign, row["id"], f"worker died: {error}", time.time() - started)
@@ -345,27 +349,63 @@ class CampaignRunner:
             stats["retried" if state == "queued" else "failed"] += 1
             return
         worker_seconds = sum(t["seconds"] for t in sidecar.get("trace", []))
-        self._complete(spec, row["id"], job, worker_seconds, stats, "done")
+        on_upload = self.uploads.count if self.uploads is not None else None
+        self._publish(spec, row["id"], job, worker_seconds, partial(deliver_held, sidecar, on_upload=on_upload))
 
     def _sweep_partials(self) -> None:
-        """Temporary files of renders that a crash interrupted (outputs are renamed into place, so never an output)."""
-        for tmp in self.out_root.glob("*/.*.partial-*"):
-            pid = tmp.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
-                tmp.unlink(missing_ok=True)
+        """Temporary files of this node's writers that a crash interrupted (workers sweep their own nodes')."""
+        for folder in (self.out_root, staging_root()):
+            for tmp in sweep_partials(folder):
                 self.store.log(f"removed the partial file {tmp.name} of an interrupted render")
 
-    def _complete(
-        self, spec: CampaignSpec, job_id: str, job: ValidJob, gpu_seconds: float, stats: dict[str, int], counter: str
+    def _publish(
+        self,
+        spec: CampaignSpec,
+        job_id: str,
+        job: ValidJob,
+        gpu_seconds: float,
+        deliver: Callable[[ValidJob, OutputTarget, Path], Published],
     ) -> None:
-        try:
-            output = self._publish(spec, job)
-        except Exception as error:  # upload failed after retries: the files stay local, the job retries
-            state = self.store.fail(spec.campaign, job_id, f"upload: {error}", gpu_seconds, spec.max_task_retries)
-            stats["retried" if state == "queued" else "failed"] += 1
-            return
+        """Finish a rendered job once its output is where it goes; the delivery runs on the publishing threads."""
+        future = self._publishing.submit(deliver, job, self._target(spec), self._out_dir(spec.campaign))
+        self._pending.append((future, spec, job_id, job, gpu_seconds))
+
+    def _wait_published(self, timeout: float | None) -> None:
+        """Sleep until a delivery ends (or `timeout`): nothing else can move while the loop waits for them."""
+        if self._pending:
+            wait([f for f, *_ in self._pending], timeout=timeout, return_when=FIRST_COMPLETED)
+        elif timeout is not None:
+            time.sleep(timeout)
+
+    def _drain_published(self, stats: dict[str, int]) -> bool:
+        """Record every delivery that ended: done, or failed with the reason (the render is kept where it is)."""
+        ended = [p for p in self._pending if p[0].done()]
+        for item in ended:
+            self._pending.remove(item)
+            future, spec, job_id, job, gpu_seconds = item
+            try:
+                result = future.result()
+            except Exception as error:
+                self._publish_failed(spec, job_id, error, gpu_seconds)
+                continue
+            target = self._target(spec)
+            self._finish(spec, job_id, job, gpu_seconds, "done", output_record(job, target, None, result))
+        if ended:
+            self._observe()
+        return bool(ended)
+
+    def _publish_failed(self, spec: CampaignSpec, job_id: str, error: Exception, gpu_seconds: float) -> None:
+        """A rendered job whose output did not reach its destination: retried (its holder keeps the files and
+        publishes them again without rendering), or failed with the storage's reason."""
+        why = str(error) if isinstance(error, UploadError) else f"{type(error).__name__}: {error}"
+        state = self.store.fail(spec.campaign, job_id, f"upload: {why}", gpu_seconds, spec.max_task_retries)
+        self._stats["retried" if state == "queued" else "failed"] += 1
+
+    def _finish(
+        self, spec: CampaignSpec, job_id: str, job: ValidJob, gpu_seconds: float, counter: str, output: dict[str, Any]
+    ) -> None:
         self.store.finish(spec.campaign, job_id, output, gpu_seconds)
-        stats[counter] += 1
+        self._stats[counter] += 1
         if self.metrics is not None and counter == "done":
             self.metrics.job_seconds.observe(gpu_seconds)
             self.metrics.video_seconds.inc(job.num_frames / job.spec.frame_rate)
@@ -377,18 +417,6 @@ def _actor_alive(actor: Any) -> bool:
         return True
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
         return False
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` still runs (a zombie, killed but not yet reaped, does not)."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
 
 
 def campaign_status(store: Store, name: str, now: dt.datetime | None = None) -> dict[str, Any]:

@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -490,11 +489,13 @@ def cmd_render(args: argparse.Namespace) -> int:
         bar.n = p["step"]
         bar.refresh()
 
+    target = output_target(args)
     try:
-        if plan.trivial and args.workers == 1 and not pool.is_gang:
-            sidecar = pool.render(job, args.out, on_progress=on_progress)  # the single-pass fast path
+        if plan.trivial and args.workers == 1 and not pool.is_gang:  # the single-pass fast path
+            result = pool.render(job, args.out, on_progress=on_progress, target=target)
         else:
             from cluster.coordinator import Coordinator
+            from cluster.publish import HEAD, deliver_held, staging_dir
 
             if not args.json:
                 sys.stderr.write(
@@ -502,29 +503,61 @@ def cmd_render(args: argparse.Namespace) -> int:
                     + (f", each a {placement.mode} gang of {placement.gpus}" if pool.is_gang else "")
                     + "\n"
                 )
-            [sidecar] = Coordinator(pool, metrics.farm if metrics else None).run([plan], args.out)
+            [sidecar] = Coordinator(pool, metrics.farm if metrics else None).run([plan], staging_dir(target, HEAD))
+            on_upload = metrics.uploads.count if metrics is not None else None
+            result = deliver_held(sidecar, job, target, Path(args.out), on_upload=on_upload)
         if bar is not None:
             bar.close()
             bar = None
-        video = Path(args.out) / sidecar["output"]["video"]
-        if args.output:
-            sidecar["upload"] = _upload(args, job, video, metrics.farm if metrics else None)
     finally:
         if bar is not None:
             bar.close()
         if metrics is not None:
             metrics.close()
         pool.shutdown()
+    sidecar = result.document
     media = sidecar["media"]
-    human = (
-        f"wrote {video}  ({media['width']}x{media['height']}, {media['frames']} frames @ {media['fps']:g} fps, "
+    summary = (
+        f"({media['width']}x{media['height']}, {media['frames']} frames @ {media['fps']:g} fps, "
         f"audio {media['audio_codec']} {media['sample_rate']} Hz x{media['channels']}, "
-        f"{sidecar['timings_s']['total']:.1f} s)\n"
-        f"sidecar {video.with_suffix('.json')}"
+        f"{sidecar['timings_s']['total']:.1f} s)"
     )
-    human += "".join(f"\nuploaded {u['url']}\n  link: {u['presigned_url']}" for u in sidecar.get("upload", []))
-    _emit(args, {"ok": True, "video": str(video), "sidecar": str(video.with_suffix(".json")), **sidecar}, human)
+    payload: dict[str, Any] = {"ok": True, **sidecar}
+    lines = []
+    if result.paths is not None:
+        payload.update(video=str(result.paths.video), sidecar=str(result.paths.sidecar))
+        lines += [f"wrote {result.paths.video}  {summary}", f"sidecar {result.paths.sidecar}"]
+    if result.objects:
+        from cluster.storage import Uploader
+
+        link = Uploader(target.destination, target.storage).presigned_url
+        payload["upload"] = [
+            {"key": o.key, "bytes": o.bytes, "etag": o.etag, "url": o.url, "presigned_url": link(o.key)}
+            for o in result.objects
+        ]
+        if result.paths is None:
+            lines.append(f"rendered {summary}")
+        lines += [f"uploaded {u['url']}\n  link: {u['presigned_url']}" for u in payload["upload"]]
+    _emit(args, payload, "\n".join(lines))
     return 0
+
+
+def output_target(args: argparse.Namespace):  # -> cluster.publish.OutputTarget
+    """Where `render`'s output goes: `--out` on this machine, and `--output` if given."""
+    from cluster.publish import OutputTarget
+    from cluster.storage import StorageOptions
+    from jobs.keys import parse_destination
+
+    return OutputTarget(
+        parse_destination(args.output) if args.output else None,
+        StorageOptions(
+            endpoint_url=args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
+            region=args.region,
+            addressing_style=args.addressing_style,
+            profile=args.profile,
+        ),
+        args.key_template,
+    )
 
 
 def resolve_placement(
@@ -555,48 +588,6 @@ def resolve_placement(
         free_gpus=free_gpus,
         queued_jobs=workers,
     )
-
-
-def _upload(args: argparse.Namespace, job: ValidJob, video: Path, metrics: Any = None) -> list[dict[str, Any]]:
-    """Upload the MP4 then the sidecar (last: a remote sidecar means a complete output)."""
-    from cluster.storage import StorageOptions, Uploader
-    from jobs.keys import parse_destination, render_key
-    from jobs.outputs import job_content_hash
-
-    destination = parse_destination(args.output)
-    fields = {
-        "job": video.stem,
-        "name": job.spec.name or "render",
-        "seed": job.spec.seed,
-        "hash": job_content_hash(job)[:12],
-    }
-    files = [
-        (video, render_key(args.key_template, {**fields, "ext": "mp4"}), "video/mp4"),
-        (video.with_suffix(".json"), render_key(args.key_template, {**fields, "ext": "json"}), "application/json"),
-    ]
-    options = StorageOptions(
-        endpoint_url=args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
-        region=args.region,
-        addressing_style=args.addressing_style,
-        profile=args.profile,
-    )
-    uploader = Uploader(destination, options)
-    if not args.json:
-        sys.stderr.write(f"uploading to {destination}…\n")
-    started = time.perf_counter()
-    try:
-        objects = uploader.upload(files)
-    except Exception:
-        if metrics is not None:
-            metrics.upload_failures.inc()
-        raise
-    if metrics is not None:
-        metrics.upload_bytes.inc(sum(o.bytes for o in objects))
-        metrics.upload_seconds.observe(time.perf_counter() - started)
-    return [
-        {"key": o.key, "bytes": o.bytes, "etag": o.etag, "url": o.url, "presigned_url": uploader.presigned_url(o.key)}
-        for o in objects
-    ]
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

@@ -12,10 +12,12 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
 
+from cluster.publish import OutputTarget, Published, collect
 from cluster.worker import JOBS_PER_WORKER, RenderWorker
 from jobs.placement import REPLICA, Placement
 from jobs.spec import ValidJob
@@ -25,6 +27,11 @@ ProgressCallback = Callable[[dict[str, Any]], None]
 
 SHUTDOWN_WAIT_S = 10.0
 """How long `WorkerPool.shutdown` waits for Ray to get its workers' CPUs/GPUs back."""
+
+PUBLISH_GROUP = "publish"
+PUBLISHES_PER_WORKER = 4
+"""Outputs a worker uploads (or hands over) at once, on threads of their own: uploads stalled by a storage
+outage never take the threads that renders, encodes and progress polls run on."""
 
 WORKER_ENV = {"TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
 """Per-step bars inside actors would interleave in the driver's log; the driver draws its own."""
@@ -133,9 +140,10 @@ class WorkerPool:
                 return gang_cls.remote(checkpoints, placement, target, dtype, name)
 
         else:
-            options: dict[str, Any] = {"max_concurrency": JOBS_PER_WORKER + 2}  # + an encode task, progress polls
-            options.update(num_gpus=1 if use_gpu else 0, num_cpus=1)
-            actor_cls = ray.remote(RenderWorker).options(**options)
+            actor_cls = ray.remote(
+                max_concurrency=JOBS_PER_WORKER + 2,  # + an encode task, progress polls
+                concurrency_groups={PUBLISH_GROUP: PUBLISHES_PER_WORKER},  # declared with the class, not in options
+            )(RenderWorker).options(num_gpus=1 if use_gpu else 0, num_cpus=1)
 
             def start(name: str) -> Any:
                 return actor_cls.remote(
@@ -161,27 +169,44 @@ class WorkerPool:
     def render(
         self,
         job: ValidJob,
-        out_dir: str,
+        out_dir: str | Path,
         worker: int = 0,
         on_progress: ProgressCallback | None = None,
         poll_s: float = 0.2,
-    ) -> dict[str, Any]:
-        """Render one job on worker `worker`, reporting progress while it runs."""
+        target: OutputTarget | None = None,
+    ) -> Published:
+        """Render one job on worker `worker`, reporting progress while it runs; its output is published
+        (`cluster.publish`): uploaded by the worker, or received into `out_dir` here."""
         handle = self.workers[worker]
-        ref = handle.actor.render.remote(job, str(out_dir))
+        target = target or OutputTarget()
+        ref = handle.actor.render.remote(job, target)
         while on_progress is not None:
             ready, _ = ray.wait([ref], timeout=poll_s)
             if ready:
                 break
             on_progress(ray.get(handle.actor.progress.remote()))
-        return ray.get(ref)
+        return self.collect(handle.actor, ray.get(ref), job, target, out_dir)
 
-    def render_all(self, jobs: Sequence[ValidJob], out_dir: str) -> list[dict[str, Any]]:
+    def render_all(self, jobs: Sequence[ValidJob], out_dir: str | Path) -> list[Published]:
         """Spread jobs over the workers (each worker renders its share in order); results in job order."""
-        refs = [
-            self.workers[i % len(self.workers)].actor.render.remote(job, str(out_dir)) for i, job in enumerate(jobs)
+        target = OutputTarget()
+        handles = [self.workers[i % len(self.workers)] for i in range(len(jobs))]
+        refs = [h.actor.render.remote(job, target) for h, job in zip(handles, jobs, strict=True)]
+        return [
+            self.collect(h.actor, reply, job, target, out_dir)
+            for h, reply, job in zip(handles, ray.get(refs), jobs, strict=True)
         ]
-        return ray.get(refs)
+
+    @staticmethod
+    def collect(actor: Any, reply: Any, job: ValidJob, target: OutputTarget, out_dir: str | Path) -> Published:
+        """A worker's rendered job published: uploaded by the worker, or its parts received into `out_dir`
+        here, after which the worker drops its staged copy."""
+        staged = ray.get(actor.publish.options(concurrency_group=PUBLISH_GROUP).remote(job, target))
+        published = collect(reply.document, staged, job, target, Path(out_dir), ray.get)
+        if not staged.delivered:
+            with contextlib.suppress(ray.exceptions.RayError):  # a worker gone since: its staging went with it
+                ray.get(actor.release.options(concurrency_group=PUBLISH_GROUP).remote(target, reply.video))
+        return published
 
     def refresh_info(self) -> list[dict[str, Any]]:
         infos = ray.get([w.actor.info.remote() for w in self.workers])

@@ -35,12 +35,32 @@ TASK_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 JOB_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 
 
+class UploadMetrics:
+    """Uploads, counted by the node that makes them (a worker uploads its own outputs, the head those it holds)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.bytes = Counter("ltx2farm_upload_bytes", "Bytes uploaded", registry=registry)
+        self.failures = Counter("ltx2farm_upload_failures", "Uploads that failed", registry=registry)
+        self.seconds = Histogram(
+            "ltx2farm_upload_seconds", "Upload of one output (all its files)", buckets=TASK_BUCKETS, registry=registry
+        )
+
+    def count(self, size: int, seconds: float, ok: bool) -> None:
+        if ok:
+            self.bytes.inc(size)
+            self.seconds.observe(seconds)
+        else:
+            self.failures.inc()
+
+
 class WorkerMetrics:
     """What one render worker measures; read by the coordinator's endpoint."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.uploads = UploadMetrics(r)
+        self.count_upload = self.uploads.count
         self.step_seconds = Histogram(
             "ltx2farm_step_seconds", "Denoising step latency", ["stage"], buckets=STEP_BUCKETS, registry=r
         )
@@ -94,11 +114,6 @@ class FarmMetrics:
             "ltx2farm_job_seconds", "End-to-end job latency", buckets=JOB_BUCKETS, registry=registry
         )
         self.video_seconds = Counter("ltx2farm_video_seconds", "Seconds of video generated", registry=registry)
-        self.upload_bytes = Counter("ltx2farm_upload_bytes", "Bytes uploaded", registry=registry)
-        self.upload_failures = Counter("ltx2farm_upload_failures", "Uploads that failed", registry=registry)
-        self.upload_seconds = Histogram(
-            "ltx2farm_upload_seconds", "Upload of one output (all its files)", buckets=TASK_BUCKETS, registry=registry
-        )
         self.workers = Gauge("ltx2farm_workers", "Live render workers", registry=registry)
 
 
@@ -141,8 +156,13 @@ class MetricsServer:
     def __init__(self, pool: object | None, port: int = 0, addr: str = "127.0.0.1") -> None:
         self.registry = CollectorRegistry()
         self.farm = FarmMetrics(self.registry)
+        self.head_registry = CollectorRegistry()
+        self.uploads = UploadMetrics(self.head_registry)
+        """The head's own uploads (outputs it holds), labelled like a worker's so both add up in one series."""
+        head = ({"node": socket.gethostname(), "gpu": "head"}, self.head_registry)
+        fetch = pool_fetcher(pool) if pool is not None else list
+        self.registry.register(WorkerCollector(lambda: [(head[0], generate_latest(head[1]).decode()), *fetch()]))
         if pool is not None:
-            self.registry.register(WorkerCollector(pool_fetcher(pool)))
             self.farm.workers.set_function(lambda: len(getattr(pool, "workers", [])))
         self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
         self.port = self._server.server_port

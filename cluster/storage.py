@@ -268,6 +268,12 @@ class Uploader:
             raise
         return head["ContentLength"], head["ETag"].strip('"')
 
+    def exists(self, key: str) -> bool:
+        """Whether `key` is already at the destination (an output whose sidecar is there is complete)."""
+        if self._client is None:
+            return (Path(self.destination.prefix) / key).is_file()
+        return self._existing(join_key(self.destination.prefix, key)) is not None
+
     def presigned_url(self, key: str, expires_s: int = 7 * 24 * 3600) -> str:
         """A time-limited HTTPS link to a finished output (file:// URI for local destinations)."""
         if self._client is None:

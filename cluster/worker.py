@@ -14,7 +14,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
@@ -23,6 +23,17 @@ from typing import Any
 import torch
 
 from cluster.metrics import KIND_TO_STAGE, WorkerMetrics, worker_labels
+from cluster.publish import (
+    OutputTarget,
+    Published,
+    StagedOutput,
+    collect,
+    drop,
+    offer,
+    staging_dir,
+    staging_root,
+    sweep_partials,
+)
 from cluster.requests import TensorDigest, content_hashes, job_audio, job_control, job_loras, render_request
 from cluster.storage import localize
 from cluster.transport import pack
@@ -163,6 +174,37 @@ def install_faults(models: Any, spec: str, streaming: StreamedBlocks | None = No
 
 
 @dataclass(frozen=True)
+class RenderReply:
+    """What a worker's `render` returns: the sidecar document and the staged MP4's name."""
+
+    document: dict[str, Any]
+    video: str
+
+
+def render_in_process(
+    worker: RenderWorker, job: ValidJob, out_dir: Path | str, target: OutputTarget | None = None
+) -> Published:
+    """Render on a worker of this process and publish the output as the head does (`WorkerPool.collect` is the
+    same steps across Ray): for tests and benchmarks that drive a `RenderWorker` directly."""
+    target = target or OutputTarget()
+    reply = worker.render(job, target)
+    staged = worker.publish(job, target)
+    published = collect(reply.document, staged, job, target, Path(out_dir))
+    if not staged.delivered:
+        worker.release(target, reply.video)
+    return published
+
+
+def _object_store_put() -> Callable[[bytes], Any]:
+    """Ray's `put` inside a Ray worker (the head fetches the parts from this node); in-process, the bytes."""
+    try:
+        import ray
+    except ImportError:
+        return lambda data: data
+    return ray.put if ray.is_initialized() else (lambda data: data)
+
+
+@dataclass(frozen=True)
 class _Rendered:
     """A render whose model work is done: what writing its outputs needs."""
 
@@ -227,6 +269,7 @@ class RenderWorker:
         self._writers = ThreadPoolExecutor(JOBS_PER_WORKER, "outputs", initializer=_lower_writer_priority)
         # Model-file digests (for sidecars) are computed in the background while the first job renders.
         install_faults(self.models, os.environ.get("LTX2_FARM_FAULTS", ""), self.streaming)
+        sweep_partials(staging_root())  # half-written files of a worker that died on this node
         self._hashing = threading.Thread(target=self.model_hashes, name="model-hashes", daemon=True)
         self._hashing.start()
 
@@ -288,25 +331,27 @@ class RenderWorker:
             for role, path in self.models.paths.files().items()
         }
 
-    def render(self, job: ValidJob, out_dir: str, encoded: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Render `job` into `out_dir`; return the sidecar document (also written beside the MP4).
+    def render(
+        self, job: ValidJob, target: OutputTarget | None = None, encoded: dict[str, Any] | None = None
+    ) -> RenderReply:
+        """Render `job` into this worker's staging folder (then `publish` sends it on, `cluster.publish`).
 
         `encoded` maps prompt texts to encodings made by an `encode` task (or Ray refs to them), so a
         campaign runs Gemma once per distinct prompt, not once per job or per worker.
 
         Only the model work holds the model. The job's writer (a pool of lower CPU priority,
         `WRITER_NICENESS`) encodes the MP4 as the tiled VAE decode yields frames, and after the model is let
-        go adds the audio, closes the file, probes it and writes the sidecar, while a second `render` call
-        (the runner keeps `JOBS_PER_WORKER` in flight) already runs its forwards. So neither the GPU waits for
-        the host between jobs, nor a lone job for a whole mux after its decode.
+        go adds the audio, closes the file, probes it and writes the sidecar, while a second `render` call (the
+        runner keeps `JOBS_PER_WORKER` in flight) already runs its forwards. So neither the GPU waits for the
+        host between jobs, nor a lone job for a whole mux after its decode.
         """
+        paths = output_paths(job, staging_dir(target or OutputTarget(), self.name))
         for text, value in (encoded or {}).items():
             if not isinstance(value, stages.Contexts):  # a Ray ref, resolved before taking the model
                 import ray
 
                 value = ray.get(value)
             self.renderer.prompts.put(text, value.video, value.audio)
-        paths = output_paths(job, Path(out_dir))
         handoff: queue.SimpleQueue[Any] = queue.SimpleQueue()  # frame runs, then the _Rendered or the error
         written = self._writers.submit(self._write_outputs, job, paths, handoff)
         try:
@@ -319,11 +364,24 @@ class RenderWorker:
             raise
         handoff.put(rendered)
         try:
-            return written.result()
+            return RenderReply(written.result(), paths.video.name)
         finally:
             with self._lock:
                 if self._progress.get("job") == paths.video.name and self._progress["stage"] == "mux":
                     self._progress = {"stage": "idle", "step": 0, "total": 0, "job": None}
+
+    def publish(self, job: ValidJob, target: OutputTarget | None = None) -> StagedOutput:
+        """Publish a rendered job's staged files (`cluster.publish.offer`): upload them from here to an S3
+        destination, or offer their parts to the head. A call of its own, after `render` returned, so the
+        runner can give this worker its next job while the last output uploads."""
+        target = target or OutputTarget()
+        paths = output_paths(job, staging_dir(target, self.name))
+        return offer(paths, job, target, put=_object_store_put(), on_upload=self.metrics.count_upload)
+
+    def release(self, target: OutputTarget, video: str) -> None:
+        """Drop a staged output the head has received (`cluster.publish.receive`)."""
+        folder = staging_dir(target, self.name)
+        drop(OutputPaths(folder / video, (folder / video).with_suffix(".json")))
 
     def _render_frames(self, job: ValidJob, paths: OutputPaths, on_frames: FramesCallback) -> _Rendered:
         """The model part of a render."""

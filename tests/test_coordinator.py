@@ -42,7 +42,7 @@ def test_one_tile_plan_is_bit_identical_to_the_untiled_render(pool, coordinator,
     plan = plan_job(job)
     assert plan.trivial
     [planned] = coordinator.run([plan], tmp_path / "planned")
-    reference = pool.render(job, str(tmp_path / "reference"))  # the plain resident-model render on a worker
+    reference = pool.render(job, tmp_path / "reference").document  # the plain resident-model render on a worker
     assert planned["content_sha256"] == reference["content_sha256"]
     assert planned["media"]["frames"] == reference["media"]["frames"] == 17
 

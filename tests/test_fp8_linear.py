@@ -170,7 +170,9 @@ def test_a_cpu_worker_renders_with_fp8_says_so_and_backs_up_weights_in_their_lay
     # transposed FP8 weights backed up with their own strides: a restore is one plain copy, no GPU temporary
     assert fp8 and all(not params[name].is_contiguous() for name in fp8)
     assert all(loras._originals[name].stride() == params[name].stride() for name in loras._originals)
-    document = worker.render(validate_job(SMALL_JOB), str(tmp_path))
+    from cluster.worker import render_in_process
+
+    document = render_in_process(worker, validate_job(SMALL_JOB), str(tmp_path)).document
     assert document["media"]["frames"] == 17 and (tmp_path / document["output"]["video"]).stat().st_size > 0
 
 

@@ -55,13 +55,14 @@ def test_a_whole_job_on_the_offload_rung_renders_as_its_tiles_rung_does(tiny_set
     """Rungs are cumulative: the CPU-offload rung also decodes in the smallest tiles, so a whole-job render on
     it equals the `smallest_tiles` render of the same job bit for bit (streaming changes no number), and
     differs from the plain render only in the video (the decode's tiles; the audio is the same)."""
-    from cluster.worker import RenderWorker
+    from cluster.worker import RenderWorker, render_in_process
 
     worker = RenderWorker(tiny_set, device="cpu", compile=False, name="eager")
     job = validate_job({**SMALL_JOB, "recipe": "two_stage"})
-    plain = worker.render(job, str(tmp_path / "plain"))["content_sha256"]
-    tiles = worker.render(job.with_fallback("smallest_tiles"), str(tmp_path / "tiles"))["content_sha256"]
-    streamed = worker.render(job.with_fallback("offload_transformer"), str(tmp_path / "streamed"))["content_sha256"]
+    plain, tiles, streamed = (
+        render_in_process(worker, job.with_fallback(rung), tmp_path / str(rung)).document["content_sha256"]
+        for rung in (None, "smallest_tiles", "offload_transformer")
+    )
     assert worker.streaming.loads > 0
     assert streamed == tiles
     assert streamed["audio_waveform"] == plain["audio_waveform"]

@@ -6,6 +6,7 @@ import pytest
 import ray
 
 from cluster.executor import WorkerPool
+from cluster.publish import OutputTarget
 from jobs.spec import validate_job
 from tests.conftest import SMALL_JOB
 
@@ -26,8 +27,8 @@ def test_workers_are_separate_processes_on_cpu_without_gpus(pool):
 
 def test_two_workers_render_identical_outputs(pool, tmp_path):
     job = validate_job(SMALL_JOB)
-    a = pool.render(job, str(tmp_path / "a"), worker=0)
-    b = pool.render(job, str(tmp_path / "b"), worker=1)
+    a = pool.render(job, str(tmp_path / "a"), worker=0).document
+    b = pool.render(job, str(tmp_path / "b"), worker=1).document
     assert a["worker"]["pid"] != b["worker"]["pid"]
     assert a["content_sha256"] == b["content_sha256"]
     assert a["output"]["video"] == b["output"]["video"]
@@ -38,8 +39,9 @@ def test_warm_worker_renders_next_job_without_reloading(pool, tmp_path):
     progress: list[dict] = []
     first = pool.render(
         validate_job({**SMALL_JOB, "seed": 100}), str(tmp_path), worker=0, on_progress=progress.append, poll_s=0.01
-    )
+    ).document
     second = pool.render(validate_job({**SMALL_JOB, "seed": 101, "recipe": "distilled"}), str(tmp_path), worker=0)
+    second = second.document
     after = pool.refresh_info()[0]
     assert before["loads"] == first["worker"]["loads"] == second["worker"]["loads"] == after["loads"] == 1
     assert after["load_seconds"] == before["load_seconds"]
@@ -51,22 +53,25 @@ def test_warm_worker_renders_next_job_without_reloading(pool, tmp_path):
 def test_render_all_spreads_jobs(pool, tmp_path):
     jobs = [validate_job({**SMALL_JOB, "seed": s}) for s in (1, 2, 3)]
     results = pool.render_all(jobs, str(tmp_path))
-    assert [r["resolved"]["seed"] for r in results] == [1, 2, 3]
-    assert len({r["worker"]["pid"] for r in results}) == 2
-    assert len(list(tmp_path.glob("*.mp4"))) == 3
+    assert [r.document["resolved"]["seed"] for r in results] == [1, 2, 3]
+    assert len({r.document["worker"]["pid"] for r in results}) == 2
+    assert sorted(tmp_path.glob("*.mp4")) == sorted(r.paths.video for r in results)
 
 
 def test_a_worker_starts_the_next_jobs_model_work_while_the_last_one_muxes(pool, tmp_path):
     """Two renders sent to one worker: the model work runs one job at a time, but the second job's starts
     before the first one's MP4 is written (the GPU does not wait for host work), and outputs are unchanged."""
-    alone = pool.render(validate_job({**SMALL_JOB, "seed": 7}), str(tmp_path / "alone"), worker=1)
+    alone = pool.render(validate_job({**SMALL_JOB, "seed": 7}), str(tmp_path / "alone"), worker=1).document
     actor = pool.workers[0].actor
-    refs = [actor.render.remote(validate_job({**SMALL_JOB, "seed": s}), str(tmp_path / "both")) for s in (7, 8)]
-    first, second = sorted(ray.get(refs), key=lambda d: d["timeline_unix"]["model_start"])
+    refs = [actor.render.remote(validate_job({**SMALL_JOB, "seed": s})) for s in (7, 8)]
+    replies = ray.get(refs)
+    first, second = sorted((r.document for r in replies), key=lambda d: d["timeline_unix"]["model_start"])
     assert second["timeline_unix"]["model_start"] >= first["timeline_unix"]["model_end"]  # one model, one job
     assert second["timeline_unix"]["model_start"] < first["timeline_unix"]["mux_end"]  # overlapped the mux
     by_seed = {d["resolved"]["seed"]: d for d in (first, second)}
     assert by_seed[7]["content_sha256"] == alone["content_sha256"]
+    for s, reply in zip((7, 8), replies, strict=True):
+        pool.collect(actor, reply, validate_job({**SMALL_JOB, "seed": s}), OutputTarget(), tmp_path / "both")
     assert len(list((tmp_path / "both").glob("*.mp4"))) == 2
 
 

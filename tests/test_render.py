@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cluster.requests import render_request
-from cluster.worker import RenderWorker
+from cluster.worker import RenderWorker, render_in_process
 from jobs.spec import validate_job
 from ltx2.lora import LoraState
 from ltx2.media import AAC_FRAME_SAMPLES
@@ -25,7 +25,7 @@ def worker(tiny_set) -> RenderWorker:
 @pytest.mark.parametrize("recipe", ["two_stage", "distilled"])
 def test_render_writes_a_checked_mp4_and_sidecar(worker, tmp_path, recipe):
     job = validate_job({**SMALL_JOB, "recipe": recipe})
-    sidecar = worker.render(job, str(tmp_path))
+    sidecar = render_in_process(worker, job, str(tmp_path)).document
     # a two-stage job restores the original weights after its stage 2; a distilled one keeps its LoRA fused
     assert worker.models.loras.state == (LoraState() if recipe == "two_stage" else LoraState(distilled=True))
     video = tmp_path / sidecar["output"]["video"]
@@ -110,7 +110,7 @@ def test_progress_callback_counts_steps(small_render):
 
 def test_worker_output_name_is_content_addressed(worker, tmp_path):
     job = validate_job({**SMALL_JOB, "name": "shot"})
-    sidecar = worker.render(job, str(tmp_path))
+    sidecar = render_in_process(worker, job, str(tmp_path)).document
     assert Path(sidecar["output"]["video"]).name.startswith("shot-")
     assert sidecar["output"]["video"].endswith(f"-seed{SMALL_JOB['seed']}.mp4")
 
@@ -129,7 +129,7 @@ def test_decoded_frames_reach_the_writer_run_by_run(resident, worker, tmp_path):
     for run in runs:
         digest.update(run)
     assert digest.hexdigest() == tensor_sha256(output.video)
-    sidecar = worker.render(job, str(tmp_path))
+    sidecar = render_in_process(worker, job, str(tmp_path)).document
     assert sidecar["content_sha256"]["video_frames"] == tensor_sha256(output.video)
     assert sidecar["media"]["frames"] == 41
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
@@ -138,6 +138,7 @@ def test_decoded_frames_reach_the_writer_run_by_run(resident, worker, tmp_path):
 
 
 def test_a_render_failing_after_frames_were_encoded_leaves_no_file(worker, tmp_path, monkeypatch):
+    monkeypatch.setenv("LTX2_FARM_STAGING", str(tmp_path / "staging"))
     """The MP4 is encoded while the model still works; a failure after that (here: NaN found in a later run of
     frames) drops the half-encoded file, and the worker renders the next job normally."""
     from ltx2.render import NonFiniteOutputError
@@ -152,7 +153,8 @@ def test_a_render_failing_after_frames_were_encoded_leaves_no_file(worker, tmp_p
     monkeypatch.setattr(worker.renderer, "render", fails_after_the_first_frames)
     job = validate_job(SMALL_JOB)
     with pytest.raises(NonFiniteOutputError, match="injected"):
-        worker.render(job, str(tmp_path / "failed"))
-    assert list((tmp_path / "failed").iterdir()) == []  # no MP4, no sidecar, no partial file
+        render_in_process(worker, job, str(tmp_path / "failed"))
+    assert [p for p in (tmp_path / "staging").rglob("*") if p.is_file()] == []  # no MP4, sidecar or partial file
+    assert not (tmp_path / "failed").exists()
     monkeypatch.undo()
-    assert worker.render(job, str(tmp_path / "ok"))["media"]["frames"] == 17
+    assert render_in_process(worker, job, str(tmp_path / "ok")).document["media"]["frames"] == 17

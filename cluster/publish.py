@@ -1,0 +1,286 @@
+"""One path for every finished render: written on the node that made it, published by that node.
+
+A render's MP4 and sidecar are written into the staging folder of the node that made them (a worker's for a
+whole render, the head's for a planned job the coordinator muxed). From there:
+- with an `s3://` destination, that node uploads them (MP4 first, sidecar last: a remote sidecar means a
+  complete output), each verified, and deletes its staged copies;
+- otherwise the head's output folder receives them: the holder cuts the MP4 into parts that travel through
+  Ray's object store, and the head writes them atomically, checks the SHA-256 the holder measured, and only
+  then tells the holder to drop its staged copies. A `file://` destination is then copied from there.
+
+Publishing is a step of its own, after the render returned: a worker's slot is free for the next job while
+its last output uploads (a storage outage delays outputs, never renders). The head never opens a path that
+another node wrote. This module is Ray-free: the executor passes its `put`/`get` (Ray's object store, or nothing at all
+in-process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cluster.storage import StorageOptions, UploadedObject, Uploader
+from jobs.keys import DEFAULT_KEY_TEMPLATE, Destination, render_key
+from jobs.outputs import OutputPaths, disk_full_guard, job_content_hash, output_paths
+from jobs.spec import ValidJob
+from ltx2.checkpoint import file_sha256
+
+PART_BYTES = 8 * 1024 * 1024
+"""One part of an MP4 on its way to the head: small enough for Ray's inline transfer limits to stay irrelevant,
+large enough that a 100 MB output is a dozen objects."""
+
+
+HEAD = "head"
+"""The staging folder name of outputs the head itself muxed (planned jobs)."""
+
+
+class DeliveryError(RuntimeError):
+    """An output that reached the head damaged (its SHA-256 differs from what its holder measured)."""
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """Where a job's output goes: the head's output folder, and an optional destination."""
+
+    destination: Destination | None = None
+    storage: StorageOptions = field(default_factory=StorageOptions)
+    key_template: str = DEFAULT_KEY_TEMPLATE
+    campaign: str | None = None
+
+    @property
+    def uploads_from_holder(self) -> bool:
+        """An object store is reached from any node: the node holding the files uploads them."""
+        return self.destination is not None and self.destination.scheme == "s3"
+
+    @property
+    def staging_name(self) -> str:
+        return self.campaign or "render"
+
+    def keys(self, job: ValidJob) -> tuple[str, str]:
+        """The object keys of the job's MP4 and sidecar under the destination."""
+        fields: dict[str, object] = {
+            "job": output_paths(job, Path(".")).video.stem,
+            "name": job.spec.name or "render",
+            "seed": job.spec.seed,
+            "hash": job_content_hash(job)[:12],
+        }
+        if self.campaign is not None:
+            fields["campaign"] = self.campaign
+        return (
+            render_key(self.key_template, {**fields, "ext": "mp4"}),
+            render_key(self.key_template, {**fields, "ext": "json"}),
+        )
+
+
+@dataclass(frozen=True)
+class StagedOutput:
+    """What the node holding a finished render hands back: the objects it uploaded, or the parts of its MP4
+    and its sidecar's bytes for the head to write."""
+
+    video: str
+    sidecar: str
+    sha256: str
+    bytes: int
+    objects: tuple[UploadedObject, ...] = ()
+    parts: tuple[Any, ...] = ()
+    sidecar_bytes: bytes = b""
+
+    @property
+    def delivered(self) -> bool:
+        """Already at its destination (uploaded by its holder): nothing travels to the head."""
+        return bool(self.objects)
+
+
+@dataclass(frozen=True)
+class Published:
+    """A job's output where it went: the head's copies (None when uploaded from its holder) and the objects."""
+
+    document: dict[str, Any]
+    paths: OutputPaths | None
+    objects: tuple[UploadedObject, ...]
+
+
+def staging_root() -> Path:
+    """This node's folder for renders on their way out: LTX2_FARM_STAGING, else the farm's cache folder."""
+    from ltx2.tiny import default_cache_dir
+
+    return Path(os.environ.get("LTX2_FARM_STAGING") or default_cache_dir() / "staging")
+
+
+def staging_dir(target: OutputTarget, holder: str) -> Path:
+    """Where `holder` (a worker, or the head) stages the target's renders: one folder per holder, so two
+    workers of one node never publish or drop each other's files."""
+    return staging_root() / holder / target.staging_name
+
+
+def offer(
+    paths: OutputPaths,
+    job: ValidJob,
+    target: OutputTarget,
+    put: Callable[[bytes], Any] = lambda data: data,
+    on_upload: Callable[[int, float, bool], None] | None = None,
+) -> StagedOutput:
+    """On the node holding `paths`: upload them (S3 destination; staged copies removed once verified), or cut
+    the MP4 into parts (`put` makes each a shareable object) for the head to `receive`.
+
+    `on_upload(bytes, seconds, ok)` counts uploads in the holder's metrics."""
+    size = paths.video.stat().st_size
+    sha256 = file_sha256(paths.video)
+    if target.uploads_from_holder:
+        video_key, sidecar_key = target.keys(job)
+        started = time.perf_counter()
+        try:
+            objects = Uploader(target.destination, target.storage).upload(
+                [(paths.video, video_key, "video/mp4"), (paths.sidecar, sidecar_key, "application/json")]
+            )
+        except Exception:
+            if on_upload is not None:
+                on_upload(0, time.perf_counter() - started, False)
+            raise
+        if on_upload is not None:
+            on_upload(sum(o.bytes for o in objects), time.perf_counter() - started, True)
+        drop(paths)
+        return StagedOutput(paths.video.name, paths.sidecar.name, sha256, size, objects=tuple(objects))
+    parts = []
+    with paths.video.open("rb") as f:
+        while block := f.read(PART_BYTES):
+            parts.append(put(block))
+    return StagedOutput(
+        paths.video.name, paths.sidecar.name, sha256, size, parts=tuple(parts), sidecar_bytes=paths.sidecar.read_bytes()
+    )
+
+
+def receive(staged: StagedOutput, out_dir: Path, get: Callable[[Sequence[Any]], list[bytes]] = list) -> OutputPaths:
+    """On the head: write an offered output into `out_dir` (each file atomically, the sidecar last) after
+    checking the MP4's SHA-256 against its holder's; a full disk leaves nothing behind."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = OutputPaths(video=out_dir / staged.video, sidecar=out_dir / staged.sidecar)
+    tmp = paths.video.with_name(f".{paths.video.name}.partial-{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with disk_full_guard(paths):
+            with tmp.open("wb") as f:
+                for part in staged.parts:  # one at a time: an output never sits whole in the head's memory
+                    [block] = get([part])
+                    digest.update(block)
+                    f.write(block)
+            if digest.hexdigest() != staged.sha256 or tmp.stat().st_size != staged.bytes:
+                raise DeliveryError(
+                    f"{staged.video} arrived damaged (SHA-256 {digest.hexdigest()[:12]}…, its holder measured "
+                    f"{staged.sha256[:12]}…); it will be sent again"
+                )
+            os.replace(tmp, paths.video)
+            side_tmp = paths.sidecar.with_name(f".{paths.sidecar.name}.partial-{os.getpid()}")
+            side_tmp.write_bytes(staged.sidecar_bytes)
+            os.replace(side_tmp, paths.sidecar)
+    finally:
+        tmp.unlink(missing_ok=True)
+        paths.sidecar.with_name(f".{paths.sidecar.name}.partial-{os.getpid()}").unlink(missing_ok=True)
+    return paths
+
+
+def collect(
+    document: dict[str, Any],
+    staged: StagedOutput,
+    job: ValidJob,
+    target: OutputTarget,
+    out_dir: Path,
+    get: Callable[[Sequence[Any]], list[bytes]] = list,
+) -> Published:
+    """On the head: what a holder offered, received into `out_dir` and copied to a `file://` destination; an
+    output its holder uploaded needs nothing more."""
+    if staged.delivered:
+        return Published(document, None, staged.objects)
+    paths = receive(staged, out_dir, get)
+    return Published(document, paths, copy_to_destination(paths, job, target))
+
+
+def deliver_held(
+    document: dict[str, Any],
+    job: ValidJob,
+    target: OutputTarget,
+    out_dir: Path,
+    on_upload: Callable[[int, float, bool], None] | None = None,
+) -> Published:
+    """An output this node (the head) staged itself: offered and collected here, then its staged copy dropped."""
+    paths = output_paths(job, staging_dir(target, HEAD))
+    published = collect(document, offer(paths, job, target, on_upload=on_upload), job, target, out_dir)
+    drop(paths)
+    return published
+
+
+def output_record(job: ValidJob, target: OutputTarget, out_dir: Path | None, result: Published | None = None) -> dict:
+    """What the campaign store records as a job's output: the head's files and the objects at the destination."""
+    if result is None:  # found complete where it goes (an earlier run published it)
+        paths = output_paths(job, out_dir) if out_dir is not None and not target.uploads_from_holder else None
+        keys = target.keys(job) if target.destination is not None else ()
+        objects = [{"key": key} for key in keys]
+    else:
+        paths = result.paths
+        objects = [{"key": o.key, "etag": o.etag, "bytes": o.bytes, "url": o.url} for o in result.objects]
+    record: dict[str, Any] = {
+        "video": str(paths.video) if paths else None,
+        "sidecar": str(paths.sidecar) if paths else None,
+    }
+    if objects:
+        record["objects"] = objects
+    return record
+
+
+def copy_to_destination(paths: OutputPaths, job: ValidJob, target: OutputTarget) -> tuple[UploadedObject, ...]:
+    """A `file://` destination: the head copies what it received (an S3 one was uploaded by the holder)."""
+    if target.destination is None or target.uploads_from_holder:
+        return ()
+    video_key, sidecar_key = target.keys(job)
+    uploader = Uploader(target.destination, target.storage)
+    return tuple(
+        uploader.upload([(paths.video, video_key, "video/mp4"), (paths.sidecar, sidecar_key, "application/json")])
+    )
+
+
+def published(job: ValidJob, target: OutputTarget, out_dir: Path) -> bool:
+    """Whether the job's output is complete where it goes: its sidecar object in the bucket (written last), or
+    both files in the head's output folder."""
+    if target.uploads_from_holder:
+        _, sidecar_key = target.keys(job)
+        return Uploader(target.destination, target.storage).exists(sidecar_key)
+    paths = output_paths(job, out_dir)
+    return paths.video.is_file() and paths.sidecar.is_file()
+
+
+def drop(paths: OutputPaths) -> None:
+    """Remove a staged output (published, or about to be made again)."""
+    for path in (paths.sidecar, paths.video):  # the sidecar first: a video without it is no output
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def sweep_partials(folder: Path) -> list[Path]:
+    """Remove the temporary files (`.NAME.partial-PID`) of this node's writers that died: outputs are renamed
+    into place, so a partial file is never an output."""
+    removed = []
+    for tmp in Path(folder).glob("**/.*.partial-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this node still runs (a zombie, killed but not yet reaped, does not)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
