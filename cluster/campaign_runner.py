@@ -171,7 +171,7 @@ class CampaignRunner:
                 target = self._target(spec)
                 if published(job, target, self._out_dir(name)):
                     # Published before a crash (the sidecar goes last): finish, never render or upload twice.
-                    self._finish(spec, row["id"], job, 0.0, "skipped", output_record(job, target, self._out_dir(name)))
+                    self._finish(spec, row["id"], job, "skipped", output_record(job, target, self._out_dir(name)))
                     continue
                 if self.pool.is_gang or not plan_job(job).trivial:  # gangs run planned tasks only
                     planned.append((spec, row, job))  # claimed; stop claiming until it has run
@@ -215,9 +215,6 @@ class CampaignRunner:
                     if is_out_of_memory(error):
                         self._out_of_memory(r.campaign, r.job_id, error, time.time() - r.started, stats)
                         continue
-                    if isinstance(error, UploadError):  # rendered, not uploaded: the storage's fault, not the GPU's
-                        self._publish_failed(spec, r.job_id, error, time.time() - r.started)
-                        continue
                     state = self.store.fail(
                         r.campaign,
                         r.job_id,
@@ -235,7 +232,7 @@ class CampaignRunner:
                     continue
                 self._failures.pop(r.worker, None)
                 seconds = float(reply.document["timings_s"].get("total", 0.0))
-                self._publish(spec, r.job_id, r.job, seconds, partial(self.pool.collect, r.actor, reply))
+                self._publish(spec, r.job_id, r.job, seconds, r.started, partial(self.pool.collect, r.actor, reply))
             if ready:
                 self._observe()
             if ready and on_progress is not None:
@@ -350,7 +347,8 @@ class CampaignRunner:
             return
         worker_seconds = sum(t["seconds"] for t in sidecar.get("trace", []))
         on_upload = self.uploads.count if self.uploads is not None else None
-        self._publish(spec, row["id"], job, worker_seconds, partial(deliver_held, sidecar, on_upload=on_upload))
+        deliver = partial(deliver_held, sidecar, on_upload=on_upload)
+        self._publish(spec, row["id"], job, worker_seconds, started, deliver)
 
     def _sweep_partials(self) -> None:
         """Temporary files of this node's writers that a crash interrupted (workers sweep their own nodes')."""
@@ -364,11 +362,14 @@ class CampaignRunner:
         job_id: str,
         job: ValidJob,
         gpu_seconds: float,
+        started: float,
         deliver: Callable[[ValidJob, OutputTarget, Path], Published],
     ) -> None:
-        """Finish a rendered job once its output is where it goes; the delivery runs on the publishing threads."""
+        """Finish a rendered job once its output is where it goes; the delivery runs on the publishing threads.
+        Its GPU time is charged now (budgets see it while it uploads); `started`: when the job was claimed."""
+        self.store.spend(spec.campaign, job_id, gpu_seconds)
         future = self._publishing.submit(deliver, job, self._target(spec), self._out_dir(spec.campaign))
-        self._pending.append((future, spec, job_id, job, gpu_seconds))
+        self._pending.append((future, spec, job_id, job, started))
 
     def _wait_published(self, timeout: float | None) -> None:
         """Sleep until a delivery ends (or `timeout`): nothing else can move while the loop waits for them."""
@@ -382,33 +383,30 @@ class CampaignRunner:
         ended = [p for p in self._pending if p[0].done()]
         for item in ended:
             self._pending.remove(item)
-            future, spec, job_id, job, gpu_seconds = item
+            future, spec, job_id, job, started = item
             try:
                 result = future.result()
             except Exception as error:
-                self._publish_failed(spec, job_id, error, gpu_seconds)
+                self._publish_failed(spec, job_id, error)
                 continue
-            target = self._target(spec)
-            self._finish(spec, job_id, job, gpu_seconds, "done", output_record(job, target, None, result))
+            self._finish(spec, job_id, job, "done", output_record(job, self._target(spec), None, result))
+            if self.metrics is not None:
+                self.metrics.job_seconds.observe(time.time() - started)
+                self.metrics.video_seconds.inc(job.num_frames / job.spec.frame_rate)
         if ended:
             self._observe()
         return bool(ended)
 
-    def _publish_failed(self, spec: CampaignSpec, job_id: str, error: Exception, gpu_seconds: float) -> None:
+    def _publish_failed(self, spec: CampaignSpec, job_id: str, error: Exception) -> None:
         """A rendered job whose output did not reach its destination: retried (its holder keeps the files and
         publishes them again without rendering), or failed with the storage's reason."""
         why = str(error) if isinstance(error, UploadError) else f"{type(error).__name__}: {error}"
-        state = self.store.fail(spec.campaign, job_id, f"upload: {why}", gpu_seconds, spec.max_task_retries)
+        state = self.store.fail(spec.campaign, job_id, f"upload: {why}", 0.0, spec.max_task_retries)
         self._stats["retried" if state == "queued" else "failed"] += 1
 
-    def _finish(
-        self, spec: CampaignSpec, job_id: str, job: ValidJob, gpu_seconds: float, counter: str, output: dict[str, Any]
-    ) -> None:
-        self.store.finish(spec.campaign, job_id, output, gpu_seconds)
+    def _finish(self, spec: CampaignSpec, job_id: str, job: ValidJob, counter: str, output: dict[str, Any]) -> None:
+        self.store.finish(spec.campaign, job_id, output, 0.0)  # its GPU time was charged when the render ended
         self._stats[counter] += 1
-        if self.metrics is not None and counter == "done":
-            self.metrics.job_seconds.observe(gpu_seconds)
-            self.metrics.video_seconds.inc(job.num_frames / job.spec.frame_rate)
 
 
 def _actor_alive(actor: Any) -> bool:

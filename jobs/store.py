@@ -237,11 +237,23 @@ class Store:
                 (json.dumps(output), now, campaign, job_id),
             )
             db.execute(
-                "UPDATE attempts SET ended=?, outcome='ok', gpu_seconds=? WHERE campaign=? AND job=? AND ended IS NULL",
+                "UPDATE attempts SET ended=?, outcome='ok', gpu_seconds=COALESCE(gpu_seconds, 0)+? "
+                "WHERE campaign=? AND job=? AND ended IS NULL",
                 (now, gpu_seconds, campaign, job_id),
             )
             db.execute("UPDATE campaigns SET gpu_seconds=gpu_seconds+? WHERE name=?", (gpu_seconds, campaign))
         self.log("done", campaign, job_id)
+
+    def spend(self, campaign: str, job_id: str, gpu_seconds: float) -> None:
+        """Charge a job's render time as soon as it ends, before its output is published: budgets see it while
+        the upload still runs. The attempt's closing call adds whatever it charges on top."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE attempts SET gpu_seconds=COALESCE(gpu_seconds, 0)+? "
+                "WHERE campaign=? AND job=? AND ended IS NULL",
+                (gpu_seconds, campaign, job_id),
+            )
+            db.execute("UPDATE campaigns SET gpu_seconds=gpu_seconds+? WHERE name=?", (gpu_seconds, campaign))
 
     def _count_attempts(self, db: sqlite3.Connection, campaign: str, job_id: str, outcomes: tuple[str, ...]) -> int:
         """Attempts of a job whose outcome is one of `outcomes` ('' counts the open attempt)."""
@@ -261,8 +273,8 @@ class Store:
             (state, error[:2000], now, campaign, job_id),
         )
         db.execute(
-            "UPDATE attempts SET ended=?, outcome=?, error=?, gpu_seconds=? WHERE campaign=? AND job=? "
-            "AND ended IS NULL",
+            "UPDATE attempts SET ended=?, outcome=?, error=?, gpu_seconds=COALESCE(gpu_seconds, 0)+? "
+            "WHERE campaign=? AND job=? AND ended IS NULL",
             (now, outcome, error[:2000], seconds, campaign, job_id),
         )
         db.execute("UPDATE campaigns SET gpu_seconds=gpu_seconds+? WHERE name=?", (seconds, campaign))
