@@ -30,6 +30,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -219,10 +220,10 @@ S3_ERRORS: dict[str, tuple[str, bool]] = {
     "NoSuchBucket": ("no such bucket", False),
     "NoSuchKey": ("no such object", False),
     "InvalidBucketName": ("the bucket name is not valid", False),
-    "InvalidArgument": ("the server rejected a parameter", False),
-    "InvalidRequest": ("the server rejected the request", False),
+    "InvalidArgument": ("the server rejected a parameter: {message}", False),
+    "InvalidRequest": ("the server rejected the request: {message}", False),
     "EntityTooLarge": ("the file is larger than the server accepts", False),
-    "NotImplemented": ("the server does not implement this request", False),
+    "NotImplemented": ("the server does not implement this request: {message}", False),
     "SlowDown": ("the server asked to slow down", True),
     "Throttling": ("the server is throttling requests", True),
     "ThrottlingException": ("the server is throttling requests", True),
@@ -237,19 +238,20 @@ S3_ERRORS: dict[str, tuple[str, bool]] = {
     "OperationAborted": ("a conflicting operation was in progress", True),
     "NoSuchUpload": ("the server dropped the multipart upload", True),
 }
-"""What S3 error codes mean, in words. Codes not listed are judged by HTTP status (`_by_status`)."""
+"""What S3 error codes mean, in words ({message}: the server's own words, where the code alone says too little).
+Codes not listed are judged by their HTTP status (`_by_status`), with the server's words."""
 
 
 def _by_status(status: int) -> tuple[str, bool]:
     if status == 403:
-        return "the server refused the credentials or the access", False
+        return "the server refused the credentials or the access: {message}", False
     if status == 404:
-        return "no such bucket or object", False
+        return "no such bucket or object: {message}", False
     if status == 429:
         return "the server is throttling requests", True
     if status >= 500 and status != 501:
-        return "the server had an error", True
-    return "the server rejected the request", False
+        return "the server had an error: {message}", True
+    return "the server rejected the request: {message}", False
 
 
 def describe(error: BaseException) -> tuple[str, bool] | None:
@@ -262,12 +264,13 @@ def describe(error: BaseException) -> tuple[str, bool] | None:
     if isinstance(error, ClientError):
         code = str(error.response.get("Error", {}).get("Code", ""))
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        known = S3_ERRORS.get(code)
-        words, retry = known or _by_status(status)
-        message = error.response.get("Error", {}).get("Message")
-        said = f": {_redact(message)}" if message and not known else ""
+        words, retry = S3_ERRORS.get(code) or _by_status(status)
+        message = _redact(error.response.get("Error", {}).get("Message") or "")
+        if message in {h.phrase for h in HTTPStatus}:  # a HEAD's error has no body: botocore repeats the status
+            message = ""
+        words = words.format(message=message) if message else words.replace(": {message}", "")
         tag = " ".join(dict.fromkeys(str(x) for x in (status or "", code) if x))  # "403 SignatureDoesNotMatch"
-        return f"{words} ({tag}){said}", retry
+        return f"{words} ({tag})", retry
     if isinstance(error, bce.NoCredentialsError):
         return "no credentials found (environment, AWS config files, profile or instance role)", False
     if isinstance(error, bce.PartialCredentialsError):
@@ -360,9 +363,9 @@ def fetch_input(url: str, sha256: str | None = None, options: StorageOptions | N
         return target, sha256
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{name}.partial-{os.getpid()}")
-    client = s3_client(options)
     try:
-        client.download_file(where.bucket, where.prefix, str(tmp))
+        # One GET, no HEAD first (response_checksum_validation="when_required"): its errors name what is missing.
+        s3_client(options).download_file(where.bucket, where.prefix, str(tmp))
     except Exception as error:
         tmp.unlink(missing_ok=True)
         described = describe(error)
@@ -370,10 +373,7 @@ def fetch_input(url: str, sha256: str | None = None, options: StorageOptions | N
             if not isinstance(error, OSError):
                 raise
             raise InputFetchError(f"{url}: cannot write {tmp.parent} ({error.strerror or error})") from None
-        words, _ = described
-        if isinstance(error, ClientError) and words.startswith("no such bucket or object"):
-            words = words.replace("no such bucket or object", _which_is_missing(client, where.bucket), 1)
-        raise InputFetchError(f"{url}: {words}") from None
+        raise InputFetchError(f"{url}: {described[0]}") from None
     digest = _file_sha256(tmp)
     if sha256 is not None and digest != sha256:
         tmp.unlink(missing_ok=True)
@@ -382,18 +382,6 @@ def fetch_input(url: str, sha256: str | None = None, options: StorageOptions | N
         )
     os.replace(tmp, target)
     return target, digest
-
-
-def _which_is_missing(client: Any, bucket: str) -> str:
-    """After a HEAD's 404, which has no body to say what is missing: the bucket or the object."""
-    try:
-        client.head_bucket(Bucket=bucket)
-    except ClientError as error:
-        if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-            return f"no such bucket {bucket!r}"
-    except (BotoCoreError, OSError):  # the object's 404 stands; this only tried to say more
-        pass
-    return "no such object"
 
 
 def _file_sha256(path: Path) -> str:
