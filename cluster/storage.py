@@ -493,7 +493,7 @@ class Uploader:
             except _Differs as error:
                 differed += 1
                 failure = _Failure(
-                    f"the stored object differs from the local file ({error}) after {differed} uploads",
+                    f"the stored object differs from the local file ({error}; upload {differed} of {VERIFY_ATTEMPTS})",
                     differed < VERIFY_ATTEMPTS,
                 )
             except Exception as error:
@@ -550,8 +550,9 @@ class Uploader:
         try:
             return self._client.head_object(Bucket=self.destination.bucket, Key=full_key, ChecksumMode="ENABLED")
         except ClientError as error:
-            # Before the upload a 403 says nothing for sure either: without s3:ListBucket a missing key is 403,
-            # and the upload's own answer names the cause (a HEAD's has no body).
+            # Before the upload 403 means "not known to be there" too: S3 answers a missing key with 403 to whom
+            # may not list the bucket, and wrong credentials are named by the upload's own error (a HEAD's error
+            # has no body to name them).
             if missing_ok and error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (403, 404):
                 return None
             raise

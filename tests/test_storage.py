@@ -227,6 +227,39 @@ def _fails_at_once(up: Uploader, path: Path) -> UploadError:
     return info.value
 
 
+def test_a_file_changed_during_its_upload_is_uploaded_again(moto, tmp_path):
+    """The stored object differs from the local file (here: the file grows after each PUT): uploaded again,
+    and given up after VERIFY_ATTEMPTS uploads if it keeps changing."""
+    _bucket(moto.endpoint)
+    src = _file(tmp_path / "x.json", 1000)
+    puts: list[int] = []
+
+    def uploader(grow_times: int) -> Uploader:
+        def grow(**_: object) -> None:
+            puts.append(1)
+            if len(puts) <= grow_times:
+                with src.open("ab") as f:
+                    f.write(b"more")
+
+        options = StorageOptions(endpoint_url=moto.endpoint, addressing_style="path")
+        up = Uploader(parse_destination("s3://renders/p"), options, sleep=lambda _: None)
+        up._client.meta.events.register("after-call.s3.PutObject", grow)
+        return up
+
+    [obj] = uploader(1).upload([(src, "x.json", "application/json")])
+    assert len(puts) == 2 and obj.verified == "CRC32" and obj.bytes == 1004
+    stored = (
+        boto3.session.Session().client("s3", endpoint_url=moto.endpoint).get_object(Bucket="renders", Key="p/x.json")
+    )
+    assert stored["Body"].read() == src.read_bytes()
+    puts.clear()
+    with pytest.raises(
+        UploadError, match=r"the stored object differs from the local file \(CRC32 .*; upload 3 of 3\)"
+    ) as info:
+        uploader(99).upload([(src, "y.json", "application/json")])
+    assert len(puts) == 3 and info.value.retryable is False
+
+
 def test_permanent_errors_fail_fast_without_secrets(moto, tmp_path, monkeypatch):
     _bucket(moto.endpoint)
     src = _file(tmp_path / "x.mp4", 100)
