@@ -1,8 +1,8 @@
 """Uploads of finished renders to S3-compatible storage (boto3) or a local folder.
 
-boto3's transfer manager does multipart uploads. Every request carries a CRC32 checksum (boto3's flexible
-checksums, sent as headers: servers that predate them ignore headers but refuse the aws-chunked trailers
-boto3 would use over HTTPS). After the upload the object's HEAD is compared with the local file, strongest
+boto3's transfer manager does multipart uploads. Every upload request carries a CRC32 checksum (boto3's
+flexible checksums, sent as headers: servers that predate them ignore headers but refuse the aws-chunked
+trailers boto3 would use over HTTPS). After the upload the object's HEAD is compared with the local file, strongest
 evidence first: the S3 checksum (`ChecksumMode=ENABLED`; CRC32, SHA-256 or SHA-1, whole-object or the
 multipart checksum of part checksums), else the ETag as MD5 (or multipart MD5-of-MD5s) where the ETag is
 one, i.e. not on SSE-KMS or SSE-C objects, else the size alone, and `UploadedObject.verified` says which.
@@ -210,7 +210,7 @@ S3_ERRORS: dict[str, tuple[str, bool]] = {
     "InvalidToken": ("the server refused the session token", False),
     "ExpiredToken": ("the session token has expired", False),
     "TokenRefreshRequired": ("the session token has expired", False),
-    "AccessDenied": ("the credentials are not allowed to do this", False),
+    "AccessDenied": ("the credentials are not allowed to do this: {message}", False),  # KMS keys say which
     "AllAccessDisabled": ("all access to the bucket is disabled", False),
     "AccountProblem": ("the account cannot be used", False),
     # The clock will not fix itself between retries; saying so at once gets it fixed.

@@ -347,8 +347,8 @@ def test_swift_upload_multipart_verified_and_presigned(swift, tmp_path):
 
 
 def test_swift_fails_fast_with_the_reason(swift, tmp_path, monkeypatch):
-    """Refused credentials, a missing bucket, a missing file: one attempt, the reason in words, where the file
-    is, and never the secret (with an hour's deadline)."""
+    """Refused credentials, a missing bucket, a missing file, an untrusted certificate: one attempt, the reason
+    in words, where the file is, and never the secret (with an hour's deadline)."""
     from tests.swift_server import SECRET_KEY
 
     _bucket(swift.endpoint, "fails")
@@ -363,6 +363,9 @@ def test_swift_fails_fast_with_the_reason(swift, tmp_path, monkeypatch):
     assert "failed: the server refused the credentials (403 SignatureDoesNotMatch)" in error
     assert error.endswith(f"the file stays at {src}")
     assert "not-the-secret" not in error and SECRET_KEY not in error
+    monkeypatch.delenv("AWS_CA_BUNDLE")
+    error = str(_fails_at_once(_swift_uploader(swift, "s3://fails/p"), src))
+    assert "failed: the server's TLS certificate was not accepted; the file stays at" in error
 
 
 def test_swift_restart_during_upload_loses_nothing(swift, tmp_path):
