@@ -469,7 +469,11 @@ class Uploader:
         self._on_start = on_start or log.info
         self._client = s3_client(self.options) if destination.scheme == "s3" else None
         self._transfer = TransferConfig(
-            multipart_threshold=self.options.multipart_threshold, multipart_chunksize=self.options.multipart_chunk
+            multipart_threshold=self.options.multipart_threshold,
+            multipart_chunksize=self.options.multipart_chunk,
+            # Not the CRT client boto3 picks on some EC2 GPU instances when awscrt is installed: it sends checksums
+            # as aws-chunked trailers whatever the client's hooks say (see _checksums_in_headers).
+            preferred_transfer_client="classic",
         )
 
     def upload(self, files: list[tuple[Path, str, str]]) -> list[UploadedObject]:
