@@ -1,38 +1,69 @@
 """Uploads of finished renders to S3-compatible storage (boto3) or a local folder.
 
-boto3's transfer manager does multipart uploads; every object is checked after upload against its
-ETag computed locally (the MD5, or the multipart MD5-of-MD5s, which AWS, moto and Swift's S3 API all
-produce), so a corrupted upload is caught. Transient failures are retried with exponential backoff until
-a deadline: an outage delays an upload, it never drops it, and the local files stay until it is
-confirmed. The sidecar goes up last, so a remote sidecar means a complete output. Credentials come
-from boto3's standard chain and never appear in messages.
+boto3's transfer manager does multipart uploads. Every upload request carries a CRC32 checksum (boto3's
+flexible checksums, sent as headers: servers that predate them ignore headers but refuse the aws-chunked
+trailers boto3 would use over HTTPS). After the upload the object's HEAD is compared with the local file, strongest
+evidence first: the S3 checksum (`ChecksumMode=ENABLED`; CRC32, SHA-256 or SHA-1, whole-object or the
+multipart checksum of part checksums), else the ETag as MD5 (or multipart MD5-of-MD5s) where the ETag is
+one, i.e. not on SSE-KMS or SSE-C objects, else the size alone, and `UploadedObject.verified` says which.
+An object already there and identical by the same rules (checksum or MD5 ETag, never size alone) is not
+uploaded again, so a restarted coordinator does not upload twice.
+
+Only what can succeed on retry is retried, with exponential backoff until a deadline: connection errors,
+timeouts, 5xx, throttling, data damaged in transit. A missing or unreadable local file, missing or refused
+credentials, a missing bucket or a rejected parameter fail at once with the reason in words
+(`UploadError.retryable` is False). Either way the local files stay, and the sidecar goes up last, so a
+remote sidecar means a complete output. Credentials come from boto3's standard chain and never appear in
+messages.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
+import logging
 import os
+import re
 import shutil
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import boto3
+from boto3.exceptions import RetriesExceededError, S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
+from botocore import exceptions as bce
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from s3transfer.utils import ChunksizeAdjuster
 
 from jobs.keys import Destination, join_key
 
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 MULTIPART_CHUNK = 8 * 1024 * 1024
+VERIFY_ATTEMPTS = 3
+"""Uploads of one file whose stored object differs from the local file before giving up (a file rewritten
+while it uploads, or a server that stores something else, will not be fixed by more attempts)."""
+
+log = logging.getLogger(__name__)
 
 
 class UploadError(RuntimeError):
-    """An upload that could not be completed or verified (the local files are kept)."""
+    """An upload that could not be completed or verified (the local files are kept).
+
+    `retryable` is True when every failure was transient (network, 5xx, throttling) and the deadline ran out:
+    the same upload may succeed later. False when retrying cannot help until someone fixes the cause (a missing
+    file, refused credentials, a missing bucket, a rejected parameter, an object that kept differing).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -45,6 +76,9 @@ class StorageOptions:
     """How long to keep retrying an outage before giving up (the files stay local either way)."""
     first_backoff_s: float = 0.5
     max_backoff_s: float = 30.0
+    multipart_threshold: int = MULTIPART_THRESHOLD
+    """Files this large or larger go up in parts of `multipart_chunk` bytes (S3's minimum part is 5 MiB)."""
+    multipart_chunk: int = MULTIPART_CHUNK
 
 
 @dataclass(frozen=True)
@@ -53,33 +87,236 @@ class UploadedObject:
     bytes: int
     etag: str
     url: str
+    verified: str = "size"
+    """How the stored object was confirmed to be the local file: an S3 checksum algorithm ("CRC32", "SHA256",
+    "SHA1"), "MD5" (the ETag, or a local copy's content), or "size" (the server gave neither a checksum nor an
+    ETag that is an MD5, e.g. an SSE-KMS object on a server without checksums)."""
 
 
 def expected_etag(path: Path, threshold: int = MULTIPART_THRESHOLD, chunk: int = MULTIPART_CHUNK) -> str:
-    """The ETag S3 gives `path` when uploaded with this transfer configuration."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        if size < threshold:
-            return hashlib.md5(f.read(), usedforsecurity=False).hexdigest()
-        digests = []
-        while block := f.read(chunk):
-            digests.append(hashlib.md5(block, usedforsecurity=False).digest())
-    combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
-    return f"{combined}-{len(digests)}"
+    """The ETag S3 gives `path` when uploaded with this transfer configuration (unencrypted or SSE-S3)."""
+    return LocalFile(path, threshold, chunk).etag()
 
 
-def _retryable(error: Exception) -> bool:
+class _Crc32:
+    """zlib's CRC32 (the one S3 uses) with hashlib's interface."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
+
+
+CHECKSUMS = ("CRC32", "SHA256", "SHA1")
+"""S3 checksum algorithms computed here (CRC32C and CRC64NVME need awscrt: objects with only those are
+verified by ETag or size). CRC32 first: it is what boto3 sends."""
+
+
+def _hasher(algorithm: str) -> Any:
+    return _Crc32() if algorithm == "CRC32" else hashlib.new(algorithm.lower(), usedforsecurity=False)
+
+
+class LocalFile:
+    """What S3 should report for a local file uploaded with a transfer configuration; each digest is computed
+    on first use (one read of the file) and kept."""
+
+    def __init__(self, path: Path, threshold: int = MULTIPART_THRESHOLD, chunk: int = MULTIPART_CHUNK) -> None:
+        self.path = path
+        self.size = path.stat().st_size
+        # s3transfer's rule (size >= threshold) and its part size (grown past 10 000 parts), so the part
+        # boundaries here are the uploaded ones.
+        self.part_size = ChunksizeAdjuster().adjust_chunksize(chunk, self.size) if self.size >= threshold else None
+        self._digests: dict[str, tuple[bytes, bytes | None, int]] = {}
+
+    def digests(self, algorithm: str) -> tuple[bytes, bytes | None, int]:
+        """(whole-file digest, digest of the concatenated part digests or None when single-part, parts)."""
+        if algorithm not in self._digests:
+            whole, parts = _hasher(algorithm), []
+            block = self.part_size or 8 * 1024 * 1024
+            with self.path.open("rb") as f:
+                while data := f.read(block):
+                    whole.update(data)
+                    part = _hasher(algorithm)
+                    part.update(data)
+                    parts.append(part.digest())
+            composite = None
+            if self.part_size is not None:
+                combined = _hasher(algorithm)
+                combined.update(b"".join(parts))
+                composite = combined.digest()
+            self._digests[algorithm] = (whole.digest(), composite, len(parts))
+        return self._digests[algorithm]
+
+    def etag(self) -> str:
+        """The MD5 ETag: the file's MD5, or for a multipart upload the MD5 of the part MD5s and "-parts"."""
+        whole, composite, parts = self.digests("MD5")
+        return whole.hex() if composite is None else f"{composite.hex()}-{parts}"
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+MD5_ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
+
+
+def _compare(stored: str, whole: str, composite: str | None, parts: int, full_object: bool) -> bool | None:
+    """Whether a stored checksum or ETag equals the local one; None when it describes another part layout."""
+    value, _, count = stored.partition("-")
+    if count:  # a multipart object's digest of its part digests, with the number of parts
+        return value == composite if composite is not None and int(count) == parts else None
+    if composite is None or full_object:  # single-part on both sides, or a whole-object checksum
+        return value == whole
+    # A multipart object's digest without the part count (moto's composite checksums): either kind may match,
+    # and a difference may only mean another part size.
+    return True if value in (whole, composite) else None
+
+
+def verify(head: dict[str, Any], local: LocalFile) -> tuple[bool | None, str, str]:
+    """Whether a HEAD response (asked with `ChecksumMode="ENABLED"`) describes `local`'s content.
+
+    (True, how, "") when a checksum or the MD5 ETag matches; (False, how, what differs) when the size or that
+    evidence differs; (None, "size", "") when the size matches and nothing stronger can be compared.
+    """
+    if head.get("ContentLength") != local.size:
+        return False, "size", f"size {head.get('ContentLength')}, local {local.size}"
+    for algorithm in CHECKSUMS:
+        stored = head.get(f"Checksum{algorithm}")
+        if stored:
+            whole, composite, parts = local.digests(algorithm)
+            mine = (_b64(whole), composite and _b64(composite))
+            same = _compare(stored, *mine, parts, head.get("ChecksumType") == "FULL_OBJECT")
+            if same is not None:
+                return same, algorithm, "" if same else f"{algorithm} {stored}, local {' or '.join(filter(None, mine))}"
+    etag = str(head.get("ETag", "")).strip('"')
+    # The ETag is the MD5 only for unencrypted and SSE-S3 objects; SSE-KMS and SSE-C ETags are opaque.
+    encrypted = str(head.get("ServerSideEncryption", "")).startswith("aws:kms") or head.get("SSECustomerAlgorithm")
+    if not encrypted and MD5_ETAG.fullmatch(etag):
+        whole, composite, parts = local.digests("MD5")
+        same = _compare(etag, whole.hex(), composite and composite.hex(), parts, False)
+        if same is not None:
+            return same, "MD5", "" if same else f"ETag {etag}, local {local.etag()}"
+    return None, "size", ""
+
+
+S3_ERRORS: dict[str, tuple[str, bool]] = {
+    # code: (what it means, whether the same request can succeed later)
+    "SignatureDoesNotMatch": ("the server refused the credentials", False),
+    "InvalidAccessKeyId": ("the server refused the credentials (unknown access key)", False),
+    "InvalidToken": ("the server refused the session token", False),
+    "ExpiredToken": ("the session token has expired", False),
+    "TokenRefreshRequired": ("the session token has expired", False),
+    "AccessDenied": ("the credentials are not allowed to do this: {message}", False),  # KMS keys say which
+    "AllAccessDisabled": ("all access to the bucket is disabled", False),
+    "AccountProblem": ("the account cannot be used", False),
+    # The clock will not fix itself between retries; saying so at once gets it fixed.
+    "RequestTimeTooSkewed": ("this machine's clock is too far from the server's", False),
+    "AuthorizationHeaderMalformed": ("the request was signed for another region (set the region)", False),
+    "PermanentRedirect": ("the bucket is in another region or at another endpoint", False),
+    "NoSuchBucket": ("no such bucket", False),
+    "NoSuchKey": ("no such object", False),
+    "InvalidBucketName": ("the bucket name is not valid", False),
+    "InvalidArgument": ("the server rejected a parameter: {message}", False),
+    "InvalidRequest": ("the server rejected the request: {message}", False),
+    "EntityTooLarge": ("the file is larger than the server accepts", False),
+    "NotImplemented": ("the server does not implement this request: {message}", False),
+    "SlowDown": ("the server asked to slow down", True),
+    "Throttling": ("the server is throttling requests", True),
+    "ThrottlingException": ("the server is throttling requests", True),
+    "RequestThrottled": ("the server is throttling requests", True),
+    "TooManyRequestsException": ("the server is throttling requests", True),
+    "RequestTimeout": ("the server timed out waiting for data", True),
+    "InternalError": ("the server had an internal error", True),
+    "ServiceUnavailable": ("the server is unavailable", True),
+    "BadDigest": ("the data was damaged in transit", True),
+    "XAmzContentSHA256Mismatch": ("the data was damaged in transit", True),
+    "IncompleteBody": ("the server received fewer bytes than were sent", True),
+    "OperationAborted": ("a conflicting operation was in progress", True),
+    "NoSuchUpload": ("the server dropped the multipart upload", True),
+}
+"""What S3 error codes mean, in words ({message}: the server's own words, where the code alone says too little).
+Codes not listed are judged by their HTTP status (`_by_status`), with the server's words."""
+
+
+def _by_status(status: int) -> tuple[str, bool]:
+    if status == 403:
+        return "the server refused the credentials or the access: {message}", False
+    if status == 404:
+        return "no such bucket or object: {message}", False
+    if status == 429:
+        return "the server is throttling requests", True
+    if status >= 500 and status != 501:
+        return "the server had an error: {message}", True
+    return "the server rejected the request: {message}", False
+
+
+def describe(error: BaseException) -> tuple[str, bool] | None:
+    """(the reason in words, whether retrying can help) for an error from boto3, None when it is not one
+    (a local OSError: the caller knows which file it was about)."""
+    if isinstance(error, S3UploadFailedError) and isinstance(error.__context__, ClientError):
+        error = error.__context__  # boto3 wraps the ClientError of upload_file
+    if isinstance(error, RetriesExceededError) and error.last_exception is not None:
+        error = error.last_exception  # and the last network error of download_file
     if isinstance(error, ClientError):
-        code = error.response.get("Error", {}).get("Code", "")
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return status >= 500 or code in {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"}
-    return isinstance(error, BotoCoreError | ConnectionError | OSError)
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        words, retry = S3_ERRORS.get(code) or _by_status(status)
+        message = _redact(error.response.get("Error", {}).get("Message") or "")
+        if message in {h.phrase for h in HTTPStatus}:  # a HEAD's error has no body: botocore repeats the status
+            message = ""
+        words = words.format(message=message) if message else words.replace(": {message}", "")
+        tag = " ".join(dict.fromkeys(str(x) for x in (status or "", code) if x))  # "403 SignatureDoesNotMatch"
+        return f"{words} ({tag})", retry
+    if isinstance(error, bce.NoCredentialsError):
+        return "no credentials found (environment, AWS config files, profile or instance role)", False
+    if isinstance(error, bce.PartialCredentialsError):
+        return f"the credentials are incomplete: {_redact(error)}", False
+    if isinstance(error, bce.ParamValidationError):
+        return f"a request parameter is invalid: {_redact(error)}", False
+    if isinstance(error, bce.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(error).upper().replace(" ", "_"):
+        return "the server's TLS certificate was not accepted", False
+    transient = (
+        (bce.ConnectTimeoutError, "the connection to the server timed out"),
+        (bce.ReadTimeoutError, "the server did not answer in time"),
+        (bce.EndpointConnectionError, "the server could not be reached"),
+        (bce.ConnectionClosedError, "the connection closed during the request"),
+        (bce.ConnectionError, "the connection to the server failed"),
+        (bce.HTTPClientError, "the connection to the server failed"),
+        (bce.IncompleteReadError, "the connection closed during the response"),
+        (bce.ChecksumError, "the data was damaged in transit"),
+        (bce.FlexibleChecksumError, "the data was damaged in transit"),
+        (ConnectionError, "the connection to the server failed"),
+        (TimeoutError, "the server did not answer in time"),
+    )
+    for kind, words in transient:
+        if isinstance(error, kind):
+            return f"{words} ({type(error).__name__})", True
+    if isinstance(error, BotoCoreError):
+        return f"{type(error).__name__}: {_redact(error)}", False
+    return None
+
+
+def _checksums_in_headers(params: dict[str, Any], **_: Any) -> None:
+    """Send request checksums as headers, never as aws-chunked trailers.
+
+    botocore puts them in trailers over HTTPS, which S3-compatible servers that predate flexible checksums
+    refuse (Swift 2.30: "501 NotImplemented: Transfering payloads in multiple chunks using aws-chunked is not
+    supported"), while they ignore the headers. A header costs one more read of each part from the disk.
+    s3transfer's own S3Transfer does the same.
+    """
+    algorithm = params.get("context", {}).get("checksum", {}).get("request_algorithm")
+    if isinstance(algorithm, dict):
+        algorithm["in"] = "header"
 
 
 def s3_client(options: StorageOptions) -> Any:
     """A boto3 S3 client for the options (credentials from boto3's standard chain)."""
     session = boto3.session.Session(profile_name=options.profile)
-    return session.client(
+    client = session.client(
         "s3",
         endpoint_url=options.endpoint_url,
         region_name=options.region,
@@ -89,11 +326,14 @@ def s3_client(options: StorageOptions) -> Any:
             signature_version="s3v4",
             connect_timeout=5,
             read_timeout=60,
-            # S3-compatible servers differ in the newer flexible checksums; we verify ETags instead.
-            request_checksum_calculation="when_required",
+            # A CRC32 on every upload request (the server checks it where it can); downloads are checked
+            # against their pinned SHA-256 instead.
+            request_checksum_calculation="when_supported",
             response_checksum_validation="when_required",
         ),
     )
+    client.meta.events.register("before-call.s3.*", _checksums_in_headers)
+    return client
 
 
 class InputFetchError(RuntimeError):
@@ -124,15 +364,16 @@ def fetch_input(url: str, sha256: str | None = None, options: StorageOptions | N
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{name}.partial-{os.getpid()}")
     try:
+        # One GET, no HEAD first (response_checksum_validation="when_required"): its errors name what is missing.
         s3_client(options).download_file(where.bucket, where.prefix, str(tmp))
-    except ClientError as error:
+    except Exception as error:
         tmp.unlink(missing_ok=True)
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        why = "no such object" if status == 404 else f"{type(error).__name__}: {_redact(error)}"
-        raise InputFetchError(f"{url}: {why}") from None
-    except (BotoCoreError, OSError) as error:
-        tmp.unlink(missing_ok=True)
-        raise InputFetchError(f"{url}: {type(error).__name__}: {_redact(error)}") from None
+        described = describe(error)
+        if described is None:
+            if not isinstance(error, OSError):
+                raise
+            raise InputFetchError(f"{url}: cannot write {tmp.parent} ({error.strerror or error})") from None
+        raise InputFetchError(f"{url}: {described[0]}") from None
     digest = _file_sha256(tmp)
     if sha256 is not None and digest != sha256:
         tmp.unlink(missing_ok=True)
@@ -196,77 +437,145 @@ def localize(value: Any) -> Any:
     return value
 
 
+class _Failure(Exception):
+    """One attempt's failure, in words, and whether another attempt can succeed."""
+
+    def __init__(self, reason: str, retryable: bool) -> None:
+        super().__init__(reason)
+        self.reason, self.retryable = reason, retryable
+
+
+class _Differs(Exception):
+    """The stored object is not the local file (the file changed while uploading, or damage in transit)."""
+
+
 class Uploader:
-    """Puts a render's files at a destination and confirms each one."""
+    """Puts a render's files at a destination and confirms each one.
+
+    `on_start` gets a one-line message naming the local file and where it goes before each file's upload
+    (default: logged at INFO), so the file can be found whatever becomes of the upload.
+    """
 
     def __init__(
         self,
         destination: Destination,
         options: StorageOptions | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        on_start: Callable[[str], None] | None = None,
     ) -> None:
         self.destination = destination
         self.options = options or StorageOptions()
         self._sleep = sleep
+        self._on_start = on_start or log.info
         self._client = s3_client(self.options) if destination.scheme == "s3" else None
-        self._transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK)
+        self._transfer = TransferConfig(
+            multipart_threshold=self.options.multipart_threshold,
+            multipart_chunksize=self.options.multipart_chunk,
+            # Not the CRT client boto3 picks on some EC2 GPU instances when awscrt is installed: it sends checksums
+            # as aws-chunked trailers whatever the client's hooks say (see _checksums_in_headers).
+            preferred_transfer_client="classic",
+        )
 
     def upload(self, files: list[tuple[Path, str, str]]) -> list[UploadedObject]:
         """Upload `(local path, key, content type)` in order (put the sidecar last); verify each."""
         return [self._with_retries(path, key, content_type) for path, key, content_type in files]
 
+    def _url(self, key: str) -> str:
+        if self._client is None:
+            return str(Path(self.destination.prefix) / key)
+        return f"s3://{self.destination.bucket}/{join_key(self.destination.prefix, key)}"
+
     def _with_retries(self, path: Path, key: str, content_type: str) -> UploadedObject:
-        deadline = time.monotonic() + self.options.deadline_s
+        self._on_start(f"uploading {path} to {self._url(key)}")
+        started = time.monotonic()
+        deadline = started + self.options.deadline_s
         delay = self.options.first_backoff_s
+        differed = 0
         while True:
             try:
                 return self._upload_one(path, key, content_type)
+            except _Differs as error:
+                differed += 1
+                failure = _Failure(
+                    f"the stored object differs from the local file ({error}; upload {differed} of {VERIFY_ATTEMPTS})",
+                    differed < VERIFY_ATTEMPTS,
+                )
             except Exception as error:
-                if not _retryable(error) or time.monotonic() + delay > deadline:
-                    raise UploadError(
-                        f"upload of {path.name} to {self.destination} failed: "
-                        f"{type(error).__name__}: {_redact(error)}; the file stays at {path}"
-                    ) from None
-                self._sleep(delay)
-                delay = min(self.options.max_backoff_s, delay * 2)
+                failure = self._failure(error, path)
+            if not failure.retryable or time.monotonic() + delay > deadline:
+                waited = time.monotonic() - started
+                after = f" (still, after retrying for {waited:.0f} s)" if failure.retryable else ""
+                # Where the file is, unless the reason is that it is not there.
+                stays = "" if str(path) in failure.reason else f"; the file stays at {path}"
+                raise UploadError(
+                    f"upload of {path.name} to {self.destination} failed: {failure.reason}{after}{stays}",
+                    retryable=failure.retryable,
+                ) from None
+            log.warning(
+                "upload of %s to %s: %s; retrying in %.1f s", path.name, self.destination, failure.reason, delay
+            )
+            self._sleep(delay)
+            delay = min(self.options.max_backoff_s, delay * 2)
+
+    def _failure(self, error: Exception, path: Path) -> _Failure:
+        if isinstance(error, _Failure):
+            return error
+        described = describe(error)
+        if described is not None:
+            return _Failure(*described)
+        if isinstance(error, FileNotFoundError) and error.filename in (str(path), path):
+            return _Failure(f"the local file {path} does not exist", False)
+        if isinstance(error, OSError):
+            # Only the local file is opened here (the network's OSErrors come wrapped by botocore).
+            return _Failure(f"the local file {path} cannot be read ({error.strerror or error})", False)
+        return _Failure(f"{type(error).__name__}: {_redact(error)}", False)
 
     def _upload_one(self, path: Path, key: str, content_type: str) -> UploadedObject:
-        full_key = join_key(self.destination.prefix, key)
-        size = path.stat().st_size
+        local = LocalFile(path, self.options.multipart_threshold, self.options.multipart_chunk)
         if self._client is None:
-            target = Path(self.destination.prefix) / key
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, target)
-            if target.stat().st_size != size:
-                raise UploadError(f"copy of {path.name} to {target} is incomplete")
-            return UploadedObject(str(target), size, expected_etag(target), target.resolve().as_uri())
-        existing = self._existing(full_key)
-        if existing is not None and existing == (size, expected_etag(path)):
-            # Already there, identical (e.g. uploaded before a coordinator restart): never upload twice.
-            return UploadedObject(full_key, size, existing[1], f"s3://{self.destination.bucket}/{full_key}")
+            return self._copy(local, key)
+        bucket, full_key = self.destination.bucket, join_key(self.destination.prefix, key)
+        url = f"s3://{bucket}/{full_key}"
+        existing = self._head(full_key, missing_ok=True)
+        if existing is not None:
+            same, how, _ = verify(existing, local)
+            if same:  # already there, identical (e.g. uploaded before a coordinator restart): never upload twice
+                return UploadedObject(full_key, local.size, existing.get("ETag", "").strip('"'), url, how)
         self._client.upload_file(
-            str(path), self.destination.bucket, full_key, Config=self._transfer, ExtraArgs={"ContentType": content_type}
+            str(path), bucket, full_key, Config=self._transfer, ExtraArgs={"ContentType": content_type}
         )
-        head = self._client.head_object(Bucket=self.destination.bucket, Key=full_key)
-        etag = head["ETag"].strip('"')
-        want = expected_etag(path)
-        if head["ContentLength"] != size or etag != want:
-            raise UploadError(
-                f"{full_key}: stored object does not match the local file "
-                f"(size {head['ContentLength']} vs {size}, ETag {etag} vs {want})"
-            )
-        return UploadedObject(full_key, size, etag, f"s3://{self.destination.bucket}/{full_key}")
+        head = self._head(full_key)
+        same, how, difference = verify(head, local)
+        if same is False:
+            raise _Differs(difference)
+        return UploadedObject(full_key, local.size, head.get("ETag", "").strip('"'), url, how)
 
-    def _existing(self, full_key: str) -> tuple[int, str] | None:
+    def _head(self, full_key: str, missing_ok: bool = False) -> dict[str, Any] | None:
         try:
-            head = self._client.head_object(Bucket=self.destination.bucket, Key=full_key)
+            return self._client.head_object(Bucket=self.destination.bucket, Key=full_key, ChecksumMode="ENABLED")
         except ClientError as error:
-            if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            # Before the upload 403 means "not known to be there" too: S3 answers a missing key with 403 to whom
+            # may not list the bucket, and wrong credentials are named by the upload's own error (a HEAD's error
+            # has no body to name them).
+            if missing_ok and error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (403, 404):
                 return None
             raise
-        return head["ContentLength"], head["ETag"].strip('"')
+
+    def _copy(self, local: LocalFile, key: str) -> UploadedObject:
+        target = Path(self.destination.prefix) / key
+        local.digests("MD5")  # read before the copy: an unreadable source is the source's fault
+        tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local.path, tmp)
+            os.replace(tmp, target)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            raise _Failure(f"cannot write {target} ({error.strerror or error})", False) from None
+        copied = LocalFile(target, self.options.multipart_threshold, self.options.multipart_chunk)
+        if copied.size != local.size or copied.digests("MD5")[0] != local.digests("MD5")[0]:
+            raise _Differs(f"the copy at {target} has other content")
+        return UploadedObject(str(target), local.size, local.etag(), target.resolve().as_uri(), "MD5")
 
     def exists(self, key: str) -> bool:
         """Whether `key` is already at the destination (an output whose sidecar is there is complete)."""
@@ -283,9 +592,9 @@ class Uploader:
         )
 
 
-def _redact(error: Exception) -> str:
-    """Error text without anything that looks like a credential."""
-    text = str(error)
+def _redact(text: object) -> str:
+    """An error's text without anything that looks like a credential."""
+    text = str(text)
     for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
         secret = os.environ.get(var)
         if secret:

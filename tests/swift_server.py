@@ -1,7 +1,9 @@
 """OpenStack Swift with its S3 API (Debian's packages), as a one-node cluster on 127.0.0.1 for tests.
 
 Swift checks S3 signatures (tempauth + s3api), so wrong credentials are really refused, and it keeps
-objects on disk, so a restart loses nothing. Started and stopped by PID.
+objects on disk, so a restart loses nothing. With `tls=True` the proxy serves HTTPS with a self-signed
+certificate (`ca_bundle`, for AWS_CA_BUNDLE): boto3 sends request checksums differently over HTTPS (aws-chunked
+trailers, which this Swift refuses). Started and stopped by PID.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ PIPELINE = " ".join(
 
 
 class SwiftServer:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: bool = False) -> None:
         self.root = Path(root)
+        self.tls = tls
         self.port = free_port()
         self.ports = {name: free_port() for name in SERVERS}
         self.processes: list[subprocess.Popen] = []
@@ -44,7 +47,11 @@ class SwiftServer:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_bundle(self) -> Path:
+        return self.root / "etc" / "cert.pem"
 
     def _configure(self) -> None:
         etc, devices = self.root / "etc", self.root / "srv"
@@ -85,8 +92,7 @@ class SwiftServer:
                 use = egg:swift#{name}
                 """)
             )
-        (etc / "proxy-server.conf").write_text(
-            textwrap.dedent(f"""\
+        proxy = textwrap.dedent(f"""\
             [DEFAULT]
             bind_ip = 127.0.0.1
             bind_port = {self.port}
@@ -123,7 +129,24 @@ class SwiftServer:
             [filter:dlo]
             use = egg:swift#dlo
             """)
-        )
+        if self.tls:
+            key = etc / "key.pem"
+            openssl = [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+            ]
+            openssl += ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(self.ca_bundle)]
+            subprocess.run(openssl, check=True, capture_output=True)
+            proxy = proxy.replace("[DEFAULT]\n", f"[DEFAULT]\ncert_file = {self.ca_bundle}\nkey_file = {key}\n", 1)
+        (etc / "proxy-server.conf").write_text(proxy)
         self._configured = True
 
     def start(self) -> SwiftServer:

@@ -68,7 +68,9 @@ def test_missing_object_is_refused_before_compute(bucket, tmp_path, capsys):
     job.write_text(yaml.safe_dump({**SMALL_JOB, "images": [{"path": "s3://inputs/campaign/nope.png"}]}))
     assert main(["validate", str(job)]) == 2
     err = capsys.readouterr().err
-    assert "images[0].path" in err and "no such object" in err and "testing-secret-value" not in err
+    assert "images[0].path" in err and "no such object (404 NoSuchKey)" in err and "testing-secret-value" not in err
+    with pytest.raises(InputFetchError, match=r"^s3://no-such-bucket/shot.png: no such bucket \(404 NoSuchBucket\)$"):
+        fetch_input("s3://no-such-bucket/shot.png")
 
 
 def test_a_changed_object_is_refused_at_render_time(bucket, tmp_path):

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import logging
 import os
+import pickle
+import ssl
 import threading
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 
 import boto3
 import pytest
 
-from cluster.storage import StorageOptions, Uploader, UploadError, expected_etag
+from cluster.storage import LocalFile, StorageOptions, Uploader, UploadError, expected_etag, verify
 from jobs.keys import DestinationError, parse_destination, render_key
 from tests.s3_servers import MotoServer, moto_env
+
+MiB = 1024 * 1024
 
 
 @pytest.fixture
@@ -38,6 +45,13 @@ def _file(path: Path, size: int) -> Path:
     return path
 
 
+def _sent(up: Uploader) -> list[str]:
+    """The S3 operations `up` calls from now on (botocore's event hooks)."""
+    names: list[str] = []
+    up._client.meta.events.register("before-call.s3.*", lambda model, **_: names.append(model.name))
+    return names
+
+
 def test_destinations_and_keys():
     assert parse_destination("s3://renders/campaign-a/") == parse_destination("s3://renders/campaign-a")
     assert parse_destination("out/dir").scheme == "file"
@@ -55,15 +69,23 @@ def test_destinations_and_keys():
         render_key("{nope}.mp4", {"job": "j"})
 
 
-def test_upload_verifies_etag_and_presigns(moto, tmp_path):
+def test_upload_verifies_checksums_and_presigns(moto, tmp_path):
     _bucket(moto.endpoint)
     small = _file(tmp_path / "a.json", 1000)
-    big = _file(tmp_path / "b.mp4", 20 * 1024 * 1024 + 123)  # multipart: 3 parts of 8 MiB
+    big = _file(tmp_path / "b.mp4", 20 * MiB + 123)  # multipart: 3 parts of 8 MiB
+    said: list[str] = []
     up = Uploader(
-        parse_destination("s3://renders/campaign"), StorageOptions(endpoint_url=moto.endpoint, addressing_style="path")
+        parse_destination("s3://renders/campaign"),
+        StorageOptions(endpoint_url=moto.endpoint, addressing_style="path"),
+        on_start=said.append,
     )
     done = up.upload([(big, "job/b.mp4", "video/mp4"), (small, "job/a.json", "application/json")])
+    assert said == [
+        f"uploading {big} to s3://renders/campaign/job/b.mp4",
+        f"uploading {small} to s3://renders/campaign/job/a.json",
+    ]
     assert [d.key for d in done] == ["campaign/job/b.mp4", "campaign/job/a.json"]
+    assert [d.verified for d in done] == ["CRC32", "CRC32"]  # moto keeps the CRC32 boto3 sends
     assert done[0].etag == expected_etag(big) and done[0].etag.endswith("-3")
     assert done[1].etag == expected_etag(small) and "-" not in done[1].etag
     url = up.presigned_url(done[0].key, expires_s=600)
@@ -72,12 +94,73 @@ def test_upload_verifies_etag_and_presigns(moto, tmp_path):
         assert response.read() == big.read_bytes()
 
 
-def test_local_destination(tmp_path):
+def test_sse_kms_bucket_is_verified_by_checksum_and_not_uploaded_twice(moto, tmp_path):
+    """An SSE-KMS object's ETag is not its MD5 on AWS; the CRC32 checksum verifies it, and finds it again
+    after a restart (a new Uploader) so nothing goes up twice."""
+    kms = boto3.session.Session().client("kms", endpoint_url=moto.endpoint, region_name="us-east-1")
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    s3 = boto3.session.Session().client("s3", endpoint_url=moto.endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="sealed")
+    s3.put_bucket_encryption(
+        Bucket="sealed",
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_id}}]
+        },
+    )
+    big = _file(tmp_path / "b.mp4", 11 * MiB)  # 3 parts of 5 MiB
+    files = [(big, "b.mp4", "video/mp4"), (_file(tmp_path / "a.json", 700), "a.json", "application/json")]
+    options = StorageOptions(
+        endpoint_url=moto.endpoint, addressing_style="path", multipart_threshold=5 * MiB, multipart_chunk=5 * MiB
+    )
+    done = Uploader(parse_destination("s3://sealed/p"), options).upload(files)
+    assert [d.verified for d in done] == ["CRC32", "CRC32"]
+    head = s3.head_object(Bucket="sealed", Key="p/b.mp4", ChecksumMode="ENABLED")
+    assert head["ServerSideEncryption"] == "aws:kms" and head["ETag"].endswith('-3"')
+    again = Uploader(parse_destination("s3://sealed/p"), options)
+    sent = _sent(again)
+    assert again.upload(files) == done
+    assert set(sent) == {"HeadObject"}
+
+
+def test_verify_trusts_an_etag_only_where_it_is_an_md5(tmp_path):
+    """HEAD answers as AWS gives them, where moto and Swift cannot: an SSE-KMS or SSE-C ETag is no MD5, so a
+    correct upload without a checksum passes on its size; a checksum decides where there is one."""
+    local = LocalFile(_file(tmp_path / "x", 1000))
+    crc = base64.b64encode(zlib.crc32(local.path.read_bytes()).to_bytes(4, "big")).decode()
+    plain = {"ContentLength": 1000, "ETag": f'"{local.etag()}"'}
+    assert verify(plain, local) == (True, "MD5", "")
+    assert verify({**plain, "ETag": '"' + "0" * 32 + '"'}, local)[:2] == (False, "MD5")
+    assert verify({**plain, "ContentLength": 999}, local)[:2] == (False, "size")
+    opaque = {"ContentLength": 1000, "ETag": '"' + "7" * 32 + '"'}
+    assert verify({**opaque, "ServerSideEncryption": "aws:kms"}, local) == (None, "size", "")
+    assert verify({**opaque, "ServerSideEncryption": "aws:kms:dsse"}, local) == (None, "size", "")
+    assert verify({**opaque, "SSECustomerAlgorithm": "AES256"}, local) == (None, "size", "")
+    assert verify({**opaque, "ServerSideEncryption": "aws:kms", "ChecksumCRC32": crc}, local)[:2] == (True, "CRC32")
+    assert verify({**plain, "ChecksumCRC32": "AAAAAA=="}, local)[:2] == (False, "CRC32")  # the checksum decides
+    sealed = {**opaque, "ServerSideEncryption": "aws:kms"}
+    assert verify({**sealed, "ChecksumCRC64NVME": "AAAAAAAAAAA="}, local) == (None, "size", "")  # not computed here
+
+    big = LocalFile(_file(tmp_path / "big", 11 * MiB), threshold=5 * MiB, chunk=5 * MiB)
+    whole, composite, parts = big.digests("CRC32")
+    b64 = lambda digest: base64.b64encode(digest).decode()  # noqa: E731
+    head = {"ContentLength": 11 * MiB, "ETag": f'"{big.etag()}"'}
+    assert verify({**head, "ChecksumCRC32": f"{b64(composite)}-{parts}"}, big)[:2] == (True, "CRC32")  # AWS
+    assert verify({**head, "ChecksumCRC32": b64(composite)}, big)[:2] == (True, "CRC32")  # moto
+    full = {**head, "ChecksumCRC32": b64(whole), "ChecksumType": "FULL_OBJECT"}
+    assert verify(full, big)[:2] == (True, "CRC32")
+    # another part size: no evidence from the checksum, so the ETag (same part count here) decides
+    assert verify({**head, "ChecksumCRC32": "AAAAAA==-2"}, big)[:2] == (True, "MD5")
+    assert verify({**opaque, "ContentLength": 11 * MiB, "ETag": '"' + "0" * 32 + '-2"'}, big) == (None, "size", "")
+
+
+def test_local_destination(tmp_path, caplog):
     src = _file(tmp_path / "x.mp4", 5000)
     up = Uploader(parse_destination(str(tmp_path / "dest")))
-    [obj] = up.upload([(src, "c/x.mp4", "video/mp4")])
+    with caplog.at_level(logging.INFO, logger="cluster.storage"):
+        [obj] = up.upload([(src, "c/x.mp4", "video/mp4")])
+    assert f"uploading {src} to {tmp_path / 'dest/c/x.mp4'}" in caplog.text  # before anything else: where it is
     assert (tmp_path / "dest/c/x.mp4").read_bytes() == src.read_bytes()
-    assert obj.url.startswith("file://")
+    assert obj.url.startswith("file://") and obj.verified == "MD5"
 
 
 def _hold_second_part(up: Uploader) -> tuple[threading.Event, threading.Event]:
@@ -99,7 +182,7 @@ def _hold_second_part(up: Uploader) -> tuple[threading.Event, threading.Event]:
 def test_outage_during_upload_delays_but_loses_nothing(moto, tmp_path):
     """The server is killed mid-upload and restarted on the same port; the upload completes."""
     _bucket(moto.endpoint)
-    big = _file(tmp_path / "big.mp4", 40 * 1024 * 1024)
+    big = _file(tmp_path / "big.mp4", 40 * MiB)
     up = Uploader(
         parse_destination("s3://renders/p"),
         StorageOptions(
@@ -135,29 +218,103 @@ def test_outage_during_upload_delays_but_loses_nothing(moto, tmp_path):
     assert big.exists()  # the local copy is never removed by the uploader
 
 
-def test_permanent_errors_fail_fast_without_secrets(moto, tmp_path):
-    src = _file(tmp_path / "x.mp4", 100)
-    up = Uploader(
-        parse_destination("s3://no-such-bucket/p"), StorageOptions(endpoint_url=moto.endpoint, addressing_style="path")
-    )
+def _fails_at_once(up: Uploader, path: Path) -> UploadError:
     started = time.monotonic()
-    with pytest.raises(UploadError, match=r"NoSuchBucket|does not exist") as info:
+    with pytest.raises(UploadError) as info:
+        up.upload([(path, "x.mp4", "video/mp4")])
+    assert time.monotonic() - started < 10  # the deadline is an hour: nothing was retried
+    assert info.value.retryable is False and pickle.loads(pickle.dumps(info.value)).retryable is False
+    return info.value
+
+
+def test_a_file_changed_during_its_upload_is_uploaded_again(moto, tmp_path):
+    """The stored object differs from the local file (here: the file grows after each PUT): uploaded again,
+    and given up after VERIFY_ATTEMPTS uploads if it keeps changing."""
+    _bucket(moto.endpoint)
+    src = _file(tmp_path / "x.json", 1000)
+    puts: list[int] = []
+
+    def uploader(grow_times: int) -> Uploader:
+        def grow(**_: object) -> None:
+            puts.append(1)
+            if len(puts) <= grow_times:
+                with src.open("ab") as f:
+                    f.write(b"more")
+
+        options = StorageOptions(endpoint_url=moto.endpoint, addressing_style="path")
+        up = Uploader(parse_destination("s3://renders/p"), options, sleep=lambda _: None)
+        up._client.meta.events.register("after-call.s3.PutObject", grow)
+        return up
+
+    [obj] = uploader(1).upload([(src, "x.json", "application/json")])
+    assert len(puts) == 2 and obj.verified == "CRC32" and obj.bytes == 1004
+    stored = (
+        boto3.session.Session().client("s3", endpoint_url=moto.endpoint).get_object(Bucket="renders", Key="p/x.json")
+    )
+    assert stored["Body"].read() == src.read_bytes()
+    puts.clear()
+    with pytest.raises(
+        UploadError, match=r"the stored object differs from the local file \(CRC32 .*; upload 3 of 3\)"
+    ) as info:
+        uploader(99).upload([(src, "y.json", "application/json")])
+    assert len(puts) == 3 and info.value.retryable is False
+
+
+def test_permanent_errors_fail_fast_without_secrets(moto, tmp_path, monkeypatch):
+    _bucket(moto.endpoint)
+    src = _file(tmp_path / "x.mp4", 100)
+    options = StorageOptions(endpoint_url=moto.endpoint, addressing_style="path")
+    error = str(_fails_at_once(Uploader(parse_destination("s3://no-such-bucket/p"), options), src))
+    assert "s3://no-such-bucket/p failed: no such bucket (404 NoSuchBucket)" in error
+    assert "testing-secret-value" not in error
+    assert error.endswith(f"the file stays at {src}")
+    gone = tmp_path / "gone.mp4"
+    error = str(_fails_at_once(Uploader(parse_destination("s3://renders/p"), options), gone))
+    assert error == f"upload of gone.mp4 to s3://renders/p failed: the local file {gone} does not exist"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    error = str(_fails_at_once(Uploader(parse_destination("s3://renders/p"), options), src))
+    assert "failed: no credentials found" in error and str(src) in error
+
+
+def test_an_outage_past_the_deadline_fails_as_retryable(moto, tmp_path):
+    _bucket(moto.endpoint)
+    src = _file(tmp_path / "x.mp4", 100)
+    options = StorageOptions(
+        endpoint_url=moto.endpoint, addressing_style="path", deadline_s=1.0, first_backoff_s=0.2, max_backoff_s=0.2
+    )
+    up = Uploader(parse_destination("s3://renders/p"), options)
+    moto.stop()
+    with pytest.raises(UploadError) as info:
         up.upload([(src, "x.mp4", "video/mp4")])
-    assert time.monotonic() - started < 10
-    assert "testing-secret-value" not in str(info.value)
-    assert str(src) in str(info.value)  # says where the file still is
+    assert info.value.retryable is True and pickle.loads(pickle.dumps(info.value)).retryable is True
+    assert "the server could not be reached (EndpointConnectionError) (still, after retrying for" in str(info.value)
+    assert str(info.value).endswith(f"the file stays at {src}")
+
+
+@pytest.fixture(scope="module")
+def swift_server(tmp_path_factory):
+    """One Swift for the module (starting one takes ~15 s on 2 cores), over HTTPS: what boto3 sends differs
+    there (checksum trailers), and this Swift refuses what it does not know."""
+    from tests.swift_server import SwiftServer
+
+    server = SwiftServer(tmp_path_factory.mktemp("swift"), tls=True).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
-def swift(tmp_path, monkeypatch):
-    from tests.swift_server import ACCESS_KEY, SECRET_KEY, SwiftServer
+def swift(swift_server, monkeypatch):
+    from tests.swift_server import ACCESS_KEY, SECRET_KEY
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    server = SwiftServer(tmp_path / "swift").start()
-    yield server
-    server.stop()
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(swift_server.ca_bundle))
+    return swift_server
 
 
 def _swift_uploader(server, prefix: str = "s3://renders/p", **options) -> Uploader:
@@ -167,30 +324,58 @@ def _swift_uploader(server, prefix: str = "s3://renders/p", **options) -> Upload
 
 
 def test_swift_upload_multipart_verified_and_presigned(swift, tmp_path):
+    """Swift 2.30 keeps no checksums: verified by the MD5 ETag, and found again by it after a restart."""
     _bucket(swift.endpoint)
-    big = _file(tmp_path / "b.mp4", 17 * 1024 * 1024)
+    big = _file(tmp_path / "b.mp4", 17 * MiB)
     small = _file(tmp_path / "a.json", 300)
-    objects = _swift_uploader(swift).upload([(big, "b.mp4", "video/mp4"), (small, "a.json", "application/json")])
+    files = [(big, "b.mp4", "video/mp4"), (small, "a.json", "application/json")]
+    up = _swift_uploader(swift)
+    headers: list[dict] = []
+    up._client.meta.events.register("before-send.s3.*", lambda request, **_: headers.append(dict(request.headers)))
+    objects = up.upload(files)
     assert [o.etag for o in objects] == [expected_etag(big), expected_etag(small)]
+    assert [o.verified for o in objects] == ["MD5", "MD5"]
     assert objects[0].etag.endswith("-3")
-    with urllib.request.urlopen(_swift_uploader(swift).presigned_url("p/a.json", expires_s=600)) as r:
+    sent = [h for h in headers if "x-amz-checksum-crc32" in h]  # 3 parts and the small PUT, over HTTPS
+    assert len(sent) == 4 and not [h for h in headers if "aws-chunked" in str(h.get("Content-Encoding", ""))]
+    https = ssl.create_default_context(cafile=str(swift.ca_bundle))
+    with urllib.request.urlopen(_swift_uploader(swift).presigned_url("p/a.json", expires_s=600), context=https) as r:
         assert r.read() == small.read_bytes()
+    again = _swift_uploader(swift)
+    operations = _sent(again)
+    assert again.upload(files) == objects and set(operations) == {"HeadObject"}
 
 
-def test_swift_refuses_wrong_credentials(swift, tmp_path, monkeypatch):
-    _bucket(swift.endpoint)
+def test_swift_fails_fast_with_the_reason(swift, tmp_path, monkeypatch):
+    """Refused credentials, a missing bucket, a missing file, an untrusted certificate: one attempt, the reason
+    in words, where the file is, and never the secret (with an hour's deadline)."""
+    from tests.swift_server import SECRET_KEY
+
+    _bucket(swift.endpoint, "fails")
+    src = _file(tmp_path / "x.mp4", 100)
+    error = str(_fails_at_once(_swift_uploader(swift, "s3://no-such-bucket/p"), src))
+    assert "to s3://no-such-bucket/p failed: no such bucket (404 NoSuchBucket)" in error and str(src) in error
+    gone = tmp_path / "gone.mp4"
+    error = str(_fails_at_once(_swift_uploader(swift, "s3://fails/p"), gone))
+    assert f"the local file {gone} does not exist" in error
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    with pytest.raises(UploadError, match=r"SignatureDoesNotMatch|AccessDenied|Forbidden") as info:
-        _swift_uploader(swift).upload([(_file(tmp_path / "x.mp4", 100), "x.mp4", "video/mp4")])
-    assert "not-the-secret" not in str(info.value)
+    error = str(_fails_at_once(_swift_uploader(swift, "s3://fails/p"), src))
+    assert "failed: the server refused the credentials (403 SignatureDoesNotMatch)" in error
+    assert error.endswith(f"the file stays at {src}")
+    assert "not-the-secret" not in error and SECRET_KEY not in error
+    monkeypatch.delenv("AWS_CA_BUNDLE")
+    error = str(_fails_at_once(_swift_uploader(swift, "s3://fails/p"), src))
+    assert "failed: the server's TLS certificate was not accepted; the file stays at" in error
 
 
 def test_swift_restart_during_upload_loses_nothing(swift, tmp_path):
     """Swift keeps objects on disk: stop every server mid-upload, start them again, the upload completes."""
-    _bucket(swift.endpoint)
-    _swift_uploader(swift).upload([(_file(tmp_path / "earlier.mp4", 1000), "earlier.mp4", "video/mp4")])
-    big = _file(tmp_path / "big.mp4", 40 * 1024 * 1024)
-    up = _swift_uploader(swift, deadline_s=120, first_backoff_s=0.2, max_backoff_s=1.0)
+    _bucket(swift.endpoint, "restart")
+    _swift_uploader(swift, "s3://restart/p").upload(
+        [(_file(tmp_path / "earlier.mp4", 1000), "earlier.mp4", "video/mp4")]
+    )
+    big = _file(tmp_path / "big.mp4", 40 * MiB)
+    up = _swift_uploader(swift, "s3://restart/p", deadline_s=120, first_backoff_s=0.2, max_backoff_s=1.0)
     result: dict = {}
     sending, outage = _hold_second_part(up)
     thread = threading.Thread(target=lambda: result.update(objects=up.upload([(big, "big.mp4", "video/mp4")])))
@@ -204,6 +389,6 @@ def test_swift_restart_during_upload_loses_nothing(swift, tmp_path):
     thread.join(timeout=120)
     [obj] = result["objects"]
     client = boto3.session.Session().client("s3", endpoint_url=swift.endpoint)
-    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="renders")["Contents"])
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="restart")["Contents"])
     assert keys == ["p/big.mp4", "p/earlier.mp4"]  # the earlier object survived the restart too
     assert obj.etag == expected_etag(big)
