@@ -295,3 +295,19 @@ def test_hf_files_resolve_from_the_hub_cache_offline(tiny_set, tmp_path, monkeyp
     lora_blob.unlink()
     line = _one_line_error(cli("models", "pull", str(manifest), "--cache-dir", str(cache), **offline))
     assert models.distilled_lora.url in line and "HF_HUB_OFFLINE" in line
+
+
+def test_a_set_published_to_a_folder_resolves_in_place(tiny_set, tmp_path, monkeypatch):
+    """A folder mirror (a shared filesystem): local URLs, verified against the pins and linked, not copied."""
+    monkeypatch.setenv("LTX2_FARM_HASH_CACHE", str(tmp_path / "hashes.json"))
+    models, url = publish_model_set(tiny_set, str(tmp_path / "mirror"))
+    assert url == str((tmp_path / "mirror" / MANIFEST_NAME).resolve())
+    read = read_model_set(str(tmp_path / "mirror"))
+    assert read == models and read.checkpoint.url == str((tmp_path / "mirror" / tiny_set.checkpoint.name).resolve())
+    local = local_checkpoint_set(read, tmp_path / "cache")
+    assert local.checkpoint.resolve() == (tmp_path / "mirror" / tiny_set.checkpoint.name).resolve()
+    assert not (tmp_path / "cache" / "blobs").exists()
+    validate_checkpoint_set(local)
+    (tmp_path / "mirror" / tiny_set.distilled_lora.name).write_bytes(b"changed")
+    with pytest.raises(ModelFetchError, match="not the pinned file"):
+        local_checkpoint_set(read, tmp_path / "cache")
