@@ -311,3 +311,15 @@ def test_a_set_published_to_a_folder_resolves_in_place(tiny_set, tmp_path, monke
     (tmp_path / "mirror" / tiny_set.distilled_lora.name).write_bytes(b"changed")
     with pytest.raises(ModelFetchError, match="not the pinned file"):
         local_checkpoint_set(read, tmp_path / "cache")
+
+
+def test_the_head_validates_a_job_against_the_manifest_without_the_files(published, node_cache, tmp_path):
+    """`render --models`: the model's shape (2 blocks) comes from the manifest's recorded config, refused before
+    Ray or any worker starts, and nothing was fetched on the head."""
+    from tests.conftest import write_job
+
+    job = write_job(tmp_path, video_guidance={"stg_blocks": [7]})
+    result = cli("render", str(job), "--models", published.url, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr
+    assert "stg_blocks" in result.stderr and "the model has 2" in result.stderr
+    assert not node_cache.exists()
