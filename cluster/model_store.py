@@ -216,7 +216,8 @@ def parse_model_set(data: Any, source: str) -> ModelSet:
         return ModelFile(str(pure), _absolute_url(url, source), size, sha)
 
     gemma_root = data.get("gemma_root")
-    if not isinstance(gemma_root, str) or not gemma_root or ".." in PurePosixPath(gemma_root).parts:
+    root = PurePosixPath(gemma_root) if isinstance(gemma_root, str) and gemma_root else None
+    if root is None or root.is_absolute() or ".." in root.parts:
         raise _not_a_manifest(source, f"gemma_root {gemma_root!r} is not a relative folder")
     gemma_list = data.get("gemma")
     if not isinstance(gemma_list, list) or not gemma_list:
@@ -230,9 +231,14 @@ def parse_model_set(data: Any, source: str) -> ModelSet:
     if missing:
         raise _not_a_manifest(source, f"checkpoint_config lacks {', '.join(missing)}: not an LTX-2 audio-video set")
     model_set = ModelSet(
-        roles["checkpoint"], gemma_root, gemma, roles["spatial_upsampler"], roles["distilled_lora"],
-        json.dumps(config, sort_keys=True), source,
-    )  # fmt: skip
+        checkpoint=roles["checkpoint"],
+        gemma_root=gemma_root,
+        gemma=gemma,
+        spatial_upsampler=roles["spatial_upsampler"],
+        distilled_lora=roles["distilled_lora"],
+        checkpoint_config=json.dumps(config, sort_keys=True),
+        source=source,
+    )
     _check_layout(model_set)
     return model_set
 
@@ -405,6 +411,8 @@ class _Fetcher:
         with FileLock(self.cache / "locks" / f"{f.sha256}.lock"):  # released by the kernel if its holder dies
             if _holds(blob, f):  # another process of the node fetched it while this one waited
                 return blob, False
+            for stale in blob.parent.glob(f"{blob.name}.partial-*"):  # a killed download's (only lock holders write)
+                stale.unlink(missing_ok=True)
             tmp = blob.with_name(f"{blob.name}.partial-{os.getpid()}-{threading.get_ident()}")
             try:
                 self._download(f, tmp)

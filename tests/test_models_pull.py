@@ -90,10 +90,23 @@ def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
 
 def _one_line_error(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith(("downloaded ", "verified "))]
-    assert len(lines) == 1, result.stderr  # the per-file progress lines, then the error alone
+    return _the_error_line(result.stderr)
+
+
+def _the_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith(("downloaded ", "verified "))]
+    assert len(lines) == 1, stderr  # the per-file progress lines, then the error alone
     return lines[0]
+
+
+def cli_here(capsys, *args: str) -> str:
+    """The CLI in this process (no interpreter start): its one error line, after checking exit code 2."""
+    from cluster.cli import main
+
+    capsys.readouterr()
+    assert main(list(args)) == 2
+    return _the_error_line(capsys.readouterr().err)
 
 
 def test_publish_writes_the_manifest_with_pins_and_the_checkpoint_config(published):
@@ -114,6 +127,9 @@ def test_publish_writes_the_manifest_with_pins_and_the_checkpoint_config(publish
 
 
 def test_pull_fills_the_node_cache_once_and_the_set_loads(published, node_cache):
+    stale = node_cache / "blobs" / f"{published.models.checkpoint.sha256}.partial-99999-1"  # a killed download's
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a file")
     first = cli("models", "pull", published.url, "--json")
     assert first.returncode == 0, first.stderr
     pulled = json.loads(first.stdout)
@@ -184,7 +200,7 @@ def test_two_processes_on_one_node_fetch_each_file_once(published, node_cache, t
     assert len(list((node_cache / "blobs").iterdir())) == len({f.sha256 for f in published.models.files()})
 
 
-def test_a_changed_or_missing_object_is_refused_in_one_line(published, node_cache, tiny_set):
+def test_a_changed_or_missing_object_is_refused_in_one_line(published, node_cache, tiny_set, capsys):
     models, url = publish_model_set(tiny_set, f"s3://{BUCKET}/ltx2/changed")
     head_read = read_model_set(url)  # what the head hands to workers
     lora = models.distilled_lora
@@ -205,12 +221,12 @@ def test_a_changed_or_missing_object_is_refused_in_one_line(published, node_cach
         local_checkpoint_set(head_read)
 
     _s3().delete_object(Bucket=BUCKET, Key=key)
-    assert f"{lora.url}: no such object" in _one_line_error(cli("models", "pull", url))
+    assert f"{lora.url}: no such object" in cli_here(capsys, "models", "pull", url)
     with pytest.raises(ModelFetchError, match="no such object"):
         read_model_set(f"s3://{BUCKET}/nothing-here")
 
 
-def test_bad_manifests_and_conflicting_flags_are_refused(published, tmp_path):
+def test_bad_manifests_and_conflicting_flags_are_refused(published, tmp_path, capsys):
     from cluster.cli import UsageError, resolve_checkpoints
 
     data = published.models.to_json()
@@ -228,7 +244,7 @@ def test_bad_manifests_and_conflicting_flags_are_refused(published, tmp_path):
         resolve_checkpoints(args)
     manifest = tmp_path / MANIFEST_NAME
     manifest.write_text("{}")
-    assert "schema" in _one_line_error(cli("models", "pull", str(tmp_path)))
+    assert "not a model-set manifest: schema None" in cli_here(capsys, "models", "pull", str(tmp_path))
 
 
 def _hf_cache_with(hf_cache: Path, repo_id: str, files: dict[str, Path], commit: str) -> None:
