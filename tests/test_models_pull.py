@@ -142,6 +142,10 @@ def test_pull_fills_the_node_cache_once_and_the_set_loads(published, node_cache)
         assert local.files()[role].read_bytes() == path.read_bytes(), role
     validate_checkpoint_set(local)
     assert not list(node_cache.rglob("*.partial-*"))
+    # the digests verified during the download are the memo of every later process: no second hashing
+    memo = json.loads(Path(os.environ["LTX2_FARM_HASH_CACHE"]).read_text())
+    blob = local.checkpoint.resolve()
+    assert memo.get(json.dumps([str(blob), blob.stat().st_size, blob.stat().st_mtime_ns])) == blob.name
 
     started = time.perf_counter()
     second = cli("models", "pull", f"s3://{BUCKET}/ltx2/tiny", "--json")  # verified from the digest memo: no download
