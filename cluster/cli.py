@@ -26,11 +26,15 @@ examples:
   ltx2-farm plan job.yaml                       show the task graph (chunks, tiles, decode tiles)
   ltx2-farm validate job.yaml --json            check a job without rendering
   ltx2-farm models tiny                         generate the tiny test checkpoint set
+  ltx2-farm models publish s3://bucket/ltx2     mirror a set (default: the tiny one) + its manifest
+  ltx2-farm models pull s3://bucket/ltx2        fill this node's model cache ahead of time
   ltx2-farm examples demo/                      a conditioned campaign (image, keyframe, control,
                                                 audio, LoRA rows) with its input files
   ltx2-farm deploy render                       KubeRay manifests from deploy/k8s/values.yaml
 
-model files (flags or environment; all four, or none for the built-in tiny model):
+model files (flags or environment; all four, a manifest, or none for the built-in tiny model):
+  --models            LTX2_MODELS             s3://…/ltx2-models.json (or its prefix) or a local manifest:
+                                              every node fetches and verifies the set into its own cache
   --checkpoint        LTX2_CHECKPOINT         ltx-2-19b-dev.safetensors (config in its metadata)
   --gemma-root        LTX2_GEMMA_ROOT         Gemma-3 folder (e.g. gemma-3-12b-it)
   --spatial-upsampler LTX2_SPATIAL_UPSAMPLER  ltx-2-spatial-upscaler-x2-1.0.safetensors
@@ -72,6 +76,12 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model files (default: the built-in tiny model)")
     for name, env in MODEL_FLAGS.items():
         group.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="PATH", help=f"(env {env})")
+    group.add_argument(
+        "--models",
+        metavar="SOURCE",
+        help="instead of the four files: a model-set manifest, s3://… or a local path, that every node resolves "
+        "into its own cache (env LTX2_MODELS)",
+    )
     group.add_argument("--cache-dir", metavar="DIR", help="where the tiny model is generated (env LTX2_FARM_CACHE)")
 
 
@@ -268,6 +278,25 @@ def build_parser() -> argparse.ArgumentParser:
     check = models_sub.add_parser("check", help="check every file of a checkpoint set and load it once")
     _add_model_flags(check)
     check.add_argument("--json", action="store_true")
+    publish = models_sub.add_parser(
+        "publish", help="upload a set (default: the tiny one) and its manifest (ltx2-models.json) for `models pull`"
+    )
+    publish.add_argument("destination", metavar="DEST", help="s3://bucket/prefix (or a folder)")
+    _add_model_flags(publish)
+    publish.add_argument("--endpoint-url", help="S3-compatible endpoint (env AWS_ENDPOINT_URL)")
+    publish.add_argument("--json", action="store_true")
+    pull = models_sub.add_parser(
+        "pull", help="fetch and verify a set into this node's model cache (what workers do on first use)"
+    )
+    pull.add_argument(
+        "source",
+        nargs="?",
+        metavar="SOURCE",
+        help="s3://…/ltx2-models.json, its prefix, or a local manifest (env LTX2_MODELS)",
+    )
+    pull.add_argument("--cache-dir", metavar="DIR", help="the node's model cache (env LTX2_FARM_MODEL_CACHE)")
+    pull.add_argument("--endpoint-url", help="S3-compatible endpoint (env AWS_ENDPOINT_URL)")
+    pull.add_argument("--json", action="store_true")
     return parser
 
 
@@ -365,12 +394,20 @@ def _resolve_inputs(job: ValidJob, args: argparse.Namespace, source: str) -> Val
     return resolve_inputs(job, input_roots(base), base, source)
 
 
-def resolve_checkpoints(args: argparse.Namespace):  # -> CheckpointSet
-    """All four model paths from flags/environment, or the tiny set when none is given."""
+def resolve_checkpoints(args: argparse.Namespace):  # -> CheckpointSet | ModelSet
+    """All four model paths from flags/environment, a manifest (`--models`: read once here, handed to the
+    workers, who resolve it on their own nodes), or the tiny set when none is given."""
     from ltx2.checkpoint import CheckpointSet
     from ltx2.tiny import ensure_tiny_checkpoint_set
 
     given = {name: getattr(args, name, None) or os.environ.get(env) for name, env in MODEL_FLAGS.items()}
+    manifest = getattr(args, "models", None) or os.environ.get("LTX2_MODELS")
+    if manifest:
+        if any(given.values()):
+            raise UsageError("model files: give --models (LTX2_MODELS) or the four file flags, not both")
+        from cluster.model_store import read_model_set
+
+        return read_model_set(manifest, _model_storage(args))
     if not any(given.values()):
         cache = getattr(args, "cache_dir", None)
         return ensure_tiny_checkpoint_set(Path(cache) if cache else None)
@@ -447,9 +484,9 @@ def cmd_render(args: argparse.Namespace) -> int:
         parse_destination(args.output)
         render_key(args.key_template, {"job": "j", "name": "n", "seed": 0, "hash": "h", "ext": "mp4"})
     checkpoints = resolve_checkpoints(args)
-    from ltx2.checkpoint import validate_checkpoint_set
+    from cluster.model_store import validate_models
 
-    config = validate_checkpoint_set(checkpoints)
+    config = validate_models(checkpoints)  # a manifest's recorded config: the head needs no model file
     transformer = config["transformer"]
     validate_for_model(job, transformer.get("num_layers", 48), source, transformer.get("num_attention_heads", 32))
 
@@ -631,7 +668,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         files = {k: str(v) for k, v in paths.__dict__.items()}
         _emit(args, {"ok": True, **files}, "\n".join(f"{k}: {v}" for k, v in files.items()))
         return 0
-    checkpoints = resolve_checkpoints(args)
+    if args.models_command in ("publish", "pull"):
+        return _cmd_models_store(args)
+    from cluster.model_store import local_checkpoint_set
+
+    checkpoints = local_checkpoint_set(resolve_checkpoints(args))
     from ltx2.models import load_resident_models
 
     models = load_resident_models(checkpoints, "cpu")
@@ -647,6 +688,57 @@ def cmd_models(args: argparse.Namespace) -> int:
         f"checkpoint set OK: every parameter loaded ({models.num_layers} transformer blocks, "
         f"{models.load_seconds:.1f} s)",
     )
+    return 0
+
+
+def _model_storage(args: argparse.Namespace):  # -> StorageOptions
+    from cluster.storage import StorageOptions
+
+    endpoint = getattr(args, "endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL")
+    return StorageOptions(endpoint_url=endpoint, addressing_style="path")
+
+
+def _cmd_models_store(args: argparse.Namespace) -> int:
+    from cluster import model_store
+
+    if args.models_command == "publish":
+        local = model_store.local_checkpoint_set(resolve_checkpoints(args))  # --models: mirror another set
+        models, url = model_store.publish_model_set(local, args.destination, _model_storage(args))
+        size = sum(f.size for f in models.files())
+        _emit(
+            args,
+            {"ok": True, "manifest": url, "files": len(models.files()), "bytes": size},
+            f"published {len(models.files())} files ({size / 1e9:.2f} GB) and {url}\n"
+            f"  every node: --models {url}  (or LTX2_MODELS)",
+        )
+        return 0
+    source = args.source or os.environ.get("LTX2_MODELS")
+    if not source:
+        raise UsageError("models pull: give the manifest (s3://…/ltx2-models.json, its prefix, a path) or LTX2_MODELS")
+    models = model_store.read_model_set(source, _model_storage(args))
+
+    def progress(f: Any, downloaded: bool) -> None:
+        if not args.json:
+            sys.stderr.write(f"{'downloaded' if downloaded else 'verified'} {f.path} ({f.size / 1e6:.1f} MB)\n")
+
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    result = model_store.pull_model_set(models, cache, progress, _model_storage(args))
+    files = {k: str(v) for k, v in result.checkpoints.__dict__.items()}
+    payload = {
+        "ok": True,
+        **files,
+        "set_id": models.set_id(),
+        "downloaded": list(result.downloaded),
+        "reused": list(result.reused),
+        "bytes_downloaded": result.bytes_downloaded,
+        "seconds": round(result.seconds, 3),
+    }
+    human = "\n".join(f"{k}: {v}" for k, v in files.items())
+    human += (
+        f"\n{len(result.downloaded)} file(s) downloaded ({result.bytes_downloaded / 1e9:.2f} GB), "
+        f"{len(result.reused)} already here, {result.seconds:.1f} s"
+    )
+    _emit(args, payload, human)
     return 0
 
 

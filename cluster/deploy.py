@@ -4,7 +4,9 @@ Users set the image, the GPU worker groups (GPU type, node selector, tolerations
 bucket and the overnight schedule in `deploy/k8s/values.yaml`; `ltx2-farm deploy render` writes:
 
 - `raycluster.yaml`: a KubeRay `RayCluster`: a CPU head (the farm's coordinator runs there) and one GPU
-  worker group per GPU type, autoscaling bounds, /dev/shm sized for the object store, the model volume;
+  worker group per GPU type, autoscaling bounds, /dev/shm sized for the object store, the model files: a
+  read-only volume (`models_claim`), or with `models_source` a node-local cache that an init container
+  fills with `ltx2-farm models pull` before Ray starts;
 - `rayjob-campaign.yaml`: a `RayJob` that runs `ltx2-farm campaign run` on that cluster;
 - `cronjob-overnight.yaml`: a `CronJob` (with its ServiceAccount and RBAC) that submits the RayJob on the
   schedule, for overnight windows;
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +30,7 @@ RAY_VERSION = "2.60.0"
 METRICS_PORT = 9464
 STORE_PATH = "/var/lib/ltx2-farm"
 MODELS_PATH = "/models"
+MODEL_CACHE_PATH = "/var/cache/ltx2-farm"
 
 
 class GpuGroup(BaseModel):
@@ -48,6 +51,20 @@ class GpuGroup(BaseModel):
     )
 
 
+class ModelCache(BaseModel):
+    """The node-local volume that a worker pod's init container fills with the model set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["emptyDir", "hostPath"] = Field(
+        "emptyDir",
+        description="emptyDir: the pod's own (fetched again when the pod is replaced); hostPath: the node's, kept "
+        "across pods (the folder must be writable by uid 1000)",
+    )
+    host_path: str = Field(MODEL_CACHE_PATH, description="the folder on the node, for hostPath")
+    size_limit: str = Field("200Gi", description="emptyDir limit: the set plus one file in flight")
+
+
 class DeployValues(BaseModel):
     """Everything a platform engineer sets, in one place."""
 
@@ -58,6 +75,12 @@ class DeployValues(BaseModel):
     image: str = "ghcr.io/example/ltx2-farm:0.1.0"
     gpu_groups: list[GpuGroup] = Field(default_factory=lambda: [GpuGroup(name="h100")])
     models_claim: str = Field("ltx2-models", description="PVC with the checkpoint set (read-only)")
+    models_source: str | None = Field(
+        None,
+        description="s3://…/ltx2-models.json (`ltx2-farm models publish`): each worker node pulls the set into "
+        "model_cache instead of mounting models_claim",
+    )
+    model_cache: ModelCache = Field(default_factory=ModelCache)
     store_size: str = "10Gi"
     campaign_manifest: str = Field("/campaigns/campaign.yaml", description="manifest path inside the head pod")
     bucket_secret: str = Field("ltx2-farm-s3", description="Secret with AWS_* variables for the bucket")
@@ -74,13 +97,21 @@ def _labels(v: DeployValues, component: str) -> dict[str, str]:
 
 
 def _model_env(v: DeployValues) -> list[dict[str, Any]]:
-    env = [
-        {"name": "LTX2_CHECKPOINT", "value": f"{MODELS_PATH}/ltx-2-19b-dev.safetensors"},
-        {"name": "LTX2_GEMMA_ROOT", "value": f"{MODELS_PATH}/gemma-3-12b-it"},
-        {"name": "LTX2_SPATIAL_UPSAMPLER", "value": f"{MODELS_PATH}/ltx-2-spatial-upscaler-x2-1.0.safetensors"},
-        {"name": "LTX2_DISTILLED_LORA", "value": f"{MODELS_PATH}/ltx-2-19b-distilled-lora-384.safetensors"},
-        {"name": "LTX2_FARM_DB", "value": f"{STORE_PATH}/campaigns.db"},
-    ]
+    if v.models_source:
+        env = [
+            {"name": "LTX2_MODELS", "value": v.models_source},
+            {"name": "LTX2_FARM_MODEL_CACHE", "value": f"{MODEL_CACHE_PATH}/models"},
+            # the digests the init container verified are the workers' memo: no second hashing of 40 GB
+            {"name": "LTX2_FARM_HASH_CACHE", "value": f"{MODEL_CACHE_PATH}/file-hashes.json"},
+        ]
+    else:
+        env = [
+            {"name": "LTX2_CHECKPOINT", "value": f"{MODELS_PATH}/ltx-2-19b-dev.safetensors"},
+            {"name": "LTX2_GEMMA_ROOT", "value": f"{MODELS_PATH}/gemma-3-12b-it"},
+            {"name": "LTX2_SPATIAL_UPSAMPLER", "value": f"{MODELS_PATH}/ltx-2-spatial-upscaler-x2-1.0.safetensors"},
+            {"name": "LTX2_DISTILLED_LORA", "value": f"{MODELS_PATH}/ltx-2-19b-distilled-lora-384.safetensors"},
+        ]
+    env.append({"name": "LTX2_FARM_DB", "value": f"{STORE_PATH}/campaigns.db"})
     if v.endpoint_url:
         env.append({"name": "AWS_ENDPOINT_URL", "value": v.endpoint_url})
     return env
@@ -107,12 +138,34 @@ def _pod(v: DeployValues, container: dict, volumes: list[dict], **extra: Any) ->
     }
 
 
+def _model_cache_volume(v: DeployValues) -> dict[str, Any]:
+    if v.model_cache.kind == "hostPath":
+        return {"name": "model-cache", "hostPath": {"path": v.model_cache.host_path, "type": "DirectoryOrCreate"}}
+    return {"name": "model-cache", "emptyDir": {"sizeLimit": v.model_cache.size_limit}}
+
+
+def _models_pull(v: DeployValues) -> dict[str, Any]:
+    """The init container that fills the node's model cache before the worker starts: the workers then find
+    every file there, verified (the same `ltx2-farm models pull` an operator runs by hand)."""
+    pull = _container(
+        v,
+        "models-pull",
+        {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
+        [{"name": "model-cache", "mountPath": MODEL_CACHE_PATH}],
+    )
+    del pull["ports"]
+    pull["command"] = ["ltx2-farm", "models", "pull"]  # the source is LTX2_MODELS
+    return pull
+
+
 def ray_cluster(v: DeployValues) -> dict:
     models = {"name": "models", "persistentVolumeClaim": {"claimName": v.models_claim, "readOnly": True}}
-    head_mounts = [
-        {"name": "models", "mountPath": MODELS_PATH, "readOnly": True},
-        {"name": "store", "mountPath": STORE_PATH},
-    ]
+
+    # with a manifest the head reads only it (the workers fetch the files): no model volume anywhere
+    def model_mounts() -> list[dict[str, Any]]:  # fresh dicts: shared ones would come out as YAML anchors
+        return [] if v.models_source else [{"name": "models", "mountPath": MODELS_PATH, "readOnly": True}]
+
+    head_mounts = [*model_mounts(), {"name": "store", "mountPath": STORE_PATH}]
     head = _container(
         v,
         "ray-head",
@@ -132,11 +185,15 @@ def ray_cluster(v: DeployValues) -> dict:
             "ray-worker",
             {"requests": gpu, "limits": gpu},
             [
-                {"name": "models", "mountPath": MODELS_PATH, "readOnly": True},
+                *(model_mounts() or [{"name": "model-cache", "mountPath": MODEL_CACHE_PATH}]),
                 {"name": "dshm", "mountPath": "/dev/shm"},
             ],
         )
         shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": g.shm}}
+        extra: dict[str, Any] = {"nodeSelector": g.node_selector, "tolerations": g.tolerations}
+        if v.models_source:
+            extra["initContainers"] = [_models_pull(v)]
+        model_volume = _model_cache_volume(v) if v.models_source else models
         groups.append(
             {
                 "groupName": g.name,
@@ -144,7 +201,7 @@ def ray_cluster(v: DeployValues) -> dict:
                 "minReplicas": g.min_replicas,
                 "maxReplicas": g.max_replicas,
                 "rayStartParams": {"num-gpus": str(g.gpus_per_pod), "metrics-export-port": str(METRICS_PORT)},
-                "template": _pod(v, worker, [models, shm], nodeSelector=g.node_selector, tolerations=g.tolerations),
+                "template": _pod(v, worker, [model_volume, shm], **extra),
             }
         )
     store = {"name": "store", "persistentVolumeClaim": {"claimName": f"{v.name}-store"}}
@@ -157,7 +214,7 @@ def ray_cluster(v: DeployValues) -> dict:
             "enableInTreeAutoscaling": True,
             "headGroupSpec": {
                 "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-                "template": _pod(v, head, [models, store]),
+                "template": _pod(v, head, [store] if v.models_source else [models, store]),
             },
             "workerGroupSpecs": groups,
         },

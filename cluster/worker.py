@@ -235,6 +235,9 @@ class RenderWorker:
         fa4_attention: bool | None = None,
         batched_passes: bool | None = None,
     ) -> None:
+        from cluster.model_store import local_checkpoint_set
+
+        checkpoints = local_checkpoint_set(checkpoints)  # a manifest: fetched into this node's cache, verified
         self.name = name
         self.device = resolve_device(device)
         if self.device.startswith("cuda"):

@@ -197,29 +197,48 @@ def hash_cache_file() -> Path:
 def cached_file_sha256(path: Path) -> str:
     """SHA-256 memoised per (path, size, mtime), in memory and on disk: 75 GB of model files are hashed once
     per machine (measured: 84 s on an H100 host), not once per worker process."""
-    import os
-
-    stat = Path(path).stat()
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    key = _memo_key(path)
     if key in _HASH_CACHE:
         return _HASH_CACHE[key]
-    memo_path = hash_cache_file()
-    text_key = json.dumps(key)
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    digest = memo.get(text_key) if isinstance(memo, dict) else None
+    digest = _read_memo().get(json.dumps(key))
     if not isinstance(digest, str):
         digest = file_sha256(path)
-        memo = memo if isinstance(memo, dict) else {}
-        memo[text_key] = digest
-        try:  # a read-only or full cache folder only costs the next process a re-hash
-            memo_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo_path.with_name(f".{memo_path.name}.partial-{os.getpid()}")
-            tmp.write_text(json.dumps(memo, indent=0, sort_keys=True))
-            os.replace(tmp, memo_path)
-        except OSError:
-            pass
+        _write_memo(key, digest)
     _HASH_CACHE[key] = digest
     return digest
+
+
+def remember_file_sha256(path: Path, digest: str) -> None:
+    """Record the digest of a file just verified (a download hashed before its rename into place), so that
+    the next `cached_file_sha256` of it, in any process on this machine, reads instead of hashing again."""
+    key = _memo_key(path)
+    _HASH_CACHE[key] = digest
+    _write_memo(key, digest)
+
+
+def _memo_key(path: Path) -> tuple[str, int, int]:
+    stat = Path(path).stat()
+    return (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def _read_memo() -> dict:
+    try:
+        memo = json.loads(hash_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _write_memo(key: tuple[str, int, int], digest: str) -> None:
+    import os
+
+    memo_path = hash_cache_file()
+    memo = _read_memo()
+    memo[json.dumps(key)] = digest
+    try:  # a read-only or full cache folder only costs the next process a re-hash
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f".{memo_path.name}.partial-{os.getpid()}")
+        tmp.write_text(json.dumps(memo, indent=0, sort_keys=True))
+        os.replace(tmp, memo_path)
+    except OSError:
+        pass

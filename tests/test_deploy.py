@@ -121,3 +121,30 @@ def test_bad_values_are_refused_naming_the_field(tmp_path, capsys):
     assert main(["deploy", "render", "--values", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "gpu_groups.0.gpus_per_pod" in err and "colour" in err
+
+
+@pytest.mark.parametrize("cache", ["emptyDir", "hostPath"])
+def test_models_source_pulls_into_a_node_cache_before_the_worker_starts(cache):
+    """With a manifest, worker pods mount no shared model volume: an init container runs `ltx2-farm models pull`
+    into a node-local volume that the worker container then reads, at the same path, with the same memo."""
+    data = yaml.safe_load((REPO / "deploy/k8s/values.yaml").read_text())
+    data.update(models_source="s3://ltx2-models/ltx-2-19b/ltx2-models.json", model_cache={"kind": cache})
+    values = DeployValues.model_validate(data)
+    dashboard = (REPO / "deploy/grafana/ltx2farm-dashboard.json").read_text()
+    [cluster] = render_all(values, dashboard)["raycluster.yaml"]
+    for t in _pod_templates(cluster):
+        kubernetes_validate.validate(t, K8S_VERSION, strict=True)
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    assert all("persistentVolumeClaim" not in v or v["name"] == "store" for v in head["volumes"])
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        pod = group["template"]["spec"]
+        [pull] = pod["initContainers"]
+        [worker] = pod["containers"]
+        assert pull["command"] == ["ltx2-farm", "models", "pull"]
+        env = {e["name"]: e.get("value") for e in worker["env"]}
+        assert env["LTX2_MODELS"] == values.models_source and "LTX2_CHECKPOINT" not in env
+        assert {e["name"]: e.get("value") for e in pull["env"]} == env
+        assert pull["volumeMounts"][0] in worker["volumeMounts"]  # the same cache, at the same path
+        assert env["LTX2_FARM_HASH_CACHE"].startswith(pull["volumeMounts"][0]["mountPath"])
+        [volume] = [v for v in pod["volumes"] if v["name"] == pull["volumeMounts"][0]["name"]]
+        assert cache in volume and not any("persistentVolumeClaim" in v for v in pod["volumes"])

@@ -1,5 +1,6 @@
 """A real multi-node Ray cluster on one machine: a head and two worker nodes started with `ray start` on
-the loopback address (token authentication on), and a campaign whose jobs land on both worker nodes."""
+the loopback address (token authentication on), and a campaign whose jobs land on both worker nodes, each node
+fetching the model set from S3 (moto) into its own cache."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import boto3
 import yaml
 
 from tests.conftest import CACHE
-from tests.s3_servers import free_port, stop_process_group, wait_for_port
+from tests.s3_servers import MotoServer, free_port, moto_env, stop_process_group, wait_for_port
 
 TINY = {"height": 64, "width": 64, "num_frames": 9, "steps": 2}
 
@@ -56,31 +58,44 @@ def test_campaign_spreads_over_two_worker_nodes(tmp_path):
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
     }
     env.pop("RAY_ADDRESS", None)
+    moto = MotoServer().start()
+    env.update(moto_env(), AWS_ENDPOINT_URL=moto.endpoint, LTX2_FARM_HASH_CACHE=str(tmp_path / "head-hashes.json"))
+    env["LTX2_MODELS"] = "s3://models/tiny"  # the head reads the manifest; the nodes share nothing but the network
+    env["LTX2_FARM_MODEL_CACHE"] = str(tmp_path / "head-cache")
+    node_caches = [tmp_path / f"node{i}-cache" for i in range(2)]
+    cli = [sys.executable, "-m", "cluster.cli"]
     gcs = free_port()
     address = f"127.0.0.1:{gcs}"
-    started = [
-        _ray_start(
-            env, tmp_path / "head.log", "--head", "--port", str(gcs), "--num-cpus", "0", "--include-dashboard", "false"
-        )
-    ]
+    started: list[subprocess.Popen] = []
     try:
+        s3 = boto3.session.Session(**{k.lower(): v for k, v in moto_env().items() if k != "AWS_DEFAULT_REGION"})
+        s3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1").create_bucket(Bucket="models")
+        publish = [*cli, "models", "publish", "s3://models/tiny"]
+        published = subprocess.run(publish, env={**env, "LTX2_MODELS": ""}, capture_output=True, text=True)
+        assert published.returncode == 0, published.stderr
+        head_args = ("--head", "--port", str(gcs), "--num-cpus", "0", "--include-dashboard", "false")
+        started.append(_ray_start(env, tmp_path / "head.log", *head_args))
         wait_for_port(gcs, timeout_s=300)
         deadline = time.monotonic() + 300  # slow on a loaded 2-core machine
         for i in range(2):  # one at a time: two raylets starting together can time out on 2 cores
             log = tmp_path / f"worker{i}.log"
-            started.append(_ray_start(env, log, "--address", address, "--num-cpus", "1"))
+            node_env = {
+                **env,
+                "LTX2_FARM_MODEL_CACHE": str(node_caches[i] / "models"),
+                "LTX2_FARM_HASH_CACHE": str(node_caches[i] / "file-hashes.json"),
+            }
+            started.append(_ray_start(node_env, log, "--address", address, "--num-cpus", "1"))
             while len([n for n in _nodes(env, address) if n["Alive"]]) < 2 + i:
                 assert time.monotonic() < deadline, f"worker node {i} never joined: {log.read_text()[-1500:]}"
                 if started[-1].poll() is not None:  # Ray gives a raylet 30 s to register; a loaded machine may miss it
-                    started[-1] = _ray_start(env, log, "--address", address, "--num-cpus", "1")
+                    started[-1] = _ray_start(node_env, log, "--address", address, "--num-cpus", "1")
                 time.sleep(1)
         manifest = tmp_path / "m.yaml"
         rows = [{"id": f"j{i}", "prompt": f"scene {i}"} for i in range(6)]
         manifest.write_text(yaml.safe_dump({"campaign": "multi", "defaults": TINY, "rows": rows}))
-        cli = [sys.executable, "-m", "cluster.cli", "campaign"]
-        assert subprocess.run([*cli, "submit", str(manifest)], env=env, capture_output=True).returncode == 0
+        assert subprocess.run([*cli, "campaign", "submit", str(manifest)], env=env, capture_output=True).returncode == 0
         run = subprocess.run(
-            [*cli, "run", "--address", address, "--workers", "2", "--out", str(tmp_path / "out"), "--json"],
+            [*cli, "campaign", "run", "--address", address, "--workers", "2", "--out", str(tmp_path / "out"), "--json"],
             env=env,
             capture_output=True,
             text=True,
@@ -94,6 +109,11 @@ def test_campaign_spreads_over_two_worker_nodes(tmp_path):
         assert len(sidecars) == 6
         used = {d["worker"]["node"] for d in sidecars}
         assert used == workers and len(used) == 2  # both worker nodes rendered; the CPU-less head none
+        # each node rendered from the files in its own cache
+        by_node = {d["worker"]["node"]: Path(d["models"]["checkpoint"]["path"]) for d in sidecars}
+        assert {next(c for c in node_caches if c in path.parents) for path in by_node.values()} == set(node_caches)
+        assert not (tmp_path / "head-cache").exists()  # the head read the manifest, no model file
     finally:
         for p in reversed(started):  # only the processes this test started, by their process group
             stop_process_group(p)
+        moto.stop()
