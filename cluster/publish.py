@@ -250,7 +250,10 @@ def published(job: ValidJob, target: OutputTarget, out_dir: Path) -> bool:
     both files in the head's output folder."""
     if target.uploads_from_holder:
         _, sidecar_key = target.keys(job)
-        return Uploader(target.destination, target.storage).exists(sidecar_key)
+        try:
+            return Uploader(target.destination, target.storage).exists(sidecar_key)
+        except Exception:  # storage unreachable now: render; the upload waits out the outage and skips a twin
+            return False
     paths = output_paths(job, out_dir)
     return paths.video.is_file() and paths.sidecar.is_file()
 

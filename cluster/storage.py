@@ -581,7 +581,7 @@ class Uploader:
         """Whether `key` is already at the destination (an output whose sidecar is there is complete)."""
         if self._client is None:
             return (Path(self.destination.prefix) / key).is_file()
-        return self._existing(join_key(self.destination.prefix, key)) is not None
+        return self._head(join_key(self.destination.prefix, key), missing_ok=True) is not None
 
     def presigned_url(self, key: str, expires_s: int = 7 * 24 * 3600) -> str:
         """A time-limited HTTPS link to a finished output (file:// URI for local destinations)."""
