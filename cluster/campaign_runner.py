@@ -139,7 +139,8 @@ class CampaignRunner:
             self._held[worker] = row.get("lora_set")
             actor = self.pool.workers[worker].actor
             encoded = {text: self._encoded(actor, text) for text in prompt_texts(job)}
-            ref = actor.render.remote(job, self._target(self.store.campaign_spec(name)), encoded)
+            target = self._target(self.store.campaign_spec(name))
+            ref = actor.render.remote(job, target, encoded, self.pool.ship(job))
             running[ref] = _Running(name, row["id"], job, worker, ref, actor, self.pool.workers[worker].info["name"])
 
         while True:

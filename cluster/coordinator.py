@@ -25,7 +25,7 @@ from cluster.executor import WorkerPool
 from cluster.metrics import FarmMetrics
 from cluster.prompt_refs import PromptRefs
 from cluster.requests import TensorDigest, content_hashes, job_audio, job_control, job_guidance, job_images, job_loras
-from cluster.storage import localize
+from cluster.storage import input_ref, localize
 from cluster.transport import unpack
 from jobs.outputs import disk_full_guard, output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
@@ -257,7 +257,7 @@ class Coordinator:
         slots.remove(worker)
         actor = self.pool.workers[worker].actor
         value_ref, trace_ref = actor.task.options(num_returns=2).remote(
-            kind, label, fallback=run.plan.job.fallback, **kwargs
+            kind, label, fallback=run.plan.job.fallback, inputs=self.pool.ship(run.plan.job), **kwargs
         )
         run.running.add(label)
         inflight[trace_ref] = (run, label, worker, slots, value_ref, (kind, kwargs) if retry else None)
@@ -270,7 +270,7 @@ class Coordinator:
             return {"text": task.arg("text")}
         if task.kind == "audio_encode":
             return {
-                "path": spec.audio.path,
+                "path": input_ref(spec.audio.path, spec.audio.sha256),
                 "start": spec.audio.start,
                 "num_frames": plan.job.num_frames,
                 "fps": spec.frame_rate,

@@ -18,6 +18,8 @@ from typing import Any
 import ray
 
 from cluster.publish import OutputTarget, Published, collect
+from cluster.requests import job_input_refs
+from cluster.storage import ship_inputs
 from cluster.worker import JOBS_PER_WORKER, RenderWorker
 from jobs.placement import REPLICA, Placement
 from jobs.spec import ValidJob
@@ -57,6 +59,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         )
 
 
+def _runtime_env(env: dict[str, str] | None) -> dict[str, Any]:
+    return {"runtime_env": {"env_vars": {**WORKER_ENV, **env}}} if env else {}
+
+
 class CapacityError(ValueError):
     """The cluster cannot host the workers asked for."""
 
@@ -92,13 +98,15 @@ class WorkerPool:
         fp8_all_blocks: bool = False,
         fa4_attention: bool | None = None,
         batched_passes: bool | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         """`compile`: compiled transformer blocks in replica workers (None: on for GPUs, see `ltx2.speed`);
         `fp8_attention`: their video self-attention in FP8 through cuDNN (Hopper GPUs, `ltx2.fp8_attention`);
         `fp8`: their linear layers in FP8 (`ltx2.fp8_linear`; FP8 tensor cores, or the CPU), with
         `fp8_all_blocks` in every block (`ltx2.speed.SpeedOptions.fp8_all_blocks`); `fa4_attention`: their
         bf16 attention through FlashAttention-4 (None: where it runs, `ltx2.fa4_attention`); `batched_passes`:
-        a short step's guided passes as one batched forward (None: on GPUs, `ltx2.speed`)."""
+        a short step's guided passes as one batched forward (None: on GPUs, `ltx2.speed`); `env`: variables set in
+        the workers besides their node's own (a cluster gives them credentials through the node's environment)."""
         flags = (
             ("--compile", compile),
             ("--fp8-attention", fp8_attention),
@@ -143,7 +151,7 @@ class WorkerPool:
             actor_cls = ray.remote(
                 max_concurrency=JOBS_PER_WORKER + 2,  # + an encode task, progress polls
                 concurrency_groups={PUBLISH_GROUP: PUBLISHES_PER_WORKER},  # declared with the class, not in options
-            )(RenderWorker).options(num_gpus=1 if use_gpu else 0, num_cpus=1)
+            )(RenderWorker).options(num_gpus=1 if use_gpu else 0, num_cpus=1, **_runtime_env(env))
 
             def start(name: str) -> Any:
                 return actor_cls.remote(
@@ -161,6 +169,7 @@ class WorkerPool:
 
         self._start = start
         self.replacements = 0
+        self._shipped: dict[str, Any] = {}  # input digest -> its object in Ray's store, shared by every job
         kind = "gang" if placement.is_gang else "worker"
         actors = [start(f"{kind}-{i}") for i in range(num_workers)]
         infos = ray.get([a.info.remote() for a in actors])
@@ -179,7 +188,7 @@ class WorkerPool:
         (`cluster.publish`): uploaded by the worker, or received into `out_dir` here."""
         handle = self.workers[worker]
         target = target or OutputTarget()
-        ref = handle.actor.render.remote(job, target)
+        ref = handle.actor.render.remote(job, target, inputs=self.ship(job))
         while on_progress is not None:
             ready, _ = ray.wait([ref], timeout=poll_s)
             if ready:
@@ -191,11 +200,16 @@ class WorkerPool:
         """Spread jobs over the workers (each worker renders its share in order); results in job order."""
         target = OutputTarget()
         handles = [self.workers[i % len(self.workers)] for i in range(len(jobs))]
-        refs = [h.actor.render.remote(job, target) for h, job in zip(handles, jobs, strict=True)]
+        refs = [h.actor.render.remote(job, target, inputs=self.ship(job)) for h, job in zip(handles, jobs, strict=True)]
         return [
             self.collect(h.actor, reply, job, target, out_dir)
             for h, reply, job in zip(handles, ray.get(refs), jobs, strict=True)
         ]
+
+    def ship(self, job: ValidJob) -> dict[str, tuple[str, Any]]:
+        """The job's local input files as objects in Ray's store ({digest: (name, ref)}): a worker on any node
+        writes them into its own cache (`cluster.storage.stock_inputs`); each file is read here once."""
+        return ship_inputs(job_input_refs(job), ray.put, self._shipped)
 
     @staticmethod
     def collect(actor: Any, reply: Any, job: ValidJob, target: OutputTarget, out_dir: str | Path) -> Published:

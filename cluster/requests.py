@@ -130,6 +130,18 @@ def job_loras(job: ValidJob) -> tuple[LoraSpec, ...]:
     return tuple(LoraSpec(input_ref(lora.path, lora.sha256), lora.strength) for lora in job.spec.loras)
 
 
+def job_input_refs(job: ValidJob) -> list[str]:
+    """Every input file of a job as its pinned reference (`cluster.storage.input_ref`)."""
+    spec = job.spec
+    refs = [input_ref(image.path, image.sha256) for image in spec.images]
+    refs += [input_ref(lora.path, lora.sha256) for lora in spec.loras]
+    if (control := spec.control) is not None:
+        refs += [input_ref(control.path, control.sha256), input_ref(control.lora, control.lora_sha256)]
+    if spec.audio is not None:
+        refs.append(input_ref(spec.audio.path, spec.audio.sha256))
+    return refs
+
+
 def tensor_sha256(tensor: torch.Tensor) -> str:
     """Hash of a tensor's bytes: identical renders give identical hashes on any worker."""
     return TensorDigest().update(tensor).hexdigest()

@@ -396,8 +396,64 @@ PINNED = "#sha256="
 
 
 def input_ref(path: str, sha256: str | None) -> str:
-    """How a job input travels to a worker: a local path as is, an s3:// URL with its pinned digest."""
-    return f"{path}{PINNED}{sha256}" if path.startswith("s3://") and sha256 else path
+    """How a job input travels to a worker: its path or s3:// URL pinned by its digest (pinned at validation).
+    A worker uses only a copy with that content: fetched (s3://), shipped with the job (`ship_inputs`), or the
+    path itself where it exists on the worker's node with that content (one machine)."""
+    return f"{path}{PINNED}{sha256}" if sha256 else path
+
+
+def shipped_path(digest: str, name: str) -> Path:
+    """Where this node keeps an input shipped to it with a job: by content, under its own file name (decoders
+    look at extensions)."""
+    return input_cache_dir() / "shipped" / digest / (Path(name).name or "input")
+
+
+def ship_inputs(refs: list[str], put: Callable[[bytes], Any], shipped: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """On the submitting node: the local files among a job's input `refs` as {digest: (name, object)}, each read
+    once and made a shareable object by `put` (Ray's object store); `shipped` memoises them across jobs."""
+    out = {}
+    for ref in refs:
+        path, _, digest = ref.partition(PINNED)
+        if not digest or path.startswith("s3://") or path.startswith(CANNY):
+            continue
+        if digest not in shipped:
+            data = Path(path).read_bytes()
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise InputFetchError(f"{path} changed since the job was validated (pinned SHA-256 {digest[:12]}…)")
+            shipped[digest] = put(data)
+        out[digest] = (Path(path).name, shipped[digest])
+    return out
+
+
+def stock_inputs(inputs: dict[str, tuple[str, Any]] | None, get: Callable[[Any], bytes] = lambda data: data) -> None:
+    """On a worker: write the inputs shipped with a job into this node's cache (each checked against its digest)
+    unless a copy is there already."""
+    for digest, (name, obj) in (inputs or {}).items():
+        target = shipped_path(digest, name)
+        if target.is_file():
+            continue
+        data = get(obj)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise InputFetchError(f"{name} arrived damaged (its SHA-256 is not the pinned {digest[:12]}…)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+
+
+def _local_input(path: str, digest: str) -> str:
+    """A pinned local input on this node: its shipped copy, or the path itself if it holds that content."""
+    from ltx2.checkpoint import cached_file_sha256
+
+    shipped = shipped_path(digest, path)
+    if shipped.is_file():
+        return str(shipped)
+    if Path(path).is_file() and cached_file_sha256(Path(path)) == digest:
+        return path
+    raise InputFetchError(
+        f"{path} is not on this node and was not shipped with the job (SHA-256 {digest[:12]}…): "
+        "submit from the node that holds it, or use an s3:// URL"
+    )
 
 
 CANNY = "canny:"
@@ -417,6 +473,8 @@ def localize(value: Any) -> Any:
         if value.startswith("s3://") and PINNED in value:
             url, _, digest = value.partition(PINNED)
             return str(fetch_input(url, digest)[0])
+        if PINNED in value and not value.startswith(CANNY):
+            return _local_input(*value.split(PINNED, 1))
         if value.startswith(CANNY):
             from jobs.inputs import canny_file_name, control_cache_dir
             from ltx2.control import canny_pass

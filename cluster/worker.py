@@ -35,7 +35,7 @@ from cluster.publish import (
     sweep_partials,
 )
 from cluster.requests import TensorDigest, content_hashes, job_audio, job_control, job_loras, render_request
-from cluster.storage import localize
+from cluster.storage import localize, stock_inputs
 from cluster.transport import pack
 from jobs.fallback import reaches
 from jobs.outputs import OutputPaths, disk_full_guard, output_paths, sidecar_document, write_json_atomic
@@ -195,6 +195,15 @@ def render_in_process(
     return published
 
 
+def _object_store_get() -> Callable[[Any], bytes]:
+    """Ray's `get` inside a Ray worker (shipped inputs are objects in its store); in-process, the bytes."""
+    try:
+        import ray
+    except ImportError:
+        return lambda data: data
+    return ray.get if ray.is_initialized() else (lambda data: data)
+
+
 def _object_store_put() -> Callable[[bytes], Any]:
     """Ray's `put` inside a Ray worker (the head fetches the parts from this node); in-process, the bytes."""
     try:
@@ -335,12 +344,17 @@ class RenderWorker:
         }
 
     def render(
-        self, job: ValidJob, target: OutputTarget | None = None, encoded: dict[str, Any] | None = None
+        self,
+        job: ValidJob,
+        target: OutputTarget | None = None,
+        encoded: dict[str, Any] | None = None,
+        inputs: dict[str, tuple[str, Any]] | None = None,
     ) -> RenderReply:
         """Render `job` into this worker's staging folder (then `publish` sends it on, `cluster.publish`).
 
         `encoded` maps prompt texts to encodings made by an `encode` task (or Ray refs to them), so a
-        campaign runs Gemma once per distinct prompt, not once per job or per worker.
+        campaign runs Gemma once per distinct prompt, not once per job or per worker. `inputs`: the job's local
+        input files shipped from the node that submitted it (`WorkerPool.ship`), written into this node's cache.
 
         Only the model work holds the model. The job's writer (a pool of lower CPU priority,
         `WRITER_NICENESS`) encodes the MP4 as the tiled VAE decode yields frames, and after the model is let
@@ -349,6 +363,7 @@ class RenderWorker:
         host between jobs, nor a lone job for a whole mux after its decode.
         """
         paths = output_paths(job, staging_dir(target or OutputTarget(), self.name))
+        stock_inputs(inputs, _object_store_get())
         for text, value in (encoded or {}).items():
             if not isinstance(value, stages.Contexts):  # a Ray ref, resolved before taking the model
                 import ray
@@ -477,8 +492,11 @@ class RenderWorker:
 
     # --- planned tasks (cluster.coordinator) -------------------------------------------------------------
 
-    def task(self, kind: str, label: str, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        """Run one task of a job plan; returns (result, trace). Call with `num_returns=2`."""
+    def task(
+        self, kind: str, label: str, inputs: dict[str, tuple[str, Any]] | None = None, **kwargs: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        """Run one task of a job plan; returns (result, trace). Call with `num_returns=2`. `inputs`: as `render`'s."""
+        stock_inputs(inputs, _object_store_get())
         with self._busy:
             return self._task(kind, label, **kwargs)
 

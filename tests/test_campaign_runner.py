@@ -22,13 +22,14 @@ from cluster.storage import StorageOptions
 from jobs.campaign import parse_manifest
 from jobs.store import Store
 from tests.conftest import CACHE
+from tests.s3_servers import moto_env
 
 TINY = {"height": 64, "width": 64, "num_frames": 9, "steps": 2}
 
 
 @pytest.fixture(scope="module")
 def pool(ray_cluster, tiny_set):
-    pool = WorkerPool(tiny_set, num_workers=2)
+    pool = WorkerPool(tiny_set, num_workers=2, env=moto_env())  # workers upload with their node's credentials
     yield pool
     pool.shutdown()
 
@@ -116,7 +117,7 @@ def test_window_and_clock(pool, tmp_path):
 
 
 def test_uploads_and_resubmission_is_a_no_op(pool, tmp_path, monkeypatch):
-    from tests.s3_servers import MotoServer, moto_env
+    from tests.s3_servers import MotoServer
 
     for k, v in moto_env().items():
         monkeypatch.setenv(k, v)
