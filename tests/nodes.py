@@ -391,8 +391,9 @@ class Nodes:
         self.names = list(names)
         self.masked = _outermost(default_masked() if masked is None else masked)
         self.shm_size = shm_size
-        self.prefix = ""
+        self.prefix = ""  # ltnXX, claimed on entry
         self.bridge = ""
+        self.subnet = ""  # 10.213.X: the nodes are .2, .3, ...
         self.nodes: dict[str, Node] = {}
 
     def __enter__(self) -> Nodes:
