@@ -9,7 +9,8 @@ A node is two namespaces held open by one long-lived process (the holder, a `sle
   (`Node.run`, `Node.http_get`). That keeps the model honest: whatever a test checks over the network went
   through a node's interface, as on a real cluster.
 - a mount namespace (plus UTS and IPC: its own hostname and SysV IPC, as a machine has) where `/tmp`, `/root`
-  (HOME) and a fresh tmpfs on `/dev/shm` (Ray's object store) are the node's own, and the repository's
+  (HOME; the Python installation the virtualenv points into stays visible inside it), an `/etc/hosts` naming
+  every node, and a fresh tmpfs on `/dev/shm` (Ray's object store) are the node's own, and the repository's
   `.cache`, `renders` and the farm's model cache are masked by empty private folders, so a node sees neither
   the host's nor another node's files there. The code and the virtualenv stay readable on the shared root, as
   in a container image.
@@ -89,6 +90,9 @@ def nodes_available() -> str | None:
     missing = [tool for tool in ("ip", "unshare", "nsenter", "ss", "sleep") if shutil.which(tool) is None]
     if missing:
         return f"nodes need {', '.join(missing)} on PATH"
+    nsenter = subprocess.run(["nsenter", "--help"], capture_output=True, text=True, timeout=30).stdout
+    if "--wdns" not in nsenter:
+        return "nodes need nsenter --wdns (util-linux 2.38 or later)"
     probe = f"ltnp{os.getpid() % 10000}"
     try:
         _ip("netns", "add", probe)
@@ -133,13 +137,16 @@ def _in_netns(pid: int, netns_inode: tuple[int, int]) -> bool:
 class Node:
     """One node: see the module docstring. Made by `Nodes`; `host_path` maps its private paths for assertions."""
 
-    def __init__(self, name: str, netns: str, veth: str, address: str, root: Path, masked: Sequence[Path]) -> None:
+    def __init__(
+        self, name: str, netns: str, veth: str, address: str, root: Path, masked: Sequence[Path], hosts: Path
+    ) -> None:
         self.name = name
         self.netns = netns
         self.veth = veth  # the host end, on the bridge
         self.address = address
         self.root = root  # the node's disk on the host: tmp/, home/, and the private folders over the masks
         self.masked = list(masked)
+        self.hosts = hosts  # the cluster's /etc/hosts: every node by name
         self._holder: subprocess.Popen | None = None
         self._started: list[subprocess.Popen] = []
 
@@ -171,6 +178,7 @@ class Node:
             private = self.root / "masked" / str(i)
             private.mkdir(exist_ok=True)
             binds.append(f"mount --bind {shlex.quote(str(private))} {shlex.quote(str(path))}")
+        binds.append(f"mount --bind {shlex.quote(str(self.hosts))} /etc/hosts")
         # Last: the node's root may itself live under the host's /tmp, which this hides.
         binds.append(f"mount --bind {shlex.quote(str(self.root / 'tmp'))} /tmp")
         script = "set -e; " + "; ".join(binds) + "; exec sleep infinity"
@@ -399,6 +407,9 @@ class Nodes:
     def __enter__(self) -> Nodes:
         try:
             self._claim()
+            self.root.mkdir(parents=True, exist_ok=True)
+            names = "".join(f"{self._address(i)} {name}\n" for i, name in enumerate(self.names))
+            (self.root / "hosts").write_text(f"127.0.0.1 localhost\n::1 localhost\n{names}")
             for i, name in enumerate(self.names):
                 self._make(i, name)
         except BaseException:
@@ -433,10 +444,13 @@ class Nodes:
         _write_sysctl(f"net.ipv6.conf.{self.bridge}.disable_ipv6", "1")
         _ip("link", "set", self.bridge, "up")
 
+    def _address(self, i: int) -> str:
+        return f"{self.subnet}.{i + 2}"
+
     def _make(self, i: int, name: str) -> None:
         netns, veth = f"{self.prefix}-{name}", f"{self.prefix}-{i}"
-        address = f"{self.subnet}.{i + 2}"
-        node = Node(name, netns, veth, address, self.root / name, self.masked)
+        address = self._address(i)
+        node = Node(name, netns, veth, address, self.root / name, self.masked, self.root / "hosts")
         self.nodes[name] = node  # before creating anything, so close() finds what was made
         _ip("netns", "add", netns)
         _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
@@ -473,6 +487,11 @@ def _gone(stderr: str) -> bool:
 
 
 # --- Ray across nodes
+#
+# Ray 2.60 binds its C++ gRPC servers (GCS, raylet, object manager), the dashboard agent's gRPC and metrics ports,
+# and the Prometheus endpoints of the head's dashboard and autoscaler on all addresses, with no option to choose
+# one; in a node that is its own address and lo. The Ray Client server, the dashboard agent's HTTP port and the
+# runtime env agent bind the node's address (--node-ip-address). tests/test_nodes.py checks both.
 
 
 def ray_token() -> str:
@@ -485,9 +504,13 @@ def ray_env(token: str | None, address: str | None = None) -> dict[str, str]:
     return {**env, **({"RAY_ADDRESS": address} if address else {})}
 
 
+OBJECT_STORE_BYTES = 256 * 2**20  # well inside a node's /dev/shm: a larger store makes Ray fall back to /tmp
+
+
 def _ray_start(node: Node, token: str, log: Path, *args: str) -> subprocess.Popen:
     ray = str(VENV_BIN / "ray")
-    argv = [ray, "start", "--block", "--disable-usage-stats", "--node-ip-address", node.address, *args]
+    argv = [ray, "start", "--block", "--disable-usage-stats", "--node-ip-address", node.address]
+    argv += ["--object-store-memory", str(OBJECT_STORE_BYTES), *args]
     return node.popen(argv, env=ray_env(token), log=log)
 
 

@@ -31,7 +31,7 @@ from tests.swift_server import ACCESS_KEY, SECRET_KEY, SwiftServer
 
 NAMES = ["head", "w1", "w2", "storage", "monitor", "a", "b"]
 METRICS_PORT = 8080  # Ray's Prometheus endpoint on each Ray node, for the monitor node to scrape
-RAY_NODE_ARGS = ["--metrics-export-port", str(METRICS_PORT), "--object-store-memory", str(100 * 2**20)]
+RAY_NODE_ARGS = ["--metrics-export-port", str(METRICS_PORT)]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,8 @@ def test_nodes_have_own_addresses_and_talk_over_http(nodes):
     assert len(set(addresses)) == len(NAMES)
     assert all(address.startswith(f"{nodes.subnet}.") for address in addresses)
     assert a.run(["hostname"], check=True).stdout.strip() == "a"
+    resolve = "import socket; print(socket.gethostbyname('a'), socket.gethostbyname('storage'))"
+    assert b.python(resolve).stdout.split() == [a.address, nodes["storage"].address]  # /etc/hosts names them
     a.host_path("/tmp/hello.txt").write_text("from a")
     server = serve_tmp(a)
     try:
@@ -176,14 +178,12 @@ def test_ray_runs_a_task_on_each_worker_node(nodes, cluster):
 def test_ray_refuses_a_driver_without_the_right_token(nodes, cluster):
     w1 = nodes["w1"]
     code = "import ray; ray.init(); print('connected')"
-    # Both at once: a refused driver retries for about 20 s before it gives up.
+    # A refused driver tries again once a second, 20 times by default; 2 tries tell the same, sooner.
+    retries = {"RAY_ADDRESS": cluster.address, "RAY_gcs_server_port_wait_time_s": "2"}
     drivers = {}
     for name, env in (("none", {}), ("wrong", ray_env(ray_token()))):
         log = w1.host_path(f"/tmp/driver-{name}.log")
-        drivers[name] = (
-            w1.popen([sys.executable, "-c", code], env={**env, "RAY_ADDRESS": cluster.address}, log=log),
-            log,
-        )
+        drivers[name] = w1.popen([sys.executable, "-c", code], env={**env, **retries}, log=log), log
     for name, (driver, log) in drivers.items():
         try:
             driver.wait(timeout=180)
@@ -196,8 +196,9 @@ def test_ray_refuses_a_driver_without_the_right_token(nodes, cluster):
 
 
 # Ray 2.60 binds these on all addresses and has no option to choose one (its C++ gRPC servers: GCS, raylet,
-# object manager; the dashboard agent's gRPC and metrics ports; the head's dashboard and autoscaler monitor
-# processes). In a node, "all addresses" is the node's own address and lo (see test_nodes_reach_only_each_other).
+# object manager; the dashboard agent's gRPC and metrics ports; the Prometheus endpoints of the head's dashboard
+# and autoscaler monitor, which bind 127.0.0.1 only for a loopback node). In a node, "all addresses" is the node's
+# own address and lo (see test_nodes_reach_only_each_other).
 WILDCARD_OK = {"gcs_server", "raylet", "ray::DashboardA"}
 WILDCARD_OK_SCRIPTS = ("ray/dashboard/dashboard.py", "ray/autoscaler/_private/monitor.py")
 
