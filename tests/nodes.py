@@ -49,8 +49,13 @@ PATH = f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 SUBNET = "10.213"
 HOME = "/root"
 RAY_PORT = 6379
-# Paths under HOME that a node needs from the host: the Python installation the virtualenv points into.
-HOME_SHARED = [p for p in {Path(sys.base_prefix).resolve()} if p.is_relative_to(HOME) and p != Path(HOME)]
+# Paths under HOME that a node needs from the host: the Python installation the virtualenv points into (pyenv
+# puts it there), the virtualenv, the code.
+HOME_SHARED = [
+    p
+    for p in {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), REPO}
+    if p.is_relative_to(HOME) and p != Path(HOME)
+]
 
 
 def default_masked() -> list[Path]:
@@ -90,6 +95,8 @@ def nodes_available() -> str | None:
     missing = [tool for tool in ("ip", "unshare", "nsenter", "ss", "sleep") if shutil.which(tool) is None]
     if missing:
         return f"nodes need {', '.join(missing)} on PATH"
+    if any(p.is_relative_to("/tmp") for p in (REPO, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve())):
+        return f"the code or Python is under /tmp, which every node replaces by its own ({REPO}, {sys.prefix})"
     nsenter = subprocess.run(["nsenter", "--help"], capture_output=True, text=True, timeout=30).stdout
     if "--wdns" not in nsenter:
         return "nodes need nsenter --wdns (util-linux 2.38 or later)"
@@ -169,7 +176,7 @@ class Node:
         (self.root / "tmp").chmod(0o1777)
         binds = [f"mount -t tmpfs -o size={shm_size},mode=1777 shm-{self.name} /dev/shm", f"hostname {self.name}"]
         home = self.root / "home"
-        for path in HOME_SHARED:  # the interpreter may live in the host's HOME (pyenv): keep it visible in the node
+        for path in _outermost(HOME_SHARED):  # see HOME_SHARED: what the node needs from the host's HOME
             (home / path.relative_to(HOME)).mkdir(parents=True, exist_ok=True)
             binds.append(f"mount --bind {shlex.quote(str(path))} {shlex.quote(str(home / path.relative_to(HOME)))}")
         binds.append(f"mount --rbind {shlex.quote(str(home))} {HOME}")
@@ -397,7 +404,9 @@ class Nodes:
             raise ValueError(f"node names must be 1..250 and distinct: {names}")
         self.root = Path(root)
         self.names = list(names)
-        self.masked = _outermost(default_masked() if masked is None else masked)
+        # Under /tmp and HOME a node has its own folders already.
+        masks = _outermost(default_masked() if masked is None else masked)
+        self.masked = [p for p in masks if not (p.is_relative_to("/tmp") or p.is_relative_to(HOME))]
         self.shm_size = shm_size
         self.prefix = ""  # ltnXX, claimed on entry
         self.bridge = ""
