@@ -479,7 +479,9 @@ class Nodes:
                 node.kill_all()
             except (OSError, TimeoutError, RuntimeError) as error:
                 errors.append(str(error))
-            for args in (("netns", "del", node.netns), ("link", "del", node.veth)):
+            # The host end first: deleting it takes its peer along at once, whereas a deleted namespace destroys
+            # its devices later, in the background, racing a delete of the host end.
+            for args in (("link", "del", node.veth), ("netns", "del", node.netns)):
                 out = _ip(*args, check=False)
                 if out.returncode != 0 and not _gone(out.stderr):
                     errors.append(f"ip {' '.join(args)}: {out.stderr.strip()}")
@@ -492,7 +494,7 @@ class Nodes:
 
 
 def _gone(stderr: str) -> bool:
-    return "Cannot find device" in stderr or "No such file" in stderr or "does not exist" in stderr
+    return any(gone in stderr for gone in ("Cannot find device", "No such device", "No such file", "does not exist"))
 
 
 # --- Ray across nodes

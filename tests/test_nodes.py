@@ -8,12 +8,14 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.nodes import (
+    RAY_PORT,
     REPO,
     Node,
     Nodes,
@@ -37,7 +39,7 @@ RAY_NODE_ARGS = ["--metrics-export-port", str(METRICS_PORT)]
 
 
 @pytest.fixture(scope="module")
-def nodes(tmp_path_factory) -> Nodes:
+def nodes(tmp_path_factory) -> Iterator[Nodes]:
     require_nodes()
     with Nodes(tmp_path_factory.mktemp("nodes"), NAMES) as made:
         yield made
@@ -56,7 +58,7 @@ def cluster(nodes) -> Cluster:
     start_ray_head(nodes["head"], token, extra=RAY_NODE_ARGS)
     for name in ("w1", "w2"):  # one after another: see start_ray_worker
         start_ray_worker(nodes[name], nodes["head"], token, extra=RAY_NODE_ARGS)
-    return Cluster(token, f"{nodes['head'].address}:6379")
+    return Cluster(token, f"{nodes['head'].address}:{RAY_PORT}")
 
 
 def serve_tmp(node: Node, port: int = 8000) -> subprocess.Popen:
