@@ -41,7 +41,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -527,11 +527,20 @@ def _ray_start(node: Node, token: str, log: Path, *args: str) -> subprocess.Pope
 
 def ray_nodes(node: Node, address: str, token: str | None, timeout: float = 120.0) -> list[dict]:
     """`ray.nodes()` as a driver in `node` sees them; [] when the driver could not connect."""
-    code = "import json, ray; ray.init(); print(json.dumps(ray.nodes()))"
+    code = "import json, ray; ray.init(); print('RAY_NODES', json.dumps(ray.nodes()), flush=True)"
     out = node.python(code, env=ray_env(token, address), timeout=timeout)
     if out.returncode != 0:
         return []
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return marked_json(out.stdout, "RAY_NODES")
+
+
+def marked_json(stdout: str, marker: str) -> object:
+    """The JSON a driver printed after `marker`: Ray's driver prints its own lines to stdout too (a lost node's
+    lagging heartbeats, for one), before or after."""
+    lines = [line for line in stdout.splitlines() if line.startswith(f"{marker} ")]
+    if not lines:
+        raise ValueError(f"no {marker} line in {stdout[-2000:]!r}")
+    return json.loads(lines[-1].removeprefix(f"{marker} "))
 
 
 def alive_addresses(nodes: list[dict]) -> list[str]:
@@ -634,7 +643,10 @@ def prometheus_api(node: Node, server: str, path: str, **params: str) -> dict:
     return answer["data"]
 
 
-def wait_until(check: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.5) -> object:
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], timeout_s: float, what: str, every_s: float = 0.5) -> T:
     """Poll `check` until it returns something truthy (returned), or fail after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while not (result := check()):

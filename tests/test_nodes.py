@@ -3,7 +3,6 @@ servers across them. One set of nodes and one Ray cluster serve the whole module
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from tests.nodes import (
     Nodes,
     alive_addresses,
     default_masked,
+    marked_json,
     prometheus_api,
     ray_env,
     ray_nodes,
@@ -169,14 +169,14 @@ def where():
 
 workers = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
 pinned = [where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(w, soft=False)) for w in workers]
-print(json.dumps(ray.get([f.remote() for f in pinned], timeout=120)))
+print("WHERE", json.dumps(ray.get([f.remote() for f in pinned], timeout=120)), flush=True)
 """
 
 
 def test_ray_runs_a_task_on_each_worker_node(nodes, cluster):
     out = nodes["head"].python(WHERE, env=ray_env(cluster.token, cluster.address), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert sorted(json.loads(out.stdout.strip().splitlines()[-1])) == sorted([nodes["w1"].address, nodes["w2"].address])
+    assert sorted(marked_json(out.stdout, "WHERE")) == sorted([nodes["w1"].address, nodes["w2"].address])
 
 
 def test_ray_refuses_a_driver_without_the_right_token(nodes, cluster):
@@ -205,15 +205,14 @@ def test_a_lost_ray_worker_node_is_marked_dead(nodes, cluster):
     b.kill_all()  # raylet, agents and workers: every process in the node, none of the other nodes'
     assert b.pids() == []
     started = time.monotonic()
-    wait_until(
-        lambda: b.address not in alive_addresses(ray_nodes(head, cluster.address, cluster.token)),
-        timeout_s=180,
-        what="the head marks the lost node dead",
-    )
+
+    def lost() -> list[dict]:
+        seen = ray_nodes(head, cluster.address, cluster.token)  # [] where this driver failed
+        return seen if seen and b.address not in alive_addresses(seen) else []
+
+    seen = wait_until(lost, timeout_s=180, what="the head marks the lost node dead")
     print(f"marked dead after {time.monotonic() - started:.1f} s")
-    assert alive_addresses(ray_nodes(head, cluster.address, cluster.token)) == sorted(
-        nodes[name].address for name in ("head", "w1", "w2")
-    )
+    assert alive_addresses(seen) == sorted(nodes[name].address for name in ("head", "w1", "w2"))
     b.boot()
 
 
