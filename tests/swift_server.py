@@ -1,4 +1,5 @@
-"""OpenStack Swift with its S3 API (Debian's packages), as a one-node cluster on 127.0.0.1 for tests.
+"""OpenStack Swift with its S3 API (Debian's packages), as a one-node cluster for tests: on 127.0.0.1, or in a
+node of tests/nodes.py on that node's address.
 
 Swift checks S3 signatures (tempauth + s3api), so wrong credentials are really refused, and it keeps
 objects on disk, so a restart loses nothing. With `tls=True` the proxy serves HTTPS with a self-signed
@@ -11,8 +12,12 @@ from __future__ import annotations
 import subprocess
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.s3_servers import free_port, wait_for_port
+
+if TYPE_CHECKING:
+    from tests.nodes import Node
 
 ACCESS_KEY = "test:tester"
 SECRET_KEY = "testing-swift-secret"
@@ -36,28 +41,42 @@ PIPELINE = " ".join(
 )
 
 
+# Swift's own default ports: a node has its network namespace to itself.
+NODE_PORTS = {"proxy": 8080, "object": 6200, "container": 6201, "account": 6202}
+
+
 class SwiftServer:
-    def __init__(self, root: Path, tls: bool = False) -> None:
+    """Swift on 127.0.0.1 with free ports, or, given `node`, in that node on its address and Swift's default ports;
+    then `root` is a path as the node sees it (e.g. under its private /tmp)."""
+
+    def __init__(self, root: Path, node: Node | None = None, tls: bool = False) -> None:
         self.root = Path(root)
         self.tls = tls
-        self.port = free_port()
-        self.ports = {name: free_port() for name in SERVERS}
+        self.node = node
+        self.host = node.address if node is not None else "127.0.0.1"
+        self.port = NODE_PORTS["proxy"] if node is not None else free_port()
+        self.ports = {name: NODE_PORTS[name] if node is not None else free_port() for name in SERVERS}
         self.processes: list[subprocess.Popen] = []
         self._configured = False
 
     @property
     def endpoint(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def ca_bundle(self) -> Path:
-        return self.root / "etc" / "cert.pem"
+        """The certificate to trust, as this process sees it."""
+        return self._on_host(self.root / "etc" / "cert.pem")
+
+    def _on_host(self, path: Path) -> Path:
+        """Where the servers' `path` is for this process, which writes their configuration."""
+        return self.node.host_path(path) if self.node is not None else path
 
     def _configure(self) -> None:
         etc, devices = self.root / "etc", self.root / "srv"
-        (devices / "d1").mkdir(parents=True, exist_ok=True)
-        etc.mkdir(parents=True, exist_ok=True)
-        (etc / "swift.conf").write_text(
+        self._on_host(devices / "d1").mkdir(parents=True, exist_ok=True)
+        self._on_host(etc).mkdir(parents=True, exist_ok=True)
+        (self._on_host(etc) / "swift.conf").write_text(
             textwrap.dedent("""\
             [swift-hash]
             swift_hash_path_suffix = ltx2farm-tests
@@ -68,18 +87,18 @@ class SwiftServer:
             """)
         )
         for name in SERVERS:
-            builder = str(etc / f"{name}.builder")
+            builder = str(self._on_host(etc) / f"{name}.builder")
             subprocess.run(["swift-ring-builder", builder, "create", "8", "1", "1"], check=True, capture_output=True)
             subprocess.run(
-                ["swift-ring-builder", builder, "add", f"r1z1-127.0.0.1:{self.ports[name]}/d1", "1"],
+                ["swift-ring-builder", builder, "add", f"r1z1-{self.host}:{self.ports[name]}/d1", "1"],
                 check=True,
                 capture_output=True,
             )
             subprocess.run(["swift-ring-builder", builder, "rebalance"], check=True, capture_output=True)
-            (etc / f"{name}-server.conf").write_text(
+            (self._on_host(etc) / f"{name}-server.conf").write_text(
                 textwrap.dedent(f"""\
                 [DEFAULT]
-                bind_ip = 127.0.0.1
+                bind_ip = {self.host}
                 bind_port = {self.ports[name]}
                 devices = {devices}
                 mount_check = false
@@ -94,7 +113,7 @@ class SwiftServer:
             )
         proxy = textwrap.dedent(f"""\
             [DEFAULT]
-            bind_ip = 127.0.0.1
+            bind_ip = {self.host}
             bind_port = {self.port}
             swift_dir = {etc}
             workers = 0
@@ -130,40 +149,35 @@ class SwiftServer:
             use = egg:swift#dlo
             """)
         if self.tls:
-            key = etc / "key.pem"
-            openssl = [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=127.0.0.1",
-            ]
-            openssl += ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(self.ca_bundle)]
+            key, cert = etc / "key.pem", etc / "cert.pem"
+            openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+            openssl += ["-subj", f"/CN={self.host}", "-addext", f"subjectAltName=IP:{self.host}"]
+            openssl += ["-keyout", str(self._on_host(key)), "-out", str(self._on_host(cert))]
             subprocess.run(openssl, check=True, capture_output=True)
-            proxy = proxy.replace("[DEFAULT]\n", f"[DEFAULT]\ncert_file = {self.ca_bundle}\nkey_file = {key}\n", 1)
-        (etc / "proxy-server.conf").write_text(proxy)
+            proxy = proxy.replace("[DEFAULT]\n", f"[DEFAULT]\ncert_file = {cert}\nkey_file = {key}\n", 1)
+        (self._on_host(etc) / "proxy-server.conf").write_text(proxy)
         self._configured = True
 
     def start(self) -> SwiftServer:
         if not self._configured:
             self._configure()
         etc = self.root / "etc"
-        log = (self.root / "swift.log").open("ab")
-        for name in SERVERS:
-            self.processes.append(
-                subprocess.Popen([f"swift-{name}-server", str(etc / f"{name}-server.conf")], stdout=log, stderr=log)
-            )
-        self.processes.append(
-            subprocess.Popen(["swift-proxy-server", str(etc / "proxy-server.conf")], stdout=log, stderr=log)
-        )
-        for port in (*self.ports.values(), self.port):
-            wait_for_port(port, timeout_s=60)
+        log = self._on_host(self.root / "swift.log")
+        for name in (*SERVERS, "proxy"):
+            self.processes.append(self._launch([f"swift-{name}-server", str(etc / f"{name}-server.conf")], log))
+        ports = [*self.ports.values(), self.port]
+        if self.node is not None:
+            self.node.wait_listening(ports, timeout_s=60, processes=self.processes)
+        else:
+            for port in ports:
+                wait_for_port(port, timeout_s=60)
         return self
+
+    def _launch(self, argv: list[str], log: Path) -> subprocess.Popen:
+        if self.node is not None:
+            return self.node.popen(argv, log=log)
+        with log.open("ab") as out:
+            return subprocess.Popen(argv, stdout=out, stderr=out)
 
     def stop(self) -> None:
         for p in self.processes:
