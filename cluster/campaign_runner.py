@@ -387,6 +387,12 @@ class CampaignRunner:
             future, spec, job_id, job, started = item
             try:
                 result = future.result()
+            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as error:
+                # its holder died with the files: render again, without using a retry (its slot is replaced
+                # when the next job sent there fails the same way)
+                state = self.store.interrupt(spec.campaign, job_id, f"worker died before publishing: {error}", 0.0)
+                stats["requeued" if state == "queued" else "failed"] += 1
+                continue
             except Exception as error:
                 self._publish_failed(spec, job_id, error)
                 continue

@@ -49,13 +49,12 @@ PATH = f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 SUBNET = "10.213"
 HOME = "/root"
 RAY_PORT = 6379
-# Paths under HOME that a node needs from the host: the Python installation the virtualenv points into (pyenv
-# puts it there), the virtualenv, the code.
-HOME_SHARED = [
-    p
-    for p in {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), REPO}
-    if p.is_relative_to(HOME) and p != Path(HOME)
-]
+# What a node needs from the host (the Python installation the virtualenv points into, the virtualenv, the code)
+# where it lives under a folder every node replaces by its own: HOME (pyenv puts Python there) or /tmp (a
+# checkout there, as CI may make). Bound back into the node's own folder at the same place.
+NEEDED = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), REPO}
+HOME_SHARED = [p for p in NEEDED if p.is_relative_to(HOME) and p != Path(HOME)]
+TMP_SHARED = [p for p in NEEDED if p.is_relative_to("/tmp") and p != Path("/tmp")]
 
 
 def default_masked() -> list[Path]:
@@ -95,8 +94,6 @@ def nodes_available() -> str | None:
     missing = [tool for tool in ("ip", "unshare", "nsenter", "ss", "sleep") if shutil.which(tool) is None]
     if missing:
         return f"nodes need {', '.join(missing)} on PATH"
-    if any(p.is_relative_to("/tmp") for p in (REPO, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve())):
-        return f"the code or Python is under /tmp, which every node replaces by its own ({REPO}, {sys.prefix})"
     nsenter = subprocess.run(["nsenter", "--help"], capture_output=True, text=True, timeout=30).stdout
     if "--wdns" not in nsenter:
         return "nodes need nsenter --wdns (util-linux 2.38 or later)"
@@ -175,19 +172,24 @@ class Node:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").chmod(0o1777)
         binds = [f"mount -t tmpfs -o size={shm_size},mode=1777 shm-{self.name} /dev/shm", f"hostname {self.name}"]
-        home = self.root / "home"
-        for path in _outermost(HOME_SHARED):  # see HOME_SHARED: what the node needs from the host's HOME
-            (home / path.relative_to(HOME)).mkdir(parents=True, exist_ok=True)
-            binds.append(f"mount --bind {shlex.quote(str(path))} {shlex.quote(str(home / path.relative_to(HOME)))}")
-        binds.append(f"mount --rbind {shlex.quote(str(home))} {HOME}")
+        # First the masks, on the host's view: the recursive binds below carry them into the node's HOME and /tmp
+        # where the code lives there.
         for i, path in enumerate(self.masked):
             path.mkdir(parents=True, exist_ok=True)  # a missing folder could be made on the shared root, so mask it
             private = self.root / "masked" / str(i)
             private.mkdir(exist_ok=True)
             binds.append(f"mount --bind {shlex.quote(str(private))} {shlex.quote(str(path))}")
         binds.append(f"mount --bind {shlex.quote(str(self.hosts))} /etc/hosts")
-        # Last: the node's root may itself live under the host's /tmp, which this hides.
-        binds.append(f"mount --bind {shlex.quote(str(self.root / 'tmp'))} /tmp")
+        # Last the node's own HOME and /tmp, each with what it needs of the host's bound back in; /tmp at the very
+        # end, since the node's own disk may itself live under the host's /tmp.
+        for mount, folder, shared in ((HOME, "home", HOME_SHARED), ("/tmp", "tmp", TMP_SHARED)):
+            own = self.root / folder
+            for path in _outermost(shared):
+                (own / path.relative_to(mount)).mkdir(parents=True, exist_ok=True)
+                binds.append(
+                    f"mount --rbind {shlex.quote(str(path))} {shlex.quote(str(own / path.relative_to(mount)))}"
+                )
+            binds.append(f"mount --rbind {shlex.quote(str(own))} {mount}")
         script = "set -e; " + "; ".join(binds) + "; exec sleep infinity"
         unshare = ["unshare", "--mount", "--uts", "--ipc", "--propagation", "private", "sh", "-c", script]
         with (self.root / "holder.log").open("ab") as log:
@@ -266,11 +268,11 @@ class Node:
         inside = Path(inside)
         if not inside.is_absolute():
             raise ValueError(f"{inside} is not absolute")
-        if any(inside.is_relative_to(p) for p in HOME_SHARED):
-            return inside
         for i, path in enumerate(self.masked):
             if inside.is_relative_to(path):
                 return self.root / "masked" / str(i) / inside.relative_to(path)
+        if any(inside.is_relative_to(p) for p in (*HOME_SHARED, *TMP_SHARED)):
+            return inside
         for mount, folder in (("/tmp", "tmp"), (HOME, "home")):
             if inside.is_relative_to(mount):
                 return self.root / folder / inside.relative_to(mount)
@@ -404,9 +406,7 @@ class Nodes:
             raise ValueError(f"node names must be 1..250 and distinct: {names}")
         self.root = Path(root)
         self.names = list(names)
-        # Under /tmp and HOME a node has its own folders already.
-        masks = _outermost(default_masked() if masked is None else masked)
-        self.masked = [p for p in masks if not (p.is_relative_to("/tmp") or p.is_relative_to(HOME))]
+        self.masked = _outermost(default_masked() if masked is None else masked)
         self.shm_size = shm_size
         self.prefix = ""  # ltnXX, claimed on entry
         self.bridge = ""
@@ -518,11 +518,12 @@ def ray_env(token: str | None, address: str | None = None) -> dict[str, str]:
 OBJECT_STORE_BYTES = 256 * 2**20  # well inside a node's /dev/shm: a larger store makes Ray fall back to /tmp
 
 
-def _ray_start(node: Node, token: str, log: Path, *args: str) -> subprocess.Popen:
+def _ray_start(node: Node, token: str, log: Path, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """`ray start` in `node`; `env`: what its processes (the workers Ray starts there too) see besides Ray's own."""
     ray = str(VENV_BIN / "ray")
     argv = [ray, "start", "--block", "--disable-usage-stats", "--node-ip-address", node.address]
     argv += ["--object-store-memory", str(OBJECT_STORE_BYTES), *args]
-    return node.popen(argv, env=ray_env(token), log=log)
+    return node.popen(argv, env={**(env or {}), **ray_env(token)}, log=log)
 
 
 def ray_nodes(node: Node, address: str, token: str | None, timeout: float = 120.0) -> list[dict]:
@@ -548,12 +549,28 @@ def alive_addresses(nodes: list[dict]) -> list[str]:
 
 
 def start_ray_head(
-    node: Node, token: str, port: int = RAY_PORT, timeout_s: float = 300.0, extra: Sequence[str] = ()
+    node: Node,
+    token: str,
+    port: int = RAY_PORT,
+    timeout_s: float = 300.0,
+    extra: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen:
     """A CPU-less head (tasks land on workers), waited for until a driver in the node sees it alive."""
     log = node.host_path("/tmp/ray-head.log")
     head = _ray_start(
-        node, token, log, "--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false", *extra
+        node,
+        token,
+        log,
+        "--head",
+        "--port",
+        str(port),
+        "--num-cpus",
+        "0",
+        "--include-dashboard",
+        "false",
+        *extra,
+        env=env,
     )
     address = f"{node.address}:{port}"
     deadline = time.monotonic() + timeout_s
@@ -573,6 +590,7 @@ def start_ray_worker(
     port: int = RAY_PORT,
     timeout_s: float = 300.0,
     extra: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen:
     """A worker node joined to `head`'s cluster, waited for until the head sees it alive. Start workers one after
     another: two raylets starting together on a loaded 2-core machine can miss Ray's 30 s registration window, so
@@ -580,13 +598,13 @@ def start_ray_worker(
     log = node.host_path("/tmp/ray-worker.log")
     address = f"{head.address}:{port}"
     args = ("--address", address, "--num-cpus", str(num_cpus), *extra)
-    worker = _ray_start(node, token, log, *args)
+    worker = _ray_start(node, token, log, *args, env=env)
     deadline = time.monotonic() + timeout_s
     while node.address not in alive_addresses(ray_nodes(head, address, token)):
         if time.monotonic() > deadline:
             raise TimeoutError(f"Ray worker {node.name} never joined: {log.read_text()[-2000:]}")
         if worker.poll() is not None:
-            worker = _ray_start(node, token, log, *args)
+            worker = _ray_start(node, token, log, *args, env=env)
         time.sleep(1)
     return worker
 

@@ -191,8 +191,9 @@ def test_render_uploads_to_s3_and_prints_links(tmp_path, server_kind):
         assert sorted(o["Key"] for o in listed) == ["tests/render/10.json", "tests/render/10.mp4"]
         secret = env["AWS_SECRET_ACCESS_KEY"].encode()
         assert secret.decode() not in result.stdout + result.stderr
-        written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
-        assert written and not [p for p in written if secret in p.read_bytes()]  # sidecars, media, everything
+        assert not (tmp_path / "out").exists()  # the bucket is the output: nothing travels to --out
+        written = [s3.get_object(Bucket="farm", Key=o["Key"])["Body"].read() for o in listed]
+        assert not [body for body in written if secret in body]  # sidecar, media, everything
         bad = run("render", "--output", "s3://Bad_Bucket/x")
         assert bad.returncode == 2 and "not a valid bucket name" in bad.stderr
     finally:
