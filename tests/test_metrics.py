@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -205,8 +206,20 @@ def test_grafana_dashboard_queries_existing_metrics():
         "ltx2farm_video_seconds_total",
         "ltx2farm_task_outcomes_total",
         "ltx2farm_upload_failures_total",
+        "ltx2farm_job_seconds_bucket",
     ):
         assert name in exprs
+    legends = " ".join(t.get("legendFormat", "") for p in dashboard["panels"] for t in p["targets"])
+    assert set(re.findall(r"{{(\w+)}}", legends)) <= {
+        "node",
+        "worker",
+        "gpu",
+        "stage",
+        "outcome",
+        "priority",
+        "state",
+        "campaign",
+    }
     assert Path(REPO / "deploy" / "prometheus" / "prometheus.yml").is_file()
 
 
