@@ -301,3 +301,31 @@ def test_campaign_labels_stay_bounded(monkeypatch):
     labels = {s.labels["campaign"] for s in farm.video_seconds.collect()[0].samples}
     assert "summer" in labels and len(labels - {OTHER_CAMPAIGNS}) == MAX_CAMPAIGN_LABELS
     assert names[1] not in labels  # names[0] was used later (its jobs), names[1] was the oldest
+
+
+def test_only_a_gpu_worker_publishes_vram_with_its_gpu_label(monkeypatch):
+    import torch
+
+    from cluster.metrics import WorkerMetrics, worker_labels
+
+    monkeypatch.delenv(NODE_NAME_ENV, raising=False)
+    cpu = WorkerMetrics()
+    cpu.sample_vram(torch.device("cpu"))
+    assert "ltx2farm_vram_" not in cpu.text()
+    assert worker_labels(torch.device("cpu"), "worker-1~2") == {"node": socket.gethostname(), "worker": "worker-1"}
+    # a GPU worker, without a GPU here: the CUDA memory queries answered by stand-ins
+    for name, value in (("memory_allocated", 1), ("memory_reserved", 2), ("max_memory_allocated", 3)):
+        monkeypatch.setattr(torch.cuda, name, lambda device, value=value: value)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("P", (), {"total_memory": 4})())
+    monkeypatch.setenv(NODE_NAME_ENV, K8S_NODE)
+    gpu = WorkerMetrics()
+    device = torch.device("cuda", 1)
+    gpu.sample_vram(device)
+    samples = {s.name: s.value for f in text_string_to_metric_families(gpu.text()) for s in f.samples}
+    assert {k: v for k, v in samples.items() if k.startswith("ltx2farm_vram_")} == {
+        "ltx2farm_vram_allocated_bytes": 1,
+        "ltx2farm_vram_reserved_bytes": 2,
+        "ltx2farm_vram_peak_bytes": 3,
+        "ltx2farm_vram_total_bytes": 4,
+    }
+    assert worker_labels(device, "worker-3") == {"node": K8S_NODE, "worker": "worker-3", "gpu": "1"}
