@@ -118,7 +118,7 @@ class UploadMetrics:
         )
         self.failures = Counter(
             "ltx2farm_upload_failures",
-            "Uploads of an output that failed (after the storage client's retries)",
+            "Uploads of an output that ended in an error (the uploader's retries spent, or refused at once)",
             registry=registry,
         )
         self.seconds = Histogram(
