@@ -23,7 +23,7 @@ examples:
 
 
 def add_campaign_parser(sub: Any, epilog: str) -> None:
-    from cluster.cli import add_speed_flags  # cluster.cli builds this parser: imported when called
+    from cluster.cli import add_metrics_flags, add_speed_flags  # cluster.cli builds this parser: imported when called
 
     camp = sub.add_parser(
         "campaign",
@@ -57,7 +57,7 @@ def add_campaign_parser(sub: Any, epilog: str) -> None:
     run.add_argument("--forever", action="store_true", help="keep waiting for windows and new jobs")
     run.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// outputs (env AWS_ENDPOINT_URL)")
     run.add_argument("--addressing-style", choices=["auto", "path", "virtual"], default="auto")
-    run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT while running")
+    add_metrics_flags(run, "while running")
     run.add_argument("--json", action="store_true")
     for name, text in (("status", "progress and ETA"), ("logs", "the campaign's log")):
         p = actions.add_parser(name, help=text)
@@ -185,10 +185,11 @@ def cmd_campaign(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, store: Any) -> int:
     from cluster.campaign_runner import CampaignRunner
-    from cluster.cli import resolve_checkpoints, worker_pool
+    from cluster.cli import metrics_address, resolve_checkpoints, worker_pool
     from cluster.executor import start_ray
     from cluster.storage import StorageOptions
 
+    metrics_addr = metrics_address(args)  # before the workers start
     checkpoints = resolve_checkpoints(args)  # the LTX2_* environment, or the tiny set
     start_ray(args.address, num_cpus=None if args.address else max(os.cpu_count() or 1, args.workers))
     from cluster.cli import UsageError
@@ -205,7 +206,7 @@ def _run(args: argparse.Namespace, store: Any) -> int:
         if args.metrics_port is not None:
             from cluster.metrics import MetricsServer
 
-            metrics = MetricsServer(pool, port=args.metrics_port)
+            metrics = MetricsServer(pool, port=args.metrics_port, addr=metrics_addr)
             sys.stderr.write(f"metrics at {metrics.url}\n")
         runner = CampaignRunner(
             store,

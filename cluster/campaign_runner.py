@@ -272,13 +272,9 @@ class CampaignRunner:
         """Jobs by state and the queue depth, for the metrics endpoint."""
         if self.metrics is None:
             return
-        totals: dict[str, int] = {}
-        for state in self.store.campaign_states():
-            for name, count in self.store.counts(state.name).items():
-                totals[name] = totals.get(name, 0) + count
-        for name, count in totals.items():
-            self.metrics.jobs.labels(name).set(count)
-        self.metrics.queue_depth.labels("normal").set(totals.get("queued", 0))
+        counts = {state.name: self.store.counts(state.name) for state in self.store.campaign_states()}
+        self.metrics.set_jobs(counts)
+        self.metrics.queue_depth.labels("normal").set(sum(c.get("queued", 0) for c in counts.values()))
 
     def _alternatives(self, avoid: set[int]) -> bool:
         """Whether a usable worker exists that has not failed this job."""
@@ -398,8 +394,7 @@ class CampaignRunner:
                 continue
             self._finish(spec, job_id, job, "done", output_record(job, self._target(spec), None, result))
             if self.metrics is not None:
-                self.metrics.job_seconds.observe(time.time() - started)
-                self.metrics.video_seconds.inc(job.num_frames / job.spec.frame_rate)
+                self.metrics.published(time.time() - started, job.num_frames / job.spec.frame_rate, spec.campaign)
         if ended:
             self._observe()
         return bool(ended)

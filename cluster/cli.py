@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,33 @@ JOB_FLAGS = {
 
 class UsageError(Exception):
     """Bad input that is not a job-field problem (missing file, unreadable YAML, partial model flags)."""
+
+
+def add_metrics_flags(parser: argparse.ArgumentParser, when: str) -> None:
+    parser.add_argument("--metrics-port", type=int, help=f"serve Prometheus metrics on ADDR:PORT {when}")
+    parser.add_argument(
+        "--metrics-addr",
+        metavar="ADDR",
+        help="address the metrics endpoint listens on (env LTX2_FARM_METRICS_ADDR; default 127.0.0.1: this machine "
+        "only); a deploy gives the pod's IP so that Prometheus on another node can scrape it",
+    )
+
+
+def metrics_address(args: argparse.Namespace) -> str | None:
+    """The address for `--metrics-port`, checked before any work: None without a port. An address this
+    machine cannot listen on (a typo, another host's IP, a port in use) is a usage error now, not a crash
+    after the models have loaded."""
+    from cluster.metrics import ADDR_ENV, DEFAULT_ADDR, check_address
+
+    addr = args.metrics_addr if args.metrics_addr is not None else os.environ.get(ADDR_ENV) or DEFAULT_ADDR
+    if args.metrics_port is None:
+        if args.metrics_addr is not None:
+            raise UsageError("--metrics-addr needs --metrics-port PORT (0: any free port)")
+        return None
+    problem = check_address(addr, args.metrics_port)
+    if problem:
+        raise UsageError(problem)
+    return addr
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -223,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--address", help="join this Ray cluster (env RAY_ADDRESS); default: embedded cluster")
     render.add_argument("--quiet", action="store_true", help="no progress bar")
     add_speed_flags(render)
-    render.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT while rendering")
+    add_metrics_flags(render, "while rendering")
     render.add_argument(
         "--workers",
         type=int,
@@ -472,7 +500,35 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def single_pass(plan: Any, pool: Any) -> bool:
+    """Whether a job renders in one pass on one worker (the fast path) rather than through the coordinator."""
+    return plan.trivial and len(pool.workers) == 1 and not pool.is_gang
+
+
+def render_and_publish(
+    pool: Any, plan: Any, target: Any, out: Path, metrics: Any = None, on_progress: Any = None
+) -> Any:
+    """Render one planned job on the pool and publish its output. With `metrics` (a `MetricsServer`), the
+    job's end-to-end latency (from here until its output is published, upload included) and its seconds of
+    video are counted once published, whichever path rendered it."""
+    job = plan.job
+    started = time.time()
+    if single_pass(plan, pool):
+        result = pool.render(job, out, on_progress=on_progress, target=target)
+    else:
+        from cluster.coordinator import Coordinator
+        from cluster.publish import HEAD, deliver_held, staging_dir
+
+        [sidecar] = Coordinator(pool, metrics.farm if metrics else None).run([plan], staging_dir(target, HEAD))
+        on_upload = metrics.uploads.count if metrics is not None else None
+        result = deliver_held(sidecar, job, target, out, on_upload=on_upload)
+    if metrics is not None:
+        metrics.farm.published(time.time() - started, job.num_frames / job.spec.frame_rate)
+    return result
+
+
 def cmd_render(args: argparse.Namespace) -> int:
+    metrics_addr = metrics_address(args)
     data, source = load_job_mapping(args)
     job = validate_job(data, snap=args.snap, source=source)  # before any model or cluster starts
     job = _resolve_inputs(job, args, source)
@@ -509,7 +565,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         from cluster.metrics import MetricsServer
 
-        metrics = MetricsServer(pool, port=args.metrics_port)
+        metrics = MetricsServer(pool, port=args.metrics_port, addr=metrics_addr)
         if not args.json:
             sys.stderr.write(f"metrics at {metrics.url}\n")
     bar = None if (args.quiet or args.json) else tqdm(total=0, unit="step", desc="render", file=sys.stderr)
@@ -528,21 +584,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     target = output_target(args)
     try:
-        if plan.trivial and args.workers == 1 and not pool.is_gang:  # the single-pass fast path
-            result = pool.render(job, args.out, on_progress=on_progress, target=target)
-        else:
-            from cluster.coordinator import Coordinator
-            from cluster.publish import HEAD, deliver_held, staging_dir
-
-            if not args.json:
-                sys.stderr.write(
-                    f"{len(plan.chunks)} chunk(s), {len(plan.tiles)} stage-2 tile(s), {args.workers} worker(s)"
-                    + (f", each a {placement.mode} gang of {placement.gpus}" if pool.is_gang else "")
-                    + "\n"
-                )
-            [sidecar] = Coordinator(pool, metrics.farm if metrics else None).run([plan], staging_dir(target, HEAD))
-            on_upload = metrics.uploads.count if metrics is not None else None
-            result = deliver_held(sidecar, job, target, Path(args.out), on_upload=on_upload)
+        if not single_pass(plan, pool) and not args.json:
+            sys.stderr.write(
+                f"{len(plan.chunks)} chunk(s), {len(plan.tiles)} stage-2 tile(s), {args.workers} worker(s)"
+                + (f", each a {placement.mode} gang of {placement.gpus}" if pool.is_gang else "")
+                + "\n"
+            )
+        result = render_and_publish(pool, plan, target, Path(args.out), metrics, on_progress)
         if bar is not None:
             bar.close()
             bar = None

@@ -230,8 +230,9 @@ class Coordinator:
         waiting = sum(1 for r in runs for t in r.ready() if t.kind not in ("stitch", "blend", "mux"))
         waiting += sum(len(r.decode_queue) for r in runs)
         self.metrics.queue_depth.labels("normal").set(waiting)
-        self.metrics.jobs.labels("running").set(sum(1 for r in runs if not r.finished))
-        self.metrics.jobs.labels("done").set(sum(1 for r in runs if r.finished))
+        self.metrics.set_jobs(
+            {"": {"running": sum(1 for r in runs if not r.finished), "done": sum(1 for r in runs if r.finished)}}
+        )
 
     @staticmethod
     def _decode_horizon(run: JobRun) -> int:
@@ -521,9 +522,6 @@ class Coordinator:
         write_json_atomic(paths.sidecar, document)
         run.done[task.id] = True
         run.result = document
-        if self.metrics is not None:
-            self.metrics.job_seconds.observe(stage_seconds["total"])
-            self.metrics.video_seconds.inc(plan.job.num_frames / plan.job.spec.frame_rate)
 
 
 def _prompt_key(text: str) -> str:

@@ -7,10 +7,12 @@ bucket and the overnight schedule in `deploy/k8s/values.yaml`; `ltx2-farm deploy
   worker group per GPU type, autoscaling bounds, /dev/shm sized for the object store, the model files: a
   read-only volume (`models_claim`), or with `models_source` a node-local cache that an init container
   fills with `ltx2-farm models pull` before Ray starts;
-- `rayjob-campaign.yaml`: a `RayJob` that runs `ltx2-farm campaign run` on that cluster;
+- `rayjob-campaign.yaml`: a `RayJob` that runs `ltx2-farm campaign run` on that cluster, serving the farm's
+  metrics on the head pod's IP;
 - `cronjob-overnight.yaml`: a `CronJob` (with its ServiceAccount and RBAC) that submits the RayJob on the
   schedule, for overnight windows;
-- `podmonitor.yaml`: a Prometheus-operator `PodMonitor` scraping the workers' metrics port;
+- `podmonitor.yaml`: Prometheus-operator `PodMonitor`s: the farm's endpoint on the head (every worker's
+  series, as job `ltx2farm`) and Ray's own metrics on the worker pods;
 - `grafana-dashboard.yaml`: the Grafana dashboard as a ConfigMap for Grafana's sidecar;
 - `store-pvc.yaml`: the volume holding the campaign store (SQLite) across coordinator restarts.
 
@@ -21,6 +23,7 @@ that the tests can render and validate offline against the Kubernetes schemas.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 RAY_VERSION = "2.60.0"
 METRICS_PORT = 9464
+"""The `metrics` port: the farm's endpoint on the head, Ray's own metrics agent on the worker pods."""
+RAY_HEAD_METRICS_PORT = 8080
+"""Ray's own metrics agent on the head, away from METRICS_PORT where the farm's endpoint listens."""
+PROMETHEUS_JOB = "ltx2farm"
+"""The scrape job's name, as in deploy/prometheus/prometheus.yml: the alerts select it."""
 STORE_PATH = "/var/lib/ltx2-farm"
 MODELS_PATH = "/models"
 MODEL_CACHE_PATH = "/var/cache/ltx2-farm"
@@ -117,12 +125,17 @@ def _model_env(v: DeployValues) -> list[dict[str, Any]]:
     return env
 
 
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
 def _container(v: DeployValues, name: str, resources: dict[str, Any], mounts: list[dict[str, Any]]) -> dict:
     return {
         "name": name,
         "image": v.image,
         "imagePullPolicy": "IfNotPresent",
-        "env": _model_env(v),
+        # the Kubernetes node labels the series of the workers (and the head's own) on it: pods come and go
+        "env": [*_model_env(v), _field_env("LTX2_FARM_NODE_NAME", "spec.nodeName")],
         "envFrom": [{"secretRef": {"name": v.bucket_secret, "optional": True}}],
         "resources": resources,
         "volumeMounts": mounts,
@@ -172,6 +185,9 @@ def ray_cluster(v: DeployValues) -> dict:
         {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"cpu": "4", "memory": "16Gi"}},
         head_mounts,
     )
+    # the farm's endpoint listens on the pod's IP, where Prometheus on another node reaches it (the entrypoint
+    # passes it to `campaign run`)
+    head["env"].append(_field_env("LTX2_FARM_METRICS_ADDR", "status.podIP"))
     head["ports"] += [
         {"name": "gcs", "containerPort": 6379},
         {"name": "dashboard", "containerPort": 8265},
@@ -213,7 +229,11 @@ def ray_cluster(v: DeployValues) -> dict:
             "rayVersion": RAY_VERSION,
             "enableInTreeAutoscaling": True,
             "headGroupSpec": {
-                "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+                "rayStartParams": {
+                    "num-cpus": "0",
+                    "dashboard-host": "0.0.0.0",
+                    "metrics-export-port": str(RAY_HEAD_METRICS_PORT),
+                },
                 "template": _pod(v, head, [store] if v.models_source else [models, store]),
             },
             "workerGroupSpecs": groups,
@@ -222,12 +242,17 @@ def ray_cluster(v: DeployValues) -> dict:
 
 
 def campaign_entrypoint(v: DeployValues) -> str:
+    """The RayJob's entrypoint. KubeRay pastes it unquoted into the submitter pod's shell command line, and Ray
+    runs what `ray job submit` got through a shell on the head: one `sh -c` word, single-quoted, keeps the `;`
+    and `$LTX2_FARM_METRICS_ADDR` (the head pod's IP, set from the downward API in the head container) for
+    the head's shell."""
     args = ["ltx2-farm", "campaign", "run", "--forever", "--workers", str(v.workers), "--placement", v.placement]
     if v.gpus_per_gang:
         args += ["--gpus", str(v.gpus_per_gang)]
-    args += ["--out", f"{STORE_PATH}/renders"]
-    submit = f"ltx2-farm campaign submit {v.campaign_manifest}"
-    return f"{submit} ; {' '.join(args)}"
+    args += ["--out", f"{STORE_PATH}/renders", "--metrics-port", str(METRICS_PORT)]
+    run = f'{shlex.join(args)} --metrics-addr "$LTX2_FARM_METRICS_ADDR"'
+    submit = shlex.join(["ltx2-farm", "campaign", "submit", v.campaign_manifest])
+    return shlex.join(["sh", "-c", f"{submit} ; exec {run}"])
 
 
 def ray_job(v: DeployValues) -> dict:
@@ -251,7 +276,7 @@ def overnight_cronjob(v: DeployValues) -> list[dict]:
     rayjob = json.dumps(ray_job(v))
     script = (
         f"kubectl delete rayjob {v.name}-campaign --namespace {v.namespace} --ignore-not-found && "
-        f"echo '{rayjob}' | kubectl create -f -"
+        f"echo {shlex.quote(rayjob)} | kubectl create -f -"
     )
     container = {
         "name": "submit",
@@ -301,16 +326,28 @@ def overnight_cronjob(v: DeployValues) -> list[dict]:
     ]
 
 
-def pod_monitor(v: DeployValues) -> dict:
-    return {
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "PodMonitor",
-        "metadata": {"name": v.name, "namespace": v.namespace, "labels": _labels(v, "monitoring")},
-        "spec": {
-            "selector": {"matchLabels": {"app.kubernetes.io/instance": v.name}},
-            "podMetricsEndpoints": [{"port": "metrics", "interval": "15s"}],
-        },
-    }
+def pod_monitors(v: DeployValues) -> list[dict]:
+    """The farm's endpoint on the head pod, which carries every worker's series (job `ltx2farm`, as the alerts
+    expect), and Ray's own metrics agents on the worker pods (their `metrics` port too)."""
+
+    def monitor(name: str, component: str, relabelings: list[dict[str, Any]]) -> dict:
+        endpoint: dict[str, Any] = {"port": "metrics", "interval": "15s"}
+        if relabelings:
+            endpoint["relabelings"] = relabelings
+        return {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "PodMonitor",
+            "metadata": {"name": name, "namespace": v.namespace, "labels": _labels(v, "monitoring")},
+            "spec": {
+                "selector": {"matchLabels": {"app.kubernetes.io/instance": v.name, "component": component}},
+                "podMetricsEndpoints": [endpoint],
+            },
+        }
+
+    return [
+        monitor(v.name, "ray-head", [{"targetLabel": "job", "replacement": PROMETHEUS_JOB}]),
+        monitor(f"{v.name}-ray", "ray-worker", []),
+    ]
 
 
 def dashboard_configmap(v: DeployValues, dashboard_json: str) -> dict:
@@ -341,7 +378,7 @@ def render_all(v: DeployValues, dashboard_json: str) -> dict[str, list[dict]]:
         "raycluster.yaml": [ray_cluster(v)],
         "rayjob-campaign.yaml": [ray_job(v)],
         "cronjob-overnight.yaml": overnight_cronjob(v),
-        "podmonitor.yaml": [pod_monitor(v)],
+        "podmonitor.yaml": pod_monitors(v),
         "grafana-dashboard.yaml": [dashboard_configmap(v, dashboard_json)],
         "store-pvc.yaml": [store_claim(v)],
     }

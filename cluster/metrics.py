@@ -2,15 +2,21 @@
 
 Workers come and go, so the farm does not ask Prometheus to discover them: each worker keeps its own
 registry, and the coordinator's single endpoint collects every live worker's samples through Ray at
-scrape time, adding bounded `node` and `gpu` labels. One scrape target, no service-discovery file, and a
-dead worker simply drops out. Names follow Prometheus conventions: `ltx2farm_` prefix, base units,
-no job ids in labels.
+scrape time, adding bounded `node`, `worker` and `gpu` labels. One scrape target, no service-discovery
+file, and a dead worker simply drops out. Names follow Prometheus conventions: `ltx2farm_` prefix, base
+units, no job ids in labels; per-campaign series carry a `campaign` label whose values are bounded
+(`FarmMetrics.campaign_label`).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import socket
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from importlib import metadata
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 from prometheus_client.core import Metric
@@ -34,15 +40,92 @@ STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32)
 TASK_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 JOB_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 
+DEFAULT_ADDR = "127.0.0.1"
+ADDR_ENV = "LTX2_FARM_METRICS_ADDR"
+NODE_NAME_ENV = "LTX2_FARM_NODE_NAME"
+"""Set by the deploy from the downward API (`spec.nodeName`): pods come and go, their Kubernetes node stays."""
+
+MAX_CAMPAIGN_LABELS = 20
+"""Campaign names are chosen by operators and a `--forever` runner meets new ones every night: at most this
+many `campaign` label values at once; beyond them, series go to `campaign="other"`."""
+CAMPAIGN_LABEL_IDLE_S = 3600.0
+"""A campaign's label is given up (its series removed) once it has had no unfinished job for this long: many
+scrapes have recorded its final values by then, and its slot goes to a newer campaign."""
+OTHER_CAMPAIGNS = "other"
+BUSY_STATES = ("queued", "running", "paused")
+
+
+def node_name() -> str:
+    """The `node` label: the Kubernetes node where the deploy says so (pod names change, nodes stay), else
+    the host name."""
+    return os.environ.get(NODE_NAME_ENV) or socket.gethostname()
+
+
+def worker_slot(name: str) -> str:
+    """The `worker` label: a replacement worker (`worker-0~3`) keeps its slot's name, so the label has one
+    value per slot however often workers are replaced."""
+    return name.split("~", 1)[0]
+
+
+def build_versions() -> dict[str, str]:
+    """Versions for `ltx2farm_build_info`, as installed (`unknown` where a distribution is missing)."""
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+    return {
+        "version": version("ltx2-farm"),
+        "ltx_core": version("ltx-core"),
+        "torch": version("torch"),
+        "ray": version("ray"),
+    }
+
+
+def check_address(addr: str, port: int) -> str | None:
+    """Why the endpoint could not listen on ADDR:PORT, or None. Binds and closes a socket there: an address
+    of another host or a port in use is refused before any model loads, not after."""
+    if not 0 <= port <= 65535:
+        return f"--metrics-port {port}: give a port from 0 to 65535"
+    try:
+        infos = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        return f"--metrics-addr {addr!r}: not an IP address or a resolvable host name ({e})"
+    family, kind, proto, _, sockaddr = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(sockaddr)
+    except OSError as e:
+        return f"--metrics-addr {addr} --metrics-port {port}: cannot listen there ({e.strerror or e})"
+    return None
+
+
+def _url_host(addr: str) -> str:
+    try:
+        return f"[{addr}]" if ipaddress.ip_address(addr).version == 6 else addr
+    except ValueError:
+        return addr
+
 
 class UploadMetrics:
     """Uploads, counted by the node that makes them (a worker uploads its own outputs, the head those it holds)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.bytes = Counter("ltx2farm_upload_bytes", "Bytes uploaded", registry=registry)
-        self.failures = Counter("ltx2farm_upload_failures", "Uploads that failed", registry=registry)
+        self.bytes = Counter(
+            "ltx2farm_upload_bytes", "Bytes of outputs uploaded (uploads that succeeded)", registry=registry
+        )
+        self.failures = Counter(
+            "ltx2farm_upload_failures",
+            "Uploads of an output that ended in an error (the uploader's retries spent, or refused at once)",
+            registry=registry,
+        )
         self.seconds = Histogram(
-            "ltx2farm_upload_seconds", "Upload of one output (all its files)", buckets=TASK_BUCKETS, registry=registry
+            "ltx2farm_upload_seconds",
+            "Seconds to upload one output (all its files), uploads that succeeded",
+            buckets=TASK_BUCKETS,
+            registry=registry,
         )
 
     def count(self, size: int, seconds: float, ok: bool) -> None:
@@ -62,13 +145,27 @@ class WorkerMetrics:
         self.uploads = UploadMetrics(r)
         self.count_upload = self.uploads.count
         self.step_seconds = Histogram(
-            "ltx2farm_step_seconds", "Denoising step latency", ["stage"], buckets=STEP_BUCKETS, registry=r
+            "ltx2farm_step_seconds",
+            "Seconds of one denoising step, by stage",
+            ["stage"],
+            buckets=STEP_BUCKETS,
+            registry=r,
         )
         self.task_seconds = Histogram(
-            "ltx2farm_task_seconds", "Task duration by stage", ["stage"], buckets=TASK_BUCKETS, registry=r
+            "ltx2farm_task_seconds",
+            "Seconds of one task on this worker, by stage (whatever its outcome)",
+            ["stage"],
+            buckets=TASK_BUCKETS,
+            registry=r,
         )
-        self.outcomes = Counter("ltx2farm_task_outcomes", "Task outcomes", ["stage", "outcome"], registry=r)
-        self.model_load_seconds = Gauge("ltx2farm_model_load_seconds", "Checkpoint to ready", registry=r)
+        self.outcomes = Counter(
+            "ltx2farm_task_outcomes", "Tasks this worker ended, by stage and outcome", ["stage", "outcome"], registry=r
+        )
+        self.model_load_seconds = Gauge(
+            "ltx2farm_model_load_seconds",
+            "Seconds this worker took from its checkpoint files to a ready model",
+            registry=r,
+        )
         self.lora_set_changes = Counter(
             "ltx2farm_lora_set_changes",
             "Times this worker's model switched to another job LoRA set (a LoRA pool built or rebuilt)",
@@ -78,11 +175,15 @@ class WorkerMetrics:
         self.oom_fallbacks = Counter(
             "ltx2farm_oom_fallbacks", "Jobs this worker ran on a rung of the OOM ladder", ["rung"], registry=r
         )
-        self.gpu_seconds = Counter("ltx2farm_gpu_seconds", "Seconds of GPU (or CPU worker) time used", registry=r)
-        self.vram = {
-            name: Gauge(f"ltx2farm_vram_{name}_bytes", f"GPU memory {name}", registry=r)
-            for name in ("allocated", "reserved", "peak", "total")
-        }
+        self.gpu_seconds = Counter(
+            "ltx2farm_gpu_seconds",
+            "Seconds this worker spent in tasks on its device (the GPU, or a CPU worker's CPU); not the mux, host work",
+            registry=r,
+        )
+        self.vram: dict[str, Gauge] = {}
+        """Made by the first sample on a GPU: a CPU worker has no GPU memory to report, and zeros would read
+        as an empty GPU."""
+        self._vram_lock = threading.Lock()  # two scrapes at once must not register the gauges twice
 
     def count_lora_set_changes(self, total: int) -> None:
         """Bring the counter up to the resident model's running total of LoRA set switches."""
@@ -95,6 +196,20 @@ class WorkerMetrics:
 
         if getattr(device, "type", "cpu") != "cuda":
             return
+        with self._vram_lock:
+            if not self.vram:
+                self.vram = {
+                    name: Gauge(f"ltx2farm_vram_{name}_bytes", text, registry=self.registry)
+                    for name, text in (
+                        ("allocated", "GPU memory held by tensors now, bytes (torch.cuda.memory_allocated)"),
+                        ("reserved", "GPU memory held by PyTorch's caching allocator now, bytes"),
+                        (
+                            "peak",
+                            "Peak GPU memory held by tensors, bytes (reset as each coordinated task starts)",
+                        ),
+                        ("total", "GPU memory of the device, bytes"),
+                    )
+                }
         self.vram["allocated"].set(torch.cuda.memory_allocated(device))
         self.vram["reserved"].set(torch.cuda.memory_reserved(device))
         self.vram["peak"].set(torch.cuda.max_memory_allocated(device))
@@ -108,17 +223,94 @@ class FarmMetrics:
     """What the coordinator measures."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.queue_depth = Gauge("ltx2farm_queue_depth", "Tasks waiting for a worker", ["priority"], registry=registry)
-        self.jobs = Gauge("ltx2farm_jobs", "Jobs by state", ["state"], registry=registry)
-        self.job_seconds = Histogram(
-            "ltx2farm_job_seconds", "End-to-end job latency", buckets=JOB_BUCKETS, registry=registry
+        self.queue_depth = Gauge(
+            "ltx2farm_queue_depth",
+            "Work waiting for a worker: queued jobs (campaign run) or ready tasks of running jobs (render)",
+            ["priority"],
+            registry=registry,
         )
-        self.video_seconds = Counter("ltx2farm_video_seconds", "Seconds of video generated", registry=registry)
-        self.workers = Gauge("ltx2farm_workers", "Live render workers", registry=registry)
+        self.jobs = Gauge(
+            "ltx2farm_jobs",
+            "Jobs by campaign and state (render: no campaign)",
+            ["campaign", "state"],
+            registry=registry,
+        )
+        self.job_seconds = Histogram(
+            "ltx2farm_job_seconds",
+            "End-to-end job latency, seconds: from the farm taking the job (claimed from its campaign's queue, or "
+            "handed to render) to its output published",
+            ["campaign"],
+            buckets=JOB_BUCKETS,
+            registry=registry,
+        )
+        self.video_seconds = Counter(
+            "ltx2farm_video_seconds", "Seconds of video in published outputs", ["campaign"], registry=registry
+        )
+        self.workers = Gauge("ltx2farm_workers", "Render workers (or gangs) in the pool", registry=registry)
+        self.build_info = Gauge(
+            "ltx2farm_build_info",
+            "Versions of the farm and of what renders with it; always 1",
+            list(build_versions()),
+            registry=registry,
+        )
+        self.build_info.labels(**build_versions()).set(1)
+        self._lock = threading.Lock()
+        self._campaigns: dict[str, float] = {}  # label value -> when it was last used (monotonic)
+        self._jobs_set: set[tuple[str, str]] = set()
+
+    def campaign_label(self, name: str, touch: bool = True) -> str:
+        """The `campaign` label value for a campaign: its name while it holds one of `MAX_CAMPAIGN_LABELS`
+        slots, else `other`. A slot idle for `CAMPAIGN_LABEL_IDLE_S` goes to the next campaign, its series
+        removed. `render` jobs have no campaign: the empty value, which Prometheus stores as no label."""
+        if not name:
+            return ""
+        with self._lock:
+            now = time.monotonic()
+            if name not in self._campaigns and len(self._campaigns) >= MAX_CAMPAIGN_LABELS:
+                stale, used = min(self._campaigns.items(), key=lambda item: item[1])
+                if now - used < CAMPAIGN_LABEL_IDLE_S:
+                    return OTHER_CAMPAIGNS
+                self._forget(stale)
+            if touch or name not in self._campaigns:
+                self._campaigns[name] = now
+            return name
+
+    def _forget(self, label: str) -> None:
+        del self._campaigns[label]
+        for metric in (self.job_seconds, self.video_seconds):
+            metric.remove(label)
+        for key in [k for k in self._jobs_set if k[0] == label]:
+            self.jobs.remove(*key)
+            self._jobs_set.discard(key)
+
+    def published(self, seconds: float, video_seconds: float, campaign: str = "") -> None:
+        """A job's output is where it goes: its end-to-end latency and its seconds of video."""
+        label = self.campaign_label(campaign)
+        self.job_seconds.labels(label).observe(seconds)
+        self.video_seconds.labels(label).inc(video_seconds)
+
+    def set_jobs(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        """Jobs by state for each campaign (name -> state -> count). Campaigns with no unfinished job get a
+        series only while they still hold a label (finished before this runner started: none)."""
+        totals: dict[tuple[str, str], int] = {}
+        for name, states in counts.items():
+            busy = any(states.get(s, 0) for s in BUSY_STATES)
+            if not busy and name and name not in self._campaigns:
+                continue
+            label = self.campaign_label(name, touch=busy)
+            for state, n in states.items():
+                totals[(label, state)] = totals.get((label, state), 0) + n
+        with self._lock:
+            for key in self._jobs_set - totals.keys():  # e.g. `other` once its campaigns are done
+                if key[0] in self._campaigns or key[0] == OTHER_CAMPAIGNS:
+                    self.jobs.labels(*key).set(0)
+            for key, n in totals.items():
+                self.jobs.labels(*key).set(n)
+            self._jobs_set |= totals.keys()
 
 
 class WorkerCollector(Collector):
-    """Collects every live worker's metrics at scrape time and labels them with node and gpu."""
+    """Collects every live worker's metrics at scrape time and labels them with node, worker and gpu."""
 
     def __init__(self, fetch: Callable[[], list[tuple[dict[str, str], str]]]) -> None:
         self._fetch = fetch
@@ -126,6 +318,8 @@ class WorkerCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         merged: dict[str, Metric] = {}
         for labels, text in self._fetch():
+            if "worker" in labels:
+                labels = {**labels, "worker": worker_slot(labels["worker"])}
             for family in text_string_to_metric_families(text):
                 metric = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type))
                 for sample in family.samples:
@@ -151,22 +345,22 @@ def pool_fetcher(pool: object, timeout_s: float = 5.0) -> Callable[[], list[tupl
 
 
 class MetricsServer:
-    """The farm's one HTTP endpoint (127.0.0.1 unless told otherwise)."""
+    """The farm's one HTTP endpoint (127.0.0.1 unless told otherwise: a deploy binds the pod's address)."""
 
-    def __init__(self, pool: object | None, port: int = 0, addr: str = "127.0.0.1") -> None:
+    def __init__(self, pool: object | None, port: int = 0, addr: str = DEFAULT_ADDR) -> None:
         self.registry = CollectorRegistry()
         self.farm = FarmMetrics(self.registry)
         self.head_registry = CollectorRegistry()
         self.uploads = UploadMetrics(self.head_registry)
         """The head's own uploads (outputs it holds), labelled like a worker's so both add up in one series."""
-        head = ({"node": socket.gethostname(), "gpu": "head"}, self.head_registry)
+        head = ({"node": node_name(), "worker": "head"}, self.head_registry)
         fetch = pool_fetcher(pool) if pool is not None else list
         self.registry.register(WorkerCollector(lambda: [(head[0], generate_latest(head[1]).decode()), *fetch()]))
         if pool is not None:
             self.farm.workers.set_function(lambda: len(getattr(pool, "workers", [])))
         self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
-        self.port = self._server.server_port
-        self.url = f"http://{addr}:{self.port}/metrics"
+        self.addr, self.port = self._server.server_address[:2]
+        self.url = f"http://{_url_host(self.addr)}:{self.port}/metrics"
 
     def close(self) -> None:
         self._server.shutdown()
@@ -174,7 +368,9 @@ class MetricsServer:
 
 
 def worker_labels(device: object, name: str) -> dict[str, str]:
-    """Bounded identity labels of a worker: its node and its GPU (or the worker slot on CPU)."""
-    index = getattr(device, "index", None)
-    gpu = str(index if index is not None else 0) if getattr(device, "type", "cpu") == "cuda" else name
-    return {"node": socket.gethostname(), "gpu": gpu}
+    """Bounded identity labels of a worker: its node, its slot and, on a GPU, the GPU's index."""
+    labels = {"node": node_name(), "worker": worker_slot(name)}
+    if getattr(device, "type", "cpu") == "cuda":
+        index = getattr(device, "index", None)
+        labels["gpu"] = str(index if index is not None else 0)
+    return labels

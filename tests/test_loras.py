@@ -268,7 +268,7 @@ def test_two_lora_sets_in_one_campaign_land_on_two_pools(ray_cluster, tiny_set, 
         finally:
             server.close()
         assert stats["done"] == 8, stats
-        assert 'ltx2farm_jobs{state="done"} 8.0' in scraped
+        assert 'ltx2farm_jobs{campaign="styles",state="done"} 8.0' in scraped
         assert scraped.count("ltx2farm_lora_set_changes_total{") == 2, scraped  # one series per worker
         infos = pool.refresh_info()
         # Each worker builds the set of its first job and keeps it. A worker that runs out of jobs of its set

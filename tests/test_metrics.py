@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -13,22 +15,32 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster.coordinator import Coordinator
+from cluster.cli import render_and_publish
 from cluster.executor import WorkerPool
-from cluster.metrics import MetricsServer
+from cluster.metrics import (
+    MAX_CAMPAIGN_LABELS,
+    NODE_NAME_ENV,
+    OTHER_CAMPAIGNS,
+    FarmMetrics,
+    MetricsServer,
+    build_versions,
+)
+from cluster.publish import OutputTarget
 from jobs.plan import plan_job
 from jobs.spec import validate_job
 from tests.conftest import REPO, SMALL_JOB
 from tests.s3_servers import free_port, wait_for_port
 
 DEPLOY = REPO / "deploy" / "prometheus"
+K8S_NODE = "gpu-node-a"  # what the downward API would give the workers' pods
 
 
 @pytest.fixture(scope="module")
 def farm(ray_cluster, tiny_set):
-    pool = WorkerPool(tiny_set, num_workers=2)
+    pool = WorkerPool(tiny_set, num_workers=2, env={NODE_NAME_ENV: K8S_NODE})
     server = MetricsServer(pool)
     yield pool, server
     server.close()
@@ -49,12 +61,24 @@ def total(samples: dict, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items())
 
 
+def test_worker_series_carry_node_and_worker_and_cpu_workers_publish_no_vram(farm):
+    _, server = farm
+    assert server.addr == "127.0.0.1"  # the default: this machine only
+    samples = scrape(server.url)
+    loads = [dict(ls) for (n, ls) in samples if n == "ltx2farm_model_load_seconds"]
+    assert sorted(ls["worker"] for ls in loads) == ["worker-0", "worker-1"]
+    assert {ls["node"] for ls in loads} == {K8S_NODE}  # from the workers' environment, not the host name
+    assert not any("gpu" in ls for ls in loads)  # CPU workers: no GPU to name
+    assert not [n for n, _ in samples if n.startswith("ltx2farm_vram_")]  # nothing rather than zeros
+    [(_, info)] = [(n, dict(ls)) for (n, ls), v in samples.items() if n == "ltx2farm_build_info" and v == 1]
+    assert info == build_versions() and info["version"] != "unknown" and info["torch"] != "unknown"
+
+
 def test_metrics_move_during_and_after_a_render(farm, tmp_path):
     pool, server = farm
     before = scrape(server.url)
     assert total(before, "ltx2farm_model_load_seconds") > 0
     assert total(before, "ltx2farm_workers") == 2
-    assert {dict(ls)["gpu"] for (n, ls) in before if n == "ltx2farm_model_load_seconds"} == {"worker-0", "worker-1"}
     plan = plan_job(
         validate_job(
             {
@@ -67,9 +91,10 @@ def test_metrics_move_during_and_after_a_render(farm, tmp_path):
             }
         )
     )
-    coordinator = Coordinator(pool, server.farm)
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.setdefault("docs", coordinator.run([plan], tmp_path)))
+    thread = threading.Thread(
+        target=lambda: result.setdefault("published", render_and_publish(pool, plan, OutputTarget(), tmp_path, server))
+    )
     thread.start()
     during = []
     while thread.is_alive():
@@ -77,20 +102,32 @@ def test_metrics_move_during_and_after_a_render(farm, tmp_path):
         time.sleep(0.2)
     thread.join()
     after = scrape(server.url)
-    assert result["docs"][0]["media"]["frames"] == 97
+    document = result["published"].document
+    assert document["media"]["frames"] == 97
     steps_before = total(before, "ltx2farm_step_seconds_count", stage="stage_1")
     assert total(after, "ltx2farm_step_seconds_count", stage="stage_1") == steps_before + 3 * 3  # 3 chunks x 3 steps
     assert total(after, "ltx2farm_task_seconds_count", stage="stage_2") >= 3 * 3  # 3 windows x 3 steps + init
     assert total(after, "ltx2farm_task_outcomes_total", outcome="ok") > total(before, "ltx2farm_task_outcomes_total")
     assert total(after, "ltx2farm_job_seconds_count") == total(before, "ltx2farm_job_seconds_count") + 1
+    # end to end: at least the span of the job's tasks on the workers (worker seconds would be less, or more
+    # with workers in parallel), plus the coordinator's own work and the delivery
+    latency = total(after, "ltx2farm_job_seconds_sum") - total(before, "ltx2farm_job_seconds_sum")
+    trace = document["trace"]
+    assert latency >= max(t["end"] for t in trace) - min(t["start"] for t in trace) > 0
+    assert latency >= max(t["seconds"] for t in trace)
     assert total(after, "ltx2farm_video_seconds_total") - total(before, "ltx2farm_video_seconds_total") == (
         pytest.approx(97 / 24)
     )
     assert total(after, "ltx2farm_gpu_seconds_total") > total(before, "ltx2farm_gpu_seconds_total")
     assert any(total(s, "ltx2farm_jobs", state="running") == 1 for s in during)
     assert total(after, "ltx2farm_jobs", state="done") == 1
-    # bounded labels only: never a job id
-    assert all(set(dict(ls)) <= {"stage", "outcome", "node", "gpu", "le", "priority", "state"} for _, ls in after)
+    # bounded labels only: never a job id (`render` jobs have no campaign: the empty value)
+    assert all(
+        set(dict(ls))
+        <= {"stage", "outcome", "node", "worker", "gpu", "le", "priority", "state", "campaign"} | set(build_versions())
+        for _, ls in after
+    )
+    assert {dict(ls).get("campaign") for (n, ls) in after if n.startswith("ltx2farm_job_seconds")} == {""}
 
 
 def test_a_real_prometheus_scrapes_the_farm(farm, tmp_path):
@@ -134,6 +171,10 @@ def test_a_real_prometheus_scrapes_the_farm(farm, tmp_path):
             time.sleep(0.5)
         assert len(series) == 2 and all(float(s["value"][1]) > 0 for s in series)
         assert {s["metric"]["job"] for s in series} == {"ltx2farm"}
+        assert {(s["metric"]["node"], s["metric"]["worker"]) for s in series} == {
+            (K8S_NODE, "worker-0"),
+            (K8S_NODE, "worker-1"),
+        }
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=10) as r:
             groups = json.loads(r.read())["data"]["groups"]
         assert {rule["name"] for g in groups for rule in g["rules"]} >= {"Ltx2FarmQueueStalled", "Ltx2FarmOomRate"}
@@ -165,6 +206,126 @@ def test_grafana_dashboard_queries_existing_metrics():
         "ltx2farm_video_seconds_total",
         "ltx2farm_task_outcomes_total",
         "ltx2farm_upload_failures_total",
+        "ltx2farm_job_seconds_bucket",
     ):
         assert name in exprs
+    legends = " ".join(t.get("legendFormat", "") for p in dashboard["panels"] for t in p["targets"])
+    assert set(re.findall(r"{{(\w+)}}", legends)) <= {
+        "node",
+        "worker",
+        "gpu",
+        "stage",
+        "outcome",
+        "priority",
+        "state",
+        "campaign",
+    }
     assert Path(REPO / "deploy" / "prometheus" / "prometheus.yml").is_file()
+
+
+def test_metrics_addr_binds_where_asked():
+    server = MetricsServer(None, addr="127.0.0.2")  # a loopback address that is not the default
+    try:
+        assert server.addr == "127.0.0.2" and server.url == f"http://127.0.0.2:{server.port}/metrics"
+        assert total(scrape(server.url), "ltx2farm_build_info") == 1
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+    finally:
+        server.close()
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("work started before the metrics address was checked")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "words"),
+    [
+        (["render", "--metrics-port", "0", "--metrics-addr", "192.0.2.1"], {}, "--metrics-addr 192.0.2.1"),
+        (["campaign", "run", "--metrics-port", "0"], {"LTX2_FARM_METRICS_ADDR": "192.0.2.1"}, "192.0.2.1"),
+        (["campaign", "run", "--metrics-port", "70000"], {}, "0 to 65535"),
+        (["render", "--metrics-addr", "0.0.0.0"], {}, "needs --metrics-port"),
+    ],
+    ids=["another host's address", "from the environment", "port out of range", "address without port"],
+)
+def test_a_bad_metrics_address_is_a_usage_error_before_any_work(argv, env, words, monkeypatch, capsys, tmp_path):
+    from cluster import cli
+
+    monkeypatch.setenv("LTX2_FARM_DB", str(tmp_path / "campaigns.db"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(cli, "load_job_mapping", _no_work)
+    monkeypatch.setattr(cli, "resolve_checkpoints", _no_work)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and err.count("\n") == 1, err
+
+
+def test_one_pass_renders_count_their_latency_until_published(tmp_path):
+    """The fast path (one worker, one pass) publishes from the worker: its latency is counted all the same."""
+
+    class OnePassPool:
+        workers = (object(),)
+        is_gang = False
+
+        def render(self, job, out, on_progress=None, target=None):
+            time.sleep(0.2)  # the render and its upload, as the caller waits for them
+            return "published"
+
+    plan = plan_job(validate_job(SMALL_JOB))
+    assert plan.trivial
+    server = MetricsServer(None)
+    try:
+        assert render_and_publish(OnePassPool(), plan, OutputTarget(), tmp_path, server) == "published"
+        after = scrape(server.url)
+    finally:
+        server.close()
+    assert total(after, "ltx2farm_job_seconds_count") == 1 and total(after, "ltx2farm_job_seconds_sum") >= 0.2
+    assert total(after, "ltx2farm_video_seconds_total") == pytest.approx(plan.job.num_frames / plan.job.spec.frame_rate)
+
+
+def test_campaign_labels_stay_bounded(monkeypatch):
+    farm = FarmMetrics(CollectorRegistry())
+    names = [f"spring-{i}" for i in range(MAX_CAMPAIGN_LABELS + 1)]
+    for name in names:
+        farm.published(1.0, 4.0, name)
+    labels = {s.labels["campaign"] for s in farm.video_seconds.collect()[0].samples}
+    assert labels == {*names[:-1], OTHER_CAMPAIGNS}  # the one too many counts under `other`
+    # a campaign that finished before the runner started gets no series; busy ones keep theirs
+    farm.set_jobs({"old": {"done": 5, "queued": 0}, names[0]: {"done": 1, "queued": 2}})
+    jobs = {(s.labels["campaign"], s.labels["state"]): s.value for s in farm.jobs.collect()[0].samples}
+    assert jobs == {(names[0], "done"): 1, (names[0], "queued"): 2}
+    # once slots have been idle long enough, a new campaign takes the least recently used one
+    monkeypatch.setattr("cluster.metrics.CAMPAIGN_LABEL_IDLE_S", 0.0)
+    farm.published(1.0, 4.0, "summer")
+    labels = {s.labels["campaign"] for s in farm.video_seconds.collect()[0].samples}
+    assert "summer" in labels and len(labels - {OTHER_CAMPAIGNS}) == MAX_CAMPAIGN_LABELS
+    assert names[1] not in labels  # names[0] was used later (its jobs), names[1] was the oldest
+
+
+def test_only_a_gpu_worker_publishes_vram_with_its_gpu_label(monkeypatch):
+    import torch
+
+    from cluster.metrics import WorkerMetrics, worker_labels
+
+    monkeypatch.delenv(NODE_NAME_ENV, raising=False)
+    cpu = WorkerMetrics()
+    cpu.sample_vram(torch.device("cpu"))
+    assert "ltx2farm_vram_" not in cpu.text()
+    assert worker_labels(torch.device("cpu"), "worker-1~2") == {"node": socket.gethostname(), "worker": "worker-1"}
+    # a GPU worker, without a GPU here: the CUDA memory queries answered by stand-ins
+    for name, value in (("memory_allocated", 1), ("memory_reserved", 2), ("max_memory_allocated", 3)):
+        monkeypatch.setattr(torch.cuda, name, lambda device, value=value: value)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("P", (), {"total_memory": 4})())
+    monkeypatch.setenv(NODE_NAME_ENV, K8S_NODE)
+    gpu = WorkerMetrics()
+    device = torch.device("cuda", 1)
+    gpu.sample_vram(device)
+    samples = {s.name: s.value for f in text_string_to_metric_families(gpu.text()) for s in f.samples}
+    assert {k: v for k, v in samples.items() if k.startswith("ltx2farm_vram_")} == {
+        "ltx2farm_vram_allocated_bytes": 1,
+        "ltx2farm_vram_reserved_bytes": 2,
+        "ltx2farm_vram_peak_bytes": 3,
+        "ltx2farm_vram_total_bytes": 4,
+    }
+    assert worker_labels(device, "worker-3") == {"node": K8S_NODE, "worker": "worker-3", "gpu": "1"}
