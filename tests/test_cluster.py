@@ -10,7 +10,9 @@ exactly once, with its output in the bucket, identical to the undisturbed run's.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -27,6 +29,7 @@ from tests.nodes import (
     alive_addresses,
     marked_json,
     prometheus_api,
+    ray_env,
     ray_nodes,
     ray_token,
     require_nodes,
@@ -41,7 +44,7 @@ NAMES = ["head", "w1", "w2", "storage", "monitor"]
 WORKERS = ("w1", "w2")
 METRICS_PORT = 9464
 TINY = {"height": 64, "width": 64, "num_frames": 9, "steps": 2}
-PLAIN = [{"id": f"p{i}", "prompt": f"scene {i}, wind and gulls", "seed": 20 + i} for i in range(6)]
+PLAIN = [{"id": f"p{i}", "prompt": f"scene {i}, wind and gulls", "seed": 20 + i} for i in range(10)]
 LONG = {  # 2 chunks x 4 stage-2 tiles (2 in time x 2 across)
     "id": "long",
     "prompt": "a red kite over dunes|the kite lands on the sand",
@@ -121,7 +124,13 @@ class Farm:
         return json.loads(out.stdout) if out.returncode == 0 else {}
 
     def done(self, name: str) -> int:
-        return self.status(name).get("jobs", {}).get("done", 0)
+        """Jobs of `name` done, read from the head's store on its disk (a reader beside the runner: WAL mode)."""
+        database = self.head.host_path("/tmp/farm.db")
+        if not database.exists():
+            return 0
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)) as db:
+            query = "SELECT COUNT(*) FROM jobs WHERE campaign=? AND state='done'"
+            return db.execute(query, (name,)).fetchone()[0]
 
     def objects(self, name: str) -> dict[str, dict]:
         """The campaign's outputs in the bucket: job id -> {'sidecar': document, 'mp4_sha256': of the object}."""
@@ -178,7 +187,9 @@ def farm(tmp_path_factory) -> Iterator[Farm]:
             "LTX2_MODELS": "s3://models/tiny/ltx2-models.json",
             "TQDM_DISABLE": "1",
         }
-        farm = Farm(nodes, ray_token(), swift, env)
+        token = ray_token()
+        env.update(ray_env(token))  # every farm process is a Ray driver or worker of a token-auth cluster
+        farm = Farm(nodes, token, swift, env)
         farm.s3("s3.create_bucket(Bucket='models'); s3.create_bucket(Bucket='renders'); out(1)")
         head = farm.head
         publish_env = {k: v for k, v in env.items() if k != "LTX2_MODELS"}  # publish the tiny set, not pull one
@@ -208,7 +219,7 @@ def test_a_mixed_campaign_across_nodes_that_share_nothing(farm):
         prometheus.kill()
         prometheus.wait(timeout=30)
     status = farm.status("mixed")
-    assert status["jobs"]["done"] == 8 and status["jobs"]["failed"] == 0, status
+    assert status["jobs"]["done"] == len(PLAIN) + 2 and status["jobs"]["failed"] == 0, status
     outputs = farm.objects("mixed")
     assert sorted(outputs) == sorted(r["id"] for r in [*PLAIN, LONG, BRANDED])
     for job, found in outputs.items():
@@ -216,7 +227,7 @@ def test_a_mixed_campaign_across_nodes_that_share_nothing(farm):
     hosts = {outputs[r["id"]]["sidecar"]["worker"]["host"] for r in [*PLAIN, BRANDED]}
     assert hosts == set(WORKERS)  # whole renders ran on both worker nodes, none on the CPU-less head
     plan = outputs["long"]["sidecar"]["plan"]
-    assert len(plan["chunks"]) == 2 and len(plan["tiles"]) == 4
+    assert len(plan["chunks"]) == 2 and len(plan["stage2_tiles"]) == 4
     assert {t["worker"] for t in outputs["long"]["sidecar"]["trace"]} >= {"worker-0", "worker-1"}
     branded = outputs["branded"]["sidecar"]
     image_digest = branded["job"]["images"][0]["sha256"]
@@ -228,7 +239,7 @@ def test_a_mixed_campaign_across_nodes_that_share_nothing(farm):
         assert not [p for p in staged.rglob("*") if p.is_file()], name
         assert farm.nodes[name].host_path("/tmp/farm-cache/models").is_dir()  # models pulled into its own cache
     assert not [p for p in farm.head.host_path("/tmp/farm-cache/staging").rglob("*") if p.is_file()]
-    series = {(r["metric"].get("node"), r["metric"].get("worker")) for r in rendered_by["data"]["result"]}
+    series = {(r["metric"].get("node"), r["metric"].get("worker")) for r in rendered_by["result"]}
     assert {node for node, _ in series} >= set(WORKERS), series  # both workers' latency series, over the bridge
     farm.reference.update({job: found["sidecar"] for job, found in outputs.items()})
 
@@ -240,13 +251,15 @@ def _identical_to_reference(farm: Farm, name: str, rows: list[dict]) -> dict[str
     assert sorted(outputs) == sorted(r["id"] for r in rows)
     for job, found in outputs.items():
         reference = farm.reference[job]
-        assert found["sidecar"]["content_sha256"] == reference["content_sha256"], job  # same frames and audio
-        assert found["mp4_sha256"] == reference["output"]["sha256"], job  # the same file, byte for byte
+        assert found["sidecar"]["output"]["sha256"] == found["mp4_sha256"], job  # the bytes its holder measured
+        # The same frames and audio, bit for bit. (Not the same MP4 bytes: libx264's frame threads make the H.264
+        # stream differ between encodes of identical frames now and then, on one node as across nodes.)
+        assert found["sidecar"]["content_sha256"] == reference["content_sha256"], job
     return outputs
 
 
 def _wait_for_first_job(farm: Farm, name: str, run: subprocess.Popen) -> None:
-    wait_until(lambda: run.poll() is not None or farm.done(name) >= 1, 600, f"{name}: a first job done", every_s=2)
+    wait_until(lambda: run.poll() is not None or farm.done(name) >= 1, 600, f"{name}: a first job done", every_s=0.2)
     assert run.poll() is None, f"{name}: the runner ended before the fault"
 
 
