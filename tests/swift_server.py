@@ -163,6 +163,7 @@ class SwiftServer:
             self._configure()
         etc = self.root / "etc"
         log = self._on_host(self.root / "swift.log")
+        self.processes = [p for p in self.processes if p.poll() is None]  # a restart after its node was lost
         for name in (*SERVERS, "proxy"):
             self.processes.append(self._launch([f"swift-{name}-server", str(etc / f"{name}-server.conf")], log))
         ports = [*self.ports.values(), self.port]

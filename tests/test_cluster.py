@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -26,11 +27,9 @@ from tests.nodes import (
     RAY_PORT,
     Node,
     Nodes,
-    alive_addresses,
     marked_json,
     prometheus_api,
     ray_env,
-    ray_nodes,
     ray_token,
     require_nodes,
     start_prometheus,
@@ -75,6 +74,7 @@ class Farm:
     reference: dict[str, dict] = field(default_factory=dict)
     """Job id -> its sidecar from the undisturbed campaign."""
     logs: list = field(default_factory=list)
+    ray_workers: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
     def head(self) -> Node:
@@ -153,22 +153,31 @@ class Farm:
         assert len(listed) == 2 * len(found), sorted(listed)
         return found
 
+    def start_worker(self, name: str) -> None:
+        env = {**self.env, "LTX2_FARM_NODE_NAME": name}
+        self.ray_workers[name] = start_ray_worker(self.nodes[name], self.head, self.token, env=env)
+
     def restart_worker(self, name: str) -> None:
         """A worker node back (as KubeRay restarts a pod): its disk kept, a fresh Ray worker joined to the head."""
-        node = self.nodes[name]
-        node.restart()
-        start_ray_worker(node, self.head, self.token, env={**self.env, "LTX2_FARM_NODE_NAME": name})
+        restart_pod(self.nodes[name])
+        self.start_worker(name)
 
     def rejoined(self, name: str, within_s: float = 30.0) -> None:
-        """A node whose link came back: still in the cluster, or restarted (the head gave it up and its raylet
-        exits, as a pod's container would, which KubeRay restarts)."""
-        node = self.nodes[name]
-        try:
-            wait_until(
-                lambda: node.address in alive_addresses(ray_nodes(self.head, self.address, self.token)), within_s, name
-            )
-        except TimeoutError:
-            self.restart_worker(name)
+        """A node whose link came back: its raylet either carries on, or learns that the head gave it up and exits
+        (as a pod's container would, which KubeRay then restarts: so does this)."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if self.ray_workers[name].poll() is not None:
+                self.restart_worker(name)
+                return
+            time.sleep(1)
+
+
+def restart_pod(node: Node) -> None:
+    """A node started again as a pod is: what it kept on its volumes (the campaign store, caches) is still there,
+    Ray's session folder (the container's own file system) is new."""
+    node.restart()
+    shutil.rmtree(node.host_path("/tmp/ray"), ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +207,7 @@ def farm(tmp_path_factory) -> Iterator[Farm]:
             assert made.returncode == 0, made.stdout + made.stderr
         start_ray_head(head, farm.token, env={**env, "LTX2_FARM_NODE_NAME": "head"})
         for name in WORKERS:  # one after another: see start_ray_worker
-            start_ray_worker(nodes[name], head, farm.token, env={**env, "LTX2_FARM_NODE_NAME": name})
+            farm.start_worker(name)
         yield farm
 
 
@@ -299,7 +308,7 @@ def test_the_head_killed_and_restarted(undisturbed):
     _wait_for_first_job(farm, "head-lost", run)
     farm.head.kill_all()  # GCS, the runner and its store's node: only the disk stays
     run.wait(timeout=60)
-    farm.head.restart()
+    restart_pod(farm.head)
     start_ray_head(farm.head, farm.token, env={**farm.env, "LTX2_FARM_NODE_NAME": "head"})
     for name in WORKERS:  # a new head is a new cluster: KubeRay restarts the worker pods, which join it
         farm.restart_worker(name)
