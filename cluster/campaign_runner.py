@@ -211,6 +211,13 @@ class CampaignRunner:
                     self._forget_prompts(r.job)
                     self._worker_lost(r, error, stats)  # its slot stays free, with a fresh worker in it
                     continue
+                except ray.exceptions.ObjectLostError as error:
+                    # an input it was sent (a prompt's encoding) was held by a node that is gone: not this job's
+                    # fault nor this worker's; the encoding is made again for the next attempt
+                    self._forget_prompts(r.job)
+                    state = self.store.interrupt(r.campaign, r.job_id, f"an input was lost with its node: {error}", 0.0)
+                    stats["requeued" if state == "queued" else "failed"] += 1
+                    continue
                 except Exception as error:  # the job failed on a live worker
                     self._forget_prompts(r.job)  # an encoding that failed is not kept for later jobs
                     if is_out_of_memory(error):

@@ -17,6 +17,7 @@ in-process).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import time
@@ -250,8 +251,9 @@ def published(job: ValidJob, target: OutputTarget, out_dir: Path) -> bool:
     both files in the head's output folder."""
     if target.uploads_from_holder:
         _, sidecar_key = target.keys(job)
+        look = dataclasses.replace(target.storage, attempts=1, connect_timeout_s=2.0)  # a look: the loop waits on it
         try:
-            return Uploader(target.destination, target.storage).exists(sidecar_key)
+            return Uploader(target.destination, look).exists(sidecar_key)
         except Exception:  # storage unreachable now: render; the upload waits out the outage and skips a twin
             return False
     paths = output_paths(job, out_dir)

@@ -79,6 +79,9 @@ class StorageOptions:
     multipart_threshold: int = MULTIPART_THRESHOLD
     """Files this large or larger go up in parts of `multipart_chunk` bytes (S3's minimum part is 5 MiB)."""
     multipart_chunk: int = MULTIPART_CHUNK
+    attempts: int = 3
+    """botocore's own tries of one request (its standard retry mode), inside each of our retries."""
+    connect_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -322,9 +325,9 @@ def s3_client(options: StorageOptions) -> Any:
         region_name=options.region,
         config=Config(
             s3={"addressing_style": options.addressing_style},
-            retries={"mode": "standard", "max_attempts": 3},
+            retries={"mode": "standard", "max_attempts": options.attempts},
             signature_version="s3v4",
-            connect_timeout=5,
+            connect_timeout=options.connect_timeout_s,
             read_timeout=60,
             # A CRC32 on every upload request (the server checks it where it can); downloads are checked
             # against their pinned SHA-256 instead.
