@@ -26,7 +26,7 @@ from boto3_stub import stub_boto3_if_missing
 
 stub_boto3_if_missing()  # the GPU image has no boto3; these renders write local files only
 
-from cluster.worker import RenderWorker  # noqa: E402
+from cluster.worker import RenderWorker, render_in_process  # noqa: E402
 from jobs.spec import validate_job  # noqa: E402
 from ltx2.tiny import ensure_tiny_checkpoint_set  # noqa: E402
 
@@ -61,7 +61,7 @@ def main() -> None:
     # stage 2 (ltx2/lora.py restore_in_background), then a distilled job, then two-stage again
     for recipe in ("two_stage", "two_stage", "distilled", "two_stage"):
         job = validate_job({**JOB, "recipe": recipe})
-        sidecar = worker.render(job, str(out / "renders"))
+        sidecar = render_in_process(worker, job, out / "renders").document
         results.append(sidecar)
         print(
             json.dumps(
@@ -85,7 +85,7 @@ def main() -> None:
 
     jobs = [validate_job({**JOB, "recipe": "two_stage", "seed": seed}) for seed in (10, 11)]
     with ThreadPoolExecutor(2) as pool:
-        both = list(pool.map(lambda j: worker.render(j, str(out / "in_flight")), jobs))
+        both = list(pool.map(lambda j: render_in_process(worker, j, out / "in_flight").document, jobs))
     overlap = both[1]["timeline_unix"]["model_start"] - both[0]["timeline_unix"]["mux_end"]
     same = both[0]["content_sha256"] == results[0]["content_sha256"]
     print(json.dumps({"in_flight_equal": same, "overlap_s": overlap}))
@@ -95,10 +95,10 @@ def main() -> None:
     job = validate_job({**JOB, "recipe": "two_stage"})  # the first render's job, on eager blocks
     # rungs are cumulative: the offload and FP8 rungs also decode in the smallest tiles, so the render they
     # are compared with is the smallest-tiles rung's (same decode tiles, model resident and exact)
-    plain = eager.render(job.with_fallback("smallest_tiles"), str(out / "eager"))
+    plain = render_in_process(eager, job.with_fallback("smallest_tiles"), out / "eager").document
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    streamed = eager.render(job.with_fallback("offload_transformer"), str(out / "streamed"))
+    streamed = render_in_process(eager, job.with_fallback("offload_transformer"), out / "streamed").document
     print(
         json.dumps(
             {
@@ -113,7 +113,8 @@ def main() -> None:
     )
     assert streamed["content_sha256"] == plain["content_sha256"], "streamed blocks must not change the numbers"
     assert eager.streaming.loads > 0
-    fp8 = eager.render(job.with_fallback("fp8_weights"), str(out / "fp8"))  # the rung above: FP8 weights
+    # the rung above: FP8 weights
+    fp8 = render_in_process(eager, job.with_fallback("fp8_weights"), out / "fp8").document
     print(
         json.dumps(
             {
@@ -128,7 +129,7 @@ def main() -> None:
 
     if os.environ.get("FP8_ATTENTION") == "1":  # needs nvidia-cudnn-frontend importable (pip install '.[fp8]')
         fast = RenderWorker(paths, device=worker.device, fp8_attention=True, name="fp8-attention")
-        rendered = fast.render(job, str(out / "fp8_attention"))
+        rendered = render_in_process(fast, job, out / "fp8_attention").document
         print(
             json.dumps(
                 {
@@ -145,7 +146,7 @@ def main() -> None:
     # into the FP8 weights for stage 2 and restores them after, so the same job twice renders the same
     fp8_attention = os.environ.get("FP8_ATTENTION") == "1"
     quick = RenderWorker(paths, device=worker.device, fp8=True, fp8_attention=fp8_attention, name="fp8")
-    twice = [quick.render(job, str(out / f"fp8_matmuls_{i}")) for i in range(2)]
+    twice = [render_in_process(quick, job, out / f"fp8_matmuls_{i}").document for i in range(2)]
     print(
         json.dumps(
             {

@@ -113,7 +113,7 @@ def main() -> None:
         },
         "samples": [],
     }
-    from cluster.worker import RenderWorker
+    from cluster.worker import RenderWorker, render_in_process
     from jobs.inputs import resolve_inputs
     from jobs.spec import validate_job
     from ltx2.models import LOAD_COUNTER
@@ -134,7 +134,7 @@ def main() -> None:
         if "loras" in spec:
             job = resolve_inputs(job, [Path("/tmp")], Path("/tmp"))
         t = time.perf_counter()
-        worker.render(job, str(RENDERS))
+        render_in_process(worker, job, RENDERS)
         if DEVICE == "cuda":
             torch.cuda.synchronize()
         walls.append(time.perf_counter() - t)

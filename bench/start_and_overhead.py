@@ -9,8 +9,8 @@ twice the 43 GB checkpoint here). Then, in the same process:
 1. cold start: files on disk -> `cluster.worker.RenderWorker(...)` (`ltx2.models.load_resident_models`)
    returns, every component timed separately (the page cache is dropped first where the kernel allows it);
 2. job A, the first job on the fresh worker, and job B, a second job (new prompt and seed) on the same
-   worker: wall time of `RenderWorker.render(job, out_dir)` split into time inside the transformer's
-   forwards (hooks with `torch.cuda.synchronize()` on the 19B `LTXModel`) and everything else, by stage;
+   worker: wall time of `render_in_process(worker, job, out_dir)` (render, then publish into `out_dir`) split
+   into time inside the transformer's forwards (hooks with `torch.cuda.synchronize()` on the 19B `LTXModel`) and everything else, by stage;
    for job B also `LOAD_COUNTER` before/after and the time from submit to the first denoising step.
 
 Ray is not on the GPU machines: this is the in-process worker path; Ray object transfer is not included.
@@ -734,7 +734,7 @@ def run_pipelined(worker, count: int, prompt: str, out_dir: Path) -> dict:
     worker): each job's model work (its sidecar's timeline) follows the last one's, and its mux, probe,
     hashes and sidecar run meanwhile. The GPU period per job in steady state is the time from one job's
     model start to the next one's; what of it is not forwards (or the VAE decode) is the farm's share."""
-    from cluster.worker import JOBS_PER_WORKER
+    from cluster.worker import JOBS_PER_WORKER, render_in_process
 
     FORWARDS.clear()
     EVENTS.clear()
@@ -746,7 +746,7 @@ def run_pipelined(worker, count: int, prompt: str, out_dir: Path) -> dict:
     def one(i: int) -> None:
         with slots:
             try:
-                sidecars[i] = worker.render(bench_job(f"P{i}", prompt, 20 + i), str(out_dir))
+                sidecars[i] = render_in_process(worker, bench_job(f"P{i}", prompt, 20 + i), out_dir).document
             except BaseException as e:  # reported, not swallowed
                 errors.append(repr(e))
 
@@ -802,7 +802,9 @@ def run_job(worker, tag: str, prompt: str, seed: int, out_dir: Path) -> dict:
     job = bench_job(tag, prompt, seed)
     t_valid = time.perf_counter()
     hashes_before = len(HASHES)
-    sidecar = worker.render(job, str(out_dir))
+    from cluster.worker import render_in_process
+
+    sidecar = render_in_process(worker, job, out_dir).document
     sync()
     t_end = time.perf_counter()
     wall = t_end - t_submit
