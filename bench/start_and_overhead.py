@@ -10,7 +10,8 @@ twice the 43 GB checkpoint here). Then, in the same process:
    returns, every component timed separately (the page cache is dropped first where the kernel allows it);
 2. job A, the first job on the fresh worker, and job B, a second job (new prompt and seed) on the same
    worker: wall time of `render_in_process(worker, job, out_dir)` (render, then publish into `out_dir`) split
-   into time inside the transformer's forwards (hooks with `torch.cuda.synchronize()` on the 19B `LTXModel`) and everything else, by stage;
+   into time inside the transformer's forwards (hooks with `torch.cuda.synchronize()` on the 19B `LTXModel`)
+   and everything else, by stage;
    for job B also `LOAD_COUNTER` before/after and the time from submit to the first denoising step.
 
 Ray is not on the GPU machines: this is the in-process worker path; Ray object transfer is not included.
