@@ -189,7 +189,8 @@ def render_in_process(
     target = target or OutputTarget()
     reply = worker.render(job, target)
     staged = worker.publish(job, target)
-    published = collect(reply.document, staged, job, target, Path(out_dir))
+    get = _object_store_get()  # the parts are in this process's Ray store when it is a Ray driver too
+    published = collect(reply.document, staged, job, target, Path(out_dir), lambda parts: [get(p) for p in parts])
     if not staged.delivered:
         worker.release(target, reply.video)
     return published
