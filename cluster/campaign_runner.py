@@ -97,7 +97,7 @@ class CampaignRunner:
         self.uploads = uploads  # the endpoint's UploadMetrics for what the head itself uploads, or None
         self._publishing = ThreadPoolExecutor(2, thread_name_prefix="publish")
         """Receives outputs from workers, uploads what the head holds: beside the scheduling loop, never in it."""
-        self._pending: list[tuple[Future[Published], CampaignSpec, str, ValidJob, float]] = []
+        self._pending: list[tuple[Future[Published], CampaignSpec, str, ValidJob, float, Any]] = []
         self.blocklisted: dict[str, str] = {}  # worker name -> why
         self._failures: dict[int, list[str]] = {}  # worker slot -> ids of the jobs it failed since its last success
         self._failed_on: dict[tuple[str, str], set[int]] = {}  # (campaign, job) -> worker slots that failed it
@@ -215,8 +215,8 @@ class CampaignRunner:
                     # an input it was sent (a prompt's encoding) was held by a node that is gone: not this job's
                     # fault nor this worker's; the encoding is made again for the next attempt
                     self._forget_prompts(r.job)
-                    state = self.store.interrupt(r.campaign, r.job_id, f"an input was lost with its node: {error}", 0.0)
-                    stats["requeued" if state == "queued" else "failed"] += 1
+                    self.store.requeue(r.campaign, r.job_id, "input_lost", f"an input was lost with its node: {error}")
+                    stats["requeued"] += 1
                     continue
                 except Exception as error:  # the job failed on a live worker
                     self._forget_prompts(r.job)  # an encoding that failed is not kept for later jobs
@@ -240,7 +240,8 @@ class CampaignRunner:
                     continue
                 self._failures.pop(r.worker, None)
                 seconds = float(reply.document["timings_s"].get("total", 0.0))
-                self._publish(spec, r.job_id, r.job, seconds, r.started, partial(self.pool.collect, r.actor, reply))
+                deliver = partial(self.pool.collect, r.actor, reply)
+                self._publish(spec, r.job_id, r.job, seconds, r.started, deliver, holder=r.actor)
             if ready:
                 self._observe()
             if ready and on_progress is not None:
@@ -368,12 +369,14 @@ class CampaignRunner:
         gpu_seconds: float,
         started: float,
         deliver: Callable[[ValidJob, OutputTarget, Path], Published],
+        holder: Any = None,
     ) -> None:
         """Finish a rendered job once its output is where it goes; the delivery runs on the publishing threads.
-        Its GPU time is charged now (budgets see it while it uploads); `started`: when the job was claimed."""
+        Its GPU time is charged now (budgets see it while it uploads); `started`: when the job was claimed;
+        `holder`: the worker actor that holds its files (None: the head)."""
         self.store.spend(spec.campaign, job_id, gpu_seconds)
         future = self._publishing.submit(deliver, job, self._target(spec), self._out_dir(spec.campaign))
-        self._pending.append((future, spec, job_id, job, started))
+        self._pending.append((future, spec, job_id, job, started, holder))
 
     def _wait_published(self, timeout: float | None) -> None:
         """Sleep until a delivery ends (or `timeout`): nothing else can move while the loop waits for them."""
@@ -387,14 +390,19 @@ class CampaignRunner:
         ended = [p for p in self._pending if p[0].done()]
         for item in ended:
             self._pending.remove(item)
-            future, spec, job_id, job, started = item
+            future, spec, job_id, job, started, holder = item
             try:
                 result = future.result()
             except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as error:
-                # its holder died with the files: render again, without using a retry (its slot is replaced
-                # when the next job sent there fails the same way)
-                state = self.store.interrupt(spec.campaign, job_id, f"worker died before publishing: {error}", 0.0)
-                stats["requeued" if state == "queued" else "failed"] += 1
+                # its holder died with the files after the render: render again, without using a retry or counting
+                # as a worker it killed
+                self.store.requeue(spec.campaign, job_id, "output_lost", f"worker died before publishing: {error}")
+                stats["requeued"] += 1
+                slot = next((i for i, w in enumerate(self.pool.workers) if w.actor is holder), None)
+                if slot is not None:  # still in its slot: replaced now, before a next job is sent to a dead worker
+                    self.pool.replace(slot)
+                    self._held.pop(slot, None)
+                    stats["replaced"] = stats.get("replaced", 0) + 1
                 continue
             except Exception as error:
                 self._publish_failed(spec, job_id, error)

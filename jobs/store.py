@@ -329,6 +329,13 @@ class Store:
         self.log(f"worker lost ({'requeued' if state == 'queued' else 'failed'}): {error[:300]}", campaign, job_id)
         return state
 
+    def requeue(self, campaign: str, job_id: str, outcome: str, reason: str) -> None:
+        """Queue the job again without counting it against the job at all: what went wrong was not its doing
+        (its finished output was lost with its worker before publishing; an input was lost with a node)."""
+        with self._tx() as db:
+            self._end_attempt(db, campaign, job_id, "queued", outcome, reason, 0.0)
+        self.log(f"requeued ({outcome}): {reason[:300]}", campaign, job_id)
+
     def set_campaign_state(self, name: str, state: str) -> None:
         with self._tx() as db:
             if db.execute("UPDATE campaigns SET state=? WHERE name=?", (state, name)).rowcount == 0:

@@ -77,7 +77,10 @@ def test_workers_killed_repeatedly_mid_campaign(ray_cluster, tiny_set, tmp_path,
         pool.shutdown()
     assert len(kills) >= 2, "the campaign ended before the workers could be killed"
     assert stats["replaced"] >= len(kills) - 1  # a kill may land on a worker that has just finished
-    assert store.counts("c")["done"] == 50 and store.counts("c")["failed"] == 0
+    undone = {j["id"] for j in store.jobs("c") if j["state"] != "done"}
+    why = [(a["job"], a["worker"], a["outcome"], a["error"][:80]) for a in store.attempts("c") if a["job"] in undone]
+    why += [(j["id"], j["state"]) for j in store.jobs("c") if j["id"] in undone] + [stats]
+    assert store.counts("c")["done"] == 50 and store.counts("c")["failed"] == 0, why
     mp4s = sorted(p.name for p in (tmp_path / "out" / "c").glob("*.mp4"))
     assert len(mp4s) == 50 == len(set(mp4s))
     assert not list((tmp_path / "out" / "c").glob(".*partial*"))
