@@ -30,7 +30,7 @@ from cluster.storage import StorageOptions, UploadedObject, Uploader
 from jobs.keys import DEFAULT_KEY_TEMPLATE, Destination, render_key
 from jobs.outputs import OutputPaths, disk_full_guard, job_content_hash, output_paths
 from jobs.spec import ValidJob
-from ltx2.checkpoint import file_sha256
+from ltx2.checkpoint import cached_file_sha256
 
 PART_BYTES = 8 * 1024 * 1024
 """One part of an MP4 on its way to the head: small enough for Ray's inline transfer limits to stay irrelevant,
@@ -132,7 +132,7 @@ def offer(
 
     `on_upload(bytes, seconds, ok)` counts uploads in the holder's metrics."""
     size = paths.video.stat().st_size
-    sha256 = file_sha256(paths.video)
+    sha256 = cached_file_sha256(paths.video)  # the writer hashed it for the sidecar: a memo hit, not a re-read
     if target.uploads_from_holder:
         video_key, sidecar_key = target.keys(job)
         started = time.perf_counter()
