@@ -3,6 +3,7 @@ switched without drift between jobs, and kept per worker (a pool per LoRA set) b
 
 from __future__ import annotations
 
+import itertools
 import json
 import urllib.request
 
@@ -270,17 +271,21 @@ def test_two_lora_sets_in_one_campaign_land_on_two_pools(ray_cluster, tiny_set, 
         assert stats["done"] == 8, stats
         assert 'ltx2farm_jobs{campaign="styles",state="done"} 8.0' in scraped
         assert scraped.count("ltx2farm_lora_set_changes_total{") == 2, scraped  # one series per worker
-        infos = pool.refresh_info()
-        # Each worker builds the set of its first job and keeps it. A worker that runs out of jobs of its set
-        # takes the other set rather than idle (work-conserving), so a fast worker may switch once at the tail;
-        # a scheduler without set affinity switches a worker per job.
-        changes = [i["lora_set_changes"] for i in infos]
-        assert min(changes) == 1 and sum(changes) <= 3, infos
-        first: dict[str, str] = {}
+        # The scheduler's choice, read from the attempts in claim order: each worker claims the set it holds
+        # while such jobs are queued and takes the other set only when none is left (work-conserving), so it
+        # switches at most once; a scheduler without set affinity would switch a worker per job.
+        specs = {j["id"]: json.dumps(json.loads(j["spec"])["loras"]) for j in store.jobs("styles")}
+        claimed: dict[str, list[str]] = {}
         for attempt in store.attempts("styles"):  # oldest first
-            row = next(j for j in store.jobs("styles") if j["id"] == attempt["job"])
-            first.setdefault(attempt["worker"], json.dumps(json.loads(row["spec"])["loras"]))
-        assert len(set(first.values())) == 2, first  # the two sets land on two pools
+            claimed.setdefault(attempt["worker"], []).append(specs[attempt["job"]])
+        switches = {w: sum(a != b for a, b in itertools.pairwise(sets)) for w, sets in claimed.items()}
+        assert max(switches.values()) <= 1, claimed
+        assert len({sets[0] for sets in claimed.values()}) == 2, claimed  # the two sets land on two pools
+        # The worker counts what it built; a threaded actor may run two queued jobs out of claim order, so the
+        # count is checked against the metric, not against the claims.
+        infos = pool.refresh_info()
+        changes = [i["lora_set_changes"] for i in infos]
+        assert min(changes) >= 1, infos
         _labels, text = ray.get(pool.workers[0].actor.metrics_text.remote())
         assert f"ltx2farm_lora_set_changes_total {float(changes[0])}" in text
     finally:

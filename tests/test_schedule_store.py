@@ -6,6 +6,7 @@ import datetime as dt
 import sqlite3
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 
 from jobs.campaign import WindowSpec, parse_manifest
@@ -159,3 +160,32 @@ def test_concurrent_reader_during_writes(tmp_path):
     reader.execute("COMMIT")
     assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert reader.execute("SELECT COUNT(*) FROM jobs WHERE state='queued'").fetchone()[0] == 45
+
+
+def test_claim_prefers_the_lora_set_a_worker_holds(tmp_path):
+    """A worker keeps its LoRA set while such jobs are queued and takes another set only when none is left."""
+    from safetensors.numpy import save_file
+
+    sets = []
+    for name in ("a", "b"):
+        save_file(
+            {"x.lora_A.weight": np.zeros((1, 2), np.float32), "x.lora_B.weight": np.zeros((2, 1), np.float32)},
+            str(tmp_path / f"{name}.safetensors"),
+        )
+        sets.append([{"path": f"{name}.safetensors"}])
+    m = parse_manifest(
+        {
+            "campaign": "c",
+            "defaults": {"height": 64, "width": 64, "num_frames": 9},
+            "rows": [{"id": f"r{i}", "prompt": f"p{i}", "loras": sets[i % 2]} for i in range(4)],
+        },
+        base=tmp_path,
+    )
+    store = Store(tmp_path / "db")
+    store.submit(m.spec, m.jobs)
+    first = store.claim("c", "w0")  # holds nothing: the oldest job
+    assert first["id"] == "r0"
+    held = first["lora_set"]
+    assert [store.claim("c", "w0", held)["id"] for _ in range(2)] == ["r2", "r1"]  # its set first, then the other
+    assert store.claim("c", "w1", held)["id"] == "r3"
+    assert store.claim("c", "w1", held) is None
