@@ -7,6 +7,10 @@ fields at three scales (random-ish texture that an encoder can still predict), 5
     OUT=$OUT python bench/mux_presets.py    # -> $OUT/mux_presets.json
     env: SIZE=704x1280x121  PRESETS=medium,fast,veryfast,ultrafast  CRF=18  REPS=1
     THREADS=SLICE,FRAME (PyAV's thread_type for libx264: sliced or frame threads; the writer's default first)
+    THREAD_COUNTS=writer,0,8,16 (libx264's thread count: `writer` keeps the writer's, 0 is FFmpeg's auto, which
+    follows the host's CPUs). X264_PARAMS=writer,mbtree=1 (`writer` keeps the writer's x264-params).
+    Each run records the file's SHA-256: the same frames give the same bytes only at the same thread count and
+    without x264's macroblock tree.
     CONTENT=pattern,noise (noise: uniform random pixels, the worst case, like a random-weight model's output)
     HASH_ROOT=<folder>[:<folder>...]: also time `cached_file_sha256` of every *.safetensors under it in this new process
     (the on-disk digest memo written by an earlier process).
@@ -14,6 +18,7 @@ fields at three scales (random-ish texture that an encoder can still predict), 5
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -31,6 +36,8 @@ OUT = Path(os.environ.get("OUT", "bench/results"))
 H, W, N = map(int, os.environ.get("SIZE", "704x1280x121").split("x"))
 PRESETS = os.environ.get("PRESETS", "medium,fast,veryfast,ultrafast").split(",")
 THREADS = os.environ.get("THREADS", "SLICE").split(",")
+THREAD_COUNTS = os.environ.get("THREAD_COUNTS", "writer").split(",")
+X264_PARAMS = os.environ.get("X264_PARAMS", "writer").split(",")
 CONTENT = os.environ.get("CONTENT", "pattern").split(",")
 CRF = int(os.environ.get("CRF", "18"))
 REPS = int(os.environ.get("REPS", "1"))
@@ -93,26 +100,38 @@ def main() -> None:
         "crf": CRF,
         "audio": f"AAC stereo {SAMPLE_RATE} Hz (the writer's)",
         "av": __import__("av").__version__,
-        "libx264_threads": "libx264 default (auto)",
+        "writer": {"threads": media.X264_THREADS, "count": media.X264_THREAD_COUNT, "x264_params": media.X264_PARAMS},
     }
     t = time.perf_counter()
     videos, track = {name: {"pattern": pattern, "noise": noise}[name]() for name in CONTENT}, audio()
     report["pattern_s"] = round(time.perf_counter() - t, 2)
     original_init = media.Mp4Writer.__init__
-    current = {"preset": "medium", "threads": "SLICE"}
+    current = {"preset": "medium", "threads": "SLICE", "count": "writer", "params": "writer"}
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
         self._video.options = dict(self._video.options, preset=current["preset"])
         self._video.codec_context.thread_type = current["threads"]  # before the first frame opens the codec
+        if current["params"] != "writer":
+            self._video.options = dict(self._video.options, **{"x264-params": current["params"]})
+        if current["count"] != "writer":
+            self._video.codec_context.thread_count = int(current["count"])
 
     media.Mp4Writer.__init__ = init
     out_dir = Path("/tmp/mux_presets")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    runs = [(r, c, p, th) for r in range(REPS) for c in CONTENT for p in PRESETS for th in THREADS]
-    for rep, content, preset, threads in runs:
-        current.update(preset=preset, threads=threads)
+    runs = [
+        (r, c, p, th, n, x)
+        for r in range(REPS)
+        for c in CONTENT
+        for p in PRESETS
+        for th in THREADS
+        for n in THREAD_COUNTS
+        for x in X264_PARAMS
+    ]
+    for rep, content, preset, threads, count, params in runs:
+        current.update(preset=preset, threads=threads, count=count, params=params)
         path = out_dir / f"{preset}.mp4"
         t = time.perf_counter()
         media.write_mp4(path, videos[content], FPS, track, SAMPLE_RATE, crf=CRF)
@@ -121,12 +140,15 @@ def main() -> None:
         row = {
             "content": content,
             "threads": threads,
+            "thread_count": count,
+            "x264_params": params,
             "preset": preset,
             "rep": rep,
             "seconds": round(seconds, 3),
             "bytes": path.stat().st_size,
             "frames": info.frames,
             "audio_codec": info.audio_codec,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
         }
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -33,6 +33,15 @@ X264_THREADS = "FRAME"
 """libx264 threads over frames, not slices of one frame (PyAV's default, SLICE): 121 frames of 704x1280 in
 0.63 s instead of 0.89 s, and a smaller file at the same CRF (16-core H100 host, bench/mux_presets.py)."""
 
+X264_THREAD_COUNT = 8
+"""libx264's thread count, fixed: x264's output depends on its thread count, and FFmpeg's default (auto) follows
+the host's CPUs, so the same frames would give other bytes on a node of another size or CPU limit."""
+
+X264_PARAMS = "mbtree=0"
+"""x264's macroblock tree with frame threads gives other bytes from run to run for the same frames; without it,
+the same frames give the same file on every run and every node (with X264_THREAD_COUNT). bench/mux_presets.py
+measures what it costs in time and size."""
+
 
 def fps_fraction(fps: float) -> Fraction:
     """An exact rational frame rate: 24 → 24/1, 23.976 → 24000/1001."""
@@ -127,8 +136,9 @@ class Mp4Writer:
         self._container = av.open(str(self._tmp), mode="w", format="mp4")
         self._video = self._container.add_stream("libx264", rate=self._rate)
         self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
-        self._video.options = {"crf": str(crf), "preset": X264_PRESET}
+        self._video.options = {"crf": str(crf), "preset": X264_PRESET, "x264-params": X264_PARAMS}
         self._video.codec_context.thread_type = X264_THREADS
+        self._video.codec_context.thread_count = X264_THREAD_COUNT
         self._audio = None
         self._source = source_audio
         self._source_container = None

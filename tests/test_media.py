@@ -46,3 +46,14 @@ def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(Exception):  # noqa: B017 - any encoder error will do
         write_mp4(tmp_path / "bad.mp4", torch.zeros(3, 63, 95, 3, dtype=torch.uint8), 24.0, None, 24000)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_same_frames_give_the_same_mp4_bytes(tmp_path):
+    """A job rendered again (a lost node, a retry) gives the same file: x264 runs a fixed thread count and no
+    macroblock tree, whose frame-threaded form varies from run to run."""
+    generator = torch.Generator().manual_seed(0)
+    coarse = torch.rand(3, 13, 9, 13, generator=generator)  # a smooth drifting field, which x264 predicts
+    video = torch.nn.functional.interpolate(coarse[None], size=(49, 128, 192), mode="trilinear")[0]
+    frames = (video.permute(1, 2, 3, 0) * 255).to(torch.uint8).contiguous()
+    digests = {write_mp4(tmp_path / f"{i}.mp4", frames, 24.0, _tone(2.0), 24000).read_bytes() for i in range(4)}
+    assert len(digests) == 1
