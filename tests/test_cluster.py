@@ -261,9 +261,9 @@ def _identical_to_reference(farm: Farm, name: str, rows: list[dict]) -> dict[str
     for job, found in outputs.items():
         reference = farm.reference[job]
         assert found["sidecar"]["output"]["sha256"] == found["mp4_sha256"], job  # the bytes its holder measured
-        # The same frames and audio, bit for bit. (Not the same MP4 bytes: libx264's frame threads make the H.264
-        # stream differ between encodes of identical frames now and then, on one node as across nodes.)
+        # The same frames and audio, bit for bit, and the same MP4 bytes, whichever node rendered it again.
         assert found["sidecar"]["content_sha256"] == reference["content_sha256"], job
+        assert found["mp4_sha256"] == reference["output"]["sha256"], job
     return outputs
 
 
