@@ -143,26 +143,34 @@ class CampaignRunner:
             ref = actor.render.remote(job, target, encoded, self.pool.ship(job))
             running[ref] = _Running(name, row["id"], job, worker, ref, actor, self.pool.workers[worker].info["name"])
 
+        def idle_slots() -> list[int]:
+            """Free slots whose worker can take a job now (not a replacement still loading or waiting for room)."""
+            starting = self.pool.starting
+            return [w for w in free if w not in starting]
+
         while True:
             now = self.clock()
+            for slot in self.pool.poll_started():
+                self.store.log(f"worker {self.pool.workers[slot].info['name']} ready")
             if self._drain_published(stats) and on_progress is not None:
                 on_progress(dict(stats))
             for item in list(waiting):
                 avoid = self._failed_on.get((item[0], item[1]["id"]), set())
-                usable = [w for w in free if w not in avoid] or (free if not self._alternatives(avoid) else [])
+                idle = idle_slots()
+                usable = [w for w in idle if w not in avoid] or (idle if not self._alternatives(avoid) else [])
                 if usable:
                     waiting.remove(item)
                     start(usable[0], *item)
-            if planned and not running:
+            if planned and not running and not self.pool.starting:
                 # A long or large job uses every worker: it runs once the pool is idle.
                 self._run_planned(*planned.pop(0), stats)
                 if on_progress is not None:
                     on_progress(dict(stats))
                 continue
-            for name in allocate(self.store.campaign_states(), 0 if planned else len(free), now):
-                if not free:
+            for name in allocate(self.store.campaign_states(), 0 if planned else len(idle_slots()), now):
+                if not idle_slots():
                     break
-                worker = free[0]
+                worker = idle_slots()[0]
                 # A worker takes jobs with the LoRA set it already holds first: one pool per set, no refusing.
                 row = self.store.claim(name, self.pool.workers[worker].info["name"], self._held.get(worker))
                 if row is None:
@@ -190,8 +198,10 @@ class CampaignRunner:
                 stats["stopped"] = 1
                 break
             if not running:
-                if planned:
-                    continue  # a claimed planned job runs at the top of the loop, the pool being idle
+                if planned:  # a claimed planned job runs at the top of the loop once the whole pool is ready
+                    if self.pool.starting:
+                        self._wait_published(self.poll_s)
+                    continue
                 states = self.store.campaign_states()
                 if until_idle and not self._pending and not any(allocate(states, 1, now)):
                     break
@@ -295,11 +305,11 @@ class CampaignRunner:
         stats["requeued" if state == "queued" else "failed"] += 1
         if r.actor is not None and self.pool.workers[r.worker].actor is not r.actor:
             return  # another job of the same dead worker came back first and replaced it
-        new = self.pool.replace(r.worker)
+        new = self.pool.begin_replace(r.worker)  # the loop goes on while it loads or waits for room
         self._held.pop(r.worker, None)
         stats["replaced"] = stats.get("replaced", 0) + 1
         self._sweep_partials()  # the dead worker's half-written files (named with its pid)
-        self.store.log(f"worker {name} died; replaced by {new.info['name']}", r.campaign, r.job_id)
+        self.store.log(f"worker {name} died; replaced by {new} (starting)", r.campaign, r.job_id)
 
     def _count_failure(self, slot: int, campaign: str, job_id: str, error: Exception, stats: dict[str, int]) -> bool:
         """A worker whose last `blocklist_after` attempts all failed, on at least two different jobs, is
@@ -333,7 +343,7 @@ class CampaignRunner:
             state = self.store.interrupt(spec.campaign, row["id"], f"worker died: {error}", time.time() - started)
             stats["requeued" if state == "queued" else "failed"] += 1
             for i in dead:
-                self.pool.replace(i)
+                self.pool.begin_replace(i)
                 stats["replaced"] = stats.get("replaced", 0) + 1
             self._sweep_partials()
             return
@@ -400,7 +410,7 @@ class CampaignRunner:
                 stats["requeued"] += 1
                 slot = next((i for i, w in enumerate(self.pool.workers) if w.actor is holder), None)
                 if slot is not None:  # still in its slot: replaced now, before a next job is sent to a dead worker
-                    self.pool.replace(slot)
+                    self.pool.begin_replace(slot)
                     self._held.pop(slot, None)
                     stats["replaced"] = stats.get("replaced", 0) + 1
                 continue

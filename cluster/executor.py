@@ -71,12 +71,22 @@ def gpus_available() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
+REPLACEMENT_TRIES = 3
+"""Starts of a slot's replacement in a row that may die while loading before the pool gives up on it."""
+
+
 @dataclass
 class WorkerHandle:
-    """A live render actor and what it reported about itself."""
+    """A render actor and what it reported about itself.
+
+    A replacement is `starting` (the ref of its first `info` call) until it has loaded and answered; until then
+    its `info` holds only its name, and nothing should be sent to it.
+    """
 
     actor: Any
     info: dict[str, Any]
+    starting: Any = None
+    tries: int = 0
 
 
 class WorkerPool:
@@ -228,22 +238,50 @@ class WorkerPool:
             w.info = i
         return infos
 
-    def replace(self, index: int) -> WorkerHandle:
-        """Start a fresh worker in slot `index` (its actor died or was blocklisted); the old one is killed."""
+    def begin_replace(self, index: int, tries: int = 1) -> str:
+        """Put a fresh worker in slot `index` (its actor died or was blocklisted; the old one is killed) without
+        waiting for it: it may wait for room in the cluster (a node coming back) while the other slots work.
+        Returns its name; `poll_started` says when it can take work."""
         old = self.workers[index]
         with contextlib.suppress(Exception):
             ray.kill(old.actor, no_restart=True)
-        base = old.info["name"].split("~", 1)[0]
-        for attempt in range(3):  # a replacement that dies while loading is itself replaced
-            self.replacements += 1
-            actor = self._start(f"{base}~{self.replacements}")
+        self.replacements += 1
+        name = f"{old.info['name'].split('~', 1)[0]}~{self.replacements}"
+        actor = self._start(name)
+        self.workers[index] = WorkerHandle(actor, {"name": name}, actor.info.remote(), tries)
+        return name
+
+    @property
+    def starting(self) -> set[int]:
+        """Slots whose replacement has not answered yet."""
+        return {i for i, w in enumerate(self.workers) if w.starting is not None}
+
+    def poll_started(self, timeout_s: float = 0.0) -> list[int]:
+        """The slots whose replacement answered within `timeout_s` (now ready for work). A replacement that died
+        while loading is started again, up to `REPLACEMENT_TRIES` times in a row; then its error is raised."""
+        pending = {w.starting: i for i, w in enumerate(self.workers) if w.starting is not None}
+        if not pending:
+            return []
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)
+        started = []
+        for ref in ready:
+            index = pending[ref]
+            handle = self.workers[index]
             try:
-                self.workers[index] = WorkerHandle(actor, ray.get(actor.info.remote()))
-                return self.workers[index]
+                self.workers[index] = WorkerHandle(handle.actor, ray.get(ref))
+                started.append(index)
             except ray.exceptions.RayActorError:
-                if attempt == 2:
+                if handle.tries >= REPLACEMENT_TRIES:
                     raise
-        raise AssertionError("unreachable")
+                self.begin_replace(index, handle.tries + 1)
+        return started
+
+    def replace(self, index: int) -> WorkerHandle:
+        """A fresh worker in slot `index`, waiting until it has loaded (`begin_replace` does not wait)."""
+        self.begin_replace(index)
+        while index not in self.poll_started(timeout_s=1.0):
+            pass
+        return self.workers[index]
 
     @property
     def batches_passes(self) -> bool:
@@ -261,10 +299,11 @@ class WorkerPool:
         was refused for capacity that was about to come free."""
         if not self.workers:
             return
-        resource, held = self._resource, len(self.workers) * self.placement.gpus
+        placed = [w for w in self.workers if w.starting is None]  # a replacement still waiting for room holds none
+        resource, held = self._resource, len(placed) * self.placement.gpus
         before = ray.available_resources().get(resource, 0)
         if self.is_gang:
-            ray.get([w.actor.shutdown.remote() for w in self.workers])
+            ray.get([w.actor.shutdown.remote() for w in placed])
         for w in self.workers:
             ray.kill(w.actor)
         self.workers = []

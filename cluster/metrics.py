@@ -334,6 +334,8 @@ def pool_fetcher(pool: object, timeout_s: float = 5.0) -> Callable[[], list[tupl
     def fetch() -> list[tuple[dict[str, str], str]]:
         out = []
         for handle in list(getattr(pool, "workers", [])):
+            if getattr(handle, "starting", None) is not None:
+                continue  # a replacement still loading or waiting for room: it would hold the scrape
             try:
                 labels, text = ray.get(handle.actor.metrics_text.remote(), timeout=timeout_s)
             except Exception:  # a dead or busy-beyond-timeout worker drops out of this scrape

@@ -32,9 +32,10 @@ def _run(pool: WorkerPool, root, rows=ROWS, **runner_kwargs) -> tuple[Store, dic
     return store, runner.run(), runner
 
 
-def _content(root) -> dict[str, dict]:
+def _content(root) -> dict[str, tuple[str, str]]:
+    """Job -> its frames' and audio's digest and its MP4's: both equal whichever worker rendered it."""
     docs = [json.loads(p.read_text()) for p in (root / "out" / "c").glob("*.json")]
-    return {d["job"]["name"]: d["content_sha256"] for d in docs}
+    return {d["job"]["name"]: (d["content_sha256"], d["output"]["sha256"]) for d in docs}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,10 @@ def test_workers_killed_repeatedly_mid_campaign(ray_cluster, tiny_set, tmp_path,
         time.sleep(2.0)
         while not stop.is_set() and len(kills) < 4:
             slot = len(kills) % len(pool.workers)
-            pid = pool.workers[slot].info["pid"]  # a worker process this test's pool started
+            pid = pool.workers[slot].info.get("pid")  # a worker process this test's pool started (once loaded)
+            if pid is None:
+                stop.wait(0.2)
+                continue
             try:
                 os.kill(pid, signal.SIGKILL)
                 kills.append(pid)
@@ -84,11 +88,49 @@ def test_workers_killed_repeatedly_mid_campaign(ray_cluster, tiny_set, tmp_path,
     mp4s = sorted(p.name for p in (tmp_path / "out" / "c").glob("*.mp4"))
     assert len(mp4s) == 50 == len(set(mp4s))
     assert not list((tmp_path / "out" / "c").glob(".*partial*"))
-    assert _content(tmp_path) == reference  # identical frames and audio, job by job
+    assert _content(tmp_path) == reference  # identical frames, audio and MP4 bytes, job by job
     attempts = store.attempts("c")
     assert sum(a["outcome"] == "ok" for a in attempts) == 50  # each job finished exactly once
     lost = [a for a in attempts if a["outcome"] == "worker_lost"]
     assert all(a["error"].startswith("worker") for a in lost)
+
+
+@ray.remote
+class _Squatter:
+    """Holds CPUs of the test's Ray cluster, as other work (or a node not yet back) does in a full cluster."""
+
+    def ready(self) -> bool:
+        return True
+
+
+def test_a_replacement_waiting_for_room_does_not_hold_the_campaign(ray_cluster, tiny_set, tmp_path):
+    """A worker dies and the cluster has no room for its replacement: the campaign goes on with the worker it
+    has; the replacement joins once room comes back."""
+    pool = WorkerPool(tiny_set, num_workers=2)
+    squatter = None
+    try:
+        held = ray.available_resources().get("CPU", 0)
+        os.kill(pool.workers[1].info["pid"], signal.SIGKILL)  # a worker process this test's pool started
+        deadline = time.monotonic() + 30
+        while ray.available_resources().get("CPU", 0) < held + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)  # Ray has the dead worker's CPU back
+        squatter = _Squatter.options(num_cpus=held + 1).remote()  # every free CPU, the dead worker's included
+        ray.get(squatter.ready.remote(), timeout=30)
+        rows = ROWS[:6]
+        store, stats, _ = _run(pool, tmp_path, rows)
+        assert store.counts("c")["done"] == 6, stats
+        assert stats["replaced"] == 1 and pool.starting == {1}, stats  # it ended with the replacement waiting
+        done_by = {a["worker"] for a in store.attempts("c") if a["outcome"] == "ok"}
+        assert done_by == {"worker-0"}, store.attempts("c")
+        ray.kill(squatter)
+        deadline = time.monotonic() + 120
+        while 1 not in pool.poll_started(timeout_s=1.0):
+            assert time.monotonic() < deadline, "the replacement never started once room came back"
+        assert pool.workers[1].info["name"] == "worker-1~1" and pool.starting == set()
+    finally:
+        if squatter is not None:
+            ray.kill(squatter)
+        pool.shutdown()
 
 
 def _poison(worker) -> None:
