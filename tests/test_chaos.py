@@ -61,8 +61,8 @@ def test_workers_killed_repeatedly_mid_campaign(ray_cluster, tiny_set, tmp_path,
         while not stop.is_set() and len(kills) < 4:
             slot = len(kills) % len(pool.workers)
             pid = pool.workers[slot].info.get("pid")  # a worker process this test's pool started (once loaded)
-            if pid is None:
-                stop.wait(0.2)
+            if pid is None:  # its replacement is loading: kill on the usual beat, not the instant it is ready
+                stop.wait(2.5)
                 continue
             try:
                 os.kill(pid, signal.SIGKILL)
