@@ -814,6 +814,14 @@ def _is_reported(error: BaseException) -> bool:
     )
 
 
+def _as_raised_there(error: BaseException) -> BaseException:
+    """A worker's error as it was raised on the worker: Ray hands it over wrapped, its text a traceback."""
+    ray_exceptions = sys.modules.get("ray.exceptions")
+    if ray_exceptions is not None and isinstance(error, ray_exceptions.RayTaskError):
+        return error.cause
+    return error
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -834,7 +842,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_problem_payload(e), indent=2, default=str))
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:
+    except Exception as raised:
+        e = _as_raised_there(raised)
         if not _is_reported(e):
             raise
         if getattr(args, "json", False):

@@ -23,7 +23,7 @@ from cluster.storage import ship_inputs
 from cluster.worker import JOBS_PER_WORKER, RenderWorker
 from jobs.placement import REPLICA, Placement
 from jobs.spec import ValidJob
-from ltx2.checkpoint import CheckpointSet
+from ltx2.checkpoint import CheckpointError, CheckpointSet
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -69,6 +69,34 @@ class CapacityError(ValueError):
 
 def gpus_available() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+class RayRenderWorker(RenderWorker):
+    """`RenderWorker` as a Ray actor. A model set that cannot load here (an object changed or missing, a bad
+    file) is raised by the actor's first call, not its constructor: Ray hands a call's error to the caller as
+    that error, a constructor's only as text with a traceback."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.load_error: CheckpointError | None = None
+        try:
+            super().__init__(*args, **kwargs)
+        except CheckpointError as error:
+            self.load_error = error
+
+    def info(self) -> dict[str, Any]:
+        if self.load_error is not None:
+            raise self.load_error
+        return super().info()
+
+
+def loaded(refs: Any) -> Any:
+    """`ray.get` of workers' first calls; a model set that could not load is raised as itself."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, CheckpointError):
+            raise error.cause from None
+        raise
 
 
 REPLACEMENT_TRIES = 3
@@ -161,7 +189,7 @@ class WorkerPool:
             actor_cls = ray.remote(
                 max_concurrency=JOBS_PER_WORKER + 2,  # + an encode task, progress polls
                 concurrency_groups={PUBLISH_GROUP: PUBLISHES_PER_WORKER},  # declared with the class, not in options
-            )(RenderWorker).options(num_gpus=1 if use_gpu else 0, num_cpus=1, **_runtime_env(env))
+            )(RayRenderWorker).options(num_gpus=1 if use_gpu else 0, num_cpus=1, **_runtime_env(env))
 
             def start(name: str) -> Any:
                 return actor_cls.remote(
@@ -182,7 +210,12 @@ class WorkerPool:
         self._shipped: dict[str, Any] = {}  # input digest -> its object in Ray's store, shared by every job
         kind = "gang" if placement.is_gang else "worker"
         actors = [start(f"{kind}-{i}") for i in range(num_workers)]
-        infos = ray.get([a.info.remote() for a in actors])
+        try:
+            infos = loaded([a.info.remote() for a in actors])
+        except Exception:
+            for actor in actors:
+                ray.kill(actor)
+            raise
         self.workers = [WorkerHandle(a, i) for a, i in zip(actors, infos, strict=True)]
 
     def render(
@@ -268,7 +301,7 @@ class WorkerPool:
             index = pending[ref]
             handle = self.workers[index]
             try:
-                self.workers[index] = WorkerHandle(handle.actor, ray.get(ref))
+                self.workers[index] = WorkerHandle(handle.actor, loaded(ref))
                 started.append(index)
             except ray.exceptions.RayActorError:
                 if handle.tries >= REPLACEMENT_TRIES:

@@ -65,6 +65,9 @@ class UploadError(RuntimeError):
         super().__init__(message)
         self.retryable = retryable
 
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self),), {"retryable": self.retryable}  # a worker's upload error keeps its kind
+
 
 @dataclass(frozen=True)
 class StorageOptions:

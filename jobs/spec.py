@@ -173,6 +173,9 @@ class JobValidationError(ValueError):
         lines = "\n".join(f"  - {p.message()}" for p in problems)
         super().__init__(f"{source} is invalid ({len(problems)} problem{'s' * (len(problems) != 1)}):\n{lines}")
 
+    def __reduce__(self) -> tuple:
+        return type(self), (self.problems, self.source)
+
 
 @dataclass(frozen=True)
 class ValidJob:

@@ -32,6 +32,10 @@ class CheckpointError(ValueError):
             message += f" ({fix})"
         super().__init__(message)
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its fields wherever Ray hands it (a worker's error reaches the head as this class).
+        return type(self), (self.path, self.problem, self.fix)
+
 
 @dataclass(frozen=True)
 class CheckpointSet:

@@ -216,6 +216,13 @@ def test_a_changed_or_missing_object_is_refused_in_one_line(published, node_cach
     line = _one_line_error(cli("models", "pull", url))
     assert line.startswith(f"error: {lora.url}: changed since the manifest was written")
     assert lora.sha256[:12] in line and "models publish" in line
+    # A render: the head reads the manifest, its worker (a Ray actor) meets the changed object while loading.
+    job = ["--prompt", "a gull", "--height", "64", "--width", "64", "--frames", "9", "--steps", "1"]
+    rendered = cli("render", "--models", url, *job, "--out", str(node_cache.parent / "out"), "--workers", "1")
+    assert rendered.returncode == 2 and "Traceback" not in rendered.stderr, rendered.stderr
+    errors = [line for line in rendered.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {lora.url}: changed since the manifest was written")
+    assert not list((node_cache.parent / "out").rglob("*.mp4"))
     with pytest.raises(ModelFetchError, match="changed since the manifest was written"):
         local_checkpoint_set(head_read)  # a worker given the pins the head read refuses the new object
     assert not (node_cache / "blobs" / lora.sha256).exists()
@@ -343,3 +350,21 @@ def test_the_head_validates_a_job_against_the_manifest_without_the_files(publish
     assert result.returncode == 2, result.stderr
     assert "stg_blocks" in result.stderr and "the model has 2" in result.stderr
     assert not node_cache.exists()
+
+
+def test_errors_a_worker_raises_reach_the_head_whole():
+    """Ray pickles a worker's error to hand it to the head: each keeps its message and fields."""
+    import pickle
+
+    from cluster.storage import UploadError
+    from jobs.spec import FieldProblem, JobValidationError
+
+    errors = [
+        ModelFetchError("s3://b/k", "changed since the manifest was written", "publish the set again"),
+        CheckpointError("/m/x.safetensors", "is not a safetensors file"),
+        UploadError("s3://b/k: SlowDown", retryable=True),
+        JobValidationError([FieldProblem("seed", -1, "must be >= 0")]),
+    ]
+    for error in errors:
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error) and str(back) == str(error) and vars(back) == vars(error), error
