@@ -18,21 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster.parts import get_file, put_file
 from cluster.storage import StorageOptions, UploadedObject, Uploader
 from jobs.keys import DEFAULT_KEY_TEMPLATE, Destination, render_key
 from jobs.outputs import OutputPaths, disk_full_guard, job_content_hash, output_paths
 from jobs.spec import ValidJob
 from ltx2.checkpoint import cached_file_sha256
 
-PART_BYTES = 8 * 1024 * 1024
 """One part of an MP4 on its way to the head: small enough for Ray's inline transfer limits to stay irrelevant,
 large enough that a 100 MB output is a dozen objects."""
 
@@ -148,42 +147,38 @@ def offer(
             on_upload(sum(o.bytes for o in objects), time.perf_counter() - started, True)
         drop(paths)
         return StagedOutput(paths.video.name, paths.sidecar.name, sha256, size, objects=tuple(objects))
-    parts = []
-    with paths.video.open("rb") as f:
-        while block := f.read(PART_BYTES):
-            parts.append(put(block))
     return StagedOutput(
-        paths.video.name, paths.sidecar.name, sha256, size, parts=tuple(parts), sidecar_bytes=paths.sidecar.read_bytes()
+        paths.video.name,
+        paths.sidecar.name,
+        sha256,
+        size,
+        parts=put_file(paths.video, put),
+        sidecar_bytes=paths.sidecar.read_bytes(),
     )
 
 
-def receive(staged: StagedOutput, out_dir: Path, get: Callable[[Sequence[Any]], list[bytes]] = list) -> OutputPaths:
+def receive(staged: StagedOutput, out_dir: Path, get: Callable[[Any], bytes] = lambda part: part) -> OutputPaths:
     """On the head: write an offered output into `out_dir` (each file atomically, the sidecar last) after
     checking the MP4's SHA-256 against its holder's; a full disk leaves nothing behind."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = OutputPaths(video=out_dir / staged.video, sidecar=out_dir / staged.sidecar)
-    tmp = paths.video.with_name(f".{paths.video.name}.partial-{os.getpid()}")
-    digest = hashlib.sha256()
+
+    def check(sha256: str, size: int) -> None:
+        if sha256 != staged.sha256 or size != staged.bytes:
+            raise DeliveryError(
+                f"{staged.video} arrived damaged (SHA-256 {sha256[:12]}…, its holder measured "
+                f"{staged.sha256[:12]}…); it will be sent again"
+            )
+
+    side_tmp = paths.sidecar.with_name(f".{paths.sidecar.name}.partial-{os.getpid()}")
     try:
         with disk_full_guard(paths):
-            with tmp.open("wb") as f:
-                for part in staged.parts:  # one at a time: an output never sits whole in the head's memory
-                    [block] = get([part])
-                    digest.update(block)
-                    f.write(block)
-            if digest.hexdigest() != staged.sha256 or tmp.stat().st_size != staged.bytes:
-                raise DeliveryError(
-                    f"{staged.video} arrived damaged (SHA-256 {digest.hexdigest()[:12]}…, its holder measured "
-                    f"{staged.sha256[:12]}…); it will be sent again"
-                )
-            os.replace(tmp, paths.video)
-            side_tmp = paths.sidecar.with_name(f".{paths.sidecar.name}.partial-{os.getpid()}")
+            get_file(staged.parts, get, paths.video, check)
             side_tmp.write_bytes(staged.sidecar_bytes)
             os.replace(side_tmp, paths.sidecar)
     finally:
-        tmp.unlink(missing_ok=True)
-        paths.sidecar.with_name(f".{paths.sidecar.name}.partial-{os.getpid()}").unlink(missing_ok=True)
+        side_tmp.unlink(missing_ok=True)
     return paths
 
 
@@ -193,7 +188,7 @@ def collect(
     job: ValidJob,
     target: OutputTarget,
     out_dir: Path,
-    get: Callable[[Sequence[Any]], list[bytes]] = list,
+    get: Callable[[Any], bytes] = lambda part: part,
 ) -> Published:
     """On the head: what a holder offered, received into `out_dir` and copied to a `file://` destination; an
     output its holder uploaded needs nothing more."""

@@ -42,6 +42,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.utils import ChunksizeAdjuster
 
+from cluster.parts import get_file, put_file
 from jobs.keys import Destination, join_key
 
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
@@ -414,37 +415,43 @@ def shipped_path(digest: str, name: str) -> Path:
     return input_cache_dir() / "shipped" / digest / (Path(name).name or "input")
 
 
-def ship_inputs(refs: list[str], put: Callable[[bytes], Any], shipped: dict[str, Any]) -> dict[str, tuple[str, Any]]:
-    """On the submitting node: the local files among a job's input `refs` as {digest: (name, object)}, each read
-    once and made a shareable object by `put` (Ray's object store); `shipped` memoises them across jobs."""
+def ship_inputs(
+    refs: list[str], put: Callable[[bytes], Any], shipped: dict[str, Any]
+) -> dict[str, tuple[str, tuple[Any, ...]]]:
+    """On the submitting node: the local files among a job's input `refs` as {digest: (name, parts)}, each read
+    once, in parts (`cluster.parts`) that `put` makes shareable objects (Ray's object store); `shipped`
+    memoises them across jobs."""
     out = {}
     for ref in refs:
         path, _, digest = ref.partition(PINNED)
         if not digest or path.startswith("s3://") or path.startswith(CANNY):
             continue
         if digest not in shipped:
-            data = Path(path).read_bytes()
-            if hashlib.sha256(data).hexdigest() != digest:
+            from ltx2.checkpoint import cached_file_sha256
+
+            if cached_file_sha256(Path(path)) != digest:
                 raise InputFetchError(f"{path} changed since the job was validated (pinned SHA-256 {digest[:12]}…)")
-            shipped[digest] = put(data)
+            shipped[digest] = put_file(Path(path), put)
         out[digest] = (Path(path).name, shipped[digest])
     return out
 
 
-def stock_inputs(inputs: dict[str, tuple[str, Any]] | None, get: Callable[[Any], bytes] = lambda data: data) -> None:
-    """On a worker: write the inputs shipped with a job into this node's cache (each checked against its digest)
-    unless a copy is there already."""
-    for digest, (name, obj) in (inputs or {}).items():
+def stock_inputs(
+    inputs: dict[str, tuple[str, tuple[Any, ...]]] | None, get: Callable[[Any], bytes] = lambda part: part
+) -> None:
+    """On a worker: write the inputs shipped with a job into this node's cache, part by part, each checked
+    against its digest, unless a copy is there already."""
+    for digest, (name, parts) in (inputs or {}).items():
         target = shipped_path(digest, name)
         if target.is_file():
             continue
-        data = get(obj)
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise InputFetchError(f"{name} arrived damaged (its SHA-256 is not the pinned {digest[:12]}…)")
+
+        def check(sha256: str, _size: int, name: str = name, digest: str = digest) -> None:
+            if sha256 != digest:
+                raise InputFetchError(f"{name} arrived damaged (its SHA-256 is not the pinned {digest[:12]}…)")
+
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        get_file(parts, get, target, check)
 
 
 def _local_input(path: str, digest: str) -> str:

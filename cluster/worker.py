@@ -190,7 +190,7 @@ def render_in_process(
     reply = worker.render(job, target)
     staged = worker.publish(job, target)
     get = _object_store_get()  # the parts are in this process's Ray store when it is a Ray driver too
-    published = collect(reply.document, staged, job, target, Path(out_dir), lambda parts: [get(p) for p in parts])
+    published = collect(reply.document, staged, job, target, Path(out_dir), get)
     if not staged.delivered:
         worker.release(target, reply.video)
     return published

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.parts import PART_BYTES
 from cluster.publish import (
     DeliveryError,
     OutputTarget,
@@ -115,12 +116,15 @@ def test_partials_of_dead_writers_are_swept_and_live_ones_kept(tmp_path):
 def test_local_inputs_travel_by_content_into_a_workers_cache(tmp_path, monkeypatch):
     source = tmp_path / "submitter" / "product.png"
     source.parent.mkdir()
-    source.write_bytes(b"\x89PNG not really")
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    content = os.urandom(2 * PART_BYTES + 5)  # three parts: never one whole file in memory at either end
+    source.write_bytes(content)
+    digest = hashlib.sha256(content).hexdigest()
     ref = f"{source}#sha256={digest}"
     shipped: dict = {}
     objects = ship_inputs([ref, "s3://b/k#sha256=" + "0" * 64], put=lambda data: ("obj", data), shipped=shipped)
-    assert objects == {digest: ("product.png", ("obj", source.read_bytes()))}  # s3:// inputs are fetched, not shipped
+    assert list(objects) == [digest]  # s3:// inputs are fetched, not shipped
+    name, parts = objects[digest]
+    assert name == "product.png" and [len(p[1]) for p in parts] == [PART_BYTES, PART_BYTES, 5]
     assert ship_inputs([ref], put=lambda data: pytest.fail("read twice"), shipped=shipped) == objects
 
     monkeypatch.setenv("LTX2_FARM_INPUT_CACHE", str(tmp_path / "worker-cache"))
@@ -129,10 +133,10 @@ def test_local_inputs_travel_by_content_into_a_workers_cache(tmp_path, monkeypat
         localize(ref)
     stock_inputs(objects, get=lambda obj: obj[1])
     local = Path(localize(ref))
-    assert local.name == "product.png" and local.read_bytes() == b"\x89PNG not really"
+    assert local.name == "product.png" and local.read_bytes() == content
     assert local.is_relative_to(tmp_path / "worker-cache")
     with pytest.raises(InputFetchError, match="arrived damaged"):
-        stock_inputs({"1" * 64: ("lora.safetensors", b"other bytes")})
+        stock_inputs({"1" * 64: ("lora.safetensors", (b"other bytes",))})
 
 
 def test_a_local_input_changed_after_validation_is_refused(tmp_path):
