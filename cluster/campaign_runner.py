@@ -425,8 +425,9 @@ class CampaignRunner:
         return bool(ended)
 
     def _publish_failed(self, spec: CampaignSpec, job_id: str, error: Exception) -> None:
-        """A rendered job whose output did not reach its destination: retried (its holder keeps the files and
-        publishes them again without rendering), or failed with the storage's reason."""
+        """A rendered job whose output did not reach its destination: retried (on the same worker, its staged
+        copy is published without rendering; elsewhere it renders again, to the same bytes), or failed with the
+        storage's reason. A staged copy never published is swept from its node after `STAGED_KEEP_S`."""
         why = str(error) if isinstance(error, UploadError) else f"{type(error).__name__}: {error}"
         state = self.store.fail(spec.campaign, job_id, f"upload: {why}", 0.0, spec.max_task_retries)
         self._stats["retried" if state == "queued" else "failed"] += 1

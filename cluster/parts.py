@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 PART_BYTES = 8 * 1024 * 1024
+"""Small enough for Ray's inline transfer limits to stay irrelevant, large enough that a 100 MB file is a dozen
+objects."""
 
 
 def put_file(path: Path, put: Callable[[bytes], Any]) -> tuple[Any, ...]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable
@@ -31,10 +32,6 @@ from jobs.keys import DEFAULT_KEY_TEMPLATE, Destination, render_key
 from jobs.outputs import OutputPaths, disk_full_guard, job_content_hash, output_paths
 from jobs.spec import ValidJob
 from ltx2.checkpoint import cached_file_sha256
-
-"""One part of an MP4 on its way to the head: small enough for Ray's inline transfer limits to stay irrelevant,
-large enough that a 100 MB output is a dozen objects."""
-
 
 HEAD = "head"
 """The staging folder name of outputs the head itself muxed (planned jobs)."""
@@ -260,6 +257,37 @@ def drop(paths: OutputPaths) -> None:
     for path in (paths.sidecar, paths.video):  # the sidecar first: a video without it is no output
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+STAGED_KEEP_S = 24 * 3600
+"""How long a staged output that was never published stays on its node (its upload failed for good, or its
+worker died before publishing): its job renders again on any worker, to the same bytes, and a retry on the
+same worker publishes the staged copy without rendering (`staged_render`)."""
+
+
+def staged_render(paths: OutputPaths) -> dict[str, Any] | None:
+    """The sidecar of a complete render of this job staged at `paths` earlier (its publishing failed), if its
+    MP4 is whole (the SHA-256 the sidecar holds); else None. The file names carry the job's content hash."""
+    try:
+        document = json.loads(paths.sidecar.read_text())
+        if cached_file_sha256(paths.video) == document["output"]["sha256"]:
+            return document
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def sweep_staging(root: Path, keep_s: float = STAGED_KEEP_S, now: float | None = None) -> list[Path]:
+    """Remove staged outputs under `root` (every holder's folder of this node) untouched for `keep_s`: never an
+    output the farm has published, which its holder drops at once, so nothing is lost."""
+    cutoff = (time.time() if now is None else now) - keep_s
+    removed = []
+    for path in sorted(Path(root).glob("*/*/*")):  # <holder>/<target>/<file>
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def sweep_partials(folder: Path) -> list[Path]:

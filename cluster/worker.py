@@ -30,9 +30,11 @@ from cluster.publish import (
     collect,
     drop,
     offer,
+    staged_render,
     staging_dir,
     staging_root,
     sweep_partials,
+    sweep_staging,
 )
 from cluster.requests import TensorDigest, content_hashes, job_audio, job_control, job_loras, render_request
 from cluster.storage import localize, stock_inputs
@@ -283,6 +285,7 @@ class RenderWorker:
         # Model-file digests (for sidecars) are computed in the background while the first job renders.
         install_faults(self.models, os.environ.get("LTX2_FARM_FAULTS", ""), self.streaming)
         sweep_partials(staging_root())  # half-written files of a worker that died on this node
+        sweep_staging(staging_root())  # outputs staged here long ago and never published (their jobs rendered again)
         self._hashing = threading.Thread(target=self.model_hashes, name="model-hashes", daemon=True)
         self._hashing.start()
 
@@ -364,6 +367,10 @@ class RenderWorker:
         host between jobs, nor a lone job for a whole mux after its decode.
         """
         paths = output_paths(job, staging_dir(target or OutputTarget(), self.name))
+        earlier = staged_render(paths)
+        if earlier is not None and earlier.get("worker", {}).get("pid") == os.getpid():
+            # this process rendered this very job and its publishing failed (storage down): publish it again
+            return RenderReply(earlier, paths.video.name)
         stock_inputs(inputs, _object_store_get())
         for text, value in (encoded or {}).items():
             if not isinstance(value, stages.Contexts):  # a Ray ref, resolved before taking the model

@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from cluster.parts import PART_BYTES
 from cluster.publish import (
+    STAGED_KEEP_S,
     DeliveryError,
     OutputTarget,
     StagedOutput,
@@ -21,6 +23,7 @@ from cluster.publish import (
     published,
     receive,
     sweep_partials,
+    sweep_staging,
 )
 from cluster.storage import InputFetchError, StorageOptions, localize, ship_inputs, stock_inputs
 from jobs.keys import parse_destination
@@ -145,3 +148,48 @@ def test_a_local_input_changed_after_validation_is_refused(tmp_path):
     ref = f"{source}#sha256={hashlib.sha256(b'two').hexdigest()}"
     with pytest.raises(InputFetchError, match="changed since the job was validated"):
         ship_inputs([ref], put=lambda data: data, shipped={})
+
+
+def test_staged_outputs_never_published_are_swept_after_a_day(tmp_path):
+    _old_job, old = _staged(tmp_path / "staging" / "worker-0~1" / "spring", size=10)  # a dead holder's
+    _job, fresh = _staged(tmp_path / "staging" / "worker-1" / "spring", size=10)
+    day_ago = time.time() - STAGED_KEEP_S - 60
+    for path in (old.video, old.sidecar):
+        os.utime(path, (day_ago, day_ago))
+    assert sweep_staging(tmp_path / "staging") == sorted([old.sidecar, old.video])
+    assert fresh.video.exists() and fresh.sidecar.exists()
+    assert sweep_staging(tmp_path / "nothing-here") == []
+
+
+def test_a_render_whose_upload_failed_is_published_again_without_rendering(tiny_set, tmp_path, monkeypatch):
+    """Storage down when a render ends: the job's retry on the same worker uploads the staged copy."""
+    import boto3
+
+    from cluster.storage import UploadError
+    from cluster.worker import RenderWorker
+    from tests.s3_servers import MotoServer, free_port, moto_env
+
+    for k, v in moto_env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("LTX2_FARM_STAGING", str(tmp_path / "staging"))
+    port = free_port()
+    options = StorageOptions(
+        endpoint_url=f"http://127.0.0.1:{port}", addressing_style="path", attempts=1, deadline_s=0.0
+    )
+    target = OutputTarget(parse_destination("s3://outs/farm"), options, "{campaign}/{job}.{ext}", "spring")
+    worker = RenderWorker(tiny_set, device="cpu")
+    job = validate_job({**SMALL_JOB, "name": "shot", "num_frames": 9, "steps": 1})
+    first = worker.render(job, target)
+    with pytest.raises(UploadError):
+        worker.publish(job, target)  # nothing listens on the port yet
+    server = MotoServer(port=port).start()
+    try:
+        boto3.session.Session().client("s3", endpoint_url=server.endpoint).create_bucket(Bucket="outs")
+        again = worker.render(job, target)
+        same = ("output", "timings_s", "timeline_unix")  # the same render, timings and all: the model did not run again
+        assert [again.document[k] for k in same] == [first.document[k] for k in same]
+        assert worker.jobs_done == 1
+        staged = worker.publish(job, target)
+        assert staged.delivered and staged.sha256 == first.document["output"]["sha256"]
+    finally:
+        server.stop()
