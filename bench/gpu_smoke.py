@@ -77,6 +77,16 @@ def main() -> None:
     assert results[0]["content_sha256"] == results[1]["content_sha256"] == results[3]["content_sha256"], (
         "the same job must render the same, whatever ran before it"
     )
+    mp4s = [r["output"]["sha256"] for r in results]
+    print(json.dumps({"same_mp4_bytes": mp4s[0] == mp4s[1] == mp4s[3]}))
+    assert mp4s[0] == mp4s[1] == mp4s[3], "the same frames must give the same MP4 bytes"
+    labels, text = worker.metrics_text()  # what the head's endpoint relabels and serves for this worker
+    vram = [line for line in text.splitlines() if line.startswith("ltx2farm_vram_")]
+    print(json.dumps({"metrics_labels": labels, "vram_series": vram}))
+    if worker.device.startswith("cuda"):
+        assert labels.get("gpu") == "0", labels
+        allocated = [float(v.split()[-1]) for v in vram if v.startswith("ltx2farm_vram_allocated_bytes")]
+        assert allocated and allocated[0] > 0, vram
     print(json.dumps({k: worker.info()[k] for k in ("compile", "fa4_attention")}))
 
     # two jobs in flight on one worker (as the campaign runner keeps it): the second's model work runs
