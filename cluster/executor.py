@@ -1,8 +1,8 @@
 """The executor: render workers as Ray actors, hidden behind a small interface (as vLLM hides its workers).
 
 Each actor pins one GPU (`num_gpus=1`) and keeps a full model copy resident. On a machine without GPUs
-the embedded cluster runs the workers on the CPU instead. The embedded Ray cluster binds to 127.0.0.1;
-`address` (or RAY_ADDRESS) joins an existing cluster instead.
+the embedded cluster runs the workers on the CPU instead. The embedded Ray cluster listens on the loopback
+interface only; `address` (or RAY_ADDRESS) joins an existing cluster instead.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,8 @@ WORKER_ENV = {"TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join `address`/RAY_ADDRESS if given, else start an embedded single-node cluster on 127.0.0.1."""
+    """Join `address`/RAY_ADDRESS if given, else start an embedded single-node cluster whose every listening
+    socket is on the loopback interface (see `_loopback_node`)."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -48,15 +49,35 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
-        ray.init(
-            address="local",  # always a new embedded cluster, never a stray one found on the machine
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            runtime_env=runtime_env,
-            log_to_driver=True,
-            configure_logging=False,
-        )
+        with _loopback_node():
+            ray.init(
+                address="local",  # always a new embedded cluster, never a stray one found on the machine
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                runtime_env=runtime_env,
+                log_to_driver=True,
+                configure_logging=False,
+            )
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Ray, while it starts a node here, as a single-machine Ray: the node's address is then loopback, and Ray
+    2.60 binds every server of a loopback node (GCS, raylet, object manager, the driver's and workers' gRPC
+    servers, the dashboard and runtime env agents, the dashboard's and autoscaler's Prometheus endpoints) there
+    instead of on all addresses. `ray.init(_node_ip_address="127.0.0.1")` cannot ask for it: Ray replaces a
+    loopback address given there with the machine's routable one unless it runs single-machine (its default
+    on macOS and Windows; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read once when Ray is imported). The flag is
+    set for this start alone, never in the environment: a `ray start --address` that inherited it would refuse
+    to join a cluster, and a later `start_ray(address)` in this process joins with its own address."""
+    from ray._private import ray_constants
+
+    multi_node = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = multi_node
 
 
 def _runtime_env(env: dict[str, str] | None) -> dict[str, Any]:
