@@ -104,7 +104,8 @@ def shortened(value: object, limit: int = 60) -> str:
 
 
 def strings(data: Any, path: str = "") -> Iterator[tuple[str, str]]:
-    """(field path, text) of every string value in a mapping/list tree: `("images[0].path", "a.png")`."""
+    """(field path, text) of every string value in a mapping/list tree, paths as pydantic writes them:
+    `("images.0.path", "a.png")`."""
     if isinstance(data, str):
         yield path, data
     elif isinstance(data, dict):
@@ -112,4 +113,4 @@ def strings(data: Any, path: str = "") -> Iterator[tuple[str, str]]:
             yield from strings(value, f"{path}.{key}" if path else str(key))
     elif isinstance(data, (list, tuple)):
         for i, value in enumerate(data):
-            yield from strings(value, f"{path}[{i}]")
+            yield from strings(value, f"{path}.{i}")
