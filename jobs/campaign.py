@@ -261,7 +261,8 @@ def _campaign_problems(data: dict[str, Any]) -> list[RowProblem]:
 
 def _row_id(row: dict[str, Any], n: int, variations: int) -> tuple[str, str | None]:
     """The row's id (NFC) and why it cannot be one (with variations, the longest derived name counts too)."""
-    row_id = normalized(str(row.pop("id", f"row{n}")))
+    given = row.pop("id", None)
+    row_id = normalized(f"row{n}" if given is None else str(given))  # `id:` left empty, like a CSV's empty cell
     problem = name_problem(row_id)
     if problem is None and variations > 1:
         longest = f"{row_id}-v{variations - 1}"  # the name of its last variation

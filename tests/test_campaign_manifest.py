@@ -219,6 +219,12 @@ def test_an_id_whose_variations_would_be_too_long_is_refused():
     assert "variation 9" in m.problems[0].problem.problem
 
 
+def test_a_row_that_is_not_a_mapping_is_refused_alone():
+    m = parse_manifest(rows({"id": "good", "prompt": "ok"}, "a fox in the snow", {"id": None, "prompt": "y"}))
+    assert _ids(m) == ["good", "row3"]  # an empty id is no id, as an empty CSV cell
+    assert m.problems[0].row == 2 and "must be a mapping" in m.problems[0].problem.problem
+
+
 def test_unicode_ids_are_kept_in_nfc():
     m = parse_manifest(rows({"id": "cafe\u0301", "prompt": "x"}, {"id": "caf\u00e9", "prompt": "y"}))
     assert _ids(m) == ["caf\u00e9"] and "duplicates the id of row 1" in m.problems[0].problem.problem
