@@ -241,7 +241,7 @@ def _manifest_problem(field: str, value: Any, problem: str) -> RowProblem:
 
 def _campaign_problems(data: dict[str, Any]) -> list[RowProblem]:
     """What the name, key template and destination of a manifest being submitted get wrong. Checked here, not
-    by CampaignSpec: a campaign stored under older rules must still load."""
+    by CampaignSpec, which also reads campaigns back from the store: a stored campaign is not judged again."""
     problems = []
     name, template = data.get("campaign"), data.get("key_template")
     for field, value, problem in (

@@ -5,10 +5,10 @@ A destination is `s3://bucket/prefix`, `file:///abs/dir` or a plain path. Keys c
 written plain (`{job}`, never `{job!r}`, `{job:>9}` or `{}`), `{ext}` in it so that a job's MP4 and sidecar
 land on two keys, and its literal text made of name characters (`jobs.names`), '/', '=' and '+': never a
 backslash, '%' (`%2e%2e`), a space or a control character; no absolute key, no empty, '.' or '..' component.
-Field values are names checked by `jobs.names`, numbers and hex digests; a value that is not one (a job stored
-before these rules) has every other character replaced by '_'. Each job's keys are measured against its own
-values (`output_key_problem`): at most 1024 bytes with the prefix in a bucket, each component a file name in a
-folder.
+Field values are names checked by `jobs.names`, numbers and hex digests; a value that is not one (a job read back
+from the campaign store is not validated again) has every other character replaced by '_'. Each job's keys are
+measured against its own values (`output_key_problem`): at most 1024 bytes with the prefix in a bucket, each
+component a file name in a folder.
 """
 
 from __future__ import annotations
