@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jobs.text import printable
+
 DEFAULT_DB = ".farm/farm.db"
 
 HELP = """\
@@ -79,7 +81,7 @@ def add_campaign_parser(sub: Any, epilog: str) -> None:
 
 
 def _print(args: argparse.Namespace, payload: Any, human: str) -> None:
-    print(json.dumps(payload, indent=2, default=str) if args.json else human)
+    print(json.dumps(payload, indent=2, default=str) if args.json else printable(human, keep_newlines=True))
 
 
 def _bar(fraction: float, width: int = 30) -> str:
@@ -177,7 +179,7 @@ def cmd_campaign(args: argparse.Namespace) -> int:
             return 0
         raise AssertionError(action)
     except KeyError as e:
-        print(f"error: no such campaign or job: {e}", file=sys.stderr)
+        print(f"error: no such campaign or job: {printable(e)}", file=sys.stderr)
         return 2
     finally:
         store.close()

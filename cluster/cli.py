@@ -16,6 +16,7 @@ from typing import Any
 
 from jobs.examples import DEMO_JOB
 from jobs.spec import JobValidationError, ValidJob, validate_for_model, validate_job
+from jobs.text import printable
 
 EPILOG = """\
 examples:
@@ -449,7 +450,7 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], human: str) -> None
     if getattr(args, "json", False):
         print(json.dumps(payload, indent=2, sort_keys=True))
     else:
-        print(human)
+        print(printable(human, keep_newlines=True))
 
 
 def _problem_payload(e: JobValidationError) -> dict[str, Any]:
@@ -533,12 +534,11 @@ def cmd_render(args: argparse.Namespace) -> int:
     job = validate_job(data, snap=args.snap, source=source)  # before any model or cluster starts
     job = _resolve_inputs(job, args, source)
     if job.adjustments and not args.json:
-        sys.stderr.write(_describe_adjustments(job))
-    if args.output:  # a bad destination or key template is refused before any compute
-        from jobs.keys import parse_destination, render_key
+        sys.stderr.write(printable(_describe_adjustments(job), keep_newlines=True))
+    if args.output:  # a bad destination or key template, or keys too long for this job, refused before any compute
+        from jobs.keys import check_output
 
-        parse_destination(args.output)
-        render_key(args.key_template, {"job": "j", "name": "n", "seed": 0, "hash": "h", "ext": "mp4"})
+        check_output(args.output, args.key_template, job)
     checkpoints = resolve_checkpoints(args)
     from cluster.model_store import validate_models
 
@@ -767,7 +767,9 @@ def _cmd_models_store(args: argparse.Namespace) -> int:
 
     def progress(f: Any, downloaded: bool) -> None:
         if not args.json:
-            sys.stderr.write(f"{'downloaded' if downloaded else 'verified'} {f.path} ({f.size / 1e6:.1f} MB)\n")
+            sys.stderr.write(
+                f"{'downloaded' if downloaded else 'verified'} {printable(f.path)} ({f.size / 1e6:.1f} MB)\n"
+            )
 
     cache = Path(args.cache_dir) if args.cache_dir else None
     result = model_store.pull_model_set(models, cache, progress, _model_storage(args))
@@ -840,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
     except JobValidationError as e:
         if getattr(args, "json", False):
             print(json.dumps(_problem_payload(e), indent=2, default=str))
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e, keep_newlines=True)}", file=sys.stderr)
         return 2
     except Exception as raised:
         e = _as_raised_there(raised)
@@ -848,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": str(e)}, indent=2))
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e, keep_newlines=True)}", file=sys.stderr)
         return 2
 
 

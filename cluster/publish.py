@@ -28,8 +28,8 @@ from typing import Any
 
 from cluster.parts import get_file, put_file
 from cluster.storage import StorageOptions, UploadedObject, Uploader
-from jobs.keys import DEFAULT_KEY_TEMPLATE, Destination, render_key
-from jobs.outputs import OutputPaths, disk_full_guard, job_content_hash, output_paths
+from jobs.keys import DEFAULT_KEY_TEMPLATE, Destination, output_keys
+from jobs.outputs import OutputPaths, disk_full_guard, output_paths
 from jobs.spec import ValidJob
 from ltx2.checkpoint import cached_file_sha256
 
@@ -61,18 +61,7 @@ class OutputTarget:
 
     def keys(self, job: ValidJob) -> tuple[str, str]:
         """The object keys of the job's MP4 and sidecar under the destination."""
-        fields: dict[str, object] = {
-            "job": output_paths(job, Path(".")).video.stem,
-            "name": job.spec.name or "render",
-            "seed": job.spec.seed,
-            "hash": job_content_hash(job)[:12],
-        }
-        if self.campaign is not None:
-            fields["campaign"] = self.campaign
-        return (
-            render_key(self.key_template, {**fields, "ext": "mp4"}),
-            render_key(self.key_template, {**fields, "ext": "json"}),
-        )
+        return output_keys(self.key_template, job, self.campaign)
 
 
 @dataclass(frozen=True)

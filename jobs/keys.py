@@ -1,8 +1,14 @@
-"""Output destinations and object keys. Pure: parsing and sanitising only.
+"""Output destinations and object keys. Pure: parsing and checking only.
 
-A destination is `s3://bucket/prefix`, `file:///abs/dir` or a plain path. Keys come from a template such
-as `{campaign}/{job}/{seed}.mp4`; every field value is sanitised (no `..`, no `/` inside a value, no
-control characters) and the finished key must be relative: a job can never write outside its prefix.
+A destination is `s3://bucket/prefix`, `file:///abs/dir` or a plain path. Keys come from a template such as
+`{campaign}/{job}-seed{seed}.{ext}`, checked before any render (`check_key_template`): every field known and
+written plain (`{job}`, never `{job!r}`, `{job:>9}` or `{}`), `{ext}` in it so that a job's MP4 and sidecar
+land on two keys, and its literal text made of name characters (`jobs.names`), '/', '=' and '+': never a
+backslash, '%' (`%2e%2e`), a space or a control character; no absolute key, no empty, '.' or '..' component.
+Field values are names checked by `jobs.names`, numbers and hex digests; a value that is not one (a job read back
+from the campaign store is not validated again) has every other character replaced by '_'. Each job's keys are
+measured against its own values (`output_key_problem`): at most 1024 bytes with the prefix in a bucket, each
+component a file name in a folder.
 """
 
 from __future__ import annotations
@@ -10,10 +16,20 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from jobs.names import KEY_BYTES, MAX_COMPONENT_BYTES, component_problem, is_name_char
+from jobs.outputs import job_content_hash, output_paths
+from jobs.spec import ValidJob
+from jobs.text import normalized, shortened, surrogate_problem
+
 DEFAULT_KEY_TEMPLATE = "{job}-seed{seed}.{ext}"
-_SAFE = re.compile(r"[^A-Za-z0-9._=+-]")
+KEY_FIELDS = ("job", "name", "seed", "hash", "ext")
+"""Fields of every key template; a campaign's also has `campaign`."""
+KEY_PUNCTUATION = "/=+"
+"""Literal characters a template may hold besides name characters."""
+_SAMPLE = {"job": "n-0123456789ab-seed1", "name": "n", "seed": 1, "hash": "0123456789ab", "campaign": "c"}
 
 
 class DestinationError(ValueError):
@@ -32,8 +48,8 @@ class Destination:
 
 def parse_destination(url: str) -> Destination:
     """`s3://bucket/prefix`, `file:///dir` or a plain directory path."""
-    if any(ord(c) < 32 for c in url):
-        raise DestinationError("destination contains control characters")
+    if not url.isprintable():
+        raise DestinationError(f"destination {shortened(url)} holds control or invisible characters; remove them")
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", parsed.netloc or ""):
@@ -52,27 +68,139 @@ def parse_destination(url: str) -> Destination:
 
 
 def sanitize_component(value: object) -> str:
-    """One path component: unsafe characters become '_', never empty, never '.' or '..'."""
-    text = _SAFE.sub("_", str(value))
-    text = text.strip(".") or "_"
-    return text[:200]
+    """One key component from a field value: characters that may not stand in a name become '_', leading and
+    trailing dots go, never empty. A valid name, a number or a digest is kept as it is."""
+    text = "".join(c if is_name_char(c) else "_" for c in str(value))
+    return text.strip(".") or "_"
+
+
+def _template_problem(template: str, known: tuple[str, ...]) -> str | None:
+    """Why `template` is not plain known fields and key-safe literal text, as a phrase; None if it is."""
+    problem = surrogate_problem(template)
+    if problem:
+        return problem
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        return f"is not a template ({e}); write fields as {{job}}, and no other braces"
+    for literal, name, spec, conversion in parsed:
+        bad = [c for c in literal if not (is_name_char(c) or c in KEY_PUNCTUATION)]
+        if bad:
+            return (
+                f"holds {bad[0]!a}: its text may only hold letters, digits, '-', '_', '.', '/', '=' and '+' "
+                "(no backslash, '%', space or control character)"
+            )
+        if name is None:
+            continue
+        if not name:
+            return "has an unnamed field {}; name it, e.g. {job}"
+        if spec or conversion:
+            written = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            return f"formats the field {written}; write it plain, as {{{name}}}"
+        if name not in known:
+            return f"uses the unknown field {{{name}}}; known: {', '.join(f'{{{k}}}' for k in sorted(known))}"
+    return None
+
+
+def _key_problem(key: str) -> str | None:
+    for component in key.split("/"):
+        problem = component_problem(component)
+        if problem:
+            return problem
+    return None
+
+
+def key_template_problem(template: str, campaign: bool = False) -> str | None:
+    """Why a key template must be refused before any render, as a phrase; None if its keys are safe and a job's
+    MP4 and sidecar land on two keys (on one, the sidecar, uploaded last, would replace the MP4 and the job
+    would count as done)."""
+    known = (*KEY_FIELDS, "campaign") if campaign else KEY_FIELDS
+    template = normalized(template)
+    problem = _template_problem(template, known)
+    if problem:
+        return problem
+    video, sidecar = (template.format(**_SAMPLE, ext=ext) for ext in ("mp4", "json"))
+    problem = _key_problem(video) or _key_problem(sidecar)
+    if problem:
+        return f"{problem}; keys are relative paths"
+    if video == sidecar:
+        example = "{campaign}/{job}.{ext}" if campaign else DEFAULT_KEY_TEMPLATE
+        return f"puts a job's MP4 and its sidecar on one key; add {{ext}}, e.g. {example!r}"
+    return None
+
+
+def check_key_template(template: str, campaign: bool = False) -> None:
+    """Raise DestinationError when `key_template_problem` finds one."""
+    problem = key_template_problem(template, campaign)
+    if problem:
+        raise DestinationError(f"key template {shortened(template)} {problem}")
 
 
 def render_key(template: str, fields: dict[str, object]) -> str:
-    """Fill `template` with sanitised `fields`; refuse templates that would escape the prefix."""
-    if any(ord(c) < 32 for c in template):
-        raise DestinationError("key template contains control characters")
-    names = {name for _, name, _, _ in string.Formatter().parse(template) if name}
-    missing = names - fields.keys()
-    if missing:
-        raise DestinationError(
-            f"key template {template!r} uses unknown field(s) {sorted(missing)}; known: {sorted(fields)}"
-        )
-    key = template.format(**{k: sanitize_component(v) for k, v in fields.items()})
-    parts = key.split("/")
-    if key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise DestinationError(f"key {key!r} from template {template!r} is not a clean relative path")
-    return key
+    """Fill `template` (in NFC, as names are) with sanitised `fields`; refuse templates that would escape the
+    prefix or make a component no file system holds."""
+    template = normalized(template)
+    problem = _template_problem(template, tuple(fields))
+    if problem is None:
+        key = template.format(**{k: sanitize_component(v) for k, v in fields.items()})
+        problem = _key_problem(key)
+        if problem is None:
+            return key
+    raise DestinationError(f"key template {shortened(template)} {problem}")
+
+
+def output_keys(template: str, job: ValidJob, campaign: str | None = None) -> tuple[str, str]:
+    """The object keys of a job's MP4 and sidecar under a destination."""
+    check_key_template(template, campaign is not None)
+    fields: dict[str, object] = {
+        "job": output_paths(job, Path(".")).video.stem,
+        "name": job.spec.name or "render",
+        "seed": job.spec.seed,
+        "hash": job_content_hash(job)[:12],
+    }
+    if campaign is not None:
+        fields["campaign"] = campaign
+    return render_key(template, {**fields, "ext": "mp4"}), render_key(template, {**fields, "ext": "json"})
+
+
+def output_key_problem(
+    destination: Destination, template: str, job: ValidJob, campaign: str | None = None
+) -> str | None:
+    """Why a valid job's keys under a checked template do not fit, as a phrase that follows the job's name: S3's
+    1024 bytes with the prefix; in a folder, a component longer than a file name. None when they fit."""
+    try:
+        keys = output_keys(template, job, campaign)
+    except DestinationError as e:
+        return f"gives no usable object key: {e}; shorten the name or the key template"
+    for key in keys:
+        if destination.scheme == "s3":
+            full = join_key(destination.prefix, key)
+            size = len(full.encode("utf-8"))
+            if size > KEY_BYTES:
+                return (
+                    f"gives the object key {shortened(full)} of {size} bytes in UTF-8, more than S3's {KEY_BYTES}; "
+                    "shorten the name, the prefix or the key template"
+                )
+            continue
+        for component in key.split("/"):
+            size = len(component.encode("utf-8"))
+            if size > MAX_COMPONENT_BYTES:
+                return (
+                    f"gives the file {shortened(key)} in {shortened(destination.prefix)}, with a part of {size} bytes "
+                    f"in UTF-8; at most {MAX_COMPONENT_BYTES} fit a file name (with its temporary's "
+                    f"'.partial-<pid>'); shorten the name or the key template"
+                )
+    return None
+
+
+def check_output(url: str, template: str, job: ValidJob) -> Destination:
+    """`render --output URL --key-template T` checked against the job before any compute."""
+    destination = parse_destination(url)
+    check_key_template(template)
+    problem = output_key_problem(destination, template, job)
+    if problem:
+        raise DestinationError(f"name {shortened(job.spec.name or 'render')} {problem}")
+    return destination
 
 
 def join_key(prefix: str, key: str) -> str:

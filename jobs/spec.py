@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jobs.names import name_problem
 from jobs.placement import PlacementSpec, placement_problems
+from jobs.text import normalized, printable, prose_problem, shortened, strings, surrogate_problem
 
 MAX_SIDE = 4096
 MAX_FPS = 120.0
@@ -158,7 +160,8 @@ class FieldProblem:
     nearest: Any = None
 
     def message(self) -> str:
-        text = f"{self.field}: {self.value!r} {self.problem}"
+        """One line: the field (escaped: an unknown field's name is input too), the value (shortened, escaped)."""
+        text = f"{printable(self.field)}: {shortened(self.value)} {self.problem}"
         if self.nearest is not None:
             text += f"; nearest valid value: {self.nearest!r} (fix the job, or pass --snap to use it)"
         return text
@@ -223,9 +226,25 @@ def parse_job(raw: dict[str, Any], source: str = "job") -> JobSpec:
         raise JobValidationError(problems, source) from None
 
 
+def normalized_text(spec: JobSpec) -> JobSpec:
+    """The job with its prose and name in the form the farm keeps (`jobs.text.normalized`: NFC, LF); its paths
+    as given."""
+    changes: dict[str, Any] = {}
+    if isinstance(spec.prompt, list):
+        changes["prompt"] = [normalized(p) for p in spec.prompt]
+    else:
+        changes["prompt"] = normalized(spec.prompt)
+    for field in ("negative_prompt", "name"):
+        value = getattr(spec, field)
+        if value is not None:
+            changes[field] = normalized(value)
+    changes = {k: v for k, v in changes.items() if v != getattr(spec, k)}
+    return spec.model_copy(update=changes) if changes else spec
+
+
 def validate_job(raw: dict[str, Any] | JobSpec, snap: bool = False, source: str = "job") -> ValidJob:
     """Check everything a render needs before compute; snap fixable values if asked."""
-    spec = raw if isinstance(raw, JobSpec) else parse_job(raw, source)
+    spec = normalized_text(raw if isinstance(raw, JobSpec) else parse_job(raw, source))
     problems: list[FieldProblem] = []
     changes: dict[str, Any] = {}
     adjustments: list[FieldProblem] = []
@@ -237,14 +256,20 @@ def validate_job(raw: dict[str, Any] | JobSpec, snap: bool = False, source: str 
         else:
             problems.append(FieldProblem(field, value, problem, nearest))
 
+    dump = spec.model_dump(exclude={"prompt", "negative_prompt", "name"})
+    for field, text in strings(dump):  # paths and URLs: kept as given, but they must be text
+        problem = surrogate_problem(text)
+        if problem:
+            problems.append(FieldProblem(field, text, problem))
     prompts = spec.prompts()
     if not prompts or any(not p.strip() for p in prompts):
         problems.append(FieldProblem("prompt", spec.prompt, "is empty; describe the scene and its sound"))
     elif any(len(p) > MAX_PROMPT_CHARS for p in prompts):
         problems.append(FieldProblem("prompt", prompts[0][:40] + "…", f"is longer than {MAX_PROMPT_CHARS} characters"))
     for field, text in [("prompt", p) for p in prompts] + [("negative_prompt", spec.negative_prompt or "")]:
-        if any(ord(c) < 32 and c not in "\n\t" for c in text):
-            problems.append(FieldProblem(field, text[:40], "contains control characters; remove them"))
+        problem = prose_problem(text)
+        if problem:
+            problems.append(FieldProblem(field, text, problem))
     if not 0 <= spec.seed < 2**63:
         problems.append(FieldProblem("seed", spec.seed, f"must be in [0, {2**63 - 1}]"))
 
@@ -435,13 +460,9 @@ def validate_job(raw: dict[str, Any] | JobSpec, snap: bool = False, source: str 
         if g.stg_blocks is not None and any(b < 0 for b in g.stg_blocks):
             problems.append(FieldProblem(f"{modality}.stg_blocks", g.stg_blocks, "must be block indices ≥ 0"))
     if spec.name is not None:
-        bad = [c for c in spec.name if not (c.isalnum() or c in "-_.")]
-        if bad or spec.name.startswith(".") or not spec.name:
-            problems.append(
-                FieldProblem(
-                    "name", spec.name, "may only hold letters, digits, '-', '_' and '.', and may not start with '.'"
-                )
-            )
+        problem = name_problem(spec.name)
+        if problem:
+            problems.append(FieldProblem("name", spec.name, problem))
 
     if problems:
         raise JobValidationError(problems, source)

@@ -50,6 +50,14 @@ JOBS = [
     ("odd tile size", {**GOOD, "tile_pixels": 33}, "tile_pixels"),
     ("chunk longer than the model's range", {**GOOD, "chunk_seconds": 100}, "chunk_seconds"),
     ("prompt as a number", {**GOOD, "prompt": 42}, "prompt"),
+    ("name too long for a file", {**GOOD, "name": "n" * 250}, "250 bytes in UTF-8"),
+    ("name of 255 bytes in three-byte letters", {**GOOD, "name": "狐" * 85}, "255 bytes in UTF-8"),
+    ("name that is a Windows device", {**GOOD, "name": "AUX"}, "Windows device name"),
+    ("name with a no-break space", {**GOOD, "name": "red\xa0fox"}, "NO-BREAK SPACE"),
+    ("name of dots", {**GOOD, "name": ".."}, "name"),
+    ("lone surrogate in the prompt", {**GOOD, "prompt": "a fox \ud83e"}, "lone UTF-16 surrogate"),
+    ("bidi override in the prompt", {**GOOD, "prompt": "a fox \u202e"}, "bidirectional override"),
+    ("C1 control in the prompt", {**GOOD, "prompt": "a fox \x9b2J"}, "control characters"),
 ]
 
 
@@ -104,6 +112,15 @@ OUTPUTS = [
     ("traversal in the prefix", ["--output", "s3://bucket/../../x"], ".."),
     ("traversal in the key template", ["--output", "s3://bucket/p", "--key-template", "../{name}.{ext}"], ".."),
     ("unknown key field", ["--output", "s3://bucket/p", "--key-template", "{secret}.{ext}"], "secret"),
+    ("sidecar over the MP4", ["--output", "s3://bucket/p", "--key-template", "{job}"], "one key"),
+    ("no campaign in a render", ["--output", "s3://bucket/p", "--key-template", "{campaign}/{job}"], "campaign"),
+    ("unclosed brace", ["--output", "s3://bucket/p", "--key-template", "{job"], "not a template"),
+    ("positional field", ["--output", "s3://bucket/p", "--key-template", "{}.{ext}"], "unnamed field"),
+    ("percent-encoded dots", ["--output", "s3://bucket/p", "--key-template", "%2e%2e/{job}.{ext}"], "'%'"),
+    ("backslash", ["--output", "s3://bucket/p", "--key-template", "..\\{job}.{ext}"], "'\\\\'"),
+    ("double slash", ["--output", "s3://bucket/p", "--key-template", "a//{job}.{ext}"], "empty component"),
+    ("key over 1024 bytes", ["--output", "s3://bucket/" + "p" * 1000, "--name", "n" * 50], "1024"),
+    ("key part too long for a folder", ["--output", "out", "--name", "n" * 193, "--seed", str(2**63 - 1)], "file name"),
 ]
 
 
@@ -211,3 +228,74 @@ def test_pickled_weights_are_never_unpickled(tmp_path, capsys, tiny_set):
     assert main(["models", "check", *_checkpoint_flags(tiny_set, path)]) == 2
     assert "not a safetensors file" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def _shown_raw(text: str) -> list[str]:
+    """Characters that would reach the terminal unescaped and act on it (anything not printable but a newline)."""
+    return [c for c in text if not c.isprintable() and c != "\n"]
+
+
+def test_a_json_manifest_with_escaped_emoji_is_queued(tmp_path, capsys):
+    from jobs.store import Store
+
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"campaign": "fox", "defaults": GOOD, "rows": [{"id": "a", "prompt": "a fox 🦊"}]}))
+    assert "\\ud83e\\udd8a" in path.read_text()
+    assert main(["campaign", "--db", str(tmp_path / "db"), "submit", str(path)]) == 0
+    assert "1 job(s) queued" in capsys.readouterr().out
+    store = Store(tmp_path / "db")
+    try:
+        assert json.loads(store.jobs("fox")[0]["spec"])["prompt"] == "a fox 🦊"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("template", ["{campaign}/{job}", "{campaign}/../{job}.{ext}"])
+def test_a_manifest_key_template_is_refused_before_anything_is_queued(tmp_path, capsys, template):
+    from jobs.store import Store
+
+    path = _manifest(tmp_path, output="s3://renders/spring", key_template=template)
+    assert main(["campaign", "--db", str(tmp_path / "db"), "submit", str(path)]) == 2
+    assert "key_template" in capsys.readouterr().err
+    store = Store(tmp_path / "db")
+    try:
+        assert store.campaign_names() == []
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("flag", ["--prompt", "--name", "--negative-prompt"])
+def test_arguments_that_are_not_utf8_are_refused(capsys, flag):
+    """Linux hands Python undecodable argv bytes as lone surrogates (surrogateescape): refused, and the message,
+    which shows the value, still prints."""
+    args = ["validate", "--prompt", "rain", "--height", "128", "--width", "192", "--frames", "17"]
+    assert main([*args, flag, "caf\udce9"]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8 (0xE9" in err and "caf\\udce9" in err
+
+
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\r\x9b31m\u202e"
+
+
+def test_input_never_reaches_the_terminal_unescaped(tmp_path, capsys):
+    """Row ids, prompts, field names and paths from input are shown escaped by every print path; --json stays JSON."""
+    rows = [{"id": "good", "prompt": "x"}, {"id": f"evil{HOSTILE}", "prompt": "x"}, {"id": "p", "prompt": HOSTILE}]
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"campaign": "spring", "defaults": GOOD, "rows": [*rows, {"id": "f", HOSTILE: 1}]}))
+    db = str(tmp_path / "db")
+    assert main(["campaign", "--db", db, "submit", str(path)]) == 3  # the good row queued, three refused
+    out = capsys.readouterr()
+    assert out.out.count("skipped row") == 3 and not _shown_raw(out.out + out.err), ascii(out.out)
+    assert "evil\\x1b]0;pwned\\x07" in out.out
+    assert main(["campaign", "--db", db, "submit", str(path), "--json"]) == 3
+    payload = json.loads(capsys.readouterr().out)  # the JSON carries the values, escaped as JSON does
+    assert {p["id"] for p in payload["invalid_rows"]} >= {f"evil{HOSTILE}", "p"}
+
+    job = tmp_path / f"job{HOSTILE}.json"  # a file name is input too
+    job.write_text(json.dumps(GOOD))
+    assert main(["validate", str(job)]) == 0
+    assert main(["validate", str(job), "--prompt", HOSTILE]) == 2
+    assert main(["campaign", "--db", db, "pause", f"no{HOSTILE}"]) == 2
+    out = capsys.readouterr()
+    assert "valid" in out.out and out.err.count("error:") == 2
+    assert not _shown_raw(out.out + out.err), ascii(out.out + out.err)

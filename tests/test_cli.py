@@ -93,8 +93,14 @@ def test_missing_job_file():
 
 @pytest.mark.parametrize(
     "args",
-    [["render", "no/such/job.yaml"], ["render", "--prompt", ""], ["validate", "--height", "500"]],
-    ids=["missing file", "empty prompt", "bad height"],
+    [
+        ["render", "no/such/job.yaml"],
+        ["render", "--prompt", ""],
+        ["validate", "--height", "500"],
+        ["render", "--prompt", "x", "--output", "s3://bucket/p", "--key-template", "{job}"],
+        ["render", "--prompt", "x", "--name", "n" * 250],
+    ],
+    ids=["missing file", "empty prompt", "bad height", "sidecar over the MP4", "name too long for a file"],
 )
 def test_bad_input_is_reported_before_torch_ray_or_boto3_load(args):
     """An error in the job comes back at once: the command imports the heavy stacks only for real work."""

@@ -178,3 +178,131 @@ def test_nearest_helpers():
     assert nearest_multiple(96, 64, 64) == 128
     assert nearest_multiple(95, 64, 64) == 64
     assert [nearest_frame_count(x) for x in (9, 12, 13, 16, 17)] == [9, 9, 17, 17, 17]
+
+
+# --- names: one policy for job names, row ids and campaign names (jobs/names.py) ---------------------------------
+
+BAD_NAMES = [
+    ("only dots", "...", "starting with a letter or digit"),
+    ("a dot alone", ".", "starting with a letter or digit"),
+    ("hidden file", ".fox", "starting with a letter or digit"),
+    ("read as a flag", "-rf", "starting with a letter or digit"),
+    ("trailing dot", "fox.", "may not end with '.'"),
+    ("trailing space", "fox ", "SPACE"),
+    ("no-break space from a spreadsheet", "red\xa0fox", "NO-BREAK SPACE"),
+    ("zero-width joiner", "fo\u200dx", "ZERO WIDTH JOINER"),
+    ("byte-order mark", "\ufefffox", "ZERO WIDTH NO-BREAK SPACE"),
+    ("fullwidth solidus", "a\uff0fb", "FULLWIDTH SOLIDUS"),
+    ("division slash", "a\u2215b", "DIVISION SLASH"),
+    ("backslash", "a\\b", "REVERSE SOLIDUS"),
+    ("right-to-left override", "fox\u202egpj.exe", "RIGHT-TO-LEFT OVERRIDE"),
+    ("ANSI escape", "fox\x1b[31m", "control character"),
+    ("carriage return", "fox\rwolf", "control character"),
+    ("C1 control", "fox\x9b", "control character"),
+    ("Windows device name", "CON", "Windows device name"),
+    ("Windows device name with an extension", "nul.txt", "Windows device name"),
+    ("Windows device name in lower case", "com1", "Windows device name"),
+    ("undecodable byte", "caf\udce9", "not UTF-8"),
+    ("250 ASCII characters", "a" * 250, "250 bytes"),
+    ("194 bytes of ASCII", "a" * 194, "194 bytes"),
+    ("97 two-byte letters (194 bytes)", "é" * 97, "194 bytes"),
+    ("65 three-byte letters (195 bytes)", "狐" * 65, "195 bytes"),
+]
+
+
+@pytest.mark.parametrize(("case", "name", "words"), BAD_NAMES, ids=[c[0] for c in BAD_NAMES])
+def test_bad_names_are_refused_with_the_rule_and_a_fix(case, name, words):
+    problem = _problems(name=name)["name"]
+    assert words in problem.problem, problem.message()
+    message = problem.message()
+    assert len(message) < 400 and "\n" not in message
+    assert all(c.isprintable() for c in message), ascii(message)  # the value is shown escaped and shortened
+
+
+@pytest.mark.parametrize("name", ["fox", "雪の狐", "Fuchs-über_2.v1", "ｆｏｘ", "a" * 193, "狐" * 64 + "a"])
+def test_names_of_any_script_up_to_the_limit(name):
+    assert validate_job({**BASE, "name": name}).spec.name == name
+
+
+def test_the_longest_name_fits_the_longest_file_the_farm_writes(tmp_path):
+    """A name of MAX_NAME_BYTES with the largest seed: its sidecar's temporary, with the widest pid, is exactly 255
+    bytes and is written on a real file system; one byte more is refused at validation."""
+    from jobs.names import MAX_NAME_BYTES, PID_DIGITS
+    from jobs.outputs import output_paths, write_json_atomic
+
+    name = "狐" * ((MAX_NAME_BYTES - 1) // 3) + "a" * ((MAX_NAME_BYTES - 1) % 3 + 1)
+    assert len(name.encode()) == MAX_NAME_BYTES
+    job = validate_job({**BASE, "name": name, "seed": 2**63 - 1})
+    paths = output_paths(job, tmp_path)
+    temporary = paths.sidecar.with_name(f".{paths.sidecar.name}.partial-{'9' * PID_DIGITS}")
+    assert len(temporary.name.encode()) == 255
+    temporary.write_bytes(b"{}")
+    write_json_atomic(paths.sidecar, {"ok": True})
+    assert paths.sidecar.is_file() and len(paths.video.name.encode()) < 255
+    with pytest.raises(OSError):  # the file system's limit is the one the policy assumes
+        temporary.with_name(temporary.name + "9").write_bytes(b"")
+    assert "bytes" in _problems(name=name + "a", seed=2**63 - 1)["name"].problem
+
+
+def test_names_are_kept_in_nfc():
+    decomposed = validate_job({**BASE, "name": "cafe\u0301"})
+    composed = validate_job({**BASE, "name": "caf\u00e9"})
+    assert decomposed.spec.name == composed.spec.name == "caf\u00e9"
+
+
+# --- prompts: decoded text, NFC, no control characters --------------------------------------------------------------
+
+
+BAD_PROMPTS = [
+    ("lone surrogate (half an escaped emoji)", "a fox \ud83e", "lone UTF-16 surrogate"),
+    ("undecodable byte from argv or a CSV", "caf\udce9 au lait", "not UTF-8"),
+    ("bare carriage return", "a fox\rA WOLF", "control characters"),
+    ("DEL", "a fox\x7f", "control characters"),
+    ("C1 next-line", "a fox\x85runs", "control characters"),
+    ("C1 CSI", "a fox \x9b31m", "control characters"),
+    ("OSC window title", "\x1b]0;pwned\x07a fox", "control characters"),
+    ("right-to-left override", "a fox \u202eregdab", "bidirectional override"),
+    ("left-to-right isolate", "a fox \u2066x\u2069", "bidirectional override"),
+    ("byte-order mark inside", "a fox\ufeff in snow", "byte-order mark"),
+]
+
+
+@pytest.mark.parametrize(("case", "prompt", "words"), BAD_PROMPTS, ids=[c[0] for c in BAD_PROMPTS])
+def test_bad_prompt_text_is_refused(case, prompt, words):
+    assert words in _problems(prompt=prompt)["prompt"].problem
+    assert words in _problems(negative_prompt=prompt)["negative_prompt"].problem
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["a red\xa0fox", "a family 👨\u200d👩\u200d👧 in snow", "می\u200cخواهم", "line one\nline two\tindented"],
+    ids=["no-break space", "emoji joined by ZWJ", "Persian with ZWNJ", "newline and tab"],
+)
+def test_ordinary_whitespace_and_joiners_stay_in_prompts(prompt):
+    assert validate_job({**BASE, "prompt": prompt}).spec.prompt == prompt
+
+
+def test_prompts_are_normalised_once_nfc_and_lf():
+    """The same words typed on two systems are one job: NFC, CRLF as LF (the content hash sees the result)."""
+    from jobs.outputs import job_content_hash
+
+    a = validate_job({**BASE, "prompt": "cafe\u0301 in the snow\r\nat dawn"})
+    b = validate_job({**BASE, "prompt": "caf\u00e9 in the snow\nat dawn"})
+    assert a.spec.prompt == b.spec.prompt == "caf\u00e9 in the snow\nat dawn"
+    assert job_content_hash(a) == job_content_hash(b)
+    listed = validate_job({**BASE, "prompt": ["cafe\u0301", "x²"]})
+    assert listed.spec.prompts() == ["caf\u00e9", "x²"]  # NFC, not NFKC: "x²" keeps its meaning
+
+
+def test_paths_must_be_text_but_are_not_normalised():
+    p = _problems(images=[{"path": "shot\udce9.png"}])["images.0.path"]
+    assert "not UTF-8" in p.problem
+    job = validate_job({**BASE, "images": [{"path": "cafe\u0301.png"}]})
+    assert job.spec.images[0].path == "cafe\u0301.png"  # a Linux file name is its bytes
+
+
+def test_an_unknown_field_named_with_escapes_is_shown_escaped():
+    with pytest.raises(JobValidationError) as info:
+        validate_job({**BASE, "\x1b]0;pwned\x07": 1})
+    text = str(info.value)
+    assert "\x1b" not in text and "\x07" not in text and "\\x1b]0;pwned\\x07" in text

@@ -17,7 +17,8 @@ import boto3
 import pytest
 
 from cluster.storage import LocalFile, StorageOptions, Uploader, UploadError, expected_etag, verify
-from jobs.keys import DestinationError, parse_destination, render_key
+from jobs.keys import DestinationError, check_key_template, check_output, output_keys, parse_destination, render_key
+from jobs.spec import validate_job
 from tests.s3_servers import MotoServer, moto_env
 
 MiB = 1024 * 1024
@@ -67,6 +68,56 @@ def test_destinations_and_keys():
             render_key(template, {"job": "j"})
     with pytest.raises(DestinationError, match="unknown field"):
         render_key("{nope}.mp4", {"job": "j"})
+
+
+RENDER_TEMPLATES = [
+    ("{job}", "one key"),
+    ("{name}-{seed}", "one key"),
+    ("{campaign}/{job}.{ext}", "unknown field {campaign}"),  # `render` has no campaign
+    ("{job}.{ext}\x1b]0;x\x07", "'\\x1b'"),
+    ("{job}\r.{ext}", "'\\r'"),
+    ("a\u202e/{job}.{ext}", "'\\u202e'"),
+    ("{job}\udce9.{ext}", "not UTF-8"),
+    ("..\\{job}.{ext}", "'\\\\'"),
+    ("{job}.{ext}.", "ending with '.'"),
+    ("./{job}.{ext}", "names a folder"),
+]
+
+
+@pytest.mark.parametrize(("template", "words"), RENDER_TEMPLATES, ids=[ascii(t[0]) for t in RENDER_TEMPLATES])
+def test_key_templates_refused_before_any_render(template, words):
+    with pytest.raises(DestinationError) as info:
+        check_key_template(template)
+    assert words in str(info.value) and str(info.value).isprintable(), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{job}-seed{seed}.{ext}", "year=2026/{campaign}/{hash}+{seed}.{ext}", "{ext}/{job}", "狐/{name}_{seed}.{ext}"],
+)
+def test_accepted_templates_give_a_job_two_keys(template):
+    check_key_template(template, campaign=True)
+    job = validate_job({"prompt": "x", "height": 64, "width": 64, "num_frames": 9, "name": "雪の狐"})
+    video, sidecar = output_keys(template, job, "spring")
+    assert video != sidecar and ".." not in video.split("/")
+    assert ("雪の狐" in video) == ("{job}" in template or "{name}" in template)  # valid names are kept as they are
+
+
+def test_render_keys_are_measured_against_the_job():
+    job = validate_job(
+        {"prompt": "x", "height": 64, "width": 64, "num_frames": 9, "name": "n" * 193, "seed": 2**63 - 1}
+    )
+    assert check_output("s3://renders/" + "p" * 500, "{job}-seed{seed}.{ext}", job).bucket == "renders"
+    with pytest.raises(DestinationError, match="more than S3's 1024"):
+        check_output("s3://renders/" + "p" * 800, "{job}-seed{seed}.{ext}", job)
+    with pytest.raises(DestinationError, match="fit a file name"):  # a folder: each part is a file name
+        check_output("/tmp/renders", "{job}-seed{seed}.{ext}", job)
+
+
+@pytest.mark.parametrize("url", ["s3://renders/a\u202eb", "s3://renders/\x9b", "out\x7f", "s3://renders/\udce9"])
+def test_destinations_with_invisible_characters(url):
+    with pytest.raises(DestinationError, match="control or invisible"):
+        parse_destination(url)
 
 
 def test_upload_verifies_checksums_and_presigns(moto, tmp_path):
