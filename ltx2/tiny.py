@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from ltx2.checkpoint import CheckpointSet
+from ltx2.checkpoint import CheckpointSet, default_cache_dir
 
 TINY_VERSION = "tiny-2"
 """Bump when the tiny configs or the generator change: the cache key includes it."""
@@ -241,11 +241,6 @@ def tiny_ltx_config() -> dict:
         "audio_vae": copy.deepcopy(TINY_AUDIO_VAE_CONFIG),
         "vocoder": copy.deepcopy(TINY_VOCODER_CONFIG),
     }
-
-
-def default_cache_dir() -> Path:
-    """Where generated checkpoint sets live: $LTX2_FARM_CACHE, else ./.cache/ltx2-farm."""
-    return Path(os.environ.get("LTX2_FARM_CACHE", Path.cwd() / ".cache" / "ltx2-farm"))
 
 
 def _fingerprint(seed: int) -> str:
