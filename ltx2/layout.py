@@ -57,9 +57,12 @@ class Component:
     what: str
     configurator: type[ModelConfigurator]
     key_ops: SDOps | None = None
+    file_prefix: str | None = ""
+    """Where its tensors lie in the official file: `file_prefix` + the model's name (None: under several
+    roots, `checkpoint_key`). What the key ops undo."""
 
 
-TRANSFORMER = Component("transformer", LTXModelConfigurator, LTXV_MODEL_COMFY_RENAMING_MAP)
+TRANSFORMER = Component("transformer", LTXModelConfigurator, LTXV_MODEL_COMFY_RENAMING_MAP, "model.diffusion_model.")
 UPSAMPLER = Component("spatial upsampler", LatentUpsamplerConfigurator)
 
 
@@ -68,17 +71,43 @@ def checkpoint_components(gemma_hidden_size: int, gemma_layers: int) -> tuple[Co
     folder (`ltx2.text_encoder`)."""
     return (
         TRANSFORMER,
-        Component("video VAE encoder", VideoEncoderConfigurator, VAE_ENCODER_COMFY_KEYS_FILTER),
-        Component("video VAE decoder", VideoDecoderConfigurator, VAE_DECODER_COMFY_KEYS_FILTER),
-        Component("audio VAE encoder", AudioEncoderConfigurator, AUDIO_VAE_ENCODER_COMFY_KEYS_FILTER),
-        Component("audio VAE decoder", AudioDecoderConfigurator, AUDIO_VAE_DECODER_COMFY_KEYS_FILTER),
-        Component("vocoder", VocoderConfigurator, VOCODER_COMFY_KEYS_FILTER),
+        Component("video VAE encoder", VideoEncoderConfigurator, VAE_ENCODER_COMFY_KEYS_FILTER, "vae.encoder."),
+        Component("video VAE decoder", VideoDecoderConfigurator, VAE_DECODER_COMFY_KEYS_FILTER, "vae.decoder."),
+        Component(
+            "audio VAE encoder", AudioEncoderConfigurator, AUDIO_VAE_ENCODER_COMFY_KEYS_FILTER, "audio_vae.encoder."
+        ),
+        Component(
+            "audio VAE decoder", AudioDecoderConfigurator, AUDIO_VAE_DECODER_COMFY_KEYS_FILTER, "audio_vae.decoder."
+        ),
+        Component("vocoder", VocoderConfigurator, VOCODER_COMFY_KEYS_FILTER, "vocoder."),
         Component(
             "text embeddings processor",
             embeddings_processor_configurator(gemma_hidden_size, gemma_layers),
             EMBEDDINGS_PROCESSOR_KEY_OPS,
+            None,
         ),
     )
+
+
+_PROCESSOR_ROOTS = {
+    "feature_extractor.": "text_embedding_projection.",
+    "video_connector.": "model.diffusion_model.video_embeddings_connector.",
+    "audio_connector.": "model.diffusion_model.audio_embeddings_connector.",
+}
+
+
+def checkpoint_key(component: Component, name: str) -> str:
+    """The key under which the official single file holds `component`'s tensor `name` (how the tiny set and
+    header-only fakes are written). The video and audio VAEs' encoder and decoder share one copy of their
+    latent statistics, under the VAE's root."""
+    if component.file_prefix is None:
+        for model_root, file_root in _PROCESSOR_ROOTS.items():
+            if name.startswith(model_root):
+                return file_root + name.removeprefix(model_root)
+        raise ValueError(f"no place in the checkpoint for {component.what} tensor {name}")
+    if ".per_channel_statistics." in f".{name}":
+        return f"{component.file_prefix.split('.')[0]}.{name}"
+    return component.file_prefix + name
 
 
 @dataclass(frozen=True)
