@@ -460,10 +460,22 @@ UPSAMPLER_BOUNDS = (
 """What ltx-core's `LatentUpsamplerConfigurator` reads from the upsampler file's config."""
 
 GEMMA_BOUNDS = (
-    Bound("text_config.hidden_size", 1, 65536),
-    Bound("text_config.num_hidden_layers", 1, 1024),
+    *_sizes("text_config.", 65536, "hidden_size", "sliding_window"),
+    *_sizes("text_config.", 262144, "intermediate_size"),
+    *_sizes("text_config.", 256, "num_hidden_layers", "num_attention_heads", "num_key_value_heads"),
+    *_sizes("text_config.", 1024, "head_dim"),
+    Bound("text_config.vocab_size", 1, 1_048_576),
+    Bound("text_config.max_position_embeddings", 1, 10_000_000),
+    *_sizes("vision_config.", 65536, "hidden_size"),
+    *_sizes("vision_config.", 262144, "intermediate_size"),
+    *_sizes("vision_config.", 256, "num_hidden_layers", "num_attention_heads"),
+    *_sizes("vision_config.", 16, "num_channels"),
+    *_sizes("vision_config.", 2048, "image_size", "patch_size"),
+    Bound("mm_tokens_per_image", 1, 65536),
 )
-"""What sizes the text projection of the checkpoint (`ltx2.text_encoder`), from the Gemma folder's config.json."""
+"""What transformers reads from the Gemma folder's config.json to build Gemma-3 (12B: 48 layers x 3840, 16
+heads x 256, 262k vocabulary; SigLIP 27 x 1152 at 896 px), its width and depth also sizing the checkpoint's
+text projection (`ltx2.text_encoder`)."""
 
 
 def ltx_config_bounds(config: Mapping[str, Any]) -> tuple[Bound, ...]:
@@ -637,11 +649,22 @@ def validate_checkpoint_set(paths: CheckpointSet) -> dict:
             raise CheckpointError(
                 gemma_root / required, "file not found in the Gemma folder", "copy the whole Gemma-3 repository folder"
             )
-    text = read_gemma_config(gemma_root).get("text_config", {})
-    for shard in shards:
-        read_safetensors_header(shard)
+    gemma_config = read_gemma_config(gemma_root)
+    text = gemma_config.get("text_config", {})
     components = layout.checkpoint_components(text.get("hidden_size", 3840), text.get("num_hidden_layers", 48))
     layouts = layout.check_tensors(checkpoint, header, config, components)
+    shard_of: dict[str, Path] = {}
+    gemma_header: dict = {}
+    for shard in shards:
+        for name, info in read_safetensors_header(shard).items():
+            if name == "__metadata__":
+                continue
+            if name in shard_of:  # the loader would keep whichever shard it read last
+                raise CheckpointError(shard, f"tensor {_short(name)} is also in {shard_of[name].name}", _REDOWNLOAD)
+            shard_of[name] = shard
+            gemma_header[name] = info
+    gemma_fix = "its shards and config.json disagree: copy the whole Gemma-3 repository folder again"
+    layout.check_tensors(gemma_root, gemma_header, {}, (layout.gemma_component(gemma_config),), gemma_fix)
     upsampler = Path(paths.spatial_upsampler)
     upsampler_header = read_safetensors_header(upsampler)
     upsampler_config = config_metadata(upsampler, upsampler_header)

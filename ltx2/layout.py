@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ltx_core.loader.module_ops import ModuleOps
 from ltx_core.loader.sd_ops import SDKeyValueOperation, SDOps
 from ltx_core.model.audio_vae import (
     AUDIO_VAE_DECODER_COMFY_KEYS_FILTER,
@@ -43,10 +44,10 @@ from ltx_core.model.video_vae import (
     VideoDecoderConfigurator,
     VideoEncoderConfigurator,
 )
-from ltx_core.text_encoders.gemma import EMBEDDINGS_PROCESSOR_KEY_OPS
+from ltx_core.text_encoders.gemma import EMBEDDINGS_PROCESSOR_KEY_OPS, GEMMA_LLM_KEY_OPS, GEMMA_MODEL_OPS
 
 from ltx2.checkpoint import CheckpointError, summarize, tensor_shapes
-from ltx2.text_encoder import embeddings_processor_configurator
+from ltx2.text_encoder import embeddings_processor_configurator, gemma_text_encoder_configurator
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class Component:
     file_prefix: str | None = ""
     """Where its tensors lie in the official file: `file_prefix` + the model's name (None: under several
     roots, `checkpoint_key`). What the key ops undo."""
+    module_ops: tuple[ModuleOps, ...] = ()
+    """ltx-core's module ops the builder applies to the meta model before loading (those that change its
+    tensors; the tokenizer's and image processor's are the loader's alone)."""
 
 
 TRANSFORMER = Component("transformer", LTXModelConfigurator, LTXV_MODEL_COMFY_RENAMING_MAP, "model.diffusion_model.")
@@ -87,6 +91,22 @@ def checkpoint_components(gemma_hidden_size: int, gemma_layers: int) -> tuple[Co
             None,
         ),
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _gemma_component(config_json: str) -> Component:
+    return Component(
+        "Gemma text encoder",
+        gemma_text_encoder_configurator(json.loads(config_json)),
+        GEMMA_LLM_KEY_OPS,
+        module_ops=(GEMMA_MODEL_OPS,),
+    )
+
+
+def gemma_component(gemma_config: Mapping[str, Any]) -> Component:
+    """The Gemma-3 text encoder a Gemma folder's `config.json` describes, read from the folder's shards (one
+    component per config, so the memo of built layouts recognises it)."""
+    return _gemma_component(json.dumps(gemma_config, sort_keys=True))
 
 
 _PROCESSOR_ROOTS = {
@@ -153,8 +173,11 @@ def build_layout(source: Path | str, component: Component, config: Mapping[str, 
 def _layout(component: Component, config_json: str) -> Layout:
     with torch.device("meta"):
         model = component.configurator.from_config(json.loads(config_json))
-    return Layout(
-        tensors={name: tuple(t.shape) for name, t in model.state_dict().items()},
+    for op in component.module_ops:  # as the builder does, before it loads
+        if op.matcher(model):
+            model = op.mutator(model)
+    return Layout(  # what loading must fill: the tensors still on the meta device (module ops make some real)
+        tensors={name: tuple(t.shape) for name, t in model.state_dict().items() if t.is_meta},
         lists={
             name: len(module)
             for name, module in model.named_modules()
@@ -264,8 +287,18 @@ def tensor_problems(
     return list(dict.fromkeys(mismatched + missing + extra)), layouts
 
 
+CHECKPOINT_FIX = (
+    "the file and its config metadata disagree: re-download the official file; a converted or edited file must "
+    "keep the config it was saved with"
+)
+
+
 def check_tensors(
-    path: Path | str, header: Mapping[str, Any], config: Mapping[str, Any], components: Sequence[Component]
+    path: Path | str,
+    header: Mapping[str, Any],
+    config: Mapping[str, Any],
+    components: Sequence[Component],
+    fix: str = CHECKPOINT_FIX,
 ) -> dict[str, Layout]:
     """Refuse a file whose header does not hold exactly the tensors its config builds (`tensor_problems`),
     naming the first few differences; return the components' layouts by name."""
@@ -275,7 +308,6 @@ def check_tensors(
         raise CheckpointError(
             path,
             f"its tensors do not match its config ({count}): {summarize(problems)}",
-            "the file and its config metadata disagree: re-download the official file; a converted or edited "
-            "file must keep the config it was saved with",
+            fix,
         )
     return layouts

@@ -16,13 +16,7 @@ from ltx_core.model.audio_vae import AudioDecoder, AudioEncoder, Vocoder
 from ltx_core.model.transformer import X0Model
 from ltx_core.model.upsampler import LatentUpsampler
 from ltx_core.model.video_vae import VideoDecoder, VideoEncoder
-from ltx_core.text_encoders.gemma import (
-    GEMMA_LLM_KEY_OPS,
-    GEMMA_MODEL_OPS,
-    EmbeddingsProcessor,
-    GemmaTextEncoder,
-    module_ops_from_gemma_root,
-)
+from ltx_core.text_encoders.gemma import EmbeddingsProcessor, GemmaTextEncoder, module_ops_from_gemma_root
 
 from ltx2.checkpoint import (
     CheckpointSet,
@@ -31,10 +25,9 @@ from ltx2.checkpoint import (
     require_fully_loaded,
     validate_checkpoint_set,
 )
-from ltx2.layout import UPSAMPLER, Component, checkpoint_components
+from ltx2.layout import UPSAMPLER, Component, checkpoint_components, gemma_component
 from ltx2.lora import LoraSpec, ResidentLoras
 from ltx2.parallel.guidance import PassRunner, run_sequential
-from ltx2.text_encoder import gemma_text_encoder_configurator
 
 LOAD_COUNTER = {"loads": 0}
 """Process-wide count of full model-set loads: lets tests prove that a warm worker does not reload."""
@@ -113,11 +106,12 @@ def load_resident_models(
 
     velocity_model = from_checkpoint("transformer", transformer_device or device)
     transformer = X0Model(velocity_model).eval()
+    gemma = gemma_component(gemma_config)
     text_builder = SingleGPUModelBuilder(
         model_path=tuple(str(p) for p in gemma_weight_files(gemma_root)),
-        model_class_configurator=gemma_text_encoder_configurator(gemma_config),
-        model_sd_ops=GEMMA_LLM_KEY_OPS,
-        module_ops=(GEMMA_MODEL_OPS, *module_ops_from_gemma_root(str(gemma_root))),
+        model_class_configurator=gemma.configurator,
+        model_sd_ops=gemma.key_ops,
+        module_ops=(*gemma.module_ops, *module_ops_from_gemma_root(str(gemma_root))),
     )
     models = ResidentModels(
         paths=paths,

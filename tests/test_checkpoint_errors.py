@@ -101,13 +101,45 @@ def test_missing_vocoder_tensors(copy_of, tiny_set):
     _refused(copy_of, r"\(vocoder\) not in the file")
 
 
-def test_missing_gemma_tensors_leave_parameters_unloaded(copy_of):
-    """The Gemma shards get no layout check (transformers builds that model): the check after loading that
-    nothing stayed on the meta device still refuses them, naming the folder."""
+def test_missing_gemma_tensors_are_found_from_the_shard_headers(copy_of):
     shard = next(Path(copy_of.gemma_root).glob("model-*.safetensors"))
     _resave(shard, drop="language_model.model.layers.1.", metadata={"format": "pt"})
-    err = _refused(copy_of, "Gemma text encoder: .* parameters/buffers not found in the file")
+    err = _refused(copy_of, "layers.1.*: 13 of its 13 tensors \\(Gemma text encoder\\) not in the file")
+    assert err.path == str(copy_of.gemma_root) and "Gemma-3 repository folder" in err.fix
+
+
+def test_a_transposed_gemma_tensor(copy_of):
+    shard = next(Path(copy_of.gemma_root).glob("model-*.safetensors"))
+    name = "language_model.model.layers.0.mlp.down_proj.weight"
+    tensors, _ = _tensors_and_metadata(shard)
+    assert tuple(tensors[name].shape) == (64, 128)
+    tensors[name] = tensors[name].t().contiguous()
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    err = _refused(copy_of, f"{name}: shape \\[128, 64\\] in the file, \\[64, 128\\] expected by its config")
     assert err.path == str(copy_of.gemma_root)
+
+
+def test_an_absurd_gemma_depth(copy_of):
+    """transformers would build whatever config.json says: a billion layers are refused first."""
+    path = Path(copy_of.gemma_root, "config.json")
+    config = json.loads(path.read_text())
+    config["text_config"]["num_hidden_layers"] = 10**9
+    path.write_text(json.dumps(config))
+    err = _refused(copy_of, "config text_config.num_hidden_layers is 1000000000: allowed is a whole number from 1")
+    assert err.path == str(path)
+
+
+def test_what_loading_leaves_on_the_meta_device_is_refused():
+    """The net behind the header checks: a model the non-strict loader left (partly) on the meta device."""
+    import torch
+
+    from ltx2.checkpoint import require_fully_loaded
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2, device="meta"))
+    unloaded = r"vocoder: 2 parameters/buffers not found in the file: 1\.weight, 1\.bias"
+    with pytest.raises(CheckpointError, match=unloaded):
+        require_fully_loaded(model, "x.safetensors", "vocoder")
+    require_fully_loaded(model[:1], "x.safetensors", "vocoder")
 
 
 def test_gemma_folder_missing_tokenizer(copy_of):
