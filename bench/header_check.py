@@ -101,7 +101,9 @@ def measure(name: str, paths: CheckpointSet) -> dict:
     gemma_text = json.loads((Path(paths.gemma_root) / "config.json").read_text())["text_config"]
     config = json.loads(read_safetensors_header(paths.checkpoint)["__metadata__"]["config"])
     builds = {}
-    for component in layout.checkpoint_components(gemma_text["hidden_size"], gemma_text["num_hidden_layers"]):
+    gemma = layout.gemma_component(json.loads((Path(paths.gemma_root) / "config.json").read_text()))
+    components = layout.checkpoint_components(gemma_text["hidden_size"], gemma_text["num_hidden_layers"])
+    for component in (*components, gemma):
         builds[component.what] = timed(
             lambda c=component: layout.build_layout("bench", c, config), before=layout._layout.cache_clear
         )
