@@ -248,6 +248,12 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def shown(name: str) -> str:
+    """A name read from a file as a message shows it: as it is when printable and short, else JSON-quoted and
+    cut (a tensor name holding a newline must not break the one-line error)."""
+    return name if name.isprintable() and len(name) <= 200 else _short(name, 200)
+
+
 def tensor_shapes(header: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape, from a header `read_safetensors_header` returned."""
     return {name: tuple(info["shape"]) for name, info in header.items() if name != "__metadata__"}
@@ -578,13 +584,13 @@ def lora_problems(
         a, b = shapes.get(prefix + LORA_A), shapes.get(prefix + LORA_B)
         if a is None or b is None:
             present, absent = (LORA_A, LORA_B) if b is None else (LORA_B, LORA_A)
-            problems.append(f"{prefix}{present} has no {absent.strip('.')} beside it")
+            problems.append(f"{shown(prefix + present)} has no {absent.strip('.')} beside it")
         elif len(a) != 2 or len(b) != 2 or a[0] != b[1]:
-            problems.append(f"{prefix}: lora_A {list(a)} and lora_B {list(b)} are not two factors of one rank")
+            problems.append(f"{shown(prefix)}: lora_A {list(a)} and lora_B {list(b)} are not two factors of one rank")
         elif targets is not None:
             target = prefix + ".weight"
             if target not in targets:
-                problems.append(f"LoRA targets {target}, which the model does not have")
+                problems.append(f"LoRA targets {shown(target)}, which the model does not have")
             elif (b[0], a[1]) != tuple(targets[target]):
                 problems.append(
                     f"{target}: lora_B x lora_A is {[b[0], a[1]]}, the model's weight is {list(targets[target])}"

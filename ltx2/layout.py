@@ -5,7 +5,7 @@ ltx-core builds each component from the config on the meta device and fills it f
 `load_state_dict(strict=False)`: a tensor of another shape fails only once the whole file is read (20-35 s
 at 19B, as a traceback), a missing one leaves the model on the meta device, and the tensors of blocks the
 config does not build are dropped without a word (a later LoRA check then blames the LoRA). Here each
-component is built the same way, on the meta device (no memory; 0.6 s for the 19B transformer on 2 cores),
+component is built the same way, on the meta device (no memory; 0.2-0.4 s for the 19B transformer on 2 cores),
 and its state dict is compared with the header's names, passed through the same key ops, and shapes:
 before any module is built for real or any tensor read.
 
@@ -46,7 +46,7 @@ from ltx_core.model.video_vae import (
 )
 from ltx_core.text_encoders.gemma import EMBEDDINGS_PROCESSOR_KEY_OPS, GEMMA_LLM_KEY_OPS, GEMMA_MODEL_OPS
 
-from ltx2.checkpoint import CheckpointError, summarize, tensor_shapes
+from ltx2.checkpoint import CheckpointError, shown, summarize, tensor_shapes
 from ltx2.text_encoder import embeddings_processor_configurator, gemma_text_encoder_configurator
 
 
@@ -269,7 +269,8 @@ def tensor_problems(
                 continue
             used.add(name)
             if shape != wanted:
-                mismatched.append(f"{name}: shape {list(shape)} in the file, {list(wanted)} expected by its config")
+                expected = f"{list(wanted)} expected by its config"
+                mismatched.append(f"{shown(name)}: shape {list(shape)} in the file, {expected}")
         missing += _missing(component.what, [m for m in layout.tensors if m not in given], layout)
     unbuilt: dict[str, int] = {}
     for name, readers in unread.items():
@@ -280,7 +281,7 @@ def tensor_problems(
             if block is not None:
                 entry, owner, length = block
                 prefix = name[: len(name) - len(mapped)] if name.endswith(mapped) else ""
-                text = f"{prefix}{entry}.*: in the file, but its config builds {length} {owner} ({what})"
+                text = f"{shown(prefix + entry)}.*: in the file, but its config builds {length} {owner} ({what})"
                 unbuilt[text] = unbuilt.get(text, 0) + 1
                 break
     extra = [text.replace(".*:", f".* ({count} tensors):", 1) for text, count in unbuilt.items()]

@@ -384,6 +384,14 @@ def test_a_lora_with_half_a_pair(copy_of):
     assert err.path == str(copy_of.distilled_lora)
 
 
+def test_a_name_with_a_newline_keeps_the_message_on_one_line(copy_of):
+    import torch
+
+    _lora(Path(copy_of.distilled_lora), {"diffusion_model.evil\nline.lora_A.weight": torch.zeros(4, 64)})
+    err = _validate_refuses(copy_of, "has no lora_B.weight beside it")  # (and asserts one line)
+    assert '"evil\\nline.lora_A.weight"' in err.problem
+
+
 def test_a_lora_whose_factors_differ_in_rank(copy_of):
     import torch
 
