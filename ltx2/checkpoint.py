@@ -308,8 +308,10 @@ class Bound:
     low: float
     high: float
     kind: str = "int"
-    """`int`; `number` (int or float); `ints`: a list of ints; `int lists`: a list of lists of ints; `bool`
-    (low and high unused); `blocks`: a video-VAE block list ([name, layers or {num_layers, multiplier…}])."""
+    """`int`; `number` (int or float); `ints`: a list of ints; `numbers`: a list of numbers; `int lists`: a
+    list of lists of ints; `bool` (low and high unused); `blocks`: a video-VAE block list ([name, layers or
+    {num_layers, multiplier…}]). A key given as null counts as not given: ltx-core reads some with a fallback
+    (`mel_bins or n_mel_channels`), and where it has none, building from the null fails in one line."""
     length: tuple[int, int] = (1, 16)
     """How many entries a list may have."""
     required: bool = False
@@ -327,6 +329,8 @@ class Bound:
         span = f"from {self.low:g} to {self.high:g}"
         if self.kind == "ints":
             return f"a list of {_count(self.length)} whole numbers, each {span}"
+        if self.kind == "numbers":
+            return f"a list of {_count(self.length)} numbers, each {span}"
         if self.kind == "int lists":
             return f"a list of {_count(self.length)} lists of whole numbers, each {span}"
         return f"{what} {span}"
@@ -340,7 +344,7 @@ class Bound:
             return _whole(value) and self.low <= value <= self.high
         if self.kind == "blocks":
             return _fits_list(value, self.length) and all(_vae_block(b) for b in value)
-        inner = Bound(self.key, self.low, self.high, "ints" if self.kind == "int lists" else "int")
+        inner = Bound(self.key, self.low, self.high, {"int lists": "ints", "numbers": "number"}.get(self.kind, "int"))
         return _fits_list(value, self.length) and all(inner.fits(v) for v in value)
 
 
@@ -392,9 +396,9 @@ _TRANSFORMER_BOUNDS = (
     *_sizes(_T, 64, "connector_num_layers", "audio_connector_num_layers"),
     *_sizes(_T, 4096, "in_channels", "out_channels", "audio_in_channels", "audio_out_channels"),
     *_sizes(_T, 65536, "cross_attention_dim", "audio_cross_attention_dim"),
-    Bound(_T + "positional_embedding_max_pos", 1, 1_000_000, "ints", (3, 3)),
-    Bound(_T + "audio_positional_embedding_max_pos", 1, 1_000_000, "ints", (1, 1)),
-    Bound(_T + "connector_positional_embedding_max_pos", 1, 1_000_000, "ints", (1, 1)),
+    Bound(_T + "positional_embedding_max_pos", 1, 1_000_000, "numbers", (3, 3)),
+    Bound(_T + "audio_positional_embedding_max_pos", 1, 1_000_000, "numbers", (1, 1)),
+    Bound(_T + "connector_positional_embedding_max_pos", 1, 1_000_000, "numbers", (1, 1)),
     Bound(_T + "positional_embedding_theta", 1, 1e9, "number"),
     Bound(_T + "timestep_scale_multiplier", 1e-3, 1e6, "number"),
     Bound(_T + "av_ca_timestep_scale_multiplier", 1e-3, 1e6, "number"),
@@ -531,7 +535,7 @@ def config_problems(config: Any, bounds: Sequence[Bound], sections: Sequence[str
         if not_object is not None:
             parent, _ = _config_value(config, not_object)
             problems.append(f"config {not_object} is {_short(parent)}, not an object")
-        elif value is _MISSING:
+        elif value is _MISSING or value is None:
             if bound.required:
                 problems.append(f"config {bound.key} is missing: it must be {bound.describe()}")
         elif not bound.fits(value):

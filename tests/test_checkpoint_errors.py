@@ -291,6 +291,7 @@ ABSURD_CONFIGS = [
     ("layers as a float", "transformer.num_layers", 2.0, "2.0", "a whole number"),
     ("layers as a boolean", "transformer.num_layers", True, "true", "a whole number"),
     ("two positions for video", "transformer.positional_embedding_max_pos", [20, 2048], "[20, 2048]", "a list of 3"),
+    ("a position range of 0", "transformer.audio_positional_embedding_max_pos", [0], "[0]", "numbers, each from 1"),
     ("theta as text", "transformer.positional_embedding_theta", "big", '"big"', "a number from 1 to 1e+09"),
     ("flag as text", "transformer.apply_gated_attention", "yes", '"yes"', "true or false"),
     ("no caption width", "transformer.caption_channels", _DELETE, "missing", "a whole number from 1 to 65536"),
@@ -324,6 +325,12 @@ def test_absurd_config_values_are_refused_before_anything_is_built(copy_of, case
     assert f"config {key} is {shown}" in err.problem, case
     assert allowed in err.problem, case
     assert layout._layout.cache_info().misses == builds
+
+
+def test_a_null_the_loader_falls_back_from_is_accepted(copy_of):
+    """ltx-core reads the audio VAE's mel bins as `ddconfig.mel_bins or mel.n_mel_channels`: null is valid."""
+    _rewrite(Path(copy_of.checkpoint), config=lambda c: _set(c, "audio_vae.model.params.ddconfig.mel_bins", None))
+    assert validate_checkpoint_set(copy_of)["audio_vae"]["model"]["params"]["ddconfig"]["mel_bins"] is None
 
 
 def test_a_missing_config_section(copy_of):
