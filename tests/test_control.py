@@ -4,6 +4,7 @@ the reference appended to stage 1 with the IC-LoRA fused (the official recipe), 
 from __future__ import annotations
 
 import json
+import sys
 
 import av
 import cv2
@@ -154,8 +155,6 @@ def test_every_node_traces_canny_from_its_own_copy(inputs, monkeypatch):
 def test_an_ic_lora_is_checked_against_the_model_before_any_worker_starts(inputs, capsys, tiny_set):
     """`render` checks the IC-LoRA's factors against the transformer the checkpoint's config builds, from its
     header, on the head: one that fits passes, one for another width is refused naming it."""
-    import sys
-
     from cluster.requests import check_job_loras
     from jobs.inputs import resolve_inputs
     from jobs.spec import validate_job
@@ -174,9 +173,14 @@ def test_an_ic_lora_is_checked_against_the_model_before_any_worker_starts(inputs
         str(inputs / "ic-wide.safetensors"),
     )
     path = _job(inputs, control={**control, "lora": "ic-wide.safetensors"})
+    ray_before = _ray_running()
     assert main(["render", str(path), "--out", str(inputs / "out")]) == 2
     err = capsys.readouterr().err
     assert f"{inputs / 'ic-wide.safetensors'}: " in err and "the model's weight is [64, 64]" in err
     assert not (inputs / "out").exists()
+    assert _ray_running() == ray_before  # no cluster was started for it
+
+
+def _ray_running() -> bool:
     ray = sys.modules.get("ray")
-    assert ray is None or not ray.is_initialized()
+    return ray is not None and ray.is_initialized()
