@@ -175,11 +175,8 @@ def _value(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Ten
     return value.to(torch.bfloat16)
 
 
-def write_safetensors(
-    path: Path, shapes: dict[str, tuple[int, ...]], metadata: dict, staging: Staging, seed: int
-) -> dict:
-    """Write bf16 random tensors into a safetensors file (canonical header as tiny.save_file); returns stats."""
-    started = time.perf_counter()
+def safetensors_header(shapes: dict[str, tuple[int, ...]], metadata: dict) -> bytes:
+    """Length and header of a file of bf16 `shapes` in name order (canonical JSON as tiny.save_file)."""
     header: dict = {"__metadata__": metadata}
     offset = 0
     for name in sorted(shapes):
@@ -188,10 +185,28 @@ def write_safetensors(
         offset += nbytes
     canonical = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     canonical += b" " * (-len(canonical) % 8)
+    return struct.pack("<Q", len(canonical)) + canonical
+
+
+def write_header_only(path: Path, shapes: dict[str, tuple[int, ...]], metadata: dict) -> dict:
+    """The file `write_safetensors` writes, header only: truncated to its full size, no data written (a sparse
+    file), for what reads headers alone (bench/header_check.py)."""
+    header = safetensors_header(shapes, metadata)
+    with path.open("wb") as f:
+        f.write(header)
+        f.truncate(len(header) + nbytes(shapes))
+    return {"file": path.name, "bytes": path.stat().st_size, "tensors": len(shapes), "header_bytes": len(header)}
+
+
+def write_safetensors(
+    path: Path, shapes: dict[str, tuple[int, ...]], metadata: dict, staging: Staging, seed: int
+) -> dict:
+    """Write bf16 random tensors into a safetensors file (canonical header as tiny.save_file); returns stats."""
+    started = time.perf_counter()
     gen = torch.Generator(device=DEVICE).manual_seed(seed)
     tmp = path.with_name(path.name + ".partial")
     with tmp.open("wb") as f:
-        f.write(struct.pack("<Q", len(canonical)) + canonical)
+        f.write(safetensors_header(shapes, metadata))
         for name in sorted(shapes):
             flat = _value(name, shapes[name], gen).reshape(-1).view(torch.uint8)
             n = flat.numel()
@@ -217,40 +232,14 @@ def _meta_state(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def ltx_checkpoint_shapes(config: dict, gemma_text: dict) -> dict[str, tuple[int, ...]]:
-    """Every tensor of the single-file checkpoint, keyed exactly as tiny._write_ltx_checkpoint keys them."""
-    from ltx_core.model.audio_vae import AudioDecoderConfigurator, AudioEncoderConfigurator, VocoderConfigurator
-    from ltx_core.model.transformer import LTXModelConfigurator
-    from ltx_core.model.video_vae import VideoDecoderConfigurator, VideoEncoderConfigurator
-
-    from ltx2.text_encoder import embeddings_processor_configurator
+    """Every tensor of the single-file checkpoint, keyed as the official file (and tiny.py) keys it."""
+    from ltx2.layout import checkpoint_components, checkpoint_key
 
     shapes: dict[str, tuple[int, ...]] = {}
-    with torch.device("meta"):
-        parts = [
-            ("model.diffusion_model.", LTXModelConfigurator.from_config(config)),
-            ("vae.encoder.", VideoEncoderConfigurator.from_config(config)),
-            ("vae.decoder.", VideoDecoderConfigurator.from_config(config)),
-            ("audio_vae.encoder.", AudioEncoderConfigurator.from_config(config)),
-            ("audio_vae.decoder.", AudioDecoderConfigurator.from_config(config)),
-            ("vocoder.", VocoderConfigurator.from_config(config)),
-        ]
-        processor = embeddings_processor_configurator(
-            hidden_size=gemma_text["hidden_size"], num_hidden_layers=gemma_text["num_hidden_layers"]
-        ).from_config(config)
-    for prefix, module in parts:
-        for name, shape in _meta_state(module).items():
-            if ".per_channel_statistics." in f".{name}":
-                shapes[f"{prefix.split('.')[0]}.{name}"] = shape
-            else:
-                shapes[prefix + name] = shape
-    renames = {
-        "feature_extractor.": "text_embedding_projection.",
-        "video_connector.": "model.diffusion_model.video_embeddings_connector.",
-        "audio_connector.": "model.diffusion_model.audio_embeddings_connector.",
-    }
-    for name, shape in _meta_state(processor).items():
-        prefix = next(p for p in renames if name.startswith(p))
-        shapes[renames[prefix] + name.removeprefix(prefix)] = shape
+    for component in checkpoint_components(gemma_text["hidden_size"], gemma_text["num_hidden_layers"]):
+        with torch.device("meta"):
+            module = component.configurator.from_config(config)
+        shapes |= {checkpoint_key(component, name): shape for name, shape in _meta_state(module).items()}
     return shapes
 
 
@@ -357,9 +346,10 @@ def write_real_checkpoint_set(root: Path, report: dict) -> CheckpointSet:
 
 
 def write_gemma_folder(
-    root: Path, config: dict, shapes: dict, staging: Staging, gen: dict, shard_gb: float = 5.0
+    root: Path, config: dict, shapes: dict, staging: Staging | None, gen: dict, shard_gb: float = 5.0
 ) -> None:
-    """The Hugging Face Gemma-3 folder: ~5 GB shards + index, config, preprocessor config, tokenizer."""
+    """The Hugging Face Gemma-3 folder: ~5 GB shards + index, config, preprocessor config, tokenizer (without
+    `staging`, shards of headers only: `write_header_only`)."""
     root.mkdir(parents=True, exist_ok=True)
     shards: list[dict] = [{}]
     for name in sorted(shapes):
@@ -369,7 +359,10 @@ def write_gemma_folder(
     weight_map = {}
     for i, shard in enumerate(shards, 1):
         file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        gen["files"].append(write_safetensors(root / file, shard, {"format": "pt"}, staging, seed=10 + i))
+        if staging is None:
+            gen["files"].append(write_header_only(root / file, shard, {"format": "pt"}))
+        else:
+            gen["files"].append(write_safetensors(root / file, shard, {"format": "pt"}, staging, seed=10 + i))
         weight_map |= {k: file for k in shard}
     tiny._write_json(
         root / "model.safetensors.index.json", {"metadata": {"total_size": nbytes(shapes)}, "weight_map": weight_map}

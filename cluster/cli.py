@@ -545,6 +545,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     config = validate_models(checkpoints)  # a manifest's recorded config: the head needs no model file
     transformer = config["transformer"]
     validate_for_model(job, transformer.get("num_layers", 48), source, transformer.get("num_attention_heads", 32))
+    from cluster.requests import check_job_loras
+
+    check_job_loras(job, config)  # its LoRAs fit this model: refused here, not on a worker
 
     from tqdm import tqdm
 
@@ -803,9 +806,8 @@ REPORTED_ERRORS = (
     ("jobs.outputs", "DiskFullError"),
 )
 """Errors (besides UsageError) whose message says what to fix: printed alone (or as JSON), exit 2. Named,
-not imported: importing cluster.executor, ltx2.checkpoint or cluster.storage costs torch, Ray and boto3 (~10 s
-on 2 cores) before a missing job file could be reported; a class whose module was never imported cannot have
-been raised."""
+not imported: importing cluster.executor or cluster.storage costs torch, Ray and boto3 (~10 s on 2 cores) before
+a missing job file could be reported; a class whose module was never imported cannot have been raised."""
 
 
 def _is_reported(error: BaseException) -> bool:

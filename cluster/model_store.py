@@ -36,18 +36,22 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ltx2.checkpoint import (
+    LTX_SECTIONS,
     CheckpointError,
     CheckpointSet,
     cached_file_sha256,
+    config_problems,
     file_sha256,
+    ltx_config_bounds,
     read_config_metadata,
     remember_file_sha256,
+    summarize,
     validate_checkpoint_set,
 )
 
 SCHEMA = "ltx2-farm/models/1"
 MANIFEST_NAME = "ltx2-models.json"
-CONFIG_SECTIONS = ("transformer", "vae", "audio_vae", "vocoder")
+CONFIG_SECTIONS = LTX_SECTIONS
 GEMMA_REQUIRED = ("config.json", "tokenizer.model", "preprocessor_config.json")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REPUBLISH = "publish the set again with `ltx2-farm models publish`, or restore the files the manifest pins"
@@ -130,7 +134,7 @@ ModelSource = CheckpointSet | ModelSet
 
 def model_cache_dir() -> Path:
     """This node's model cache: LTX2_FARM_MODEL_CACHE, else `models/` in the farm's cache folder."""
-    from ltx2.tiny import default_cache_dir
+    from ltx2.checkpoint import default_cache_dir
 
     return Path(os.environ.get("LTX2_FARM_MODEL_CACHE") or default_cache_dir() / "models")
 
@@ -230,6 +234,9 @@ def parse_model_set(data: Any, source: str) -> ModelSet:
     missing = [s for s in CONFIG_SECTIONS if s not in config]
     if missing:
         raise _not_a_manifest(source, f"checkpoint_config lacks {', '.join(missing)}: not an LTX-2 audio-video set")
+    problems = config_problems(config, ltx_config_bounds(config), CONFIG_SECTIONS)
+    if problems:  # the head sizes jobs by it (layers, heads) without the checkpoint: the same bounds
+        raise _not_a_manifest(source, f"checkpoint_config: {summarize(problems)}")
     model_set = ModelSet(
         checkpoint=roles["checkpoint"],
         gemma_root=gemma_root,

@@ -94,7 +94,7 @@ class Published:
 
 def staging_root() -> Path:
     """This node's folder for renders on their way out: LTX2_FARM_STAGING, else the farm's cache folder."""
-    from ltx2.tiny import default_cache_dir
+    from ltx2.checkpoint import default_cache_dir
 
     return Path(os.environ.get("LTX2_FARM_STAGING") or default_cache_dir() / "staging")
 

@@ -16,7 +16,9 @@ import torch
 from cluster.storage import canny_ref, input_ref, localize
 from jobs.plan import decode_tiling
 from jobs.spec import GuidanceSpec, ValidJob
-from ltx2.lora import LoraSpec
+from ltx2.checkpoint import CheckpointError
+from ltx2.layout import transformer_targets
+from ltx2.lora import LoraSpec, check_lora_file
 from ltx2.media import SourceAudio
 from ltx2.render import (
     A2V_AUDIO_GUIDANCE,
@@ -124,6 +126,24 @@ def job_control(job: ValidJob) -> dict[str, Any]:
         "control": (reference, reference_downscale_factor(localize(lora)), control.strength),
         "control_lora": LoraSpec(lora, control.lora_strength),
     }
+
+
+def check_job_loras(job: ValidJob, config: dict) -> None:
+    """Refuse, naming the file as the job gives it, a LoRA or IC-LoRA of the job whose factors do not fit the
+    transformer the checkpoint's config builds: from the files' headers, before any worker starts (each
+    worker checks again against its own model, `ResidentLoras.check`)."""
+    spec = job.spec
+    given = [(lora.path, input_ref(lora.path, lora.sha256)) for lora in spec.loras]
+    if spec.control is not None:
+        given.append((spec.control.lora, input_ref(spec.control.lora, spec.control.lora_sha256)))
+    if not given:
+        return
+    targets = transformer_targets(config)
+    for name, ref in given:
+        try:
+            check_lora_file(localize(ref), targets)
+        except CheckpointError as error:  # an s3:// LoRA was checked as its copy in this node's input cache
+            raise CheckpointError(name, error.problem, error.fix) from None
 
 
 def job_loras(job: ValidJob) -> tuple[LoraSpec, ...]:

@@ -349,7 +349,7 @@ class InputFetchError(RuntimeError):
 
 def input_cache_dir() -> Path:
     """Where s3:// inputs are kept on this node: LTX2_FARM_INPUT_CACHE, else the farm's cache folder."""
-    from ltx2.tiny import default_cache_dir
+    from ltx2.checkpoint import default_cache_dir
 
     return Path(os.environ.get("LTX2_FARM_INPUT_CACHE") or default_cache_dir() / "inputs")
 

@@ -48,17 +48,17 @@ def _check_image(path: Path) -> str | None:
 
 
 def _check_lora(path: Path) -> str | None:
-    """Why the file is not a usable LoRA (a safetensors file with lora_A/lora_B pairs), or None."""
-    from safetensors import SafetensorError, safe_open
+    """Why the file is not a usable LoRA (a safetensors file of lora_A/lora_B pairs), or None; from its header
+    alone (`ltx2.checkpoint`: plain reads, no torch, nothing mapped). Whether it fits the model is checked
+    where the model's config is known (`render`, and each worker)."""
+    from ltx2.checkpoint import CheckpointError, lora_problems, read_safetensors_header, summarize, tensor_shapes
 
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            keys = list(f.keys())
-    except (SafetensorError, OSError, ValueError) as e:
-        return f"is not a readable safetensors file ({type(e).__name__}); LoRAs load from .safetensors only"
-    if not any(k.endswith("lora_A.weight") for k in keys) or not any(k.endswith("lora_B.weight") for k in keys):
-        return "holds no lora_A/lora_B weight pairs; is it a LoRA?"
-    return None
+        header = read_safetensors_header(path)
+    except CheckpointError as e:
+        return f"is not a readable safetensors file ({e.problem}); LoRAs load from .safetensors only"
+    problems = lora_problems(tensor_shapes(header))
+    return summarize(problems) if problems else None
 
 
 def _check_audio(path: Path) -> str | None:
@@ -110,7 +110,7 @@ def canny_file_name(source_sha256: str, low: int, high: int) -> str:
 
 def control_cache_dir() -> Path:
     """Where derived control passes (canny maps) are cached: LTX2_FARM_CONTROL_DIR, else the farm's cache."""
-    from ltx2.tiny import default_cache_dir
+    from ltx2.checkpoint import default_cache_dir
 
     return Path(os.environ.get("LTX2_FARM_CONTROL_DIR") or default_cache_dir() / "controls")
 

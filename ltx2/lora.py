@@ -9,10 +9,11 @@ from a host-memory backup afterwards, so no rounding drift accumulates across jo
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from ltx_core.loader import (
@@ -26,8 +27,9 @@ from ltx_core.loader.fuse_loras import _prepare_deltas
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ltx2 import fp8_lora_fusion
-from ltx2.checkpoint import CheckpointError, read_safetensors_header
+from ltx2.checkpoint import LORA_A, LORA_FIX, CheckpointError, check_lora_header, lora_problems, summarize
 from ltx2.fp8_linear import FP8, scale_name
+from ltx2.layout import linear_shapes
 from ltx2.offload import ParkedBlocks
 
 
@@ -56,9 +58,15 @@ class LoraSpec:
     strength: float = 1.0
 
 
+def check_lora_file(path: str | Path, targets: Mapping[str, tuple[int, int]]) -> None:
+    """Refuse, from the file's header alone, a LoRA whose factors do not fit `targets` (a model's linear
+    weights, `ltx2.layout.linear_shapes`), its names mapped as the official loader maps them."""
+    check_lora_header(path, targets, LTXV_LORA_COMFY_RENAMING_MAP.apply_to_key)
+
+
 def load_lora(path: str) -> StateDict:
     """A LoRA file's tensors on the CPU, with ComfyUI key names mapped to ltx-core's (the official loader)."""
-    read_safetensors_header(path)
+    check_lora_header(path)
     return SafetensorsStateDictLoader().load(path, sd_ops=LTXV_LORA_COMFY_RENAMING_MAP, device=torch.device("cpu"))
 
 
@@ -91,24 +99,18 @@ class LoraFusion:
 
     def __post_init__(self) -> None:
         params = dict(self.model.named_parameters())
+        linears = linear_shapes(self.model)
         for lora, lsd in zip(self.loras, self._factors(), strict=True):
-            matched = 0
+            problems = lora_problems({key: tuple(t.shape) for key, t in lsd.state_dict.sd.items()}, linears)
+            if problems:
+                raise CheckpointError(lora.path, summarize(problems), LORA_FIX)
             for key in lsd.state_dict.sd:
-                if key.endswith(".lora_A.weight"):
-                    target = key.removesuffix(".lora_A.weight") + ".weight"
-                    if target not in params:
-                        raise CheckpointError(
-                            lora.path,
-                            f"LoRA targets {target}, which the model does not have",
-                            "use a LoRA trained for this model version",
-                        )
+                if key.endswith(LORA_A):
+                    target = key.removesuffix(LORA_A) + ".weight"
                     if target not in self._targets:
                         self._targets.append(target)
                         if params[target].dtype == FP8 and scale_name(target) in params:
                             self._scales[target] = scale_name(target)
-                    matched += 1
-            if matched == 0:
-                raise CheckpointError(lora.path, "LoRA holds no lora_A/lora_B pairs for this model")
 
     def _factors(self) -> list[LoraStateDictWithStrength]:
         """The LoRA files' factors, read through `loader` (again after `drop_factors`)."""
@@ -249,6 +251,8 @@ class ResidentLoras:
     """LoRA files whose factors `prefetch` is copying to the GPU, with the event that marks the copy done."""
     parked: list[ParkedBlocks] = field(default_factory=list)
     """Ways the worker may park block weights (OOM ladder: streamed, FP8): fusion pauses them."""
+    _linears: dict[str, tuple[int, int]] | None = field(default=None, init=False)
+    """The model's linear weights (`linear_shapes`), what `check` fits LoRA headers to: made at the first check."""
 
     def __post_init__(self) -> None:
         self.check([self.distilled_lora])  # read and checked at load time: a worker is ready when loaded
@@ -439,7 +443,13 @@ class ResidentLoras:
             torch.cuda.current_stream(self._side.device).wait_event(event)
 
     def check(self, loras: Sequence[LoraSpec]) -> None:
-        """Load (and cache) each file and check it fits this model, without fusing: errors before compute."""
+        """Check each file fits this model, from its header, then load (and cache) it, without fusing: errors
+        before compute, and before a LoRA that cannot fit is read."""
+        if self._linears is None:
+            self._linears = linear_shapes(self.model)
+        for lora in loras:
+            if lora.path not in self._files:
+                check_lora_file(lora.path, self._linears)
         LoraFusion(self.model, list(loras), loader=self._load)
 
     def use(self, loras: Sequence[LoraSpec] = (), distilled: bool = False, stage: Sequence[LoraSpec] = ()) -> None:

@@ -12,40 +12,22 @@ from pathlib import Path
 
 import torch
 from ltx_core.loader import SingleGPUModelBuilder
-from ltx_core.model.audio_vae import (
-    AUDIO_VAE_DECODER_COMFY_KEYS_FILTER,
-    AUDIO_VAE_ENCODER_COMFY_KEYS_FILTER,
-    VOCODER_COMFY_KEYS_FILTER,
-    AudioDecoder,
-    AudioDecoderConfigurator,
-    AudioEncoder,
-    AudioEncoderConfigurator,
-    Vocoder,
-    VocoderConfigurator,
-)
-from ltx_core.model.transformer import LTXV_MODEL_COMFY_RENAMING_MAP, LTXModelConfigurator, X0Model
-from ltx_core.model.upsampler import LatentUpsampler, LatentUpsamplerConfigurator
-from ltx_core.model.video_vae import (
-    VAE_DECODER_COMFY_KEYS_FILTER,
-    VAE_ENCODER_COMFY_KEYS_FILTER,
-    VideoDecoder,
-    VideoDecoderConfigurator,
-    VideoEncoder,
-    VideoEncoderConfigurator,
-)
-from ltx_core.text_encoders.gemma import (
-    EMBEDDINGS_PROCESSOR_KEY_OPS,
-    GEMMA_LLM_KEY_OPS,
-    GEMMA_MODEL_OPS,
-    EmbeddingsProcessor,
-    GemmaTextEncoder,
-    module_ops_from_gemma_root,
-)
+from ltx_core.model.audio_vae import AudioDecoder, AudioEncoder, Vocoder
+from ltx_core.model.transformer import X0Model
+from ltx_core.model.upsampler import LatentUpsampler
+from ltx_core.model.video_vae import VideoDecoder, VideoEncoder
+from ltx_core.text_encoders.gemma import EmbeddingsProcessor, GemmaTextEncoder, module_ops_from_gemma_root
 
-from ltx2.checkpoint import CheckpointSet, gemma_weight_files, require_fully_loaded, validate_checkpoint_set
+from ltx2.checkpoint import (
+    CheckpointSet,
+    gemma_weight_files,
+    read_gemma_config,
+    require_fully_loaded,
+    validate_checkpoint_set,
+)
+from ltx2.layout import UPSAMPLER, Component, checkpoint_components, gemma_component
 from ltx2.lora import LoraSpec, ResidentLoras
 from ltx2.parallel.guidance import PassRunner, run_sequential
-from ltx2.text_encoder import embeddings_processor_configurator, gemma_text_encoder_configurator, read_gemma_config
 
 LOAD_COUNTER = {"loads": 0}
 """Process-wide count of full model-set loads: lets tests prove that a warm worker does not reload."""
@@ -107,29 +89,29 @@ def load_resident_models(
     started = time.perf_counter()
     device = torch.device(device)
     config = validate_checkpoint_set(paths)
-    ckpt = str(paths.checkpoint)
-
-    def from_checkpoint(
-        configurator: type, sd_ops: object, what: str, on: torch.device | str = device
-    ) -> torch.nn.Module:
-        builder = SingleGPUModelBuilder(model_path=ckpt, model_class_configurator=configurator, model_sd_ops=sd_ops)
-        return _build(builder, ckpt, what, torch.device(on), dtype)
-
-    velocity_model = from_checkpoint(
-        LTXModelConfigurator, LTXV_MODEL_COMFY_RENAMING_MAP, "transformer", transformer_device or device
-    )
-    transformer = X0Model(velocity_model).eval()
     gemma_root = Path(paths.gemma_root)
     gemma_config = read_gemma_config(gemma_root)
     text_config = gemma_config.get("text_config", {})
+    parts = checkpoint_components(text_config.get("hidden_size", 3840), text_config.get("num_hidden_layers", 48))
+    components = {component.what: component for component in parts}
+
+    def from_file(component: Component, path: Path | str, on: torch.device | str = device) -> torch.nn.Module:
+        builder = SingleGPUModelBuilder(
+            model_path=str(path), model_class_configurator=component.configurator, model_sd_ops=component.key_ops
+        )
+        return _build(builder, path, component.what, torch.device(on), dtype)
+
+    def from_checkpoint(what: str, on: torch.device | str = device) -> torch.nn.Module:
+        return from_file(components[what], paths.checkpoint, on)
+
+    velocity_model = from_checkpoint("transformer", transformer_device or device)
+    transformer = X0Model(velocity_model).eval()
+    gemma = gemma_component(gemma_config)
     text_builder = SingleGPUModelBuilder(
         model_path=tuple(str(p) for p in gemma_weight_files(gemma_root)),
-        model_class_configurator=gemma_text_encoder_configurator(gemma_config),
-        model_sd_ops=GEMMA_LLM_KEY_OPS,
-        module_ops=(GEMMA_MODEL_OPS, *module_ops_from_gemma_root(str(gemma_root))),
-    )
-    upsampler_builder = SingleGPUModelBuilder(
-        model_path=str(paths.spatial_upsampler), model_class_configurator=LatentUpsamplerConfigurator
+        model_class_configurator=gemma.configurator,
+        model_sd_ops=gemma.key_ops,
+        module_ops=(*gemma.module_ops, *module_ops_from_gemma_root(str(gemma_root))),
     )
     models = ResidentModels(
         paths=paths,
@@ -138,24 +120,14 @@ def load_resident_models(
         dtype=dtype,
         transformer=transformer,
         loras=ResidentLoras(velocity_model, LoraSpec(str(paths.distilled_lora), 1.0)),
-        video_encoder=from_checkpoint(VideoEncoderConfigurator, VAE_ENCODER_COMFY_KEYS_FILTER, "video VAE encoder"),
-        video_decoder=from_checkpoint(VideoDecoderConfigurator, VAE_DECODER_COMFY_KEYS_FILTER, "video VAE decoder"),
-        audio_encoder=from_checkpoint(
-            AudioEncoderConfigurator, AUDIO_VAE_ENCODER_COMFY_KEYS_FILTER, "audio VAE encoder"
-        ),
-        audio_decoder=from_checkpoint(
-            AudioDecoderConfigurator, AUDIO_VAE_DECODER_COMFY_KEYS_FILTER, "audio VAE decoder"
-        ),
-        vocoder=from_checkpoint(VocoderConfigurator, VOCODER_COMFY_KEYS_FILTER, "vocoder"),
-        upsampler=_build(upsampler_builder, paths.spatial_upsampler, "spatial upsampler", device, dtype),
+        video_encoder=from_checkpoint("video VAE encoder"),
+        video_decoder=from_checkpoint("video VAE decoder"),
+        audio_encoder=from_checkpoint("audio VAE encoder"),
+        audio_decoder=from_checkpoint("audio VAE decoder"),
+        vocoder=from_checkpoint("vocoder"),
+        upsampler=from_file(UPSAMPLER, paths.spatial_upsampler),
         text_encoder=_build(text_builder, gemma_root, "Gemma text encoder", device, dtype),
-        embeddings_processor=from_checkpoint(
-            embeddings_processor_configurator(
-                text_config.get("hidden_size", 3840), text_config.get("num_hidden_layers", 48)
-            ),
-            EMBEDDINGS_PROCESSOR_KEY_OPS,
-            "text embeddings processor",
-        ),
+        embeddings_processor=from_checkpoint("text embeddings processor"),
         load_seconds=0.0,
     )
     models.load_seconds = time.perf_counter() - started

@@ -9,8 +9,7 @@ real 12B folder gives the official modules and a tiny folder gives tiny ones.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import functools
 
 import torch
 from ltx_core.model.model_protocol import ModelConfigurator
@@ -21,11 +20,6 @@ from ltx_core.text_encoders.gemma.embeddings_connector import (
 )
 from ltx_core.text_encoders.gemma.encoders.encoder_configurator import _V2_EXPECTED_CONFIG
 from ltx_core.text_encoders.gemma.feature_extractor import FeatureExtractorV1, FeatureExtractorV2
-
-
-def read_gemma_config(gemma_root: Path) -> dict:
-    """The `config.json` of a Gemma-3 folder (the multimodal `Gemma3ForConditionalGeneration` config)."""
-    return json.loads((Path(gemma_root) / "config.json").read_text())
 
 
 def gemma_text_encoder_configurator(gemma_config: dict) -> type[ModelConfigurator[GemmaTextEncoder]]:
@@ -43,10 +37,12 @@ def gemma_text_encoder_configurator(gemma_config: dict) -> type[ModelConfigurato
     return GemmaFolderTextEncoderConfigurator
 
 
+@functools.cache
 def embeddings_processor_configurator(
     hidden_size: int, num_hidden_layers: int
 ) -> type[ModelConfigurator[EmbeddingsProcessor]]:
-    """A configurator for ltx-core's `EmbeddingsProcessor` whose feature extractor fits a Gemma of this size."""
+    """A configurator for ltx-core's `EmbeddingsProcessor` whose feature extractor fits a Gemma of this size
+    (one class per size, so the header check's memo of built layouts recognises it)."""
 
     class SizedEmbeddingsProcessorConfigurator(ModelConfigurator[EmbeddingsProcessor]):
         @classmethod

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from ltx2.checkpoint import CheckpointSet
+from ltx2.checkpoint import CheckpointSet, default_cache_dir
 
 TINY_VERSION = "tiny-2"
 """Bump when the tiny configs or the generator change: the cache key includes it."""
@@ -243,11 +243,6 @@ def tiny_ltx_config() -> dict:
     }
 
 
-def default_cache_dir() -> Path:
-    """Where generated checkpoint sets live: $LTX2_FARM_CACHE, else ./.cache/ltx2-farm."""
-    return Path(os.environ.get("LTX2_FARM_CACHE", Path.cwd() / ".cache" / "ltx2-farm"))
-
-
 def _fingerprint(seed: int) -> str:
     payload = json.dumps(
         {
@@ -334,50 +329,21 @@ def _random_init(module: torch.nn.Module, generator: torch.Generator) -> dict[st
 
 
 def _write_ltx_checkpoint(path: Path, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    from ltx_core.model.audio_vae import AudioDecoderConfigurator, AudioEncoderConfigurator, VocoderConfigurator
-    from ltx_core.model.transformer import LTXModelConfigurator
-    from ltx_core.model.video_vae import VideoDecoderConfigurator, VideoEncoderConfigurator
-    from ltx_core.text_encoders.gemma import EmbeddingsProcessor
-
-    from ltx2.text_encoder import embeddings_processor_configurator
+    from ltx2.layout import TRANSFORMER, checkpoint_components, checkpoint_key
 
     config = tiny_ltx_config()
     gemma_text = TINY_GEMMA_CONFIG["text_config"]
-    parts: list[tuple[str, torch.nn.Module]] = []
+    components = checkpoint_components(gemma_text["hidden_size"], gemma_text["num_hidden_layers"])
     with torch.device("meta"):
-        parts.append(("model.diffusion_model.", LTXModelConfigurator.from_config(config)))
-        parts.append(("vae.encoder.", VideoEncoderConfigurator.from_config(config)))
-        parts.append(("vae.decoder.", VideoDecoderConfigurator.from_config(config)))
-        parts.append(("audio_vae.encoder.", AudioEncoderConfigurator.from_config(config)))
-        parts.append(("audio_vae.decoder.", AudioDecoderConfigurator.from_config(config)))
-        parts.append(("vocoder.", VocoderConfigurator.from_config(config)))
-        processor: EmbeddingsProcessor = embeddings_processor_configurator(
-            hidden_size=gemma_text["hidden_size"], num_hidden_layers=gemma_text["num_hidden_layers"]
-        ).from_config(config)
+        parts = [(component, component.configurator.from_config(config)) for component in components]
 
     tensors: dict[str, torch.Tensor] = {}
     transformer_sd: dict[str, torch.Tensor] = {}
-    for prefix, module in parts:
+    for component, module in parts:
         state = _random_init(module, generator)
-        for name, value in state.items():
-            if ".per_channel_statistics." in f".{name}":
-                # Encoder and decoder share one copy of the latent statistics, stored under the VAE's root.
-                family = prefix.split(".")[0]
-                tensors[f"{family}.{name}"] = value
-            else:
-                tensors[prefix + name] = value
-        if prefix == "model.diffusion_model.":
+        tensors.update({checkpoint_key(component, name): value for name, value in state.items()})
+        if component == TRANSFORMER:
             transformer_sd = state
-    processor_state = _random_init(processor, generator)
-    for name, value in processor_state.items():
-        if name.startswith("feature_extractor."):
-            tensors["text_embedding_projection." + name.removeprefix("feature_extractor.")] = value
-        elif name.startswith("video_connector."):
-            tensors["model.diffusion_model.video_embeddings_connector." + name.removeprefix("video_connector.")] = value
-        elif name.startswith("audio_connector."):
-            tensors["model.diffusion_model.audio_embeddings_connector." + name.removeprefix("audio_connector.")] = value
-        else:  # pragma: no cover - a new ltx-core submodule would land here
-            raise RuntimeError(f"unexpected embeddings-processor key {name}")
     metadata = {"config": json.dumps(config), "model_version": f"2.0.0-{TINY_VERSION}"}
     save_file(_bf16(tensors), str(path), metadata=metadata)
     return transformer_sd

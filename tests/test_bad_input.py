@@ -179,24 +179,47 @@ def _checkpoint_flags(tiny_set, checkpoint: Path) -> list[str]:
     ]
 
 
-def _safetensors(path: Path, header: dict, data: bytes = b"\0" * 16) -> Path:
-    raw = json.dumps(header).encode()
+def _safetensors(path: Path, header: dict | list | bytes, data: bytes = b"\0" * 16) -> Path:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
     return path
 
 
+def _f32(begin: int, end: int, shape: list | None = None) -> dict:
+    return {"dtype": "F32", "shape": [(end - begin) // 4] if shape is None else shape, "data_offsets": [begin, end]}
+
+
+# (case id, header, words the message must contain); each file is refused from its header alone
 CHECKPOINTS = [
+    ("overlapping tensors", {"a": _f32(0, 8), "b": _f32(4, 12)}, "overlapping tensors"),
+    ("a gap between tensors", {"a": _f32(0, 4), "b": _f32(8, 16)}, "or a gap"),
+    ("data not starting at 0", {"a": _f32(4, 16)}, "starts at byte 4"),
+    ("shape larger than its bytes", {"a": _f32(0, 8, [4])}, "16 bytes, but its data_offsets [0, 8] hold 8"),
+    ("transposed byte count", {"a": {"dtype": "BF16", "shape": [3, 3], "data_offsets": [0, 16]}}, "18 bytes"),
+    ("unknown dtype", {"a": {"dtype": "Q9", "shape": [2], "data_offsets": [0, 8]}}, '"Q9"'),
+    ("overflowing shape", {"a": _f32(0, 16, [2**62, 2**62])}, "85070591730234615865843651857942052864 bytes"),
+    ("negative offset", {"a": {"dtype": "F32", "shape": [4], "data_offsets": [-16, 0]}}, "not two byte positions"),
+    ("a boolean in a shape", {"a": _f32(0, 16, [True, 4])}, "not a list of whole numbers"),
+    ("a float in a shape", {"a": _f32(0, 16, [4.0])}, "not a list of whole numbers"),
+    ("a tensor that is not an object", {"a": [0, 16]}, "not an object"),
+    ("offsets past the end (truncated)", {"a": _f32(0, 4096)}, "truncated: 4080 bytes missing"),
+    ("bytes after the last tensor", {"a": _f32(0, 8)}, "8 bytes after the last tensor"),
+    ("header that is a JSON list", [{"a": _f32(0, 16)}], "header is not a JSON object"),
     (
-        "overlapping tensors",
-        {
-            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-            "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
-        },
-        "invalid offset",
+        "metadata not string to string",
+        {"__metadata__": {"config": {"transformer": {}}}, "a": _f32(0, 16)},
+        "__metadata__",
     ),
-    ("shape larger than its bytes", {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, "invalid shape"),
-    ("unknown dtype", {"a": {"dtype": "Q9", "shape": [2], "data_offsets": [0, 8]}}, "Q9"),
-    ("overflowing shape", {"a": {"dtype": "F32", "shape": [2**62, 2**62], "data_offsets": [0, 8]}}, "overflow"),
+    (
+        "a tensor named twice",
+        b'{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"a":{"dtype":"F32","shape":[4],'
+        b'"data_offsets":[0,16]}}',
+        'names "a" twice',
+    ),
+    ("NaN in the header", b'{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"n":NaN}', "holds NaN"),
+    ("a header nested past the recursion limit", b"[" * 100_000 + b"]" * 100_000, "nests too deeply"),
+    ("a header that is not UTF-8", b'{"\xff\xfe":1}', "not UTF-8"),
+    ("not JSON", b"not json at all", "header is not JSON"),
 ]
 
 
@@ -205,14 +228,38 @@ def test_hostile_safetensors_headers(tmp_path, capsys, tiny_set, case, header, w
     path = _safetensors(tmp_path / "ltx-2.safetensors", header)
     assert main(["models", "check", *_checkpoint_flags(tiny_set, path)]) == 2, case
     err = capsys.readouterr().err
-    assert words in err and "Traceback" not in err
+    assert words in err and str(path) in err and "Traceback" not in err, err
+    assert err.count("\n") == 1  # one line
 
 
 def test_header_length_beyond_the_file(tmp_path, capsys, tiny_set):
     path = tmp_path / "ltx-2.safetensors"
     path.write_bytes(struct.pack("<Q", 2**60) + b"{}")
     assert main(["models", "check", *_checkpoint_flags(tiny_set, path)]) == 2
-    assert "bad header length" in capsys.readouterr().err
+    assert "bad header length: 1152921504606846976 bytes, in a file of 10" in capsys.readouterr().err
+
+
+def test_a_header_over_the_safetensors_limit_is_not_read(tmp_path, capsys, tiny_set):
+    """A length of 200 MiB in a (sparse) 300 MiB file: within the file, over safetensors' 100 MiB limit."""
+    path = tmp_path / "ltx-2.safetensors"
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", 200 * 2**20) + b"{")
+        f.truncate(300 * 2**20)
+    assert main(["models", "check", *_checkpoint_flags(tiny_set, path)]) == 2
+    err = capsys.readouterr().err
+    assert "bad header length: 209715200 bytes" in err and "at most 104857600" in err
+
+
+def test_an_empty_file(tmp_path, capsys, tiny_set):
+    path = tmp_path / "ltx-2.safetensors"
+    path.write_bytes(b"")
+    assert main(["models", "check", *_checkpoint_flags(tiny_set, path)]) == 2
+    assert "not a safetensors file: only 0 bytes" in capsys.readouterr().err
+
+
+def test_a_folder_given_as_the_checkpoint(tmp_path, capsys, tiny_set):
+    assert main(["models", "check", *_checkpoint_flags(tiny_set, tmp_path)]) == 2
+    assert "is a folder, not a safetensors file" in capsys.readouterr().err
 
 
 def test_pickled_weights_are_never_unpickled(tmp_path, capsys, tiny_set):

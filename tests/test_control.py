@@ -4,6 +4,7 @@ the reference appended to stage 1 with the IC-LoRA fused (the official recipe), 
 from __future__ import annotations
 
 import json
+import sys
 
 import av
 import cv2
@@ -149,3 +150,37 @@ def test_every_node_traces_canny_from_its_own_copy(inputs, monkeypatch):
         pairs = list(zip(a.decode(video=0), b.decode(video=0), strict=True))
     same = all(np.array_equal(x.to_ndarray(format="rgb24"), y.to_ndarray(format="rgb24")) for x, y in pairs)
     assert len(pairs) == 40 and same
+
+
+def test_an_ic_lora_is_checked_against_the_model_before_any_worker_starts(inputs, capsys, tiny_set):
+    """`render` checks the IC-LoRA's factors against the transformer the checkpoint's config builds, from its
+    header, on the head: one that fits passes, one for another width is refused naming it."""
+    from cluster.requests import check_job_loras
+    from jobs.inputs import resolve_inputs
+    from jobs.spec import validate_job
+    from ltx2.checkpoint import validate_checkpoint_set
+    from ltx2.tiny import save_file
+    from tests.conftest import SMALL_JOB
+
+    control = {"kind": "depth", "path": "source.mp4", "lora": "ic-canny.safetensors"}
+    job = validate_job({**SMALL_JOB, "recipe": "distilled", "control": control})
+    check_job_loras(resolve_inputs(job, [inputs], inputs), validate_checkpoint_set(tiny_set))
+    save_file(
+        {
+            "diffusion_model.transformer_blocks.0.attn1.to_v.lora_A.weight": torch.zeros(4, 128),
+            "diffusion_model.transformer_blocks.0.attn1.to_v.lora_B.weight": torch.zeros(128, 4),
+        },
+        str(inputs / "ic-wide.safetensors"),
+    )
+    path = _job(inputs, control={**control, "lora": "ic-wide.safetensors"})
+    ray_before = _ray_running()
+    assert main(["render", str(path), "--out", str(inputs / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{inputs / 'ic-wide.safetensors'}: " in err and "the model's weight is [64, 64]" in err
+    assert not (inputs / "out").exists()
+    assert _ray_running() == ray_before  # no cluster was started for it
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()

@@ -246,6 +246,10 @@ def test_bad_manifests_and_conflicting_flags_are_refused(published, tmp_path, ca
         ({"checkpoint": {**data["checkpoint"], "sha256": "abc"}}, "sha256"),
         ({"gemma": [f for f in data["gemma"] if not f["path"].endswith("tokenizer.model")]}, "tokenizer.model"),
         ({"checkpoint_config": {"transformer": {}}}, "lacks vae"),
+        (  # the head sizes jobs by the recorded config (STG blocks, gangs): bounded like a file's
+            {"checkpoint_config": {**data["checkpoint_config"], "transformer": {"num_layers": 10**9}}},
+            "checkpoint_config: config transformer.num_layers is 1000000000: allowed is a whole number from 1 to 128",
+        ),
         ({"distilled_lora": {**data["distilled_lora"], "path": "../x.safetensors"}}, "not a relative path"),
     ):
         with pytest.raises(CheckpointError, match=problem):
