@@ -532,22 +532,23 @@ def credentials_problem(options: StorageOptions) -> str | None:
 @dataclass(frozen=True)
 class UploadWait:
     """An upload waiting out a failure that a retry may fix (the server down, throttling): what it waits for,
-    since when and until when (epoch seconds: it is shown on another node than the one uploading), and where the
-    local file is."""
+    since when and until when (epoch seconds: it is shown on another node than the one uploading), which retry
+    comes next, and where the local file is."""
 
     path: str
     destination: str
     reason: str
     started: float
     deadline: float
+    retry: int
 
     def line(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
         until = time.strftime("%H:%M:%S", time.localtime(self.deadline))
         return (
             f"upload of {Path(self.path).name} to {self.destination} is waiting: {self.reason}; "
-            f"{now - self.started:.0f} s so far, retrying until {until} ({max(0.0, self.deadline - now) / 60:.0f} min "
-            f"left); the file is at {self.path}"
+            f"{now - self.started:.0f} s so far, retry {self.retry}, retrying until {until} "
+            f"({max(0.0, self.deadline - now) / 60:.0f} min left); the file is at {self.path}"
         )
 
 
@@ -617,7 +618,7 @@ class Uploader:
         started, started_at = time.monotonic(), time.time()
         deadline = started + self.options.deadline_s
         delay = self.options.first_backoff_s
-        differed = 0
+        differed = retries = 0
         while True:
             try:
                 return self._upload_one(path, key, content_type)
@@ -640,9 +641,9 @@ class Uploader:
                     f"upload of {path.name} to {self.destination} failed: {failure.reason}{after}{stays}",
                     retryable=failure.retryable,
                 ) from None
-            self._on_wait(
-                UploadWait(str(path), self._url(key), failure.reason, started_at, started_at + self.options.deadline_s)
-            )
+            retries += 1
+            deadline_at = started_at + self.options.deadline_s
+            self._on_wait(UploadWait(str(path), self._url(key), failure.reason, started_at, deadline_at, retries))
             self._sleep(delay)
             delay = min(self.options.max_backoff_s, delay * 2)
 
