@@ -20,7 +20,7 @@ from cluster.campaign_runner import CampaignRunner, campaign_status
 from cluster.executor import JOBS_PER_WORKER, WorkerPool
 from cluster.storage import StorageOptions
 from jobs.campaign import parse_manifest
-from jobs.store import Store
+from jobs.store import QUARANTINE_AFTER, Store
 from tests.conftest import CACHE
 from tests.s3_servers import moto_env
 
@@ -53,6 +53,8 @@ def test_runs_retries_and_caps(pool, tmp_path):
     assert len(list((tmp_path / "out" / "c1").glob("*.mp4"))) == 4
     status = campaign_status(store, "c1")
     assert status["progress"] == pytest.approx(0.8) and len(status["outputs"]) == 4
+    assert status["state"] == "finished" and status["waiting"] is None  # nothing left to run: no longer active
+    assert "campaign finished: 4 done, 1 failed" in [e["message"] for e in store.logs("c1")]
 
 
 def test_campaign_on_a_pool_of_gangs(ray_cluster, tiny_set, pool, tmp_path):
@@ -112,6 +114,7 @@ def test_window_and_clock(pool, tmp_path):
     noon = lambda: dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)  # noqa: E731
     assert CampaignRunner(store, pool, tmp_path / "out", clock=noon).run()["done"] == 0
     assert "outside its window" in campaign_status(store, "night", noon())["waiting"]
+    assert campaign_status(store, "night", noon())["state"] == "active"  # waiting is not finished
     night = lambda: dt.datetime(2026, 11, 25, 23, tzinfo=dt.UTC)  # noqa: E731
     assert CampaignRunner(store, pool, tmp_path / "out", clock=night).run()["done"] == 1
 
@@ -296,3 +299,108 @@ def test_each_distinct_prompt_is_encoded_once_across_the_farm(pool, tmp_path):
     sidecars = [json.loads(p.read_text()) for p in (tmp_path / "out" / "prompts").glob("*.json")]
     planned = next(d for d in sidecars if d.get("plan") and len(d["plan"]["chunks"]) > 1)
     assert not any(t["kind"] == "encode" for t in planned["trace"])  # its prompts were already encoded
+
+
+def _cli(tmp_path: Path, **env: str) -> tuple[list[str], dict[str, str]]:
+    """`ltx2-farm campaign` as users run it, on a store of its own, and its environment."""
+    environment = {**os.environ, "LTX2_FARM_CACHE": str(CACHE), "LTX2_FARM_DB": str(tmp_path / "db"), **env}
+    environment.pop("RAY_ADDRESS", None)
+    return [sys.executable, "-m", "cluster.cli", "campaign"], environment
+
+
+def _submit(tmp_path: Path, name: str, ids: list[str]) -> None:
+    manifest = tmp_path / f"{name}.yaml"
+    rows = [{"id": i, "prompt": f"scene {i}"} for i in ids]
+    manifest.write_text(yaml.safe_dump({"campaign": name, "defaults": TINY, "rows": rows}))
+    cli, env = _cli(tmp_path)
+    assert subprocess.run([*cli, "submit", str(manifest)], env=env, capture_output=True).returncode == 0
+
+
+def test_a_job_that_crashes_the_runner_is_quarantined_and_the_campaign_finishes(tmp_path):
+    """`a1-poison` makes the runner itself raise whenever it handles it (LTX2_FARM_FAULTS=runner_crash): each
+    `campaign run` dies with it running. The job it had started before (`a0-stuck`) is left running by the crash and
+    cancelled from the command line; after the third crash in a row the next run quarantines the poison job,
+    renders the others, exits 4 and the campaign is finished."""
+    _submit(tmp_path, "crashy", ["a0-stuck", "a1-poison", "b", "c"])
+    cli, env = _cli(tmp_path, LTX2_FARM_FAULTS="runner_crash:a1-poison")
+    run = [*cli, "run", "--workers", "1", "--out", str(tmp_path / "out"), "--json"]
+    store = Store(tmp_path / "db")
+    for crash in range(1, QUARANTINE_AFTER + 1):
+        crashed = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600)
+        assert crashed.returncode == 1, crashed.stderr[-3000:]
+        assert "RuntimeError: injected by LTX2_FARM_FAULTS: runner_crash:a1-poison" in crashed.stderr
+        assert store.job_state("crashy", "a1-poison") == "running"  # left so by the crash
+        if crash == 1:
+            assert store.job_state("crashy", "a0-stuck") == "running"
+            cancel = subprocess.run(
+                [*cli, "cancel", "crashy", "--job", "a0-stuck"], env=env, capture_output=True, text=True
+            )
+            assert cancel.returncode == 0 and cancel.stdout == "crashy/a0-stuck: cancelled\n", cancel.stderr
+    finished = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 4, finished.stderr[-3000:]
+    assert "Traceback" not in finished.stderr
+    assert finished.stderr.endswith(
+        "error: 1 job(s) failed (1 quarantined): `ltx2-farm campaign status` and `campaign logs NAME` say which and "
+        "why\n"
+    ), finished.stderr[-2000:]
+    stats = json.loads(finished.stdout)
+    assert (stats["ok"], stats["quarantined"], stats["done"], stats["requeued"]) == (False, 1, 2, 0), stats
+    jobs = {j["id"]: j for j in store.jobs("crashy")}
+    assert {i: j["state"] for i, j in jobs.items()} == {
+        "a0-stuck": "cancelled",
+        "a1-poison": "failed",
+        "b": "done",
+        "c": "done",
+    }
+    assert jobs["a1-poison"]["error"].startswith(
+        f"quarantined: the runner crashed {QUARANTINE_AFTER} times while it ran"
+    )
+    status = subprocess.run([*cli, "status", "crashy", "--json"], env=env, capture_output=True, text=True)
+    assert json.loads(status.stdout)["state"] == "finished"
+
+
+def test_ctrl_c_stops_a_forever_runner_cleanly_and_a_restart_finishes_the_queue(tmp_path):
+    """SIGINT (to the runner only) while it renders: one line, exit code 130, no traceback; the jobs it was running
+    are queued again (attempt `stopped`, not a crash), and the next run renders each job exactly once."""
+    ids = [f"j{i}" for i in range(4)]
+    _submit(tmp_path, "steady", ids)
+    cli, env = _cli(tmp_path)
+    forever = subprocess.Popen(
+        [*cli, "run", "--workers", "1", "--out", str(tmp_path / "out"), "--forever", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    store = Store(tmp_path / "db")
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            counts = store.counts("steady")
+            if counts["done"] >= 1 and counts["running"] >= 1:
+                break
+            time.sleep(0.1)
+        assert counts["done"] >= 1 and counts["running"] >= 1, counts
+        forever.send_signal(signal.SIGINT)
+        _out, err = forever.communicate(timeout=120)
+    finally:
+        if forever.poll() is None:
+            _kill_tree(forever)
+    assert forever.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    stopped = [a for a in store.attempts("steady") if a["outcome"] == "stopped"]
+    last = err.rstrip("\n").rsplit("\n", 1)[-1]
+    assert last.startswith(f"interrupted: {len(stopped)} running job(s) went back to the queue"), err[-2000:]
+    assert "stay in the staging folder of the node that rendered them" in last
+    assert store.counts("steady")["running"] == 0
+    again = subprocess.run(
+        [*cli, "run", "--workers", "1", "--out", str(tmp_path / "out"), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert store.counts("steady")["done"] == 4 and store.campaign_row("steady")["state"] == "finished"
+    ok = sorted(a["job"] for a in store.attempts("steady") if a["outcome"] == "ok")
+    assert ok == ids  # each job completed exactly once
