@@ -944,7 +944,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
     except KeyboardInterrupt as e:  # its text, where a command gave one, says what was kept and where
-        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        message = f"interrupted: {e}" if str(e) else "interrupted"
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "error": message}, indent=2))
+        print(message, file=sys.stderr)
         return ExitCode.INTERRUPTED
     except Exception as raised:
         e = _as_raised_there(raised)

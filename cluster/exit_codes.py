@@ -28,7 +28,8 @@ MEANINGS: dict[ExitCode, str] = {
     ExitCode.ROWS_SKIPPED: "campaign submit: the good rows were queued, the bad rows skipped (each listed)",
     ExitCode.JOBS_FAILED: "campaign run: jobs failed (retries spent, or quarantined), or every worker was blocklisted",
     ExitCode.NOT_FOUND: "no such campaign or job in the store",
-    ExitCode.UPLOAD_FAILED: "rendered, but the upload failed: the files stay where the message says",
+    ExitCode.UPLOAD_FAILED: "an upload failed after the work was done: nothing is lost, the files stay where the "
+    "message says",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C): stopped cleanly; the message says what was kept and where",
 }
 
