@@ -216,7 +216,7 @@ def _run_queue(args: argparse.Namespace, store: Any, metrics: Any) -> int:
     )
     _check_credentials(store, storage)  # before Ray and the models
     from cluster.campaign_runner import CampaignRunner
-    from cluster.cli import resolve_checkpoints, worker_pool
+    from cluster.cli import UploadWaitLines, resolve_checkpoints, worker_pool
     from cluster.executor import start_ray
     from cluster.publish import staging_root
 
@@ -242,6 +242,7 @@ def _run_queue(args: argparse.Namespace, store: Any, metrics: Any) -> int:
             storage,
             metrics=metrics.farm if metrics is not None else None,
             uploads=metrics.uploads if metrics is not None else None,
+            on_upload_wait=None if args.json else UploadWaitLines(),
         )
         bar = None
         if not args.json:

@@ -37,7 +37,7 @@ from cluster.publish import (
     sweep_partials,
 )
 from cluster.requests import prompt_texts
-from cluster.storage import StorageOptions, UploadError
+from cluster.storage import StorageOptions, UploadError, UploadWait
 from cluster.worker import parse_faults
 from jobs.campaign import CampaignSpec
 from jobs.fallback import OOM_LADDER, ladder_for, rung_after
@@ -87,7 +87,10 @@ class CampaignRunner:
         blocklist_after: int = 3,
         metrics: Any = None,
         uploads: Any = None,
+        on_upload_wait: Callable[[UploadWait], None] | None = None,
     ) -> None:
+        """`on_upload_wait` hears of each retry of an upload waiting out an outage, wherever it runs (a worker's,
+        polled by the publishing thread waiting for it, or the head's own); it is called on those threads."""
         self.store = store
         self.pool = pool
         self.ladder = ladder_for(pool.placement.mode, pool.batches_passes)
@@ -98,6 +101,7 @@ class CampaignRunner:
         self.blocklist_after = blocklist_after
         self.metrics = metrics  # FarmMetrics of the endpoint (`campaign run --metrics-port`), or None
         self.uploads = uploads  # the endpoint's UploadMetrics for what the head itself uploads, or None
+        self.on_upload_wait = on_upload_wait
         self._publishing = ThreadPoolExecutor(2, thread_name_prefix="publish")
         """Receives outputs from workers, uploads what the head holds: beside the scheduling loop, never in it."""
         self._pending: list[tuple[Future[Published], CampaignSpec, str, ValidJob, float, Any]] = []
@@ -280,7 +284,7 @@ class CampaignRunner:
                     continue
                 self._failures.pop(r.worker, None)
                 seconds = float(reply.document["timings_s"].get("total", 0.0))
-                deliver = partial(self.pool.collect, r.actor, reply)
+                deliver = partial(self.pool.collect, r.actor, reply, on_progress=self._upload_progress)
                 self._publish(spec, r.job_id, r.job, seconds, r.started, deliver, holder=r.actor)
             if ready:
                 self._observe()
@@ -293,6 +297,12 @@ class CampaignRunner:
             self._drain_published(stats)
         self._sweep_partials()
         return stats
+
+    @property
+    def _upload_progress(self) -> Callable[[dict[str, Any]], None] | None:
+        """What `WorkerPool.collect` reports while a worker's upload waits, handed on to `on_upload_wait`."""
+        hear = self.on_upload_wait
+        return None if hear is None else (lambda progress: hear(progress["waiting"]))
 
     def _forget_prompts(self, job: ValidJob) -> None:
         for text in prompt_texts(job):
@@ -389,7 +399,7 @@ class CampaignRunner:
             return
         worker_seconds = sum(t["seconds"] for t in sidecar.get("trace", []))
         on_upload = self.uploads.count if self.uploads is not None else None
-        deliver = partial(deliver_held, sidecar, on_upload=on_upload)
+        deliver = partial(deliver_held, sidecar, on_upload=on_upload, on_wait=self.on_upload_wait)
         self._publish(spec, row["id"], job, worker_seconds, started, deliver)
 
     def _sweep_partials(self) -> None:

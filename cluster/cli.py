@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -629,16 +630,12 @@ def _render(args: argparse.Namespace, metrics: Any) -> int:
     bar = None if (args.quiet or args.json) else tqdm(total=0, unit="step", desc="render", file=sys.stderr)
 
     shown_stage = [""]
-    shown_wait = [0.0, ""]  # when the last upload-wait line was printed, and its reason
+    upload_waits = None if (args.quiet or args.json) else UploadWaitLines()
 
     def on_progress(p: dict[str, Any]) -> None:
-        wait = p.get("waiting")
-        if wait is not None:  # an upload waiting out an outage: a line now and then, never silence for an hour
-            if not (args.quiet or args.json) and (
-                wait.reason != shown_wait[1] or time.monotonic() - shown_wait[0] >= UPLOAD_WAIT_LINE_S
-            ):
-                shown_wait[:] = [time.monotonic(), wait.reason]
-                tqdm.write(wait.line(), file=sys.stderr)
+        if "waiting" in p:  # an upload waiting out an outage
+            if upload_waits is not None:
+                upload_waits(p["waiting"])
             return
         if bar is None or not p.get("total"):
             return
@@ -704,6 +701,27 @@ def _render(args: argparse.Namespace, metrics: Any) -> int:
 
 UPLOAD_WAIT_LINE_S = 10.0
 """At most one line this often while an upload waits out an outage (its retries back off to every 30 s)."""
+
+
+class UploadWaitLines:
+    """Says on stderr that an upload waits out an outage (`cluster.storage.UploadWait`): at its first retry, when
+    the reason changes, and then every `UPLOAD_WAIT_LINE_S`, so an hour of retries is never an hour of silence.
+    Called from any thread (a campaign's publishing threads); lines go above a progress bar."""
+
+    def __init__(self) -> None:
+        self._shown: dict[str, tuple[float, str]] = {}  # local file -> when its last line was shown, and why
+        self._lock = threading.Lock()
+
+    def __call__(self, wait: Any) -> None:
+        from tqdm import tqdm
+
+        now = time.monotonic()
+        with self._lock:
+            last = self._shown.get(wait.path)
+            if last is not None and last[1] == wait.reason and now - last[0] < UPLOAD_WAIT_LINE_S:
+                return
+            self._shown[wait.path] = (now, wait.reason)
+        tqdm.write(wait.line(), file=sys.stderr)
 
 
 def _left_by_interrupt(job: ValidJob, target: Any, staged: Any, host: str | None, out: Path) -> str:

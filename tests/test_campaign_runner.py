@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -404,3 +405,46 @@ def test_ctrl_c_stops_a_forever_runner_cleanly_and_a_restart_finishes_the_queue(
     assert store.counts("steady")["done"] == 4 and store.campaign_row("steady")["state"] == "finished"
     ok = sorted(a["job"] for a in store.attempts("steady") if a["outcome"] == "ok")
     assert ok == ids  # each job completed exactly once
+
+
+def test_a_campaign_upload_waiting_for_a_server_that_is_down_is_shown_and_ctrl_c_requeues_it(tmp_path):
+    """`campaign run` says what a worker's upload waits for, and where its file is; Ctrl-C then puts the job back
+    in the queue, its staged render kept on the node."""
+    from tests.s3_servers import free_port
+
+    manifest = tmp_path / "up.yaml"
+    rows = [{"id": "only", "prompt": "rain"}]
+    manifest.write_text(yaml.safe_dump({"campaign": "up", "output": "s3://farm/c", "defaults": TINY, "rows": rows}))
+    cli, env = _cli(tmp_path, LTX2_FARM_STAGING=str(tmp_path / "staging"), **moto_env())
+    assert subprocess.run([*cli, "submit", str(manifest)], env=env, capture_output=True).returncode == 0
+    run = [*cli, "run", "--workers", "1", "--out", str(tmp_path / "out"), "--addressing-style", "path"]
+    runner = subprocess.Popen(
+        [*run, "--endpoint-url", f"http://127.0.0.1:{free_port()}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(runner.stderr), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not any("is waiting:" in line for line in list(lines)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        waiting = next(line for line in list(lines) if "is waiting:" in line)
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(timeout=120) == 130
+    finally:
+        if runner.poll() is None:
+            _kill_tree(runner)
+    reader.join(timeout=30)
+    err = "".join(lines)
+    assert "the server could not be reached (EndpointConnectionError)" in waiting, waiting
+    video = Path(waiting.rstrip("\n").rsplit("the file is at ", 1)[1])
+    assert video.parent == tmp_path / "staging" / "worker-0" / "up" and video.is_file()
+    assert "Traceback" not in err, err[-3000:]
+    assert err.rstrip("\n").rsplit("\n", 1)[-1].startswith("interrupted: 1 running job(s) went back to the queue")
+    store = Store(tmp_path / "db")
+    assert store.job_state("up", "only") == "queued"
+    assert [a["outcome"] for a in store.attempts("up")] == ["stopped"]
