@@ -225,7 +225,7 @@ CONFLICTS = [
 
 @pytest.mark.parametrize(("argv", "words"), CONFLICTS, ids=[" ".join(c[0][:3]) for c in CONFLICTS])
 def test_flags_that_would_drop_each_other_are_refused(tmp_path, capsys, argv, words):
-    """Before, --frames with --duration rendered the default length and --resolution silently beat --height."""
+    """Two flags that set one thing, or one that only applies with another: one would be dropped without a word."""
     assert main([*argv, "--json"] if argv[0] != "render" else [*argv, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {words}") and err.count("\n") == 1, err
