@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cluster.exit_codes import ExitCode
 from jobs.text import printable
 
 DEFAULT_DB = ".farm/farm.db"
@@ -116,7 +117,7 @@ def cmd_campaign(args: argparse.Namespace) -> int:
                 + "".join(f"\n  skipped row {p.row} ({p.row_id}): {p.problem.message()}" for p in manifest.problems)
             )
             _print(args, payload, human)
-            return 3 if problems else 0
+            return ExitCode.ROWS_SKIPPED if problems else ExitCode.OK
         if action == "run":
             return _run(args, store)
         if action == "list":
@@ -135,7 +136,7 @@ def cmd_campaign(args: argparse.Namespace) -> int:
                 )
                 or "no campaigns",
             )
-            return 0
+            return ExitCode.OK
         if action == "status":
             from cluster.campaign_runner import campaign_status
 
@@ -148,7 +149,7 @@ def cmd_campaign(args: argparse.Namespace) -> int:
                 counts = ", ".join(f"{k} {v}" for k, v in r["jobs"].items() if v)
                 lines.append(f"{r['campaign']} ({r['state']}): {_bar(r['progress'])} {counts}{eta}{waiting}")
             _print(args, rows if not args.campaign else rows[0], "\n".join(lines))
-            return 0
+            return ExitCode.OK
         if action == "logs":
             entries = store.logs(args.campaign)
             _print(
@@ -160,7 +161,7 @@ def cmd_campaign(args: argparse.Namespace) -> int:
                     for e in entries
                 ),
             )
-            return 0
+            return ExitCode.OK
         if action in ("pause", "resume", "cancel"):
             state = {"pause": "paused", "resume": "queued" if args.job else "active", "cancel": "cancelled"}[action]
             if args.job:
@@ -172,26 +173,54 @@ def cmd_campaign(args: argparse.Namespace) -> int:
                 {"ok": True, "campaign": args.campaign, "job": args.job, "state": state},
                 f"{args.campaign}{'/' + args.job if args.job else ''}: {state}",
             )
-            return 0
+            return ExitCode.OK
         if action == "retry-failed":
             n = store.retry_failed(args.campaign)
             _print(args, {"ok": True, "requeued": n}, f"{args.campaign}: {n} failed job(s) requeued")
-            return 0
+            return ExitCode.OK
         raise AssertionError(action)
-    except KeyError as e:
-        print(f"error: no such campaign or job: {printable(e)}", file=sys.stderr)
-        return 2
     finally:
         store.close()
 
 
 def _run(args: argparse.Namespace, store: Any) -> int:
-    from cluster.campaign_runner import CampaignRunner
-    from cluster.cli import metrics_address, resolve_checkpoints, worker_pool
-    from cluster.executor import start_ray
+    from cluster.cli import start_metrics
+
+    metrics = start_metrics(args)  # first: its port is held before anything else starts
+    try:
+        return _run_queue(args, store, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _check_credentials(store: Any, storage: Any) -> None:
+    """Refuse to start when a campaign with work left uploads to s3:// and no credentials are found here (the head
+    uploads what it muxes; on a cluster every node needs them): before the models load, not after a render."""
+    from cluster.cli import UsageError
+    from cluster.storage import credentials_problem
+
+    for c in store.campaign_states():
+        output = store.campaign_spec(c.name).output
+        if c.state == "active" and c.queued + c.running and output and output.startswith("s3://"):
+            problem = credentials_problem(storage)
+            if problem:
+                raise UsageError(f"campaign {c.name!r} uploads to {output}: {problem}")
+            return
+
+
+def _run_queue(args: argparse.Namespace, store: Any, metrics: Any) -> int:
     from cluster.storage import StorageOptions
 
-    metrics_addr = metrics_address(args)  # before the workers start
+    storage = StorageOptions(
+        endpoint_url=args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"), addressing_style=args.addressing_style
+    )
+    _check_credentials(store, storage)  # before Ray and the models
+    from cluster.campaign_runner import CampaignRunner
+    from cluster.cli import UploadWaitLines, resolve_checkpoints, worker_pool
+    from cluster.executor import start_ray
+    from cluster.publish import staging_root
+
     checkpoints = resolve_checkpoints(args)  # the LTX2_* environment, or the tiny set
     start_ray(args.address, num_cpus=None if args.address else max(os.cpu_count() or 1, args.workers))
     from cluster.cli import UsageError
@@ -203,23 +232,18 @@ def _run(args: argparse.Namespace, store: Any) -> int:
         raise UsageError("; ".join(f"--gpus {value}: {why}" for _field, value, why in problems))
     placement = Placement(shape.mode, shape.resolved_gpus())
     pool = worker_pool(args, checkpoints, placement)
-    metrics = None
+    interrupted = False
     try:
-        if args.metrics_port is not None:
-            from cluster.metrics import MetricsServer
-
-            metrics = MetricsServer(pool, port=args.metrics_port, addr=metrics_addr)
-            sys.stderr.write(f"metrics at {metrics.url}\n")
+        if metrics is not None:
+            metrics.attach(pool)
         runner = CampaignRunner(
             store,
             pool,
             Path(args.out),
-            StorageOptions(
-                endpoint_url=args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
-                addressing_style=args.addressing_style,
-            ),
+            storage,
             metrics=metrics.farm if metrics is not None else None,
             uploads=metrics.uploads if metrics is not None else None,
+            on_upload_wait=None if args.json else UploadWaitLines(),
         )
         bar = None
         if not args.json:
@@ -236,12 +260,25 @@ def _run(args: argparse.Namespace, store: Any) -> int:
 
         try:
             stats = runner.run(until_idle=not args.forever, on_progress=progress)
+        except KeyboardInterrupt:
+            interrupted = True
         finally:
             if bar is not None:
                 bar.close()
     finally:
-        if metrics is not None:
-            metrics.close()
         pool.shutdown()
-    _print(args, {"ok": True, **stats}, ", ".join(f"{k} {v}" for k, v in stats.items()))
-    return 0
+    if interrupted:  # the runner requeued what it was running; the store holds everything else
+        raise KeyboardInterrupt(
+            f"{runner.stopped_jobs} running job(s) went back to the queue and render at the next `campaign run` (an "
+            "output already published is not rendered again); outputs on their way out stay in the staging folder "
+            f"of the node that rendered them ({staging_root()} on this one)"
+        )
+    failed = stats["failed"] + stats.get("quarantined", 0)
+    _print(args, {"ok": not failed, **stats}, ", ".join(f"{k} {v}" for k, v in stats.items()))
+    if failed or stats.get("stopped"):
+        why = f"{failed} job(s) failed" + (f" ({stats['quarantined']} quarantined)" if stats.get("quarantined") else "")
+        if stats.get("stopped"):
+            why = "every worker was blocklisted" + (f" and {why}" if failed else "")
+        print(f"error: {why}: `ltx2-farm campaign status` and `campaign logs NAME` say which and why", file=sys.stderr)
+        return ExitCode.JOBS_FAILED
+    return ExitCode.OK

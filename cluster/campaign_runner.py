@@ -2,14 +2,16 @@
 
 The loop asks the scheduling policy which campaigns get the free workers, claims jobs in the store,
 renders them on resident-model workers, uploads, and only then marks them done. It can be killed at any
-moment: on restart `recover()` requeues what was running, and a job whose output is already complete
-(sidecar present, objects already uploaded with the same ETag) is marked done without rendering again.
+moment: on restart `recover()` requeues what was running (or quarantines a job that was running at each of the
+last crashes), and a job whose output is already complete (sidecar present, objects already uploaded with the
+same ETag) is marked done without rendering again. Stopped with Ctrl-C, it requeues its running jobs itself.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -35,7 +37,8 @@ from cluster.publish import (
     sweep_partials,
 )
 from cluster.requests import prompt_texts
-from cluster.storage import StorageOptions, UploadError
+from cluster.storage import StorageOptions, UploadError, UploadWait
+from cluster.worker import parse_faults
 from jobs.campaign import CampaignSpec
 from jobs.fallback import OOM_LADDER, ladder_for, rung_after
 from jobs.keys import parse_destination
@@ -84,7 +87,10 @@ class CampaignRunner:
         blocklist_after: int = 3,
         metrics: Any = None,
         uploads: Any = None,
+        on_upload_wait: Callable[[UploadWait], None] | None = None,
     ) -> None:
+        """`on_upload_wait` hears of each retry of an upload waiting out an outage, wherever it runs (a worker's,
+        polled by the publishing thread waiting for it, or the head's own); it is called on those threads."""
         self.store = store
         self.pool = pool
         self.ladder = ladder_for(pool.placement.mode, pool.batches_passes)
@@ -95,6 +101,7 @@ class CampaignRunner:
         self.blocklist_after = blocklist_after
         self.metrics = metrics  # FarmMetrics of the endpoint (`campaign run --metrics-port`), or None
         self.uploads = uploads  # the endpoint's UploadMetrics for what the head itself uploads, or None
+        self.on_upload_wait = on_upload_wait
         self._publishing = ThreadPoolExecutor(2, thread_name_prefix="publish")
         """Receives outputs from workers, uploads what the head holds: beside the scheduling loop, never in it."""
         self._pending: list[tuple[Future[Published], CampaignSpec, str, ValidJob, float, Any]] = []
@@ -120,11 +127,33 @@ class CampaignRunner:
     ) -> dict[str, int]:
         """Run until nothing is queued or running (`until_idle`), or until `max_seconds`.
 
-        `on_progress` gets the running counts after every finished job (progress bars).
+        `on_progress` gets the running counts after every finished job (progress bars). Interrupted (Ctrl-C),
+        it puts the jobs it was running back in the queue (attempt `stopped`: no retry, and no crash that
+        `recover()` would count towards a quarantine), stops the head's upload retries, and re-raises;
+        `stopped_jobs` says how many it requeued.
         """
-        requeued = self.store.recover()
+        self._claimed: set[tuple[str, str]] = set()
+        self.stopped_jobs = 0
+        try:
+            return self._run(until_idle, max_seconds, on_progress)
+        except KeyboardInterrupt:
+            from cluster.storage import stop_retrying
+
+            stop_retrying()  # an upload thread of the head waiting out an outage would hold the exit for an hour
+            self._publishing.shutdown(wait=False, cancel_futures=True)
+            for campaign, job_id in self._claimed:  # those no longer running are left as they are
+                if self.store.job_state(campaign, job_id) == "running":
+                    self.store.requeue(campaign, job_id, "stopped", "the runner was stopped (Ctrl-C)")
+                    self.stopped_jobs += 1
+            raise
+
+    def _run(
+        self, until_idle: bool, max_seconds: float | None, on_progress: Callable[[dict[str, int]], None] | None
+    ) -> dict[str, int]:
+        recovered = self.store.recover()
         self._sweep_partials()
-        self._stats = stats = {"done": 0, "failed": 0, "retried": 0, "skipped": 0, "requeued": requeued}
+        self._stats = stats = {"done": 0, "failed": 0, "retried": 0, "skipped": 0, **recovered}
+        faults = runner_faults()
         started = time.monotonic()
         depth = 1 if self.pool.is_gang else JOBS_PER_WORKER
         free = [w for _ in range(depth) for w in range(len(self.pool.workers))]  # a slot per job a worker holds
@@ -175,6 +204,9 @@ class CampaignRunner:
                 row = self.store.claim(name, self.pool.workers[worker].info["name"], self._held.get(worker))
                 if row is None:
                     continue
+                self._claimed.add((name, row["id"]))
+                if row["id"] in faults:
+                    raise RuntimeError(f"injected by LTX2_FARM_FAULTS: runner_crash:{row['id']} (the runner crashes)")
                 spec = self.store.campaign_spec(name)
                 job = job_from_row(row, self.ladder)
                 target = self._target(spec)
@@ -225,8 +257,10 @@ class CampaignRunner:
                     # an input it was sent (a prompt's encoding) was held by a node that is gone: not this job's
                     # fault nor this worker's; the encoding is made again for the next attempt
                     self._forget_prompts(r.job)
-                    self.store.requeue(r.campaign, r.job_id, "input_lost", f"an input was lost with its node: {error}")
-                    stats["requeued"] += 1
+                    state = self.store.requeue(
+                        r.campaign, r.job_id, "input_lost", f"an input was lost with its node: {error}"
+                    )
+                    _tally(stats, state, "requeued")
                     continue
                 except Exception as error:  # the job failed on a live worker
                     self._forget_prompts(r.job)  # an encoding that failed is not kept for later jobs
@@ -240,7 +274,7 @@ class CampaignRunner:
                         time.time() - r.started,
                         spec.max_task_retries,
                     )
-                    stats["retried" if state == "queued" else "failed"] += 1
+                    _tally(stats, state, "retried")
                     self._failed_on.setdefault((r.campaign, r.job_id), set()).add(r.worker)
                     if r.worker not in self._blocklisted_slots and self._count_failure(
                         r.worker, r.campaign, r.job_id, error, stats
@@ -250,7 +284,7 @@ class CampaignRunner:
                     continue
                 self._failures.pop(r.worker, None)
                 seconds = float(reply.document["timings_s"].get("total", 0.0))
-                deliver = partial(self.pool.collect, r.actor, reply)
+                deliver = partial(self.pool.collect, r.actor, reply, on_progress=self._upload_progress)
                 self._publish(spec, r.job_id, r.job, seconds, r.started, deliver, holder=r.actor)
             if ready:
                 self._observe()
@@ -263,6 +297,12 @@ class CampaignRunner:
             self._drain_published(stats)
         self._sweep_partials()
         return stats
+
+    @property
+    def _upload_progress(self) -> Callable[[dict[str, Any]], None] | None:
+        """What `WorkerPool.collect` reports while a worker's upload waits, handed on to `on_upload_wait`."""
+        hear = self.on_upload_wait
+        return None if hear is None else (lambda progress: hear(progress["waiting"]))
 
     def _forget_prompts(self, job: ValidJob) -> None:
         for text in prompt_texts(job):
@@ -281,10 +321,7 @@ class CampaignRunner:
     ) -> None:
         """Requeue for the next rung of the OOM ladder (not a retry, not the worker's fault)."""
         state = self.store.oom(campaign, job_id, f"{type(error).__name__}: {str(error)[:500]}", seconds, self.ladder)
-        if state == "queued":
-            stats["oom_fallbacks"] = stats.get("oom_fallbacks", 0) + 1
-        else:
-            stats["failed"] += 1
+        _tally(stats, state, "oom_fallbacks")
 
     def _observe(self) -> None:
         """Jobs by state and the queue depth, for the metrics endpoint."""
@@ -302,7 +339,7 @@ class CampaignRunner:
         """Requeue the job without using a retry and put a fresh worker in the dead one's slot."""
         name = r.worker_name or self.pool.workers[r.worker].info["name"]
         state = self.store.interrupt(r.campaign, r.job_id, f"worker {name} died: {error}", time.time() - r.started)
-        stats["requeued" if state == "queued" else "failed"] += 1
+        _tally(stats, state, "requeued")
         if r.actor is not None and self.pool.workers[r.worker].actor is not r.actor:
             return  # another job of the same dead worker came back first and replaced it
         new = self.pool.begin_replace(r.worker)  # the loop goes on while it loads or waits for room
@@ -341,7 +378,7 @@ class CampaignRunner:
         except ray.exceptions.RayActorError as error:  # a worker died mid-plan: replace it, run the job again
             dead = [i for i, w in enumerate(self.pool.workers) if not _actor_alive(w.actor)]
             state = self.store.interrupt(spec.campaign, row["id"], f"worker died: {error}", time.time() - started)
-            stats["requeued" if state == "queued" else "failed"] += 1
+            _tally(stats, state, "requeued")
             for i in dead:
                 self.pool.begin_replace(i)
                 stats["replaced"] = stats.get("replaced", 0) + 1
@@ -358,11 +395,11 @@ class CampaignRunner:
                 time.time() - started,
                 spec.max_task_retries,
             )
-            stats["retried" if state == "queued" else "failed"] += 1
+            _tally(stats, state, "retried")
             return
         worker_seconds = sum(t["seconds"] for t in sidecar.get("trace", []))
         on_upload = self.uploads.count if self.uploads is not None else None
-        deliver = partial(deliver_held, sidecar, on_upload=on_upload)
+        deliver = partial(deliver_held, sidecar, on_upload=on_upload, on_wait=self.on_upload_wait)
         self._publish(spec, row["id"], job, worker_seconds, started, deliver)
 
     def _sweep_partials(self) -> None:
@@ -406,8 +443,10 @@ class CampaignRunner:
             except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as error:
                 # its holder died with the files after the render: render again, without using a retry or counting
                 # as a worker it killed
-                self.store.requeue(spec.campaign, job_id, "output_lost", f"worker died before publishing: {error}")
-                stats["requeued"] += 1
+                state = self.store.requeue(
+                    spec.campaign, job_id, "output_lost", f"worker died before publishing: {error}"
+                )
+                _tally(stats, state, "requeued")
                 slot = next((i for i, w in enumerate(self.pool.workers) if w.actor is holder), None)
                 if slot is not None:  # still in its slot: replaced now, before a next job is sent to a dead worker
                     self.pool.begin_replace(slot)
@@ -430,11 +469,26 @@ class CampaignRunner:
         storage's reason. A staged copy never published is swept from its node after `STAGED_KEEP_S`."""
         why = str(error) if isinstance(error, UploadError) else f"{type(error).__name__}: {error}"
         state = self.store.fail(spec.campaign, job_id, f"upload: {why}", 0.0, spec.max_task_retries)
-        self._stats["retried" if state == "queued" else "failed"] += 1
+        _tally(self._stats, state, "retried")
 
     def _finish(self, spec: CampaignSpec, job_id: str, job: ValidJob, counter: str, output: dict[str, Any]) -> None:
-        self.store.finish(spec.campaign, job_id, output, 0.0)  # its GPU time was charged when the render ended
-        self._stats[counter] += 1
+        if self.store.finish(spec.campaign, job_id, output, 0.0):  # its GPU time was charged when the render ended
+            self._stats[counter] += 1
+
+
+def _tally(stats: dict[str, int], state: str, requeued_as: str) -> None:
+    """Count a job's state after a failed attempt: requeued (under `requeued_as`), failed, or neither (an operator
+    paused or cancelled it while it ran)."""
+    if state == "queued":
+        stats[requeued_as] = stats.get(requeued_as, 0) + 1
+    elif state == "failed":
+        stats["failed"] += 1
+
+
+def runner_faults() -> set[str]:
+    """Job ids whose claim crashes this runner (`LTX2_FARM_FAULTS=runner_crash:ID`, chaos tests): a coordinator
+    that raises in its own handling of a row, which `Store.recover()` quarantines after `QUARANTINE_AFTER`."""
+    return {value for name, value in parse_faults(os.environ.get("LTX2_FARM_FAULTS", "")) if name == "runner_crash"}
 
 
 def _actor_alive(actor: Any) -> bool:
@@ -450,9 +504,9 @@ def campaign_status(store: Store, name: str, now: dt.datetime | None = None) -> 
     from jobs.schedule import blocked_reason
 
     now = now or utcnow()
+    row = store.campaign_row(name)  # NotFound for an unknown name
     counts = store.counts(name)
-    state = next(c for c in store.campaign_states() if c.name == name)
-    row = store.campaign_row(name)
+    state = store.campaign_state(name)
     done = counts["done"]
     total = sum(counts.values())
     attempts = [a for a in store.attempts(name) if a["outcome"] == "ok" and a["gpu_seconds"]]

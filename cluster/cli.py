@@ -1,7 +1,7 @@
 """`ltx2-farm`: the command line of the render farm.
 
 Subcommands validate jobs before anything heavy starts, show progress on long work, and print
-machine-readable results with `--json`. Exit codes: 0 ok, 2 invalid input (job or checkpoint), 1 other.
+machine-readable results with `--json`. Exit codes: `cluster.exit_codes` (one table for every command).
 """
 
 from __future__ import annotations
@@ -9,16 +9,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from cluster.exit_codes import ExitCode
+from cluster.exit_codes import table as exit_code_table
 from jobs.examples import DEMO_JOB
 from jobs.spec import JobValidationError, ValidJob, validate_for_model, validate_job
 from jobs.text import printable
 
-EPILOG = """\
+EPILOG = (
+    """\
 examples:
   ltx2-farm render                              render the embedded demo job into ./renders/
   ltx2-farm render job.yaml --snap              render a job file, snapping sizes to valid values
@@ -41,7 +46,12 @@ model files (flags or environment; all four, a manifest, or none for the built-i
   --gemma-root        LTX2_GEMMA_ROOT         Gemma-3 folder (e.g. gemma-3-12b-it)
   --spatial-upsampler LTX2_SPATIAL_UPSAMPLER  ltx-2-spatial-upscaler-x2-1.0.safetensors
   --distilled-lora    LTX2_DISTILLED_LORA     ltx-2-19b-distilled-lora-384.safetensors
+
+exit codes (every command):
 """
+    + exit_code_table()
+    + "\n"
+)
 
 MODEL_FLAGS = {
     "checkpoint": "LTX2_CHECKPOINT",
@@ -84,11 +94,12 @@ def add_metrics_flags(parser: argparse.ArgumentParser, when: str) -> None:
     )
 
 
-def metrics_address(args: argparse.Namespace) -> str | None:
-    """The address for `--metrics-port`, checked before any work: None without a port. An address this
-    machine cannot listen on (a typo, another host's IP, a port in use) is a usage error now, not a crash
-    after the models have loaded."""
-    from cluster.metrics import ADDR_ENV, DEFAULT_ADDR, check_address
+def start_metrics(args: argparse.Namespace):  # -> cluster.metrics.MetricsServer | None
+    """The endpoint `--metrics-port` asks for, listening from now on, before any work: None without a port. It
+    holds its port while the models load, so nothing started meanwhile (Ray's processes pick ports too) can take
+    it; an address this machine cannot listen on (a typo, another host's IP, a port in use) is a usage error now,
+    not a crash after the models have loaded. The caller closes it; `attach` gives it the worker pool."""
+    from cluster.metrics import ADDR_ENV, DEFAULT_ADDR, MetricsServer, check_address, listen_problem
 
     addr = args.metrics_addr if args.metrics_addr is not None else os.environ.get(ADDR_ENV) or DEFAULT_ADDR
     if args.metrics_port is None:
@@ -98,7 +109,13 @@ def metrics_address(args: argparse.Namespace) -> str | None:
     problem = check_address(addr, args.metrics_port)
     if problem:
         raise UsageError(problem)
-    return addr
+    try:
+        server = MetricsServer(None, port=args.metrics_port, addr=addr)
+    except OSError as error:
+        raise UsageError(listen_problem(addr, args.metrics_port, error)) from None
+    if not getattr(args, "json", False):
+        sys.stderr.write(f"metrics at {server.url}\n")
+    return server
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -329,8 +346,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CONFLICTING_FLAGS = (
+    ("num_frames", "duration", "both set the video's length: give one of them"),
+    ("resolution", "height", "both set the height: give --resolution WxH alone, or --width and --height"),
+    ("resolution", "width", "both set the width: give --resolution WxH alone, or --width and --height"),
+    ("region", "output", None),
+    ("profile", "output", None),
+)
+"""Flags that must not meet (a message), or whose first needs the second (None): either way one of them would be
+dropped without a word. A flag on top of a job file's field is no conflict: the flag wins, as documented."""
+
+
+def _flag(dest: str) -> str:
+    return {"num_frames": "--frames"}.get(dest, f"--{dest.replace('_', '-')}")
+
+
+def refuse_conflicting_flags(args: argparse.Namespace) -> None:
+    for first, second, why in CONFLICTING_FLAGS:
+        a, b = getattr(args, first, None), getattr(args, second, None)
+        if why is not None and a is not None and b is not None:
+            raise UsageError(f"{_flag(first)} {_shown(a)} and {_flag(second)} {_shown(b)} {why}")
+        if why is None and a is not None and b is None:
+            raise UsageError(
+                f"{_flag(first)} {a} only applies to an upload: give {_flag(second)} s3://… too, or drop it"
+            )
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def load_job_mapping(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """The job as a mapping: the file (or the demo), with command-line fields on top."""
+    refuse_conflicting_flags(args)
     if args.job:
         from jobs.campaign import read_mapping_file
 
@@ -488,7 +536,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{_describe_adjustments(job)}{source}: valid ({job.num_frames} frames, "
         f"{job.spec.width}x{job.spec.height} @ {job.spec.frame_rate:g} fps, {job.spec.recipe})",
     )
-    return 0
+    return ExitCode.OK
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -498,7 +546,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     job = validate_job(data, snap=args.snap, source=source)
     plan = plan_job(job)
     _emit(args, {"ok": True, "source": source, **plan.summary()}, _describe_adjustments(job) + describe(plan))
-    return 0
+    return ExitCode.OK
 
 
 def single_pass(plan: Any, pool: Any) -> bool:
@@ -511,7 +559,8 @@ def render_and_publish(
 ) -> Any:
     """Render one planned job on the pool and publish its output. With `metrics` (a `MetricsServer`), the
     job's end-to-end latency (from here until its output is published, upload included) and its seconds of
-    video are counted once published, whichever path rendered it."""
+    video are counted once published, whichever path rendered it. `on_progress` gets the render's steps, and
+    `{"stage": "upload", "waiting": UploadWait}` at each retry of an upload waiting out an outage."""
     job = plan.job
     started = time.time()
     if single_pass(plan, pool):
@@ -522,23 +571,39 @@ def render_and_publish(
 
         [sidecar] = Coordinator(pool, metrics.farm if metrics else None).run([plan], staging_dir(target, HEAD))
         on_upload = metrics.uploads.count if metrics is not None else None
-        result = deliver_held(sidecar, job, target, out, on_upload=on_upload)
+        on_wait = (lambda wait: on_progress({"stage": "upload", "waiting": wait})) if on_progress else None
+        result = deliver_held(sidecar, job, target, out, on_upload=on_upload, on_wait=on_wait)
     if metrics is not None:
         metrics.farm.published(time.time() - started, job.num_frames / job.spec.frame_rate)
     return result
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    metrics_addr = metrics_address(args)
+    metrics = start_metrics(args)  # first: its port is held before anything else starts
+    try:
+        return _render(args, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _render(args: argparse.Namespace, metrics: Any) -> int:
     data, source = load_job_mapping(args)
     job = validate_job(data, snap=args.snap, source=source)  # before any model or cluster starts
     job = _resolve_inputs(job, args, source)
     if job.adjustments and not args.json:
         sys.stderr.write(printable(_describe_adjustments(job), keep_newlines=True))
-    if args.output:  # a bad destination or key template, or keys too long for this job, refused before any compute
-        from jobs.keys import check_output
+    if args.output:  # a bad destination, key template, keys too long for this job, or missing credentials are
+        # refused before any compute
+        from jobs.keys import check_output, parse_destination
 
         check_output(args.output, args.key_template, job)
+        if parse_destination(args.output).scheme == "s3":
+            from cluster.storage import StorageOptions, credentials_problem
+
+            problem = credentials_problem(StorageOptions(profile=args.profile))
+            if problem:
+                raise UsageError(f"--output {printable(args.output)}: {problem}")
     checkpoints = resolve_checkpoints(args)
     from cluster.model_store import validate_models
 
@@ -564,18 +629,18 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers {args.workers}: give at least 1")
     placement = resolve_placement(job, transformer, args.device, args.workers)
     pool = worker_pool(args, checkpoints, placement)
-    metrics = None
-    if args.metrics_port is not None:
-        from cluster.metrics import MetricsServer
-
-        metrics = MetricsServer(pool, port=args.metrics_port, addr=metrics_addr)
-        if not args.json:
-            sys.stderr.write(f"metrics at {metrics.url}\n")
+    if metrics is not None:
+        metrics.attach(pool)
     bar = None if (args.quiet or args.json) else tqdm(total=0, unit="step", desc="render", file=sys.stderr)
 
     shown_stage = [""]
+    upload_waits = None if (args.quiet or args.json) else UploadWaitLines()
 
     def on_progress(p: dict[str, Any]) -> None:
+        if "waiting" in p:  # an upload waiting out an outage
+            if upload_waits is not None:
+                upload_waits(p["waiting"])
+            return
         if bar is None or not p.get("total"):
             return
         if shown_stage[0] != p["stage"]:
@@ -586,6 +651,12 @@ def cmd_render(args: argparse.Namespace) -> int:
         bar.refresh()
 
     target = output_target(args)
+    from cluster.publish import HEAD, staging_dir
+    from jobs.outputs import output_paths
+
+    holder = pool.workers[0].info if single_pass(plan, pool) else {"name": HEAD, "host": socket.gethostname()}
+    staged = output_paths(job, staging_dir(target, holder["name"]))
+    interrupted = False
     try:
         if not single_pass(plan, pool) and not args.json:
             sys.stderr.write(
@@ -597,12 +668,14 @@ def cmd_render(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
             bar = None
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         if bar is not None:
             bar.close()
-        if metrics is not None:
-            metrics.close()
         pool.shutdown()
+    if interrupted:  # once the workers are stopped, nothing more is written: say what is left, and where
+        raise KeyboardInterrupt(_left_by_interrupt(job, target, staged, holder.get("host"), Path(args.out)))
     sidecar = result.document
     media = sidecar["media"]
     summary = (
@@ -627,7 +700,50 @@ def cmd_render(args: argparse.Namespace) -> int:
             lines.append(f"rendered {summary}")
         lines += [f"uploaded {u['url']}\n  link: {u['presigned_url']}" for u in payload["upload"]]
     _emit(args, payload, "\n".join(lines))
-    return 0
+    return ExitCode.OK
+
+
+UPLOAD_WAIT_LINE_S = 10.0
+"""At most one line this often while an upload waits out an outage (its retries back off to every 30 s)."""
+
+
+class UploadWaitLines:
+    """Says on stderr that an upload waits out an outage (`cluster.storage.UploadWait`): at its first retry, when
+    the reason changes, and then every `UPLOAD_WAIT_LINE_S`, so an hour of retries is never an hour of silence.
+    Called from any thread (a campaign's publishing threads); lines go above a progress bar."""
+
+    def __init__(self) -> None:
+        self._shown: dict[str, tuple[float, str]] = {}  # local file -> when its last line was shown, and why
+        self._lock = threading.Lock()
+
+    def __call__(self, wait: Any) -> None:
+        from tqdm import tqdm
+
+        now = time.monotonic()
+        with self._lock:
+            last = self._shown.get(wait.path)
+            if last is not None and last[1] == wait.reason and now - last[0] < UPLOAD_WAIT_LINE_S:
+                return
+            self._shown[wait.path] = (now, wait.reason)
+        tqdm.write(wait.line(), file=sys.stderr)
+
+
+def _left_by_interrupt(job: ValidJob, target: Any, staged: Any, host: str | None, out: Path) -> str:
+    """What a render interrupted by Ctrl-C left, and where: the line `main` prints."""
+    from jobs.outputs import output_paths
+
+    final = output_paths(job, out)
+    if final.sidecar.is_file():
+        return f"the render was written to {final.video} before it stopped"
+    where = f"{target.destination} (not uploaded)" if target.destination is not None else f"{out} (not there yet)"
+    if host and host != socket.gethostname():
+        return f"a render finished before the stop stays on {host} at {staged.video}, on its way to {where}"
+    if staged.sidecar.is_file():
+        return (
+            f"the render stays at {staged.video} with its sidecar, on its way to {where}; copy it from there "
+            "(a staged output is swept after a day)"
+        )
+    return "nothing was rendered yet, nothing was kept"
 
 
 def output_target(args: argparse.Namespace):  # -> cluster.publish.OutputTarget
@@ -692,7 +808,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         raise UsageError(f"values file {args.values} is invalid: {problems}") from None
     written = write_all(values, Path(args.dashboard), Path(args.out))
     _emit(args, {"ok": True, "files": [str(p) for p in written]}, "\n".join(f"wrote {p}" for p in written))
-    return 0
+    return ExitCode.OK
 
 
 def cmd_examples(args: argparse.Namespace) -> int:
@@ -708,7 +824,7 @@ def cmd_examples(args: argparse.Namespace) -> int:
         f"wrote {manifest} and its inputs; run it with:\n"
         f"  ltx2-farm campaign submit {manifest}\n  ltx2-farm campaign run --workers 2",
     )
-    return 0
+    return ExitCode.OK
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -718,7 +834,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         paths = ensure_tiny_checkpoint_set(Path(args.cache_dir) if args.cache_dir else None)
         files = {k: str(v) for k, v in paths.__dict__.items()}
         _emit(args, {"ok": True, **files}, "\n".join(f"{k}: {v}" for k, v in files.items()))
-        return 0
+        return ExitCode.OK
     if args.models_command in ("publish", "pull"):
         return _cmd_models_store(args)
     from cluster.model_store import local_checkpoint_set
@@ -739,7 +855,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         f"checkpoint set OK: every parameter loaded ({models.num_layers} transformer blocks, "
         f"{models.load_seconds:.1f} s)",
     )
-    return 0
+    return ExitCode.OK
 
 
 def _model_storage(args: argparse.Namespace):  # -> StorageOptions
@@ -762,7 +878,7 @@ def _cmd_models_store(args: argparse.Namespace) -> int:
             f"published {len(models.files())} files ({size / 1e9:.2f} GB) and {url}\n"
             f"  every node: --models {url}  (or LTX2_MODELS)",
         )
-        return 0
+        return ExitCode.OK
     source = args.source or os.environ.get("LTX2_MODELS")
     if not source:
         raise UsageError("models pull: give the manifest (s3://…/ltx2-models.json, its prefix, a path) or LTX2_MODELS")
@@ -792,30 +908,35 @@ def _cmd_models_store(args: argparse.Namespace) -> int:
         f"{len(result.reused)} already here, {result.seconds:.1f} s"
     )
     _emit(args, payload, human)
-    return 0
+    return ExitCode.OK
 
 
 REPORTED_ERRORS = (
-    ("ltx2.checkpoint", "CheckpointError"),
-    ("cluster.executor", "CapacityError"),
-    ("jobs.placement", "PlacementError"),
-    ("jobs.keys", "DestinationError"),
-    ("cluster.storage", "UploadError"),
-    ("jobs.campaign", "ManifestError"),
-    ("cluster.storage", "InputFetchError"),
-    ("jobs.outputs", "DiskFullError"),
+    ("ltx2.checkpoint", "CheckpointError", ExitCode.INVALID_INPUT),
+    ("cluster.executor", "CapacityError", ExitCode.INVALID_INPUT),
+    ("jobs.placement", "PlacementError", ExitCode.INVALID_INPUT),
+    ("jobs.keys", "DestinationError", ExitCode.INVALID_INPUT),
+    ("cluster.storage", "UploadError", ExitCode.UPLOAD_FAILED),
+    ("jobs.campaign", "ManifestError", ExitCode.INVALID_INPUT),
+    ("cluster.storage", "InputFetchError", ExitCode.INVALID_INPUT),
+    ("jobs.outputs", "DiskFullError", ExitCode.INVALID_INPUT),
+    ("jobs.store", "NotFound", ExitCode.NOT_FOUND),
+    ("jobs.store", "StateError", ExitCode.INVALID_INPUT),
 )
-"""Errors (besides UsageError) whose message says what to fix: printed alone (or as JSON), exit 2. Named,
-not imported: importing cluster.executor or cluster.storage costs torch, Ray and boto3 (~10 s on 2 cores) before
-a missing job file could be reported; a class whose module was never imported cannot have been raised."""
+"""Errors (besides UsageError) whose message says what to fix: printed alone (or as JSON), with their exit code.
+Named, not imported: importing cluster.executor, ltx2.checkpoint or cluster.storage costs torch, Ray and boto3
+(~10 s on 2 cores) before a missing job file could be reported; a class whose module was never imported cannot
+have been raised."""
 
 
-def _is_reported(error: BaseException) -> bool:
-    return isinstance(error, UsageError) or any(
-        isinstance(error, getattr(sys.modules[module], name))
-        for module, name in REPORTED_ERRORS
-        if module in sys.modules
-    )
+def _reported_code(error: BaseException) -> ExitCode | None:
+    """The exit code of an error whose message says it all, or None (a bug: its traceback is shown)."""
+    if isinstance(error, UsageError):
+        return ExitCode.INVALID_INPUT
+    for module, name, code in REPORTED_ERRORS:
+        if module in sys.modules and isinstance(error, getattr(sys.modules[module], name)):
+            return code
+    return None
 
 
 def _as_raised_there(error: BaseException) -> BaseException:
@@ -845,15 +966,22 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "json", False):
             print(json.dumps(_problem_payload(e), indent=2, default=str))
         print(f"error: {printable(e, keep_newlines=True)}", file=sys.stderr)
-        return 2
+        return ExitCode.INVALID_INPUT
+    except KeyboardInterrupt as e:  # its text, where a command gave one, says what was kept and where
+        message = f"interrupted: {printable(e)}" if str(e) else "interrupted"
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "error": message}, indent=2))
+        print(message, file=sys.stderr)
+        return ExitCode.INTERRUPTED
     except Exception as raised:
         e = _as_raised_there(raised)
-        if not _is_reported(e):
+        code = _reported_code(e)
+        if code is None:
             raise
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": str(e)}, indent=2))
         print(f"error: {printable(e, keep_newlines=True)}", file=sys.stderr)
-        return 2
+        return code
 
 
 if __name__ == "__main__":

@@ -249,7 +249,8 @@ class WorkerPool:
         target: OutputTarget | None = None,
     ) -> Published:
         """Render one job on worker `worker`, reporting progress while it runs; its output is published
-        (`cluster.publish`): uploaded by the worker, or received into `out_dir` here."""
+        (`cluster.publish`): uploaded by the worker, or received into `out_dir` here. While the upload waits out
+        an outage, `on_progress` gets `{"stage": "upload", "waiting": UploadWait}` at each retry."""
         handle = self.workers[worker]
         target = target or OutputTarget()
         ref = handle.actor.render.remote(job, target, inputs=self.ship(job))
@@ -258,7 +259,7 @@ class WorkerPool:
             if ready:
                 break
             on_progress(ray.get(handle.actor.progress.remote()))
-        return self.collect(handle.actor, ray.get(ref), job, target, out_dir)
+        return self.collect(handle.actor, ray.get(ref), job, target, out_dir, on_progress)
 
     def render_all(self, jobs: Sequence[ValidJob], out_dir: str | Path) -> list[Published]:
         """Spread jobs over the workers (each worker renders its share in order); results in job order."""
@@ -276,10 +277,26 @@ class WorkerPool:
         return ship_inputs(job_input_refs(job), ray.put, self._shipped)
 
     @staticmethod
-    def collect(actor: Any, reply: Any, job: ValidJob, target: OutputTarget, out_dir: str | Path) -> Published:
+    def collect(
+        actor: Any,
+        reply: Any,
+        job: ValidJob,
+        target: OutputTarget,
+        out_dir: str | Path,
+        on_progress: ProgressCallback | None = None,
+        poll_s: float = 0.5,
+    ) -> Published:
         """A worker's rendered job published: uploaded by the worker, or its parts received into `out_dir`
-        here, after which the worker drops its staged copy."""
-        staged = ray.get(actor.publish.options(concurrency_group=PUBLISH_GROUP).remote(job, target))
+        here, after which the worker drops its staged copy. `on_progress` hears of each retry of a waiting
+        upload, as `render` says."""
+        ref = actor.publish.options(concurrency_group=PUBLISH_GROUP).remote(job, target)
+        heard = None
+        while on_progress is not None and not ray.wait([ref], timeout=poll_s)[0]:
+            wait = ray.get(actor.upload_wait.remote(reply.video))
+            if wait is not None and wait != heard:
+                heard = wait
+                on_progress({"stage": "upload", "waiting": wait})
+        staged = ray.get(ref)
         published = collect(reply.document, staged, job, target, Path(out_dir), ray.get)
         if not staged.delivered:
             with contextlib.suppress(ray.exceptions.RayError):  # a worker gone since: its staging went with it

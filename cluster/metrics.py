@@ -10,6 +10,7 @@ units, no job ids in labels; per-campaign series carry a `campaign` label whose 
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -85,21 +86,25 @@ def build_versions() -> dict[str, str]:
 
 
 def check_address(addr: str, port: int) -> str | None:
-    """Why the endpoint could not listen on ADDR:PORT, or None. Binds and closes a socket there: an address
-    of another host or a port in use is refused before any model loads, not after."""
+    """Why ADDR:PORT is no address to listen on at all (a port out of range, a name that does not resolve), or
+    None. Whether this machine can listen there only starting the endpoint tells (`listen_problem`)."""
     if not 0 <= port <= 65535:
         return f"--metrics-port {port}: give a port from 0 to 65535"
     try:
-        infos = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as e:
         return f"--metrics-addr {addr!r}: not an IP address or a resolvable host name ({e})"
-    family, kind, proto, _, sockaddr = infos[0]
-    try:
-        with socket.socket(family, kind, proto) as probe:
-            probe.bind(sockaddr)
-    except OSError as e:
-        return f"--metrics-addr {addr} --metrics-port {port}: cannot listen there ({e.strerror or e})"
     return None
+
+
+def listen_problem(addr: str, port: int, error: OSError) -> str:
+    """The one line for an endpoint that could not listen on ADDR:PORT: the port, the reason and the fix."""
+    fix = {
+        errno.EADDRINUSE: "another process listens there; choose another port (0: any free port)",
+        errno.EADDRNOTAVAIL: "not an address of this machine; give one of its own (default 127.0.0.1)",
+        errno.EACCES: "ports below 1024 need root; choose a port above 1023",
+    }.get(error.errno, "choose another address or port")
+    return f"--metrics-addr {addr} --metrics-port {port}: cannot listen there ({error.strerror or error}): {fix}"
 
 
 def _url_host(addr: str) -> str:
@@ -347,7 +352,11 @@ def pool_fetcher(pool: object, timeout_s: float = 5.0) -> Callable[[], list[tupl
 
 
 class MetricsServer:
-    """The farm's one HTTP endpoint (127.0.0.1 unless told otherwise: a deploy binds the pod's address)."""
+    """The farm's one HTTP endpoint (127.0.0.1 unless told otherwise: a deploy binds the pod's address).
+
+    Started before the worker pool exists (`pool=None`, then `attach`), so that its port is held from the first
+    moment: nothing the farm starts meanwhile (Ray's processes pick ports too) can take it while the models load.
+    """
 
     def __init__(self, pool: object | None, port: int = 0, addr: str = DEFAULT_ADDR) -> None:
         self.registry = CollectorRegistry()
@@ -356,13 +365,18 @@ class MetricsServer:
         self.uploads = UploadMetrics(self.head_registry)
         """The head's own uploads (outputs it holds), labelled like a worker's so both add up in one series."""
         head = ({"node": node_name(), "worker": "head"}, self.head_registry)
-        fetch = pool_fetcher(pool) if pool is not None else list
-        self.registry.register(WorkerCollector(lambda: [(head[0], generate_latest(head[1]).decode()), *fetch()]))
+        self._fetch: Callable[[], list[tuple[dict[str, str], str]]] = list
+        self.registry.register(WorkerCollector(lambda: [(head[0], generate_latest(head[1]).decode()), *self._fetch()]))
         if pool is not None:
-            self.farm.workers.set_function(lambda: len(getattr(pool, "workers", [])))
+            self.attach(pool)
         self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
         self.addr, self.port = self._server.server_address[:2]
         self.url = f"http://{_url_host(self.addr)}:{self.port}/metrics"
+
+    def attach(self, pool: object) -> None:
+        """Serve the metrics of `pool`'s workers from now on."""
+        self._fetch = pool_fetcher(pool)
+        self.farm.workers.set_function(lambda: len(getattr(pool, "workers", [])))
 
     def close(self) -> None:
         self._server.shutdown()

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.parts import get_file, put_file
-from cluster.storage import StorageOptions, UploadedObject, Uploader
+from cluster.storage import StorageOptions, UploadedObject, Uploader, UploadWait
 from jobs.keys import DEFAULT_KEY_TEMPLATE, Destination, output_keys
 from jobs.outputs import OutputPaths, disk_full_guard, output_paths
 from jobs.spec import ValidJob
@@ -111,18 +111,20 @@ def offer(
     target: OutputTarget,
     put: Callable[[bytes], Any] = lambda data: data,
     on_upload: Callable[[int, float, bool], None] | None = None,
+    on_wait: Callable[[UploadWait], None] | None = None,
 ) -> StagedOutput:
     """On the node holding `paths`: upload them (S3 destination; staged copies removed once verified), or cut
     the MP4 into parts (`put` makes each a shareable object) for the head to `receive`.
 
-    `on_upload(bytes, seconds, ok)` counts uploads in the holder's metrics."""
+    `on_upload(bytes, seconds, ok)` counts uploads in the holder's metrics; `on_wait` hears of each retry of an
+    upload waiting out an outage (`Uploader`)."""
     size = paths.video.stat().st_size
     sha256 = cached_file_sha256(paths.video)  # the writer hashed it for the sidecar: a memo hit, not a re-read
     if target.uploads_from_holder:
         video_key, sidecar_key = target.keys(job)
         started = time.perf_counter()
         try:
-            objects = Uploader(target.destination, target.storage).upload(
+            objects = Uploader(target.destination, target.storage, on_wait=on_wait).upload(
                 [(paths.video, video_key, "video/mp4"), (paths.sidecar, sidecar_key, "application/json")]
             )
         except Exception:
@@ -190,10 +192,12 @@ def deliver_held(
     target: OutputTarget,
     out_dir: Path,
     on_upload: Callable[[int, float, bool], None] | None = None,
+    on_wait: Callable[[UploadWait], None] | None = None,
 ) -> Published:
     """An output this node (the head) staged itself: offered and collected here, then its staged copy dropped."""
     paths = output_paths(job, staging_dir(target, HEAD))
-    published = collect(document, offer(paths, job, target, on_upload=on_upload), job, target, out_dir)
+    offered = offer(paths, job, target, on_upload=on_upload, on_wait=on_wait)
+    published = collect(document, offered, job, target, out_dir)
     drop(paths)
     return published
 

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -508,6 +509,58 @@ def localize(value: Any) -> Any:
     return value
 
 
+def credentials_problem(options: StorageOptions) -> str | None:
+    """Why an upload with these options would find no credentials, or None. boto3 resolves its chain here without
+    asking the bucket anything (an instance or pod role is asked of the metadata service, briefly), so missing
+    credentials are refused before a render, not an hour of retries after it."""
+    try:
+        session = boto3.session.Session(profile_name=options.profile)
+    except bce.ProfileNotFound:
+        return f"--profile {options.profile}: no such profile in the AWS config files; name one that is there"
+    try:
+        credentials = session.get_credentials()
+    except BotoCoreError as error:
+        return f"the S3 credentials cannot be used: {_redact(error)}"
+    if credentials is None:
+        return (
+            "no S3 credentials found (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or --profile, "
+            "~/.aws/credentials, or an instance or pod role): set them, or write to a folder instead"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class UploadWait:
+    """An upload waiting out a failure that a retry may fix (the server down, throttling): what it waits for,
+    since when and until when (epoch seconds: it is shown on another node than the one uploading), which retry
+    comes next, and where the local file is."""
+
+    path: str
+    destination: str
+    reason: str
+    started: float
+    deadline: float
+    retry: int
+
+    def line(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        until = time.strftime("%H:%M:%S", time.localtime(self.deadline))
+        return (
+            f"upload of {Path(self.path).name} to {self.destination} is waiting: {self.reason}; "
+            f"{now - self.started:.0f} s so far, retry {self.retry}, retrying until {until} "
+            f"({max(0.0, self.deadline - now) / 60:.0f} min left); the file is at {self.path}"
+        )
+
+
+_STOP = threading.Event()
+
+
+def stop_retrying() -> None:
+    """Make every upload of this process that waits out an outage give up now, its file kept: the process is being
+    stopped (Ctrl-C), and an upload thread would otherwise hold its exit until the deadline."""
+    _STOP.set()
+
+
 class _Failure(Exception):
     """One attempt's failure, in words, and whether another attempt can succeed."""
 
@@ -524,20 +577,24 @@ class Uploader:
     """Puts a render's files at a destination and confirms each one.
 
     `on_start` gets a one-line message naming the local file and where it goes before each file's upload
-    (default: logged at INFO), so the file can be found whatever becomes of the upload.
+    (default: logged at INFO), so the file can be found whatever becomes of the upload; `on_wait` gets an
+    `UploadWait` before each retry (default: its line logged as a warning). `sleep` waits between retries
+    (default: until the delay passes or `stop_retrying()`).
     """
 
     def __init__(
         self,
         destination: Destination,
         options: StorageOptions | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], Any] | None = None,
         on_start: Callable[[str], None] | None = None,
+        on_wait: Callable[[UploadWait], None] | None = None,
     ) -> None:
         self.destination = destination
         self.options = options or StorageOptions()
-        self._sleep = sleep
+        self._sleep = sleep or _STOP.wait
         self._on_start = on_start or log.info
+        self._on_wait = on_wait or (lambda wait: log.warning(wait.line()))
         self._client = s3_client(self.options) if destination.scheme == "s3" else None
         self._transfer = TransferConfig(
             multipart_threshold=self.options.multipart_threshold,
@@ -558,10 +615,10 @@ class Uploader:
 
     def _with_retries(self, path: Path, key: str, content_type: str) -> UploadedObject:
         self._on_start(f"uploading {path} to {self._url(key)}")
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         deadline = started + self.options.deadline_s
         delay = self.options.first_backoff_s
-        differed = 0
+        differed = retries = 0
         while True:
             try:
                 return self._upload_one(path, key, content_type)
@@ -573,18 +630,20 @@ class Uploader:
                 )
             except Exception as error:
                 failure = self._failure(error, path)
-            if not failure.retryable or time.monotonic() + delay > deadline:
+            if not failure.retryable or time.monotonic() + delay > deadline or _STOP.is_set():
                 waited = time.monotonic() - started
                 after = f" (still, after retrying for {waited:.0f} s)" if failure.retryable else ""
+                if _STOP.is_set():
+                    after = f" (retries stopped after {waited:.0f} s: the process is stopping)"
                 # Where the file is, unless the reason is that it is not there.
                 stays = "" if str(path) in failure.reason else f"; the file stays at {path}"
                 raise UploadError(
                     f"upload of {path.name} to {self.destination} failed: {failure.reason}{after}{stays}",
                     retryable=failure.retryable,
                 ) from None
-            log.warning(
-                "upload of %s to %s: %s; retrying in %.1f s", path.name, self.destination, failure.reason, delay
-            )
+            retries += 1
+            deadline_at = started_at + self.options.deadline_s
+            self._on_wait(UploadWait(str(path), self._url(key), failure.reason, started_at, deadline_at, retries))
             self._sleep(delay)
             delay = min(self.options.max_backoff_s, delay * 2)
 

@@ -37,7 +37,7 @@ from cluster.publish import (
     sweep_staging,
 )
 from cluster.requests import TensorDigest, content_hashes, job_audio, job_control, job_loras, render_request
-from cluster.storage import localize, stock_inputs
+from cluster.storage import UploadWait, localize, stock_inputs
 from cluster.transport import pack
 from jobs.fallback import reaches
 from jobs.outputs import OutputPaths, disk_full_guard, output_paths, sidecar_document, write_json_atomic
@@ -142,6 +142,24 @@ def _release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
+FAULTS = "oom_over_tokens:N, oom_unless_streamed, runner_crash:JOB_ID"
+"""The faults `LTX2_FARM_FAULTS` injects (comma-separated), for chaos tests: the first two in the workers
+(`install_faults`), `runner_crash` in the campaign runner (`cluster.campaign_runner.runner_faults`)."""
+
+
+def parse_faults(spec: str) -> list[tuple[str, str]]:
+    """`LTX2_FARM_FAULTS` as (name, value) pairs; an unknown fault or a malformed value is refused, wherever it is
+    read (every process of the farm sees the same variable)."""
+    faults = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, value = item.partition(":")
+        known = {"oom_over_tokens": value.isdigit(), "oom_unless_streamed": not value, "runner_crash": bool(value)}
+        if not known.get(name, False):
+            raise ValueError(f"LTX2_FARM_FAULTS: unknown fault {item!r} (known: {FAULTS})")
+        faults.append((name, value))
+    return faults
+
+
 def install_faults(models: Any, spec: str, streaming: StreamedBlocks | None = None) -> None:
     """Fault injection for chaos tests (`LTX2_FARM_FAULTS`): `oom_over_tokens:N` makes every transformer call
     over N video tokens (over its whole batch: batched guided passes count each pass) raise the
@@ -150,16 +168,11 @@ def install_faults(models: Any, spec: str, streaming: StreamedBlocks | None = No
     both)."""
     limit = None
     unless_streamed = False
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, _, value = item.partition(":")
-        if name == "oom_over_tokens" and value.isdigit():
+    for name, value in parse_faults(spec):
+        if name == "oom_over_tokens":
             limit = int(value)
-        elif name == "oom_unless_streamed" and not value and streaming is not None:
+        elif name == "oom_unless_streamed" and streaming is not None:
             unless_streamed = True
-        else:
-            raise ValueError(
-                f"LTX2_FARM_FAULTS: unknown fault {item!r} (known: oom_over_tokens:N, oom_unless_streamed)"
-            )
 
     def injected(_module: Any, args: tuple, kwargs: dict) -> None:
         video = kwargs.get("video", args[0] if args else None)
@@ -279,6 +292,7 @@ class RenderWorker:
         self.jobs_done = 0
         self._encode_tasks = 0
         self._progress: dict[str, Any] = {"stage": "idle", "step": 0, "total": 0, "job": None}
+        self._upload_waits: dict[str, UploadWait] = {}  # staged MP4 name -> its upload's last retry
         self._lock = threading.Lock()  # guards the progress record (polled from another thread)
         self._busy = threading.Lock()  # one render or task at a time: the model (and its LoRA state) is shared
         self._writers = ThreadPoolExecutor(JOBS_PER_WORKER, "outputs", initializer=_lower_writer_priority)
@@ -399,10 +413,27 @@ class RenderWorker:
     def publish(self, job: ValidJob, target: OutputTarget | None = None) -> StagedOutput:
         """Publish a rendered job's staged files (`cluster.publish.offer`): upload them from here to an S3
         destination, or offer their parts to the head. A call of its own, after `render` returned, so the
-        runner can give this worker its next job while the last output uploads."""
+        runner can give this worker its next job while the last output uploads. While an upload waits out an
+        outage, `upload_wait` says what it waits for (the head polls it)."""
         target = target or OutputTarget()
         paths = output_paths(job, staging_dir(target, self.name))
-        return offer(paths, job, target, put=_object_store_put(), on_upload=self.metrics.count_upload)
+
+        def waiting(wait: UploadWait) -> None:
+            with self._lock:
+                self._upload_waits[paths.video.name] = wait
+
+        try:
+            return offer(
+                paths, job, target, put=_object_store_put(), on_upload=self.metrics.count_upload, on_wait=waiting
+            )
+        finally:
+            with self._lock:
+                self._upload_waits.pop(paths.video.name, None)
+
+    def upload_wait(self, video: str) -> UploadWait | None:
+        """The last retry of the upload of the staged output `video` (its MP4's name), while it waits; else None."""
+        with self._lock:
+            return self._upload_waits.get(video)
 
     def release(self, target: OutputTarget, video: str) -> None:
         """Drop a staged output the head has received (`cluster.publish.receive`)."""

@@ -2,12 +2,17 @@
 
 Holds campaigns, jobs, attempts and a log. A job's identity inside a campaign is its content hash, so
 submitting the same manifest again adds nothing. Every state change is one transaction; a coordinator
-killed at any moment leaves jobs `running` that `recover()` puts back in the queue on restart.
+killed at any moment leaves jobs `running` that `recover()` puts back in the queue on restart, unless the
+same job was running at each of the last `QUARANTINE_AFTER` crashes (then it is quarantined as failed).
+
+The store's word wins over a runner's: an operator can pause or cancel any job, a running one included (a
+runner stuck on it, or dead), and a runner's late result for a job that is no longer running is ignored.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 import sqlite3
 import time
@@ -64,6 +69,32 @@ CREATE TABLE IF NOT EXISTS log (
 """
 
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled", "paused")
+UNFINISHED = ("queued", "running", "paused")
+"""Job states that keep a campaign from finishing."""
+CAMPAIGN_STATES = ("active", "suspended", "paused", "cancelled", "finished")
+"""`finished`: an active campaign none of whose jobs is queued, running or paused (every one done, failed or
+cancelled); it becomes active again when a job is queued again (a new submission, `retry-failed`, a resume).
+Stored in the same column as the others: a store written before `finished` existed needs no migration beyond
+`settle_all` (campaigns that finished under an older runner read `active` until then)."""
+
+JOB_TRANSITIONS = {"paused": ("queued", "running"), "queued": ("paused", "cancelled"), "cancelled": UNFINISHED}
+"""The states from which an operator may pause, resume (`queued`) or cancel a job."""
+
+QUARANTINE_AFTER = 3
+"""Runner crashes in a row, each with the same job running, after which `recover()` fails that job instead of
+queueing it again: a job that crashes the coordinator itself (not its worker) would otherwise take the whole
+farm down at every restart."""
+
+
+class NotFound(KeyError):
+    """A campaign or job the store does not hold; the message names it and how to find the right one."""
+
+    def __str__(self) -> str:  # KeyError's own would quote the sentence
+        return str(self.args[0]) if self.args else ""
+
+
+class StateError(ValueError):
+    """A transition the job's current state does not allow (resuming a job that is not paused)."""
 
 
 class Store:
@@ -76,6 +107,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self.settle_all()
 
     def close(self) -> None:
         self._db.close()
@@ -119,6 +151,7 @@ class Store:
                     (spec.campaign, j.id, j.content_hash, j.job.spec.model_dump_json(), j.job.num_frames, now, now),
                 )
                 added += cur.rowcount
+            self._settle(db, spec.campaign)  # new jobs in a finished campaign make it active again
         self.log(f"submitted {len(jobs)} jobs: {added} new, {len(jobs) - added} already known", spec.campaign)
         return {"jobs": len(jobs), "new": added, "existing": len(jobs) - added}
 
@@ -128,10 +161,36 @@ class Store:
         return [r["name"] for r in self._db.execute("SELECT name FROM campaigns ORDER BY created")]
 
     def campaign_spec(self, name: str) -> CampaignSpec:
-        row = self._db.execute("SELECT spec FROM campaigns WHERE name=?", (name,)).fetchone()
+        return CampaignSpec.model_validate(json.loads(self._campaign(self._db, name)["spec"]))
+
+    def _campaign(self, db: sqlite3.Connection, name: str) -> sqlite3.Row:
+        """The campaign's row; `NotFound` naming the store and the nearest known name when there is none."""
+        row = db.execute("SELECT * FROM campaigns WHERE name=?", (name,)).fetchone()
         if row is None:
-            raise KeyError(name)
-        return CampaignSpec.model_validate(json.loads(row["spec"]))
+            close = difflib.get_close_matches(name, self.campaign_names(), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise NotFound(
+                f"campaign {name!r}: no such campaign in {self.path}; {hint}"
+                "`ltx2-farm campaign list` shows the campaigns there (--db or LTX2_FARM_DB picks another store)"
+            )
+        return row
+
+    def job_state(self, campaign: str, job_id: str) -> str:
+        return self._job_state(self._db, campaign, job_id)
+
+    def _job_state(self, db: sqlite3.Connection, campaign: str, job_id: str) -> str:
+        """The job's state; `NotFound` naming the campaign or the job (and the nearest job id) when unknown."""
+        self._campaign(db, campaign)
+        row = db.execute("SELECT state FROM jobs WHERE campaign=? AND id=?", (campaign, job_id)).fetchone()
+        if row is None:
+            ids = [r[0] for r in db.execute("SELECT id FROM jobs WHERE campaign=?", (campaign,))]
+            close = difflib.get_close_matches(job_id, ids, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise NotFound(
+                f"job {job_id!r}: campaign {campaign!r} has no such job; {hint}its job ids are the manifest's row "
+                f"ids (`ltx2-farm campaign logs {campaign}` names them)"
+            )
+        return row["state"]
 
     def counts(self, name: str) -> dict[str, int]:
         counts = dict.fromkeys(JOB_STATES, 0)
@@ -140,38 +199,37 @@ class Store:
         return counts
 
     def campaign_states(self) -> list[CampaignState]:
-        out = []
-        for r in self._db.execute("SELECT * FROM campaigns"):
-            spec = CampaignSpec.model_validate(json.loads(r["spec"]))
-            counts = self.counts(r["name"])
-            out.append(
-                CampaignState(
-                    name=r["name"],
-                    priority=r["priority"],
-                    state=r["state"],
-                    not_before=spec.not_before,
-                    window=spec.window,
-                    budget_gpu_seconds=spec.budget_gpu_seconds,
-                    gpu_seconds_used=r["gpu_seconds"],
-                    failures=counts["failed"],
-                    max_failures=spec.max_failures,
-                    queued=counts["queued"],
-                    running=counts["running"],
-                )
-            )
-        return out
+        return [self._state_of(r) for r in self._db.execute("SELECT * FROM campaigns")]
+
+    def campaign_state(self, name: str) -> CampaignState:
+        return self._state_of(self._campaign(self._db, name))
+
+    def _state_of(self, r: sqlite3.Row) -> CampaignState:
+        spec = CampaignSpec.model_validate(json.loads(r["spec"]))
+        counts = self.counts(r["name"])
+        return CampaignState(
+            name=r["name"],
+            priority=r["priority"],
+            state=r["state"],
+            not_before=spec.not_before,
+            window=spec.window,
+            budget_gpu_seconds=spec.budget_gpu_seconds,
+            gpu_seconds_used=r["gpu_seconds"],
+            failures=counts["failed"],
+            max_failures=spec.max_failures,
+            queued=counts["queued"],
+            running=counts["running"],
+        )
 
     def campaign_row(self, name: str) -> dict[str, Any]:
-        row = self._db.execute("SELECT * FROM campaigns WHERE name=?", (name,)).fetchone()
-        if row is None:
-            raise KeyError(name)
-        return dict(row)
+        return dict(self._campaign(self._db, name))
 
     def jobs(self, campaign: str, state: str | None = None) -> list[dict[str, Any]]:
         query = "SELECT * FROM jobs WHERE campaign=?" + (" AND state=?" if state else "") + " ORDER BY created, id"
         return [dict(r) for r in self._db.execute(query, (campaign, state) if state else (campaign,))]
 
     def logs(self, campaign: str, limit: int = 200) -> list[dict[str, Any]]:
+        self._campaign(self._db, campaign)
         rows = self._db.execute("SELECT * FROM log WHERE campaign=? ORDER BY ts DESC LIMIT ?", (campaign, limit))
         return [dict(r) for r in rows][::-1]
 
@@ -182,22 +240,69 @@ class Store:
 
     # --- transitions ----------------------------------------------------------------------------------
 
-    def recover(self) -> int:
-        """After a coordinator crash: jobs left `running` go back to the queue (their attempt is closed)."""
+    def recover(self, quarantine_after: int = QUARANTINE_AFTER) -> dict[str, int]:
+        """After a coordinator crash: jobs left `running` go back to the queue (their attempt closed as
+        `interrupted`, which is no retry). A job that was also running at each of the `quarantine_after - 1`
+        crashes before is their likely cause: it fails as quarantined instead (attempt `quarantined`), so that
+        the campaign's other jobs can finish. A job of a cancelled campaign is cancelled. Returns how many jobs
+        went each way."""
         now = time.time()
+        moved = {"requeued": 0, "quarantined": 0, "cancelled": 0}
+        notes: list[tuple[str, str, str]] = []
         with self._tx() as db:
-            stale = db.execute("SELECT campaign, id FROM jobs WHERE state='running'").fetchall()
+            stale = db.execute(
+                "SELECT j.campaign, j.id, c.state AS campaign_state FROM jobs j JOIN campaigns c ON c.name=j.campaign "
+                "WHERE j.state='running'"
+            ).fetchall()
             for r in stale:
+                campaign, job_id = r["campaign"], r["id"]
+                crashes = 1 + self._crash_streak(db, campaign, job_id)
+                error = None
+                if r["campaign_state"] == "cancelled":
+                    state, outcome, way, note = "cancelled", "interrupted", "cancelled", "cancelled with its campaign"
+                elif crashes >= quarantine_after:
+                    state, outcome, way = "failed", "quarantined", "quarantined"
+                    error = note = (
+                        f"quarantined: the runner crashed {crashes} times while it ran (its own error, in its output, "
+                        f"not a worker's); fix the cause, then `ltx2-farm campaign retry-failed {campaign}` queues it "
+                        "again"
+                    )
+                else:
+                    state, outcome, way, note = (
+                        "queued",
+                        "interrupted",
+                        "requeued",
+                        "requeued after a coordinator restart",
+                    )
                 db.execute(
-                    "UPDATE jobs SET state='queued', updated=? WHERE campaign=? AND id=?", (now, r["campaign"], r["id"])
+                    "UPDATE jobs SET state=?, error=COALESCE(?, error), updated=? WHERE campaign=? AND id=?",
+                    (state, error, now, campaign, job_id),
                 )
                 db.execute(
-                    "UPDATE attempts SET ended=?, outcome='interrupted' WHERE campaign=? AND job=? AND ended IS NULL",
-                    (now, r["campaign"], r["id"]),
+                    "UPDATE attempts SET ended=?, outcome=?, error=COALESCE(?, error) "
+                    "WHERE campaign=? AND job=? AND ended IS NULL",
+                    (now, outcome, error, campaign, job_id),
                 )
-        for r in stale:
-            self.log("requeued after a coordinator restart", r["campaign"], r["id"])
-        return len(stale)
+                moved[way] += 1
+                notes.append((note, campaign, job_id))
+            for campaign in dict.fromkeys(r["campaign"] for r in stale):
+                self._settle(db, campaign)
+        for note in notes:
+            self.log(*note)
+        return moved
+
+    def _crash_streak(self, db: sqlite3.Connection, campaign: str, job_id: str) -> int:
+        """How many of the job's latest attempts in a row a coordinator crash ended (`interrupted`)."""
+        streak = 0
+        for (outcome,) in db.execute(
+            "SELECT outcome FROM attempts WHERE campaign=? AND job=? AND ended IS NOT NULL "
+            "ORDER BY started DESC, rowid DESC",
+            (campaign, job_id),
+        ):
+            if outcome != "interrupted":
+                break
+            streak += 1
+        return streak
 
     def claim(self, campaign: str, worker: str, prefer_loras: str | None = None) -> dict[str, Any] | None:
         """Move the oldest queued job of `campaign` to running and open an attempt.
@@ -229,20 +334,32 @@ class Store:
         job["attempts"] += 1
         return job
 
-    def finish(self, campaign: str, job_id: str, output: dict[str, Any], gpu_seconds: float) -> None:
+    def finish(self, campaign: str, job_id: str, output: dict[str, Any], gpu_seconds: float) -> bool:
+        """Record the running job as done. False when it is no longer running (paused or cancelled meanwhile):
+        the log says so, and once resumed the job finds its output published and is done without rendering."""
         now = time.time()
         with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET state='done', output=?, error=NULL, updated=? WHERE campaign=? AND id=?",
+            moved = db.execute(
+                "UPDATE jobs SET state='done', output=?, error=NULL, updated=? WHERE campaign=? AND id=? "
+                "AND state='running'",
                 (json.dumps(output), now, campaign, job_id),
-            )
+            ).rowcount
             db.execute(
                 "UPDATE attempts SET ended=?, outcome='ok', gpu_seconds=COALESCE(gpu_seconds, 0)+? "
                 "WHERE campaign=? AND job=? AND ended IS NULL",
                 (now, gpu_seconds, campaign, job_id),
             )
             db.execute("UPDATE campaigns SET gpu_seconds=gpu_seconds+? WHERE name=?", (gpu_seconds, campaign))
-        self.log("done", campaign, job_id)
+            if moved:
+                self._settle(db, campaign)
+            else:
+                state = self._job_state(db, campaign, job_id)
+        self.log(
+            "done" if moved else f"output published; the job stays {state} (an operator's word wins)",
+            campaign,
+            job_id,
+        )
+        return bool(moved)
 
     def spend(self, campaign: str, job_id: str, gpu_seconds: float) -> None:
         """Charge a job's render time as soon as it ends, before its output is published: budgets see it while
@@ -265,19 +382,25 @@ class Store:
 
     def _end_attempt(
         self, db: sqlite3.Connection, campaign: str, job_id: str, state: str, outcome: str, error: str, seconds: float
-    ) -> None:
-        """Close the job's open attempt with `outcome`, move the job to `state`, charge the GPU-seconds."""
+    ) -> str:
+        """Close the job's open attempt with `outcome`, move the running job to `state`, charge the GPU-seconds.
+        Returns the job's state now: not `state` when the job was no longer running (an operator paused or
+        cancelled it meanwhile, and the store's word wins)."""
         now = time.time()
-        db.execute(
-            "UPDATE jobs SET state=?, error=?, updated=? WHERE campaign=? AND id=?",
+        moved = db.execute(
+            "UPDATE jobs SET state=?, error=?, updated=? WHERE campaign=? AND id=? AND state='running'",
             (state, error[:2000], now, campaign, job_id),
-        )
+        ).rowcount
         db.execute(
             "UPDATE attempts SET ended=?, outcome=?, error=?, gpu_seconds=COALESCE(gpu_seconds, 0)+? "
             "WHERE campaign=? AND job=? AND ended IS NULL",
             (now, outcome, error[:2000], seconds, campaign, job_id),
         )
         db.execute("UPDATE campaigns SET gpu_seconds=gpu_seconds+? WHERE name=?", (seconds, campaign))
+        if not moved:
+            return self._job_state(db, campaign, job_id)
+        self._settle(db, campaign)
+        return state
 
     def fail(self, campaign: str, job_id: str, error: str, gpu_seconds: float, max_retries: int) -> str:
         """Record a failed attempt; requeue while retries remain. Returns the job's new state.
@@ -287,9 +410,9 @@ class Store:
             tried = self._count_attempts(db, campaign, job_id, ("", "retried", "error"))
             state = "queued" if tried <= max_retries else "failed"
             outcome = "retried" if state == "queued" else "error"
-            self._end_attempt(db, campaign, job_id, state, outcome, error, gpu_seconds)
+            state = self._end_attempt(db, campaign, job_id, state, outcome, error, gpu_seconds)
         self.log(
-            f"attempt failed ({'will retry' if state == 'queued' else 'no retries left'}): {error[:300]}",
+            f"attempt failed ({_note(state, 'will retry', 'no retries left')}): {error[:300]}",
             campaign,
             job_id,
         )
@@ -311,10 +434,8 @@ class Store:
                     f"out of GPU memory on every rung of the OOM ladder ({', '.join(ladder)}); last: {error}. "
                     "Render it smaller or shorter, or on a GPU with more memory"
                 )
-            self._end_attempt(db, campaign, job_id, state, "oom", error, gpu_seconds)
-        self.log(
-            f"out of memory ({'next rung' if state == 'queued' else 'ladder spent'}): {error[:300]}", campaign, job_id
-        )
+            state = self._end_attempt(db, campaign, job_id, state, "oom", error, gpu_seconds)
+        self.log(f"out of memory ({_note(state, 'next rung', 'ladder spent')}): {error[:300]}", campaign, job_id)
         return state
 
     def interrupt(self, campaign: str, job_id: str, reason: str, gpu_seconds: float, max_interruptions: int = 3) -> str:
@@ -325,44 +446,112 @@ class Store:
             state = "queued" if lost < max_interruptions else "failed"
             error = reason if state == "queued" else f"lost its worker {lost} times (last: {reason})"
             outcome = "worker_lost" if state == "queued" else "error"
-            self._end_attempt(db, campaign, job_id, state, outcome, error, gpu_seconds)
-        self.log(f"worker lost ({'requeued' if state == 'queued' else 'failed'}): {error[:300]}", campaign, job_id)
+            state = self._end_attempt(db, campaign, job_id, state, outcome, error, gpu_seconds)
+        self.log(f"worker lost ({_note(state, 'requeued', 'failed')}): {error[:300]}", campaign, job_id)
         return state
 
-    def requeue(self, campaign: str, job_id: str, outcome: str, reason: str) -> None:
-        """Queue the job again without counting it against the job at all: what went wrong was not its doing
-        (its finished output was lost with its worker before publishing; an input was lost with a node)."""
+    def requeue(self, campaign: str, job_id: str, outcome: str, reason: str) -> str:
+        """Queue the running job again without counting it against the job at all: what went wrong was not its
+        doing (its finished output was lost with its worker before publishing; an input was lost with a node; the
+        runner was stopped). Returns the job's state now."""
         with self._tx() as db:
-            self._end_attempt(db, campaign, job_id, "queued", outcome, reason, 0.0)
-        self.log(f"requeued ({outcome}): {reason[:300]}", campaign, job_id)
+            state = self._end_attempt(db, campaign, job_id, "queued", outcome, reason, 0.0)
+        self.log(f"{outcome}: {reason[:300]}; {_note(state, 'requeued', 'failed')}", campaign, job_id)
+        return state
 
     def set_campaign_state(self, name: str, state: str) -> None:
         with self._tx() as db:
-            if db.execute("UPDATE campaigns SET state=? WHERE name=?", (state, name)).rowcount == 0:
-                raise KeyError(name)
+            self._campaign(db, name)
+            db.execute("UPDATE campaigns SET state=? WHERE name=?", (state, name))
             if state == "cancelled":
                 db.execute("UPDATE jobs SET state='cancelled' WHERE campaign=? AND state='queued'", (name,))
+            self._settle(db, name)  # resuming a campaign with nothing left to run finishes it
         self.log(f"campaign {state}", name)
 
     def set_job_state(self, campaign: str, job_id: str, state: str) -> None:
-        """Pause, resume or cancel one queued job."""
-        allowed = {"paused": ("queued",), "queued": ("paused",), "cancelled": ("queued", "paused")}[state]
+        """Pause, resume (`queued`) or cancel one job. A running job can be paused or cancelled too: its attempt is
+        closed now, and whatever a runner still reports for it is ignored. So a job stuck `running` (its runner
+        crashed on it, or hangs) can always be stopped, whether or not a runner is alive."""
+        allowed = JOB_TRANSITIONS[state]
+        now = time.time()
         with self._tx() as db:
-            cur = db.execute(
-                f"UPDATE jobs SET state=? WHERE campaign=? AND id=? AND state IN ({','.join('?' * len(allowed))})",
-                (state, campaign, job_id, *allowed),
-            )
-            if cur.rowcount == 0:
-                raise KeyError(f"{campaign}/{job_id} is not in a state that can become {state}")
-        self.log(f"job {state}", campaign, job_id)
+            current = self._job_state(db, campaign, job_id)
+            if current not in allowed:
+                verb = {"paused": "paused", "queued": "resumed", "cancelled": "cancelled"}[state]
+                fix = (
+                    f"; `ltx2-farm campaign retry-failed {campaign}` queues failed jobs again"
+                    if current == "failed"
+                    else ""
+                )
+                raise StateError(
+                    f"job {job_id!r} of campaign {campaign!r} is {current}: only a {' or '.join(allowed)} job can be "
+                    f"{verb}{fix}"
+                )
+            db.execute("UPDATE jobs SET state=?, updated=? WHERE campaign=? AND id=?", (state, now, campaign, job_id))
+            if current == "running":
+                db.execute(
+                    "UPDATE attempts SET ended=?, outcome=? WHERE campaign=? AND job=? AND ended IS NULL",
+                    (now, state, campaign, job_id),
+                )
+            self._settle(db, campaign)
+        self.log(
+            f"job {state}" + (" while it ran: a runner's result for it is ignored" if current == "running" else ""),
+            campaign,
+            job_id,
+        )
 
     def retry_failed(self, name: str) -> int:
         with self._tx() as db:
+            self._campaign(db, name)
             n = db.execute(
                 "UPDATE jobs SET state='queued', attempts=0, error=NULL WHERE campaign=? AND state='failed'", (name,)
             ).rowcount
+            self._settle(db, name)
         self.log(f"{n} failed job(s) requeued", name)
         return n
+
+    def _settle(self, db: sqlite3.Connection, name: str) -> None:
+        """An active campaign none of whose jobs is unfinished becomes `finished`; a finished one with an unfinished
+        job becomes `active` again. Called by every transition that moves a job, inside its transaction."""
+        row = db.execute("SELECT state FROM campaigns WHERE name=?", (name,)).fetchone()
+        if row is None or row["state"] not in ("active", "finished"):
+            return
+        counts = dict.fromkeys(JOB_STATES, 0)
+        for r in db.execute("SELECT state, COUNT(*) AS n FROM jobs WHERE campaign=? GROUP BY state", (name,)):
+            counts[r["state"]] = r["n"]
+        finished = sum(counts.values()) > 0 and not any(counts[s] for s in UNFINISHED)
+        state = "finished" if finished else "active"
+        if state == row["state"]:
+            return
+        db.execute("UPDATE campaigns SET state=? WHERE name=?", (state, name))
+        if finished:
+            summary = ", ".join(f"{counts[s]} {s}" for s in ("done", "failed", "cancelled") if counts[s])
+            self.log(f"campaign finished: {summary}", name)
+        else:
+            self.log("campaign active again: jobs were queued", name)
+
+    def settle_all(self) -> None:
+        """Settle every campaign whose state does not match its jobs: what a store written by a runner that
+        predates `finished` holds (its finished campaigns read `active`). One read when nothing is to do."""
+        unsettled = [
+            r[0]
+            for r in self._db.execute(
+                "SELECT name FROM campaigns c WHERE (c.state='active' AND EXISTS (SELECT 1 FROM jobs j WHERE "
+                "j.campaign=c.name) AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.campaign=c.name AND j.state IN "
+                "(?, ?, ?))) OR (c.state='finished' AND EXISTS (SELECT 1 FROM jobs j WHERE j.campaign=c.name AND "
+                "j.state IN (?, ?, ?)))",
+                UNFINISHED * 2,
+            )
+        ]
+        if unsettled:
+            with self._tx() as db:
+                for name in unsettled:
+                    self._settle(db, name)
+
+
+def _note(state: str, queued: str, failed: str) -> str:
+    """A runner's result in the log: what the job's new state means, or that an operator's state stands."""
+    return {"queued": queued, "failed": failed}.get(state, f"ignored: the job stays {state}")
 
 
 def utcnow() -> dt.datetime:

@@ -346,3 +346,70 @@ def test_input_never_reaches_the_terminal_unescaped(tmp_path, capsys):
     out = capsys.readouterr()
     assert "valid" in out.out and out.err.count("error:") == 2
     assert not _shown_raw(out.out + out.err), ascii(out.out + out.err)
+
+
+CONFLICTS = [
+    (["validate", "--frames", "17", "--duration", "5"], "--frames 17 and --duration 5 both set the video's length"),
+    (["plan", "--duration", "2", "--frames", "49"], "--frames 49 and --duration 2 both set the video's length"),
+    (["render", "--resolution", "1920x1088", "--height", "512"], "--resolution 1920x1088 and --height 512"),
+    (["validate", "--resolution", "1920x1088", "--width", "768"], "--resolution 1920x1088 and --width 768"),
+    (["render", "--prompt", "x", "--profile", "team"], "--profile team only applies to an upload: give --output"),
+    (["render", "--prompt", "x", "--region", "eu-west-1"], "--region eu-west-1 only applies to an upload"),
+]
+
+
+@pytest.mark.parametrize(("argv", "words"), CONFLICTS, ids=[" ".join(c[0][:3]) for c in CONFLICTS])
+def test_flags_that_would_drop_each_other_are_refused(tmp_path, capsys, argv, words):
+    """Two flags that set one thing, or one that only applies with another: one would be dropped without a word."""
+    assert main([*argv, "--json"] if argv[0] != "render" else [*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {words}") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def _store_with_a_campaign(tmp_path: Path) -> Path:
+    db = tmp_path / "farm.db"
+    assert main(["campaign", "--db", str(db), "submit", str(_manifest(tmp_path))]) == 0
+    return db
+
+
+@pytest.mark.parametrize(
+    "action",
+    [["status", "sprnig"], ["logs", "sprnig"], ["retry-failed", "sprnig"], ["pause", "sprnig"], ["cancel", "nope"]],
+    ids=lambda a: a[0],
+)
+def test_an_unknown_campaign_is_not_found(tmp_path, capsys, action):
+    db = _store_with_a_campaign(tmp_path)
+    capsys.readouterr()
+    assert main(["campaign", "--db", str(db), *action]) == 5
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: campaign {action[1]!r}: no such campaign in {db}") and err.count("\n") == 1, err
+    assert ("did you mean 'spring'?" in err) is (action[1] == "sprnig")
+
+
+def test_an_unknown_job_is_not_found_and_a_wrong_transition_is_refused(tmp_path, capsys):
+    db = _store_with_a_campaign(tmp_path)
+    capsys.readouterr()
+    assert main(["campaign", "--db", str(db), "pause", "spring", "--job", "b"]) == 5
+    assert "error: job 'b': campaign 'spring' has no such job" in capsys.readouterr().err
+    assert main(["campaign", "--db", str(db), "resume", "spring", "--job", "a", "--json"]) == 2
+    out = capsys.readouterr()
+    assert json.loads(out.out)["ok"] is False
+    assert out.err == "error: job 'a' of campaign 'spring' is queued: only a paused or cancelled job can be resumed\n"
+
+
+def test_a_job_left_running_by_a_crashed_runner_can_be_paused_and_cancelled(tmp_path, capsys):
+    """The runner claimed the job and died (its claim is all it did); the command line still stops it."""
+    from jobs.store import Store
+
+    db = _store_with_a_campaign(tmp_path)
+    Store(db).claim("spring", "worker-0")
+    assert main(["campaign", "--db", str(db), "pause", "spring", "--job", "a"]) == 0
+    assert main(["campaign", "--db", str(db), "resume", "spring", "--job", "a"]) == 0
+    Store(db).claim("spring", "worker-0")
+    assert main(["campaign", "--db", str(db), "cancel", "spring", "--job", "a", "--json"]) == 0
+    assert Store(db).job_state("spring", "a") == "cancelled"
+    capsys.readouterr()
+    assert main(["campaign", "--db", str(db), "status", "spring", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["state"] == "finished" and status["jobs"]["cancelled"] == 1

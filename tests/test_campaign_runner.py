@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from cluster.campaign_runner import CampaignRunner, campaign_status
 from cluster.executor import JOBS_PER_WORKER, WorkerPool
 from cluster.storage import StorageOptions
 from jobs.campaign import parse_manifest
-from jobs.store import Store
+from jobs.store import QUARANTINE_AFTER, Store
 from tests.conftest import CACHE
 from tests.s3_servers import moto_env
 
@@ -53,6 +54,8 @@ def test_runs_retries_and_caps(pool, tmp_path):
     assert len(list((tmp_path / "out" / "c1").glob("*.mp4"))) == 4
     status = campaign_status(store, "c1")
     assert status["progress"] == pytest.approx(0.8) and len(status["outputs"]) == 4
+    assert status["state"] == "finished" and status["waiting"] is None  # nothing left to run: no longer active
+    assert "campaign finished: 4 done, 1 failed" in [e["message"] for e in store.logs("c1")]
 
 
 def test_campaign_on_a_pool_of_gangs(ray_cluster, tiny_set, pool, tmp_path):
@@ -112,6 +115,7 @@ def test_window_and_clock(pool, tmp_path):
     noon = lambda: dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)  # noqa: E731
     assert CampaignRunner(store, pool, tmp_path / "out", clock=noon).run()["done"] == 0
     assert "outside its window" in campaign_status(store, "night", noon())["waiting"]
+    assert campaign_status(store, "night", noon())["state"] == "active"  # waiting is not finished
     night = lambda: dt.datetime(2026, 11, 25, 23, tzinfo=dt.UTC)  # noqa: E731
     assert CampaignRunner(store, pool, tmp_path / "out", clock=night).run()["done"] == 1
 
@@ -296,3 +300,151 @@ def test_each_distinct_prompt_is_encoded_once_across_the_farm(pool, tmp_path):
     sidecars = [json.loads(p.read_text()) for p in (tmp_path / "out" / "prompts").glob("*.json")]
     planned = next(d for d in sidecars if d.get("plan") and len(d["plan"]["chunks"]) > 1)
     assert not any(t["kind"] == "encode" for t in planned["trace"])  # its prompts were already encoded
+
+
+def _cli(tmp_path: Path, **env: str) -> tuple[list[str], dict[str, str]]:
+    """`ltx2-farm campaign` as users run it, on a store of its own, and its environment."""
+    environment = {**os.environ, "LTX2_FARM_CACHE": str(CACHE), "LTX2_FARM_DB": str(tmp_path / "db"), **env}
+    environment.pop("RAY_ADDRESS", None)
+    return [sys.executable, "-m", "cluster.cli", "campaign"], environment
+
+
+def _submit(tmp_path: Path, name: str, ids: list[str]) -> None:
+    manifest = tmp_path / f"{name}.yaml"
+    rows = [{"id": i, "prompt": f"scene {i}"} for i in ids]
+    manifest.write_text(yaml.safe_dump({"campaign": name, "defaults": TINY, "rows": rows}))
+    cli, env = _cli(tmp_path)
+    assert subprocess.run([*cli, "submit", str(manifest)], env=env, capture_output=True).returncode == 0
+
+
+def test_a_job_that_crashes_the_runner_is_quarantined_and_the_campaign_finishes(tmp_path):
+    """`a1-poison` makes the runner itself raise whenever it handles it (LTX2_FARM_FAULTS=runner_crash): each
+    `campaign run` dies with it running. The job it had started before (`a0-stuck`) is left running by the crash and
+    cancelled from the command line; after the third crash in a row the next run quarantines the poison job,
+    renders the others, exits 4 and the campaign is finished."""
+    _submit(tmp_path, "crashy", ["a0-stuck", "a1-poison", "b", "c"])
+    cli, env = _cli(tmp_path, LTX2_FARM_FAULTS="runner_crash:a1-poison")
+    run = [*cli, "run", "--workers", "1", "--out", str(tmp_path / "out"), "--json"]
+    store = Store(tmp_path / "db")
+    for crash in range(1, QUARANTINE_AFTER + 1):
+        crashed = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600)
+        assert crashed.returncode == 1, crashed.stderr[-3000:]
+        assert "RuntimeError: injected by LTX2_FARM_FAULTS: runner_crash:a1-poison" in crashed.stderr
+        assert store.job_state("crashy", "a1-poison") == "running"  # left so by the crash
+        if crash == 1:
+            assert store.job_state("crashy", "a0-stuck") == "running"
+            cancel = subprocess.run(
+                [*cli, "cancel", "crashy", "--job", "a0-stuck"], env=env, capture_output=True, text=True
+            )
+            assert cancel.returncode == 0 and cancel.stdout == "crashy/a0-stuck: cancelled\n", cancel.stderr
+    finished = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 4, finished.stderr[-3000:]
+    assert "Traceback" not in finished.stderr
+    assert finished.stderr.endswith(
+        "error: 1 job(s) failed (1 quarantined): `ltx2-farm campaign status` and `campaign logs NAME` say which and "
+        "why\n"
+    ), finished.stderr[-2000:]
+    stats = json.loads(finished.stdout)
+    assert (stats["ok"], stats["quarantined"], stats["done"], stats["requeued"]) == (False, 1, 2, 0), stats
+    jobs = {j["id"]: j for j in store.jobs("crashy")}
+    assert {i: j["state"] for i, j in jobs.items()} == {
+        "a0-stuck": "cancelled",
+        "a1-poison": "failed",
+        "b": "done",
+        "c": "done",
+    }
+    assert jobs["a1-poison"]["error"].startswith(
+        f"quarantined: the runner crashed {QUARANTINE_AFTER} times while it ran"
+    )
+    status = subprocess.run([*cli, "status", "crashy", "--json"], env=env, capture_output=True, text=True)
+    assert json.loads(status.stdout)["state"] == "finished"
+
+
+def test_ctrl_c_stops_a_forever_runner_cleanly_and_a_restart_finishes_the_queue(tmp_path):
+    """SIGINT (to the runner only) while it renders: one line, exit code 130, no traceback; the jobs it was running
+    are queued again (attempt `stopped`, not a crash), and the next run renders each job exactly once."""
+    ids = [f"j{i}" for i in range(4)]
+    _submit(tmp_path, "steady", ids)
+    cli, env = _cli(tmp_path)
+    forever = subprocess.Popen(
+        [*cli, "run", "--workers", "1", "--out", str(tmp_path / "out"), "--forever", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    store = Store(tmp_path / "db")
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            counts = store.counts("steady")
+            if counts["done"] >= 1 and counts["running"] >= 1:
+                break
+            time.sleep(0.1)
+        assert counts["done"] >= 1 and counts["running"] >= 1, counts
+        forever.send_signal(signal.SIGINT)
+        _out, err = forever.communicate(timeout=120)
+    finally:
+        if forever.poll() is None:
+            _kill_tree(forever)
+    assert forever.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    stopped = [a for a in store.attempts("steady") if a["outcome"] == "stopped"]
+    last = err.rstrip("\n").rsplit("\n", 1)[-1]
+    assert last.startswith(f"interrupted: {len(stopped)} running job(s) went back to the queue"), err[-2000:]
+    assert "stay in the staging folder of the node that rendered them" in last
+    assert store.counts("steady")["running"] == 0
+    again = subprocess.run(
+        [*cli, "run", "--workers", "1", "--out", str(tmp_path / "out"), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert store.counts("steady")["done"] == 4 and store.campaign_row("steady")["state"] == "finished"
+    ok = sorted(a["job"] for a in store.attempts("steady") if a["outcome"] == "ok")
+    assert ok == ids  # each job completed exactly once
+
+
+def test_a_campaign_upload_waiting_for_a_server_that_is_down_is_shown_and_ctrl_c_requeues_it(tmp_path):
+    """`campaign run` says what a worker's upload waits for, and where its file is; Ctrl-C then puts the job back
+    in the queue, its staged render kept on the node."""
+    from tests.s3_servers import free_port
+
+    manifest = tmp_path / "up.yaml"
+    rows = [{"id": "only", "prompt": "rain"}]
+    manifest.write_text(yaml.safe_dump({"campaign": "up", "output": "s3://farm/c", "defaults": TINY, "rows": rows}))
+    cli, env = _cli(tmp_path, LTX2_FARM_STAGING=str(tmp_path / "staging"), **moto_env())
+    assert subprocess.run([*cli, "submit", str(manifest)], env=env, capture_output=True).returncode == 0
+    run = [*cli, "run", "--workers", "1", "--out", str(tmp_path / "out"), "--addressing-style", "path"]
+    runner = subprocess.Popen(
+        [*run, "--endpoint-url", f"http://127.0.0.1:{free_port()}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(runner.stderr), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not any("is waiting:" in line for line in list(lines)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        waiting = next(line for line in list(lines) if "is waiting:" in line)
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(timeout=120) == 130
+    finally:
+        if runner.poll() is None:
+            _kill_tree(runner)
+    reader.join(timeout=30)
+    err = "".join(lines)
+    assert "the server could not be reached (EndpointConnectionError)" in waiting, waiting
+    video = Path(waiting.rstrip("\n").rsplit("the file is at ", 1)[1])
+    assert video.parent == tmp_path / "staging" / "worker-0" / "up" and video.is_file()
+    assert "Traceback" not in err, err[-3000:]
+    assert err.rstrip("\n").rsplit("\n", 1)[-1].startswith("interrupted: 1 running job(s) went back to the queue")
+    store = Store(tmp_path / "db")
+    assert store.job_state("up", "only") == "queued"
+    assert [a["outcome"] for a in store.attempts("up")] == ["stopped"]

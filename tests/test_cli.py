@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import CACHE, SMALL_JOB
+from cluster.exit_codes import MEANINGS, ExitCode
+from tests.conftest import CACHE, REPO, SMALL_JOB
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -99,8 +104,16 @@ def test_missing_job_file():
         ["validate", "--height", "500"],
         ["render", "--prompt", "x", "--output", "s3://bucket/p", "--key-template", "{job}"],
         ["render", "--prompt", "x", "--name", "n" * 250],
+        ["render", "--frames", "17", "--duration", "5"],
     ],
-    ids=["missing file", "empty prompt", "bad height", "sidecar over the MP4", "name too long for a file"],
+    ids=[
+        "missing file",
+        "empty prompt",
+        "bad height",
+        "sidecar over the MP4",
+        "name too long for a file",
+        "frames and duration",
+    ],
 )
 def test_bad_input_is_reported_before_torch_ray_or_boto3_load(args):
     """An error in the job comes back at once: the command imports the heavy stacks only for real work."""
@@ -232,3 +245,136 @@ def test_impossible_placement_is_refused_before_any_worker_starts(tmp_path):
     result = run("render", str(job), "--placement", "sequence", "--gpus", "4", "--json")
     assert result.returncode == 2
     assert "placement.gpus" in result.stderr and "must divide the model's 2 attention heads" in result.stderr
+
+
+def test_one_table_of_exit_codes_in_the_code_the_help_and_the_readme():
+    readme = (REPO / "README.md").read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| (\d+) \| (.+) \|$", readme, re.M))
+    assert {int(k): v for k, v in rows.items()} == {int(c): MEANINGS[c] for c in ExitCode}
+    help_text = run("--help").stdout
+    assert all(f"{int(c):<4}{MEANINGS[c]}" in help_text for c in ExitCode)
+
+
+NO_CREDENTIALS = {
+    "AWS_CONFIG_FILE": "/nonexistent/config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+    "AWS_EC2_METADATA_DISABLED": "true",  # this machine has no instance role; asking would only wait
+}
+
+
+def test_an_s3_output_without_credentials_is_refused_before_anything_loads(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | NO_CREDENTIALS
+    code = (
+        "import sys; from cluster.cli import main; rc = main(sys.argv[1:]); "
+        "print(rc, [m for m in ('torch', 'ray') if m in sys.modules])"
+    )
+    argv = ["render", "--prompt", "x", "--output", "s3://renders/p", "--out", str(tmp_path / "out")]
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=120)
+    assert result.stdout.splitlines()[-1] == "2 []", result.stdout + result.stderr
+    assert result.stderr.startswith("error: --output s3://renders/p: no S3 credentials found ("), result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+    profile = subprocess.run(
+        [sys.executable, "-c", code, *argv, "--profile", "nobody"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert "--profile nobody: no such profile" in profile.stderr
+
+
+class Stderr:
+    """A running command's stderr, read line by line on a thread of its own (its pipe never fills)."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=lambda: self.lines.extend(process.stderr), daemon=True)
+        self._thread.start()
+
+    def wait_for(self, words: str, timeout_s: float, count: int = 1) -> str:
+        """The `count`-th line with `words`, once it is there."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = [line for line in list(self.lines) if words in line]
+            if len(found) >= count:
+                return found[count - 1]
+            time.sleep(0.2)
+        raise AssertionError(f"no {words!r} on stderr after {timeout_s} s:\n" + "".join(self.lines[-30:]))
+
+    def text(self) -> str:
+        self._thread.join(timeout=30)
+        return "".join(self.lines)
+
+
+def _render_to_a_dead_endpoint(tmp_path: Path, port: int) -> tuple[subprocess.Popen, Stderr]:
+    """`render` of a tiny job to an S3 endpoint where nothing listens (the server is down), as users start it."""
+    from tests.s3_servers import moto_env
+
+    env = {**os.environ, "LTX2_FARM_CACHE": str(CACHE), "LTX2_FARM_STAGING": str(tmp_path / "staging"), **moto_env()}
+    env.pop("RAY_ADDRESS", None)
+    argv = ["render", "--prompt", "rain", "--frames", "9", "--height", "64", "--width", "64", "--steps", "2"]
+    argv += ["--name", "down", "--out", str(tmp_path / "out"), "--output", "s3://farm/t"]
+    argv += ["--endpoint-url", f"http://127.0.0.1:{port}", "--addressing-style", "path"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cluster.cli", *argv], env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    return process, Stderr(process)
+
+
+def _staged_video(tmp_path: Path, line: str) -> Path:
+    """The local file a waiting-upload line names: the worker's staged MP4."""
+    video = Path(line.rstrip("\n").rsplit("the file is at ", 1)[1])
+    assert video.parent == tmp_path / "staging" / "worker-0" / "render" and video.suffix == ".mp4", line
+    return video
+
+
+def test_ctrl_c_while_an_upload_waits_for_a_server_that_is_down(tmp_path):
+    """While the server is down the command says what it waits for, for how long, until when and where the file
+    is; Ctrl-C (SIGINT to this command only) then ends it with one line, code 130, and the render kept there."""
+    from tests.s3_servers import free_port
+
+    process, stderr = _render_to_a_dead_endpoint(tmp_path, free_port())
+    try:
+        line = stderr.wait_for("is waiting:", timeout_s=600)
+        later = stderr.wait_for("is waiting:", timeout_s=120, count=2)  # it keeps saying so while it waits
+        assert int(later.split(", retry ")[1].split(",")[0]) > int(line.split(", retry ")[1].split(",")[0])
+        assert re.search(
+            r"upload of down-\S+\.mp4 to s3://farm/t/down-\S+\.mp4 is waiting: the server could not be reached "
+            r"\(EndpointConnectionError\); \d+ s so far, retry \d+, retrying until \d\d:\d\d:\d\d \(\d+ min left\); "
+            r"the file is at ",
+            line,
+        ), line
+        video = _staged_video(tmp_path, line)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    err = stderr.text()
+    assert "Traceback" not in err, err
+    last = err.rstrip("\n").rsplit("\n", 1)[-1]
+    assert last == (
+        f"interrupted: the render stays at {video} with its sidecar, on its way to s3://farm/t (not uploaded); "
+        "copy it from there (a staged output is swept after a day)"
+    ), err[-3000:]
+    assert video.is_file() and video.with_suffix(".json").is_file()
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_upload_refused_after_the_render_keeps_the_file_and_says_where(tmp_path):
+    """The server comes back without the bucket (moto keeps nothing): a failure no retry fixes ends the command
+    with code 6 and the path of the render, which stays there."""
+    from tests.s3_servers import MotoServer
+
+    server = MotoServer()
+    process, stderr = _render_to_a_dead_endpoint(tmp_path, server.port)
+    try:
+        video = _staged_video(tmp_path, stderr.wait_for("is waiting:", timeout_s=600))
+        server.start()
+        assert process.wait(timeout=300) == 6
+    finally:
+        server.stop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    err = stderr.text()
+    assert "Traceback" not in err, err
+    assert f"failed: no such bucket (404 NoSuchBucket); the file stays at {video}\n" in err, err[-3000:]
+    assert video.is_file() and video.with_suffix(".json").is_file()

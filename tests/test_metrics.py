@@ -261,6 +261,49 @@ def test_a_bad_metrics_address_is_a_usage_error_before_any_work(argv, env, words
     assert err.startswith("error: ") and words in err and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("argv", [["render"], ["campaign", "run"]], ids=["render", "campaign run"])
+def test_a_busy_metrics_port_is_refused_before_any_work(argv, monkeypatch, capsys, tmp_path):
+    """Another process listens on the port: one line naming it, exit code 2, before any job, model or Ray."""
+    from cluster import cli
+
+    monkeypatch.setenv("LTX2_FARM_DB", str(tmp_path / "campaigns.db"))
+    monkeypatch.setattr(cli, "load_job_mapping", _no_work)
+    monkeypatch.setattr(cli, "resolve_checkpoints", _no_work)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main([*argv, "--metrics-port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: --metrics-addr 127.0.0.1 --metrics-port {port}: cannot listen there (Address already in use): "
+        "another process listens there; choose another port (0: any free port)\n"
+    )
+
+
+def test_the_metrics_port_is_held_from_before_the_models_load(monkeypatch, capsys):
+    """The endpoint answers, and its port cannot be taken, by the time the model files are resolved (what Ray's
+    processes, started next, could otherwise do); it is given back when the command ends, even on an error."""
+    from cluster import cli
+
+    port = free_port()
+    seen = {}
+
+    def models_are_next(args):
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", port))
+        seen["build_info"] = total(scrape(f"http://127.0.0.1:{port}/metrics"), "ltx2farm_build_info")
+        raise cli.UsageError("stopped here by the test")
+
+    monkeypatch.setattr(cli, "resolve_checkpoints", models_are_next)
+    assert cli.main(["render", "--prompt", "x", "--metrics-port", str(port)]) == 2
+    assert seen == {"build_info": 1}
+    assert capsys.readouterr().err == f"metrics at http://127.0.0.1:{port}/metrics\nerror: stopped here by the test\n"
+    with socket.socket() as again:  # closed on the way out (the scrape's connection may linger in TIME_WAIT)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+
+
 def test_one_pass_renders_count_their_latency_until_published(tmp_path):
     """The fast path (one worker, one pass) publishes from the worker: its latency is counted all the same."""
 

@@ -11,7 +11,7 @@ import pytest
 
 from jobs.campaign import WindowSpec, parse_manifest
 from jobs.schedule import CampaignState, allocate, blocked_reason, in_window, next_window_open
-from jobs.store import Store
+from jobs.store import QUARANTINE_AFTER, NotFound, StateError, Store
 
 PARIS = ZoneInfo("Europe/Paris")
 NIGHTS = WindowSpec(days="weeknights", start="20:00", end="07:00", tz="Europe/Paris")
@@ -119,7 +119,7 @@ def test_claim_finish_fail_retry_and_recover(tmp_path):
     third = store.claim("c", "w1")
     assert third["id"] == "r2"
     assert store.counts("c")["running"] == 2
-    assert store.recover() == 2  # a coordinator crash: both go back to the queue
+    assert store.recover() == {"requeued": 2, "quarantined": 0, "cancelled": 0}  # a crash: both go back
     counts = store.counts("c")
     assert (counts["running"], counts["queued"], counts["done"]) == (0, 2, 1)
     job = store.claim("c", "w0")
@@ -143,7 +143,7 @@ def test_caps_cancel_pause_and_retry_failed(tmp_path):
     store.set_job_state("c", "r1", "queued")
     store.set_campaign_state("c", "cancelled")
     assert store.counts("c")["cancelled"] == 3
-    with pytest.raises(KeyError):
+    with pytest.raises(NotFound, match="campaign 'nope': no such campaign"):
         store.set_campaign_state("nope", "paused")
 
 
@@ -189,3 +189,118 @@ def test_claim_prefers_the_lora_set_a_worker_holds(tmp_path):
     assert [store.claim("c", "w0", held)["id"] for _ in range(2)] == ["r2", "r1"]  # its set first, then the other
     assert store.claim("c", "w1", held)["id"] == "r3"
     assert store.claim("c", "w1", held) is None
+
+
+def test_unknown_names_are_not_found_with_the_nearest_known(tmp_path):
+    store = Store(tmp_path / "db")
+    m = manifest("spring")
+    store.submit(m.spec, m.jobs)
+    for call in (
+        lambda: store.campaign_row("sprign"),
+        lambda: store.logs("sprign"),
+        lambda: store.retry_failed("sprign"),
+        lambda: store.set_job_state("sprign", "r0", "paused"),
+    ):
+        with pytest.raises(NotFound) as info:
+            call()
+        assert str(info.value).startswith("campaign 'sprign': no such campaign in ")
+        assert "did you mean 'spring'?" in str(info.value) and "campaign list" in str(info.value)
+    with pytest.raises(NotFound, match="job 'r00': campaign 'spring' has no such job; did you mean 'r0'"):
+        store.set_job_state("spring", "r00", "paused")
+    with pytest.raises(StateError, match="job 'r0' of campaign 'spring' is queued: only a paused or cancelled job"):
+        store.set_job_state("spring", "r0", "queued")
+
+
+def test_a_campaign_finishes_when_no_job_is_left_and_reopens_for_new_work(tmp_path):
+    store = Store(tmp_path / "db")
+    m = manifest(n=2, max_task_retries=0)
+    store.submit(m.spec, m.jobs)
+    a, b = store.claim("c", "w"), store.claim("c", "w")
+    store.finish("c", a["id"], {"video": "x"}, 1.0)
+    assert store.campaign_row("c")["state"] == "active"  # b still runs
+    assert store.fail("c", b["id"], "boom", 1.0, max_retries=0) == "failed"
+    assert store.campaign_row("c")["state"] == "finished"
+    assert blocked_reason(store.campaign_state("c"), at(0, 12)) == "finished"
+    assert store.logs("c")[-2]["message"] == "campaign finished: 1 done, 1 failed"
+    assert store.retry_failed("c") == 1 and store.campaign_row("c")["state"] == "active"
+    store.set_job_state("c", b["id"], "cancelled")
+    assert store.campaign_row("c")["state"] == "finished"
+    bigger = manifest(n=3)  # a resubmission with one more row
+    assert store.submit(bigger.spec, bigger.jobs)["new"] == 1
+    assert store.campaign_row("c")["state"] == "active"
+
+
+def test_a_store_of_an_older_runner_settles_its_finished_campaigns_on_open(tmp_path):
+    store = Store(tmp_path / "db")
+    m = manifest(n=1)
+    store.submit(m.spec, m.jobs)
+    store.finish("c", store.claim("c", "w")["id"], {"video": "x"}, 1.0)
+    store.close()
+    with sqlite3.connect(tmp_path / "db") as db:  # what a runner before `finished` left: done, but active
+        db.execute("UPDATE campaigns SET state='active'")
+    assert Store(tmp_path / "db").campaign_row("c")["state"] == "finished"
+
+
+def test_an_operator_can_pause_or_cancel_a_job_stuck_running(tmp_path):
+    """A runner claimed two jobs and crashed (its store is simply left); another process pauses one and cancels
+    the other. Whatever the dead runner's twin would still report for them is ignored."""
+    crashed = Store(tmp_path / "db")
+    m = manifest(n=3)
+    crashed.submit(m.spec, m.jobs)
+    a, b = crashed.claim("c", "w"), crashed.claim("c", "w")
+    operator = Store(tmp_path / "db")
+    operator.set_job_state("c", a["id"], "paused")
+    operator.set_job_state("c", b["id"], "cancelled")
+    assert {j["id"]: j["state"] for j in operator.jobs("c")} == {"r0": "paused", "r1": "cancelled", "r2": "queued"}
+    assert [x["outcome"] for x in operator.attempts("c")] == ["paused", "cancelled"]  # no attempt left open
+    assert crashed.finish("c", b["id"], {"video": "late"}, 1.0) is False  # a late result: the operator's word wins
+    assert crashed.fail("c", a["id"], "late", 1.0, max_retries=0) == "paused"
+    assert operator.job_state("c", b["id"]) == "cancelled" and operator.job_state("c", a["id"]) == "paused"
+    assert operator.recover()["requeued"] == 0  # nothing was left running
+    operator.set_job_state("c", a["id"], "queued")
+    assert operator.claim("c", "w")["id"] == a["id"]
+
+
+def test_recover_quarantines_a_job_running_at_each_of_the_last_crashes(tmp_path):
+    store = Store(tmp_path / "db")
+    m = manifest(n=2)
+    store.submit(m.spec, m.jobs)
+    for crash in range(1, QUARANTINE_AFTER + 1):
+        poison = store.claim("c", "w")
+        assert poison["id"] == "r0"  # the oldest: claimed first after each restart
+        recovered = store.recover()
+        assert recovered["quarantined"] == (crash == QUARANTINE_AFTER), (crash, recovered)
+    job = next(j for j in store.jobs("c") if j["id"] == "r0")
+    assert job["state"] == "failed"
+    assert job["error"].startswith(f"quarantined: the runner crashed {QUARANTINE_AFTER} times while it ran")
+    assert "campaign retry-failed c" in job["error"]
+    assert store.claim("c", "w")["id"] == "r1"  # the others go on
+    store.recover()  # r1 was running at one crash only: requeued
+    assert store.job_state("c", "r1") == "queued"
+    store.retry_failed("c")  # once the cause is fixed, the count starts again
+    store.claim("c", "w")
+    assert store.recover() == {"requeued": 1, "quarantined": 0, "cancelled": 0}
+    assert store.job_state("c", "r0") == "queued"
+
+
+def test_crashes_in_a_row_only_count_towards_a_quarantine(tmp_path):
+    """Two crashes, then an ordinary failed attempt, then one more crash: not three in a row."""
+    store = Store(tmp_path / "db")
+    m = manifest(n=1, max_task_retries=5)
+    store.submit(m.spec, m.jobs)
+    for _ in range(2):
+        store.claim("c", "w")
+        store.recover()
+    store.fail("c", store.claim("c", "w")["id"], "worker error", 1.0, max_retries=5)
+    store.claim("c", "w")
+    assert store.recover()["quarantined"] == 0 and store.job_state("c", "r0") == "queued"
+
+
+def test_recover_cancels_the_running_jobs_of_a_cancelled_campaign(tmp_path):
+    store = Store(tmp_path / "db")
+    m = manifest(n=2)
+    store.submit(m.spec, m.jobs)
+    store.claim("c", "w")
+    store.set_campaign_state("c", "cancelled")  # the queued job is cancelled now; the running one at recovery
+    assert store.recover() == {"requeued": 0, "quarantined": 0, "cancelled": 1}
+    assert set(store.counts("c").items()) >= {("cancelled", 2), ("running", 0)}

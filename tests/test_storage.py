@@ -7,6 +7,8 @@ import logging
 import os
 import pickle
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -16,10 +18,19 @@ from pathlib import Path
 import boto3
 import pytest
 
-from cluster.storage import LocalFile, StorageOptions, Uploader, UploadError, expected_etag, verify
+from cluster.storage import (
+    LocalFile,
+    StorageOptions,
+    Uploader,
+    UploadError,
+    UploadWait,
+    credentials_problem,
+    expected_etag,
+    verify,
+)
 from jobs.keys import DestinationError, check_key_template, check_output, output_keys, parse_destination, render_key
 from jobs.spec import validate_job
-from tests.s3_servers import MotoServer, moto_env
+from tests.s3_servers import MotoServer, free_port, moto_env
 
 MiB = 1024 * 1024
 
@@ -337,13 +348,71 @@ def test_an_outage_past_the_deadline_fails_as_retryable(moto, tmp_path):
     options = StorageOptions(
         endpoint_url=moto.endpoint, addressing_style="path", deadline_s=1.0, first_backoff_s=0.2, max_backoff_s=0.2
     )
-    up = Uploader(parse_destination("s3://renders/p"), options)
+    waits: list[UploadWait] = []
+    up = Uploader(parse_destination("s3://renders/p"), options, on_wait=waits.append)
     moto.stop()
     with pytest.raises(UploadError) as info:
         up.upload([(src, "x.mp4", "video/mp4")])
     assert info.value.retryable is True and pickle.loads(pickle.dumps(info.value)).retryable is True
     assert "the server could not be reached (EndpointConnectionError) (still, after retrying for" in str(info.value)
     assert str(info.value).endswith(f"the file stays at {src}")
+    # each retry was told: what it waits for, since when, until when, which retry, where the file is
+    assert [w.retry for w in waits] == list(range(1, len(waits) + 1)) and waits
+    assert {(w.path, w.destination, w.started, w.deadline - w.started) for w in waits} == {
+        (str(src), "s3://renders/p/x.mp4", waits[0].started, 1.0)
+    }
+    line = waits[0].line(now=waits[0].started + 0.4)
+    assert line.startswith("upload of x.mp4 to s3://renders/p/x.mp4 is waiting: the server could not be reached")
+    assert "; 0 s so far, retry 1, retrying until " in line and line.endswith(f"; the file is at {src}")
+
+
+def test_missing_credentials_are_found_without_a_request(tmp_path, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert credentials_problem(StorageOptions()).startswith("no S3 credentials found (AWS_ACCESS_KEY_ID and ")
+    assert "no such profile" in credentials_problem(StorageOptions(profile="nobody"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "only-the-key")
+    assert credentials_problem(StorageOptions()).startswith("the S3 credentials cannot be used: Partial credentials")
+    for k, v in moto_env().items():
+        monkeypatch.setenv(k, v)
+    assert credentials_problem(StorageOptions()) is None
+
+
+def test_stop_retrying_ends_an_upload_waiting_out_an_outage(tmp_path):
+    """What Ctrl-C does to the head's uploads: one waiting for a server that is down gives up at once (in a process
+    of its own: the stop is for the whole process), its file kept and named."""
+    src = _file(tmp_path / "x.mp4", 100)
+    code = f"""
+import threading, time
+from pathlib import Path
+from cluster.storage import StorageOptions, Uploader, stop_retrying
+from jobs.keys import parse_destination
+options = StorageOptions(endpoint_url="http://127.0.0.1:{free_port()}", addressing_style="path", attempts=1)
+waits, errors = [], []
+def upload():
+    try:
+        Uploader(parse_destination("s3://renders/p"), options, on_wait=waits.append).upload(
+            [(Path({str(src)!r}), "x.mp4", "video/mp4")])
+    except Exception as error:
+        errors.append(error)
+thread = threading.Thread(target=upload)
+thread.start()
+while not waits and thread.is_alive():
+    time.sleep(0.05)
+started = time.monotonic()
+stop_retrying()
+thread.join(timeout=60)
+print(round(time.monotonic() - started), errors[0].retryable, errors[0])
+"""
+    env = {**os.environ, **moto_env()}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    seconds, retryable, message = result.stdout.strip().split(" ", 2)
+    assert int(seconds) < 10 and retryable == "True", result.stdout + result.stderr
+    assert "(retries stopped after" in message and message.endswith(f"the file stays at {src}"), message
+    assert src.is_file()
 
 
 @pytest.fixture(scope="module")
