@@ -342,7 +342,7 @@ def test_input_never_reaches_the_terminal_unescaped(tmp_path, capsys):
     job.write_text(json.dumps(GOOD))
     assert main(["validate", str(job)]) == 0
     assert main(["validate", str(job), "--prompt", HOSTILE]) == 2
-    assert main(["campaign", "--db", db, "pause", f"no{HOSTILE}"]) == 2
+    assert main(["campaign", "--db", db, "pause", f"no{HOSTILE}"]) == 5  # not found
     out = capsys.readouterr()
     assert "valid" in out.out and out.err.count("error:") == 2
     assert not _shown_raw(out.out + out.err), ascii(out.out + out.err)
