@@ -271,9 +271,9 @@ class WorkerPool:
             for h, reply, job in zip(handles, ray.get(refs), jobs, strict=True)
         ]
 
-    def ship(self, job: ValidJob) -> dict[str, tuple[str, Any]]:
-        """The job's local input files as objects in Ray's store ({digest: (name, ref)}): a worker on any node
-        writes them into its own cache (`cluster.storage.stock_inputs`); each file is read here once."""
+    def ship(self, job: ValidJob) -> dict[str, tuple[str, tuple[Any, ...]]]:
+        """The job's local input files as objects in Ray's store ({digest: (name, refs of its parts)}): a worker
+        on any node writes them into its own cache (`cluster.storage.stock_inputs`); each file is read here once."""
         return ship_inputs(job_input_refs(job), ray.put, self._shipped)
 
     @staticmethod
