@@ -45,6 +45,7 @@ from s3transfer.utils import ChunksizeAdjuster
 
 from cluster.parts import get_file, put_file
 from jobs.keys import Destination, join_key
+from ltx2.checkpoint import cached_file_sha256, default_cache_dir
 
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 MULTIPART_CHUNK = 8 * 1024 * 1024
@@ -350,8 +351,6 @@ class InputFetchError(RuntimeError):
 
 def input_cache_dir() -> Path:
     """Where s3:// inputs are kept on this node: LTX2_FARM_INPUT_CACHE, else the farm's cache folder."""
-    from ltx2.checkpoint import default_cache_dir
-
     return Path(os.environ.get("LTX2_FARM_INPUT_CACHE") or default_cache_dir() / "inputs")
 
 
@@ -428,8 +427,6 @@ def ship_inputs(
         if not digest or path.startswith("s3://") or path.startswith(CANNY):
             continue
         if digest not in shipped:
-            from ltx2.checkpoint import cached_file_sha256
-
             if cached_file_sha256(Path(path)) != digest:
                 raise InputFetchError(f"{path} changed since the job was validated (pinned SHA-256 {digest[:12]}…)")
             shipped[digest] = put_file(Path(path), put)
@@ -457,8 +454,6 @@ def stock_inputs(
 
 def _local_input(path: str, digest: str) -> str:
     """A pinned local input on this node: its shipped copy, or the path itself if it holds that content."""
-    from ltx2.checkpoint import cached_file_sha256
-
     shipped = shipped_path(digest, path)
     if shipped.is_file():
         return str(shipped)
