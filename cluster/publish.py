@@ -31,7 +31,7 @@ from cluster.storage import StorageOptions, UploadedObject, Uploader, UploadWait
 from jobs.keys import DEFAULT_KEY_TEMPLATE, Destination, output_keys
 from jobs.outputs import OutputPaths, disk_full_guard, output_paths
 from jobs.spec import ValidJob
-from ltx2.checkpoint import cached_file_sha256
+from ltx2.checkpoint import cached_file_sha256, default_cache_dir
 
 HEAD = "head"
 """The staging folder name of outputs the head itself muxed (planned jobs)."""
@@ -94,8 +94,6 @@ class Published:
 
 def staging_root() -> Path:
     """This node's folder for renders on their way out: LTX2_FARM_STAGING, else the farm's cache folder."""
-    from ltx2.checkpoint import default_cache_dir
-
     return Path(os.environ.get("LTX2_FARM_STAGING") or default_cache_dir() / "staging")
 
 
