@@ -1,4 +1,4 @@
-"""Issue 10's multi-GPU runs through the real farm: Ray, `WorkerPool` (replicas and gangs), `Coordinator` and
+"""Issue 10's multi-GPU runs through the real farm: Ray, `RayExecutor` (replicas and gangs), `Coordinator` and
 `CampaignRunner`, the code paths of `ltx2-farm render` and `ltx2-farm campaign run`, on 1 GPU and on N GPUs.
 
 Phase `e2e` (latency of one job): one two-stage job (SIZE, STEPS guided stage-1 steps + the 3 distilled refine
@@ -231,10 +231,10 @@ def prehash(paths: CheckpointSet, record: dict) -> threading.Thread:
 
 
 def start_pool(checkpoints: CheckpointSet, workers: int, placement: Any, record: dict) -> Any:
-    from cluster.executor import WorkerPool
+    from cluster.ray_executor import RayExecutor
 
     t = time.perf_counter()
-    pool = WorkerPool(
+    pool = RayExecutor(
         checkpoints,
         num_workers=workers,
         device="cpu" if SMOKE else None,
@@ -296,7 +296,7 @@ def step_seconds(pool: Any) -> dict[str, list[float]]:
     from prometheus_client.parser import text_string_to_metric_families
 
     totals: dict[str, list[float]] = {}
-    for _labels, text in ray.get([w.actor.metrics_text.remote() for w in pool.workers]):
+    for _labels, text in ray.get([w.worker.metrics_text.remote() for w in pool.workers]):
         for family in text_string_to_metric_families(text):
             if family.name != "ltx2farm_step_seconds":
                 continue
@@ -494,7 +494,7 @@ def phase_e2e(checkpoints: CheckpointSet, gpus: int) -> None:
             hashing.join()
             import ray
 
-            ray.get([w.actor.model_hashes.remote() for w in pool.workers])  # each worker's digests: done
+            ray.get([w.worker.model_hashes.remote() for w in pool.workers])  # each worker's digests: done
             record["digests_wait_s"] = round(time.perf_counter() - t, 1)
             flush()
             if WARMUP_STEPS:

@@ -217,12 +217,11 @@ def _run_queue(args: argparse.Namespace, store: Any, metrics: Any) -> int:
     )
     _check_credentials(store, storage)  # before Ray and the models
     from cluster.campaign_runner import CampaignRunner
-    from cluster.cli import UploadWaitLines, resolve_checkpoints, worker_pool
-    from cluster.executor import start_ray
+    from cluster.cli import UploadWaitLines, resolve_checkpoints, start_cluster, start_workers
     from cluster.publish import staging_root
 
     checkpoints = resolve_checkpoints(args)  # the LTX2_* environment, or the tiny set
-    start_ray(args.address, num_cpus=None if args.address else max(os.cpu_count() or 1, args.workers))
+    start_cluster(args)  # a long-running coordinator: its workers are processes of their own, replaced if lost
     from cluster.cli import UsageError
     from jobs.placement import Placement, PlacementSpec, placement_problems
 
@@ -231,7 +230,7 @@ def _run_queue(args: argparse.Namespace, store: Any, metrics: Any) -> int:
     if problems:
         raise UsageError("; ".join(f"--gpus {value}: {why}" for _field, value, why in problems))
     placement = Placement(shape.mode, shape.resolved_gpus())
-    pool = worker_pool(args, checkpoints, placement)
+    pool = start_workers(args, checkpoints, placement)
     interrupted = False
     try:
         if metrics is not None:

@@ -20,9 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import ray
-
-from cluster.executor import JOBS_PER_WORKER, WorkerPool
+from cluster.executor import Executor, InputLost, WorkerLost, WorkerSlot
 from cluster.prompt_refs import PromptRefs
 from cluster.publish import (
     HEAD,
@@ -38,7 +36,8 @@ from cluster.publish import (
 )
 from cluster.requests import prompt_texts
 from cluster.storage import StorageOptions, UploadError, UploadWait
-from cluster.worker import parse_faults
+from cluster.tasks import EncodeTask
+from cluster.worker import JOBS_PER_WORKER, parse_faults
 from jobs.campaign import CampaignSpec
 from jobs.fallback import OOM_LADDER, ladder_for, rung_after
 from jobs.keys import parse_destination
@@ -56,8 +55,8 @@ class _Running:
     job: ValidJob
     worker: int
     ref: Any
-    actor: Any = None
-    """The actor it was sent to: a dead worker's jobs all come back, and only the first replaces it."""
+    holder: WorkerSlot | None = None
+    """The worker it was sent to: a dead worker's jobs all come back, and only the first replaces it."""
     worker_name: str = ""
     started: float = field(default_factory=time.time)
 
@@ -69,7 +68,7 @@ def job_from_row(row: dict[str, Any], ladder: tuple[str, ...] = OOM_LADDER) -> V
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """A CUDA out-of-memory, also when it comes back wrapped by Ray."""
+    """A CUDA out-of-memory, also when it comes back wrapped by the executor's backend."""
     import torch
 
     return isinstance(error, torch.OutOfMemoryError) or "OutOfMemoryError" in type(error).__name__
@@ -79,7 +78,7 @@ class CampaignRunner:
     def __init__(
         self,
         store: Store,
-        pool: WorkerPool,
+        executor: Executor,
         out_root: Path,
         storage: StorageOptions | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
@@ -92,8 +91,8 @@ class CampaignRunner:
         """`on_upload_wait` hears of each retry of an upload waiting out an outage, wherever it runs (a worker's,
         polled by the publishing thread waiting for it, or the head's own); it is called on those threads."""
         self.store = store
-        self.pool = pool
-        self.ladder = ladder_for(pool.placement.mode, pool.batches_passes)
+        self.executor = executor
+        self.ladder = ladder_for(executor.placement.mode, executor.batches_passes)
         self.out_root = Path(out_root)
         self.storage = storage or StorageOptions()
         self.clock = clock
@@ -109,7 +108,7 @@ class CampaignRunner:
         self._failures: dict[int, list[str]] = {}  # worker slot -> ids of the jobs it failed since its last success
         self._failed_on: dict[tuple[str, str], set[int]] = {}  # (campaign, job) -> worker slots that failed it
         self._blocklisted_slots: set[int] = set()
-        self.prompts = PromptRefs()  # text -> Ray ref of its encoding (farm-wide)
+        self.prompts = PromptRefs()  # text -> handle of its encoding (farm-wide)
         self._held: dict[int, str | None] = {}  # worker slot -> LoRA set of its last job (pools per LoRA set)
 
     def _out_dir(self, campaign: str) -> Path:
@@ -155,8 +154,8 @@ class CampaignRunner:
         self._stats = stats = {"done": 0, "failed": 0, "retried": 0, "skipped": 0, **recovered}
         faults = runner_faults()
         started = time.monotonic()
-        depth = 1 if self.pool.is_gang else JOBS_PER_WORKER
-        free = [w for _ in range(depth) for w in range(len(self.pool.workers))]  # a slot per job a worker holds
+        depth = 1 if self.executor.is_gang else JOBS_PER_WORKER
+        free = [w for _ in range(depth) for w in range(len(self.executor.workers))]  # a slot per job a worker holds
         running: dict[Any, _Running] = {}
         planned: list[tuple[CampaignSpec, dict[str, Any], ValidJob]] = []  # chunked/tiled jobs waiting
         waiting: list[
@@ -166,21 +165,21 @@ class CampaignRunner:
         def start(worker: int, name: str, row: dict[str, Any], job: ValidJob) -> None:
             free.remove(worker)
             self._held[worker] = row.get("lora_set")
-            actor = self.pool.workers[worker].actor
-            encoded = {text: self._encoded(actor, text) for text in prompt_texts(job)}
+            holder = self.executor.workers[worker]
+            encoded = {text: self._encoded(worker, text) for text in prompt_texts(job)}
             target = self._target(self.store.campaign_spec(name))
-            ref = actor.render.remote(job, target, encoded, self.pool.ship(job))
-            running[ref] = _Running(name, row["id"], job, worker, ref, actor, self.pool.workers[worker].info["name"])
+            ref = self.executor.start_render(worker, job, target, encoded)
+            running[ref] = _Running(name, row["id"], job, worker, ref, holder, holder.info["name"])
 
         def idle_slots() -> list[int]:
             """Free slots whose worker can take a job now (not a replacement still loading or waiting for room)."""
-            starting = self.pool.starting
+            starting = self.executor.starting
             return [w for w in free if w not in starting]
 
         while True:
             now = self.clock()
-            for slot in self.pool.poll_started():
-                self.store.log(f"worker {self.pool.workers[slot].info['name']} ready")
+            for slot in self.executor.poll_started():
+                self.store.log(f"worker {self.executor.workers[slot].info['name']} ready")
             if self._drain_published(stats) and on_progress is not None:
                 on_progress(dict(stats))
             for item in list(waiting):
@@ -190,7 +189,7 @@ class CampaignRunner:
                 if usable:
                     waiting.remove(item)
                     start(usable[0], *item)
-            if planned and not running and not self.pool.starting:
+            if planned and not running and not self.executor.starting:
                 # A long or large job uses every worker: it runs once the pool is idle.
                 self._run_planned(*planned.pop(0), stats)
                 if on_progress is not None:
@@ -201,7 +200,7 @@ class CampaignRunner:
                     break
                 worker = idle_slots()[0]
                 # A worker takes jobs with the LoRA set it already holds first: one pool per set, no refusing.
-                row = self.store.claim(name, self.pool.workers[worker].info["name"], self._held.get(worker))
+                row = self.store.claim(name, self.executor.workers[worker].info["name"], self._held.get(worker))
                 if row is None:
                     continue
                 self._claimed.add((name, row["id"]))
@@ -214,7 +213,7 @@ class CampaignRunner:
                     # Published before a crash (the sidecar goes last): finish, never render or upload twice.
                     self._finish(spec, row["id"], job, "skipped", output_record(job, target, self._out_dir(name)))
                     continue
-                if self.pool.is_gang or not plan_job(job).trivial:  # gangs run planned tasks only
+                if self.executor.is_gang or not plan_job(job).trivial:  # gangs run planned tasks only
                     planned.append((spec, row, job))  # claimed; stop claiming until it has run
                     break
                 avoid = self._failed_on.get((name, row["id"]), set())
@@ -225,13 +224,13 @@ class CampaignRunner:
             if not running and waiting:
                 time.sleep(self.poll_s)  # the workers they wait for are idle or coming back
                 continue
-            if not running and len(self.blocklisted) == len(self.pool.workers):
+            if not running and len(self.blocklisted) == len(self.executor.workers):
                 self.store.log(f"every worker is blocklisted ({self.blocklisted}); stopping: fix or replace the GPUs")
                 stats["stopped"] = 1
                 break
             if not running:
                 if planned:  # a claimed planned job runs at the top of the loop once the whole pool is ready
-                    if self.pool.starting:
+                    if self.executor.starting:
                         self._wait_published(self.poll_s)
                     continue
                 states = self.store.campaign_states()
@@ -241,19 +240,19 @@ class CampaignRunner:
                     break
                 self._wait_published(self.poll_s)
                 continue
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=self.poll_s)
+            ready = self.executor.wait(list(running), timeout=self.poll_s)
             for ref in ready:
                 r = running.pop(ref)
                 if r.worker not in self._blocklisted_slots:
                     free.append(r.worker)
                 spec = self.store.campaign_spec(r.campaign)
                 try:
-                    reply = ray.get(ref)
-                except ray.exceptions.RayActorError as error:  # the worker died under the job
+                    reply = self.executor.get(ref)
+                except WorkerLost as error:  # the worker died under the job
                     self._forget_prompts(r.job)
                     self._worker_lost(r, error, stats)  # its slot stays free, with a fresh worker in it
                     continue
-                except ray.exceptions.ObjectLostError as error:
+                except InputLost as error:
                     # an input it was sent (a prompt's encoding) was held by a node that is gone: not this job's
                     # fault nor this worker's; the encoding is made again for the next attempt
                     self._forget_prompts(r.job)
@@ -284,8 +283,8 @@ class CampaignRunner:
                     continue
                 self._failures.pop(r.worker, None)
                 seconds = float(reply.document["timings_s"].get("total", 0.0))
-                deliver = partial(self.pool.collect, r.actor, reply, on_progress=self._upload_progress)
-                self._publish(spec, r.job_id, r.job, seconds, r.started, deliver, holder=r.actor)
+                deliver = partial(self.executor.deliver, r.holder, reply, on_progress=self._upload_progress)
+                self._publish(spec, r.job_id, r.job, seconds, r.started, deliver, holder=r.holder)
             if ready:
                 self._observe()
             if ready and on_progress is not None:
@@ -300,7 +299,7 @@ class CampaignRunner:
 
     @property
     def _upload_progress(self) -> Callable[[dict[str, Any]], None] | None:
-        """What `WorkerPool.collect` reports while a worker's upload waits, handed on to `on_upload_wait`."""
+        """What `Executor.deliver` reports while a worker's upload waits, handed on to `on_upload_wait`."""
         hear = self.on_upload_wait
         return None if hear is None else (lambda progress: hear(progress["waiting"]))
 
@@ -308,11 +307,11 @@ class CampaignRunner:
         for text in prompt_texts(job):
             self.prompts.pop(text, None)
 
-    def _encoded(self, actor: Any, text: str) -> Any:
-        """A Ray ref to `text`'s encoding: made once by an `encode` task, then shared by every job and worker."""
+    def _encoded(self, slot: int, text: str) -> Any:
+        """A handle of `text`'s encoding: made once by an encode task, then shared by every job and worker."""
         ref = self.prompts.get(text)
         if ref is None:
-            ref, _trace = actor.task.options(num_returns=2).remote("encode", "encode:prompt", text=text)
+            ref, _trace = self.executor.run_task(slot, "encode:prompt", EncodeTask(text))
             self.prompts[text] = ref
         return ref
 
@@ -333,16 +332,16 @@ class CampaignRunner:
 
     def _alternatives(self, avoid: set[int]) -> bool:
         """Whether a usable worker exists that has not failed this job."""
-        return any(w not in avoid and w not in self._blocklisted_slots for w in range(len(self.pool.workers)))
+        return any(w not in avoid and w not in self._blocklisted_slots for w in range(len(self.executor.workers)))
 
     def _worker_lost(self, r: _Running, error: Exception, stats: dict[str, int]) -> None:
         """Requeue the job without using a retry and put a fresh worker in the dead one's slot."""
-        name = r.worker_name or self.pool.workers[r.worker].info["name"]
+        name = r.worker_name or self.executor.workers[r.worker].info["name"]
         state = self.store.interrupt(r.campaign, r.job_id, f"worker {name} died: {error}", time.time() - r.started)
         _tally(stats, state, "requeued")
-        if r.actor is not None and self.pool.workers[r.worker].actor is not r.actor:
+        if r.holder is not None and self.executor.workers[r.worker] is not r.holder:
             return  # another job of the same dead worker came back first and replaced it
-        new = self.pool.begin_replace(r.worker)  # the loop goes on while it loads or waits for room
+        new = self.executor.begin_replace(r.worker)  # the loop goes on while it loads or waits for room
         self._held.pop(r.worker, None)
         stats["replaced"] = stats.get("replaced", 0) + 1
         self._sweep_partials()  # the dead worker's half-written files (named with its pid)
@@ -355,7 +354,7 @@ class CampaignRunner:
         failed.append(job_id)
         if len(failed) < self.blocklist_after or len(set(failed)) < 2:
             return False
-        name = self.pool.workers[slot].info["name"]
+        name = self.executor.workers[slot].info["name"]
         why = (
             f"{len(failed)} failed attempts in a row on {len(set(failed))} jobs; last: {type(error).__name__}: {error}"
         )
@@ -369,18 +368,18 @@ class CampaignRunner:
         from cluster.coordinator import Coordinator
 
         started = time.time()
-        self._held = dict.fromkeys(range(len(self.pool.workers)), row.get("lora_set"))  # every worker takes its set
+        self._held = dict.fromkeys(range(len(self.executor.workers)), row.get("lora_set"))  # every worker takes its set
         staged = output_paths(job, staging_dir(self._target(spec), HEAD))
         drop(staged)  # a plan whose delivery a crash interrupted runs again whole
         try:
-            coordinator = Coordinator(self.pool, prompts=self.prompts)
+            coordinator = Coordinator(self.executor, prompts=self.prompts)
             [sidecar] = coordinator.run([plan_job(job)], staged.video.parent)
-        except ray.exceptions.RayActorError as error:  # a worker died mid-plan: replace it, run the job again
-            dead = [i for i, w in enumerate(self.pool.workers) if not _actor_alive(w.actor)]
+        except WorkerLost as error:  # a worker died mid-plan: replace it, run the job again
+            dead = [i for i, w in enumerate(self.executor.workers) if not self.executor.alive(w)]
             state = self.store.interrupt(spec.campaign, row["id"], f"worker died: {error}", time.time() - started)
             _tally(stats, state, "requeued")
             for i in dead:
-                self.pool.begin_replace(i)
+                self.executor.begin_replace(i)
                 stats["replaced"] = stats.get("replaced", 0) + 1
             self._sweep_partials()
             return
@@ -420,7 +419,7 @@ class CampaignRunner:
     ) -> None:
         """Finish a rendered job once its output is where it goes; the delivery runs on the publishing threads.
         Its GPU time is charged now (budgets see it while it uploads); `started`: when the job was claimed;
-        `holder`: the worker actor that holds its files (None: the head)."""
+        `holder`: the worker that holds its files (None: the head)."""
         self.store.spend(spec.campaign, job_id, gpu_seconds)
         future = self._publishing.submit(deliver, job, self._target(spec), self._out_dir(spec.campaign))
         self._pending.append((future, spec, job_id, job, started, holder))
@@ -440,16 +439,16 @@ class CampaignRunner:
             future, spec, job_id, job, started, holder = item
             try:
                 result = future.result()
-            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as error:
+            except (WorkerLost, InputLost) as error:
                 # its holder died with the files after the render: render again, without using a retry or counting
                 # as a worker it killed
                 state = self.store.requeue(
                     spec.campaign, job_id, "output_lost", f"worker died before publishing: {error}"
                 )
                 _tally(stats, state, "requeued")
-                slot = next((i for i, w in enumerate(self.pool.workers) if w.actor is holder), None)
+                slot = next((i for i, w in enumerate(self.executor.workers) if w is holder), None)
                 if slot is not None:  # still in its slot: replaced now, before a next job is sent to a dead worker
-                    self.pool.begin_replace(slot)
+                    self.executor.begin_replace(slot)
                     self._held.pop(slot, None)
                     stats["replaced"] = stats.get("replaced", 0) + 1
                 continue
@@ -489,14 +488,6 @@ def runner_faults() -> set[str]:
     """Job ids whose claim crashes this runner (`LTX2_FARM_FAULTS=runner_crash:ID`, chaos tests): a coordinator
     that raises in its own handling of a row, which `Store.recover()` quarantines after `QUARANTINE_AFTER`."""
     return {value for name, value in parse_faults(os.environ.get("LTX2_FARM_FAULTS", "")) if name == "runner_crash"}
-
-
-def _actor_alive(actor: Any) -> bool:
-    try:
-        ray.get(actor.info.remote(), timeout=30)
-        return True
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        return False
 
 
 def campaign_status(store: Store, name: str, now: dt.datetime | None = None) -> dict[str, Any]:

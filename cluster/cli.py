@@ -231,11 +231,13 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def worker_pool(args: argparse.Namespace, checkpoints: Any, placement: Any) -> Any:
-    """The worker pool that `render`'s or `campaign run`'s flags ask for (`--workers`, `--device`, speed flags)."""
-    from cluster.executor import WorkerPool
+def start_workers(args: argparse.Namespace, checkpoints: Any, placement: Any, backend: str = "ray") -> Any:
+    """The workers (an `Executor` of `backend`) that `render`'s or `campaign run`'s flags ask for (`--workers`,
+    `--device`, speed flags)."""
+    from cluster.executor import start_executor
 
-    return WorkerPool(
+    return start_executor(
+        backend,
         checkpoints,
         num_workers=args.workers,
         device=args.device,
@@ -265,8 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_flags(render)
     _add_model_flags(render)
     render.add_argument("--out", default="renders", help="output folder (default: ./renders)")
-    render.add_argument("--device", choices=["cuda", "cpu"], help="default: a GPU if Ray sees one, else the CPU")
-    render.add_argument("--address", help="join this Ray cluster (env RAY_ADDRESS); default: embedded cluster")
+    render.add_argument("--device", choices=["cuda", "cpu"], help="default: a GPU if there is one, else the CPU")
+    render.add_argument("--address", help="join this Ray cluster (env RAY_ADDRESS); implies --executor ray")
+    render.add_argument(
+        "--executor",
+        choices=["auto", "local", "ray"],
+        default="auto",
+        help="where the workers run: in this process (local: one machine, no cluster to start) or as Ray actors "
+        "(ray: an embedded cluster, or the one --address names; gangs need it); auto: ray with --address or a gang, "
+        "else local",
+    )
     render.add_argument("--quiet", action="store_true", help="no progress bar")
     add_speed_flags(render)
     add_metrics_flags(render, "while rendering")
@@ -616,19 +626,21 @@ def _render(args: argparse.Namespace, metrics: Any) -> int:
 
     from tqdm import tqdm
 
-    from cluster.executor import start_ray
-
-    # The embedded cluster gives CPU workers one logical CPU each, even beyond the machine's cores.
-    start_ray(args.address, num_cpus=None if args.address else max(os.cpu_count() or 1, args.workers))
-    if not args.json:
-        sys.stderr.write("starting worker (loading models)…\n")
     from jobs.plan import plan_job
 
     plan = plan_job(job)  # refuses a job whose prompts do not fit its chunks, before any worker starts
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: give at least 1")
-    placement = resolve_placement(job, transformer, args.device, args.workers)
-    pool = worker_pool(args, checkpoints, placement)
+    backend = render_backend(args, job)
+    if backend == "ray":
+        start_cluster(args)
+    placement = resolve_placement(job, transformer, args.device, args.workers, backend)
+    if placement.is_gang and backend == "local" and args.executor == "auto":
+        backend = "ray"  # `auto` placement chose a gang: its members are Ray actors
+        start_cluster(args)
+    if not args.json:
+        sys.stderr.write("starting worker (loading models)…\n")
+    pool = start_workers(args, checkpoints, placement, backend)
     if metrics is not None:
         metrics.attach(pool)
     bar = None if (args.quiet or args.json) else tqdm(total=0, unit="step", desc="render", file=sys.stderr)
@@ -764,17 +776,37 @@ def output_target(args: argparse.Namespace):  # -> cluster.publish.OutputTarget
     )
 
 
-def resolve_placement(
-    job: ValidJob, transformer_config: dict[str, Any], device: str | None, workers: int = 1
-):  # -> Placement
-    """The job's placement with `auto` resolved against this cluster's free GPUs and their memory."""
-    import ray
+def render_backend(args: argparse.Namespace, job: ValidJob) -> str:
+    """The executor `render --executor` asks for, `auto` resolved: Ray to join a cluster (`--address`,
+    RAY_ADDRESS) or to run a gang the job asks for, else this process."""
+    if args.executor != "auto":
+        if args.executor == "local" and (args.address or job.spec.placement.mode not in ("auto", "replica")):
+            why = "--address" if args.address else f"placement {job.spec.placement.mode}"
+            raise UsageError(f"--executor local: {why} needs Ray workers; drop --executor or pass --executor ray")
+        return args.executor
+    if args.address or os.environ.get("RAY_ADDRESS"):
+        return "ray"
+    return "local" if job.spec.placement.mode in ("auto", "replica") else "ray"
 
+
+def start_cluster(args: argparse.Namespace) -> None:
+    """Join `--address` (or RAY_ADDRESS), else start an embedded Ray cluster on this machine."""
+    from cluster.ray_executor import start_ray
+
+    # The embedded cluster gives CPU workers one logical CPU each, even beyond the machine's cores.
+    start_ray(args.address, num_cpus=None if args.address else max(os.cpu_count() or 1, args.workers))
+
+
+def resolve_placement(
+    job: ValidJob, transformer_config: dict[str, Any], device: str | None, workers: int = 1, backend: str = "ray"
+):  # -> Placement
+    """The job's placement with `auto` resolved against the free GPUs (of the Ray cluster, or of this machine for
+    the in-process executor) and their memory."""
     from cluster.requests import job_guidance
     from jobs.placement import choose_placement, guided_pass_count, stage2_video_tokens
 
     spec = job.spec
-    free_gpus = 0 if device == "cpu" else int(ray.available_resources().get("GPU", 0))
+    free_gpus = 0 if device == "cpu" else free_gpu_count(backend)
     memory = None
     try:
         import torch
@@ -792,6 +824,17 @@ def resolve_placement(
         free_gpus=free_gpus,
         queued_jobs=workers,
     )
+
+
+def free_gpu_count(backend: str) -> int:
+    """GPUs no worker holds: the Ray cluster's, or this machine's for the in-process executor."""
+    if backend == "ray":
+        from cluster.ray_executor import free_gpus
+
+        return free_gpus()
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
-"""The coordinator: runs job plans over a pool of render workers (Ray actors).
+"""The coordinator: runs job plans on the workers of an executor (`cluster.executor`).
 
 Tasks whose dependencies are done go to idle workers; a job uses every idle worker and many jobs share
-the pool. Latents travel between workers as Ray objects; the coordinator itself only does the cheap
+the pool. Latents travel between workers as the executor's handles; the coordinator itself only does the cheap
 steps (stitching chunks, blending tile predictions at every stage-2 step, accumulating decoded tiles
 and feeding frames to the muxer). Every remote task returns a trace (worker, start, end, peak VRAM) that
 ends up in the job's sidecar.
@@ -18,14 +18,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ray
 import torch
 
-from cluster.executor import WorkerPool
+from cluster.executor import Executor
 from cluster.metrics import FarmMetrics
 from cluster.prompt_refs import PromptRefs
 from cluster.requests import TensorDigest, content_hashes, job_audio, job_control, job_guidance, job_images, job_loras
 from cluster.storage import input_ref, localize
+from cluster.tasks import (
+    AudioDecodeTask,
+    AudioEncodeTask,
+    DecodeTask,
+    EncodeTask,
+    Stage1Task,
+    Stage2InitTask,
+    Stage2Task,
+    TaskRequest,
+    TaskTrace,
+    UpsampleTask,
+)
 from cluster.transport import unpack
 from jobs.outputs import disk_full_guard, output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
@@ -94,9 +105,9 @@ class JobRun:
     plan: JobPlan
     out_dir: Path
     num_layers: int
-    done: dict[str, Any] = field(default_factory=dict)  # task id -> value or ObjectRef
+    done: dict[str, Any] = field(default_factory=dict)  # task id -> value or its handle
     running: set[str] = field(default_factory=set)
-    traces: list[dict[str, Any]] = field(default_factory=list)
+    traces: list[TaskTrace] = field(default_factory=list)
     decode_queue: list[tuple[int, str, Any]] = field(default_factory=list)  # (group, label, latent ref)
     started: float = field(default_factory=time.time)
     writer: Mp4Writer | None = None
@@ -124,7 +135,7 @@ compute ends, while that tile's pixels (~100 MB) go into the object store and ba
 one task per worker the GPU idled ~0.14 s between tiles: 7 s of a 1024x1536 job's 12.5 s decode (1 x H100)."""
 
 ENCODE_POLL_S = 0.05
-"""How often the scheduler looks at the encoder threads while it waits for Ray tasks."""
+"""How often the scheduler looks at the encoder threads while it waits for the workers' tasks."""
 
 ENCODE_GROUPS_BEHIND = 1
 """Decoded groups the encoder thread may hold beyond the one it works on; past that the scheduler waits, and
@@ -132,15 +143,17 @@ so does the decode (its horizon stays put): decoded pixels never pile up in host
 
 
 class Coordinator:
-    """Runs plans on a `WorkerPool`, several jobs at once."""
+    """Runs plans on an `Executor`'s workers, several jobs at once."""
 
-    def __init__(self, pool: WorkerPool, metrics: FarmMetrics | None = None, prompts: PromptRefs | None = None) -> None:
-        self.pool = pool
+    def __init__(
+        self, executor: Executor, metrics: FarmMetrics | None = None, prompts: PromptRefs | None = None
+    ) -> None:
+        self.executor = executor
         self.metrics = metrics
         self.prompts = prompts if prompts is not None else PromptRefs()
-        """Prompt text -> Ray ref of its encoding, shared with the campaign runner: encoded once farm-wide."""
-        self.num_layers = pool.workers[0].info["num_layers"]
-        self.audio_sample_rate = pool.workers[0].info["audio_sample_rate"]
+        """Prompt text -> handle of its encoding, shared with the campaign runner: encoded once farm-wide."""
+        self.num_layers = executor.workers[0].info["num_layers"]
+        self.audio_sample_rate = executor.workers[0].info["audio_sample_rate"]
 
     def run(self, plans: list[JobPlan], out_dir: str | Path) -> list[dict[str, Any]]:
         runs = [JobRun(p, Path(out_dir), self.num_layers) for p in plans]
@@ -150,8 +163,8 @@ class Coordinator:
             return self._run(runs)
 
     def _run(self, runs: list[JobRun]) -> list[dict[str, Any]]:
-        idle = list(range(len(self.pool.workers)))
-        queued = [w for w in range(len(self.pool.workers)) for _ in range(QUEUED_DECODES_PER_WORKER)]
+        idle = list(range(len(self.executor.workers)))
+        queued = [w for w in range(len(self.executor.workers)) for _ in range(QUEUED_DECODES_PER_WORKER)]
         inflight: dict[Any, tuple[JobRun, str, int, list[int], Any, Any]] = {}
         try:
             while not all(r.finished for r in runs):
@@ -170,7 +183,7 @@ class Coordinator:
                                 self._start_decode(run, task)
                                 progressed = True
                             elif idle:
-                                self._dispatch(run, task.id, task.kind, self._arguments(run, task), idle, inflight)
+                                self._dispatch(run, task.id, self._request(run, task), idle, inflight)
                         # Backpressure: decode at most DECODE_GROUPS_AHEAD temporal groups past the one being
                         # muxed, so decoded pixels never pile up in the object store.
                         while run.decode_queue and run.decode_queue[0][0] <= self._decode_horizon(run):
@@ -178,7 +191,7 @@ class Coordinator:
                             if not slots:
                                 break
                             _, label, latent = run.decode_queue.pop(0)
-                            self._dispatch(run, label, "decode", {"latent": latent}, slots, inflight)
+                            self._dispatch(run, label, DecodeTask(latent), slots, inflight)
                         progressed |= self._drain_decode(run)
                 self._observe(runs)
                 if all(r.finished for r in runs):
@@ -195,22 +208,21 @@ class Coordinator:
                     }
                     raise RuntimeError(f"coordinator stalled: no task can run (a bug): pending {pending}")
                 # while frames are encoded, look up now and then: a finished encode may let more tiles go out
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=ENCODE_POLL_S if encoding else None)
+                ready = self.executor.wait(list(inflight), timeout=ENCODE_POLL_S if encoding else None)
                 if not ready:
                     continue
                 run, label, worker, slots, value_ref, retry = inflight.pop(ready[0])
                 slots.append(worker)
                 try:
-                    trace = ray.get(ready[0])
+                    trace = self.executor.get(ready[0])
                 except NonFiniteOutputError as error:
                     if retry is None:
                         raise NonFiniteOutputError(
                             f"job {run.plan.job.spec.name or 'render'}: {describe_task(label)} produced NaN or Inf "
                             f"twice (the retry ran on another worker when one was free): {error.args[0]}"
                         ) from None
-                    kind, kwargs = retry
                     elsewhere = idle if any(w != worker for w in idle) else slots  # another worker if one is free
-                    self._dispatch(run, label, kind, kwargs, elsewhere, inflight, avoid=worker, retry=False)
+                    self._dispatch(run, label, retry, elsewhere, inflight, avoid=worker, retry=False)
                     continue
                 run.traces.append(trace)
                 run.running.discard(label)
@@ -244,8 +256,7 @@ class Coordinator:
         self,
         run: JobRun,
         label: str,
-        kind: str,
-        kwargs: dict[str, Any],
+        request: TaskRequest,
         slots: list[int],
         inflight: dict,
         avoid: int | None = None,
@@ -256,26 +267,24 @@ class Coordinator:
         output holds NaN or Inf is run once more (`retry`), then fails its job."""
         worker = next((w for w in slots if w != avoid), slots[0])
         slots.remove(worker)
-        actor = self.pool.workers[worker].actor
-        value_ref, trace_ref = actor.task.options(num_returns=2).remote(
-            kind, label, fallback=run.plan.job.fallback, inputs=self.pool.ship(run.plan.job), **kwargs
-        )
+        value, trace = self.executor.run_task(worker, label, request, run.plan.job)
         run.running.add(label)
-        inflight[trace_ref] = (run, label, worker, slots, value_ref, (kind, kwargs) if retry else None)
-        if kind == "encode":  # shared from dispatch on: another job's encode of the same text waits on this one
-            self.prompts[_prompt_key(kwargs["text"])] = value_ref
+        inflight[trace] = (run, label, worker, slots, value, request if retry else None)
+        if isinstance(request, EncodeTask):  # shared from dispatch on: another job's encode of the same text waits
+            self.prompts[_prompt_key(request.text)] = value
 
-    def _arguments(self, run: JobRun, task: Task) -> dict[str, Any]:
+    def _request(self, run: JobRun, task: Task) -> TaskRequest:
+        """The request of a task that runs on a worker, its inputs given as the handles of the tasks before it."""
         plan, spec = run.plan, run.plan.job.spec
         if task.kind == "encode":
-            return {"text": task.arg("text")}
+            return EncodeTask(task.arg("text"))
         if task.kind == "audio_encode":
-            return {
-                "path": input_ref(spec.audio.path, spec.audio.sha256),
-                "start": spec.audio.start,
-                "num_frames": plan.job.num_frames,
-                "fps": spec.frame_rate,
-            }
+            return AudioEncodeTask(
+                path=input_ref(spec.audio.path, spec.audio.sha256),
+                start=spec.audio.start,
+                num_frames=plan.job.num_frames,
+                fps=spec.frame_rate,
+            )
         if task.kind == "stage1":
             i = task.arg("chunk")
             chunk = plan.chunks[i]
@@ -302,51 +311,51 @@ class Coordinator:
                 **job_control(plan.job),
             )
             negative = run.done[f"encode:{len(plan.prompts) - 1}"] if spec.recipe == "two_stage" else None
-            return {
-                "request": request,
-                "positive": run.done[f"encode:{plan.chunk_prompt[i]}"],
-                "negative": negative,
-                "previous": run.done[f"stage1:{i - 1}"] if i else None,
-                "overlap_video": chunk.overlap_video,
-                "overlap_audio": chunk.overlap_audio,
-                "track": ray.get(run.done["audio_encode"])[:, :, chunk.audio.start : chunk.audio.stop]
+            return Stage1Task(
+                request=request,
+                positive=run.done[f"encode:{plan.chunk_prompt[i]}"],
+                negative=negative,
+                previous=run.done[f"stage1:{i - 1}"] if i else None,
+                overlap_video=chunk.overlap_video,
+                overlap_audio=chunk.overlap_audio,
+                track=self.executor.get(run.done["audio_encode"])[:, :, chunk.audio.start : chunk.audio.stop]
                 if spec.audio is not None
                 else None,
-            }
+            )
         if task.kind == "upsample":
-            return {"video": run.done["stitch"]["video"]}
+            return UpsampleTask(run.done["stitch"]["video"])
         if task.kind == "stage2_init":
-            return {
-                "upscaled": run.done["upsample"],
-                "audio": run.done["stitch"]["audio"],
-                "num_frames": plan.job.num_frames,
-                "height": spec.height,
-                "width": spec.width,
-                "fps": spec.frame_rate,
-                "generator_state": run.done["stitch"]["generator_state"],
-                "refine_audio": plan.refine_audio,
-                "images": job_images(plan.job),
-            }
+            return Stage2InitTask(
+                upscaled=run.done["upsample"],
+                audio=run.done["stitch"]["audio"],
+                num_frames=plan.job.num_frames,
+                height=spec.height,
+                width=spec.width,
+                fps=spec.frame_rate,
+                generator_state=run.done["stitch"]["generator_state"],
+                refine_audio=plan.refine_audio,
+                images=job_images(plan.job),
+            )
         if task.kind == "stage2":
             step, tile = task.arg("step"), plan.tiles[task.arg("tile")]
             state = run.done["stage2_init"] if step == 0 else run.done[f"blend:{step - 1}"]
             chunk = next(c for c in plan.chunks if c.video == tile.time)
             audio_span = (chunk.audio.start, chunk.audio.stop) if not plan.refine_audio else (0, plan.audio_latents)
             prompt = plan.chunk_prompt[chunk.index]
-            return {
-                "state": state,
-                "contexts": run.done[f"encode:{prompt}"],
-                "step_index": step,
-                "time": (tile.time.start, tile.time.stop),
-                "height": (tile.height.start, tile.height.stop),
-                "width": (tile.width.start, tile.width.stop),
-                "audio_span": audio_span,
-                "time_origin": time_origin_seconds(tile.time, spec.frame_rate),
-                "loras": job_loras(plan.job),
-            }
+            return Stage2Task(
+                state=state,
+                contexts=run.done[f"encode:{prompt}"],
+                step_index=step,
+                time=(tile.time.start, tile.time.stop),
+                height=(tile.height.start, tile.height.stop),
+                width=(tile.width.start, tile.width.stop),
+                audio_span=audio_span,
+                time_origin=time_origin_seconds(tile.time, spec.frame_rate),
+                loras=job_loras(plan.job),
+            )
         if task.kind == "audio":
-            final: stages.Stage2State = ray.get(run.done[f"blend:{plan.stage2_steps - 1}"])
-            return {"audio": stages.unpatchify_audio(final.audio, final.audio_shape)}
+            final: stages.Stage2State = self.executor.get(run.done[f"blend:{plan.stage2_steps - 1}"])
+            return AudioDecodeTask(stages.unpatchify_audio(final.audio, final.audio_shape))
         raise ValueError(f"unknown task kind {task.kind}")
 
     # --- local steps -----------------------------------------------------------------------------------
@@ -356,7 +365,7 @@ class Coordinator:
 
     def _local_stitch(self, run: JobRun, task: Task) -> None:
         plan = run.plan
-        results: list[stages.ChunkResult] = ray.get([run.done[f"stage1:{c.index}"] for c in plan.chunks])
+        results: list[stages.ChunkResult] = self.executor.get([run.done[f"stage1:{c.index}"] for c in plan.chunks])
         first = results[0]
         video = torch.zeros(*first.video.shape[:2], plan.latent_frames, *first.video.shape[3:], dtype=first.video.dtype)
         audio = torch.zeros(*first.audio.shape[:2], plan.audio_latents, first.audio.shape[3], dtype=first.audio.dtype)
@@ -367,24 +376,30 @@ class Coordinator:
             crossfade_into(video, v, chunk.video.start, chunk.overlap_video)
             crossfade_into(audio, a, chunk.audio.start, chunk.overlap_audio)
         if plan.job.spec.audio is not None:
-            audio = ray.get(run.done["audio_encode"])  # the track's latent as encoded, not a re-blend of it
-        run.done[task.id] = {"video": ray.put(video), "audio": ray.put(audio), "generator_state": first.generator_state}
+            audio = self.executor.get(run.done["audio_encode"])  # the track's latent as encoded, not a re-blend of it
+        run.done[task.id] = {
+            "video": self.executor.put(video),
+            "audio": self.executor.put(audio),
+            "generator_state": first.generator_state,
+        }
 
     def _local_blend(self, run: JobRun, task: Task) -> None:
         plan, step = run.plan, task.arg("step")
-        state: stages.Stage2State = ray.get(run.done["stage2_init"] if step == 0 else run.done[f"blend:{step - 1}"])
-        outputs = ray.get([run.done[f"stage2:{step}:{t.index}"] for t in plan.tiles])
+        state: stages.Stage2State = self.executor.get(
+            run.done["stage2_init"] if step == 0 else run.done[f"blend:{step - 1}"]
+        )
+        outputs = self.executor.get([run.done[f"stage2:{step}:{t.index}"] for t in plan.tiles])
         video_pred = blend_tiles(plan, state, [o[0] for o in outputs])
         video = stages.stage2_advance(state.video, video_pred, step)
         audio = stages.stage2_advance(state.audio, outputs[0][1], step) if plan.refine_audio else state.audio
-        run.done[task.id] = ray.put(stages.Stage2State(video, audio, state.video_shape, state.audio_shape))
+        run.done[task.id] = self.executor.put(stages.Stage2State(video, audio, state.video_shape, state.audio_shape))
 
     # --- distributed VAE decode, streamed into the muxer ----------------------------------------------
 
     def _start_decode(self, run: JobRun, task: Task) -> None:
         """Cut the final latent into ltx-core's own decode tiles and queue them for the workers."""
         plan, spec = run.plan, run.plan.job.spec
-        final: stages.Stage2State = ray.get(run.done[f"blend:{plan.stage2_steps - 1}"])
+        final: stages.Stage2State = self.executor.get(run.done[f"blend:{plan.stage2_steps - 1}"])
         latent = stages.unpatchify_video(final.video, final.video_shape)
         tiles = _official_decode_tiles(latent, tiling_config(plan.decode.tiles))
         groups: list[list[Any]] = []
@@ -402,7 +417,7 @@ class Coordinator:
         run.encoder = ThreadPoolExecutor(1, thread_name_prefix="encode")
         for g, group in enumerate(groups):
             for k, tile in enumerate(group):
-                run.decode_queue.append((g, f"decode:{g}:{k}", ray.put(latent[tile.in_coords].contiguous())))
+                run.decode_queue.append((g, f"decode:{g}:{k}", self.executor.put(latent[tile.in_coords].contiguous())))
         run.writer = Mp4Writer(
             output_paths(plan.job, run.out_dir).video,
             spec.frame_rate,
@@ -450,7 +465,7 @@ class Coordinator:
         frames no later group touches (encoder thread: fetching a group's ~1.6 GB on the scheduling thread
         held up tile dispatch for ~1 s per group)."""
         state = run.decode_state
-        decoded = [unpack(packed) for packed in ray.get(refs)]
+        decoded = [unpack(packed) for packed in self.executor.get(refs)]
         buffer, weights, temporal = _accumulate_group(tiles, decoded, run.plan.job.spec)
         previous = state["previous"]
         if previous is not None:
@@ -483,7 +498,7 @@ class Coordinator:
         plan = run.plan
         waveform = None
         if plan.job.spec.audio is None:
-            waveform, sample_rate = ray.get(run.done["audio"])
+            waveform, sample_rate = self.executor.get(run.done["audio"])
             if sample_rate != self.audio_sample_rate:
                 raise RuntimeError(
                     f"vocoder produced {sample_rate} Hz audio; the muxer was opened for {self.audio_sample_rate} Hz"
@@ -499,7 +514,7 @@ class Coordinator:
         paths = output_paths(plan.job, run.out_dir)
         stage_seconds: dict[str, float] = {}
         for t in run.traces:
-            stage_seconds[t["kind"]] = stage_seconds.get(t["kind"], 0.0) + t["seconds"]
+            stage_seconds[t.kind] = stage_seconds.get(t.kind, 0.0) + t.seconds
         stage_seconds["mux_close"] = time.perf_counter() - mux_start
         stage_seconds["total"] = time.time() - run.started
         document = sidecar_document(
@@ -510,13 +525,13 @@ class Coordinator:
             output={"video": path.name, "bytes": path.stat().st_size, "sha256": cached_file_sha256(path)},
             content=content_hashes(plan.job, run.decode_state["digest"].hexdigest(), waveform),
             worker={
-                "workers": sorted({t["worker"] for t in run.traces}),
-                "placement": {"mode": self.pool.placement.mode, "gpus": self.pool.placement.gpus},
+                "workers": sorted({t.worker for t in run.traces}),
+                "placement": {"mode": self.executor.placement.mode, "gpus": self.executor.placement.gpus},
             },
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
         document["plan"] = plan.summary()
-        document["trace"] = sorted(run.traces, key=lambda t: t["start"])
+        document["trace"] = [asdict(t) for t in sorted(run.traces, key=lambda t: t.start)]
         from jobs.outputs import write_json_atomic
 
         write_json_atomic(paths.sidecar, document)

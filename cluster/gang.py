@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -22,7 +23,8 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.worker import RenderWorker
+from cluster.ray_executor import RayRenderWorker
+from cluster.tasks import TaskTrace
 from jobs.placement import Placement, guided_pass_count, task_parallelism
 from ltx2.checkpoint import CheckpointSet
 
@@ -43,7 +45,7 @@ class GangMember:
         self.rank, self.world_size, self.sharded = rank, world_size, sharded
         # a bare "cuda" is pinned to this member's Ray-assigned GPU by the worker (`resolve_device`)
         transformer_device = "cpu" if sharded else None  # shards move to the GPU; the whole never does
-        self.worker = RenderWorker(
+        self.worker = RayRenderWorker(  # its inputs and outputs are in Ray's store
             checkpoints,
             device,
             dtype,
@@ -70,12 +72,11 @@ class GangMember:
         self.parallel = make_parallel_rank(self.worker.models, group, self.sharded)
         return os.getpid()
 
-    def task(self, kind: str, label: str, parallelism: str | None, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    def task(self, kind: str, label: str, parallelism: str | None, **kwargs: Any) -> tuple[Any, TaskTrace]:
         assert self.parallel is not None, "join() first"
         with self.parallel.running(parallelism):
             result, trace = self.worker.task(kind, label, **kwargs)
-        trace.update(rank=self.rank, parallelism=parallelism)
-        return result, trace
+        return result, replace(trace, rank=self.rank, parallelism=parallelism)
 
     def info(self) -> dict[str, Any]:
         return self.worker.info()
@@ -165,7 +166,7 @@ class Gang:
 
     # --- the worker interface -----------------------------------------------------------------------------
 
-    def task(self, kind: str, label: str, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    def task(self, kind: str, label: str, **kwargs: Any) -> tuple[Any, TaskTrace]:
         """Run one task on the gang; a member's death rebuilds the gang and runs the task again."""
         while True:
             try:
@@ -182,7 +183,7 @@ class Gang:
                 self._teardown()
                 self._build()
 
-    def _run(self, kind: str, label: str, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def _run(self, kind: str, label: str, kwargs: dict[str, Any]) -> tuple[Any, TaskTrace]:
         passes = _guided_passes(kwargs)
         parallelism = task_parallelism(self.placement, kind, passes)
         started = time.time()
@@ -194,8 +195,8 @@ class Gang:
             ray.get(done)
         result, trace = ray.get(list(pairs[0]))
         traces = ray.get([pair[1] for pair in pairs[1:]])
-        peaks = [t["peak_vram_bytes"] for t in (trace, *traces) if t.get("peak_vram_bytes") is not None]
-        trace = dict(
+        peaks = [t.peak_vram_bytes for t in (trace, *traces) if t.peak_vram_bytes is not None]
+        trace = replace(
             trace,
             worker=self.name,
             gang={"mode": self.placement.mode, "gpus": self.placement.gpus, "ranks": len(members)},

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 from prometheus_client.core import Metric
@@ -332,33 +333,18 @@ class WorkerCollector(Collector):
         yield from merged.values()
 
 
-def pool_fetcher(pool: object, timeout_s: float = 5.0) -> Callable[[], list[tuple[dict[str, str], str]]]:
-    """Reads `metrics_text()` of every worker of a `WorkerPool`; unreachable workers are skipped."""
-    import ray
-
-    def fetch() -> list[tuple[dict[str, str], str]]:
-        out = []
-        for handle in list(getattr(pool, "workers", [])):
-            if getattr(handle, "starting", None) is not None:
-                continue  # a replacement still loading or waiting for room: it would hold the scrape
-            try:
-                labels, text = ray.get(handle.actor.metrics_text.remote(), timeout=timeout_s)
-            except Exception:  # a dead or busy-beyond-timeout worker drops out of this scrape
-                continue
-            out.append((labels, text))
-        return out
-
-    return fetch
+SCRAPE_TIMEOUT_S = 5.0
+"""How long a scrape waits for a worker's metrics; a worker slower than that drops out of that scrape."""
 
 
 class MetricsServer:
     """The farm's one HTTP endpoint (127.0.0.1 unless told otherwise: a deploy binds the pod's address).
 
-    Started before the worker pool exists (`pool=None`, then `attach`), so that its port is held from the first
+    Started before the workers exist (`executor=None`, then `attach`), so that its port is held from the first
     moment: nothing the farm starts meanwhile (Ray's processes pick ports too) can take it while the models load.
     """
 
-    def __init__(self, pool: object | None, port: int = 0, addr: str = DEFAULT_ADDR) -> None:
+    def __init__(self, executor: Any | None, port: int = 0, addr: str = DEFAULT_ADDR) -> None:
         self.registry = CollectorRegistry()
         self.farm = FarmMetrics(self.registry)
         self.head_registry = CollectorRegistry()
@@ -367,16 +353,16 @@ class MetricsServer:
         head = ({"node": node_name(), "worker": "head"}, self.head_registry)
         self._fetch: Callable[[], list[tuple[dict[str, str], str]]] = list
         self.registry.register(WorkerCollector(lambda: [(head[0], generate_latest(head[1]).decode()), *self._fetch()]))
-        if pool is not None:
-            self.attach(pool)
+        if executor is not None:
+            self.attach(executor)
         self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
         self.addr, self.port = self._server.server_address[:2]
         self.url = f"http://{_url_host(self.addr)}:{self.port}/metrics"
 
-    def attach(self, pool: object) -> None:
-        """Serve the metrics of `pool`'s workers from now on."""
-        self._fetch = pool_fetcher(pool)
-        self.farm.workers.set_function(lambda: len(getattr(pool, "workers", [])))
+    def attach(self, executor: Any) -> None:
+        """Serve the metrics of `executor`'s workers (`Executor.metrics_texts`) from now on."""
+        self._fetch = lambda: executor.metrics_texts(SCRAPE_TIMEOUT_S)
+        self.farm.workers.set_function(lambda: len(executor.workers))
 
     def close(self) -> None:
         self._server.shutdown()

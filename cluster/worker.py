@@ -38,6 +38,20 @@ from cluster.publish import (
 )
 from cluster.requests import TensorDigest, content_hashes, job_audio, job_control, job_loras, render_request
 from cluster.storage import UploadWait, localize, stock_inputs
+from cluster.tasks import (
+    AudioDecodeTask,
+    AudioEncodeTask,
+    DecodeTask,
+    EncodeTask,
+    Stage1Task,
+    Stage2InitTask,
+    Stage2Task,
+    TaskRequest,
+    TaskTrace,
+    UpsampleTask,
+    task_fields,
+    task_request,
+)
 from cluster.transport import pack
 from jobs.fallback import reaches
 from jobs.outputs import OutputPaths, disk_full_guard, output_paths, sidecar_document, write_json_atomic
@@ -188,6 +202,10 @@ def install_faults(models: Any, spec: str, streaming: StreamedBlocks | None = No
         models.transformer.register_forward_pre_hook(injected, with_kwargs=True)
 
 
+class WorkerStopped(RuntimeError):
+    """The worker was stopped (`RenderWorker.stop`) while it ran this call."""
+
+
 @dataclass(frozen=True)
 class RenderReply:
     """What a worker's `render` returns: the sidecar document and the staged MP4's name."""
@@ -199,34 +217,19 @@ class RenderReply:
 def render_in_process(
     worker: RenderWorker, job: ValidJob, out_dir: Path | str, target: OutputTarget | None = None
 ) -> Published:
-    """Render on a worker of this process and publish the output as the head does (`WorkerPool.collect` is the
-    same steps across Ray): for tests and benchmarks that drive a `RenderWorker` directly."""
+    """Render on a worker of this process and publish the output as an executor does (`ExecutorBase.deliver`):
+    for tests and benchmarks that drive a `RenderWorker` directly."""
     target = target or OutputTarget()
     reply = worker.render(job, target)
     staged = worker.publish(job, target)
-    get = _object_store_get()  # the parts are in this process's Ray store when it is a Ray driver too
-    published = collect(reply.document, staged, job, target, Path(out_dir), get)
+    published = collect(reply.document, staged, job, target, Path(out_dir), worker.store_get)
     if not staged.delivered:
         worker.release(target, reply.video)
     return published
 
 
-def _object_store_get() -> Callable[[Any], bytes]:
-    """Ray's `get` inside a Ray worker (shipped inputs are objects in its store); in-process, the bytes."""
-    try:
-        import ray
-    except ImportError:
-        return lambda data: data
-    return ray.get if ray.is_initialized() else (lambda data: data)
-
-
-def _object_store_put() -> Callable[[bytes], Any]:
-    """Ray's `put` inside a Ray worker (the head fetches the parts from this node); in-process, the bytes."""
-    try:
-        import ray
-    except ImportError:
-        return lambda data: data
-    return ray.put if ray.is_initialized() else (lambda data: data)
+def _same(value: Any) -> Any:
+    return value
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,11 @@ class _Rendered:
 
 class RenderWorker:
     """One model copy on one device, rendering jobs sequentially."""
+
+    store_get: Callable[[Any], Any] = staticmethod(_same)
+    store_put: Callable[[Any], Any] = staticmethod(_same)
+    """How values reach this worker from elsewhere and leave it (shipped inputs, output parts): as themselves in
+    this process; a Ray actor's are Ray's `get` and `put` (`cluster.ray_executor.RayRenderWorker`)."""
 
     def __init__(
         self,
@@ -290,6 +298,7 @@ class RenderWorker:
         self.metrics = WorkerMetrics()
         self.metrics.model_load_seconds.set(self.models.load_seconds)
         self.jobs_done = 0
+        self._stopped = False
         self._encode_tasks = 0
         self._progress: dict[str, Any] = {"stage": "idle", "step": 0, "total": 0, "job": None}
         self._upload_waits: dict[str, UploadWait] = {}  # staged MP4 name -> its upload's last retry
@@ -334,7 +343,14 @@ class RenderWorker:
         with self._lock:
             return dict(self._progress)
 
+    def stop(self) -> None:
+        """End the model work under way at its next step (`WorkerStopped`), and any later call's: for a worker that
+        cannot be killed (one of this process, `cluster.local_executor`)."""
+        self._stopped = True
+
     def _on_step(self, stage: str, step: int, total: int, seconds: float = 0.0) -> None:
+        if self._stopped:
+            raise WorkerStopped(f"worker {self.name} was stopped")
         with self._lock:
             self._progress.update(stage=stage, step=step, total=total)
         if seconds:
@@ -370,9 +386,9 @@ class RenderWorker:
     ) -> RenderReply:
         """Render `job` into this worker's staging folder (then `publish` sends it on, `cluster.publish`).
 
-        `encoded` maps prompt texts to encodings made by an `encode` task (or Ray refs to them), so a
+        `encoded` maps prompt texts to encodings made by an `encode` task, so a
         campaign runs Gemma once per distinct prompt, not once per job or per worker. `inputs`: the job's local
-        input files shipped from the node that submitted it (`WorkerPool.ship`), written into this node's cache.
+        input files shipped from the node that submitted it (`RayExecutor.ship`), written into this node's cache.
 
         Only the model work holds the model. The job's writer (a pool of lower CPU priority,
         `WRITER_NICENESS`) encodes the MP4 as the tiled VAE decode yields frames, and after the model is let
@@ -385,12 +401,8 @@ class RenderWorker:
         if earlier is not None and earlier.get("worker", {}).get("pid") == os.getpid():
             # this process rendered this very job and its publishing failed (storage down): publish it again
             return RenderReply(earlier, paths.video.name)
-        stock_inputs(inputs, _object_store_get())
+        stock_inputs(inputs, self.store_get)
         for text, value in (encoded or {}).items():
-            if not isinstance(value, stages.Contexts):  # a Ray ref, resolved before taking the model
-                import ray
-
-                value = ray.get(value)
             self.renderer.prompts.put(text, value.video, value.audio)
         handoff: queue.SimpleQueue[Any] = queue.SimpleQueue()  # frame runs, then the _Rendered or the error
         written = self._writers.submit(self._write_outputs, job, paths, handoff)
@@ -423,9 +435,7 @@ class RenderWorker:
                 self._upload_waits[paths.video.name] = wait
 
         try:
-            return offer(
-                paths, job, target, put=_object_store_put(), on_upload=self.metrics.count_upload, on_wait=waiting
-            )
+            return offer(paths, job, target, put=self.store_put, on_upload=self.metrics.count_upload, on_wait=waiting)
         finally:
             with self._lock:
                 self._upload_waits.pop(paths.video.name, None)
@@ -532,19 +542,27 @@ class RenderWorker:
     # --- planned tasks (cluster.coordinator) -------------------------------------------------------------
 
     def task(
-        self, kind: str, label: str, inputs: dict[str, tuple[str, Any]] | None = None, **kwargs: Any
-    ) -> tuple[Any, dict[str, Any]]:
-        """Run one task of a job plan; returns (result, trace). Call with `num_returns=2`. `inputs`: as `render`'s."""
-        stock_inputs(inputs, _object_store_get())
-        with self._busy:
-            return self._task(kind, label, **kwargs)
+        self,
+        kind: str,
+        label: str,
+        fallback: str | None = None,
+        inputs: dict[str, tuple[str, Any]] | None = None,
+        **values: Any,
+    ) -> tuple[Any, TaskTrace]:
+        """`run_task` of the request of `kind` made from `values` (a request as it crosses to a Ray actor,
+        `cluster.tasks.task_fields`); returns (result, trace): call with `num_returns=2`. `inputs`: as `render`'s."""
+        stock_inputs(inputs, self.store_get)
+        return self.run_task(label, task_request(kind, values), fallback)
 
-    def _task(self, kind: str, label: str, fallback: str | None = None, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        """Run one task; `fallback` is the job's OOM-ladder rung (counted once per job, at stage2_init)."""
-        if fallback is not None and kind == "stage2_init":
-            self.metrics.oom_fallbacks.labels(fallback).inc()
-        with self._on_rung(fallback, text_encoder=kind != "encode"):
-            return self._run_task(kind, label, **kwargs)
+    def run_task(self, label: str, request: TaskRequest, fallback: str | None = None) -> tuple[Any, TaskTrace]:
+        """Run one task of a job plan; `fallback` is the job's OOM-ladder rung (counted once per job, at
+        stage2_init)."""
+        request = type(request)(**localize(task_fields(request)))  # s3:// inputs fetched to this node, verified
+        with self._busy:
+            if fallback is not None and request.kind == "stage2_init":
+                self.metrics.oom_fallbacks.labels(fallback).inc()
+            with self._on_rung(fallback, text_encoder=request.kind != "encode"):
+                return self._run_task(label, request)
 
     @contextlib.contextmanager
     def _on_rung(self, rung: str | None, text_encoder: bool) -> Iterator[None]:
@@ -575,17 +593,13 @@ class RenderWorker:
         finally:
             models.pass_runner = runner
 
-    def _run_task(self, kind: str, label: str, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    def _run_task(self, label: str, request: TaskRequest) -> tuple[Any, TaskTrace]:
         if self.models.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.models.device)
         start = time.time()
-        stage = KIND_TO_STAGE.get(kind, kind)
-        run = getattr(self, f"_task_{kind}", None)
-        if run is None:
-            kinds = sorted(name.removeprefix("_task_") for name in dir(self) if name.startswith("_task_"))
-            raise ValueError(f"unknown task kind {kind!r}; this worker runs {kinds}")
+        stage = KIND_TO_STAGE.get(request.kind, request.kind)
         try:
-            result = run(**localize(kwargs))  # s3:// inputs fetched to this node, verified by digest
+            result = TASK_RUNNERS[type(request)](self, request)
             bad = _non_finite(result)
             if bad is not None:
                 raise NonFiniteOutputError(f"{describe_task(label)} produced NaN or Inf in {bad} (worker {self.name})")
@@ -596,63 +610,65 @@ class RenderWorker:
         except Exception:
             self._record(stage, time.time() - start, "error")
             raise
-        if kind in PACKED_RESULTS:
+        if request.kind in PACKED_RESULTS:
             result = pack(result)
         end = time.time()
         self._record(stage, end - start, "ok")
-        trace = {
-            "task": label,
-            "kind": kind,
-            "worker": self.name,
-            "pid": os.getpid(),
-            "device": self.device,
-            "start": start,
-            "end": end,
-            "seconds": end - start,
-            "peak_vram_bytes": torch.cuda.max_memory_allocated(self.models.device)
-            if self.models.device.type == "cuda"
-            else None,
-        }
+        peak = torch.cuda.max_memory_allocated(self.models.device) if self.models.device.type == "cuda" else None
+        trace = TaskTrace(label, request.kind, self.name, os.getpid(), self.device, start, end, end - start, peak)
         return result, trace
 
-    def _task_encode(self, text: str) -> stages.Contexts:
+    def _encode(self, task: EncodeTask) -> stages.Contexts:
         self._encode_tasks += 1
+        text = task.text
         if text == OFFICIAL_NEGATIVE_PROMPT:
             from ltx_pipelines.utils.constants import DEFAULT_NEGATIVE_PROMPT
 
             text = DEFAULT_NEGATIVE_PROMPT
         return stages.encode_prompt(self.models, text)
 
-    def _task_stage1(
-        self,
-        request: stages.ChunkRequest,
-        positive: stages.Contexts,
-        negative: stages.Contexts | None,
-        previous: stages.ChunkResult | None,
-        overlap_video: int,
-        overlap_audio: int,
-        track: torch.Tensor | None = None,
-    ) -> stages.ChunkResult:
+    def _stage1(self, task: Stage1Task) -> stages.ChunkResult:
+        previous, overlap_video, overlap_audio = task.previous, task.overlap_video, task.overlap_audio
         tail_video = previous.video[:, :, -overlap_video:] if previous is not None and overlap_video else None
         tail_audio = previous.audio[:, :, -overlap_audio:] if previous is not None and overlap_audio else None
         return stages.stage1_chunk(
-            self.models, request, positive, negative, tail_video, tail_audio, on_step=self._on_step, track=track
+            self.models,
+            task.request,
+            task.positive,
+            task.negative,
+            tail_video,
+            tail_audio,
+            on_step=self._on_step,
+            track=task.track,
         )
 
-    def _task_audio_encode(self, path: str, start: float, num_frames: int, fps: float) -> torch.Tensor:
-        return stages.encode_track(self.models, path, start, num_frames, fps)
+    def _audio_encode(self, task: AudioEncodeTask) -> torch.Tensor:
+        return stages.encode_track(self.models, task.path, task.start, task.num_frames, task.fps)
 
-    def _task_upsample(self, video: torch.Tensor) -> torch.Tensor:
-        return stages.upsample(self.models, video)
+    def _upsample(self, task: UpsampleTask) -> torch.Tensor:
+        return stages.upsample(self.models, task.video)
 
-    def _task_stage2_init(self, **kwargs: Any) -> stages.Stage2State:
-        return stages.stage2_init(self.models, **kwargs)
+    def _stage2_init(self, task: Stage2InitTask) -> stages.Stage2State:
+        return stages.stage2_init(self.models, **task_fields(task))
 
-    def _task_stage2(self, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return stages.stage2_tile_denoise(self.models, **kwargs)
+    def _stage2(self, task: Stage2Task) -> tuple[torch.Tensor, torch.Tensor]:
+        return stages.stage2_tile_denoise(self.models, **task_fields(task))
 
-    def _task_decode(self, latent: torch.Tensor) -> torch.Tensor:
-        return stages.decode_video_tile(self.models, latent)
+    def _decode(self, task: DecodeTask) -> torch.Tensor:
+        return stages.decode_video_tile(self.models, task.latent)
 
-    def _task_audio(self, audio: torch.Tensor) -> tuple[torch.Tensor, int]:
-        return stages.decode_audio(self.models, audio)
+    def _audio_decode(self, task: AudioDecodeTask) -> tuple[torch.Tensor, int]:
+        return stages.decode_audio(self.models, task.audio)
+
+
+TASK_RUNNERS: dict[type, Callable[[RenderWorker, Any], Any]] = {
+    EncodeTask: RenderWorker._encode,
+    AudioEncodeTask: RenderWorker._audio_encode,
+    Stage1Task: RenderWorker._stage1,
+    UpsampleTask: RenderWorker._upsample,
+    Stage2InitTask: RenderWorker._stage2_init,
+    Stage2Task: RenderWorker._stage2,
+    DecodeTask: RenderWorker._decode,
+    AudioDecodeTask: RenderWorker._audio_decode,
+}
+"""Each task request's type -> the worker method that runs it."""

@@ -94,7 +94,7 @@ def small_render(resident):
 def ray_cluster():
     import ray
 
-    from cluster.executor import start_ray
+    from cluster.ray_executor import start_ray
 
     start_ray(num_cpus=4)  # logical CPUs: room for 3 one-CPU workers on a 2-core machine
     yield

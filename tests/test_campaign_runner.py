@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from cluster.campaign_runner import CampaignRunner, campaign_status
-from cluster.executor import JOBS_PER_WORKER, WorkerPool
+from cluster.ray_executor import RayExecutor
 from cluster.storage import StorageOptions
+from cluster.worker import JOBS_PER_WORKER
 from jobs.campaign import parse_manifest
 from jobs.store import QUARANTINE_AFTER, Store
 from tests.conftest import CACHE
@@ -30,7 +31,7 @@ TINY = {"height": 64, "width": 64, "num_frames": 9, "steps": 2}
 
 @pytest.fixture(scope="module")
 def pool(ray_cluster, tiny_set):
-    pool = WorkerPool(tiny_set, num_workers=2, env=moto_env())  # workers upload with their node's credentials
+    pool = RayExecutor(tiny_set, num_workers=2, env=moto_env())  # workers upload with their node's credentials
     yield pool
     pool.shutdown()
 
@@ -62,7 +63,7 @@ def test_campaign_on_a_pool_of_gangs(ray_cluster, tiny_set, pool, tmp_path):
     """Every job of a campaign runs on a guidance-parallel gang of two ranks, through planned tasks."""
     from jobs.placement import Placement
 
-    gangs = WorkerPool(tiny_set, num_workers=1, placement=Placement("guidance", 2))
+    gangs = RayExecutor(tiny_set, num_workers=1, placement=Placement("guidance", 2))
     try:
         store = Store(tmp_path / "db")
         submit(store, "g", [{"id": f"g{i}", "prompt": f"scene {i}"} for i in range(3)])

@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from cluster.campaign_runner import CampaignRunner
-from cluster.executor import WorkerPool
+from cluster.ray_executor import RayExecutor
 from jobs.campaign import parse_manifest
 from jobs.store import Store
 
@@ -24,7 +24,7 @@ TINY = {"height": 64, "width": 64, "num_frames": 9, "steps": 2}
 ROWS = [{"id": f"j{i:02d}", "prompt": f"scene number {i}, rain and wind", "seed": i} for i in range(50)]
 
 
-def _run(pool: WorkerPool, root, rows=ROWS, **runner_kwargs) -> tuple[Store, dict, CampaignRunner]:
+def _run(pool: RayExecutor, root, rows=ROWS, **runner_kwargs) -> tuple[Store, dict, CampaignRunner]:
     store = Store(root / "db")
     m = parse_manifest({"campaign": "c", "defaults": TINY, "rows": rows, "max_task_retries": 0})
     store.submit(m.spec, m.jobs)
@@ -42,7 +42,7 @@ def _content(root) -> dict[str, tuple[str, str]]:
 def reference(ray_cluster, tiny_set, tmp_path_factory):
     """The same 50 jobs, undisturbed."""
     root = tmp_path_factory.mktemp("reference")
-    pool = WorkerPool(tiny_set, num_workers=2)
+    pool = RayExecutor(tiny_set, num_workers=2)
     try:
         _store, stats, _ = _run(pool, root)
     finally:
@@ -52,7 +52,7 @@ def reference(ray_cluster, tiny_set, tmp_path_factory):
 
 
 def test_workers_killed_repeatedly_mid_campaign(ray_cluster, tiny_set, tmp_path, reference):
-    pool = WorkerPool(tiny_set, num_workers=2)
+    pool = RayExecutor(tiny_set, num_workers=2)
     kills: list[int] = []
     stop = threading.Event()
 
@@ -106,7 +106,7 @@ class _Squatter:
 def test_a_replacement_waiting_for_room_does_not_hold_the_campaign(ray_cluster, tiny_set, tmp_path):
     """A worker dies and the cluster has no room for its replacement: the campaign goes on with the worker it
     has; the replacement joins once room comes back."""
-    pool = WorkerPool(tiny_set, num_workers=2)
+    pool = RayExecutor(tiny_set, num_workers=2)
     squatter = None
     try:
         held = ray.available_resources().get("CPU", 0)
@@ -145,10 +145,10 @@ def _poison(worker) -> None:
 def test_a_worker_that_fails_every_job_is_blocklisted(ray_cluster, tiny_set, tmp_path):
     """A worker that fails every job (NaN output) leaves the rotation after 3 failures on different jobs;
     the jobs it failed are retried on the healthy worker and every job finishes."""
-    pool = WorkerPool(tiny_set, num_workers=2)
+    pool = RayExecutor(tiny_set, num_workers=2)
     try:
         broken = pool.workers[0].info["name"]
-        ray.get(pool.workers[0].actor.__ray_call__.remote(_poison))
+        ray.get(pool.workers[0].worker.__ray_call__.remote(_poison))
         store = Store(tmp_path / "db")
         m = parse_manifest({"campaign": "c", "defaults": TINY, "rows": ROWS[:10], "max_task_retries": 5})
         store.submit(m.spec, m.jobs)
@@ -171,15 +171,15 @@ def test_nan_in_a_task_is_retried_on_another_worker_then_fails_the_job_naming_th
     from ltx2.render import NonFiniteOutputError
 
     job = validate_job({**TINY, "prompt": "a bell rings", "name": "nan"})
-    pool = WorkerPool(tiny_set, num_workers=2)
+    pool = RayExecutor(tiny_set, num_workers=2)
     try:
-        ray.get(pool.workers[0].actor.__ray_call__.remote(_poison))  # worker 0 returns NaN from the transformer
+        ray.get(pool.workers[0].worker.__ray_call__.remote(_poison))  # worker 0 returns NaN from the transformer
         [doc] = Coordinator(pool).run([plan_job(job)], tmp_path / "one")
         transformer_tasks = [t for t in doc["trace"] if t["kind"] in ("stage1", "stage2")]
         assert {t["worker"] for t in transformer_tasks} == {pool.workers[1].info["name"]}
         assert (tmp_path / "one" / doc["output"]["video"]).is_file()
 
-        ray.get(pool.workers[1].actor.__ray_call__.remote(_poison))  # now both are broken
+        ray.get(pool.workers[1].worker.__ray_call__.remote(_poison))  # now both are broken
         with pytest.raises(NonFiniteOutputError, match=r"job nan: stage 1, chunk 0 produced NaN or Inf twice"):
             Coordinator(pool).run([plan_job(job)], tmp_path / "two")
         assert not list((tmp_path / "two").glob("*.mp4"))  # no output left behind as if it were good
@@ -197,7 +197,7 @@ def test_worker_memory_does_not_grow_over_120_jobs(ray_cluster, tiny_set, tmp_pa
     import psutil
 
     last = WARM_UP_JOBS + MEASURED_JOBS
-    pool = WorkerPool(tiny_set, num_workers=1)
+    pool = RayExecutor(tiny_set, num_workers=1)
     try:
         pid = pool.workers[0].info["pid"]
         rows = [{"id": f"m{i:03d}", "prompt": f"scene {i % 7}", "seed": i} for i in range(last)]

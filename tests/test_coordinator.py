@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cluster.coordinator import Coordinator
-from cluster.executor import WorkerPool
+from cluster.ray_executor import RayExecutor
 from jobs.plan import plan_job
 from jobs.spec import validate_job
 from tests.conftest import SMALL_JOB
@@ -17,7 +17,7 @@ from tests.conftest import SMALL_JOB
 
 @pytest.fixture(scope="module")
 def pool(ray_cluster, tiny_set):
-    pool = WorkerPool(tiny_set, num_workers=3)
+    pool = RayExecutor(tiny_set, num_workers=3)
     yield pool
     pool.shutdown()
 

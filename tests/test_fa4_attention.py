@@ -68,10 +68,11 @@ def test_the_op_traces_with_the_shapes_the_kernel_returns():
 
 
 def test_pools_refuse_fa4_where_it_cannot_run_before_starting_workers(ray_cluster, tiny_set):
-    from cluster.executor import CapacityError, WorkerPool
+    from cluster.executor import CapacityError
+    from cluster.ray_executor import RayExecutor
     from jobs.placement import Placement
 
     with pytest.raises(CapacityError, match=r"needs a Hopper-or-newer GPU.*drop --fa4-attention"):
-        WorkerPool(tiny_set, device="cpu", fa4_attention=True)
+        RayExecutor(tiny_set, device="cpu", fa4_attention=True)
     with pytest.raises(CapacityError, match="drop --fa4-attention or use --placement replica"):
-        WorkerPool(tiny_set, placement=Placement("sequence", 2), fa4_attention=True)
+        RayExecutor(tiny_set, placement=Placement("sequence", 2), fa4_attention=True)

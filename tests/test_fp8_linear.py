@@ -13,7 +13,8 @@ import torch
 from torch._dynamo.utils import counters
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from cluster.executor import CapacityError, WorkerPool
+from cluster.executor import CapacityError
+from cluster.ray_executor import RayExecutor
 from cluster.requests import render_request
 from jobs.placement import Placement
 from jobs.spec import validate_job
@@ -96,7 +97,7 @@ def test_the_all_blocks_flag_implies_fp8_and_is_refused_for_gangs(tiny_set):
     args = build_parser().parse_args(["render", "--prompt", "a fox", "--fp8-all-blocks"])
     assert args.fp8_all_blocks and not args.fp8  # the worker turns fp8 on for it
     with pytest.raises(CapacityError, match="drop --fp8 or use --placement replica"):
-        WorkerPool(tiny_set, placement=Placement("guidance", 2), fp8_all_blocks=True)
+        RayExecutor(tiny_set, placement=Placement("guidance", 2), fp8_all_blocks=True)
 
 
 def test_a_worker_asked_for_all_blocks_turns_fp8_on(tiny_set):
@@ -155,7 +156,7 @@ def test_fp8_renders_repeat_exactly_and_compiled_blocks_trace_scaled_mm_whole(fr
 
 def test_gangs_refuse_fp8_before_starting_workers(tiny_set):
     with pytest.raises(CapacityError, match="drop --fp8 or use --placement replica"):
-        WorkerPool(tiny_set, placement=Placement("guidance", 2), fp8=True)
+        RayExecutor(tiny_set, placement=Placement("guidance", 2), fp8=True)
 
 
 def test_a_cpu_worker_renders_with_fp8_says_so_and_backs_up_weights_in_their_layout(tiny_set, tmp_path):

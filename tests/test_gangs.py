@@ -98,7 +98,7 @@ def test_gang_stage1_equals_one_process(tiny_set, single, mode):
             ref, _ = _run(single, "stage1", **args)
             ours, trace = _run(gang, "stage1", **args)
             expected = "sequence" if mode == "sequence" else "guidance"
-            assert trace["parallelism"] == expected and trace["gang"]["ranks"] == 2
+            assert trace.parallelism == expected and trace.gang["ranks"] == 2
             _check(f"{mode} stage 1 {shape}", ours, ref)
     finally:
         ray.get(gang.shutdown.remote())
@@ -138,7 +138,7 @@ def test_gang_stage2_tile_equals_one_process(tiny_set, single, mode):
     gang = _gang(tiny_set, mode)
     try:
         ours, trace = _run(gang, "stage2", **tile)
-        assert trace["parallelism"] == "sequence"
+        assert trace.parallelism == "sequence"
         for name, o, r in (("video", ours[0], ref[0]), ("audio", ours[1], ref[1])):
             error = _relative_error(o, r)
             print(f"{mode} stage 2 {name}: relative error {error:.2e}")
@@ -162,7 +162,7 @@ def test_killed_member_rebuilds_the_gang_and_the_retry_is_identical(tiny_set, si
         os.kill(victim, signal.SIGKILL)  # a member process this test's gang started
         retried, trace = ray.get(value), ray.get(trace)
         info = ray.get(gang.info.remote())
-        assert trace["rebuilds"] == 1 and info["rebuilds"] == 1
+        assert trace.rebuilds == 1 and info["rebuilds"] == 1
         assert victim not in info["gang"]["member_pids"]
         assert torch.equal(retried.video, undisturbed.video) and torch.equal(retried.audio, undisturbed.audio)
     finally:

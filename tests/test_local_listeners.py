@@ -69,7 +69,7 @@ def test_local_render_listens_on_loopback_only(tmp_path: Path):
     # on this machine holding them would keep this one's from listening at all, and unseen, from being checked.
     env.update(DASHBOARD_METRIC_PORT="0", AUTOSCALER_METRIC_PORT="0")
     argv = [sys.executable, "-m", "cluster.cli", "render", str(job), "--out", str(tmp_path / "out")]
-    argv += ["--metrics-port", "0", "--json"]
+    argv += ["--executor", "ray", "--metrics-port", "0", "--json"]  # the embedded Ray cluster and its servers
     log = tmp_path / "render.log"
     seen: set[tuple[str, str, int]] = set()
     held_elsewhere: set[int] = set()

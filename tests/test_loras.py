@@ -14,8 +14,8 @@ import yaml
 
 from cluster.campaign_runner import CampaignRunner
 from cluster.cli import main
-from cluster.executor import WorkerPool
 from cluster.metrics import MetricsServer
+from cluster.ray_executor import RayExecutor
 from cluster.requests import render_request
 from jobs.campaign import parse_manifest
 from jobs.spec import validate_job
@@ -254,7 +254,7 @@ TINY = {"height": 64, "width": 64, "num_frames": 9, "steps": 2}
 
 def test_two_lora_sets_in_one_campaign_land_on_two_pools(ray_cluster, tiny_set, loras, tmp_path):
     """Rows alternate between two LoRA sets; each worker builds its set once and keeps it (no switch per job)."""
-    pool = WorkerPool(tiny_set, num_workers=2)
+    pool = RayExecutor(tiny_set, num_workers=2)
     try:
         sets = [[{"path": str(loras[0])}], [{"path": str(loras[1]), "strength": 0.5}]]
         rows = [{"id": f"r{i}", "prompt": f"scene {i}", "loras": sets[i % 2]} for i in range(8)]
@@ -286,7 +286,7 @@ def test_two_lora_sets_in_one_campaign_land_on_two_pools(ray_cluster, tiny_set, 
         infos = pool.refresh_info()
         changes = [i["lora_set_changes"] for i in infos]
         assert min(changes) >= 1, infos
-        _labels, text = ray.get(pool.workers[0].actor.metrics_text.remote())
+        _labels, text = ray.get(pool.workers[0].worker.metrics_text.remote())
         assert f"ltx2farm_lora_set_changes_total {float(changes[0])}" in text
     finally:
         pool.shutdown()

@@ -19,7 +19,6 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.cli import render_and_publish
-from cluster.executor import WorkerPool
 from cluster.metrics import (
     MAX_CAMPAIGN_LABELS,
     NODE_NAME_ENV,
@@ -29,6 +28,7 @@ from cluster.metrics import (
     build_versions,
 )
 from cluster.publish import OutputTarget
+from cluster.ray_executor import RayExecutor
 from jobs.plan import plan_job
 from jobs.spec import validate_job
 from tests.conftest import REPO, SMALL_JOB
@@ -40,7 +40,7 @@ K8S_NODE = "gpu-node-a"  # what the downward API would give the workers' pods
 
 @pytest.fixture(scope="module")
 def farm(ray_cluster, tiny_set):
-    pool = WorkerPool(tiny_set, num_workers=2, env={NODE_NAME_ENV: K8S_NODE})
+    pool = RayExecutor(tiny_set, num_workers=2, env={NODE_NAME_ENV: K8S_NODE})
     server = MetricsServer(pool)
     yield pool, server
     server.close()

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import ray
 
-from cluster.executor import WorkerPool
 from cluster.publish import OutputTarget
+from cluster.ray_executor import RayExecutor
 from jobs.spec import validate_job
 from tests.conftest import SMALL_JOB
 
 
 @pytest.fixture(scope="module")
 def pool(ray_cluster, tiny_set):
-    pool = WorkerPool(tiny_set, num_workers=2)
+    pool = RayExecutor(tiny_set, num_workers=2)
     yield pool
     pool.shutdown()
 
@@ -62,16 +62,15 @@ def test_a_worker_starts_the_next_jobs_model_work_while_the_last_one_muxes(pool,
     """Two renders sent to one worker: the model work runs one job at a time, but the second job's starts
     before the first one's MP4 is written (the GPU does not wait for host work), and outputs are unchanged."""
     alone = pool.render(validate_job({**SMALL_JOB, "seed": 7}), str(tmp_path / "alone"), worker=1).document
-    actor = pool.workers[0].actor
-    refs = [actor.render.remote(validate_job({**SMALL_JOB, "seed": s})) for s in (7, 8)]
-    replies = ray.get(refs)
+    refs = [pool.start_render(0, validate_job({**SMALL_JOB, "seed": s}), OutputTarget()) for s in (7, 8)]
+    replies = pool.get(refs)
     first, second = sorted((r.document for r in replies), key=lambda d: d["timeline_unix"]["model_start"])
     assert second["timeline_unix"]["model_start"] >= first["timeline_unix"]["model_end"]  # one model, one job
     assert second["timeline_unix"]["model_start"] < first["timeline_unix"]["mux_end"]  # overlapped the mux
     by_seed = {d["resolved"]["seed"]: d for d in (first, second)}
     assert by_seed[7]["content_sha256"] == alone["content_sha256"]
     for s, reply in zip((7, 8), replies, strict=True):
-        pool.collect(actor, reply, validate_job({**SMALL_JOB, "seed": s}), OutputTarget(), tmp_path / "both")
+        pool.deliver(pool.workers[0], reply, validate_job({**SMALL_JOB, "seed": s}), OutputTarget(), tmp_path / "both")
     assert len(list((tmp_path / "both").glob("*.mp4"))) == 2
 
 
@@ -117,8 +116,8 @@ def test_a_worker_is_pinned_to_its_ray_gpu_even_if_torch_saw_every_gpu():
 def test_shutdown_returns_once_ray_has_the_workers_cpus_back(pool, tiny_set):
     """`ray.kill` only starts an actor's exit: a pool started right after another's shutdown was refused for
     CPUs about to come free (seen when test modules ran in another order). This module's pool holds 2 of 4."""
-    first = WorkerPool(tiny_set, num_workers=2)
+    first = RayExecutor(tiny_set, num_workers=2)
     first.shutdown()
     assert ray.available_resources().get("CPU", 0) >= 2
-    second = WorkerPool(tiny_set, num_workers=2)
+    second = RayExecutor(tiny_set, num_workers=2)
     second.shutdown()

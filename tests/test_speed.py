@@ -139,22 +139,24 @@ def test_compiled_blocks_follow_lora_fusion_in_place(fresh32):
 
 
 def test_gangs_refuse_compiled_blocks_before_starting_workers(tiny_set):
-    from cluster.executor import CapacityError, WorkerPool
+    from cluster.executor import CapacityError
+    from cluster.ray_executor import RayExecutor
     from jobs.placement import Placement
 
     with pytest.raises(CapacityError, match="drop --compile or use --placement replica"):
-        WorkerPool(tiny_set, placement=Placement("sequence", 2), compile=True)
+        RayExecutor(tiny_set, placement=Placement("sequence", 2), compile=True)
     with pytest.raises(CapacityError, match="drop --fp8-attention or use --placement replica"):
-        WorkerPool(tiny_set, placement=Placement("guidance", 2), fp8_attention=True)
+        RayExecutor(tiny_set, placement=Placement("guidance", 2), fp8_attention=True)
     with pytest.raises(CapacityError, match="drop --batched-passes or use --placement replica"):
-        WorkerPool(tiny_set, placement=Placement("guidance", 2), batched_passes=True)
+        RayExecutor(tiny_set, placement=Placement("guidance", 2), batched_passes=True)
 
 
 def test_fp8_attention_is_refused_before_starting_cpu_workers(ray_cluster, tiny_set):
-    from cluster.executor import CapacityError, WorkerPool
+    from cluster.executor import CapacityError
+    from cluster.ray_executor import RayExecutor
 
     with pytest.raises(CapacityError, match=r"needs a Hopper-or-newer GPU.*drop --fp8-attention"):
-        WorkerPool(tiny_set, device="cpu", fp8_attention=True)
+        RayExecutor(tiny_set, device="cpu", fp8_attention=True)
 
 
 def test_workers_compile_and_batch_guided_passes_by_default_on_gpus_only():

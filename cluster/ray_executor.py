@@ -1,0 +1,277 @@
+"""The Ray backend of `cluster.executor.Executor`: each worker a Ray actor pinning one GPU (`num_gpus=1`) with a
+full model copy resident, or a gang of actors acting as one (`cluster.gang`).
+
+On a machine without GPUs the embedded cluster runs the workers on the CPU instead. The embedded Ray cluster
+listens on the loopback interface only; `address` (or RAY_ADDRESS) joins an existing cluster instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import ray
+
+from cluster.executor import (
+    PUBLISH_GROUP,
+    PUBLISHES_PER_WORKER,
+    CapacityError,
+    ExecutorBase,
+    InputLost,
+    WorkerLost,
+    check_worker_options,
+)
+from cluster.requests import job_input_refs
+from cluster.storage import ship_inputs
+from cluster.tasks import TaskRequest, task_fields
+from cluster.worker import JOBS_PER_WORKER, RenderReply, RenderWorker
+from jobs.placement import REPLICA, Placement
+from jobs.spec import ValidJob
+from ltx2.checkpoint import CheckpointError, CheckpointSet
+
+SHUTDOWN_WAIT_S = 10.0
+"""How long `RayExecutor.shutdown` waits for Ray to get its workers' CPUs/GPUs back."""
+
+WORKER_ENV = {"TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+"""Per-step bars inside actors would interleave in the driver's log; the driver draws its own."""
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join `address`/RAY_ADDRESS if given, else start an embedded single-node cluster whose every listening
+    socket is on the loopback interface (see `_loopback_node`)."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": WORKER_ENV}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        with _loopback_node():
+            ray.init(
+                address="local",  # always a new embedded cluster, never a stray one found on the machine
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                runtime_env=runtime_env,
+                log_to_driver=True,
+                configure_logging=False,
+            )
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Ray, while it starts a node here, as a single-machine Ray: the node's address is then loopback, and Ray
+    2.60 binds every server of a loopback node (GCS, raylet, object manager, the driver's and workers' gRPC
+    servers, the dashboard and runtime env agents, the dashboard's and autoscaler's Prometheus endpoints) there
+    instead of on all addresses. `ray.init(_node_ip_address="127.0.0.1")` cannot ask for it: Ray replaces a
+    loopback address given there with the machine's routable one unless it runs single-machine (its default
+    on macOS and Windows; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read once when Ray is imported). The flag is
+    set for this start alone, never in the environment: a `ray start --address` that inherited it would refuse
+    to join a cluster, and a later `start_ray(address)` in this process joins with its own address."""
+    from ray._private import ray_constants
+
+    multi_node = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = multi_node
+
+
+def _runtime_env(env: dict[str, str] | None) -> dict[str, Any]:
+    return {"runtime_env": {"env_vars": {**WORKER_ENV, **env}}} if env else {}
+
+
+def gpus_available() -> int:
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def free_gpus() -> int:
+    """GPUs of the cluster no worker holds now."""
+    return int(ray.available_resources().get("GPU", 0))
+
+
+class RayRenderWorker(RenderWorker):
+    """`RenderWorker` as a Ray actor. A model set that cannot load here (an object changed or missing, a bad
+    file) is raised by the actor's first call, not its constructor: Ray hands a call's error to the caller as
+    that error, a constructor's only as text with a traceback."""
+
+    store_get = staticmethod(ray.get)
+    store_put = staticmethod(ray.put)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.load_error: CheckpointError | None = None
+        try:
+            super().__init__(*args, **kwargs)
+        except CheckpointError as error:
+            self.load_error = error
+
+    def info(self) -> dict[str, Any]:
+        if self.load_error is not None:
+            raise self.load_error
+        return super().info()
+
+    def render(
+        self,
+        job: ValidJob,
+        target: Any = None,
+        encoded: dict[str, Any] | None = None,
+        inputs: dict[str, Any] | None = None,
+    ) -> RenderReply:
+        """`RenderWorker.render`, with the encodings in `encoded` fetched from Ray's store (Ray resolves only a
+        call's top-level arguments)."""
+        values = dict(zip(encoded, ray.get(list(encoded.values())), strict=True)) if encoded else None
+        return super().render(job, target, values, inputs)
+
+
+class RayExecutor(ExecutorBase):
+    """N render workers as Ray actors: single actors each with a resident model copy, or gangs of actors
+    (`placement`); a gang counts as one worker."""
+
+    def __init__(
+        self,
+        checkpoints: CheckpointSet,
+        num_workers: int = 1,
+        device: str | None = None,
+        dtype: str = "bfloat16",
+        placement: Placement = REPLICA,
+        compile: bool | None = None,
+        fp8_attention: bool = False,
+        fp8: bool = False,
+        fp8_all_blocks: bool = False,
+        fa4_attention: bool | None = None,
+        batched_passes: bool | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`compile`: compiled transformer blocks in replica workers (None: on for GPUs, see `ltx2.speed`);
+        `fp8_attention`: their video self-attention in FP8 through cuDNN (Hopper GPUs, `ltx2.fp8_attention`);
+        `fp8`: their linear layers in FP8 (`ltx2.fp8_linear`; FP8 tensor cores, or the CPU), with
+        `fp8_all_blocks` in every block (`ltx2.speed.SpeedOptions.fp8_all_blocks`); `fa4_attention`: their
+        bf16 attention through FlashAttention-4 (None: where it runs, `ltx2.fa4_attention`); `batched_passes`:
+        a short step's guided passes as one batched forward (None: on GPUs, `ltx2.speed`); `env`: variables set in
+        the workers besides their node's own (a cluster gives them credentials through the node's environment)."""
+        use_gpu = device != "cpu" and gpus_available() >= 1
+        check_worker_options(
+            placement,
+            use_gpu,
+            compile=compile,
+            fp8_attention=fp8_attention,
+            fp8=fp8 or fp8_all_blocks,
+            fa4_attention=fa4_attention,
+            batched_passes=batched_passes,
+        )
+        resource = "GPU" if use_gpu else "CPU"
+        free = int(ray.available_resources().get(resource, 0))
+        needed = num_workers * placement.gpus
+        self._resource = resource
+        if free < needed:
+            what = f"{num_workers} gang(s) of {placement.gpus}" if placement.is_gang else f"{num_workers} workers"
+            raise CapacityError(
+                f"asked for {what} ({needed} {resource}s), but the Ray cluster has {free} free {resource}(s); "
+                f"ask for fewer workers or GPUs per gang, or add nodes"
+            )
+        self.placement = placement
+        target = "cuda" if use_gpu else "cpu"
+        if placement.is_gang:
+            from cluster.gang import Gang
+
+            gang_cls = ray.remote(Gang).options(num_cpus=0, max_concurrency=4)  # members hold the resources
+
+            def start(name: str) -> Any:
+                return gang_cls.remote(checkpoints, placement, target, dtype, name)
+
+        else:
+            actor_cls = ray.remote(
+                max_concurrency=JOBS_PER_WORKER + 2,  # + an encode task, progress polls
+                concurrency_groups={PUBLISH_GROUP: PUBLISHES_PER_WORKER},  # declared with the class, not in options
+            )(RayRenderWorker).options(num_gpus=1 if use_gpu else 0, num_cpus=1, **_runtime_env(env))
+
+            def start(name: str) -> Any:
+                return actor_cls.remote(
+                    checkpoints,
+                    target,
+                    dtype,
+                    name,
+                    compile=compile,
+                    fp8_attention=fp8_attention,
+                    fp8=fp8,
+                    fp8_all_blocks=fp8_all_blocks,  # implies fp8 (the worker resolves it)
+                    fa4_attention=fa4_attention,
+                    batched_passes=batched_passes,
+                )
+
+        self._new_actor = start
+        self.replacements = 0
+        self._shipped: dict[str, Any] = {}  # input digest -> its object in Ray's store, shared by every job
+        self._start_all("gang" if placement.is_gang else "worker", num_workers)
+
+    # --- primitives -------------------------------------------------------------------------------------------
+
+    def _start(self, name: str) -> tuple[Any, Any]:
+        actor = self._new_actor(name)
+        return actor, actor.info.remote()
+
+    def _call(self, worker: Any, method: str, *args: Any, group: str | None = None, **kwargs: Any) -> Any:
+        call = getattr(worker, method)
+        if group is not None:
+            call = call.options(concurrency_group=group)
+        return call.remote(*args, **kwargs)
+
+    def _kill(self, worker: Any) -> None:
+        ray.kill(worker, no_restart=True)
+
+    def put(self, value: Any) -> Any:
+        return ray.put(value)
+
+    def get(self, handles: Any, timeout: float | None = None) -> Any:
+        """`ray.get`, with a lost actor or object as `WorkerLost` / `InputLost` and a model set that could not
+        load raised as itself."""
+        try:
+            return ray.get(handles, timeout=timeout)
+        except ray.exceptions.RayActorError as error:
+            raise WorkerLost(str(error)) from error
+        except ray.exceptions.ObjectLostError as error:
+            raise InputLost(str(error)) from error
+        except ray.exceptions.RayTaskError as error:
+            if isinstance(error.cause, CheckpointError):
+                raise error.cause from None
+            raise
+
+    def wait(self, handles: Sequence[Any], timeout: float | None = None) -> list[Any]:
+        ready, _ = ray.wait(list(handles), num_returns=1, timeout=timeout)
+        return ready
+
+    def ship(self, job: ValidJob) -> dict[str, tuple[str, tuple[Any, ...]]]:
+        """The job's local input files as objects in Ray's store ({digest: (name, refs of its parts)}): a worker
+        on any node writes them into its own cache (`cluster.storage.stock_inputs`); each file is read here once."""
+        return ship_inputs(job_input_refs(job), ray.put, self._shipped)
+
+    def run_task(self, slot: int, label: str, request: TaskRequest, job: ValidJob | None = None) -> tuple[Any, Any]:
+        actor = self.workers[slot].worker
+        return actor.task.options(num_returns=2).remote(
+            request.kind,
+            label,
+            fallback=job.fallback if job is not None else None,
+            inputs=self.ship(job) if job is not None else None,
+            **task_fields(request),
+        )
+
+    def shutdown(self) -> None:
+        """Stop every worker; return once Ray has their CPUs/GPUs back (up to `SHUTDOWN_WAIT_S`): `ray.kill`
+        only starts an actor's exit, and a pool started right after (a test, the campaign runner's next pool)
+        was refused for capacity that was about to come free."""
+        if not self.workers:
+            return
+        placed = [w for w in self.workers if w.starting is None]  # a replacement still waiting for room holds none
+        resource, held = self._resource, len(placed) * self.placement.gpus
+        before = ray.available_resources().get(resource, 0)
+        if self.is_gang:
+            ray.get([w.worker.shutdown.remote() for w in placed])
+        for w in self.workers:
+            ray.kill(w.worker)
+        self.workers = []
+        deadline = time.monotonic() + SHUTDOWN_WAIT_S
+        while ray.available_resources().get(resource, 0) < before + held and time.monotonic() < deadline:
+            time.sleep(0.05)
