@@ -17,11 +17,13 @@ import torch
 
 from cluster.executor import (
     PUBLISH_GROUP,
+    PUBLISHES_PER_WORKER,
     CapacityError,
+    ExecutorBase,
     check_worker_options,
 )
 from cluster.tasks import TaskRequest
-from cluster.worker import RenderWorker
+from cluster.worker import JOBS_PER_WORKER, RenderWorker
 from jobs.placement import REPLICA, Placement
 from jobs.spec import ValidJob
 from ltx2.checkpoint import CheckpointSet
@@ -34,6 +36,21 @@ def _value(item: Any) -> Any:
 
 class _Threads:
     """A worker of this process with the threads its calls run on."""
+
+    def __init__(self, worker: RenderWorker) -> None:
+        self.worker = worker
+        self.calls = ThreadPoolExecutor(JOBS_PER_WORKER + 2, f"{worker.name}-calls")
+        self.publishes = ThreadPoolExecutor(PUBLISHES_PER_WORKER, f"{worker.name}-publish")
+
+    def close(self) -> None:
+        """No new calls; those queued are dropped, those running end at their next step."""
+        self.worker.stop()
+        self.calls.shutdown(wait=False, cancel_futures=True)
+        self.publishes.shutdown(wait=False, cancel_futures=True)
+
+
+class LocalExecutor(ExecutorBase):
+    """N render workers in this process, each with a resident model copy."""
 
     def __init__(
         self,
