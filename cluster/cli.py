@@ -919,7 +919,7 @@ REPORTED_ERRORS = (
     ("cluster.storage", "UploadError", ExitCode.UPLOAD_FAILED),
     ("jobs.campaign", "ManifestError", ExitCode.INVALID_INPUT),
     ("cluster.storage", "InputFetchError", ExitCode.INVALID_INPUT),
-    ("jobs.outputs", "DiskFullError", ExitCode.INVALID_INPUT),
+    ("cluster.output_files", "DiskFullError", ExitCode.INVALID_INPUT),
     ("jobs.store", "NotFound", ExitCode.NOT_FOUND),
     ("jobs.store", "StateError", ExitCode.INVALID_INPUT),
 )
