@@ -465,7 +465,7 @@ def _control_flags(control: str | None, lora: str | None) -> dict[str, Any]:
 
 def _resolve_inputs(job: ValidJob, args: argparse.Namespace, source: str) -> ValidJob:
     """Conditioning files checked (allowed roots, readable, decodable) and pinned by content."""
-    from jobs.inputs import input_roots, resolve_inputs
+    from cluster.inputs import input_roots, resolve_inputs
 
     base = Path(args.job).resolve().parent if getattr(args, "job", None) else Path.cwd()
     return resolve_inputs(job, input_roots(base), base, source)

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from jobs.inputs import input_roots, resolve_inputs
+from cluster.inputs import input_roots, resolve_inputs
 from jobs.keys import DestinationError, key_template_problem, output_key_problem, output_keys, parse_destination
 from jobs.names import name_problem
 from jobs.outputs import job_content_hash
