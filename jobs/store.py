@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jobs.campaign import CampaignJob, CampaignSpec
+from cluster.campaign_manifest import CampaignJob, CampaignSpec
 from jobs.schedule import CampaignState
 
 SCHEMA = """

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from jobs.campaign import parse_manifest
+from cluster.campaign_manifest import parse_manifest
 from jobs.schedule import CampaignState, allocate, blocked_reason, in_window, next_window_open
 from jobs.store import QUARANTINE_AFTER, NotFound, StateError, Store
 from jobs.windows import WindowSpec

@@ -1,4 +1,5 @@
-"""Campaign manifests: many jobs at once, validated row by row. Pure: no torch, no Ray.
+"""Campaign manifests: many jobs at once, validated row by row. Reads the manifest, its rows file and the
+rows' input files (`cluster.inputs`); no torch, no Ray.
 
 A manifest (YAML or JSON) names the campaign, its scheduling policy, shared job defaults and the rows
 (inline, or a JSONL/CSV file beside it). Each row becomes one job per variation (`variations: N` derives
