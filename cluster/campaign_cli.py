@@ -92,7 +92,7 @@ def _bar(fraction: float, width: int = 30) -> str:
 
 def cmd_campaign(args: argparse.Namespace) -> int:
     from cluster.campaign_manifest import load_manifest
-    from jobs.store import Store
+    from cluster.campaign_store import Store
 
     store = Store(args.db)
     try:

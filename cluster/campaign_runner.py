@@ -23,6 +23,7 @@ from typing import Any
 import ray
 
 from cluster.campaign_manifest import CampaignSpec
+from cluster.campaign_store import Store, utcnow
 from cluster.executor import JOBS_PER_WORKER, WorkerPool
 from cluster.prompt_refs import PromptRefs
 from cluster.publish import (
@@ -46,7 +47,6 @@ from jobs.outputs import output_paths
 from jobs.plan import plan_job
 from jobs.schedule import allocate
 from jobs.spec import JobSpec, ValidJob
-from jobs.store import Store, utcnow
 
 
 @dataclass

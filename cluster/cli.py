@@ -920,8 +920,8 @@ REPORTED_ERRORS = (
     ("cluster.campaign_manifest", "ManifestError", ExitCode.INVALID_INPUT),
     ("cluster.storage", "InputFetchError", ExitCode.INVALID_INPUT),
     ("cluster.output_files", "DiskFullError", ExitCode.INVALID_INPUT),
-    ("jobs.store", "NotFound", ExitCode.NOT_FOUND),
-    ("jobs.store", "StateError", ExitCode.INVALID_INPUT),
+    ("cluster.campaign_store", "NotFound", ExitCode.NOT_FOUND),
+    ("cluster.campaign_store", "StateError", ExitCode.INVALID_INPUT),
 )
 """Errors (besides UsageError) whose message says what to fix: printed alone (or as JSON), with their exit code.
 Named, not imported: importing cluster.executor, ltx2.checkpoint or cluster.storage costs torch, Ray and boto3

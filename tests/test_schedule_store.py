@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from cluster.campaign_manifest import parse_manifest
+from cluster.campaign_store import QUARANTINE_AFTER, NotFound, StateError, Store
 from jobs.schedule import CampaignState, allocate, blocked_reason, in_window, next_window_open
-from jobs.store import QUARANTINE_AFTER, NotFound, StateError, Store
 from jobs.windows import WindowSpec
 
 PARIS = ZoneInfo("Europe/Paris")
