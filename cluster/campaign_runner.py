@@ -22,6 +22,8 @@ from typing import Any
 
 import ray
 
+from cluster.campaign_manifest import CampaignSpec
+from cluster.campaign_store import Store, utcnow
 from cluster.executor import JOBS_PER_WORKER, WorkerPool
 from cluster.prompt_refs import PromptRefs
 from cluster.publish import (
@@ -39,14 +41,12 @@ from cluster.publish import (
 from cluster.requests import prompt_texts
 from cluster.storage import StorageOptions, UploadError, UploadWait
 from cluster.worker import parse_faults
-from jobs.campaign import CampaignSpec
 from jobs.fallback import OOM_LADDER, ladder_for, rung_after
 from jobs.keys import parse_destination
 from jobs.outputs import output_paths
 from jobs.plan import plan_job
 from jobs.schedule import allocate
 from jobs.spec import JobSpec, ValidJob
-from jobs.store import Store, utcnow
 
 
 @dataclass

@@ -17,11 +17,11 @@ import psutil
 import pytest
 import yaml
 
+from cluster.campaign_manifest import parse_manifest
 from cluster.campaign_runner import CampaignRunner, campaign_status
+from cluster.campaign_store import QUARANTINE_AFTER, Store
 from cluster.executor import JOBS_PER_WORKER, WorkerPool
 from cluster.storage import StorageOptions
-from jobs.campaign import parse_manifest
-from jobs.store import QUARANTINE_AFTER, Store
 from tests.conftest import CACHE
 from tests.s3_servers import moto_env
 
