@@ -74,7 +74,7 @@ def render_all() -> dict[str, dict[str, str]]:
 
     from cluster.coordinator import Coordinator
     from cluster.executor import WorkerPool, start_ray
-    from jobs.inputs import input_roots, resolve_inputs
+    from cluster.inputs import input_roots, resolve_inputs
     from jobs.plan import plan_job
     from jobs.spec import validate_job
     from ltx2.tiny import ensure_tiny_checkpoint_set
