@@ -551,9 +551,9 @@ def throughput_manifest(tag: str, steps: int, jobs: int) -> dict:
 
 def campaign_run(tag: str, pool: Any, jobs: int, record: dict) -> dict:
     """One campaign of `jobs` jobs through the store and `CampaignRunner` (what `campaign run` does)."""
+    from cluster.campaign_manifest import parse_manifest
     from cluster.campaign_runner import CampaignRunner
-    from jobs.campaign import parse_manifest
-    from jobs.store import Store
+    from cluster.campaign_store import Store
 
     folder = RUNS / "throughput" / tag
     shutil.rmtree(folder, ignore_errors=True)

@@ -113,8 +113,8 @@ def main() -> None:
         },
         "samples": [],
     }
+    from cluster.inputs import resolve_inputs
     from cluster.worker import RenderWorker, render_in_process
-    from jobs.inputs import resolve_inputs
     from jobs.spec import validate_job
     from ltx2.models import LOAD_COUNTER
     from ltx2.tiny import ensure_tiny_checkpoint_set, write_tiny_lora

@@ -91,8 +91,8 @@ def _bar(fraction: float, width: int = 30) -> str:
 
 
 def cmd_campaign(args: argparse.Namespace) -> int:
-    from jobs.campaign import load_manifest
-    from jobs.store import Store
+    from cluster.campaign_manifest import load_manifest
+    from cluster.campaign_store import Store
 
     store = Store(args.db)
     try:

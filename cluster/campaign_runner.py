@@ -20,6 +20,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from cluster.campaign_manifest import CampaignSpec
+from cluster.campaign_store import Store, utcnow
 from cluster.executor import Executor, InputLost, WorkerLost, WorkerSlot
 from cluster.prompt_refs import PromptRefs
 from cluster.publish import (
@@ -38,14 +40,12 @@ from cluster.requests import prompt_texts
 from cluster.storage import StorageOptions, UploadError, UploadWait
 from cluster.tasks import EncodeTask
 from cluster.worker import JOBS_PER_WORKER, parse_faults
-from jobs.campaign import CampaignSpec
 from jobs.fallback import OOM_LADDER, ladder_for, rung_after
 from jobs.keys import parse_destination
 from jobs.outputs import output_paths
 from jobs.plan import plan_job
 from jobs.schedule import allocate
 from jobs.spec import JobSpec, ValidJob
-from jobs.store import Store, utcnow
 
 
 @dataclass

@@ -390,7 +390,7 @@ def load_job_mapping(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """The job as a mapping: the file (or the demo), with command-line fields on top."""
     refuse_conflicting_flags(args)
     if args.job:
-        from jobs.campaign import read_mapping_file
+        from cluster.campaign_manifest import read_mapping_file
 
         data, source = read_mapping_file(Path(args.job), "job file", UsageError), args.job
     elif args.prompt is not None:
@@ -475,7 +475,7 @@ def _control_flags(control: str | None, lora: str | None) -> dict[str, Any]:
 
 def _resolve_inputs(job: ValidJob, args: argparse.Namespace, source: str) -> ValidJob:
     """Conditioning files checked (allowed roots, readable, decodable) and pinned by content."""
-    from jobs.inputs import input_roots, resolve_inputs
+    from cluster.inputs import input_roots, resolve_inputs
 
     base = Path(args.job).resolve().parent if getattr(args, "job", None) else Path.cwd()
     return resolve_inputs(job, input_roots(base), base, source)
@@ -840,8 +840,8 @@ def free_gpu_count(backend: str) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from cluster.campaign_manifest import read_mapping_file
     from cluster.deploy import DeployValues, write_all
-    from jobs.campaign import read_mapping_file
 
     data = read_mapping_file(Path(args.values), "values file", UsageError)
     try:
@@ -960,11 +960,11 @@ REPORTED_ERRORS = (
     ("jobs.placement", "PlacementError", ExitCode.INVALID_INPUT),
     ("jobs.keys", "DestinationError", ExitCode.INVALID_INPUT),
     ("cluster.storage", "UploadError", ExitCode.UPLOAD_FAILED),
-    ("jobs.campaign", "ManifestError", ExitCode.INVALID_INPUT),
+    ("cluster.campaign_manifest", "ManifestError", ExitCode.INVALID_INPUT),
     ("cluster.storage", "InputFetchError", ExitCode.INVALID_INPUT),
-    ("jobs.outputs", "DiskFullError", ExitCode.INVALID_INPUT),
-    ("jobs.store", "NotFound", ExitCode.NOT_FOUND),
-    ("jobs.store", "StateError", ExitCode.INVALID_INPUT),
+    ("cluster.output_files", "DiskFullError", ExitCode.INVALID_INPUT),
+    ("cluster.campaign_store", "NotFound", ExitCode.NOT_FOUND),
+    ("cluster.campaign_store", "StateError", ExitCode.INVALID_INPUT),
 )
 """Errors (besides UsageError) whose message says what to fix: printed alone (or as JSON), with their exit code.
 Named, not imported: importing cluster.executor, ltx2.checkpoint or cluster.storage costs torch, Ray and boto3

@@ -22,6 +22,7 @@ import torch
 
 from cluster.executor import Executor
 from cluster.metrics import FarmMetrics
+from cluster.output_files import disk_full_guard, write_json_atomic
 from cluster.prompt_refs import PromptRefs
 from cluster.requests import TensorDigest, content_hashes, job_audio, job_control, job_guidance, job_images, job_loras
 from cluster.storage import input_ref, localize
@@ -38,7 +39,7 @@ from cluster.tasks import (
     UpsampleTask,
 )
 from cluster.transport import unpack
-from jobs.outputs import disk_full_guard, output_paths, sidecar_document
+from jobs.outputs import output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
 from jobs.spec import OFFICIAL_NEGATIVE_PROMPT
 from ltx2 import stages
@@ -532,8 +533,6 @@ class Coordinator:
         )
         document["plan"] = plan.summary()
         document["trace"] = [asdict(t) for t in sorted(run.traces, key=lambda t: t.start)]
-        from jobs.outputs import write_json_atomic
-
         write_json_atomic(paths.sidecar, document)
         run.done[task.id] = True
         run.result = document

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster.output_files import disk_full_guard
 from cluster.parts import get_file, put_file
 from cluster.storage import StorageOptions, UploadedObject, Uploader, UploadWait
 from jobs.keys import DEFAULT_KEY_TEMPLATE, Destination, output_keys
-from jobs.outputs import OutputPaths, disk_full_guard, output_paths
+from jobs.outputs import OutputPaths, output_paths
 from jobs.spec import ValidJob
 from ltx2.checkpoint import cached_file_sha256, default_cache_dir
 

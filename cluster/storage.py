@@ -485,7 +485,7 @@ def localize(value: Any) -> Any:
         if PINNED in value and not value.startswith(CANNY):
             return _local_input(*value.split(PINNED, 1))
         if value.startswith(CANNY):
-            from jobs.inputs import canny_file_name, control_cache_dir
+            from cluster.inputs import canny_file_name, control_cache_dir
             from ltx2.control import canny_pass
 
             low, high, digest, source = value.removeprefix(CANNY).split(":", 3)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from cluster.metrics import KIND_TO_STAGE, WorkerMetrics, worker_labels
+from cluster.output_files import disk_full_guard, write_json_atomic
 from cluster.publish import (
     OutputTarget,
     Published,
@@ -54,7 +55,7 @@ from cluster.tasks import (
 )
 from cluster.transport import pack
 from jobs.fallback import reaches
-from jobs.outputs import OutputPaths, disk_full_guard, output_paths, sidecar_document, write_json_atomic
+from jobs.outputs import OutputPaths, output_paths, sidecar_document
 from jobs.plan import describe_task
 from jobs.spec import OFFICIAL_NEGATIVE_PROMPT, ValidJob, validate_for_model
 from ltx2 import stages

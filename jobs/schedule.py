@@ -9,7 +9,7 @@ import datetime as dt
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from jobs.campaign import DAYS, WindowSpec, expand_days
+from jobs.windows import DAYS, WindowSpec, expand_days
 
 
 def _hm(text: str) -> dt.time:

@@ -70,9 +70,8 @@ def _inputs(folder: Path, checkpoint: Path) -> None:
 
 def render_all(backend: str = "local") -> dict[str, dict[str, str]]:
     """{case (with the path it took): the sidecar's content hashes}, rendered on the executor `backend`."""
-    from cluster.inputs import input_roots, resolve_inputs
-
     from cluster.coordinator import Coordinator
+    from cluster.inputs import input_roots, resolve_inputs
     from cluster.local_executor import LocalExecutor
     from cluster.ray_executor import RayExecutor, start_ray
     from jobs.plan import plan_job

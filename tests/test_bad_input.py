@@ -283,7 +283,7 @@ def _shown_raw(text: str) -> list[str]:
 
 
 def test_a_json_manifest_with_escaped_emoji_is_queued(tmp_path, capsys):
-    from jobs.store import Store
+    from cluster.campaign_store import Store
 
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"campaign": "fox", "defaults": GOOD, "rows": [{"id": "a", "prompt": "a fox 🦊"}]}))
@@ -299,7 +299,7 @@ def test_a_json_manifest_with_escaped_emoji_is_queued(tmp_path, capsys):
 
 @pytest.mark.parametrize("template", ["{campaign}/{job}", "{campaign}/../{job}.{ext}"])
 def test_a_manifest_key_template_is_refused_before_anything_is_queued(tmp_path, capsys, template):
-    from jobs.store import Store
+    from cluster.campaign_store import Store
 
     path = _manifest(tmp_path, output="s3://renders/spring", key_template=template)
     assert main(["campaign", "--db", str(tmp_path / "db"), "submit", str(path)]) == 2
@@ -400,7 +400,7 @@ def test_an_unknown_job_is_not_found_and_a_wrong_transition_is_refused(tmp_path,
 
 def test_a_job_left_running_by_a_crashed_runner_can_be_paused_and_cancelled(tmp_path, capsys):
     """The runner claimed the job and died (its claim is all it did); the command line still stops it."""
-    from jobs.store import Store
+    from cluster.campaign_store import Store
 
     db = _store_with_a_campaign(tmp_path)
     Store(db).claim("spring", "worker-0")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from jobs.campaign import ManifestError, load_manifest, parse_manifest, variation_seed
+from cluster.campaign_manifest import ManifestError, load_manifest, parse_manifest, variation_seed
 
 BASE = {"campaign": "spring", "defaults": {"height": 64, "width": 64, "num_frames": 9, "steps": 2}}
 

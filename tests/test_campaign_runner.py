@@ -17,12 +17,12 @@ import psutil
 import pytest
 import yaml
 
+from cluster.campaign_manifest import parse_manifest
 from cluster.campaign_runner import CampaignRunner, campaign_status
+from cluster.campaign_store import QUARANTINE_AFTER, Store
 from cluster.ray_executor import RayExecutor
 from cluster.storage import StorageOptions
 from cluster.worker import JOBS_PER_WORKER
-from jobs.campaign import parse_manifest
-from jobs.store import QUARANTINE_AFTER, Store
 from tests.conftest import CACHE
 from tests.s3_servers import moto_env
 

@@ -12,10 +12,10 @@ import time
 import pytest
 import ray
 
+from cluster.campaign_manifest import parse_manifest
 from cluster.campaign_runner import CampaignRunner
+from cluster.campaign_store import Store
 from cluster.ray_executor import RayExecutor
-from jobs.campaign import parse_manifest
-from jobs.store import Store
 
 # `_poison` runs inside worker actors (Ray's `__ray_call__`), which cannot import this test module.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

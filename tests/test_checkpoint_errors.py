@@ -496,8 +496,8 @@ def test_a_40_gb_file_is_checked_without_mapping_it(tmp_path):
 
 
 def test_a_job_lora_made_for_the_model_passes_the_head_check(tiny_set, tmp_path):
+    from cluster.inputs import resolve_inputs
     from cluster.requests import check_job_loras
-    from jobs.inputs import resolve_inputs
     from jobs.spec import validate_job
     from ltx2.tiny import write_tiny_lora
     from tests.conftest import SMALL_JOB

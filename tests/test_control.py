@@ -137,8 +137,8 @@ def test_command_line_flags_build_the_same_job(inputs, capsys, monkeypatch):
 def test_every_node_traces_canny_from_its_own_copy(inputs, monkeypatch):
     """A worker on another node has no access to the validating node's canny file: it gets the recipe and
     traces the same edges into its own cache."""
+    from cluster.inputs import file_sha256
     from cluster.storage import canny_ref, localize
-    from jobs.inputs import file_sha256
 
     source = inputs / "source.mp4"
     monkeypatch.setenv("LTX2_FARM_CONTROL_DIR", str(inputs / "node-a"))
@@ -155,8 +155,8 @@ def test_every_node_traces_canny_from_its_own_copy(inputs, monkeypatch):
 def test_an_ic_lora_is_checked_against_the_model_before_any_worker_starts(inputs, capsys, tiny_set):
     """`render` checks the IC-LoRA's factors against the transformer the checkpoint's config builds, from its
     header, on the head: one that fits passes, one for another width is refused naming it."""
+    from cluster.inputs import resolve_inputs
     from cluster.requests import check_job_loras
-    from jobs.inputs import resolve_inputs
     from jobs.spec import validate_job
     from ltx2.checkpoint import validate_checkpoint_set
     from ltx2.tiny import save_file

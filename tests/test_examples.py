@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from jobs.store import Store
+from cluster.campaign_store import Store
 from tests.test_cli import run
 
 

@@ -12,14 +12,14 @@ import ray
 import torch
 import yaml
 
+from cluster.campaign_manifest import parse_manifest
 from cluster.campaign_runner import CampaignRunner
+from cluster.campaign_store import Store
 from cluster.cli import main
 from cluster.metrics import MetricsServer
 from cluster.ray_executor import RayExecutor
 from cluster.requests import render_request
-from jobs.campaign import parse_manifest
 from jobs.spec import validate_job
-from jobs.store import Store
 from ltx2.lora import LoraSpec, LoraState
 from ltx2.render import Renderer
 from ltx2.tiny import write_tiny_lora

@@ -15,10 +15,10 @@ import sys
 import pytest
 import yaml
 
+from cluster.campaign_store import Store
 from jobs.fallback import OOM_LADDER, effective_tiling, ladder_for, rung_after
 from jobs.plan import plan_job
 from jobs.spec import validate_job
-from jobs.store import Store
 from tests.conftest import CACHE, SMALL_JOB
 
 TINY = {"height": 128, "width": 192, "num_frames": 17, "recipe": "distilled"}

@@ -9,9 +9,10 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from jobs.campaign import WindowSpec, parse_manifest
+from cluster.campaign_manifest import parse_manifest
+from cluster.campaign_store import QUARANTINE_AFTER, NotFound, StateError, Store
 from jobs.schedule import CampaignState, allocate, blocked_reason, in_window, next_window_open
-from jobs.store import QUARANTINE_AFTER, NotFound, StateError, Store
+from jobs.windows import WindowSpec
 
 PARIS = ZoneInfo("Europe/Paris")
 NIGHTS = WindowSpec(days="weeknights", start="20:00", end="07:00", tz="Europe/Paris")

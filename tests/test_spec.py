@@ -227,8 +227,9 @@ def test_names_of_any_script_up_to_the_limit(name):
 def test_the_longest_name_fits_the_longest_file_the_farm_writes(tmp_path):
     """A name of MAX_NAME_BYTES with the largest seed: its sidecar's temporary, with the widest pid, is exactly 255
     bytes and is written on a real file system; one byte more is refused at validation."""
+    from cluster.output_files import write_json_atomic
     from jobs.names import MAX_NAME_BYTES, PID_DIGITS
-    from jobs.outputs import output_paths, write_json_atomic
+    from jobs.outputs import output_paths
 
     name = "狐" * ((MAX_NAME_BYTES - 1) // 3) + "a" * ((MAX_NAME_BYTES - 1) % 3 + 1)
     assert len(name.encode()) == MAX_NAME_BYTES

@@ -21,7 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jobs.campaign import CampaignJob, CampaignSpec
+from cluster.campaign_manifest import CampaignJob, CampaignSpec
+from jobs.fallback import OOM_LADDER
 from jobs.schedule import CampaignState
 
 SCHEMA = """
@@ -423,8 +424,6 @@ class Store:
     ) -> str:
         """The job ran out of GPU memory: requeue it for the next rung of the OOM ladder (not a retry) while
         rungs remain, else fail it saying so. Returns the new state; the next claim's `ooms` picks the rung."""
-        from jobs.fallback import OOM_LADDER
-
         ladder = OOM_LADDER if ladder is None else ladder
         with self._tx() as db:
             ooms = self._count_attempts(db, campaign, job_id, ("oom",)) + 1
