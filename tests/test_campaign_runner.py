@@ -20,6 +20,7 @@ import yaml
 from cluster.campaign_manifest import parse_manifest
 from cluster.campaign_runner import CampaignRunner, campaign_status
 from cluster.campaign_store import QUARANTINE_AFTER, Store
+from cluster.local_executor import LocalExecutor
 from cluster.ray_executor import RayExecutor
 from cluster.storage import StorageOptions
 from cluster.worker import JOBS_PER_WORKER
@@ -30,8 +31,8 @@ TINY = {"height": 64, "width": 64, "num_frames": 9, "steps": 2}
 
 
 @pytest.fixture(scope="module")
-def pool(ray_cluster, tiny_set):
-    pool = RayExecutor(tiny_set, num_workers=2, env=moto_env())  # workers upload with their node's credentials
+def pool(tiny_set):
+    pool = LocalExecutor(tiny_set, num_workers=2)  # the runner sees the executor interface only
     yield pool
     pool.shutdown()
 

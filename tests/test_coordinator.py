@@ -1,4 +1,5 @@
-"""Planned renders on a real local Ray cluster of 3 CPU workers: tiles, chunks, tracing, sharing the pool."""
+"""Planned renders on 3 CPU workers of the in-process executor: tiles, chunks, tracing, sharing the workers (the
+coordinator sees only the executor interface; tests/test_executor.py holds both backends to it)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ import numpy as np
 import pytest
 
 from cluster.coordinator import Coordinator
-from cluster.ray_executor import RayExecutor
+from cluster.local_executor import LocalExecutor
 from jobs.plan import plan_job
 from jobs.spec import validate_job
 from tests.conftest import SMALL_JOB
 
 
 @pytest.fixture(scope="module")
-def pool(ray_cluster, tiny_set):
-    pool = RayExecutor(tiny_set, num_workers=3)
+def pool(tiny_set):
+    pool = LocalExecutor(tiny_set, num_workers=3)
     yield pool
     pool.shutdown()
 

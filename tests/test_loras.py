@@ -8,7 +8,6 @@ import json
 import urllib.request
 
 import pytest
-import ray
 import torch
 import yaml
 
@@ -16,8 +15,8 @@ from cluster.campaign_manifest import parse_manifest
 from cluster.campaign_runner import CampaignRunner
 from cluster.campaign_store import Store
 from cluster.cli import main
+from cluster.local_executor import LocalExecutor
 from cluster.metrics import MetricsServer
-from cluster.ray_executor import RayExecutor
 from cluster.requests import render_request
 from jobs.spec import validate_job
 from ltx2.lora import LoraSpec, LoraState
@@ -252,9 +251,9 @@ def test_a_lora_for_another_model_fails_before_compute(resident, tmp_path):
 TINY = {"height": 64, "width": 64, "num_frames": 9, "steps": 2}
 
 
-def test_two_lora_sets_in_one_campaign_land_on_two_pools(ray_cluster, tiny_set, loras, tmp_path):
+def test_two_lora_sets_in_one_campaign_land_on_two_pools(tiny_set, loras, tmp_path):
     """Rows alternate between two LoRA sets; each worker builds its set once and keeps it (no switch per job)."""
-    pool = RayExecutor(tiny_set, num_workers=2)
+    pool = LocalExecutor(tiny_set, num_workers=2)
     try:
         sets = [[{"path": str(loras[0])}], [{"path": str(loras[1]), "strength": 0.5}]]
         rows = [{"id": f"r{i}", "prompt": f"scene {i}", "loras": sets[i % 2]} for i in range(8)]
@@ -286,8 +285,8 @@ def test_two_lora_sets_in_one_campaign_land_on_two_pools(ray_cluster, tiny_set, 
         infos = pool.refresh_info()
         changes = [i["lora_set_changes"] for i in infos]
         assert min(changes) >= 1, infos
-        _labels, text = ray.get(pool.workers[0].worker.metrics_text.remote())
-        assert f"ltx2farm_lora_set_changes_total {float(changes[0])}" in text
+        texts = dict((labels["worker"], text) for labels, text in pool.metrics_texts())
+        assert f"ltx2farm_lora_set_changes_total {float(changes[0])}" in texts[infos[0]["name"]]
     finally:
         pool.shutdown()
 
