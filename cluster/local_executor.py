@@ -28,6 +28,9 @@ from jobs.placement import REPLICA, Placement
 from jobs.spec import ValidJob
 from ltx2.checkpoint import CheckpointSet
 
+CPU_WORKER_THREADS = 1
+"""Threads of torch's CPU kernels while CPU workers run in this process: a Ray CPU worker's."""
+
 
 def _value(item: Any) -> Any:
     """A handle given as an argument, as its value (the call waits for it, as a Ray actor's call does)."""
@@ -76,6 +79,11 @@ class LocalExecutor(ExecutorBase):
             )
         self.placement = placement
         self.replacements = 0
+        self._threads_before = torch.get_num_threads()
+        if not gpus:
+            # As a Ray CPU worker runs (Ray gives an actor of one CPU one OpenMP thread): a CPU's sums run in an
+            # order set by the thread count, so only then do both backends give the same bits for the same job.
+            torch.set_num_threads(CPU_WORKER_THREADS)
         self._loaders = ThreadPoolExecutor(max(1, num_workers), "load")
         devices = [f"cuda:{i}" for i in range(gpus)] if gpus else ["cpu"]
 
@@ -159,3 +167,4 @@ class LocalExecutor(ExecutorBase):
             self._kill(slot.worker)
         self.workers = []
         self._loaders.shutdown(wait=True)
+        torch.set_num_threads(self._threads_before)
