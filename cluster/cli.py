@@ -682,6 +682,9 @@ def _render(args: argparse.Namespace, metrics: Any) -> int:
             bar = None
     except KeyboardInterrupt:
         interrupted = True
+        from cluster.storage import stop_retrying
+
+        stop_retrying()  # an upload of this process waiting out an outage would hold the exit for an hour
     finally:
         if bar is not None:
             bar.close()
