@@ -13,8 +13,8 @@ from PIL import Image
 
 from cluster.cli import main
 from ltx2 import stages
-from ltx2.render import image_conditionings
 from ltx2.samples import write_picture
+from ltx2.stages import image_conditionings
 from tests.conftest import SMALL_JOB, THREE_CHUNKS, small_chunk, write_job
 
 
