@@ -24,12 +24,20 @@ import torch
 from cluster.executor import WorkerPool
 from cluster.metrics import FarmMetrics
 from cluster.prompt_refs import PromptRefs
-from cluster.requests import TensorDigest, content_hashes, job_audio, job_control, job_guidance, job_images, job_loras
+from cluster.requests import (
+    TensorDigest,
+    content_hashes,
+    encoded_text,
+    job_audio,
+    job_control,
+    job_guidance,
+    job_images,
+    job_loras,
+)
 from cluster.storage import input_ref, localize
 from cluster.transport import unpack
 from jobs.outputs import disk_full_guard, output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
-from jobs.spec import OFFICIAL_NEGATIVE_PROMPT
 from ltx2 import stages
 from ltx2.blending import accumulate_group, anchor_statistics, blend_tiles, crossfade_into, official_decode_tiles
 from ltx2.checkpoint import cached_file_sha256
@@ -113,8 +121,8 @@ class Coordinator:
                             if task.kind in ("stitch", "blend", "mux"):
                                 self._local(run, task)
                                 progressed = True
-                            elif task.kind == "encode" and _prompt_key(task.arg("text")) in self.prompts:
-                                run.done[task.id] = self.prompts.get(_prompt_key(task.arg("text")))
+                            elif task.kind == "encode" and encoded_text(task.arg("text")) in self.prompts:
+                                run.done[task.id] = self.prompts.get(encoded_text(task.arg("text")))
                                 progressed = True
                             elif task.kind == "decode":
                                 self._start_decode(run, task)
@@ -213,7 +221,7 @@ class Coordinator:
         run.running.add(label)
         inflight[trace_ref] = (run, label, worker, slots, value_ref, (kind, kwargs) if retry else None)
         if kind == "encode":  # shared from dispatch on: another job's encode of the same text waits on this one
-            self.prompts[_prompt_key(kwargs["text"])] = value_ref
+            self.prompts[encoded_text(kwargs["text"])] = value_ref
 
     def _arguments(self, run: JobRun, task: Task) -> dict[str, Any]:
         plan, spec = run.plan, run.plan.job.spec
@@ -472,12 +480,3 @@ class Coordinator:
         write_json_atomic(paths.sidecar, document)
         run.done[task.id] = True
         run.result = document
-
-
-def _prompt_key(text: str) -> str:
-    """The text a prompt's encoding is cached under (the official negative prompt spelled out)."""
-    if text == OFFICIAL_NEGATIVE_PROMPT:
-        from ltx_pipelines.utils.constants import DEFAULT_NEGATIVE_PROMPT
-
-        return DEFAULT_NEGATIVE_PROMPT
-    return text
