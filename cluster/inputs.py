@@ -8,7 +8,6 @@ Allowed roots: the folder of the job file or manifest, the working directory, an
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -191,11 +190,9 @@ def _resolve_file(
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from ltx2.checkpoint import file_sha256 as sha256_of_file  # the farm's one file digest (standard library only)
+
+    return sha256_of_file(path)
 
 
 def resolve_inputs(job: ValidJob, roots: Sequence[Path], base: Path | None = None, source: str = "job") -> ValidJob:
