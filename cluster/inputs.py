@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.spec import FieldProblem, JobValidationError, ValidJob
+from ltx2.checkpoint import file_sha256
 
 MAX_IMAGE_SIDE = 8192
 
@@ -187,12 +188,6 @@ def _resolve_file(
     if why:
         return FieldProblem(field, raw, why)
     return str(path), path, file_sha256(path)
-
-
-def file_sha256(path: Path) -> str:
-    from ltx2.checkpoint import file_sha256 as sha256_of_file  # the farm's one file digest (standard library only)
-
-    return sha256_of_file(path)
 
 
 def resolve_inputs(job: ValidJob, roots: Sequence[Path], base: Path | None = None, source: str = "job") -> ValidJob:
