@@ -617,6 +617,7 @@ def install_job_probes(worker) -> None:
     import cluster.worker as cw
     import ltx2.lora as ll
     import ltx2.render as lr
+    import ltx2.stages as ls
 
     velocity = worker.models.transformer.velocity_model
 
@@ -666,8 +667,9 @@ def install_job_probes(worker) -> None:
     ll.ResidentLoras.restore_in_background = timed(  # host time only: its copies overlap the decode by design
         "ResidentLoras.restore_in_background (enqueue, host)", ll.ResidentLoras.restore_in_background, False
     )
-    lr.image_conditionings = timed("image_conditionings", lr.image_conditionings)
-    lr.denoise_audio_video = timed("denoise_audio_video (the stage's loop, steps included)", lr.denoise_audio_video)
+    ls.image_conditionings = timed("image_conditionings", ls.image_conditionings)
+    ls.stage1_chunk = timed("stage1_chunk (stage 1, its steps included)", ls.stage1_chunk)
+    lr.Renderer._refine = timed("Renderer._refine (stage 2's steps)", lr.Renderer._refine)
     blocking_unfuse = timed("lora unfuse", ll.LoraFusion.unfuse)
     plain_unfuse = ll.LoraFusion.unfuse
 

@@ -14,7 +14,7 @@ import datetime as dt
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,16 @@ from cluster.executor import Executor
 from cluster.metrics import FarmMetrics
 from cluster.output_files import disk_full_guard, write_json_atomic
 from cluster.prompt_refs import PromptRefs
-from cluster.requests import TensorDigest, content_hashes, job_audio, job_control, job_guidance, job_images, job_loras
+from cluster.requests import (
+    TensorDigest,
+    content_hashes,
+    encoded_text,
+    job_audio,
+    job_control,
+    job_guidance,
+    job_images,
+    job_loras,
+)
 from cluster.storage import input_ref, localize
 from cluster.tasks import (
     AudioDecodeTask,
@@ -41,62 +50,11 @@ from cluster.tasks import (
 from cluster.transport import unpack
 from jobs.outputs import output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
-from jobs.spec import OFFICIAL_NEGATIVE_PROMPT
 from ltx2 import stages
+from ltx2.blending import accumulate_group, anchor_statistics, blend_tiles, crossfade_into, official_decode_tiles
 from ltx2.checkpoint import cached_file_sha256
 from ltx2.media import Mp4Writer, probe_mp4
 from ltx2.render import NonFiniteOutputError, tiling_config
-
-
-def crossfade_into(target: torch.Tensor, chunk: torch.Tensor, start: int, overlap: int) -> None:
-    """Write `chunk` into `target` along dim 2 from `start`, cross-fading its first `overlap` entries
-    linearly from what `target` holds (the previous chunk) to the chunk's own values."""
-    if overlap:
-        w = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
-        w = w.view(1, 1, overlap, *([1] * (chunk.dim() - 3)))
-        old = target[:, :, start : start + overlap].float()
-        target[:, :, start : start + overlap] = (old * (1 - w) + chunk[:, :, :overlap].float() * w).to(target.dtype)
-    target[:, :, start + overlap : start + chunk.shape[2]] = chunk[:, :, overlap:]
-
-
-def anchor_statistics(chunk: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Match each latent channel's mean and std to the reference chunk's (against colour drift)."""
-    dims = tuple(d for d in range(chunk.dim()) if d != 1)
-    c = chunk.float()
-    ref = reference.float()
-    out = (c - c.mean(dims, keepdim=True)) / (c.std(dims, keepdim=True) + 1e-6)
-    out = out * ref.std(dims, keepdim=True) + ref.mean(dims, keepdim=True)
-    return out.to(chunk.dtype)
-
-
-def tile_weights(tile: Any, frames: torch.Tensor) -> torch.Tensor:
-    """Blend weight of each of a stage-2 tile's tokens (`stages.tile_tokens` order): the product of its time,
-    row and column ramps; a keyframe token weighs as the grid token it overlays."""
-    t = torch.tensor(tile.time_weights, dtype=torch.float32)[frames - tile.time.start]
-    hw = (
-        torch.tensor(tile.height_weights, dtype=torch.float32)[:, None]
-        * torch.tensor(tile.width_weights, dtype=torch.float32)[None, :]
-    ).reshape(-1)
-    return t * hw.repeat(len(frames) // len(hw))
-
-
-def blend_tiles(plan: JobPlan, state: stages.Stage2State, predictions: list[torch.Tensor]) -> torch.Tensor:
-    """Full X0 prediction (grid and keyframe tokens) from tile predictions, weights normalised per token."""
-    tokens, channels = state.video.latent.shape[1], state.video_shape[1]
-    acc = torch.zeros(1, tokens, channels, dtype=torch.float32)
-    norm = torch.zeros(tokens, dtype=torch.float32)
-    for tile, pred in zip(plan.tiles, predictions, strict=True):
-        index, frames = stages.tile_tokens(
-            state.video_shape,
-            state.keyframes,
-            (tile.time.start, tile.time.stop),
-            (tile.height.start, tile.height.stop),
-            (tile.width.start, tile.width.stop),
-        )
-        w = tile_weights(tile, frames)
-        acc[:, index] += pred.float() * w[None, :, None]
-        norm[index] += w
-    return (acc / norm[None, :, None]).to(predictions[0].dtype)
 
 
 @dataclass
@@ -177,8 +135,8 @@ class Coordinator:
                             if task.kind in ("stitch", "blend", "mux"):
                                 self._local(run, task)
                                 progressed = True
-                            elif task.kind == "encode" and _prompt_key(task.arg("text")) in self.prompts:
-                                run.done[task.id] = self.prompts.get(_prompt_key(task.arg("text")))
+                            elif task.kind == "encode" and encoded_text(task.arg("text")) in self.prompts:
+                                run.done[task.id] = self.prompts.get(encoded_text(task.arg("text")))
                                 progressed = True
                             elif task.kind == "decode":
                                 self._start_decode(run, task)
@@ -272,7 +230,7 @@ class Coordinator:
         run.running.add(label)
         inflight[trace] = (run, label, worker, slots, value, request if retry else None)
         if isinstance(request, EncodeTask):  # shared from dispatch on: another job's encode of the same text waits
-            self.prompts[_prompt_key(request.text)] = value
+            self.prompts[encoded_text(request.text)] = value
 
     def _request(self, run: JobRun, task: Task) -> TaskRequest:
         """The request of a task that runs on a worker, its inputs given as the handles of the tasks before it."""
@@ -393,7 +351,7 @@ class Coordinator:
         video_pred = blend_tiles(plan, state, [o[0] for o in outputs])
         video = stages.stage2_advance(state.video, video_pred, step)
         audio = stages.stage2_advance(state.audio, outputs[0][1], step) if plan.refine_audio else state.audio
-        run.done[task.id] = self.executor.put(stages.Stage2State(video, audio, state.video_shape, state.audio_shape))
+        run.done[task.id] = self.executor.put(replace(state, video=video, audio=audio))  # keyframe tokens stay
 
     # --- distributed VAE decode, streamed into the muxer ----------------------------------------------
 
@@ -402,7 +360,7 @@ class Coordinator:
         plan, spec = run.plan, run.plan.job.spec
         final: stages.Stage2State = self.executor.get(run.done[f"blend:{plan.stage2_steps - 1}"])
         latent = stages.unpatchify_video(final.video, final.video_shape)
-        tiles = _official_decode_tiles(latent, tiling_config(plan.decode.tiles))
+        tiles = official_decode_tiles(latent, tiling_config(plan.decode.tiles))
         groups: list[list[Any]] = []
         for tile in tiles:
             if groups and groups[-1][0].out_coords[2] == tile.out_coords[2]:
@@ -467,7 +425,7 @@ class Coordinator:
         held up tile dispatch for ~1 s per group)."""
         state = run.decode_state
         decoded = [unpack(packed) for packed in self.executor.get(refs)]
-        buffer, weights, temporal = _accumulate_group(tiles, decoded, run.plan.job.spec)
+        buffer, weights, temporal = accumulate_group(tiles, decoded, run.plan.job.spec.height, run.plan.job.spec.width)
         previous = state["previous"]
         if previous is not None:
             p_buffer, p_weights, p_temporal = previous
@@ -536,40 +494,3 @@ class Coordinator:
         write_json_atomic(paths.sidecar, document)
         run.done[task.id] = True
         run.result = document
-
-
-def _prompt_key(text: str) -> str:
-    """The text a prompt's encoding is cached under (the official negative prompt spelled out)."""
-    if text == OFFICIAL_NEGATIVE_PROMPT:
-        from ltx_pipelines.utils.constants import DEFAULT_NEGATIVE_PROMPT
-
-        return DEFAULT_NEGATIVE_PROMPT
-    return text
-
-
-def _official_decode_tiles(latent: torch.Tensor, tiling: Any) -> list[Any]:
-    """ltx-core's decode tiles for this latent (its `VideoDecoder._prepare_tiles`, on a meta-device decoder:
-    only the geometry is used, so the coordinator needs no weights)."""
-    from ltx_core.model.video_vae import VideoDecoder
-
-    with torch.device("meta"):
-        decoder = VideoDecoder(decoder_blocks=[])
-    return decoder._prepare_tiles(torch.empty(latent.shape, device="meta"), tiling)
-
-
-def _accumulate_group(tiles: list[Any], decoded: list[torch.Tensor], spec: Any) -> tuple:
-    """One temporal group of decoded tiles, blended with their trapezoid masks (as `tiled_decode` does)."""
-    temporal = tiles[0].out_coords[2]
-    frames = temporal.stop - temporal.start
-    dtype = decoded[0].dtype  # the decoder's dtype, as in tiled_decode (one tile → the untiled result exactly)
-    buffer = torch.zeros(1, 3, frames, spec.height, spec.width, dtype=dtype)
-    weights = torch.zeros_like(buffer)
-    for tile, pixels in zip(tiles, decoded, strict=True):
-        mask = tile.blend_mask.to(dtype)
-        offset = tile.out_coords[2].start - temporal.start
-        length = min(tile.out_coords[2].stop - tile.out_coords[2].start, pixels.shape[2], frames - offset)
-        coords = (slice(None), slice(None), slice(offset, offset + length), tile.out_coords[3], tile.out_coords[4])
-        m = mask[:, :, :length] if mask.shape[2] > 1 else mask
-        buffer[coords] += pixels[:, :, :length] * m
-        weights[coords] += m
-    return buffer, weights, temporal

@@ -8,13 +8,13 @@ Allowed roots: the folder of the job file or manifest, the working directory, an
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from jobs.spec import FieldProblem, JobValidationError, ValidJob
+from ltx2.checkpoint import file_sha256
 
 MAX_IMAGE_SIDE = 8192
 
@@ -188,14 +188,6 @@ def _resolve_file(
     if why:
         return FieldProblem(field, raw, why)
     return str(path), path, file_sha256(path)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_inputs(job: ValidJob, roots: Sequence[Path], base: Path | None = None, source: str = "job") -> ValidJob:

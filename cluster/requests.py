@@ -12,10 +12,11 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+from ltx_pipelines.utils.constants import DEFAULT_NEGATIVE_PROMPT
 
 from cluster.storage import canny_ref, input_ref, localize
 from jobs.plan import decode_tiling
-from jobs.spec import GuidanceSpec, ValidJob
+from jobs.spec import OFFICIAL_NEGATIVE_PROMPT, GuidanceSpec, ValidJob
 from ltx2.checkpoint import CheckpointError
 from ltx2.layout import transformer_targets
 from ltx2.lora import LoraSpec, check_lora_file
@@ -47,21 +48,23 @@ def job_guidance(job: ValidJob, num_layers: int) -> tuple[Guidance, Guidance]:
     return _guidance(job.spec.video_guidance, default_video_guidance(num_layers)), audio
 
 
+def encoded_text(text: str | None) -> str:
+    """The text encoded for a prompt as a job or its plan gives it: a job's unset negative prompt (None) and the
+    plans' `OFFICIAL_NEGATIVE_PROMPT` stand for ltx-pipelines' `DEFAULT_NEGATIVE_PROMPT`; other text is itself."""
+    return DEFAULT_NEGATIVE_PROMPT if text is None or text == OFFICIAL_NEGATIVE_PROMPT else text
+
+
 def prompt_texts(job: ValidJob) -> tuple[str, ...]:
     """The texts a one-piece render encodes: its prompt, and the negative prompt when it is guided."""
-    from ltx_pipelines.utils.constants import DEFAULT_NEGATIVE_PROMPT
-
     spec = job.spec
     texts = tuple(spec.prompts()[:1])
     if spec.recipe == "two_stage":
-        texts += (DEFAULT_NEGATIVE_PROMPT if spec.negative_prompt is None else spec.negative_prompt,)
+        texts += (encoded_text(spec.negative_prompt),)
     return texts
 
 
 def render_request(job: ValidJob, num_layers: int) -> RenderRequest:
     """The engine's request for a validated job, official defaults filled in for this model's depth."""
-    from ltx_pipelines.utils.constants import DEFAULT_NEGATIVE_PROMPT
-
     spec = job.spec
     prompts = spec.prompts()
     if len(prompts) != 1:
@@ -69,7 +72,7 @@ def render_request(job: ValidJob, num_layers: int) -> RenderRequest:
     video_guidance, audio_guidance = job_guidance(job, num_layers)
     return RenderRequest(
         prompt=prompts[0],
-        negative_prompt=DEFAULT_NEGATIVE_PROMPT if spec.negative_prompt is None else spec.negative_prompt,
+        negative_prompt=encoded_text(spec.negative_prompt),
         seed=spec.seed,
         height=spec.height,
         width=spec.width,

@@ -45,7 +45,7 @@ from s3transfer.utils import ChunksizeAdjuster
 
 from cluster.parts import get_file, put_file
 from jobs.keys import Destination, join_key
-from ltx2.checkpoint import cached_file_sha256, default_cache_dir
+from ltx2.checkpoint import cached_file_sha256, default_cache_dir, file_sha256
 
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 MULTIPART_CHUNK = 8 * 1024 * 1024
@@ -366,7 +366,7 @@ def fetch_input(url: str, sha256: str | None = None, options: StorageOptions | N
     where = parse_destination(url)
     name = Path(where.prefix).name or "object"
     target = input_cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:20] / name
-    if sha256 is not None and target.is_file() and _file_sha256(target) == sha256:
+    if sha256 is not None and target.is_file() and file_sha256(target) == sha256:
         return target, sha256
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{name}.partial-{os.getpid()}")
@@ -381,7 +381,7 @@ def fetch_input(url: str, sha256: str | None = None, options: StorageOptions | N
                 raise
             raise InputFetchError(f"{url}: cannot write {tmp.parent} ({error.strerror or error})") from None
         raise InputFetchError(f"{url}: {described[0]}") from None
-    digest = _file_sha256(tmp)
+    digest = file_sha256(tmp)
     if sha256 is not None and digest != sha256:
         tmp.unlink(missing_ok=True)
         raise InputFetchError(
@@ -389,14 +389,6 @@ def fetch_input(url: str, sha256: str | None = None, options: StorageOptions | N
         )
     os.replace(tmp, target)
     return target, digest
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 PINNED = "#sha256="

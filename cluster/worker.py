@@ -37,7 +37,15 @@ from cluster.publish import (
     sweep_partials,
     sweep_staging,
 )
-from cluster.requests import TensorDigest, content_hashes, job_audio, job_control, job_loras, render_request
+from cluster.requests import (
+    TensorDigest,
+    content_hashes,
+    encoded_text,
+    job_audio,
+    job_control,
+    job_loras,
+    render_request,
+)
 from cluster.storage import UploadWait, localize, stock_inputs
 from cluster.tasks import (
     AudioDecodeTask,
@@ -57,7 +65,7 @@ from cluster.transport import pack
 from jobs.fallback import reaches
 from jobs.outputs import OutputPaths, output_paths, sidecar_document
 from jobs.plan import describe_task
-from jobs.spec import OFFICIAL_NEGATIVE_PROMPT, ValidJob, validate_for_model
+from jobs.spec import ValidJob, validate_for_model
 from ltx2 import stages
 from ltx2.checkpoint import CheckpointSet, cached_file_sha256
 from ltx2.media import Mp4Writer, probe_mp4
@@ -621,12 +629,7 @@ class RenderWorker:
 
     def _encode(self, task: EncodeTask) -> stages.Contexts:
         self._encode_tasks += 1
-        text = task.text
-        if text == OFFICIAL_NEGATIVE_PROMPT:
-            from ltx_pipelines.utils.constants import DEFAULT_NEGATIVE_PROMPT
-
-            text = DEFAULT_NEGATIVE_PROMPT
-        return stages.encode_prompt(self.models, text)
+        return stages.encode_prompt(self.models, encoded_text(task.text))
 
     def _stage1(self, task: Stage1Task) -> stages.ChunkResult:
         previous, overlap_video, overlap_audio = task.previous, task.overlap_video, task.overlap_audio

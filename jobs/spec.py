@@ -28,7 +28,7 @@ MAX_CHUNK_SECONDS = 20.0
 """LTX-2's temporal RoPE range: one pass longer than 20 s extrapolates."""
 MAX_PROMPT_CHARS = 8000
 OFFICIAL_NEGATIVE_PROMPT = "<official negative prompt>"
-"""Stands for ltx-pipelines' DEFAULT_NEGATIVE_PROMPT in plans (resolved by the worker that encodes it)."""
+"""Stands for ltx-pipelines' DEFAULT_NEGATIVE_PROMPT in plans (`cluster.requests.encoded_text` spells it out)."""
 
 
 class ImageInput(BaseModel):

@@ -2,12 +2,9 @@
 
 The official pipeline classes reload every model on every call; this renderer runs the same recipes
 (the same noiser, schedulers, guiders, denoising loops, upsampler and decoders, in the same order, so the
-same random draws) on models that stay loaded.
-
-Recipes:
-- `two_stage`: stage 1 at half resolution, guided by the official multimodal guider (CFG, STG, modality
-  scale, rescale; separately for video and audio), then latent x2 upsample and a distilled-LoRA refine.
-- `distilled`: stage 1 with the distilled sigmas and no guidance, LoRA fused, then the same refine.
+same random draws) on models that stay loaded. A whole-job render is the one-chunk, one-tile plan of
+`jobs.plan`, run through the task functions of `ltx2.stages` in one process (the recipes are described
+there), its latents kept on the device between tasks.
 """
 
 from __future__ import annotations
@@ -15,31 +12,17 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
-from ltx_core.components.diffusion_steps import EulerDiffusionStep
-from ltx_core.components.guiders import MultiModalGuiderParams, create_multimodal_guider_factory
-from ltx_core.components.noisers import GaussianNoiser
-from ltx_core.components.protocols import DiffusionStepProtocol
-from ltx_core.components.schedulers import LTX2Scheduler
-from ltx_core.model.audio_vae import decode_audio as vae_decode_audio
-from ltx_core.model.upsampler import upsample_video
+from ltx_core.components.guiders import MultiModalGuiderParams
 from ltx_core.model.video_vae import SpatialTilingConfig, TemporalTilingConfig, TilingConfig
-from ltx_core.types import LatentState, VideoPixelShape
-from ltx_pipelines.utils.constants import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
-from ltx_pipelines.utils.helpers import (
-    denoise_audio_video,
-    denoise_video_only,
-    simple_denoising_func,
-)
-from ltx_pipelines.utils.samplers import euler_denoising_loop
-from ltx_pipelines.utils.types import DenoisingFunc, PipelineComponents
 
+from ltx2 import stages
 from ltx2.lora import LoraSpec
 from ltx2.models import ResidentModels
-from ltx2.parallel.guidance import guided_denoising_func
+from ltx2.stages import Contexts, StepCallback
 from ltx2.video_decode import decode_video_runs
 
 Recipe = Literal["two_stage", "distilled"]
@@ -138,46 +121,6 @@ A2V_AUDIO_GUIDANCE = Guidance(cfg=1.0, stg=0.0, modality=1.0, rescale=0.0, stg_b
 pipeline gives the frozen audio."""
 
 
-def encode_audio_track(models: ResidentModels, path: str, start: float, num_frames: int, fps: float) -> torch.Tensor:
-    """The audio latent of the track from `start` for the video's duration, as the official A2V pipeline
-    makes it (decode with PyAV, mel + audio VAE encoder, cut to the video's audio latent count)."""
-    from ltx_core.model.audio_vae import encode_audio
-    from ltx_core.types import AudioLatentShape
-    from ltx_pipelines.utils.media_io import decode_audio_from_file
-
-    seconds = num_frames / fps
-    decoded = decode_audio_from_file(path, models.device, start, seconds)
-    if decoded is None:
-        raise ValueError(f"{path}: no audio stream")
-    latent = encode_audio(decoded, models.audio_encoder)
-    frames = AudioLatentShape.from_duration(batch=1, duration=seconds, channels=8, mel_bins=16).frames
-    if latent.shape[2] < frames:
-        raise ValueError(
-            f"{path}: the track gives {latent.shape[2]} audio latents from {start:g} s, the video needs {frames}; "
-            "give a slightly longer track or a shorter job"
-        )
-    return latent[:, :, :frames]
-
-
-def image_conditionings(
-    models: ResidentModels, images: tuple[tuple[str, int, float], ...], height: int, width: int
-) -> list:
-    """The official conditioning items for images at this stage's size (resized and centre-cropped to it)."""
-    if not images:
-        return []
-    from ltx_pipelines.utils.args import ImageConditioningInput
-    from ltx_pipelines.utils.helpers import combined_image_conditionings
-
-    return combined_image_conditionings(
-        [ImageConditioningInput(path, frame, strength) for path, frame, strength in images],
-        height,
-        width,
-        models.video_encoder,
-        models.dtype,
-        models.device,
-    )
-
-
 @dataclass(frozen=True)
 class RenderOutput:
     """Decoded frames and waveform, on the CPU."""
@@ -188,20 +131,9 @@ class RenderOutput:
     timings: dict[str, float]
 
 
-StepCallback = Callable[[str, int, int, float], None]
-"""Called as (stage, step_done, steps_total, seconds) after every denoising step: progress and metrics."""
-
 FramesCallback = Callable[[torch.Tensor], None]
 """Called with each run of decoded frames (uint8 [frames, height, width, 3], CPU), in order, as the tiled
 decode finishes them (`ltx2.video_decode`): the worker encodes them into the MP4 while the GPU decodes the next ones."""
-
-
-@dataclass(frozen=True)
-class EncodedPrompt:
-    """The two encodings a render reads (the fields of ltx-core's `EmbeddingsProcessorOutput` it uses)."""
-
-    video_encoding: torch.Tensor
-    audio_encoding: torch.Tensor
 
 
 class PromptCache:
@@ -215,26 +147,26 @@ class PromptCache:
     def __init__(self, models: ResidentModels, capacity: int = 64) -> None:
         self._models = models
         self._capacity = capacity
-        self._entries: OrderedDict[str, EncodedPrompt] = OrderedDict()
+        self._entries: OrderedDict[str, Contexts] = OrderedDict()
         self.encodes = 0
 
     def put(self, text: str, video: torch.Tensor, audio: torch.Tensor) -> None:
         """An encoding made elsewhere (by another worker's Gemma): across the farm a prompt is encoded once."""
-        self._entries[text] = EncodedPrompt(video.cpu(), audio.cpu())
+        self._entries[text] = Contexts(video.cpu(), audio.cpu())
         self._entries.move_to_end(text)
         while len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
 
-    def get(self, text: str) -> EncodedPrompt:
+    def get(self, text: str) -> Contexts:
+        """The encoding of `text`, on the models' device."""
         if text not in self._entries:
-            hidden_states, mask = self._models.text_encoder.encode(text)
-            encoded = self._models.embeddings_processor.process_hidden_states(hidden_states, mask)
+            encoded = stages.encode_prompt(self._models, text)
             self.encodes += 1
-            self.put(text, encoded.video_encoding, encoded.audio_encoding)
+            self.put(text, encoded.video, encoded.audio)
         self._entries.move_to_end(text)
         entry = self._entries[text]
         device = self._models.device
-        return EncodedPrompt(entry.video_encoding.to(device), entry.audio_encoding.to(device))
+        return Contexts(entry.video.to(device), entry.audio.to(device))
 
 
 class _Timer:
@@ -267,7 +199,6 @@ class Renderer:
     def __init__(self, models: ResidentModels) -> None:
         self.models = models
         self.prompts = PromptCache(models)
-        self._components = PipelineComponents(dtype=models.dtype, device=models.device)
 
     @torch.inference_mode()
     def render(
@@ -295,9 +226,6 @@ class Renderer:
     ) -> RenderOutput:
         m = self.models
         timer = _Timer(m.device)
-        generator = torch.Generator(device=m.device).manual_seed(request.seed)
-        noiser = GaussianNoiser(generator=generator)
-        stepper = EulerDiffusionStep()
 
         with timer("text_encode"):
             positive = self.prompts.get(request.prompt)
@@ -309,91 +237,64 @@ class Renderer:
         track = None
         if request.audio is not None:
             with timer("audio_encode"):
-                track = encode_audio_track(m, *request.audio, request.num_frames, request.frame_rate)
-
-        stage_1_shape = VideoPixelShape(
-            batch=1,
-            frames=request.num_frames,
-            width=request.width // 2,
-            height=request.height // 2,
-            fps=request.frame_rate,
-        )
-        with timer("stage_1"):
-            sigmas, denoise_fn = stage_1_denoiser(
-                m,
-                request.recipe,
-                request.steps,
-                request.video_guidance,
-                request.audio_guidance,
-                (positive.video_encoding, positive.audio_encoding),
-                (negative.video_encoding, negative.audio_encoding) if negative is not None else None,
-                request.loras,
-                (request.control_lora,) if request.control_lora is not None else (),
-            )
-            conditionings = image_conditionings(m, request.images, stage_1_shape.height, stage_1_shape.width)
-
-            def prefetch_stage_2() -> None:  # stage 2's LoRA factors to the GPU during the last stage-1 step
-                m.loras.prefetch(request.loras, distilled=True)
-
-            if request.control is not None:
-                from ltx2.control import reference_conditioning
-
-                conditionings += reference_conditioning(
-                    m, request.control, 0, request.num_frames, stage_1_shape.height, stage_1_shape.width
+                track = stages.encode_track(
+                    m, *request.audio, request.num_frames, request.frame_rate, keep_on_device=True
                 )
-            stage_1 = dict(
-                output_shape=stage_1_shape,
-                conditionings=conditionings,
-                noiser=noiser,
-                sigmas=sigmas,
-                stepper=stepper,
-                denoising_loop_fn=_loop(denoise_fn, "stage_1", on_step, prefetch_stage_2),
-                components=self._components,
-                dtype=m.dtype,
-                device=m.device,
+
+        with timer("stage_1"):
+            chunk = stages.stage1_chunk(
+                m,
+                stages.ChunkRequest(
+                    frames=request.num_frames,
+                    height=request.height // 2,
+                    width=request.width // 2,
+                    fps=request.frame_rate,
+                    seed=request.seed,
+                    recipe=request.recipe,
+                    steps=request.steps,
+                    video_guidance=request.video_guidance,
+                    audio_guidance=request.audio_guidance,
+                    images=request.images,
+                    loras=request.loras,
+                    control=request.control,
+                    control_lora=request.control_lora,
+                ),
+                positive,
+                negative,
+                on_step=on_step,
+                track=track,
+                # stage 2's LoRA factors go to the GPU during the last stage-1 step
+                before_last_step=lambda: m.loras.prefetch(request.loras, distilled=True),
+                keep_on_device=True,
             )
-            if track is None:
-                video_state, audio_state = denoise_audio_video(**stage_1)
-            else:  # audio-to-video: the track's latent stays as it is, only the video is denoised
-                video_state = denoise_video_only(**stage_1, initial_audio_latent=track)
 
         with timer("upsample"):
-            upscaled = upsample_video(
-                latent=video_state.latent[:1], video_encoder=m.video_encoder, upsampler=m.upsampler
-            )
+            upscaled = stages.upsample(m, chunk.video, keep_on_device=True)
 
-        stage_2_shape = VideoPixelShape(
-            batch=1, frames=request.num_frames, width=request.width, height=request.height, fps=request.frame_rate
-        )
         with timer("stage_2"):
-            m.loras.use(request.loras, distilled=True)
-            sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=m.device)
-            stage_2 = dict(
-                output_shape=stage_2_shape,
-                conditionings=image_conditionings(m, request.images, stage_2_shape.height, stage_2_shape.width),
-                noiser=noiser,
-                sigmas=sigmas,
-                stepper=stepper,
-                denoising_loop_fn=_loop(
-                    simple_denoising_func(positive.video_encoding, positive.audio_encoding, m.transformer),
-                    "stage_2",
-                    on_step,
-                ),
-                components=self._components,
-                dtype=m.dtype,
-                device=m.device,
-                noise_scale=sigmas[0],
-                initial_video_latent=upscaled,
+            refine_audio = track is None  # audio-to-video keeps the track's latent, as the plan does
+            state = stages.stage2_init(
+                m,
+                upscaled,
+                chunk.audio if track is None else track,
+                request.num_frames,
+                request.height,
+                request.width,
+                request.frame_rate,
+                chunk.generator_state,
+                refine_audio,
+                request.images,
+                keep_on_device=True,
             )
-            if track is None:
-                video_state, audio_state = denoise_audio_video(**stage_2, initial_audio_latent=audio_state.latent)
-            else:
-                video_state = denoise_video_only(**stage_2, initial_audio_latent=track)
+            state = self._refine(state, positive, request.loras, refine_audio, on_step)
 
         with timer("decode"):
+            # No generator: LTX-2's VAE decoder adds no noise (no timestep conditioning), as the planned
+            # decode tasks rely on too.
             tiling = tiling_config(request.decode_tiling) if request.decode_tiling is not None else None
+            latent = stages.unpatchify_video(state.video, state.video_shape)
             runs = []
-            for run in decode_video_runs(video_state.latent, m.video_decoder, tiling, generator):
+            for run in decode_video_runs(latent, m.video_decoder, tiling):
                 _check_finite(run.float(), "decoded video")
                 runs.append(run.cpu())
                 if on_frames is not None:
@@ -402,9 +303,8 @@ class Renderer:
         waveform, sample_rate = None, 0
         if track is None:
             with timer("audio"):
-                audio = vae_decode_audio(audio_state.latent, m.audio_decoder, m.vocoder)
-            _check_finite(audio.waveform, "decoded audio")
-            waveform, sample_rate = audio.waveform.float().cpu(), int(audio.sampling_rate)
+                waveform, sample_rate = stages.decode_audio(m, stages.unpatchify_audio(state.audio, state.audio_shape))
+            _check_finite(waveform, "decoded audio")
         if request.recipe == "two_stage":
             # The next job's stage 1 runs without the distilled LoRA: restore the originals now, while the host
             # finishes the MP4 (a lone job's GPU has nothing else to do then). Started before the decode, the copies
@@ -413,76 +313,31 @@ class Renderer:
             m.loras.restore_in_background()
         return RenderOutput(video=frames, audio=waveform, sample_rate=sample_rate, timings=timer.timings)
 
-
-def stage_1_denoiser(
-    models: ResidentModels,
-    recipe: str,
-    steps: int,
-    video_guidance: Guidance,
-    audio_guidance: Guidance,
-    positive: tuple[torch.Tensor, torch.Tensor],
-    negative: tuple[torch.Tensor, torch.Tensor] | None,
-    loras: tuple[LoraSpec, ...] = (),
-    stage_loras: tuple[LoraSpec, ...] = (),
-) -> tuple[torch.Tensor, DenoisingFunc]:
-    """Stage 1's sigmas and denoising function for a recipe (and the matching LoRA state).
-
-    `two_stage`: the LTX-2 schedule with the official multimodal guider per modality, only the job's LoRAs
-    fused; the guided passes run as `models.pass_runner` says (one by one by default, as upstream).
-    `distilled`: the distilled sigmas, no guidance, the job's LoRAs and the distilled LoRA fused. Contexts
-    are (video, audio). `stage_loras` (an IC-LoRA) are fused for this stage only.
-    """
-    m = models
-    if recipe == "two_stage":
-        m.loras.use(loras, distilled=False, stage=stage_loras)
-        sigmas = LTX2Scheduler().execute(steps=steps).to(dtype=torch.float32, device=m.device)
-        return sigmas, guided_denoising_func(
-            video_guider_factory=create_multimodal_guider_factory(
-                params=video_guidance.to_params(), negative_context=negative[0]
-            ),
-            audio_guider_factory=create_multimodal_guider_factory(
-                params=audio_guidance.to_params(), negative_context=negative[1]
-            ),
-            v_context=positive[0],
-            a_context=positive[1],
-            transformer=m.transformer,
-            run_passes=m.pass_runner,
-        )
-    m.loras.use(loras, distilled=True, stage=stage_loras)
-    sigmas = torch.tensor(DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=m.device)
-    return sigmas, simple_denoising_func(positive[0], positive[1], m.transformer)
-
-
-def _loop(
-    denoise_fn: DenoisingFunc,
-    stage: str,
-    on_step: StepCallback | None,
-    before_last_step: Callable[[], object] | None = None,
-) -> Callable:
-    """The official Euler loop, with a per-step callback for progress and metrics, and a hook run as the
-    last step starts (the next stage's LoRA prefetch)."""
-
-    def loop(
-        sigmas: torch.Tensor, video_state: LatentState, audio_state: LatentState, stepper: DiffusionStepProtocol
-    ) -> tuple[LatentState, LatentState]:
-        total = len(sigmas) - 1
-
-        def counted(video: LatentState, audio: LatentState, s: torch.Tensor, index: int) -> tuple:
+    def _refine(
+        self,
+        state: stages.Stage2State,
+        contexts: Contexts,
+        loras: tuple[LoraSpec, ...],
+        refine_audio: bool,
+        on_step: StepCallback | None,
+    ) -> stages.Stage2State:
+        """Stage 2's steps over the one tile that covers the whole video (its prediction is the whole state's:
+        no blending), each step advancing the state where it lies."""
+        span = stages.whole_frame(state.video_shape)
+        audio_span = (0, state.audio.latent.shape[1])
+        total = len(stages.stage2_sigmas()) - 1
+        for step in range(total):
             started = time.perf_counter()
-            if before_last_step is not None and index == total - 1:
-                before_last_step()
-            out = denoise_fn(video, audio, s, index)
-            if on_step is not None:
-                if out[0] is not None and out[0].is_cuda:
-                    torch.cuda.synchronize(out[0].device)
-                on_step(stage, index + 1, total, time.perf_counter() - started)
-            return out
-
-        return euler_denoising_loop(
-            sigmas=sigmas, video_state=video_state, audio_state=audio_state, stepper=stepper, denoise_fn=counted
-        )
-
-    return loop
+            video, audio = stages.stage2_tile_denoise(
+                self.models, state, contexts, step, *span, audio_span, 0.0, loras, keep_on_device=True
+            )
+            state = replace(
+                state,
+                video=stages.stage2_advance(state.video, video, step),
+                audio=stages.stage2_advance(state.audio, audio, step) if refine_audio else state.audio,
+            )
+            stages.report_step(on_step, "stage_2", step + 1, total, started, video)
+        return state
 
 
 class NonFiniteOutputError(RuntimeError):

@@ -2,33 +2,54 @@
 
 Each function is one task of a job plan: encode a prompt, denoise a stage-1 chunk (conditioned on the
 previous chunk's tail, video and audio), upsample, one stage-2 denoising step of one spatio-temporal tile,
-decode one VAE tile, decode the audio. Tensors in and out live on the CPU so they can travel through
-Ray's object store; each function moves what it needs to its models' device.
+decode one VAE tile, decode the audio. Tensors out live on the CPU so they can travel through Ray's object
+store (`keep_on_device` keeps them on the models' device: `ltx2.render` runs a whole job's one-chunk,
+one-tile plan through these same functions in one process); each function moves what it needs to its
+models' device.
+
+Recipes:
+- `two_stage`: stage 1 at half resolution, guided by the official multimodal guider (CFG, STG, modality
+  scale, rescale; separately for video and audio), then latent x2 upsample and a distilled-LoRA refine.
+- `distilled`: stage 1 with the distilled sigmas and no guidance, LoRA fused, then the same refine.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from ltx_core.components.diffusion_steps import EulerDiffusionStep
+from ltx_core.components.guiders import create_multimodal_guider_factory
 from ltx_core.components.noisers import GaussianNoiser
+from ltx_core.components.protocols import DiffusionStepProtocol
+from ltx_core.components.schedulers import LTX2Scheduler
 from ltx_core.conditioning import VideoConditionByLatentIndex
 from ltx_core.model.audio_vae import decode_audio as vae_decode_audio
 from ltx_core.model.upsampler import upsample_video
 from ltx_core.tools import LatentTools
 from ltx_core.types import LatentState, VideoPixelShape
-from ltx_pipelines.utils.constants import STAGE_2_DISTILLED_SIGMA_VALUES
+from ltx_pipelines.utils.constants import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
 from ltx_pipelines.utils.helpers import (
     modality_from_latent_state,
     noise_audio_state,
     noise_video_state,
+    simple_denoising_func,
 )
-from ltx_pipelines.utils.types import PipelineComponents
+from ltx_pipelines.utils.samplers import euler_denoising_loop
+from ltx_pipelines.utils.types import DenoisingFunc, PipelineComponents
 
 from ltx2.lora import LoraSpec
 from ltx2.models import ResidentModels
-from ltx2.render import Guidance, StepCallback, _loop, encode_audio_track, image_conditionings, stage_1_denoiser
+from ltx2.parallel.guidance import guided_denoising_func
+
+if TYPE_CHECKING:
+    from ltx2.render import Guidance
+
+StepCallback = Callable[[str, int, int, float], None]
+"""Called as (stage, step_done, steps_total, seconds) after every denoising step: progress and metrics."""
 
 
 @dataclass(frozen=True)
@@ -90,10 +111,52 @@ class AudioConditionByLatentIndex:
         return state
 
 
+def _out(tensor: torch.Tensor, keep_on_device: bool) -> torch.Tensor:
+    return tensor if keep_on_device else tensor.cpu()
+
+
 @torch.inference_mode()
-def encode_track(models: ResidentModels, path: str, start: float, num_frames: int, fps: float) -> torch.Tensor:
-    """The whole job's sound-track latent (CPU), for audio-to-video chunks to take their spans from."""
-    return encode_audio_track(models, path, start, num_frames, fps).cpu()
+def encode_track(
+    models: ResidentModels, path: str, start: float, num_frames: int, fps: float, keep_on_device: bool = False
+) -> torch.Tensor:
+    """The whole job's sound-track latent from `start` for the video's duration, as the official A2V pipeline
+    makes it (decode with PyAV, mel + audio VAE encoder, cut to the video's audio latent count); audio-to-video
+    chunks take their spans from it."""
+    from ltx_core.model.audio_vae import encode_audio
+    from ltx_core.types import AudioLatentShape
+    from ltx_pipelines.utils.media_io import decode_audio_from_file
+
+    seconds = num_frames / fps
+    decoded = decode_audio_from_file(path, models.device, start, seconds)
+    if decoded is None:
+        raise ValueError(f"{path}: no audio stream")
+    latent = encode_audio(decoded, models.audio_encoder)
+    frames = AudioLatentShape.from_duration(batch=1, duration=seconds, channels=8, mel_bins=16).frames
+    if latent.shape[2] < frames:
+        raise ValueError(
+            f"{path}: the track gives {latent.shape[2]} audio latents from {start:g} s, the video needs {frames}; "
+            "give a slightly longer track or a shorter job"
+        )
+    return _out(latent[:, :, :frames], keep_on_device)
+
+
+def image_conditionings(
+    models: ResidentModels, images: tuple[tuple[str, int, float], ...], height: int, width: int
+) -> list:
+    """The official conditioning items for images at this stage's size (resized and centre-cropped to it)."""
+    if not images:
+        return []
+    from ltx_pipelines.utils.args import ImageConditioningInput
+    from ltx_pipelines.utils.helpers import combined_image_conditionings
+
+    return combined_image_conditionings(
+        [ImageConditioningInput(path, frame, strength) for path, frame, strength in images],
+        height,
+        width,
+        models.video_encoder,
+        models.dtype,
+        models.device,
+    )
 
 
 def encode_prompt(models: ResidentModels, text: str) -> Contexts:
@@ -107,6 +170,85 @@ def _components(models: ResidentModels) -> PipelineComponents:
     return PipelineComponents(dtype=models.dtype, device=models.device)
 
 
+def stage_1_denoiser(
+    models: ResidentModels,
+    recipe: str,
+    steps: int,
+    video_guidance: Guidance,
+    audio_guidance: Guidance,
+    positive: tuple[torch.Tensor, torch.Tensor],
+    negative: tuple[torch.Tensor, torch.Tensor] | None,
+    loras: tuple[LoraSpec, ...] = (),
+    stage_loras: tuple[LoraSpec, ...] = (),
+) -> tuple[torch.Tensor, DenoisingFunc]:
+    """Stage 1's sigmas and denoising function for a recipe (and the matching LoRA state).
+
+    `two_stage`: the LTX-2 schedule with the official multimodal guider per modality, only the job's LoRAs
+    fused; the guided passes run as `models.pass_runner` says (one by one by default, as upstream).
+    `distilled`: the distilled sigmas, no guidance, the job's LoRAs and the distilled LoRA fused. Contexts
+    are (video, audio). `stage_loras` (an IC-LoRA) are fused for this stage only.
+    """
+    m = models
+    if recipe == "two_stage":
+        m.loras.use(loras, distilled=False, stage=stage_loras)
+        sigmas = LTX2Scheduler().execute(steps=steps).to(dtype=torch.float32, device=m.device)
+        return sigmas, guided_denoising_func(
+            video_guider_factory=create_multimodal_guider_factory(
+                params=video_guidance.to_params(), negative_context=negative[0]
+            ),
+            audio_guider_factory=create_multimodal_guider_factory(
+                params=audio_guidance.to_params(), negative_context=negative[1]
+            ),
+            v_context=positive[0],
+            a_context=positive[1],
+            transformer=m.transformer,
+            run_passes=m.pass_runner,
+        )
+    m.loras.use(loras, distilled=True, stage=stage_loras)
+    sigmas = torch.tensor(DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=m.device)
+    return sigmas, simple_denoising_func(positive[0], positive[1], m.transformer)
+
+
+def report_step(
+    on_step: StepCallback | None, stage: str, done: int, total: int, started: float, out: torch.Tensor | None
+) -> None:
+    """Tell `on_step` a step is done, timed from `started` to the end of its GPU work (`out`'s device)."""
+    if on_step is None:
+        return
+    if out is not None and out.is_cuda:
+        torch.cuda.synchronize(out.device)
+    on_step(stage, done, total, time.perf_counter() - started)
+
+
+def _loop(
+    denoise_fn: DenoisingFunc,
+    stage: str,
+    on_step: StepCallback | None,
+    before_last_step: Callable[[], object] | None = None,
+) -> Callable:
+    """The official Euler loop, with a per-step callback for progress and metrics, and a hook run as the
+    last step starts (the next stage's LoRA prefetch)."""
+
+    def loop(
+        sigmas: torch.Tensor, video_state: LatentState, audio_state: LatentState, stepper: DiffusionStepProtocol
+    ) -> tuple[LatentState, LatentState]:
+        total = len(sigmas) - 1
+
+        def counted(video: LatentState, audio: LatentState, s: torch.Tensor, index: int) -> tuple:
+            started = time.perf_counter()
+            if before_last_step is not None and index == total - 1:
+                before_last_step()
+            out = denoise_fn(video, audio, s, index)
+            report_step(on_step, stage, index + 1, total, started, out[0])
+            return out
+
+        return euler_denoising_loop(
+            sigmas=sigmas, video_state=video_state, audio_state=audio_state, stepper=stepper, denoise_fn=counted
+        )
+
+    return loop
+
+
 @torch.inference_mode()
 def stage1_chunk(
     models: ResidentModels,
@@ -117,11 +259,14 @@ def stage1_chunk(
     tail_audio: torch.Tensor | None = None,
     on_step: StepCallback | None = None,
     track: torch.Tensor | None = None,
+    before_last_step: Callable[[], object] | None = None,
+    keep_on_device: bool = False,
 ) -> ChunkResult:
     """Denoise one chunk from pure noise; its first latents are the previous chunk's tail (both modalities).
 
     With `track` (audio-to-video: this chunk's span of the encoded sound track) the audio is frozen to it
-    instead of generated, and only the video is denoised."""
+    instead of generated, and only the video is denoised. `before_last_step` runs as the last step starts
+    (the next stage's LoRA prefetch)."""
     m, dev = models, models.device
     generator = torch.Generator(device=dev).manual_seed(request.seed)
     noiser = GaussianNoiser(generator=generator)
@@ -155,18 +300,21 @@ def stage1_chunk(
     comps = _components(m)
     video_state, video_tools = noise_video_state(shape, noiser, video_cond, comps, m.dtype, dev)
     audio_state, audio_tools = noise_audio_state(shape, noiser, audio_cond, comps, m.dtype, dev)
-    video_state, audio_state = _loop(denoise_fn, "stage_1", on_step)(
+    video_state, audio_state = _loop(denoise_fn, "stage_1", on_step, before_last_step)(
         sigmas, video_state, audio_state, EulerDiffusionStep()
     )
     video = video_tools.unpatchify(video_tools.clear_conditioning(video_state)).latent
     audio = audio_tools.unpatchify(audio_tools.clear_conditioning(audio_state)).latent
-    return ChunkResult(video=video.cpu(), audio=audio.cpu(), generator_state=generator.get_state())
+    return ChunkResult(
+        video=_out(video, keep_on_device), audio=_out(audio, keep_on_device), generator_state=generator.get_state()
+    )
 
 
 @torch.inference_mode()
-def upsample(models: ResidentModels, video: torch.Tensor) -> torch.Tensor:
+def upsample(models: ResidentModels, video: torch.Tensor, keep_on_device: bool = False) -> torch.Tensor:
     latent = video.to(models.device, models.dtype)
-    return upsample_video(latent=latent[:1], video_encoder=models.video_encoder, upsampler=models.upsampler).cpu()
+    upscaled = upsample_video(latent=latent[:1], video_encoder=models.video_encoder, upsampler=models.upsampler)
+    return _out(upscaled, keep_on_device)
 
 
 def stage2_sigmas() -> torch.Tensor:
@@ -208,11 +356,12 @@ def stage2_init(
     generator_state: torch.Tensor,
     refine_audio: bool,
     images: tuple[tuple[str, int, float], ...] = (),
+    keep_on_device: bool = False,
 ) -> Stage2State:
     """Noise the upscaled latent to the first stage-2 sigma with the generator continued from stage 1.
 
-    With `refine_audio` False (tiled refine) the audio keeps its stage-1 latent: denoise mask 0, so it is
-    neither noised nor changed, and every tile sees the same audio.
+    With `refine_audio` False (tiled refine, audio-to-video) the audio keeps its stage-1 latent: denoise
+    mask 0, so it is neither noised nor changed, and every tile sees the same audio.
     """
     m, dev = models, models.device
     generator = torch.Generator(device=dev)
@@ -235,9 +384,16 @@ def stage2_init(
     keyframes = tuple(
         (grid + k * per_frame, (frame + 7) // 8) for k, frame in enumerate(f for _, f, _ in images if f != 0)
     )
-    return Stage2State(
-        _to(video_state, "cpu"), _to(audio_state, "cpu"), tuple(upscaled.shape), tuple(audio.shape), keyframes
-    )
+    if not keep_on_device:
+        video_state, audio_state = _to(video_state, "cpu"), _to(audio_state, "cpu")
+    return Stage2State(video_state, audio_state, tuple(upscaled.shape), tuple(audio.shape), keyframes)
+
+
+def whole_frame(video_shape: tuple[int, ...]) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """(time, height, width) latent spans of the one tile that covers the whole video: its `tile_tokens` are
+    every token of the stage-2 state in order (the grid, then each keyframe's whole frame)."""
+    _, _, frames, rows, cols = video_shape
+    return (0, frames), (0, rows), (0, cols)
 
 
 def tile_token_index(
@@ -273,6 +429,7 @@ def tile_tokens(
 
 
 def _select(state: LatentState, index: torch.Tensor, time_origin: float) -> LatentState:
+    index = index.to(state.latent.device)
     positions = state.positions[:, :, index].clone()
     positions[:, 0] -= time_origin  # each temporal window restarts its clock, inside RoPE's 20 s range
     return LatentState(
@@ -295,8 +452,10 @@ def stage2_tile_denoise(
     audio_span: tuple[int, int],
     time_origin: float,
     loras: tuple[LoraSpec, ...] = (),
+    keep_on_device: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The X0 prediction of one tile at one stage-2 step (job LoRAs + distilled LoRA fused), on the CPU."""
+    """The X0 prediction of one tile at one stage-2 step (job LoRAs + distilled LoRA fused), video tokens in
+    `tile_tokens` order."""
     m, dev = models, models.device
     m.loras.use(loras, distilled=True)
     sigmas = stage2_sigmas().to(dev)
@@ -309,14 +468,15 @@ def stage2_tile_denoise(
         audio=modality_from_latent_state(audio, contexts.audio.to(dev), sigma),
         perturbations=None,
     )
-    return denoised_video.cpu(), denoised_audio.cpu()
+    return _out(denoised_video, keep_on_device), _out(denoised_audio, keep_on_device)
 
 
 def stage2_advance(state: LatentState, denoised: torch.Tensor, step_index: int) -> LatentState:
-    """The official Euler update of one modality's full state (what `euler_denoising_loop` does per step)."""
+    """The official Euler update of one modality's full state (what `euler_denoising_loop` does per step),
+    where the state lies."""
     from ltx_pipelines.utils.helpers import post_process_latent
 
-    sigmas = stage2_sigmas()
+    sigmas = stage2_sigmas().to(state.latent.device)
     denoised = post_process_latent(denoised, state.denoise_mask, state.clean_latent)
     return replace(state, latent=EulerDiffusionStep().step(state.latent, denoised, sigmas, step_index))
 

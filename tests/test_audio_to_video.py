@@ -17,7 +17,7 @@ from cluster.cli import main
 from jobs.plan import plan_job
 from jobs.spec import validate_job
 from ltx2 import stages
-from ltx2.render import A2V_AUDIO_GUIDANCE, encode_audio_track
+from ltx2.render import A2V_AUDIO_GUIDANCE
 from ltx2.samples import AUDIO_RATE, write_track
 from tests.conftest import SMALL_JOB, THREE_CHUNKS, small_chunk, write_job
 from tests.test_cli import run
@@ -76,7 +76,7 @@ def test_track_latent_is_the_official_encoding(resident, tmp_path):
     from ltx_pipelines.utils.media_io import decode_audio_from_file
 
     write_track(tmp_path / "voice.wav", 1.0)
-    ours = encode_audio_track(resident, str(tmp_path / "voice.wav"), 0.25, 17, 24.0)
+    ours = stages.encode_track(resident, str(tmp_path / "voice.wav"), 0.25, 17, 24.0)
     with torch.inference_mode():
         official = encode_audio(
             decode_audio_from_file(str(tmp_path / "voice.wav"), "cpu", 0.25, 17 / 24), resident.audio_encoder

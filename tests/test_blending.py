@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cluster.coordinator import anchor_statistics, blend_tiles, crossfade_into
 from jobs.plan import plan_job
 from jobs.spec import validate_job
 from ltx2 import stages
+from ltx2.blending import anchor_statistics, blend_tiles, crossfade_into
 from ltx2.stages import tile_token_index
 
 

@@ -13,8 +13,8 @@ from PIL import Image
 
 from cluster.cli import main
 from ltx2 import stages
-from ltx2.render import image_conditionings
 from ltx2.samples import write_picture
+from ltx2.stages import image_conditionings
 from tests.conftest import SMALL_JOB, THREE_CHUNKS, small_chunk, write_job
 
 
@@ -171,9 +171,9 @@ def test_keyframes_render_through_chunks_and_tiles(tmp_path, picture):
 def test_two_chunk_image_to_video_keeps_the_first_frame(resident, picture):
     """Chunk 0 carries the image, chunk 1 continues from its tail; the stitched latent still starts with the
     encoded image exactly (what the coordinator's stitch task does, in-process)."""
-    from cluster.coordinator import crossfade_into
     from jobs.plan import plan_job
     from jobs.spec import validate_job
+    from ltx2.blending import crossfade_into
 
     plan = plan_job(
         validate_job({**SMALL_JOB, "num_frames": 65, "chunk_seconds": 2.0, "chunk_overlap": 0.5, "recipe": "distilled"})

@@ -137,8 +137,8 @@ def test_command_line_flags_build_the_same_job(inputs, capsys, monkeypatch):
 def test_every_node_traces_canny_from_its_own_copy(inputs, monkeypatch):
     """A worker on another node has no access to the validating node's canny file: it gets the recipe and
     traces the same edges into its own cache."""
-    from cluster.inputs import file_sha256
     from cluster.storage import canny_ref, localize
+    from ltx2.checkpoint import file_sha256
 
     source = inputs / "source.mp4"
     monkeypatch.setenv("LTX2_FARM_CONTROL_DIR", str(inputs / "node-a"))

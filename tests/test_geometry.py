@@ -143,7 +143,7 @@ def test_decode_tile_counts_match_ltx_core():
     from ltx_core.model.video_vae import TilingConfig
     from ltx_core.model.video_vae.tiling import SpatialTilingConfig, TemporalTilingConfig
 
-    from cluster.coordinator import _official_decode_tiles
+    from ltx2.blending import official_decode_tiles
 
     for extra in ({}, {"decode_tile_pixels": 96, "decode_tile_frames": 32, "num_frames": 97}):
         plan = plan_job(validate_job({**SMALL, "height": 640, "width": 1024, **extra}))
@@ -152,5 +152,5 @@ def test_decode_tile_counts_match_ltx_core():
             TemporalTilingConfig(plan.decode.tile_frames, plan.decode.overlap_frames),
         )
         shape = (1, 128, plan.latent_frames, plan.latent_height, plan.latent_width)
-        tiles = _official_decode_tiles(torch.empty(shape, device="meta"), tiling)
+        tiles = official_decode_tiles(torch.empty(shape, device="meta"), tiling)
         assert len(tiles) == plan.decode.spatial_tiles * plan.decode.temporal_tiles
