@@ -43,7 +43,7 @@ class GangMember:
         name: str,
     ) -> None:
         self.rank, self.world_size, self.sharded = rank, world_size, sharded
-        # a bare "cuda" is pinned to this member's Ray-assigned GPU by the worker (`resolve_device`)
+        # a bare "cuda" is pinned to this member's Ray-assigned GPU by the worker (`ray_device`)
         transformer_device = "cpu" if sharded else None  # shards move to the GPU; the whole never does
         self.worker = RayRenderWorker(  # its inputs and outputs are in Ray's store
             checkpoints,

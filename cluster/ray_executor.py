@@ -27,7 +27,7 @@ from cluster.executor import (
 from cluster.requests import job_input_refs
 from cluster.storage import ship_inputs
 from cluster.tasks import TaskRequest, task_fields
-from cluster.worker import JOBS_PER_WORKER, RenderReply, RenderWorker
+from cluster.worker import JOBS_PER_WORKER, RenderReply, RenderWorker, default_device
 from jobs.placement import REPLICA, Placement
 from jobs.spec import ValidJob
 from ltx2.checkpoint import CheckpointError, CheckpointSet
@@ -93,6 +93,27 @@ def free_gpus() -> int:
     return int(ray.available_resources().get("GPU", 0))
 
 
+def cuda_device_for(assigned: list[int], visible: int) -> str:
+    """The torch device of the GPU Ray assigned to this process (`assigned`: Ray's GPU ids; `visible`: the
+    devices torch enumerates). Ray hides the other GPUs with CUDA_VISIBLE_DEVICES, but only for a process
+    whose CUDA driver starts after that: one that asked `torch.cuda.is_available()` earlier (an import or a
+    setup hook can) still sees every GPU, and "cuda" would put every worker on GPU 0."""
+    if not assigned or visible == len(assigned):
+        return "cuda:0"
+    return f"cuda:{int(assigned[0])}"
+
+
+def ray_device(device: str | None) -> str:
+    """`device` (None: a GPU if there is one), with a bare "cuda" pinned to this actor's Ray-assigned GPU (see
+    `cuda_device_for`)."""
+    device = device or default_device()
+    if device != "cuda":
+        return device
+    import torch
+
+    return cuda_device_for([int(i) for i in ray.get_gpu_ids()], torch.cuda.device_count())
+
+
 class RayRenderWorker(RenderWorker):
     """`RenderWorker` as a Ray actor. A model set that cannot load here (an object changed or missing, a bad
     file) is raised by the actor's first call, not its constructor: Ray hands a call's error to the caller as
@@ -101,12 +122,15 @@ class RayRenderWorker(RenderWorker):
     store_get = staticmethod(ray.get)
     store_put = staticmethod(ray.put)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, checkpoints: CheckpointSet, device: str | None = None, *args: Any, **kwargs: Any) -> None:
         self.load_error: CheckpointError | None = None
         try:
-            super().__init__(*args, **kwargs)
+            super().__init__(checkpoints, ray_device(device), *args, **kwargs)
         except CheckpointError as error:
             self.load_error = error
+
+    def node_id(self) -> str | None:
+        return ray.get_runtime_context().get_node_id()
 
     def info(self) -> dict[str, Any]:
         if self.load_error is not None:

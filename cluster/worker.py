@@ -102,29 +102,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def cuda_device_for(assigned: list[int], visible: int) -> str:
-    """The torch device of the GPU Ray assigned to this process (`assigned`: Ray's GPU ids; `visible`: the
-    devices torch enumerates). Ray hides the other GPUs with CUDA_VISIBLE_DEVICES, but only for a process
-    whose CUDA driver starts after that: one that asked `torch.cuda.is_available()` earlier (an import or a
-    setup hook can) still sees every GPU, and "cuda" would put every worker on GPU 0."""
-    if not assigned or visible == len(assigned):
-        return "cuda:0"
-    return f"cuda:{int(assigned[0])}"
-
-
-def resolve_device(device: str | None) -> str:
-    """`device`, with a bare "cuda" pinned to this process's Ray-assigned GPU (see `cuda_device_for`)."""
-    device = device or default_device()
-    if device != "cuda":
-        return device
-    try:
-        import ray
-    except ImportError:  # used in-process without Ray (benchmarks on a bare GPU machine)
-        ray = None
-    assigned = [int(i) for i in ray.get_gpu_ids()] if ray is not None and ray.is_initialized() else []
-    return cuda_device_for(assigned, torch.cuda.device_count())
-
-
 PACKED_RESULTS = frozenset({"decode"})
 """Task results sent as numpy buffers (`cluster.transport`): decoded pixels, ~100 MB a tile."""
 
@@ -144,16 +121,6 @@ def _non_finite(value: Any, where: str = "its output") -> str | None:
             if found:
                 return found
     return None
-
-
-def _ray_node_id() -> str | None:
-    """The Ray node this worker runs on (None outside Ray): shows where a campaign's work landed."""
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    except Exception:
-        return None
 
 
 def _release_cached_memory() -> None:
@@ -281,7 +248,7 @@ class RenderWorker:
 
         checkpoints = local_checkpoint_set(checkpoints)  # a manifest: fetched into this node's cache, verified
         self.name = name
-        self.device = resolve_device(device)
+        self.device = device or default_device()
         if self.device.startswith("cuda"):
             torch.cuda.set_device(self.device)  # streams, pinned copies and syncs without a device use this one
         self.models = load_resident_models(checkpoints, self.device, getattr(torch, dtype), transformer_device)
@@ -327,7 +294,7 @@ class RenderWorker:
             "name": self.name,
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "node": _ray_node_id(),
+            "node": self.node_id(),
             "device": str(self.models.device),
             "gpu": torch.cuda.get_device_name(self.models.device) if self.models.device.type == "cuda" else None,
             "dtype": str(self.models.dtype).removeprefix("torch."),
@@ -351,6 +318,10 @@ class RenderWorker:
     def progress(self) -> dict[str, Any]:
         with self._lock:
             return dict(self._progress)
+
+    def node_id(self) -> str | None:
+        """The cluster node this worker runs on (None outside a cluster): shows where a campaign's work landed."""
+        return None
 
     def stop(self) -> None:
         """End the model work under way at its next step (`WorkerStopped`), and any later call's: for a worker that

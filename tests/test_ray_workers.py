@@ -106,7 +106,7 @@ def _in_new_thread(fn):
 def test_a_worker_is_pinned_to_its_ray_gpu_even_if_torch_saw_every_gpu():
     """Ray hides other GPUs with CUDA_VISIBLE_DEVICES; a process whose CUDA started before that still sees
     all of them (found on a 2-GPU machine: both replicas on GPU 0)."""
-    from cluster.worker import cuda_device_for
+    from cluster.ray_executor import cuda_device_for
 
     assert cuda_device_for([1], visible=1) == "cuda:0"  # hidden as Ray intends: its one GPU is device 0
     assert cuda_device_for([1], visible=2) == "cuda:1"  # torch sees both: pick Ray's by index
