@@ -985,14 +985,6 @@ def _reported_code(error: BaseException) -> ExitCode | None:
     return None
 
 
-def _as_raised_there(error: BaseException) -> BaseException:
-    """A worker's error as it was raised on the worker: Ray hands it over wrapped, its text a traceback."""
-    ray_exceptions = sys.modules.get("ray.exceptions")
-    if ray_exceptions is not None and isinstance(error, ray_exceptions.RayTaskError):
-        return error.cause
-    return error
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -1019,8 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"ok": False, "error": message}, indent=2))
         print(message, file=sys.stderr)
         return ExitCode.INTERRUPTED
-    except Exception as raised:
-        e = _as_raised_there(raised)
+    except Exception as e:
         code = _reported_code(e)
         if code is None:
             raise

@@ -250,8 +250,8 @@ class RayExecutor(ExecutorBase):
         return ray.put(value)
 
     def get(self, handles: Any, timeout: float | None = None) -> Any:
-        """`ray.get`, with a lost actor or object as `WorkerLost` / `InputLost` and a model set that could not
-        load raised as itself."""
+        """`ray.get`, with a lost actor or object as `WorkerLost` / `InputLost`, and a call's error raised as the
+        worker raised it (Ray wraps it, its text a traceback: kept as the cause)."""
         try:
             return ray.get(handles, timeout=timeout)
         except ray.exceptions.RayActorError as error:
@@ -259,8 +259,8 @@ class RayExecutor(ExecutorBase):
         except ray.exceptions.ObjectLostError as error:
             raise InputLost(str(error)) from error
         except ray.exceptions.RayTaskError as error:
-            if isinstance(error.cause, CheckpointError):
-                raise error.cause from None
+            if isinstance(error.cause, Exception):
+                raise error.cause from error
             raise
 
     def wait(self, handles: Sequence[Any], timeout: float | None = None) -> list[Any]:
