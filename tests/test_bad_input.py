@@ -147,7 +147,7 @@ MANIFESTS = [
     ("window at 25:00", {"window": {"start": "25:00", "end": "07:00", "tz": "UTC"}}, "window"),
     ("unknown time zone", {"window": {"start": "20:00", "end": "07:00", "tz": "Mars/Olympus"}}, "tz"),
     ("zero variations", {"variations": 0}, "variations"),
-    ("negative budget", {"gpu_seconds_budget": -5}, "budget"),
+    ("negative budget", {"budget_gpu_seconds": -5}, ("budget_gpu_seconds: -5", "must be a positive number of seconds")),
     ("duplicate row ids", {"rows": [{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}]}, "duplicates"),
 ]
 
@@ -163,7 +163,9 @@ def test_bad_manifests(tmp_path, capsys, case, fields, words):
     code = main(["campaign", "--db", str(tmp_path / "db"), "submit", str(path)])
     out = capsys.readouterr()
     assert code in (2, 3), case  # 2: nothing queued; 3: good rows queued, bad rows skipped (listed on stdout)
-    assert words in out.err + out.out and "Traceback" not in out.err
+    assert all(w in out.err + out.out for w in ((words,) if isinstance(words, str) else words)), case
+    assert "Traceback" not in out.err
+    assert "is not a manifest field" not in out.err  # each case breaks a real field, not a misspelt one
 
 
 def _checkpoint_flags(tiny_set, checkpoint: Path) -> list[str]:
