@@ -312,18 +312,20 @@ def test_one_pass_renders_count_their_latency_until_published(tmp_path):
         is_gang = False
 
         def render(self, job, out, on_progress=None, target=None):
-            time.sleep(0.2)  # the render and its upload, as the caller waits for them
+            now[0] += 7.5  # the render and its upload, as the caller waits for them
             return "published"
 
+    now = [1000.0]
     plan = plan_job(validate_job(SMALL_JOB))
     assert plan.trivial
     server = MetricsServer(None)
     try:
-        assert render_and_publish(OnePassPool(), plan, OutputTarget(), tmp_path, server) == "published"
+        published = render_and_publish(OnePassPool(), plan, OutputTarget(), tmp_path, server, clock=lambda: now[0])
+        assert published == "published"
         after = scrape(server.url)
     finally:
         server.close()
-    assert total(after, "ltx2farm_job_seconds_count") == 1 and total(after, "ltx2farm_job_seconds_sum") >= 0.2
+    assert total(after, "ltx2farm_job_seconds_count") == 1 and total(after, "ltx2farm_job_seconds_sum") == 7.5
     assert total(after, "ltx2farm_video_seconds_total") == pytest.approx(plan.job.num_frames / plan.job.spec.frame_rate)
 
 
