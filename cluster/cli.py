@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -565,14 +566,20 @@ def single_pass(plan: Any, pool: Any) -> bool:
 
 
 def render_and_publish(
-    pool: Any, plan: Any, target: Any, out: Path, metrics: Any = None, on_progress: Any = None
+    pool: Any,
+    plan: Any,
+    target: Any,
+    out: Path,
+    metrics: Any = None,
+    on_progress: Any = None,
+    clock: Callable[[], float] = time.time,
 ) -> Any:
     """Render one planned job on the pool and publish its output. With `metrics` (a `MetricsServer`), the
-    job's end-to-end latency (from here until its output is published, upload included) and its seconds of
-    video are counted once published, whichever path rendered it. `on_progress` gets the render's steps, and
-    `{"stage": "upload", "waiting": UploadWait}` at each retry of an upload waiting out an outage."""
+    job's end-to-end latency (from here until its output is published, upload included, read from `clock`) and
+    its seconds of video are counted once published, whichever path rendered it. `on_progress` gets the render's
+    steps, and `{"stage": "upload", "waiting": UploadWait}` at each retry of an upload waiting out an outage."""
     job = plan.job
-    started = time.time()
+    started = clock()
     if single_pass(plan, pool):
         result = pool.render(job, out, on_progress=on_progress, target=target)
     else:
@@ -584,7 +591,7 @@ def render_and_publish(
         on_wait = (lambda wait: on_progress({"stage": "upload", "waiting": wait})) if on_progress else None
         result = deliver_held(sidecar, job, target, out, on_upload=on_upload, on_wait=on_wait)
     if metrics is not None:
-        metrics.farm.published(time.time() - started, job.num_frames / job.spec.frame_rate)
+        metrics.farm.published(clock() - started, job.num_frames / job.spec.frame_rate)
     return result
 
 

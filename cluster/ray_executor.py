@@ -49,6 +49,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
+        _token_authentication()
         with _loopback_node():
             ray.init(
                 address="local",  # always a new embedded cluster, never a stray one found on the machine
@@ -58,6 +59,18 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
                 log_to_driver=True,
                 configure_logging=False,
             )
+
+
+def _token_authentication() -> None:
+    """Ray's token authentication for the embedded cluster, whatever RAY_AUTH_MODE says: its servers listen on
+    the loopback interface, which every process of the machine can reach, so a call must carry the cluster's
+    token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token, made if missing). Ray 2.60 turns it on
+    for a new local cluster only where RAY_AUTH_MODE is unset. The mode is read from the environment, by the
+    processes the cluster starts and, once its config is reloaded, by this one."""
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
 
 
 @contextlib.contextmanager

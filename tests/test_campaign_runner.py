@@ -147,6 +147,54 @@ def test_uploads_and_resubmission_is_a_no_op(pool, tmp_path, monkeypatch):
         server.stop()
 
 
+@pytest.mark.parametrize("destination", ["bucket", "folder"])
+def test_a_restart_after_publication_renders_and_uploads_nothing_again(pool, tmp_path, monkeypatch, destination):
+    """The coordinator died after its jobs' outputs were published (sidecar last) but before it marked them done:
+    the restart requeues them, finds each output complete, and marks it done without rendering or uploading. Here
+    the jobs were published by a first runner on another store, and claimed on this one by a runner that then died.
+    """
+    from tests.s3_servers import MotoServer
+
+    for k, v in moto_env().items():
+        monkeypatch.setenv(k, v)
+    server = MotoServer().start()
+    try:
+        import boto3
+
+        s3 = boto3.session.Session().client("s3", endpoint_url=server.endpoint)
+        s3.create_bucket(Bucket="camp")
+        s3.put_bucket_versioning(Bucket="camp", VersioningConfiguration={"Status": "Enabled"})  # every PUT shows
+        output = {"output": "s3://camp/out"} if destination == "bucket" else {}
+        options = StorageOptions(endpoint_url=server.endpoint, addressing_style="path")
+        rows = [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(3)]
+        first = Store(tmp_path / "first")
+        submit(first, "again", rows, **output)
+        assert CampaignRunner(first, pool, tmp_path / "out", options).run()["done"] == 3
+
+        def objects() -> dict:
+            if destination == "folder":
+                return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "out").rglob("*")}
+            versions = s3.list_object_versions(Bucket="camp")["Versions"]
+            return {(v["Key"], v["VersionId"]): (v["ETag"], v["LastModified"]) for v in versions}
+
+        published, before = objects(), pool.refresh_info()
+        assert len(published) == 6 + (destination == "folder")  # an MP4 and a sidecar a job (and the campaign folder)
+
+        store = Store(tmp_path / "db")
+        submit(store, "again", rows, **output)
+        for _ in rows:  # claimed by a runner that then died
+            assert store.claim("again", "worker-0") is not None
+        stats = CampaignRunner(store, pool, tmp_path / "out", options).run()
+        assert (stats["requeued"], stats["skipped"], stats["done"], stats["failed"]) == (3, 3, 0, 0), stats
+        assert store.counts("again")["done"] == 3
+        after = pool.refresh_info()
+        assert [i["jobs_done"] for i in after] == [i["jobs_done"] for i in before]  # nothing rendered
+        assert [i["prompt_encodes"] for i in after] == [i["prompt_encodes"] for i in before]
+        assert objects() == published  # nothing uploaded or written: the same objects, versions and times
+    finally:
+        server.stop()
+
+
 def _kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL our own child and every process it started (its embedded Ray), by PID."""
     try:
@@ -188,6 +236,8 @@ def test_coordinator_killed_mid_campaign_then_restarted(tmp_path):
     _kill_tree(first)
     interrupted = store.counts("crash")
     assert interrupted["done"] < 12
+    finished = {j["id"] for j in store.jobs("crash", "done")}
+    outputs = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "crash").iterdir() if p.is_file()}
     second = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["ok"] is True
@@ -200,6 +250,11 @@ def test_coordinator_killed_mid_campaign_then_restarted(tmp_path):
     assert not list((out / "crash").glob(".*partial*"))  # no partial files left
     for job in store.jobs("crash"):
         assert Path(json.loads(job["output"])["video"]).is_file()
+    # the jobs done before the kill were neither rendered nor written again: one attempt each, their files untouched
+    assert {a["job"] for a in store.attempts("crash") if a["job"] in finished and a["outcome"] != "ok"} == set()
+    kept = [p for p in (out / "crash").iterdir() if p.name.split("-")[0] in finished]
+    assert len(kept) == 2 * len(finished)  # an MP4 and a sidecar each
+    assert all(outputs[p.name] == (p.stat().st_ino, p.stat().st_mtime_ns) for p in kept)
 
 
 def test_campaign_submitted_as_a_ray_job(tmp_path):

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 
 import pytest
@@ -24,12 +23,12 @@ TINY = {"height": 64, "width": 64, "num_frames": 9, "steps": 2}
 ROWS = [{"id": f"j{i:02d}", "prompt": f"scene number {i}, rain and wind", "seed": i} for i in range(50)]
 
 
-def _run(pool: RayExecutor, root, rows=ROWS, **runner_kwargs) -> tuple[Store, dict, CampaignRunner]:
+def _run(pool: RayExecutor, root, rows=ROWS, on_progress=None, **runner_kwargs) -> tuple[Store, dict, CampaignRunner]:
     store = Store(root / "db")
     m = parse_manifest({"campaign": "c", "defaults": TINY, "rows": rows, "max_task_retries": 0})
     store.submit(m.spec, m.jobs)
     runner = CampaignRunner(store, pool, root / "out", poll_s=0.05, **runner_kwargs)
-    return store, runner.run(), runner
+    return store, runner.run(on_progress=on_progress), runner
 
 
 def _content(root) -> dict[str, tuple[str, str]]:
@@ -51,35 +50,35 @@ def reference(ray_cluster, tiny_set, tmp_path_factory):
     return _content(root)
 
 
+KILL_AT = (3, 13, 23, 33)  # jobs done when each kill is due: spread over the campaign, whatever its speed
+
+
 def test_workers_killed_repeatedly_mid_campaign(ray_cluster, tiny_set, tmp_path, reference):
     pool = RayExecutor(tiny_set, num_workers=2)
     kills: list[int] = []
-    stop = threading.Event()
 
-    def killer() -> None:
-        time.sleep(2.0)
-        while not stop.is_set() and len(kills) < 4:
-            slot = len(kills) % len(pool.workers)
-            pid = pool.workers[slot].info.get("pid")  # a worker process this test's pool started (once loaded)
-            if pid is None:  # its replacement is loading: kill on the usual beat, not the instant it is ready
-                stop.wait(2.5)
-                continue
-            try:
-                os.kill(pid, signal.SIGKILL)
-                kills.append(pid)
-            except ProcessLookupError:
-                pass
-            stop.wait(2.5)
+    def killer(stats: dict) -> None:
+        """Called by the runner after each finished job, the other jobs in flight: the next kill goes out once
+        enough jobs are done, so the kills land mid-campaign by its progress, never by a guess of its speed."""
+        if len(kills) == len(KILL_AT) or stats["done"] < KILL_AT[len(kills)]:
+            return
+        turn = len(kills) % len(pool.workers)  # the workers in turn; one whose replacement is loading is passed over
+        slots = [(turn + i) % len(pool.workers) for i in range(len(pool.workers))]
+        # a worker process this test's pool started (once loaded)
+        pid = next((pool.workers[s].info["pid"] for s in slots if pool.workers[s].info.get("pid")), None)
+        if pid is None:  # every replacement is loading: the kill waits for a later job
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+            kills.append(pid)
+        except ProcessLookupError:
+            pass
 
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
     try:
-        store, stats, _ = _run(pool, tmp_path)
+        store, stats, _ = _run(pool, tmp_path, on_progress=killer)
     finally:
-        stop.set()
-        thread.join()
         pool.shutdown()
-    assert len(kills) >= 2, "the campaign ended before the workers could be killed"
+    assert len(kills) == len(KILL_AT), "the campaign ended before the workers could be killed"
     assert stats["replaced"] >= len(kills) - 1  # a kill may land on a worker that has just finished
     undone = {j["id"] for j in store.jobs("c") if j["state"] != "done"}
     why = [(a["job"], a["worker"], a["outcome"], a["error"][:80]) for a in store.attempts("c") if a["job"] in undone]

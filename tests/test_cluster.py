@@ -123,14 +123,23 @@ class Farm:
         out = self.cli(self.head, "campaign", "status", name, "--json", timeout=120)
         return json.loads(out.stdout) if out.returncode == 0 else {}
 
-    def done(self, name: str) -> int:
-        """Jobs of `name` done, read from the head's store on its disk (a reader beside the runner: WAL mode)."""
+    def _store(self, query: str, name: str, default: float) -> float:
+        """One value about campaign `name`, read from the head's store on its disk (a reader beside the runner: WAL
+        mode)."""
         database = self.head.host_path("/tmp/farm.db")
         if not database.exists():
-            return 0
+            return default
         with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)) as db:
-            query = "SELECT COUNT(*) FROM jobs WHERE campaign=? AND state='done'"
-            return db.execute(query, (name,)).fetchone()[0]
+            row = db.execute(query, (name,)).fetchone()
+            return default if row is None else row[0]
+
+    def done(self, name: str) -> int:
+        """Jobs of `name` done."""
+        return int(self._store("SELECT COUNT(*) FROM jobs WHERE campaign=? AND state='done'", name, 0))
+
+    def charged(self, name: str) -> float:
+        """GPU seconds charged to `name`: a render's are charged when it ends, before its upload."""
+        return self._store("SELECT gpu_seconds FROM campaigns WHERE name=?", name, 0.0)
 
     def objects(self, name: str) -> dict[str, dict]:
         """The campaign's outputs in the bucket: job id -> {'sidecar': document, 'mp4_sha256': of the object}."""
@@ -321,9 +330,17 @@ def test_the_storage_node_down_for_60_s(undisturbed):
     run = farm.run_campaign("storage-down", PLAIN)
     _wait_for_first_job(farm, "storage-down", run)
     storage = farm.nodes["storage"]
+    charged = farm.charged("storage-down")
     storage.kill_all()
     down = time.time()
-    time.sleep(60)
+    # Down for 60 s at least, and until a render has ended meanwhile (its GPU time is charged when it ends, before
+    # its upload): the check below then holds by what happened, not by how fast the renders were.
+    wait_until(
+        lambda: farm.charged("storage-down") > charged and time.time() > down + 60,
+        600,
+        "storage-down: a job rendered while the storage was down",
+        every_s=0.5,
+    )
     storage.restart()
     farm.swift.start()  # its objects were on the node's disk
     back = time.time()

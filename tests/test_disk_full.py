@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -18,14 +19,20 @@ from tests.test_cli import run
 
 @contextlib.contextmanager
 def tiny_disk(root: Path, size: str = "1m"):
-    """A real filesystem that fills up: tmpfs of `size`, mounted and unmounted by this test."""
+    """A real filesystem that fills up: tmpfs of `size`, mounted and unmounted by this test. Only a platform without
+    tmpfs skips; on Linux a refused mount fails the test, so that CI (root on Linux) never passes without it."""
+    if sys.platform != "linux":
+        pytest.skip(f"tmpfs is Linux's; this platform is {sys.platform}")
     mount_point = root / f"disk-{uuid.uuid4().hex[:8]}"
     mount_point.mkdir()
     made = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)], capture_output=True
     )
     if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.decode().strip()}")
+        pytest.fail(
+            f"cannot mount a {size} tmpfs at {mount_point}: {made.stderr.decode().strip()}; "
+            "this test needs root on Linux (as CI runs it): run it as root"
+        )
     try:
         yield mount_point
     finally:

@@ -1,8 +1,9 @@
 """Gangs on the local Ray cluster (2 CPU ranks, gloo, float32 tiny model): exact, and rebuilt after a kill.
 
-Each mode's output is compared with one process running the same task on the same inputs. The bound
-asserted is a relative error (max |gang - single| / max |single|) ≤ 1e-5; the reached values are printed
-(pytest -s) and recorded in bench/README.md.
+Each mode's output is compared with one process running the same task on the same inputs. Sequence parallel and
+sharded gangs are bit-identical (`torch.equal`). A guidance gang batches its share of a step's passes, which the
+single CPU worker runs one by one: in float32 the batched matmuls round differently, so it is held to a relative
+error (max |gang - single| / max |single|) ≤ 1e-5 (reached: up to 2.4e-6). The reached values are printed (pytest -s).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from jobs.placement import Placement
 from ltx2 import stages
 from ltx2.render import default_audio_guidance, default_video_guidance
 
-BOUND = 1e-5
+GUIDANCE_BOUND = 1e-5  # guidance gangs only: passes batched per rank (see the module's docstring)
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +78,14 @@ def _relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return float((ours.float() - ref.float()).abs().max() / ref.float().abs().max())
 
 
-def _check(name: str, ours: stages.ChunkResult, ref: stages.ChunkResult) -> None:
-    errors = {m: _relative_error(getattr(ours, m), getattr(ref, m)) for m in ("video", "audio")}
-    print(f"{name}: relative error video {errors['video']:.2e}, audio {errors['audio']:.2e}")
-    assert max(errors.values()) <= BOUND, (name, errors)
-    assert not torch.equal(ref.video, torch.zeros_like(ref.video))
+def _check(name: str, ours: torch.Tensor, ref: torch.Tensor, exact: bool) -> None:
+    error = _relative_error(ours, ref)
+    print(f"{name}: relative error {error:.2e}")
+    if exact:
+        assert torch.equal(ours, ref), (name, error)
+    else:
+        assert error <= GUIDANCE_BOUND, (name, error)
+    assert not torch.equal(ref, torch.zeros_like(ref))
 
 
 # 96x160 stage-1 pixels, 17 frames: 3 x 3 x 5 = 45 video tokens, an uneven split over 2 ranks (23 + 22).
@@ -99,7 +103,9 @@ def test_gang_stage1_equals_one_process(tiny_set, single, mode):
             ours, trace = _run(gang, "stage1", **args)
             expected = "sequence" if mode == "sequence" else "guidance"
             assert trace.parallelism == expected and trace.gang["ranks"] == 2
-            _check(f"{mode} stage 1 {shape}", ours, ref)
+            for output in ("video", "audio"):
+                exact = mode != "guidance"
+                _check(f"{mode} stage 1 {shape} {output}", getattr(ours, output), getattr(ref, output), exact)
     finally:
         ray.get(gang.shutdown.remote())
         ray.kill(gang)
@@ -140,9 +146,7 @@ def test_gang_stage2_tile_equals_one_process(tiny_set, single, mode):
         ours, trace = _run(gang, "stage2", **tile)
         assert trace.parallelism == "sequence"
         for name, o, r in (("video", ours[0], ref[0]), ("audio", ours[1], ref[1])):
-            error = _relative_error(o, r)
-            print(f"{mode} stage 2 {name}: relative error {error:.2e}")
-            assert error <= BOUND
+            _check(f"{mode} stage 2 {name}", o, r, exact=True)
     finally:
         ray.get(gang.shutdown.remote())
         ray.kill(gang)
@@ -155,9 +159,9 @@ def test_killed_member_rebuilds_the_gang_and_the_retry_is_identical(tiny_set, si
         undisturbed, _ = _run(gang, "stage1", **args)
         victim = ray.get(gang.info.remote())["gang"]["member_pids"][1]
         value, trace = gang.task.options(num_returns=2).remote("stage1", "stage1", **args)
-        deadline = time.time() + 60
+        deadline = time.monotonic() + 60
         while ray.get(gang.progress.remote()).get("step", 0) < 3:  # mid-task, inside the collectives
-            assert time.time() < deadline, "the task never started"
+            assert time.monotonic() < deadline, "the task never started"
             time.sleep(0.05)
         os.kill(victim, signal.SIGKILL)  # a member process this test's gang started
         retried, trace = ray.get(value), ray.get(trace)

@@ -1,16 +1,20 @@
 """A local `ltx2-farm render` listens on the loopback interface only: its embedded Ray cluster (GCS, raylet and
 object manager, the driver's and workers' gRPC servers, the dashboard and runtime env agents, the dashboard's and
-autoscaler's Prometheus endpoints) and the farm's metrics server, read from the socket table while it runs."""
+autoscaler's Prometheus endpoints) and the farm's metrics server, read from the socket table while it runs. Its
+cluster's token authentication is on, also where the environment asks for it off: the GCS refuses a call without
+the token."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import grpc
 import psutil
 from ray._private import ray_constants
 
@@ -60,6 +64,20 @@ def listeners(driver: psutil.Process) -> tuple[set[tuple[str, str, int]], set[in
     return ours, elsewhere
 
 
+def gcs_status(port: int, token: str | None) -> grpc.StatusCode:
+    """The status of a call to the GCS on 127.0.0.1:`port` (its cluster id) carrying `token`, or no token."""
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=30, metadata=metadata)
+        except grpc.RpcError as error:
+            return error.code()
+    return grpc.StatusCode.OK
+
+
 def test_local_render_listens_on_loopback_only(tmp_path: Path):
     job = write_job(tmp_path, name="loopback")
     env = {**os.environ, "LTX2_FARM_CACHE": str(CACHE)}
@@ -68,11 +86,17 @@ def test_local_render_listens_on_loopback_only(tmp_path: Path):
     # The dashboard's and autoscaler's Prometheus ports are fixed by default (44227, 44217): another Ray cluster
     # on this machine holding them would keep this one's from listening at all, and unseen, from being checked.
     env.update(DASHBOARD_METRIC_PORT="0", AUTOSCALER_METRIC_PORT="0")
+    # An environment that opts out of Ray's token authentication: the embedded cluster keeps it on. The token is
+    # the test's, so that it can call with it.
+    token = secrets.token_hex(16)
+    env.update(RAY_AUTH_MODE="disabled", RAY_AUTH_TOKEN=token)
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
     argv = [sys.executable, "-m", "cluster.cli", "render", str(job), "--out", str(tmp_path / "out")]
     argv += ["--executor", "ray", "--metrics-port", "0", "--json"]  # the embedded Ray cluster and its servers
     log = tmp_path / "render.log"
     seen: set[tuple[str, str, int]] = set()
     held_elsewhere: set[int] = set()
+    calls: dict[str, grpc.StatusCode] = {}
     with log.open("w") as out:
         render = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         driver = psutil.Process(render.pid)
@@ -82,6 +106,13 @@ def test_local_render_listens_on_loopback_only(tmp_path: Path):
                 ours, elsewhere = listeners(driver)
                 seen |= ours
                 held_elsewhere |= elsewhere
+                gcs = sorted(port for name, _, port in ours if name == "gcs_server")
+                if gcs and not calls:
+                    calls = {
+                        "no token": gcs_status(gcs[0], None),
+                        "another token": gcs_status(gcs[0], secrets.token_hex(16)),
+                        "its token": gcs_status(gcs[0], token),
+                    }
                 time.sleep(POLL_S)
         finally:
             if render.poll() is None:
@@ -103,3 +134,8 @@ def test_local_render_listens_on_loopback_only(tmp_path: Path):
     if agent_http not in held_elsewhere:
         assert ("ray::DashboardAgent", "127.0.0.1", agent_http) in seen, sorted(seen)
     assert any(name.startswith("ray::RayRenderWorker") for name in names), sorted(seen)
+    assert calls == {
+        "no token": grpc.StatusCode.UNAUTHENTICATED,
+        "another token": grpc.StatusCode.UNAUTHENTICATED,
+        "its token": grpc.StatusCode.OK,
+    }

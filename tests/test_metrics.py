@@ -304,26 +304,25 @@ def test_the_metrics_port_is_held_from_before_the_models_load(monkeypatch, capsy
         again.bind(("127.0.0.1", port))
 
 
-def test_one_pass_renders_count_their_latency_until_published(tmp_path):
-    """The fast path (one worker, one pass) publishes from the worker: its latency is counted all the same."""
-
-    class OnePassPool:
-        workers = (object(),)
-        is_gang = False
-
-        def render(self, job, out, on_progress=None, target=None):
-            time.sleep(0.2)  # the render and its upload, as the caller waits for them
-            return "published"
+def test_one_pass_renders_count_their_latency_until_published(tiny_set, tmp_path):
+    """The fast path (one worker, one pass) publishes from the worker: its latency is counted all the same, from
+    before the render until the output is published (a clock read at those two moments)."""
+    from cluster.local_executor import LocalExecutor
 
     plan = plan_job(validate_job(SMALL_JOB))
     assert plan.trivial
-    server = MetricsServer(None)
+    executor = LocalExecutor(tiny_set)
+    server = MetricsServer(executor)
     try:
-        assert render_and_publish(OnePassPool(), plan, OutputTarget(), tmp_path, server) == "published"
+        published = render_and_publish(
+            executor, plan, OutputTarget(), tmp_path, server, clock=iter([1000.0, 1007.5]).__next__
+        )
+        assert published.paths.sidecar.is_file()
         after = scrape(server.url)
     finally:
         server.close()
-    assert total(after, "ltx2farm_job_seconds_count") == 1 and total(after, "ltx2farm_job_seconds_sum") >= 0.2
+        executor.shutdown()
+    assert total(after, "ltx2farm_job_seconds_count") == 1 and total(after, "ltx2farm_job_seconds_sum") == 7.5
     assert total(after, "ltx2farm_video_seconds_total") == pytest.approx(plan.job.num_frames / plan.job.spec.frame_rate)
 
 
