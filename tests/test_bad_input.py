@@ -168,7 +168,7 @@ def test_bad_manifests(tmp_path, capsys, case, fields, words):
 
 
 def test_a_bad_row_is_skipped_with_exit_code_3_and_the_good_rows_are_queued(tmp_path, capsys):
-    from jobs.store import Store
+    from cluster.campaign_store import Store
 
     path = _manifest(tmp_path, rows=[{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}])
     assert main(["campaign", "--db", str(tmp_path / "db"), "submit", str(path)]) == 3
