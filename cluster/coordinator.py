@@ -91,7 +91,8 @@ DECODE_GROUPS_AHEAD = 1
 QUEUED_DECODES_PER_WORKER = 1
 """Decode tiles sent to a worker beyond the task it runs: it starts the next tile as soon as the last one's
 compute ends, while that tile's pixels (~100 MB) go into the object store and back to the coordinator. With
-one task per worker the GPU idled ~0.14 s between tiles: 7 s of a 1024x1536 job's 12.5 s decode (1 x H100)."""
+one task per worker the GPU would idle between tiles for a large share of a big job's decode (bench/README.md,
+"Numbers behind the code")."""
 
 ENCODE_POLL_S = 0.05
 """How often the scheduler looks at the encoder threads while it waits for the workers' tasks."""
@@ -391,7 +392,7 @@ class Coordinator:
         """Hand finished decode groups, in order, to the run's encoder thread, which blends them (ltx-core's
         tiled_decode blending) and streams their frames into the MP4. The scheduling thread hands over only
         the object refs: it goes on dispatching tiles while pixels are fetched, blended and encoded (the encode
-        alone took longer than the decode tasks of a 1024x1536 job, and the GPUs waited for it).
+        alone can take longer than the decode tasks of a 1024x1536 job, and the GPUs would wait for it).
 
         True when it consumed a group: that moves the backpressure horizon, so more tiles may be dispatched.
         """
@@ -422,7 +423,7 @@ class Coordinator:
     def _blend_group(self, run: JobRun, tiles: list[Any], refs: list[Any]) -> None:
         """Fetch one temporal group's pixels, blend them into the previous group's overlap and emit the
         frames no later group touches (encoder thread: fetching a group's ~1.6 GB on the scheduling thread
-        held up tile dispatch for ~1 s per group)."""
+        would hold up tile dispatch for about a second per group)."""
         state = run.decode_state
         decoded = [unpack(packed) for packed in self.executor.get(refs)]
         buffer, weights, temporal = accumulate_group(tiles, decoded, run.plan.job.spec.height, run.plan.job.spec.width)

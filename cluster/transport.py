@@ -1,9 +1,9 @@
 """Large tensors through Ray's object store as numpy buffers, not pickled tensors.
 
 Ray keeps numpy arrays out of band (pickle protocol 5): one copy into shared memory, and readers on the node
-map it without copying. A torch tensor is pickled through `torch.save` instead: a 100 MB decoded tile took
-~90 ms to pickle and as long to unpickle, with the GIL held, so a worker's next decode tile waited ~0.1 s
-behind the last one's result (48 tiles of a 1024x1536 job: ~4 s of an idle GPU, 1 x H100).
+map it without copying. A torch tensor is pickled through `torch.save` instead, with the GIL held on both
+ends, so a worker's next decode tile would wait behind the last one's result and the GPU idle for seconds of
+a large job's decode (bench/README.md, "Numbers behind the code").
 """
 
 from __future__ import annotations

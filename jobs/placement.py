@@ -30,8 +30,8 @@ LTX2_BF16_TRANSFORMER_BYTES = 37_800_000_000
 
 RESIDENT_OVERHEAD_BYTES = 30_000_000_000
 """Estimate of what a rank holds besides its transformer weights: Gemma-3-12B in bf16 (~24 GB, whole on
-every rank today), VAEs and upsampler (~2 GB), activations at 121 frames (~4 GB: the official forward
-peaks at 36.4-39.9 GiB over 35.2 GiB of weights on an H100, bench/README.md)."""
+every rank), VAEs and upsampler (~2 GB), activations at 121 frames (~4 GB: the official forward's peak over
+its weights, bench/README.md, "Numbers behind the code")."""
 
 SEQUENCE_PARALLEL_MIN_TOKENS = 12_000
 """Below this many video tokens per forward, Ulysses' all-to-alls cost more than they save."""

@@ -721,8 +721,8 @@ def hash_cache_file() -> Path:
 
 
 def cached_file_sha256(path: Path) -> str:
-    """SHA-256 memoised per (path, size, mtime), in memory and on disk: 75 GB of model files are hashed once
-    per machine (measured: 84 s on an H100 host), not once per worker process."""
+    """SHA-256 memoised per (path, size, mtime), in memory and on disk: 75 GB of model files (over a minute of
+    hashing: bench/README.md) are hashed once per machine, not once per worker process."""
     key = _memo_key(path)
     if key in _HASH_CACHE:
         return _HASH_CACHE[key]

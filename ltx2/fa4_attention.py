@@ -1,11 +1,11 @@
 """bf16 attention through FlashAttention-4's forward kernel (`flash-attn-4` on PyPI, Hopper and Blackwell).
 
-Why: a third of a compiled bf16 forward is attention, and on an H100 FA4's Hopper forward (written in the
-CuTe DSL, compiled at the first call of a shape) runs the video self-attention at 657-690 TFLOP/s where
-cuDNN through torch SDPA runs at 604-614 (bench/fa4_attention.py); the official FlashAttention-3 path has no
-wheel. Same arithmetic as flash attention anywhere (the output differs from cuDNN's as torch's own flash
-backend does). The kernel is called through a `torch.library` custom op so that compiled blocks trace
-through it; masked calls, other dtypes and GPUs the kernel does not serve keep the official SDPA path.
+Why: a third of a compiled bf16 forward is attention, and FA4's Hopper forward (written in the CuTe DSL, compiled at the
+first call of a shape) runs the video self-attention faster than cuDNN through torch SDPA (bench/README.md, "Numbers
+behind the code"); the official FlashAttention-3 path has no wheel. Same arithmetic as flash attention anywhere (the
+output differs from cuDNN's as torch's own flash backend does). The kernel is called through a `torch.library` custom op
+so that compiled blocks trace through it; masked calls, other dtypes and GPUs the kernel does not serve keep the
+official SDPA path.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ KERNEL_ARCHES = (9, 10)
 """Compute capability majors whose FA4 forward the farm uses: Hopper (H100/H200) and Blackwell (B200)."""
 
 MIN_TOKENS = 8192
-"""Shortest query and key sequence FA4 is given; shorter calls keep cuDNN SDPA. One H100, self-attention
-per call (bench/fa4_attention.py, `results/fa4_attention_h100_2026-11-26_sizes.json`): FA4 is slower at
-3 520 tokens (0.475 vs 0.394 ms, its Python launch shows), even at 6 144, 3 % faster at 8 192 and 9 % at
-14 080. So it serves the video self-attention at full resolution, not stage 1, the audio or text layers."""
+"""Shortest query and key sequence FA4 is given; shorter calls keep cuDNN SDPA: below it FA4's Python launch
+costs what its kernel saves, or more (bench/README.md). So it serves the video self-attention at full
+resolution, not stage 1, the audio or text layers."""
 
 
 class Fa4AttentionError(RuntimeError):

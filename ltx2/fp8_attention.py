@@ -1,8 +1,8 @@
 """FP8 attention for the video self-attention, through cuDNN's FP8 flash attention (Hopper and newer).
 
 Why: with FP8 matmuls the 19B forward's time is half attention, and torch's SDPA has no FP8 path. cuDNN's
-`sdpa_fp8` (reached through the `nvidia-cudnn-frontend` package) runs at 990-1030 TFLOP/s on an H100 where
-bf16 cuDNN runs at 610-680 (bench/fp8_attention.py). q, k and v are quantised to e4m3 with one scale per
+`sdpa_fp8` (reached through the `nvidia-cudnn-frontend` package) runs the video self-attention well ahead of
+bf16 cuDNN (bench/README.md, "Numbers behind the code"). q, k and v are quantised to e4m3 with one scale per
 tensor (q and k: a bound known from their RMSNorm's weight, `normed_descale`; v: its abs-max), the softmax
 probabilities with the fixed scale 448 (they lie in [0, 1]), and the output with v's scale: an attention
 output is a convex combination of v's rows, so it never exceeds v's abs-max and cannot overflow. Inside a

@@ -14,8 +14,8 @@ calibration is needed and any bf16 checkpoint can be quantised at load), and the
 code in the tests). Under compiled blocks the input's amax, scaling and cast fuse into the neighbouring
 kernels. On a GPU each input row gets its own scale (the weight's one scale broadcast over its columns) and
 cuBLAS accumulates in its fast FP8 mode: a row's amax fuses into the kernel that writes the row, and with
-fast accumulation cuBLAS's row-wise kernel is as fast as its per-tensor one (666 vs 674 ms per forward at
-704x1280x121 on an H100; without it, 714 vs 672: bench/README.md). PyTorch's CPU kernel takes per-tensor
+fast accumulation cuBLAS's row-wise kernel is as fast as its per-tensor one, where without it the row-wise
+kernel is the slower (bench/README.md, "Numbers behind the code"). PyTorch's CPU kernel takes per-tensor
 scales only.
 """
 

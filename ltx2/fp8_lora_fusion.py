@@ -2,8 +2,8 @@
 
 ltx-core fuses a LoRA delta into a scaled-FP8 weight (`fuse_loras._fuse_delta_with_scaled_fp8`) by dequantising
 the whole weight to float32, adding the delta, taking the amax and requantising: about ten full-size float32
-kernels, ~66 bytes of memory traffic per weight element. On a 19B FP8 worker the distilled LoRA's fusion before
-every stage 2 was the largest piece of a lone job's time outside the model (H100, 2026-11-26). Here the same
+kernels, ~66 bytes of memory traffic per weight element. On a 19B FP8 worker that fusion of the distilled LoRA,
+before every stage 2, would be the largest piece of a lone job's time outside the model (bench/README.md). Here the same
 float32 arithmetic runs in registers: one pass reads the FP8 weight and the bf16 delta for the amax, a second
 requantises in place (7 bytes per element). It is the official arithmetic operation for operation (a multiply
 then an add, never a fused multiply-add; the new scale as torch computes `fp8_max / max_abs`: an IEEE reciprocal,

@@ -1,15 +1,15 @@
 """ltx-core's rotary embeddings written so that inductor fuses them: the same operations, no in-place slices.
 
-Why: compiled, the official split RoPE (the real 19B checkpoint's) became three full passes over q and k
+Why: compiled, the official split RoPE (the real 19B checkpoint's) becomes three full passes over q and k
 per attention layer: it writes `x * cos` and then updates each half in place (`addcmul_` on slices),
-which inductor can only follow by materialising the tensor between the steps. At 1024×1536×121 the RoPE
-kernels moved ~5.4 of the ~11.7 GB a block's fused kernels move (`bench/fused_kernels.py`). The
-interleaved form (ltx-core's code default) materialised the rotated copy (`stack((-x2, x1))`).
+which inductor can only follow by materialising the tensor between the steps, and those passes are a large
+share of the bytes a block's fused kernels move (bench/README.md, "Numbers behind the code"). The
+interleaved form (ltx-core's code default) materialises the rotated copy (`stack((-x2, x1))`).
 
 Here both halves come from one expression over the whole tensor, `addcmul(x * cos, (-sin, sin), (second,
 first))`: the official operations in the official order, so eager results are bit-identical, and the
-swap of the halves is a flip, which inductor reads as an index change (a `stack` of the two halves was
-still copied in a pass of its own). Traced for compiling, the `addcmul` is a written-out sum (see
+swap of the halves is a flip, which inductor reads as an index change (a `stack` of the two halves is
+copied in a pass of its own). Traced for compiling, the `addcmul` is a written-out sum (see
 `_rotate_halves`). The interleaved rotation is likewise a flip times ±1 (exact).
 `FusibleRopeAttention` runs ltx-core's own `Attention.forward`, its code object unchanged, with the
 `apply_rotary_emb` it calls bound to this one.
@@ -31,7 +31,7 @@ def split_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
 
     q and k come as (B, T, H·D) and the tables as (B, H, T, D/2) views of tokens-first memory (ltx-core
     builds them (B, T, H, D/2) and swaps the axes), so the rotation runs in (B, T, H, 2, D/2) order: every
-    operand in its memory order, no axis swaps there and back (inductor's kernels came out the same).
+    operand in its memory order, no axis swaps there and back (inductor's kernels are the same either way).
     """
     if x.ndim != 4 and cos.ndim == 4:
         b, h, t, _ = cos.shape
@@ -44,8 +44,8 @@ def _rotate_halves(halves: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -
     """(first cos - sin second, second cos + sin first) over (..., 2, D/2).
 
     Eager, each half is rounded as ltx-core's `addcmul_` rounds it. Compiled, the sum is written out: inductor
-    lowers a 16-bit `addcmul` to float32 arithmetic and a cast, and where the result fed attention it stored
-    the float32 sum (twice the bytes) and cast it in a pass of its own. Inductor rounds once at the store
+    lowers a 16-bit `addcmul` to float32 arithmetic and a cast, and where the result feeds attention it stores
+    the float32 sum (twice the bytes) and casts it in a pass of its own. Inductor rounds once at the store
     either way.
     """
     signed_sin = sin.unsqueeze(-2) * sin.new_tensor([[-1.0], [1.0]])  # (-sin, sin), exactly

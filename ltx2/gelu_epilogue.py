@@ -1,12 +1,11 @@
 """The FF input layer's bias and tanh GELU applied by cuBLASLt to the matmul's accumulator (its GELU epilogue).
 
-Why: compiled, the layer is a cuBLAS matmul writing the 16 384-wide hidden state and a fused kernel reading it back
-to apply the GELU and write it again: 1.6 GB per block at 1024×1536×121, the largest of the fused kernels
-(bench/fused_kernels.py). `torch._addmm_activation(..., use_gelu=True)` is cuBLASLt's bias + GELU epilogue, the same
-tanh GELU, applied before the hidden state is written once (bench/ff_epilogue.py: 2.88 -> 2.54 ms per call at
-14 080 tokens, 5.06 -> 4.88 at 24 576). It is called through a `torch.library` custom op: traced as itself,
-inductor would decompose it back into a matmul and a GELU kernel. The GELU is computed from the float32
-accumulator instead of the bf16-rounded matmul output, the only difference from the official layer.
+Why: compiled, the layer is a cuBLAS matmul writing the 16 384-wide hidden state and a fused kernel reading it back to
+apply the GELU and write it again, the largest of the fused kernels by bytes moved. `torch._addmm_activation(...,
+use_gelu=True)` is cuBLASLt's bias + GELU epilogue, the same tanh GELU, applied before the hidden state is written once,
+so the layer takes less time (bench/README.md, "Numbers behind the code"). It is called through a `torch.library` custom
+op: traced as itself, inductor would decompose it back into a matmul and a GELU kernel. The GELU is computed from the
+float32 accumulator instead of the bf16-rounded matmul output, the only difference from the official layer.
 """
 
 from __future__ import annotations

@@ -2,12 +2,12 @@
 check of a file's header against them.
 
 ltx-core builds each component from the config on the meta device and fills it from the file with
-`load_state_dict(strict=False)`: a tensor of another shape fails only once the whole file is read (20-35 s
-at 19B, as a traceback), a missing one leaves the model on the meta device, and the tensors of blocks the
-config does not build are dropped without a word (a later LoRA check then blames the LoRA). Here each
-component is built the same way, on the meta device (no memory; 0.2-0.4 s for the 19B transformer on 2 cores),
-and its state dict is compared with the header's names, passed through the same key ops, and shapes:
-before any module is built for real or any tensor read.
+`load_state_dict(strict=False)`: a tensor of another shape fails only once the whole file is read (tens of seconds at
+19B, as a traceback), a missing one leaves the model on the meta device, and the tensors of blocks the config does not
+build are dropped without a word (a later LoRA check then blames the LoRA). Here each component is built the same way,
+on the meta device (no memory, and a fraction of a second for the 19B transformer: bench/README.md), and its state dict
+is compared with the header's names, passed through the same key ops, and shapes: before any module is built for real or
+any tensor read.
 
 Keys the file holds that no component reads are allowed: the published files carry some that ltx-core
 ignores (`vae.per_channel_statistics.channel` and `mean-of-stds`, the `scaled_fp8` marker of FP8 files), and

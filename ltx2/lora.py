@@ -42,9 +42,9 @@ def host_backup(tensor: torch.Tensor, non_blocking: bool = False) -> torch.Tenso
     """A host copy of a weight in the weight's own layout (strides), pinned for a GPU weight.
 
     Why the layout: an FP8 weight is stored transposed ([in, out] view of a contiguous [out, in]); a row-major
-    backup made every copy between it and the weight go through a temporary on the GPU and a transposing
-    kernel. With the same strides each copy is one plain memcpy (with it, an FP8 job's stage 2 spent
-    0.63 s outside its steps instead of 0.84; H100, 2026-11-27)."""
+    backup would send every copy between it and the weight through a temporary on the GPU and a transposing
+    kernel. With the same strides each copy is one plain memcpy, and an FP8 job's stage 2 spends less time
+    outside its steps (bench/README.md, "Numbers behind the code")."""
     backup = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, pin_memory=tensor.is_cuda)
     backup.copy_(tensor, non_blocking=non_blocking)
     return backup
@@ -86,7 +86,7 @@ class LoraFusion:
     loader: Callable[[str], StateDict] = load_lora
     originals: dict[str, torch.Tensor] | None = None
     """Host copies of the original weights, kept across fusions (a resident model's weights never change
-    otherwise): copying and pinning 35 GB per fusion was most of the 18 s a warm 19B job spent fusing."""
+    otherwise): copying and pinning ~35 GB per fusion would be most of a warm 19B job's fusing time."""
     fp8_kernels: bool = True
     """Scaled-FP8 weights on a GPU fuse through `ltx2.fp8_lora_fusion` (the official arithmetic in two passes);
     False: through ltx-core's `apply_loras` itself (what `bench/lora_fusion.py` compares with)."""
@@ -199,9 +199,8 @@ class LoraFusion:
 
 
 PREFETCH_HEADROOM = 4 * 2**30
-"""GPU memory `ResidentLoras.prefetch` leaves unused above the peak so far. A bf16 19B worker with Gemma resident
-had 10.9 GiB free at its first job's last stage-1 step at 704x1280 (H100): it prefetches 6.9 of the 7.2 GiB
-distilled LoRA."""
+"""GPU memory `ResidentLoras.prefetch` leaves unused above the peak so far; with it a bf16 19B worker with Gemma
+resident still prefetches most of the distilled LoRA at 704x1280 (bench/README.md, "Numbers behind the code")."""
 
 
 @dataclass(frozen=True)
@@ -289,9 +288,9 @@ class ResidentLoras:
         it copies; none while blocks are parked (the OOM ladder's rungs). The device's free memory is no
         measure: blocks freed by the last job's prefetch stay in PyTorch's cache for the next.
 
-        Why: ltx-core's fusion copies each factor pair from host memory and waits for it, ~0.2 s of a
-        0.33-0.38 s distilled-LoRA fusion at 19B (rank 384, 7.2 GiB) on an H100 (0.14 s with the prefetch);
-        started during the last stage-1 step, the copy overlaps the forwards. The GPU copies are freed once
+        Why: ltx-core's fusion copies each factor pair from host memory and waits for it, more than half of a
+        distilled-LoRA fusion at 19B (rank 384, 7.2 GiB; bench/README.md); started during the last stage-1
+        step, the copy overlaps the forwards. The GPU copies are freed once
         the fusion is done."""
         device = next(self.model.parameters()).device
         if device.type != "cuda" or LoraState(tuple(loras), distilled) == self._state:
@@ -342,7 +341,7 @@ class ResidentLoras:
 
     def warm_originals(self) -> None:
         """Copy (and pin, on a GPU) the weights the distilled LoRA changes, in a background thread, while the
-        first job's stage 1 runs: the first fusion then does not pay for it (57 s at 19B). Call it before the
+        first job's stage 1 runs: the first fusion then does not pay for it (about a minute at 19B). Call it before the
         model is sharded, or not at all for a sharded model; fusing waits for it."""
         distilled = self.distilled_lora.path
         targets = LoraFusion(self.model, [self.distilled_lora], loader=lambda _path: self._files[distilled]).targets
@@ -355,7 +354,7 @@ class ResidentLoras:
 
         def copy() -> None:
             # Into pinned buffers, asynchronously on a side stream: a pageable copy on the default stream
-            # serialised with the first job's kernels and slowed its stage 1 (bench, 2026-11-25).
+            # serialises with the first job's kernels and slows its stage 1.
             for name in targets:
                 if name not in self._originals:
                     with torch.cuda.stream(side):  # None on the CPU: the current stream
@@ -380,18 +379,18 @@ class ResidentLoras:
         """Start restoring the exact original weights now, and mark the state as the base one.
 
         Why: a two-stage job ends with the distilled LoRA fused and the next job's stage 1 starts without it,
-        so that stage's `use` restored the originals first: ~34 GB from pinned host memory at 19B, 0.76 s
-        of every warm job (H100) with the GPU otherwise idle. Called after the job's decodes, the copy runs
-        on a side stream while the host finishes the MP4 (the renderer calls it there: run during the VAE
-        decode, the copies slowed the decode by about what they took).
+        so that stage's `use` would restore the originals first: ~34 GB from pinned host memory at 19B, with
+        the GPU otherwise idle (bench/README.md, "Numbers behind the code"). Called after the job's decodes,
+        the copy runs on a side stream while the host finishes the MP4 (the renderer calls it there: run
+        during the VAE decode, the copies slow the decode by about what they take).
 
-        A worker thread issues the copies (enqueuing an FP8 worker's 2,352 took 0.41 s of host time at 19B,
-        H100, 2026-11-27): on a GPU they are only enqueued on the side stream, after everything already on
+        A worker thread issues the copies (enqueuing an FP8 worker's 2,352 copies holds the host for tenths of a
+        second): on a GPU they are only enqueued on the side stream, after everything already on
         the current stream (the job's last forward and decodes); no host wait. `use` makes the current
         stream wait for them before anything that reads or changes the weights, `originals_copied` (parking)
         waits on the host; both wait for the thread first and re-raise its error. CPU weights are copied by
         the same thread (CPU tests take the same path). Skipped, leaving the fused
-        state for the next `use` to undo as before, when nothing is fused, when parked blocks are enabled
+        state for the next `use` to undo, when nothing is fused, when parked blocks are enabled
         (their weights live elsewhere and parking swaps them) and for sharded (DTensor) weights (the gang's
         collectives read the shards on their own streams).
         """

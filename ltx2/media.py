@@ -26,23 +26,23 @@ import torch
 
 AAC_FRAME_SAMPLES = 1024
 X264_PRESET = "veryfast"
-"""libx264 preset: on an H100 host, 121 frames of 704x1280 took 6.0 s with `medium` (a third of a warm 3-step
-job's time outside the model); `veryfast` encodes about twice as fast at the same CRF (bench/mux_presets.py)."""
+"""libx264 preset: `veryfast` encodes about twice as fast as `medium` at the same CRF, and with `medium` the mux
+is a large share of a warm job's time outside the model (bench/README.md, "Numbers behind the code")."""
 
 X264_THREADS = "FRAME"
-"""libx264 threads over frames, not slices of one frame (PyAV's default, SLICE): 121 frames of 704x1280 in
-0.63 s instead of 0.89 s, and a smaller file at the same CRF (16-core H100 host, bench/mux_presets.py)."""
+"""libx264 threads over frames, not slices of one frame (PyAV's default, SLICE): a faster encode and a smaller
+file at the same CRF (bench/README.md, "Numbers behind the code")."""
 
 X264_THREAD_COUNT = 16
 """libx264's thread count, fixed: x264's output depends on its thread count, and FFmpeg's default (auto) follows
 the host's CPUs, so the same frames would give other bytes on a node of another size or CPU limit. 16 encodes
-121 frames of 704x1280 as fast as auto (24 threads) on a 16-core GPU host (bench/mux_presets.py)."""
+as fast as auto on a 16-core GPU host (bench/README.md, "Numbers behind the code")."""
 
 X264_PARAMS = "mbtree=0"
 """x264's macroblock tree with B-frames gives other bytes from run to run for the same frames on a busy host;
-without it, the same frames give the same file on every run and every node (with X264_THREAD_COUNT). It costs
-file size at the same CRF: +39 % on a smooth synthetic clip, -13 % on noise (bench/README.md); keeping the tree
-but dropping B-frames is deterministic too and larger still."""
+without it, the same frames give the same file on every run and every node (with X264_THREAD_COUNT). It changes
+file size at the same CRF, larger on smooth content (bench/README.md); keeping the tree but dropping B-frames is
+deterministic too and larger still."""
 
 
 def fps_fraction(fps: float) -> Fraction:
@@ -278,8 +278,8 @@ class MediaInfo:
 
 
 def probe_mp4(path: Path) -> MediaInfo:
-    """Read back `path`: video frames counted from its packets (one per frame; decoding 121 frames of
-    704x1280 cost 1.3 s per job), audio samples by decoding, streams and durations."""
+    """Read back `path`: video frames counted from its packets (one per frame; decoding them would cost
+    about a second per job), audio samples by decoding, streams and durations."""
     with av.open(str(path)) as container:
         vstream = container.streams.video[0]
         frames = sum(1 for packet in container.demux(vstream) if packet.size)

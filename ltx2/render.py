@@ -100,7 +100,8 @@ class RenderRequest:
     decode_tiling: DecodeTiles | None = None
     """The VAE decode's tiles, as the official pipelines decode (`TilingConfig.default()` is (512, 64, 64, 24));
     None decodes in one piece. Tiles bound the decode's memory: in one piece, 704x1280x121 on an 80 GB GPU
-    beside a resident 19B transformer and Gemma ran short of memory and took 2.6 s instead of ~0.6 s."""
+    beside a resident 19B transformer and Gemma runs short of memory and slows down several times over
+    (bench/README.md, "Numbers behind the code")."""
 
 
 DecodeTiles = tuple[int, int, int, int]
@@ -140,8 +141,7 @@ class PromptCache:
     """Encoded prompts by text (LRU): a prompt is run through Gemma once per worker, not once per job.
 
     Entries are kept in host memory and moved to the device per use (two small copies per job): a full
-    cache of 64 prompts stays out of GPU memory (at the tiny size it grew allocated VRAM by 0.25 MiB per
-    prompt; at the real size an encoding is megabytes).
+    cache of 64 prompts stays out of GPU memory (at the real size an encoding is megabytes).
     """
 
     def __init__(self, models: ResidentModels, capacity: int = 64) -> None:
@@ -308,7 +308,7 @@ class Renderer:
         if request.recipe == "two_stage":
             # The next job's stage 1 runs without the distilled LoRA: restore the originals now, while the host
             # finishes the MP4 (a lone job's GPU has nothing else to do then). Started before the decode, the copies
-            # cost the decode what they saved stage 2 (FP8 19B, H100: decode +0.52 s). A distilled job keeps
+            # would slow the decode by about as long as they take (bench/README.md). A distilled job keeps
             # one fused state through both stages and into the next distilled job.
             m.loras.restore_in_background()
         return RenderOutput(video=frames, audio=waveform, sample_rate=sample_rate, timings=timer.timings)

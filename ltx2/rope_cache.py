@@ -2,8 +2,8 @@
 
 Why: ltx-core's args preprocessors rebuild the cos/sin tables (video, audio, and the audio-video cross tables)
 from the token positions in every forward: ~56 of the 174 small kernels the host issues one by one before the
-first block can start, and a blocking copy of the frequency grid to the GPU (on an H100 the GPU idled 5-11 ms in
-that prologue; with the cache 3-4 ms, bench/forward_speed.py PROFILE). A job's positions do not change between
+first block can start, and a blocking copy of the frequency grid to the GPU, while the GPU idles (the cache
+shortens that prologue: bench/README.md, "Numbers behind the code"). A job's positions do not change between
 denoising steps (the official loop hands every step and every guided pass the same `LatentState.positions`
 tensor), so the tables are the same. Same function, same inputs: the numbers are the official ones bit for bit.
 """

@@ -2,9 +2,9 @@
 GPU's SMs (split-KV, "flash-decoding").
 
 Why: in the video-to-audio cross-attention 126 audio tokens attend to 14 080-24 576 video tokens. cuDNN (what
-the official path's SDPA picks) gives such a call one query tile per head, 32 thread blocks on a 132-SM H100:
-0.267 ms per call at 126 x 24 576 and 0.158 ms at 126 x 14 080, where the flash backend takes 0.149 and 0.099 ms
-(bench/fa4_attention.py, head dim 64; FA4's split-KV forward is Blackwell-only). Same arithmetic as flash
+the official path's SDPA picks) gives such a call one query tile per head, 32 thread blocks on a 132-SM H100,
+where the flash backend splits the keys and is markedly faster (bench/README.md, "Numbers behind the
+code"; FA4's split-KV forward is Blackwell-only). Same arithmetic as flash
 attention anywhere; longer query sequences keep the layer's own kernel.
 """
 
@@ -17,7 +17,7 @@ MAX_QUERY_TOKENS = 256
 leave most of a GPU's SMs idle unless the keys are split."""
 
 MIN_KEY_TOKENS = 4096
-"""Shortest key sequence worth splitting (at 126 x 1 024 both kernels take 0.10 ms)."""
+"""Shortest key sequence worth splitting (at 126 x 1 024 both kernels take the same time: bench/README.md)."""
 
 
 def splits_keys(q_tokens: int, k_tokens: int, head_dim: int, dtype: torch.dtype, masked: bool) -> bool:

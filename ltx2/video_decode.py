@@ -2,8 +2,9 @@
 
 ltx-core's `VideoDecoder.tiled_decode` yields a temporal group's frames only after it has decoded the next group,
 although the frames that group does not overlap are final before it starts. The worker encodes runs into the
-MP4 while the GPU decodes the next ones, so at 704x1280x121 (three groups) two of the three runs were encoded
-after the decode had ended (~1 s of x264 after the model work, bench/README.md). `early_tiled_decode` is the
+MP4 while the GPU decodes the next ones, so with ltx-core's order at 704x1280x121 (three groups) two of the
+three runs would be encoded after the decode has ended, x264 time added after the model work (bench/README.md).
+`early_tiled_decode` is the
 same arithmetic in the same order, with each yield moved ahead of the next group's decode; `decode_video_runs`
 is ltx-core's `decode_video` (uint8 conversion included) over it.
 """

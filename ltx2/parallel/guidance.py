@@ -163,18 +163,17 @@ def run_batched(transformer: torch.nn.Module, passes: Sequence[GuidedPass]) -> l
 
 
 BATCHED_PASSES_MAX_TOKENS = 4096
-"""Longest video sequence whose passes `BatchedWhenShort` batches. One H100, a 4-pass step with the worker's
-compiled blocks (bench/guided_step.py): at 3 520 tokens (stage 1 of 704x1280) batched is 1.39x faster in FP8
-(720 -> 518 ms: short forwards are bound by the host's kernel launches) and 1.06x in bf16; at 6 144 tokens
-1.06x / 0.99x; at full resolution eager batching was 2-5 % slower (bench/README.md). It costs ~1 GiB more
-peak memory at 3 520 tokens."""
+"""Longest video sequence whose passes `BatchedWhenShort` batches. Short forwards are bound by the host's kernel
+launches, so batching a step's passes pays at stage 1 of 704x1280 (3 520 tokens), for bf16 compiled blocks no
+longer at 6 144 tokens, and not at full resolution; it costs some peak memory (bench/README.md, "Numbers behind
+the code")."""
 
 
 BATCHED_PASSES_MAX_TOKENS_FP8 = 6144
 """The same limit for a worker with FP8 matmuls and FP8 attention (`--fp8 --fp8-attention`), whose forwards are
-shorter for the host to keep fed: at 6 144 tokens (stage 1 of 1024x1536) batching its 4 passes was still 1.06x
-faster (961 -> 910 ms, +2.0 GiB peak; one H100, bench/guided_step.py), where bf16 compiled blocks were not
-(0.99x). FP8 matmuls with bf16 attention were not measured there: they keep the bf16 limit."""
+shorter for the host to keep fed: at 6 144 tokens (stage 1 of 1024x1536) batching its passes still pays there,
+where it does not for bf16 compiled blocks (bench/README.md). FP8 matmuls with bf16 attention are not measured
+there: they keep the bf16 limit."""
 
 
 def batched_passes_max_tokens(fp8: bool, fp8_attention: bool) -> int:
