@@ -5,7 +5,7 @@ Phase `e2e` (latency of one job): one two-stage job (SIZE, STEPS guided stage-1 
 steps), planned by `jobs.plan` and run by the coordinator, as `ltx2-farm render` runs any job with more than one
 stage-2 tile (1024x1536 has two):
 - `one_replica`: a pool of one replica (the 1-GPU baseline);
-- `gang`: one gang of N GPUs, its mode chosen as `render` chooses it (`cluster.cli.resolve_placement`: `auto`
+- `gang`: one gang of N GPUs, its mode chosen as `render` chooses it (`cluster.service.resolve_placement`: `auto`
   picks guidance-parallel stage 1 for a guided job; stage-2 tiles run sequence-parallel, one after the other;
   text encode, upsample, VAE decode and audio run on rank 0 alone);
 - `replicas_tiles`: N replicas. The coordinator hands each stage-2 step's tiles and the VAE decode tiles to idle
@@ -469,7 +469,7 @@ def ratios(a: dict, b: dict) -> dict:
 
 
 def phase_e2e(checkpoints: CheckpointSet, gpus: int) -> None:
-    from cluster.cli import resolve_placement
+    from cluster.service import resolve_placement
     from jobs.placement import REPLICA
     from jobs.spec import validate_job
     from ltx2.checkpoint import validate_checkpoint_set

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -194,84 +195,28 @@ def _run(args: argparse.Namespace, store: Any) -> int:
             metrics.close()
 
 
-def _check_credentials(store: Any, storage: Any) -> None:
-    """Refuse to start when a campaign with work left uploads to s3:// and no credentials are found here (the head
-    uploads what it muxes; on a cluster every node needs them): before the models load, not after a render."""
-    from cluster.cli import UsageError
-    from cluster.storage import credentials_problem
-
-    for c in store.campaign_states():
-        output = store.campaign_spec(c.name).output
-        if c.state == "active" and c.queued + c.running and output and output.startswith("s3://"):
-            problem = credentials_problem(storage)
-            if problem:
-                raise UsageError(f"campaign {c.name!r} uploads to {output}: {problem}")
-            return
-
-
 def _run_queue(args: argparse.Namespace, store: Any, metrics: Any) -> int:
-    from cluster.storage import StorageOptions
+    from cluster.cli import UploadWaitLines, resolve_checkpoints, start_workers
+    from cluster.service import CampaignRunRequest, CampaignWatch, run_campaigns
 
-    storage = StorageOptions(
-        endpoint_url=args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"), addressing_style=args.addressing_style
+    request = CampaignRunRequest(
+        Path(args.out),
+        args.workers,
+        args.placement,
+        args.gpus,
+        args.address,
+        endpoint_url=args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
+        addressing_style=args.addressing_style,
+        forever=args.forever,
     )
-    _check_credentials(store, storage)  # before Ray and the models
-    from cluster.campaign_runner import CampaignRunner
-    from cluster.cli import UploadWaitLines, resolve_checkpoints, start_cluster, start_workers
-    from cluster.publish import staging_root
-
-    checkpoints = resolve_checkpoints(args)  # the LTX2_* environment, or the tiny set
-    start_cluster(args)  # a long-running coordinator: its workers are processes of their own, replaced if lost
-    from cluster.cli import UsageError
-    from jobs.placement import Placement, PlacementSpec, placement_problems
-
-    shape = PlacementSpec(mode=args.placement, gpus=args.gpus)
-    problems = placement_problems(shape)
-    if problems:
-        raise UsageError("; ".join(f"--gpus {value}: {why}" for _field, value, why in problems))
-    placement = Placement(shape.mode, shape.resolved_gpus())
-    pool = start_workers(args, checkpoints, placement)
-    interrupted = False
-    try:
-        if metrics is not None:
-            metrics.attach(pool)
-        runner = CampaignRunner(
-            store,
-            pool,
-            Path(args.out),
-            storage,
-            metrics=metrics.farm if metrics is not None else None,
-            uploads=metrics.uploads if metrics is not None else None,
-            on_upload_wait=None if args.json else UploadWaitLines(),
-        )
-        bar = None
-        if not args.json:
-            from tqdm import tqdm
-
-            pending = sum(c.queued + c.running for c in store.campaign_states() if c.state == "active")
-            bar = tqdm(total=pending, unit="job", desc="campaigns", file=sys.stderr)
-
-        def progress(stats: dict[str, int]) -> None:
-            if bar is not None:
-                bar.n = stats["done"] + stats["skipped"] + stats["failed"]
-                bar.set_postfix(failed=stats["failed"], retried=stats["retried"])
-                bar.refresh()
-
-        try:
-            stats = runner.run(until_idle=not args.forever, on_progress=progress)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            if bar is not None:
-                bar.close()
-    finally:
-        pool.shutdown()
-    if interrupted:  # the runner requeued what it was running; the store holds everything else
-        raise KeyboardInterrupt(
-            f"{runner.stopped_jobs} running job(s) went back to the queue and render at the next `campaign run` (an "
-            "output already published is not rendered again); outputs on their way out stay in the staging folder "
-            f"of the node that rendered them ({staging_root()} on this one)"
-        )
+    watch = CampaignWatch()
+    if not args.json:
+        bar = JobBar()
+        watch = CampaignWatch(bar.open, bar.show, UploadWaitLines(), bar.close)
+    # the LTX2_* environment, or the tiny set
+    stats = run_campaigns(
+        store, request, lambda: resolve_checkpoints(args), partial(start_workers, args), metrics, watch
+    )
     failed = stats["failed"] + stats.get("quarantined", 0)
     _print(args, {"ok": not failed, **stats}, ", ".join(f"{k} {v}" for k, v in stats.items()))
     if failed or stats.get("stopped"):
@@ -281,3 +226,25 @@ def _run_queue(args: argparse.Namespace, store: Any, metrics: Any) -> int:
         print(f"error: {why}: `ltx2-farm campaign status` and `campaign logs NAME` say which and why", file=sys.stderr)
         return ExitCode.JOBS_FAILED
     return ExitCode.OK
+
+
+class JobBar:
+    """The campaigns' finished jobs on stderr, out of those pending when the workers came up."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def open(self, pending: int) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=pending, unit="job", desc="campaigns", file=sys.stderr)
+
+    def show(self, stats: dict[str, int]) -> None:
+        if self._bar is not None:
+            self._bar.n = stats["done"] + stats["skipped"] + stats["failed"]
+            self._bar.set_postfix(failed=stats["failed"], retried=stats["retried"])
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

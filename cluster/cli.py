@@ -9,18 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from cluster.exit_codes import ExitCode
 from cluster.exit_codes import table as exit_code_table
+from cluster.service import JobSource, UsageError, describe_adjustments, resolve_job_inputs
 from jobs.examples import DEMO_JOB
-from jobs.spec import JobValidationError, ValidJob, validate_for_model, validate_job
+from jobs.spec import JobValidationError, validate_job
 from jobs.text import printable
 
 EPILOG = (
@@ -79,10 +79,6 @@ JOB_FLAGS = {
     "steps": int,
     "name": str,
 }
-
-
-class UsageError(Exception):
-    """Bad input that is not a job-field problem (missing file, unreadable YAML, partial model flags)."""
 
 
 def add_metrics_flags(parser: argparse.ArgumentParser, when: str) -> None:
@@ -474,12 +470,12 @@ def _control_flags(control: str | None, lora: str | None) -> dict[str, Any]:
     return entry
 
 
-def _resolve_inputs(job: ValidJob, args: argparse.Namespace, source: str) -> ValidJob:
-    """Conditioning files checked (allowed roots, readable, decodable) and pinned by content."""
-    from cluster.inputs import input_roots, resolve_inputs
-
+def job_source(args: argparse.Namespace) -> JobSource:
+    """The job the flags give: its fields (`load_job_mapping`), where they came from, the folder its relative
+    input paths are read from (the job file's, else the working directory) and `--snap`."""
+    data, source = load_job_mapping(args)
     base = Path(args.job).resolve().parent if getattr(args, "job", None) else Path.cwd()
-    return resolve_inputs(job, input_roots(base), base, source)
+    return JobSource(data, source, base, args.snap)
 
 
 def resolve_checkpoints(args: argparse.Namespace):  # -> CheckpointSet | ModelSet
@@ -523,20 +519,16 @@ def _problem_payload(e: JobValidationError) -> dict[str, Any]:
     }
 
 
-def _describe_adjustments(job: ValidJob) -> str:
-    return "".join(f"note: {a.field}: {a.value!r} {a.problem}\n" for a in job.adjustments)
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     from jobs.plan import plan_job
 
-    data, source = load_job_mapping(args)
-    job = validate_job(data, snap=args.snap, source=source)
+    given = job_source(args)
+    job = validate_job(given.fields, snap=given.snap, source=given.origin)
     plan_job(job)  # what only the plan can tell (prompts per chunk, keyframes in a chunked job)
-    job = _resolve_inputs(job, args, source)
+    job = resolve_job_inputs(job, given)
     payload = {
         "ok": True,
-        "source": source,
+        "source": given.origin,
         "job": job.spec.model_dump(mode="json"),
         "num_frames": job.num_frames,
         "adjustments": [{"field": a.field, "value": a.value, "note": a.problem} for a in job.adjustments],
@@ -544,7 +536,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     _emit(
         args,
         payload,
-        f"{_describe_adjustments(job)}{source}: valid ({job.num_frames} frames, "
+        f"{describe_adjustments(job)}{given.origin}: valid ({job.num_frames} frames, "
         f"{job.spec.width}x{job.spec.height} @ {job.spec.frame_rate:g} fps, {job.spec.recipe})",
     )
     return ExitCode.OK
@@ -556,43 +548,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     data, source = load_job_mapping(args)
     job = validate_job(data, snap=args.snap, source=source)
     plan = plan_job(job)
-    _emit(args, {"ok": True, "source": source, **plan.summary()}, _describe_adjustments(job) + describe(plan))
+    _emit(args, {"ok": True, "source": source, **plan.summary()}, describe_adjustments(job) + describe(plan))
     return ExitCode.OK
-
-
-def single_pass(plan: Any, pool: Any) -> bool:
-    """Whether a job renders in one pass on one worker (the fast path) rather than through the coordinator."""
-    return plan.trivial and len(pool.workers) == 1 and not pool.is_gang
-
-
-def render_and_publish(
-    pool: Any,
-    plan: Any,
-    target: Any,
-    out: Path,
-    metrics: Any = None,
-    on_progress: Any = None,
-    clock: Callable[[], float] = time.time,
-) -> Any:
-    """Render one planned job on the pool and publish its output. With `metrics` (a `MetricsServer`), the
-    job's end-to-end latency (from here until its output is published, upload included, read from `clock`) and
-    its seconds of video are counted once published, whichever path rendered it. `on_progress` gets the render's
-    steps, and `{"stage": "upload", "waiting": UploadWait}` at each retry of an upload waiting out an outage."""
-    job = plan.job
-    started = clock()
-    if single_pass(plan, pool):
-        result = pool.render(job, out, on_progress=on_progress, target=target)
-    else:
-        from cluster.coordinator import Coordinator
-        from cluster.publish import HEAD, deliver_held, staging_dir
-
-        [sidecar] = Coordinator(pool, metrics.farm if metrics else None).run([plan], staging_dir(target, HEAD))
-        on_upload = metrics.uploads.count if metrics is not None else None
-        on_wait = (lambda wait: on_progress({"stage": "upload", "waiting": wait})) if on_progress else None
-        result = deliver_held(sidecar, job, target, out, on_upload=on_upload, on_wait=on_wait)
-    if metrics is not None:
-        metrics.farm.published(clock() - started, job.num_frames / job.spec.frame_rate)
-    return result
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -605,99 +562,24 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace, metrics: Any) -> int:
-    data, source = load_job_mapping(args)
-    job = validate_job(data, snap=args.snap, source=source)  # before any model or cluster starts
-    job = _resolve_inputs(job, args, source)
-    if job.adjustments and not args.json:
-        sys.stderr.write(printable(_describe_adjustments(job), keep_newlines=True))
-    if args.output:  # a bad destination, key template, keys too long for this job, or missing credentials are
-        # refused before any compute
-        from jobs.keys import check_output, parse_destination
+    from cluster.service import OutputRequest, RenderRequest, RenderWatch, presigned_links, render
 
-        check_output(args.output, args.key_template, job)
-        if parse_destination(args.output).scheme == "s3":
-            from cluster.storage import StorageOptions, credentials_problem
-
-            problem = credentials_problem(StorageOptions(profile=args.profile))
-            if problem:
-                raise UsageError(f"--output {printable(args.output)}: {problem}")
-    checkpoints = resolve_checkpoints(args)
-    from cluster.model_store import validate_models
-
-    config = validate_models(checkpoints)  # a manifest's recorded config: the head needs no model file
-    transformer = config["transformer"]
-    validate_for_model(job, transformer.get("num_layers", 48), source, transformer.get("num_attention_heads", 32))
-    from cluster.requests import check_job_loras
-
-    check_job_loras(job, config)  # its LoRAs fit this model: refused here, not on a worker
-
-    from tqdm import tqdm
-
-    from jobs.plan import plan_job
-
-    plan = plan_job(job)  # refuses a job whose prompts do not fit its chunks, before any worker starts
-    if args.workers < 1:
-        raise UsageError(f"--workers {args.workers}: give at least 1")
-    backend = render_backend(args, job)
-    if backend == "ray":
-        start_cluster(args)
-    placement = resolve_placement(job, transformer, args.device, args.workers, backend)
-    if placement.is_gang and backend == "local" and args.executor == "auto":
-        backend = "ray"  # `auto` placement chose a gang: its members are Ray actors
-        start_cluster(args)
-    if not args.json:
-        sys.stderr.write("starting worker (loading models)…\n")
-    pool = start_workers(args, checkpoints, placement, backend)
-    if metrics is not None:
-        metrics.attach(pool)
-    bar = None if (args.quiet or args.json) else tqdm(total=0, unit="step", desc="render", file=sys.stderr)
-
-    shown_stage = [""]
-    upload_waits = None if (args.quiet or args.json) else UploadWaitLines()
-
-    def on_progress(p: dict[str, Any]) -> None:
-        if "waiting" in p:  # an upload waiting out an outage
-            if upload_waits is not None:
-                upload_waits(p["waiting"])
-            return
-        if bar is None or not p.get("total"):
-            return
-        if shown_stage[0] != p["stage"]:
-            shown_stage[0] = p["stage"]
-            bar.reset(total=p["total"])
-            bar.set_description(p["stage"])
-        bar.n = p["step"]
-        bar.refresh()
-
-    target = output_target(args)
-    from cluster.publish import HEAD, staging_dir
-    from jobs.outputs import output_paths
-
-    holder = pool.workers[0].info if single_pass(plan, pool) else {"name": HEAD, "host": socket.gethostname()}
-    staged = output_paths(job, staging_dir(target, holder["name"]))
-    interrupted = False
-    try:
-        if not single_pass(plan, pool) and not args.json:
-            sys.stderr.write(
-                f"{len(plan.chunks)} chunk(s), {len(plan.tiles)} stage-2 tile(s), {args.workers} worker(s)"
-                + (f", each a {placement.mode} gang of {placement.gpus}" if pool.is_gang else "")
-                + "\n"
-            )
-        result = render_and_publish(pool, plan, target, Path(args.out), metrics, on_progress)
-        if bar is not None:
-            bar.close()
-            bar = None
-    except KeyboardInterrupt:
-        interrupted = True
-        from cluster.storage import stop_retrying
-
-        stop_retrying()  # an upload of this process waiting out an outage would hold the exit for an hour
-    finally:
-        if bar is not None:
-            bar.close()
-        pool.shutdown()
-    if interrupted:  # once the workers are stopped, nothing more is written: say what is left, and where
-        raise KeyboardInterrupt(_left_by_interrupt(job, target, staged, holder.get("host"), Path(args.out)))
+    output = OutputRequest(
+        Path(args.out),
+        args.output,
+        args.key_template,
+        endpoint_url=args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
+        region=args.region,
+        addressing_style=args.addressing_style,
+        profile=args.profile,
+    )
+    request = RenderRequest(job_source(args), output, args.workers, args.executor, args.address, args.device)
+    bar = None if (args.quiet or args.json) else StepBar()
+    shown = {} if bar is None else {"started": bar.open, "progress": bar.show, "stopped": bar.close}
+    if bar is not None:
+        shown["upload_wait"] = UploadWaitLines()
+    watch = RenderWatch(**shown) if args.json else RenderWatch(note=_note, **shown)
+    result = render(request, lambda: resolve_checkpoints(args), partial(start_workers, args), metrics, watch)
     sidecar = result.document
     media = sidecar["media"]
     summary = (
@@ -711,18 +593,48 @@ def _render(args: argparse.Namespace, metrics: Any) -> int:
         payload.update(video=str(result.paths.video), sidecar=str(result.paths.sidecar))
         lines += [f"wrote {result.paths.video}  {summary}", f"sidecar {result.paths.sidecar}"]
     if result.objects:
-        from cluster.storage import Uploader
-
-        link = Uploader(target.destination, target.storage).presigned_url
+        links = presigned_links(output, result.objects)
         payload["upload"] = [
-            {"key": o.key, "bytes": o.bytes, "etag": o.etag, "url": o.url, "presigned_url": link(o.key)}
-            for o in result.objects
+            {"key": o.key, "bytes": o.bytes, "etag": o.etag, "url": o.url, "presigned_url": link}
+            for o, link in zip(result.objects, links, strict=True)
         ]
         if result.paths is None:
             lines.append(f"rendered {summary}")
         lines += [f"uploaded {u['url']}\n  link: {u['presigned_url']}" for u in payload["upload"]]
     _emit(args, payload, "\n".join(lines))
     return ExitCode.OK
+
+
+def _note(line: str) -> None:
+    sys.stderr.write(printable(line, keep_newlines=True) + "\n")
+
+
+class StepBar:
+    """A render's steps on stderr: opened once the workers are up, one bar per stage, closed when it stops."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._stage = ""
+
+    def open(self) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=0, unit="step", desc="render", file=sys.stderr)
+
+    def show(self, p: dict[str, Any]) -> None:
+        if self._bar is None or not p.get("total"):
+            return
+        if self._stage != p["stage"]:
+            self._stage = p["stage"]
+            self._bar.reset(total=p["total"])
+            self._bar.set_description(p["stage"])
+        self._bar.n = p["step"]
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 UPLOAD_WAIT_LINE_S = 10.0
@@ -748,103 +660,6 @@ class UploadWaitLines:
                 return
             self._shown[wait.path] = (now, wait.reason)
         tqdm.write(wait.line(), file=sys.stderr)
-
-
-def _left_by_interrupt(job: ValidJob, target: Any, staged: Any, host: str | None, out: Path) -> str:
-    """What a render interrupted by Ctrl-C left, and where: the line `main` prints."""
-    from jobs.outputs import output_paths
-
-    final = output_paths(job, out)
-    if final.sidecar.is_file():
-        return f"the render was written to {final.video} before it stopped"
-    where = f"{target.destination} (not uploaded)" if target.destination is not None else f"{out} (not there yet)"
-    if host and host != socket.gethostname():
-        return f"a render finished before the stop stays on {host} at {staged.video}, on its way to {where}"
-    if staged.sidecar.is_file():
-        return (
-            f"the render stays at {staged.video} with its sidecar, on its way to {where}; copy it from there "
-            "(a staged output is swept after a day)"
-        )
-    return "nothing was rendered yet, nothing was kept"
-
-
-def output_target(args: argparse.Namespace):  # -> cluster.publish.OutputTarget
-    """Where `render`'s output goes: `--out` on this machine, and `--output` if given."""
-    from cluster.publish import OutputTarget
-    from cluster.storage import StorageOptions
-    from jobs.keys import parse_destination
-
-    return OutputTarget(
-        parse_destination(args.output) if args.output else None,
-        StorageOptions(
-            endpoint_url=args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
-            region=args.region,
-            addressing_style=args.addressing_style,
-            profile=args.profile,
-        ),
-        args.key_template,
-    )
-
-
-def render_backend(args: argparse.Namespace, job: ValidJob) -> str:
-    """The executor `render --executor` asks for, `auto` resolved: Ray to join a cluster (`--address`,
-    RAY_ADDRESS) or to run a gang the job asks for, else this process."""
-    if args.executor != "auto":
-        if args.executor == "local" and (args.address or job.spec.placement.mode not in ("auto", "replica")):
-            why = "--address" if args.address else f"placement {job.spec.placement.mode}"
-            raise UsageError(f"--executor local: {why} needs Ray workers; drop --executor or pass --executor ray")
-        return args.executor
-    if args.address or os.environ.get("RAY_ADDRESS"):
-        return "ray"
-    return "local" if job.spec.placement.mode in ("auto", "replica") else "ray"
-
-
-def start_cluster(args: argparse.Namespace) -> None:
-    """Join `--address` (or RAY_ADDRESS), else start an embedded Ray cluster on this machine."""
-    from cluster.ray_executor import start_ray
-
-    # The embedded cluster gives CPU workers one logical CPU each, even beyond the machine's cores.
-    start_ray(args.address, num_cpus=None if args.address else max(os.cpu_count() or 1, args.workers))
-
-
-def resolve_placement(
-    job: ValidJob, transformer_config: dict[str, Any], device: str | None, workers: int = 1, backend: str = "ray"
-):  # -> Placement
-    """The job's placement with `auto` resolved against the free GPUs (of the Ray cluster, or of this machine for
-    the in-process executor) and their memory."""
-    from cluster.requests import job_guidance
-    from jobs.placement import choose_placement, guided_pass_count, stage2_video_tokens
-
-    spec = job.spec
-    free_gpus = 0 if device == "cpu" else free_gpu_count(backend)
-    memory = None
-    try:
-        import torch
-
-        if free_gpus and torch.cuda.is_available():
-            memory = torch.cuda.get_device_properties(0).total_memory
-    except RuntimeError:
-        memory = None
-    guidance = job_guidance(job, transformer_config.get("num_layers", 48))
-    return choose_placement(
-        spec.placement,
-        video_tokens=stage2_video_tokens(spec.height, spec.width, job.num_frames),
-        guided_passes=guided_pass_count(spec.recipe, guidance),
-        gpu_memory_bytes=memory,
-        free_gpus=free_gpus,
-        queued_jobs=workers,
-    )
-
-
-def free_gpu_count(backend: str) -> int:
-    """GPUs no worker holds: the Ray cluster's, or this machine's for the in-process executor."""
-    if backend == "ray":
-        from cluster.ray_executor import free_gpus
-
-        return free_gpus()
-    import torch
-
-    return torch.cuda.device_count()
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

@@ -18,7 +18,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster.cli import render_and_publish
 from cluster.metrics import (
     MAX_CAMPAIGN_LABELS,
     NODE_NAME_ENV,
@@ -29,6 +28,7 @@ from cluster.metrics import (
 )
 from cluster.publish import OutputTarget
 from cluster.ray_executor import RayExecutor
+from cluster.service import render_and_publish
 from jobs.plan import plan_job
 from jobs.spec import validate_job
 from tests.conftest import REPO, SMALL_JOB
