@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from cluster.worker_options import WorkerOptions
 from ltx2 import stages
 from ltx2.speed import (
+    KernelTuning,
     SigmoidGELUApprox,
     SpeedOptions,
     apply_compile,
@@ -75,16 +77,17 @@ def test_a_compile_mode_with_inductor_options_is_refused_with_the_fix():
     inside torch (persistent reductions come with inductor's default mode only)."""
     model = torch.nn.Module()
     model.transformer_blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
-    asked = SpeedOptions(compile=True, compile_mode="reduce-overhead", persistent_reductions=True)
+    asked = SpeedOptions(compile=True, tuning=KernelTuning(compile_mode="reduce-overhead", persistent_reductions=True))
     with pytest.raises(ValueError, match="turn off tune / persistent_reductions"):
         apply_speed_options(model, asked)
-    apply_speed_options(model, SpeedOptions(compile=True, compile_mode="reduce-overhead"))
+    apply_speed_options(model, SpeedOptions(compile=True, tuning=KernelTuning(compile_mode="reduce-overhead")))
     assert SpeedOptions(compile=True, fp8=True).reductions_persistent()
     assert SpeedOptions(compile=True).reductions_persistent()
     assert not SpeedOptions(compile=True).reductions_persistent(gpu=False)  # inductor's CPU code: no Triton
-    assert SpeedOptions(compile=True, persistent_reductions=True).reductions_persistent(gpu=False)
-    assert not SpeedOptions(compile=True, persistent_reductions=False).reductions_persistent()
-    assert not SpeedOptions(compile=True, fp8=True, compile_mode="reduce-overhead").reductions_persistent()
+    assert SpeedOptions(compile=True, tuning=KernelTuning(persistent_reductions=True)).reductions_persistent(gpu=False)
+    assert not SpeedOptions(compile=True, tuning=KernelTuning(persistent_reductions=False)).reductions_persistent()
+    reduce_overhead = KernelTuning(compile_mode="reduce-overhead")
+    assert not SpeedOptions(compile=True, fp8=True, tuning=reduce_overhead).reductions_persistent()
     assert not SpeedOptions(fp8=True).reductions_persistent()
 
 
@@ -97,7 +100,7 @@ def test_sigmoid_gelu_is_the_official_tanh_gelu_and_comes_with_compiled_fp8(fres
     assert torch.allclose(gelu_tanh_by_sigmoid(x), torch.nn.functional.gelu(x, approximate="tanh"), atol=1e-12)
     assert SpeedOptions(fp8=True, compile=True).gelu_by_sigmoid()
     assert not SpeedOptions(compile=True).gelu_by_sigmoid() and not SpeedOptions(fp8=True).gelu_by_sigmoid()
-    assert SpeedOptions(compile=True, sigmoid_gelu=True).gelu_by_sigmoid()
+    assert SpeedOptions(compile=True, tuning=KernelTuning(sigmoid_gelu=True)).gelu_by_sigmoid()
 
     model = fresh32.transformer.velocity_model
     eager = _chunk(fresh32, "distilled")
@@ -144,11 +147,11 @@ def test_gangs_refuse_compiled_blocks_before_starting_workers(tiny_set):
     from jobs.placement import Placement
 
     with pytest.raises(CapacityError, match="drop --compile or use --placement replica"):
-        RayExecutor(tiny_set, placement=Placement("sequence", 2), compile=True)
+        RayExecutor(tiny_set, placement=Placement("sequence", 2), options=WorkerOptions(compile=True))
     with pytest.raises(CapacityError, match="drop --fp8-attention or use --placement replica"):
-        RayExecutor(tiny_set, placement=Placement("guidance", 2), fp8_attention=True)
+        RayExecutor(tiny_set, placement=Placement("guidance", 2), options=WorkerOptions(fp8_attention=True))
     with pytest.raises(CapacityError, match="drop --batched-passes or use --placement replica"):
-        RayExecutor(tiny_set, placement=Placement("guidance", 2), batched_passes=True)
+        RayExecutor(tiny_set, placement=Placement("guidance", 2), options=WorkerOptions(batched_passes=True))
 
 
 def test_fp8_attention_is_refused_before_starting_cpu_workers(ray_cluster, tiny_set):
@@ -156,7 +159,7 @@ def test_fp8_attention_is_refused_before_starting_cpu_workers(ray_cluster, tiny_
     from cluster.ray_executor import RayExecutor
 
     with pytest.raises(CapacityError, match=r"needs a Hopper-or-newer GPU.*drop --fp8-attention"):
-        RayExecutor(tiny_set, device="cpu", fp8_attention=True)
+        RayExecutor(tiny_set, options=WorkerOptions(device="cpu", fp8_attention=True))
 
 
 def test_workers_compile_and_batch_guided_passes_by_default_on_gpus_only():
