@@ -260,3 +260,57 @@ def test_shared_timesteps_collapse_only_uniform_rows_and_give_the_same_render(fr
     assert seen and all(shape[1] == 1 for shape in seen), seen
     assert torch.allclose(shared.video, per_token.video, atol=1e-5 * per_token.video.abs().max())
     assert torch.allclose(shared.audio, per_token.audio, atol=1e-5 * per_token.audio.abs().max())
+
+
+def test_worker_options_resolve_on_the_device_and_name_what_a_pool_cannot_run_as_flags():
+    """A pool's options are the device's defaults with the user's choices over them (`--fp8-all-blocks` implies
+    `--fp8`); what a pool cannot run is one line per flag, with the fix."""
+    from jobs.placement import REPLICA, Placement
+    from ltx2.speed import default_speed_options
+
+    assert WorkerOptions().speed("cpu") == default_speed_options("cpu")
+    cpu = WorkerOptions(fp8_all_blocks=True, compile=True).speed("cpu")
+    assert cpu.fp8 and cpu.fp8_all_blocks and cpu.compile and cpu.rope_cache  # the rest stays the device's
+    assert WorkerOptions(compile=False, fa4_attention=False).problems(Placement("sequence", 2), True) == []
+    assert WorkerOptions(fp8_attention=True).problems(REPLICA, True) == []
+    gang = WorkerOptions(fp8_all_blocks=True, batched_passes=True).problems(Placement("guidance", 2), True)
+    assert [line.split()[0] for line in gang] == ["--fp8", "--fp8-all-blocks", "--batched-passes"]
+    assert all(line.endswith("or use --placement replica") for line in gang)
+    (cpu_problem,) = WorkerOptions(fa4_attention=True).problems(REPLICA, False)
+    assert "needs a Hopper-or-newer GPU" in cpu_problem and cpu_problem.endswith("drop --fa4-attention")
+
+
+def test_a_gang_member_runs_without_exactly_the_options_gang_pools_refuse():
+    """One table (`REPLICA_ONLY`) says what does not compose with a gang's parallel modes: the member drops it, the
+    pool refuses it; the rest (one timestep per row, the RoPE cache, split-KV) composes."""
+    from dataclasses import replace
+
+    from cluster.worker_options import SPEED_CHOICES
+    from ltx2.configure import REPLICA_ONLY, composable
+    from ltx2.parallel.group import GangGroup
+    from ltx2.parallel.modes import ParallelMode
+    from ltx2.speed import default_speed_options
+
+    speed = replace(default_speed_options("cuda:0"), fp8=True, fp8_attention=True, fa4_attention=True)
+    member = composable(speed, ParallelMode(GangGroup(0, 2, torch.device("cuda:0")), sharded=False))
+    assert not any(getattr(member, name) for name in REPLICA_ONLY)
+    assert member.shared_timesteps and member.rope_cache and member.split_kv_attention
+    assert composable(speed, None) is speed  # a replica keeps all
+    assert set(REPLICA_ONLY) == set(SPEED_CHOICES)
+
+
+def test_configured_models_apply_a_rung_over_the_pass_runner_and_restore_it(fresh32):
+    """Per call, the job's rung goes over the pass runner configuration chose (batched short steps one by one on
+    `sequential_passes`) and is undone after; a replica asked for a gang's parallelism refuses with the fix."""
+    from ltx2.configure import configure
+    from ltx2.parallel.guidance import BatchedWhenShort, run_sequential
+
+    configured = configure(fresh32, SpeedOptions(batched_passes=True))
+    assert isinstance(fresh32.pass_runner, BatchedWhenShort)
+    assert fresh32.loras.parked == [configured.fp8_weights, configured.streaming]
+    with configured.running("sequential_passes"):
+        assert fresh32.pass_runner is run_sequential
+        assert not configured.fp8_weights.active and not configured.streaming.active
+    assert isinstance(fresh32.pass_runner, BatchedWhenShort)
+    with pytest.raises(ValueError, match="outside a gang: give None"), configured.running(None, "sequence"):
+        pass
