@@ -92,7 +92,7 @@ def test_all_blocks_puts_the_official_bf16_blocks_in_fp8_too(fresh):
     assert all(excluded(n, EVERY_BLOCK) for n, m in modules.items() if type(m) is torch.nn.Linear)
 
 
-def test_the_all_blocks_flag_implies_fp8_and_is_refused_for_gangs(tiny_set):
+def test_the_all_blocks_flag_implies_fp8_and_is_refused_for_gangs(ray_cluster, tiny_set):
     from cluster.cli import build_parser
 
     args = build_parser().parse_args(["render", "--prompt", "a fox", "--fp8-all-blocks"])
@@ -155,7 +155,7 @@ def test_fp8_renders_repeat_exactly_and_compiled_blocks_trace_scaled_mm_whole(fr
     assert torch.equal(second.video, first.video) and torch.equal(second.audio, first.audio)
 
 
-def test_gangs_refuse_fp8_before_starting_workers(tiny_set):
+def test_gangs_refuse_fp8_before_starting_workers(ray_cluster, tiny_set):
     with pytest.raises(CapacityError, match="drop --fp8 or use --placement replica"):
         RayExecutor(tiny_set, placement=Placement("guidance", 2), options=WorkerOptions(fp8=True))
 

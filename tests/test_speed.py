@@ -141,7 +141,7 @@ def test_compiled_blocks_follow_lora_fusion_in_place(fresh32):
         assert torch.equal(compiled.video, eager.video) and torch.equal(compiled.audio, eager.audio)
 
 
-def test_gangs_refuse_compiled_blocks_before_starting_workers(tiny_set):
+def test_gangs_refuse_compiled_blocks_before_starting_workers(ray_cluster, tiny_set):
     from cluster.executor import CapacityError
     from cluster.ray_executor import RayExecutor
     from jobs.placement import Placement
