@@ -232,15 +232,14 @@ def prehash(paths: CheckpointSet, record: dict) -> threading.Thread:
 
 def start_pool(checkpoints: CheckpointSet, workers: int, placement: Any, record: dict) -> Any:
     from cluster.ray_executor import RayExecutor
+    from cluster.worker_options import WorkerOptions
 
     t = time.perf_counter()
-    pool = RayExecutor(
-        checkpoints,
-        num_workers=workers,
+    options = WorkerOptions(
         device="cpu" if SMOKE else None,
-        placement=placement,
         compile=None if placement.is_gang else COMPILE,  # None: the farm's default (compiled on GPUs)
     )
+    pool = RayExecutor(checkpoints, num_workers=workers, placement=placement, options=options)
     record["cold_start_s"] = round(time.perf_counter() - t, 1)
     record["workers"] = [
         {k: w.info.get(k) for k in ("name", "pid", "device", "gpu", "load_seconds", "compile", "gang")}

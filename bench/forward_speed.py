@@ -39,7 +39,7 @@ from gang_forward import anchor, rel, timed
 from gpu_power import PowerSampler
 
 from ltx2.fp8_linear import apply_fp8_linears
-from ltx2.speed import SpeedOptions, apply_speed_options
+from ltx2.speed import KernelTuning, SpeedOptions, apply_speed_options
 
 
 def torchao_rowwise(model: torch.nn.Module) -> None:
@@ -69,8 +69,9 @@ BENCH_FP8 = {
 }
 """Bench-only FP8 variants, applied before the option set named after the first '+'."""
 
-FP8_EXTRAS = {"sigmoid_gelu": True, "persistent_reductions": True}
-"""What compiled blocks get with `fp8` (`SpeedOptions`), for the variants that apply their FP8 layers themselves."""
+FP8_EXTRAS = KernelTuning(sigmoid_gelu=True, persistent_reductions=True)
+"""What compiled blocks get with `fp8` (`KernelTuning`'s None resolved), for the variants that apply their FP8
+layers themselves."""
 
 BF16_WORKER = SpeedOptions(
     compile=True, shared_timesteps=True, fa4_attention=True, split_kv_attention=True, rope_cache=True
@@ -89,19 +90,27 @@ OPTIONS = {
     "fp8all+compile": SpeedOptions(fp8=True, fp8_all_blocks=True, compile=True),
     "fp8rowwise+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True),
     "fp8all+fp8attn+compile": SpeedOptions(fp8=True, fp8_all_blocks=True, fp8_attention=True, compile=True),
-    "fp8tensor+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True, **FP8_EXTRAS),
-    "fp8fp32acc+compile": SpeedOptions(compile=True, **FP8_EXTRAS),
-    "fp8fp32acc+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True, **FP8_EXTRAS),
-    "fp8+fp8attn+compile+tanh": SpeedOptions(fp8=True, fp8_attention=True, compile=True, sigmoid_gelu=False),
-    "fp8+fp8attn+compile+tune": SpeedOptions(fp8=True, fp8_attention=True, compile=True, tune_fused_kernels=True),
+    "fp8tensor+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True, tuning=FP8_EXTRAS),
+    "fp8fp32acc+compile": SpeedOptions(compile=True, tuning=FP8_EXTRAS),
+    "fp8fp32acc+fp8attn+compile": SpeedOptions(fp8_attention=True, compile=True, tuning=FP8_EXTRAS),
+    "fp8+fp8attn+compile+tanh": SpeedOptions(
+        fp8=True, fp8_attention=True, compile=True, tuning=KernelTuning(sigmoid_gelu=False)
+    ),
+    "fp8+fp8attn+compile+tune": SpeedOptions(
+        fp8=True, fp8_attention=True, compile=True, tuning=KernelTuning(tune_fused_kernels=True)
+    ),
     "fp8all+fp8attn+compile+tune": SpeedOptions(
-        fp8=True, fp8_all_blocks=True, fp8_attention=True, compile=True, tune_fused_kernels=True
+        fp8=True, fp8_all_blocks=True, fp8_attention=True, compile=True, tuning=KernelTuning(tune_fused_kernels=True)
     ),
     "compile+shared": SpeedOptions(compile=True, shared_timesteps=True),
-    "compile+shared+oldrope": SpeedOptions(compile=True, shared_timesteps=True, fusible_rope=False),
-    "compile+shared+persist": SpeedOptions(compile=True, shared_timesteps=True, persistent_reductions=True),
+    "compile+shared+oldrope": SpeedOptions(
+        compile=True, shared_timesteps=True, tuning=KernelTuning(fusible_rope=False)
+    ),
+    "compile+shared+persist": SpeedOptions(
+        compile=True, shared_timesteps=True, tuning=KernelTuning(persistent_reductions=True)
+    ),
     "fp8+fp8attn+compile+shared+oldrope": SpeedOptions(
-        fp8=True, fp8_attention=True, compile=True, shared_timesteps=True, fusible_rope=False
+        fp8=True, fp8_attention=True, compile=True, shared_timesteps=True, tuning=KernelTuning(fusible_rope=False)
     ),
     "fp8+fp8attn+compile+shared": SpeedOptions(fp8=True, fp8_attention=True, compile=True, shared_timesteps=True),
     "fp8all+fp8attn+compile+shared": SpeedOptions(
@@ -111,24 +120,28 @@ OPTIONS = {
     "fp8+fp8attn+compile+fa4": SpeedOptions(fp8=True, fp8_attention=True, compile=True, fa4_attention=True),
     "compile+shared+fa4": SpeedOptions(compile=True, shared_timesteps=True, fa4_attention=True),
     "compile+shared+fa4+noepilogue": SpeedOptions(
-        compile=True, shared_timesteps=True, fa4_attention=True, gelu_epilogue=False
+        compile=True, shared_timesteps=True, fa4_attention=True, tuning=KernelTuning(gelu_epilogue=False)
     ),
-    "compile+shared+noepilogue": SpeedOptions(compile=True, shared_timesteps=True, gelu_epilogue=False),
+    "compile+shared+noepilogue": SpeedOptions(
+        compile=True, shared_timesteps=True, tuning=KernelTuning(gelu_epilogue=False)
+    ),
     "compile+shared+fa4+persist": SpeedOptions(
-        compile=True, shared_timesteps=True, fa4_attention=True, persistent_reductions=True
+        compile=True, shared_timesteps=True, fa4_attention=True, tuning=KernelTuning(persistent_reductions=True)
     ),
     "compile+shared+fa4+splitkv": SpeedOptions(
         compile=True, shared_timesteps=True, fa4_attention=True, split_kv_attention=True
     ),
     "compile+shared+fa4+splitkv+ropecache": BF16_WORKER,
-    "compile+shared+fa4+splitkv+ropecache+looped": replace(BF16_WORKER, persistent_reductions=False),
+    "compile+shared+fa4+splitkv+ropecache+looped": replace(
+        BF16_WORKER, tuning=KernelTuning(persistent_reductions=False)
+    ),
     "compile+shared+fa4+splitkv+ropecache+graph": BF16_WORKER,
     "fp8+fp8attn+compile+shared+fa4+splitkv+ropecache": replace(BF16_WORKER, fp8=True, fp8_attention=True),
     "fp8all+fp8attn+compile+shared+fa4+splitkv+ropecache": replace(
         BF16_WORKER, fp8=True, fp8_all_blocks=True, fp8_attention=True
     ),
     "compile+shared+fa4+oldrope": SpeedOptions(
-        compile=True, shared_timesteps=True, fa4_attention=True, fusible_rope=False
+        compile=True, shared_timesteps=True, fa4_attention=True, tuning=KernelTuning(fusible_rope=False)
     ),
     "fp8+fp8attn+compile+shared+fa4": SpeedOptions(
         fp8=True, fp8_attention=True, compile=True, shared_timesteps=True, fa4_attention=True
@@ -136,11 +149,13 @@ OPTIONS = {
     "fp8all+fp8attn+compile+shared+fa4": SpeedOptions(
         fp8=True, fp8_all_blocks=True, fp8_attention=True, compile=True, shared_timesteps=True, fa4_attention=True
     ),
-    "compile+tune": SpeedOptions(compile=True, tune_fused_kernels=True),
-    "compile+persist": SpeedOptions(compile=True, persistent_reductions=True),
-    "fp8+fp8attn+compile+looped": SpeedOptions(fp8=True, fp8_attention=True, compile=True, persistent_reductions=False),
-    "compile+autotune": SpeedOptions(compile=True, compile_mode="max-autotune-no-cudagraphs"),
-    "compile+cudagraphs": SpeedOptions(compile=True, compile_mode="reduce-overhead"),
+    "compile+tune": SpeedOptions(compile=True, tuning=KernelTuning(tune_fused_kernels=True)),
+    "compile+persist": SpeedOptions(compile=True, tuning=KernelTuning(persistent_reductions=True)),
+    "fp8+fp8attn+compile+looped": SpeedOptions(
+        fp8=True, fp8_attention=True, compile=True, tuning=KernelTuning(persistent_reductions=False)
+    ),
+    "compile+autotune": SpeedOptions(compile=True, tuning=KernelTuning(compile_mode="max-autotune-no-cudagraphs")),
+    "compile+cudagraphs": SpeedOptions(compile=True, tuning=KernelTuning(compile_mode="reduce-overhead")),
 }
 
 KERNEL_KINDS = (  # first match wins; inductor names its kernels after every op they fuse (…_scaled_mm_…)

@@ -27,6 +27,7 @@ from boto3_stub import stub_boto3_if_missing
 stub_boto3_if_missing()  # the GPU image has no boto3; these renders write local files only
 
 from cluster.worker import RenderWorker, render_in_process  # noqa: E402
+from cluster.worker_options import WorkerOptions  # noqa: E402
 from jobs.spec import validate_job  # noqa: E402
 from ltx2.tiny import ensure_tiny_checkpoint_set  # noqa: E402
 
@@ -45,7 +46,7 @@ def main() -> None:
     started = time.perf_counter()
     paths = ensure_tiny_checkpoint_set(out / "cache")
     generated = time.perf_counter() - started
-    worker = RenderWorker(paths, device="cuda" if torch.cuda.is_available() else "cpu")
+    worker = RenderWorker(paths, WorkerOptions(device="cuda" if torch.cuda.is_available() else "cpu"))
     print(
         json.dumps(
             {
@@ -101,7 +102,7 @@ def main() -> None:
     print(json.dumps({"in_flight_equal": same, "overlap_s": overlap}))
     assert both[0]["content_sha256"] == results[0]["content_sha256"]
 
-    eager = RenderWorker(paths, device=worker.device, compile=False, name="eager")
+    eager = RenderWorker(paths, WorkerOptions(device=worker.device, compile=False), name="eager")
     job = validate_job({**JOB, "recipe": "two_stage"})  # the first render's job, on eager blocks
     # rungs are cumulative: the offload and FP8 rungs also decode in the smallest tiles, so the render they
     # are compared with is the smallest-tiles rung's (same decode tiles, model resident and exact)
@@ -138,7 +139,7 @@ def main() -> None:
     assert eager.fp8_weights.active and not eager.streaming.active
 
     if os.environ.get("FP8_ATTENTION") == "1":  # needs nvidia-cudnn-frontend importable (pip install '.[fp8]')
-        fast = RenderWorker(paths, device=worker.device, fp8_attention=True, name="fp8-attention")
+        fast = RenderWorker(paths, WorkerOptions(device=worker.device, fp8_attention=True), name="fp8-attention")
         rendered = render_in_process(fast, job, out / "fp8_attention").document
         print(
             json.dumps(
@@ -155,7 +156,7 @@ def main() -> None:
     # FP8 matmuls (--fp8, ltx2/fp8_linear.py) in a compiled worker: a two-stage job fuses the distilled LoRA
     # into the FP8 weights for stage 2 and restores them after, so the same job twice renders the same
     fp8_attention = os.environ.get("FP8_ATTENTION") == "1"
-    quick = RenderWorker(paths, device=worker.device, fp8=True, fp8_attention=fp8_attention, name="fp8")
+    quick = RenderWorker(paths, WorkerOptions(device=worker.device, fp8=True, fp8_attention=fp8_attention), name="fp8")
     twice = [render_in_process(quick, job, out / f"fp8_matmuls_{i}").document for i in range(2)]
     print(
         json.dumps(

@@ -115,6 +115,7 @@ def main() -> None:
     }
     from cluster.inputs import resolve_inputs
     from cluster.worker import RenderWorker, render_in_process
+    from cluster.worker_options import WorkerOptions
     from jobs.spec import validate_job
     from ltx2.models import LOAD_COUNTER
     from ltx2.tiny import ensure_tiny_checkpoint_set, write_tiny_lora
@@ -122,7 +123,7 @@ def main() -> None:
     checkpoints = ensure_tiny_checkpoint_set(ROOT)
     (ROOT / "loras").mkdir(parents=True, exist_ok=True)
     lora = write_tiny_lora(ROOT / "loras" / "style.safetensors", checkpoints.checkpoint)
-    worker = RenderWorker(checkpoints, device=DEVICE, dtype="bfloat16")
+    worker = RenderWorker(checkpoints, WorkerOptions(device=DEVICE, dtype="bfloat16"))
     report["info"]["rss_after_worker_mib"] = round(rss_bytes() / MIB, 1)
     report["info"]["cuda_after_worker"] = cuda_memory()
     report["info"]["setup_s"] = round(time.perf_counter() - started, 2)

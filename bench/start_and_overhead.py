@@ -547,6 +547,7 @@ def cold_start(paths: CheckpointSet) -> object:
     REPORT["info"]["boto3"] = stub_boto3_if_missing()
     import cluster.worker as cw
     from cluster.worker import RenderWorker
+    from cluster.worker_options import WorkerOptions
     from ltx2.models import LOAD_COUNTER
 
     original_sha = cw.cached_file_sha256
@@ -579,7 +580,7 @@ def cold_start(paths: CheckpointSet) -> object:
         cold["cuda_context_s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     T_WORKER[0] = t
-    worker = RenderWorker(paths, device=str(DEVICE), fp8=FP8, fp8_attention=FP8_ATTENTION)
+    worker = RenderWorker(paths, WorkerOptions(device=str(DEVICE), fp8=FP8, fp8_attention=FP8_ATTENTION))
     sync()
     cold["render_worker_init_s"] = round(time.perf_counter() - t, 2)
     cold["load_resident_models_s"] = round(worker.models.load_seconds, 2)

@@ -14,7 +14,7 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster.exit_codes import ExitCode
 from cluster.exit_codes import table as exit_code_table
@@ -22,6 +22,9 @@ from cluster.service import JobSource, UsageError, describe_adjustments, resolve
 from jobs.examples import DEMO_JOB
 from jobs.spec import JobValidationError, validate_job
 from jobs.text import printable
+
+if TYPE_CHECKING:
+    from cluster.worker_options import WorkerOptions
 
 EPILOG = (
     """\
@@ -228,24 +231,20 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def worker_options(args: argparse.Namespace) -> WorkerOptions:
+    """The pool's `cluster.worker_options.WorkerOptions` from `render`'s or `campaign run`'s flags (`--device`,
+    `add_speed_flags`): made once, here, and handed whole to the executor."""
+    from cluster.worker_options import SPEED_CHOICES, WorkerOptions
+
+    return WorkerOptions(device=args.device, **{name: getattr(args, name) for name in SPEED_CHOICES})
+
+
 def start_workers(args: argparse.Namespace, checkpoints: Any, placement: Any, backend: str = "ray") -> Any:
     """The workers (an `Executor` of `backend`) that `render`'s or `campaign run`'s flags ask for (`--workers`,
     `--device`, speed flags)."""
     from cluster.executor import start_executor
 
-    return start_executor(
-        backend,
-        checkpoints,
-        num_workers=args.workers,
-        device=args.device,
-        placement=placement,
-        compile=args.compile,
-        fp8_attention=args.fp8_attention,
-        fp8=args.fp8,
-        fp8_all_blocks=args.fp8_all_blocks,
-        fa4_attention=args.fa4_attention,
-        batched_passes=args.batched_passes,
-    )
+    return start_executor(backend, checkpoints, args.workers, placement, worker_options(args))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 from cluster.publish import OutputTarget, Published, collect
 from cluster.tasks import TaskRequest
 from cluster.worker import RenderReply
-from jobs.placement import Placement
+from cluster.worker_options import WorkerOptions
+from jobs.placement import REPLICA, Placement
 from jobs.spec import ValidJob
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -38,20 +39,12 @@ class CapacityError(ValueError):
     """The cluster cannot host the workers asked for."""
 
 
-def check_worker_options(placement: Placement, use_gpu: bool, **speed: bool | None) -> None:
-    """Refuse speed options the workers cannot run (named as their command-line flags): replica-only options for
-    a gang, Hopper-only ones on the CPU."""
-    for name, wanted in speed.items():
-        flag = "--" + name.replace("_", "-")
-        if wanted and placement.is_gang:
-            raise CapacityError(
-                f"{flag} is for replica workers; a {placement.mode} gang runs eager with its own attention: "
-                f"drop {flag} or use --placement replica"
-            )
-        if wanted and not use_gpu and name in ("fp8_attention", "fa4_attention"):
-            raise CapacityError(
-                f"{flag} needs a Hopper-or-newer GPU (H100, H200, B200), and this pool runs on the CPU: drop {flag}"
-            )
+def check_worker_options(options: WorkerOptions, placement: Placement, use_gpu: bool) -> None:
+    """Refuse, before any worker starts, the options workers of `placement` on a GPU (or the CPU) cannot run
+    (`WorkerOptions.problems`)."""
+    problems = options.problems(placement, use_gpu)
+    if problems:
+        raise CapacityError("; ".join(problems))
 
 
 class WorkerLost(RuntimeError):
@@ -343,13 +336,19 @@ class ExecutorBase:
         return self.workers[index]
 
 
-def start_executor(backend: str, checkpoints: Any, num_workers: int = 1, **options: Any) -> Executor:
-    """Workers on `backend` ("local": this process; "ray": Ray actors, Ray started or joined first), each given
-    `options` (`RayExecutor`'s keyword arguments)."""
+def start_executor(
+    backend: str,
+    checkpoints: Any,
+    num_workers: int = 1,
+    placement: Placement = REPLICA,
+    options: WorkerOptions | None = None,
+) -> Executor:
+    """`num_workers` workers of `placement` on `backend` ("local": this process; "ray": Ray actors, Ray started or
+    joined first), each built with `options`."""
     if backend == "local":
         from cluster.local_executor import LocalExecutor
 
-        return LocalExecutor(checkpoints, num_workers, **options)
+        return LocalExecutor(checkpoints, num_workers, placement, options)
     from cluster.ray_executor import RayExecutor
 
-    return RayExecutor(checkpoints, num_workers, **options)
+    return RayExecutor(checkpoints, num_workers, placement, options)

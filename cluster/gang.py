@@ -23,40 +23,25 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.ray_executor import RayRenderWorker
+from cluster.ray_executor import RayRenderWorker, ray_device, worker_runtime_env
 from cluster.tasks import TaskTrace
+from cluster.worker_options import WorkerOptions
 from jobs.placement import Placement, guided_pass_count, task_parallelism
 from ltx2.checkpoint import CheckpointSet
+from ltx2.parallel.modes import ParallelMode
 
 
 class GangMember:
-    """One rank: a full render worker whose transformer runs in the gang's parallel modes."""
+    """One rank: a full render worker whose models run in the gang's parallel mode. The gang's process group is
+    formed first (`join`), then the worker is built in it, so its models are configured once, speed options and
+    parallel mode together (`ltx2.configure`)."""
 
     def __init__(
-        self,
-        checkpoints: CheckpointSet,
-        rank: int,
-        world_size: int,
-        device: str,
-        dtype: str,
-        sharded: bool,
-        name: str,
+        self, checkpoints: CheckpointSet, options: WorkerOptions, rank: int, world_size: int, sharded: bool, name: str
     ) -> None:
+        self.checkpoints, self.options, self.name = checkpoints, options, name
         self.rank, self.world_size, self.sharded = rank, world_size, sharded
-        # a bare "cuda" is pinned to this member's Ray-assigned GPU by the worker (`ray_device`)
-        transformer_device = "cpu" if sharded else None  # shards move to the GPU; the whole never does
-        self.worker = RayRenderWorker(  # its inputs and outputs are in Ray's store
-            checkpoints,
-            device,
-            dtype,
-            name,
-            transformer_device=transformer_device,
-            warm_lora_originals=not sharded,
-            compile=False,  # the parallel modes replace attention and shard weights after the load: eager
-            fa4_attention=False,  # with the official attention that they wrap
-            batched_passes=False,  # a guidance gang spreads the passes itself; the others run them as upstream
-        )
-        self.parallel = None
+        self.worker: RayRenderWorker | None = None
 
     def rendezvous_port(self) -> int:
         from ltx2.parallel.group import free_loopback_port
@@ -64,18 +49,21 @@ class GangMember:
         return free_loopback_port()
 
     def join(self, port: int, timeout_s: float) -> int:
-        """Form the process group and apply the parallel modes to this rank's models."""
-        from ltx2.parallel.group import init_gang_group
-        from ltx2.parallel.modes import make_parallel_rank
+        """Form the process group, then load this rank's models into it (its inputs and outputs in Ray's store)."""
+        import torch
 
-        group = init_gang_group(self.rank, self.world_size, port, self.worker.models.device, timeout_s)
-        self.parallel = make_parallel_rank(self.worker.models, group, self.sharded)
+        from ltx2.parallel.group import init_gang_group
+
+        device = ray_device(self.options.device)  # a bare "cuda": this member's Ray-assigned GPU
+        group = init_gang_group(self.rank, self.world_size, port, torch.device(device), timeout_s)
+        self.worker = RayRenderWorker(
+            self.checkpoints, replace(self.options, device=device), self.name, ParallelMode(group, self.sharded)
+        )
         return os.getpid()
 
     def task(self, kind: str, label: str, parallelism: str | None, **kwargs: Any) -> tuple[Any, TaskTrace]:
-        assert self.parallel is not None, "join() first"
-        with self.parallel.running(parallelism):
-            result, trace = self.worker.task(kind, label, **kwargs)
+        assert self.worker is not None, "join() first"
+        result, trace = self.worker.task(kind, label, parallelism=parallelism, **kwargs)
         return result, replace(trace, rank=self.rank, parallelism=parallelism)
 
     def info(self) -> dict[str, Any]:
@@ -99,8 +87,7 @@ class Gang:
         self,
         checkpoints: CheckpointSet,
         placement: Placement,
-        device: str,
-        dtype: str = "bfloat16",
+        options: WorkerOptions,
         name: str = "gang",
         max_rebuilds: int = 3,
         collective_timeout_s: float = 300.0,
@@ -108,7 +95,7 @@ class Gang:
     ) -> None:
         if not placement.is_gang or placement.gpus < 2:
             raise ValueError(f"a gang needs a gang mode and at least 2 GPUs, not {placement}")
-        self.checkpoints, self.placement, self.device, self.dtype = checkpoints, placement, device, dtype
+        self.checkpoints, self.placement, self.options = checkpoints, placement, options
         self.name, self.max_rebuilds = name, max_rebuilds
         self.collective_timeout_s, self.start_timeout_s = collective_timeout_s, start_timeout_s
         self.rebuilds = 0
@@ -119,7 +106,7 @@ class Gang:
     # --- lifecycle ----------------------------------------------------------------------------------------
 
     def _build(self) -> None:
-        gpu = self.device != "cpu"
+        gpu = self.options.device != "cpu"
         bundle = {"GPU": 1, "CPU": 1} if gpu else {"CPU": 1}
         self.pg = placement_group([bundle] * self.placement.gpus, strategy="STRICT_PACK")
         ray.get(self.pg.ready(), timeout=self.start_timeout_s)
@@ -130,12 +117,12 @@ class Gang:
                 num_cpus=1,
                 max_concurrency=2,  # a task + progress polls
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank),
+                **worker_runtime_env(self.options.env),
             ).remote(
                 self.checkpoints,
+                replace(self.options, device="cuda" if gpu else "cpu"),
                 rank,
                 self.placement.gpus,
-                "cuda" if gpu else "cpu",
-                self.dtype,
                 self.placement.mode == "sharded",
                 f"{self.name}-rank{rank}",
             )

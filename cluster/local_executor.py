@@ -24,6 +24,7 @@ from cluster.executor import (
 )
 from cluster.tasks import TaskRequest
 from cluster.worker import JOBS_PER_WORKER, RenderWorker
+from cluster.worker_options import WorkerOptions
 from jobs.placement import REPLICA, Placement
 from jobs.spec import ValidJob
 from ltx2.checkpoint import CheckpointSet
@@ -59,19 +60,18 @@ class LocalExecutor(ExecutorBase):
         self,
         checkpoints: CheckpointSet,
         num_workers: int = 1,
-        device: str | None = None,
-        dtype: str = "bfloat16",
         placement: Placement = REPLICA,
-        **speed: bool | None,
+        options: WorkerOptions | None = None,
     ) -> None:
-        """`speed`: the workers' speed options (`compile`, `fp8`, ... as `RayExecutor` takes them). On a machine
-        with GPUs each worker takes one of its own (unless `device` is "cpu")."""
+        """`options`: every worker's (`cluster.worker_options`; `env` is for Ray's workers). On a machine with
+        GPUs each worker takes one of its own (unless the device is "cpu")."""
         if placement.is_gang:
             raise CapacityError(
                 f"a {placement.mode} gang runs on the Ray backend: pass --executor ray (or --address) for --placement"
             )
-        gpus = torch.cuda.device_count() if device != "cpu" else 0
-        check_worker_options(placement, gpus > 0, **{k: v for k, v in speed.items() if k != "fp8_all_blocks"})
+        options = options or WorkerOptions()
+        gpus = torch.cuda.device_count() if options.device != "cpu" else 0
+        check_worker_options(options, placement, gpus > 0)
         if gpus and num_workers > gpus:
             raise CapacityError(
                 f"asked for {num_workers} workers (one GPU each), but this machine has {gpus} GPU(s); "
@@ -89,7 +89,7 @@ class LocalExecutor(ExecutorBase):
 
         def new_worker(name: str) -> RenderWorker:
             slot = int(name.split("~", 1)[0].rsplit("-", 1)[1])
-            return RenderWorker(checkpoints, devices[slot % len(devices)], dtype, name, **speed)
+            return RenderWorker(checkpoints, dataclasses.replace(options, device=devices[slot % len(devices)]), name)
 
         self._new_worker = new_worker
         self._start_all("worker", num_workers)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -28,6 +29,7 @@ from cluster.requests import job_input_refs
 from cluster.storage import ship_inputs
 from cluster.tasks import TaskRequest, task_fields
 from cluster.worker import JOBS_PER_WORKER, RenderReply, RenderWorker, default_device
+from cluster.worker_options import WorkerOptions
 from jobs.placement import REPLICA, Placement
 from jobs.spec import ValidJob
 from ltx2.checkpoint import CheckpointError, CheckpointSet
@@ -93,7 +95,7 @@ def _loopback_node() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = multi_node
 
 
-def _runtime_env(env: dict[str, str] | None) -> dict[str, Any]:
+def worker_runtime_env(env: Mapping[str, str] | None) -> dict[str, Any]:
     return {"runtime_env": {"env_vars": {**WORKER_ENV, **env}}} if env else {}
 
 
@@ -135,10 +137,13 @@ class RayRenderWorker(RenderWorker):
     store_get = staticmethod(ray.get)
     store_put = staticmethod(ray.put)
 
-    def __init__(self, checkpoints: CheckpointSet, device: str | None = None, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, checkpoints: CheckpointSet, options: WorkerOptions | None = None, *args: Any, **kwargs: Any
+    ) -> None:
         self.load_error: CheckpointError | None = None
+        options = options or WorkerOptions()
         try:
-            super().__init__(checkpoints, ray_device(device), *args, **kwargs)
+            super().__init__(checkpoints, replace(options, device=ray_device(options.device)), *args, **kwargs)
         except CheckpointError as error:
             self.load_error = error
 
@@ -171,34 +176,14 @@ class RayExecutor(ExecutorBase):
         self,
         checkpoints: CheckpointSet,
         num_workers: int = 1,
-        device: str | None = None,
-        dtype: str = "bfloat16",
         placement: Placement = REPLICA,
-        compile: bool | None = None,
-        fp8_attention: bool = False,
-        fp8: bool = False,
-        fp8_all_blocks: bool = False,
-        fa4_attention: bool | None = None,
-        batched_passes: bool | None = None,
-        env: dict[str, str] | None = None,
+        options: WorkerOptions | None = None,
     ) -> None:
-        """`compile`: compiled transformer blocks in replica workers (None: on for GPUs, see `ltx2.speed`);
-        `fp8_attention`: their video self-attention in FP8 through cuDNN (Hopper GPUs, `ltx2.fp8_attention`);
-        `fp8`: their linear layers in FP8 (`ltx2.fp8_linear`; FP8 tensor cores, or the CPU), with
-        `fp8_all_blocks` in every block (`ltx2.speed.SpeedOptions.fp8_all_blocks`); `fa4_attention`: their
-        bf16 attention through FlashAttention-4 (None: where it runs, `ltx2.fa4_attention`); `batched_passes`:
-        a short step's guided passes as one batched forward (None: on GPUs, `ltx2.speed`); `env`: variables set in
-        the workers besides their node's own (a cluster gives them credentials through the node's environment)."""
-        use_gpu = device != "cpu" and gpus_available() >= 1
-        check_worker_options(
-            placement,
-            use_gpu,
-            compile=compile,
-            fp8_attention=fp8_attention,
-            fp8=fp8 or fp8_all_blocks,
-            fa4_attention=fa4_attention,
-            batched_passes=batched_passes,
-        )
+        """`options`: every worker's (`cluster.worker_options`); a bare or absent device is each actor's own GPU
+        (the CPU on a cluster without GPUs), and `env` is set in the actors."""
+        options = options or WorkerOptions()
+        use_gpu = options.device != "cpu" and gpus_available() >= 1
+        check_worker_options(options, placement, use_gpu)
         resource = "GPU" if use_gpu else "CPU"
         free = int(ray.available_resources().get(resource, 0))
         needed = num_workers * placement.gpus
@@ -210,34 +195,23 @@ class RayExecutor(ExecutorBase):
                 f"ask for fewer workers or GPUs per gang, or add nodes"
             )
         self.placement = placement
-        target = "cuda" if use_gpu else "cpu"
+        options = replace(options, device="cuda" if use_gpu else "cpu")
         if placement.is_gang:
             from cluster.gang import Gang
 
             gang_cls = ray.remote(Gang).options(num_cpus=0, max_concurrency=4)  # members hold the resources
 
             def start(name: str) -> Any:
-                return gang_cls.remote(checkpoints, placement, target, dtype, name)
+                return gang_cls.remote(checkpoints, placement, options, name)
 
         else:
             actor_cls = ray.remote(
                 max_concurrency=JOBS_PER_WORKER + 2,  # + an encode task, progress polls
                 concurrency_groups={PUBLISH_GROUP: PUBLISHES_PER_WORKER},  # declared with the class, not in options
-            )(RayRenderWorker).options(num_gpus=1 if use_gpu else 0, num_cpus=1, **_runtime_env(env))
+            )(RayRenderWorker).options(num_gpus=1 if use_gpu else 0, num_cpus=1, **worker_runtime_env(options.env))
 
             def start(name: str) -> Any:
-                return actor_cls.remote(
-                    checkpoints,
-                    target,
-                    dtype,
-                    name,
-                    compile=compile,
-                    fp8_attention=fp8_attention,
-                    fp8=fp8,
-                    fp8_all_blocks=fp8_all_blocks,  # implies fp8 (the worker resolves it)
-                    fa4_attention=fa4_attention,
-                    batched_passes=batched_passes,
-                )
+                return actor_cls.remote(checkpoints, options, name)
 
         self._new_actor = start
         self.replacements = 0

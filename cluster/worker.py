@@ -14,9 +14,9 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,23 +62,19 @@ from cluster.tasks import (
     task_request,
 )
 from cluster.transport import pack
+from cluster.worker_options import WorkerOptions
 from jobs.fallback import reaches
 from jobs.outputs import OutputPaths, output_paths, sidecar_document
 from jobs.plan import describe_task
 from jobs.spec import ValidJob, validate_for_model
 from ltx2 import stages
 from ltx2.checkpoint import CheckpointSet, cached_file_sha256
+from ltx2.configure import configure
 from ltx2.media import Mp4Writer, probe_mp4
 from ltx2.models import LOAD_COUNTER, load_resident_models
-from ltx2.offload import Fp8Blocks, StreamedBlocks
-from ltx2.parallel.guidance import (
-    BatchedWhenShort,
-    DistributedPassRunner,
-    batched_passes_max_tokens,
-    run_sequential,
-)
+from ltx2.offload import StreamedBlocks
+from ltx2.parallel.modes import ParallelMode
 from ltx2.render import FramesCallback, NonFiniteOutputError, Renderer, RenderOutput
-from ltx2.speed import apply_speed_options, default_speed_options
 
 JOBS_PER_WORKER = 2
 """Whole renders a replica worker holds at once. The worker's model lock still runs the model work one job
@@ -232,44 +228,30 @@ class RenderWorker:
     def __init__(
         self,
         checkpoints: CheckpointSet,
-        device: str | None = None,
-        dtype: str = "bfloat16",
+        options: WorkerOptions | None = None,
         name: str = "worker",
-        transformer_device: str | None = None,
+        parallel: ParallelMode | None = None,
         warm_lora_originals: bool = True,
-        compile: bool | None = None,
-        fp8_attention: bool = False,
-        fp8: bool = False,
-        fp8_all_blocks: bool = False,
-        fa4_attention: bool | None = None,
-        batched_passes: bool | None = None,
     ) -> None:
+        """`options`: the pool's (`device` this worker's own); `parallel`: a gang member's part in its gang (None:
+        a replica), whose process group is formed before the models load, so that they are configured once
+        (`ltx2.configure`)."""
         from cluster.model_store import local_checkpoint_set
 
+        options = options or WorkerOptions()
         checkpoints = local_checkpoint_set(checkpoints)  # a manifest: fetched into this node's cache, verified
         self.name = name
-        self.device = device or default_device()
+        self.device = options.device or default_device()
         if self.device.startswith("cuda"):
             torch.cuda.set_device(self.device)  # streams, pinned copies and syncs without a device use this one
-        self.models = load_resident_models(checkpoints, self.device, getattr(torch, dtype), transformer_device)
-        self.speed = default_speed_options(self.device)
-        if compile is not None:
-            self.speed = replace(self.speed, compile=compile)
-        if fa4_attention is not None:
-            self.speed = replace(self.speed, fa4_attention=fa4_attention)
-        if batched_passes is not None:
-            self.speed = replace(self.speed, batched_passes=batched_passes)
-        fp8 = fp8 or fp8_all_blocks
-        self.speed = replace(self.speed, fp8_attention=fp8_attention, fp8=fp8, fp8_all_blocks=fp8_all_blocks)
-        if self.speed.batched_passes:
-            self.models.pass_runner = BatchedWhenShort(batched_passes_max_tokens(fp8, fp8_attention))
-        apply_speed_options(self.models.transformer.velocity_model, self.speed)
-        # the OOM ladder's FP8-weights and CPU-offload rungs (off until a job's rung asks for them)
-        self.fp8_weights = Fp8Blocks(self.models.transformer.velocity_model, self.models.device)
-        self.streaming = StreamedBlocks(self.models.transformer.velocity_model, self.models.device)
-        self.models.loras.parked = [self.fp8_weights, self.streaming]
+        sharded = parallel is not None and parallel.sharded
+        transformer_device = "cpu" if sharded else None  # shards move to the GPU; the whole never does
+        self.models = load_resident_models(checkpoints, self.device, getattr(torch, options.dtype), transformer_device)
+        self.configured = configure(self.models, options.speed(self.device), parallel)
+        self.speed = self.configured.speed
+        self.fp8_weights, self.streaming = self.configured.fp8_weights, self.configured.streaming
         self.renderer = Renderer(self.models)
-        if warm_lora_originals:  # not for a model about to be sharded: its shards are what fusion restores
+        if warm_lora_originals and not sharded:  # a sharded model's shards are what fusion restores
             self.models.loras.warm_originals()
         self.metrics = WorkerMetrics()
         self.metrics.model_load_seconds.set(self.models.load_seconds)
@@ -442,7 +424,7 @@ class RenderWorker:
         if job.fallback is not None:
             self.metrics.oom_fallbacks.labels(job.fallback).inc()
         try:
-            with self._on_rung(job.fallback, text_encoder=False):  # the renderer moves Gemma after encoding
+            with self.configured.running(job.fallback, text_encoder=False):  # the renderer moves Gemma after encoding
                 output = self.renderer.render(
                     request,
                     on_step=self._on_step,
@@ -527,51 +509,25 @@ class RenderWorker:
         label: str,
         fallback: str | None = None,
         inputs: dict[str, tuple[str, Any]] | None = None,
+        parallelism: str | None = None,
         **values: Any,
     ) -> tuple[Any, TaskTrace]:
         """`run_task` of the request of `kind` made from `values` (a request as it crosses to a Ray actor,
         `cluster.tasks.task_fields`); returns (result, trace): call with `num_returns=2`. `inputs`: as `render`'s."""
         stock_inputs(inputs, self.store_get)
-        return self.run_task(label, task_request(kind, values), fallback)
+        return self.run_task(label, task_request(kind, values), fallback, parallelism)
 
-    def run_task(self, label: str, request: TaskRequest, fallback: str | None = None) -> tuple[Any, TaskTrace]:
+    def run_task(
+        self, label: str, request: TaskRequest, fallback: str | None = None, parallelism: str | None = None
+    ) -> tuple[Any, TaskTrace]:
         """Run one task of a job plan; `fallback` is the job's OOM-ladder rung (counted once per job, at
-        stage2_init)."""
+        stage2_init); `parallelism`: how a gang member's ranks share it ('sequence', 'guidance'; None: alone)."""
         request = type(request)(**localize(task_fields(request)))  # s3:// inputs fetched to this node, verified
         with self._busy:
             if fallback is not None and request.kind == "stage2_init":
                 self.metrics.oom_fallbacks.labels(fallback).inc()
-            with self._on_rung(fallback, text_encoder=request.kind != "encode"):
+            with self.configured.running(fallback, parallelism, text_encoder=request.kind != "encode"):
                 return self._run_task(label, request)
-
-    @contextlib.contextmanager
-    def _on_rung(self, rung: str | None, text_encoder: bool) -> Iterator[None]:
-        """What a job's OOM-ladder rung changes here while its render or one of its tasks runs: Gemma in host
-        memory, block weights as FP8 or streamed from host memory (these stay so for the next job on the same
-        rung: switching costs seconds), batched guided passes one by one (for this task only)."""
-        models = self.models
-        if text_encoder:
-            models.text_encoder.to("cpu" if reaches(rung, "offload_text_encoder") else models.device)
-        streamed = reaches(rung, "offload_transformer")  # streams the exact weights: FP8 adds nothing then
-        fp8 = reaches(rung, "fp8_weights") and not streamed
-        if streamed or fp8:
-            models.loras.originals_copied()  # parking moves the weights the background copy reads
-        choice = ((self.fp8_weights, fp8), (self.streaming, streamed))
-        for parking, wanted in choice:  # the unwanted one off first: never both at once
-            if not wanted:
-                parking.disable()
-        for parking, wanted in choice:
-            if wanted:
-                parking.enable()
-        runner = models.pass_runner
-        if reaches(rung, "sequential_passes") and isinstance(runner, DistributedPassRunner) and not runner.lockstep:
-            models.pass_runner = replace(runner, lockstep=True)  # batch-one forwards, one pass after another
-        if reaches(rung, "sequential_passes") and isinstance(runner, BatchedWhenShort):
-            models.pass_runner = run_sequential
-        try:
-            yield
-        finally:
-            models.pass_runner = runner
 
     def _run_task(self, label: str, request: TaskRequest) -> tuple[Any, TaskTrace]:
         if self.models.device.type == "cuda":

@@ -2,15 +2,14 @@
 
 - `fp8`: the transformer's linear layers hold FP8 (e4m3) weights in ltx-core's scaled-FP8 format (one
   scale per tensor; the official policy's layers stay bf16) and quantize their input on the fly (one
-  scale per row on a GPU); the matmul is `torch._scaled_mm` (`ltx2.fp8_linear`). Halves the weights
-  (≈ 19 GB for the 19B model) and runs the matmuls at the FP8 rate. Needs FP8 tensor cores (compute
-  capability ≥ 8.9); the CPU runs the same code slowly (tests). Compiled FP8 blocks also get persistent
-  row reductions and the FF GELU through a sigmoid (see their options).
+  scale per row on a GPU); the matmul is `torch._scaled_mm` (`ltx2.fp8_linear`). Halves the weights and
+  runs the matmuls at the FP8 rate. Needs FP8 tensor cores (compute capability ≥ 8.9); the CPU runs the
+  same code slowly (tests). Compiled FP8 blocks also get persistent row reductions and the FF GELU through
+  a sigmoid (`KernelTuning`).
 - `shared_timesteps`: a modality whose tokens all share one timestep (every token of a text-to-video
   job, or of any job without conditioning latents) reaches the model with one timestep per batch row
   instead of one per token. Same values, broadcast: ltx-core embeds the timestep per token and each block
-  reads per-token shift/scale/gate tensors (9 x tokens x 4096 values per block at 1024x1536x121, ~1.8 GB),
-  which is most of what the fused norm/modulation kernels move.
+  reads per-token shift/scale/gate tensors, which is most of what the fused norm/modulation kernels move.
 - `split_kv_attention`: few-query, many-key attention calls (the video-to-audio layer) through torch's flash
   kernel, which splits the keys over the SMs (`ltx2.split_kv_attention`; CUDA only).
 - `rope_cache`: the RoPE tables built once per positions tensor, not in every forward (`ltx2.rope_cache`).
@@ -21,13 +20,17 @@
   Blocks are compiled in place (`Module.compile`), so parameter names (and LoRA fusion by name) do not
   change, and each attention layer gets the callable the official `AttentionFunction` enum dispatches
   to: dynamo cannot trace a call on the enum member, which split every block into seven graphs.
+
+`SpeedOptions` holds what a worker is told (or defaults to); `KernelTuning`, nested in it, how compiled
+blocks' kernels are written and tuned, which only the benchmarks set (bench/README.md has the measurements
+behind every default here).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -36,23 +39,14 @@ from ltx_core.model.transformer.modality import Modality
 
 
 @dataclass(frozen=True)
-class SpeedOptions:
-    fp8: bool = False
-    """FP8 matmuls (`ltx2.fp8_linear`): opt-in, the outputs change by the FP8 rounding (see bench/)."""
-    fp8_all_blocks: bool = False
-    """With `fp8`: blocks 0 and 43-47 in FP8 too (`ltx2.fp8_linear.EVERY_BLOCK`), which the official FP8
-    policy keeps in bf16; ~4 % faster per forward, error on real weights not measured."""
-    compile: bool = False
-    fp8_attention: bool = False
-    """The video self-attention in FP8 through cuDNN (`ltx2.fp8_attention`; Hopper or newer, bench option)."""
-    fa4_attention: bool = False
-    """bf16 attention through FlashAttention-4 (`ltx2.fa4_attention`; Hopper or Blackwell, `flash-attn-4`
-    installed) for the attention calls of 8 192+ query and key tokens (the video self-attention at full
-    resolution) not given another kernel (`fp8_attention` takes that layer first). On by default where it
-    can run (`default_speed_options`)."""
+class KernelTuning:
+    """How compiled blocks' kernels are written and tuned. Each None is resolved from the speed options
+    (`SpeedOptions.reductions_persistent`, `gelu_in_epilogue`, `gelu_by_sigmoid`); the benchmarks set them
+    to compare (bench/forward_speed.py), workers never do."""
+
     compile_mode: str | None = None
     """`torch.compile` mode for the blocks (None: inductor's default; "max-autotune-no-cudagraphs" tunes the
-    matmul kernels, "reduce-overhead" adds CUDA graphs); bench/forward_speed.py compares them."""
+    matmul kernels, "reduce-overhead" adds CUDA graphs)."""
     tune_fused_kernels: bool = False
     """Inductor's coordinate-descent tuning of the block sizes of the fused (Triton) kernels, without
     max-autotune's matmul search: the FP8 input casts are row reductions over 4-16k features."""
@@ -60,68 +54,85 @@ class SpeedOptions:
     """Let inductor write row reductions of up to 16k features (the FP8 input casts: a row's amax, then its
     cast) as persistent kernels that read the row once, each benchmarked against the looped kernel at the
     first call (`triton.multi_kernel`; inductor's own default: rows of up to 1k features). None: on in
-    compiled blocks of inductor's default mode on GPUs (the other modes take no options). With FP8 matmuls
-    1.5 % per forward on an H100; in bf16 4-15 ms of ~1 720 at 1024×1536×121 (two runs) with the real
-    checkpoint's split RoPE, whose q/k RMS norm + RoPE kernel then reads each row once (noise with
-    interleaved RoPE; bench/README.md).
-    Such blocks skip inductor's FX graph cache: torch 2.11 fails to reload a cached graph holding a
-    multi-kernel (a triton `JITFunction` without its hash lock, seen on an H100), so every worker compiles
-    them afresh."""
+    compiled blocks of inductor's default mode on GPUs (the other modes take no options): it pays with FP8
+    matmuls, and in bf16 with the real checkpoint's split RoPE, whose q/k RMS norm + RoPE kernel then reads
+    each row once.
+    Such blocks skip inductor's FX graph cache: torch 2.11 fails to reload a cached graph holding a multi-kernel
+    (a triton `JITFunction` without its hash lock), so every worker compiles them afresh."""
     sigmoid_gelu: bool | None = None
     """The FF layers' tanh GELU written through a sigmoid (`gelu_tanh_by_sigmoid`, the same function) in
     compiled blocks; None: with FP8 matmuls, where the FF output layer's per-row input cast made the fused
-    GELU kernel compute-bound (1.36 -> 0.69 ms per call at 1024x1536); in bf16 it does not pay."""
-
-    batched_passes: bool = False
-    """A guided step's passes as one batched forward where the video sequence is short (stage 1 at half
-    resolution; `ltx2.parallel.guidance.BatchedWhenShort`), set on the worker's pass runner rather than on
-    the model. On by default on GPUs: 1.39x per FP8 stage-1 step, 1.06x in bf16 (bench/guided_step.py)."""
-
-    shared_timesteps: bool = False
-    """One timestep per batch row where all of a modality's tokens share it (`apply_shared_timesteps`); on
-    by default: the same numbers, less memory traffic per block."""
-
+    GELU kernel compute-bound (the sigmoid halves it); in bf16 it does not pay."""
     gelu_epilogue: bool | None = None
     """With `compile`: the FF input layers' bias + tanh GELU in cuBLASLt's matmul epilogue (`ltx2.gelu_epilogue`)
     instead of a fused kernel re-reading the hidden state. None: in bf16 blocks (FP8 blocks fuse their GELU with
     the per-row input cast instead, `sigmoid_gelu`)."""
+    fusible_rope: bool = True
+    """With `compile`: the attention layers' RoPE written without in-place slice updates
+    (`ltx2.fusible_rope`, the same operations), so inductor fuses it into one pass over q and k instead of
+    materialising them between steps. Off only to compare."""
 
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """What a worker runs its transformer with: the choices its flags make (`fp8`, `fp8_all_blocks`, `compile`,
+    `fp8_attention`, `fa4_attention`, `batched_passes`) and the rest, on by default where they run
+    (`default_speed_options`). All off here: `SpeedOptions()` is the official path."""
+
+    fp8: bool = False
+    """FP8 matmuls (`ltx2.fp8_linear`): opt-in, the outputs change by the FP8 rounding."""
+    fp8_all_blocks: bool = False
+    """With `fp8`: blocks 0 and 43-47 in FP8 too (`ltx2.fp8_linear.EVERY_BLOCK`), which the official FP8
+    policy keeps in bf16: faster, its error on real weights not measured."""
+    compile: bool = False
+    fp8_attention: bool = False
+    """The video self-attention in FP8 through cuDNN (`ltx2.fp8_attention`; Hopper or newer)."""
+    fa4_attention: bool = False
+    """bf16 attention through FlashAttention-4 (`ltx2.fa4_attention`; Hopper or Blackwell, `flash-attn-4`
+    installed) for the attention calls of 8 192+ query and key tokens (the video self-attention at full
+    resolution) not given another kernel (`fp8_attention` takes that layer first). On by default where it
+    can run (`default_speed_options`)."""
+    batched_passes: bool = False
+    """A guided step's passes as one batched forward where the video sequence is short (stage 1 at half
+    resolution; `ltx2.parallel.guidance.BatchedWhenShort`), set on the worker's pass runner rather than on
+    the model. On by default on GPUs, where short forwards are bound by the host's kernel launches."""
+    shared_timesteps: bool = False
+    """One timestep per batch row where all of a modality's tokens share it (`apply_shared_timesteps`); on
+    by default: the same numbers, less memory traffic per block."""
     split_kv_attention: bool = False
     """Few-query, many-key attention calls (the video-to-audio cross-attention) through torch's flash kernel,
     which splits the keys over the SMs (`ltx2.split_kv_attention`; CUDA only, other calls keep their kernel).
     On by default on GPUs (`default_speed_options`)."""
-
     rope_cache: bool = False
     """The RoPE tables computed once per positions tensor (`ltx2.rope_cache`) instead of at every forward:
-    the same numbers, ~60 fewer kernels and one fewer blocking copy at the start of each forward. On by
-    default (`default_speed_options`); off here so that `SpeedOptions()` is the official path."""
-
-    fusible_rope: bool = True
-    """With `compile`: the attention layers' RoPE written without in-place slice updates
-    (`ltx2.fusible_rope`, the same operations), so inductor fuses it into one pass over q and k instead of
-    materialising them between steps. Off only to compare (bench/forward_speed.py)."""
+    the same numbers, fewer kernels and one fewer blocking copy at the start of each forward. On by default
+    (`default_speed_options`)."""
+    tuning: KernelTuning = field(default_factory=KernelTuning)
+    """How compiled blocks' kernels are written and tuned (benchmarks only)."""
 
     def reductions_persistent(self, gpu: bool = True) -> bool:
         """Whether compiled blocks get `persistent_reductions` (None resolved: on for Triton's kernels, i.e. on
         GPUs; inductor's CPU code has no such kernels, and the FX graph cache would be lost for nothing)."""
-        default = gpu and self.compile_mode is None
-        return self.compile and (default if self.persistent_reductions is None else self.persistent_reductions)
+        wanted = self.tuning.persistent_reductions
+        default = gpu and self.tuning.compile_mode is None
+        return self.compile and (default if wanted is None else wanted)
 
     def gelu_in_epilogue(self) -> bool:
         """Whether compiled blocks get `gelu_epilogue` (None resolved)."""
-        return self.compile and (not self.fp8 if self.gelu_epilogue is None else self.gelu_epilogue)
+        wanted = self.tuning.gelu_epilogue
+        return self.compile and (not self.fp8 if wanted is None else wanted)
 
     def gelu_by_sigmoid(self) -> bool:
         """Whether compiled blocks get `sigmoid_gelu` (None resolved)."""
-        return self.compile and (self.fp8 if self.sigmoid_gelu is None else self.sigmoid_gelu)
+        wanted = self.tuning.sigmoid_gelu
+        return self.compile and (self.fp8 if wanted is None else wanted)
 
 
 def default_speed_options(device: torch.device | str) -> SpeedOptions:
-    """What a worker runs with unless told otherwise: compiled blocks on a GPU (same model, ~1.2x per
-    forward, one compile of ~10 s per new shape), plain eager on the CPU (inductor's CPU compile costs
-    more than it saves on the tiny model), FA4 attention where it runs, one timestep per row where tokens
-    share it, a short step's guided passes batched on GPUs. FP8 is opt-in: it changes the numbers more
-    (see bench/)."""
+    """What a worker runs with unless told otherwise: compiled blocks on a GPU (the same model, faster per
+    forward after one compile per new shape), plain eager on the CPU (inductor's CPU compile costs more than
+    it saves on the tiny model), FA4 attention where it runs, one timestep per row where tokens share it, a
+    short step's guided passes batched on GPUs. FP8 is opt-in: it changes the numbers more."""
     from ltx2.fa4_attention import fa4_available
 
     gpu = torch.device(device).type == "cuda"
@@ -264,6 +275,10 @@ def apply_compile(
 
 
 def apply_speed_options(velocity_model: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
+    """Apply `options` to the model in place, in this order: the forward's hooks (timesteps, RoPE tables), the
+    FP8 linear layers, the attention kernels (then split-KV, which wraps the kernel each layer got), the FF's
+    GELU forms, the fusible RoPE, and compiling last, over the modules as they now are. `batched_passes` is
+    not the model's: the worker sets its pass runner (`ltx2.configure`)."""
     if options.shared_timesteps:
         apply_shared_timesteps(velocity_model)
     if options.rope_cache:
@@ -292,15 +307,15 @@ def apply_speed_options(velocity_model: torch.nn.Module, options: SpeedOptions) 
         from ltx2.gelu_epilogue import apply_gelu_epilogue
 
         apply_gelu_epilogue(velocity_model)
-    if options.compile and options.fusible_rope:
+    if options.compile and options.tuning.fusible_rope:
         from ltx2.fusible_rope import apply_fusible_rope
 
         apply_fusible_rope(velocity_model)
     if options.compile:
         apply_compile(
             velocity_model,
-            mode=options.compile_mode,
-            tune=options.tune_fused_kernels,
+            mode=options.tuning.compile_mode,
+            tune=options.tuning.tune_fused_kernels,
             persistent_reductions=options.reductions_persistent(
                 gpu=next(velocity_model.parameters()).device.type == "cuda"
             ),

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from cluster.worker_options import WorkerOptions
 from ltx2.fa4_attention import (
     MIN_TOKENS,
     Fa4Attention,
@@ -73,6 +74,6 @@ def test_pools_refuse_fa4_where_it_cannot_run_before_starting_workers(ray_cluste
     from jobs.placement import Placement
 
     with pytest.raises(CapacityError, match=r"needs a Hopper-or-newer GPU.*drop --fa4-attention"):
-        RayExecutor(tiny_set, device="cpu", fa4_attention=True)
+        RayExecutor(tiny_set, options=WorkerOptions(device="cpu", fa4_attention=True))
     with pytest.raises(CapacityError, match="drop --fa4-attention or use --placement replica"):
-        RayExecutor(tiny_set, placement=Placement("sequence", 2), fa4_attention=True)
+        RayExecutor(tiny_set, placement=Placement("sequence", 2), options=WorkerOptions(fa4_attention=True))

@@ -16,6 +16,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from cluster.executor import CapacityError
 from cluster.ray_executor import RayExecutor
 from cluster.requests import render_request
+from cluster.worker_options import WorkerOptions
 from jobs.placement import Placement
 from jobs.spec import validate_job
 from ltx2.fp8_linear import (
@@ -91,19 +92,19 @@ def test_all_blocks_puts_the_official_bf16_blocks_in_fp8_too(fresh):
     assert all(excluded(n, EVERY_BLOCK) for n, m in modules.items() if type(m) is torch.nn.Linear)
 
 
-def test_the_all_blocks_flag_implies_fp8_and_is_refused_for_gangs(tiny_set):
+def test_the_all_blocks_flag_implies_fp8_and_is_refused_for_gangs(ray_cluster, tiny_set):
     from cluster.cli import build_parser
 
     args = build_parser().parse_args(["render", "--prompt", "a fox", "--fp8-all-blocks"])
     assert args.fp8_all_blocks and not args.fp8  # the worker turns fp8 on for it
     with pytest.raises(CapacityError, match="drop --fp8 or use --placement replica"):
-        RayExecutor(tiny_set, placement=Placement("guidance", 2), fp8_all_blocks=True)
+        RayExecutor(tiny_set, placement=Placement("guidance", 2), options=WorkerOptions(fp8_all_blocks=True))
 
 
 def test_a_worker_asked_for_all_blocks_turns_fp8_on(tiny_set):
     from cluster.worker import RenderWorker
 
-    worker = RenderWorker(tiny_set, "cpu", fp8_all_blocks=True, warm_lora_originals=False)
+    worker = RenderWorker(tiny_set, WorkerOptions(device="cpu", fp8_all_blocks=True), warm_lora_originals=False)
     assert worker.info()["fp8"] is True and worker.info()["fp8_all_blocks"] is True
     block_0 = worker.models.transformer.velocity_model.transformer_blocks[0]
     assert type(block_0.attn1.to_q) is ScaledMMFp8Linear
@@ -154,15 +155,15 @@ def test_fp8_renders_repeat_exactly_and_compiled_blocks_trace_scaled_mm_whole(fr
     assert torch.equal(second.video, first.video) and torch.equal(second.audio, first.audio)
 
 
-def test_gangs_refuse_fp8_before_starting_workers(tiny_set):
+def test_gangs_refuse_fp8_before_starting_workers(ray_cluster, tiny_set):
     with pytest.raises(CapacityError, match="drop --fp8 or use --placement replica"):
-        RayExecutor(tiny_set, placement=Placement("guidance", 2), fp8=True)
+        RayExecutor(tiny_set, placement=Placement("guidance", 2), options=WorkerOptions(fp8=True))
 
 
 def test_a_cpu_worker_renders_with_fp8_says_so_and_backs_up_weights_in_their_layout(tiny_set, tmp_path):
     from cluster.worker import RenderWorker
 
-    worker = RenderWorker(tiny_set, "cpu", fp8=True)
+    worker = RenderWorker(tiny_set, WorkerOptions(device="cpu", fp8=True))
     assert worker.info()["fp8"] is True
     loras = worker.models.loras
     loras.originals_copied()

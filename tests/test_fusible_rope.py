@@ -9,7 +9,7 @@ from ltx_core.model.transformer.attention import Attention
 
 from ltx2 import stages
 from ltx2.fusible_rope import FusibleRopeAttention, _calling, apply_fusible_rope, fusible_rotary_emb
-from ltx2.speed import SpeedOptions, apply_speed_options
+from ltx2.speed import KernelTuning, SpeedOptions, apply_speed_options
 from tests.conftest import small_chunk
 
 
@@ -83,7 +83,7 @@ def test_compiled_blocks_get_the_fusible_rope_unless_turned_off(tiny_set):
         apply_speed_options(model, options)
         assert {type(m) for m in model.modules() if isinstance(m, Attention)} == {expected}
     model = load_resident_models(tiny_set, "cpu", torch.float32).transformer.velocity_model
-    apply_speed_options(model, SpeedOptions(compile=True, fusible_rope=False))
+    apply_speed_options(model, SpeedOptions(compile=True, tuning=KernelTuning(fusible_rope=False)))
     assert {type(m) for m in model.modules() if isinstance(m, Attention)} == {Attention}
 
 

@@ -17,11 +17,13 @@ import ray
 import torch
 
 from cluster.gang import Gang
+from cluster.worker_options import WorkerOptions
 from jobs.placement import Placement
 from ltx2 import stages
 from ltx2.render import default_audio_guidance, default_video_guidance
 
 GUIDANCE_BOUND = 1e-5  # guidance gangs only: passes batched per rank (see the module's docstring)
+CPU_FLOAT32 = WorkerOptions(device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def single(tiny_set, ray_cluster):
     """The reference: one ordinary worker actor (same thread settings as the gang's members)."""
     from cluster.worker import RenderWorker
 
-    actor = ray.remote(RenderWorker).options(num_cpus=1).remote(tiny_set, "cpu", "float32", "single")
+    actor = ray.remote(RenderWorker).options(num_cpus=1).remote(tiny_set, CPU_FLOAT32, "single")
     yield actor
     ray.kill(actor)
 
@@ -38,7 +40,7 @@ def _gang(tiny_set, mode: str, **kwargs):
     return (
         ray.remote(Gang)
         .options(num_cpus=0, max_concurrency=4)
-        .remote(tiny_set, Placement(mode, 2), "cpu", "float32", f"gang-{mode}", collective_timeout_s=60, **kwargs)
+        .remote(tiny_set, Placement(mode, 2), CPU_FLOAT32, f"gang-{mode}", collective_timeout_s=60, **kwargs)
     )
 
 

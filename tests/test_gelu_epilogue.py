@@ -7,7 +7,7 @@ import torch
 from ltx_core.model.transformer.gelu_approx import GELUApprox
 
 from ltx2.gelu_epilogue import EpilogueGELUApprox, apply_gelu_epilogue, linear_gelu_tanh
-from ltx2.speed import SigmoidGELUApprox, SpeedOptions, apply_speed_options
+from ltx2.speed import KernelTuning, SigmoidGELUApprox, SpeedOptions, apply_speed_options
 
 
 def test_linear_gelu_tanh_is_the_official_layer_on_the_cpu():
@@ -32,7 +32,7 @@ def test_ff_layers_get_it_in_place_where_compiled_bf16_blocks_run(tiny_set):
 
     assert gelu_types(SpeedOptions()) == {GELUApprox}
     assert gelu_types(SpeedOptions(compile=True)) == {EpilogueGELUApprox}
-    assert gelu_types(SpeedOptions(compile=True, gelu_epilogue=False)) == {GELUApprox}
+    assert gelu_types(SpeedOptions(compile=True, tuning=KernelTuning(gelu_epilogue=False))) == {GELUApprox}
     assert gelu_types(SpeedOptions(compile=True, fp8=True)) == {SigmoidGELUApprox}  # fused with the FP8 cast
 
 

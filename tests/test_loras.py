@@ -18,6 +18,7 @@ from cluster.cli import main
 from cluster.local_executor import LocalExecutor
 from cluster.metrics import MetricsServer
 from cluster.requests import render_request
+from cluster.worker_options import WorkerOptions
 from jobs.spec import validate_job
 from ltx2.lora import LoraSpec, LoraState
 from ltx2.render import Renderer
@@ -295,7 +296,7 @@ def test_worker_copies_the_originals_in_the_background_before_any_fusion(tiny_se
     """The copy the first fusion would make is made at worker start; fusing waits for it, so it is pristine."""
     from cluster.worker import RenderWorker
 
-    worker = RenderWorker(tiny_set, "cpu")
+    worker = RenderWorker(tiny_set, WorkerOptions(device="cpu"))
     loras = worker.models.loras
     model = worker.models.transformer.velocity_model
     pristine = {k: v.clone() for k, v in model.state_dict().items()}

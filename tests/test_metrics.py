@@ -29,6 +29,7 @@ from cluster.metrics import (
 from cluster.publish import OutputTarget
 from cluster.ray_executor import RayExecutor
 from cluster.service import render_and_publish
+from cluster.worker_options import WorkerOptions
 from jobs.plan import plan_job
 from jobs.spec import validate_job
 from tests.conftest import REPO, SMALL_JOB
@@ -40,7 +41,7 @@ K8S_NODE = "gpu-node-a"  # what the downward API would give the workers' pods
 
 @pytest.fixture(scope="module")
 def farm(ray_cluster, tiny_set):
-    pool = RayExecutor(tiny_set, num_workers=2, env={NODE_NAME_ENV: K8S_NODE})
+    pool = RayExecutor(tiny_set, num_workers=2, options=WorkerOptions(env={NODE_NAME_ENV: K8S_NODE}))
     server = MetricsServer(pool)
     yield pool, server
     server.close()

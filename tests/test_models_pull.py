@@ -28,6 +28,7 @@ from cluster.model_store import (
     validate_models,
     write_manifest,
 )
+from cluster.worker_options import WorkerOptions
 from ltx2.checkpoint import CheckpointError, CheckpointSet, validate_checkpoint_set
 from tests.conftest import CACHE, REPO
 from tests.s3_servers import MotoServer, apply_env, moto_env
@@ -169,7 +170,7 @@ def test_a_worker_resolves_the_manifest_the_head_read(published, node_cache):
     from cluster.worker import RenderWorker
 
     assert local_checkpoint_set(published.tiny) is published.tiny  # local paths: a single-machine run
-    worker = RenderWorker(published.models, "cpu", warm_lora_originals=False)
+    worker = RenderWorker(published.models, WorkerOptions(device="cpu"), warm_lora_originals=False)
     assert node_cache in Path(worker.models.paths.checkpoint).parents
     assert worker.info()["name"] == "worker"
 

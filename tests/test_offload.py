@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cluster.worker_options import WorkerOptions
 from jobs.spec import validate_job
 from ltx2 import stages
 from ltx2.offload import Fp8Blocks, StreamedBlocks
@@ -57,7 +58,7 @@ def test_a_whole_job_on_the_offload_rung_renders_as_its_tiles_rung_does(tiny_set
     differs from the plain render only in the video (the decode's tiles; the audio is the same)."""
     from cluster.worker import RenderWorker, render_in_process
 
-    worker = RenderWorker(tiny_set, device="cpu", compile=False, name="eager")
+    worker = RenderWorker(tiny_set, WorkerOptions(device="cpu", compile=False), name="eager")
     job = validate_job({**SMALL_JOB, "recipe": "two_stage"})
     plain, tiles, streamed = (
         render_in_process(worker, job.with_fallback(rung), tmp_path / str(rung)).document["content_sha256"]

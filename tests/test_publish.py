@@ -26,6 +26,7 @@ from cluster.publish import (
     sweep_staging,
 )
 from cluster.storage import InputFetchError, StorageOptions, localize, ship_inputs, stock_inputs
+from cluster.worker_options import WorkerOptions
 from jobs.keys import parse_destination
 from jobs.outputs import output_paths
 from jobs.spec import validate_job
@@ -177,7 +178,7 @@ def test_a_render_whose_upload_failed_is_published_again_without_rendering(tiny_
         endpoint_url=f"http://127.0.0.1:{port}", addressing_style="path", attempts=1, deadline_s=0.0
     )
     target = OutputTarget(parse_destination("s3://outs/farm"), options, "{campaign}/{job}.{ext}", "spring")
-    worker = RenderWorker(tiny_set, device="cpu")
+    worker = RenderWorker(tiny_set, WorkerOptions(device="cpu"))
     job = validate_job({**SMALL_JOB, "name": "shot", "num_frames": 9, "steps": 1})
     first = worker.render(job, target)
     with pytest.raises(UploadError):

@@ -10,6 +10,7 @@ import torch
 
 from cluster.requests import render_request
 from cluster.worker import RenderWorker, render_in_process
+from cluster.worker_options import WorkerOptions
 from jobs.spec import validate_job
 from ltx2.lora import LoraState
 from ltx2.media import AAC_FRAME_SAMPLES
@@ -19,7 +20,7 @@ from tests.conftest import SMALL_JOB
 
 @pytest.fixture(scope="module")
 def worker(tiny_set) -> RenderWorker:
-    return RenderWorker(tiny_set, device="cpu")
+    return RenderWorker(tiny_set, WorkerOptions(device="cpu"))
 
 
 @pytest.mark.parametrize("recipe", ["two_stage", "distilled"])

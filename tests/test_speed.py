@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from cluster.worker_options import WorkerOptions
 from ltx2 import stages
 from ltx2.speed import (
+    KernelTuning,
     SigmoidGELUApprox,
     SpeedOptions,
     apply_compile,
@@ -75,16 +77,17 @@ def test_a_compile_mode_with_inductor_options_is_refused_with_the_fix():
     inside torch (persistent reductions come with inductor's default mode only)."""
     model = torch.nn.Module()
     model.transformer_blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
-    asked = SpeedOptions(compile=True, compile_mode="reduce-overhead", persistent_reductions=True)
+    asked = SpeedOptions(compile=True, tuning=KernelTuning(compile_mode="reduce-overhead", persistent_reductions=True))
     with pytest.raises(ValueError, match="turn off tune / persistent_reductions"):
         apply_speed_options(model, asked)
-    apply_speed_options(model, SpeedOptions(compile=True, compile_mode="reduce-overhead"))
+    apply_speed_options(model, SpeedOptions(compile=True, tuning=KernelTuning(compile_mode="reduce-overhead")))
     assert SpeedOptions(compile=True, fp8=True).reductions_persistent()
     assert SpeedOptions(compile=True).reductions_persistent()
     assert not SpeedOptions(compile=True).reductions_persistent(gpu=False)  # inductor's CPU code: no Triton
-    assert SpeedOptions(compile=True, persistent_reductions=True).reductions_persistent(gpu=False)
-    assert not SpeedOptions(compile=True, persistent_reductions=False).reductions_persistent()
-    assert not SpeedOptions(compile=True, fp8=True, compile_mode="reduce-overhead").reductions_persistent()
+    assert SpeedOptions(compile=True, tuning=KernelTuning(persistent_reductions=True)).reductions_persistent(gpu=False)
+    assert not SpeedOptions(compile=True, tuning=KernelTuning(persistent_reductions=False)).reductions_persistent()
+    reduce_overhead = KernelTuning(compile_mode="reduce-overhead")
+    assert not SpeedOptions(compile=True, fp8=True, tuning=reduce_overhead).reductions_persistent()
     assert not SpeedOptions(fp8=True).reductions_persistent()
 
 
@@ -97,7 +100,7 @@ def test_sigmoid_gelu_is_the_official_tanh_gelu_and_comes_with_compiled_fp8(fres
     assert torch.allclose(gelu_tanh_by_sigmoid(x), torch.nn.functional.gelu(x, approximate="tanh"), atol=1e-12)
     assert SpeedOptions(fp8=True, compile=True).gelu_by_sigmoid()
     assert not SpeedOptions(compile=True).gelu_by_sigmoid() and not SpeedOptions(fp8=True).gelu_by_sigmoid()
-    assert SpeedOptions(compile=True, sigmoid_gelu=True).gelu_by_sigmoid()
+    assert SpeedOptions(compile=True, tuning=KernelTuning(sigmoid_gelu=True)).gelu_by_sigmoid()
 
     model = fresh32.transformer.velocity_model
     eager = _chunk(fresh32, "distilled")
@@ -138,17 +141,17 @@ def test_compiled_blocks_follow_lora_fusion_in_place(fresh32):
         assert torch.equal(compiled.video, eager.video) and torch.equal(compiled.audio, eager.audio)
 
 
-def test_gangs_refuse_compiled_blocks_before_starting_workers(tiny_set):
+def test_gangs_refuse_compiled_blocks_before_starting_workers(ray_cluster, tiny_set):
     from cluster.executor import CapacityError
     from cluster.ray_executor import RayExecutor
     from jobs.placement import Placement
 
     with pytest.raises(CapacityError, match="drop --compile or use --placement replica"):
-        RayExecutor(tiny_set, placement=Placement("sequence", 2), compile=True)
+        RayExecutor(tiny_set, placement=Placement("sequence", 2), options=WorkerOptions(compile=True))
     with pytest.raises(CapacityError, match="drop --fp8-attention or use --placement replica"):
-        RayExecutor(tiny_set, placement=Placement("guidance", 2), fp8_attention=True)
+        RayExecutor(tiny_set, placement=Placement("guidance", 2), options=WorkerOptions(fp8_attention=True))
     with pytest.raises(CapacityError, match="drop --batched-passes or use --placement replica"):
-        RayExecutor(tiny_set, placement=Placement("guidance", 2), batched_passes=True)
+        RayExecutor(tiny_set, placement=Placement("guidance", 2), options=WorkerOptions(batched_passes=True))
 
 
 def test_fp8_attention_is_refused_before_starting_cpu_workers(ray_cluster, tiny_set):
@@ -156,7 +159,7 @@ def test_fp8_attention_is_refused_before_starting_cpu_workers(ray_cluster, tiny_
     from cluster.ray_executor import RayExecutor
 
     with pytest.raises(CapacityError, match=r"needs a Hopper-or-newer GPU.*drop --fp8-attention"):
-        RayExecutor(tiny_set, device="cpu", fp8_attention=True)
+        RayExecutor(tiny_set, options=WorkerOptions(device="cpu", fp8_attention=True))
 
 
 def test_workers_compile_and_batch_guided_passes_by_default_on_gpus_only():
@@ -257,3 +260,57 @@ def test_shared_timesteps_collapse_only_uniform_rows_and_give_the_same_render(fr
     assert seen and all(shape[1] == 1 for shape in seen), seen
     assert torch.allclose(shared.video, per_token.video, atol=1e-5 * per_token.video.abs().max())
     assert torch.allclose(shared.audio, per_token.audio, atol=1e-5 * per_token.audio.abs().max())
+
+
+def test_worker_options_resolve_on_the_device_and_name_what_a_pool_cannot_run_as_flags():
+    """A pool's options are the device's defaults with the user's choices over them (`--fp8-all-blocks` implies
+    `--fp8`); what a pool cannot run is one line per flag, with the fix."""
+    from jobs.placement import REPLICA, Placement
+    from ltx2.speed import default_speed_options
+
+    assert WorkerOptions().speed("cpu") == default_speed_options("cpu")
+    cpu = WorkerOptions(fp8_all_blocks=True, compile=True).speed("cpu")
+    assert cpu.fp8 and cpu.fp8_all_blocks and cpu.compile and cpu.rope_cache  # the rest stays the device's
+    assert WorkerOptions(compile=False, fa4_attention=False).problems(Placement("sequence", 2), True) == []
+    assert WorkerOptions(fp8_attention=True).problems(REPLICA, True) == []
+    gang = WorkerOptions(fp8_all_blocks=True, batched_passes=True).problems(Placement("guidance", 2), True)
+    assert [line.split()[0] for line in gang] == ["--fp8", "--fp8-all-blocks", "--batched-passes"]
+    assert all(line.endswith("or use --placement replica") for line in gang)
+    (cpu_problem,) = WorkerOptions(fa4_attention=True).problems(REPLICA, False)
+    assert "needs a Hopper-or-newer GPU" in cpu_problem and cpu_problem.endswith("drop --fa4-attention")
+
+
+def test_a_gang_member_runs_without_exactly_the_options_gang_pools_refuse():
+    """One table (`REPLICA_ONLY`) says what does not compose with a gang's parallel modes: the member drops it, the
+    pool refuses it; the rest (one timestep per row, the RoPE cache, split-KV) composes."""
+    from dataclasses import replace
+
+    from cluster.worker_options import SPEED_CHOICES
+    from ltx2.configure import REPLICA_ONLY, composable
+    from ltx2.parallel.group import GangGroup
+    from ltx2.parallel.modes import ParallelMode
+    from ltx2.speed import default_speed_options
+
+    speed = replace(default_speed_options("cuda:0"), fp8=True, fp8_attention=True, fa4_attention=True)
+    member = composable(speed, ParallelMode(GangGroup(0, 2, torch.device("cuda:0")), sharded=False))
+    assert not any(getattr(member, name) for name in REPLICA_ONLY)
+    assert member.shared_timesteps and member.rope_cache and member.split_kv_attention
+    assert composable(speed, None) is speed  # a replica keeps all
+    assert set(REPLICA_ONLY) == set(SPEED_CHOICES)
+
+
+def test_configured_models_apply_a_rung_over_the_pass_runner_and_restore_it(fresh32):
+    """Per call, the job's rung goes over the pass runner configuration chose (batched short steps one by one on
+    `sequential_passes`) and is undone after; a replica asked for a gang's parallelism refuses with the fix."""
+    from ltx2.configure import configure
+    from ltx2.parallel.guidance import BatchedWhenShort, run_sequential
+
+    configured = configure(fresh32, SpeedOptions(batched_passes=True))
+    assert isinstance(fresh32.pass_runner, BatchedWhenShort)
+    assert fresh32.loras.parked == [configured.fp8_weights, configured.streaming]
+    with configured.running("sequential_passes"):
+        assert fresh32.pass_runner is run_sequential
+        assert not configured.fp8_weights.active and not configured.streaming.active
+    assert isinstance(fresh32.pass_runner, BatchedWhenShort)
+    with pytest.raises(ValueError, match="outside a gang: give None"), configured.running(None, "sequence"):
+        pass

@@ -20,6 +20,15 @@ from ltx2.parallel.sharding import gang_mesh, shard_transformer
 PARALLELISMS = ("sequence", "guidance")
 
 
+@dataclass(frozen=True)
+class ParallelMode:
+    """A gang member's part in its gang: its process group, and whether the gang shards the transformer's
+    weights (FSDP2) instead of each rank holding them whole."""
+
+    group: GangGroup
+    sharded: bool
+
+
 @dataclass
 class ParallelRank:
     models: ResidentModels
