@@ -68,8 +68,9 @@ def _inputs(folder: Path, checkpoint: Path) -> None:
     write_tiny_lora(folder / "ic.safetensors", checkpoint, seed=5, targets="attn1")
 
 
-def render_all(backend: str = "local") -> dict[str, dict[str, str]]:
-    """{case (with the path it took): the sidecar's content hashes}, rendered on the executor `backend`."""
+def render_all(backend: str = "local", cases: list[str] | None = None) -> dict[str, dict[str, str]]:
+    """{case (with the path it took): the sidecar's content hashes} of `cases` (default: all), rendered on the
+    executor `backend`."""
     from cluster.coordinator import Coordinator
     from cluster.inputs import input_roots, resolve_inputs
     from cluster.local_executor import LocalExecutor
@@ -89,7 +90,8 @@ def render_all(backend: str = "local") -> dict[str, dict[str, str]]:
         pool = (RayExecutor if backend == "ray" else LocalExecutor)(tiny, num_workers=2)
         try:
             coordinator = Coordinator(pool)
-            for name, fields in CASES.items():
+            for name in cases or CASES:
+                fields = CASES[name]
                 job = resolve_inputs(validate_job({**_BASE, **fields}), input_roots(folder), folder)
                 plan = plan_job(job)
                 if plan.trivial:
@@ -101,23 +103,43 @@ def render_all(backend: str = "local") -> dict[str, dict[str, str]]:
     return hashes
 
 
+PROCESSES = 2
+"""Interpreters the cases are spread over: each renders on one thread, and CI has two cores."""
+
+
 def render_pinned(backend: str = "local") -> dict[str, dict[str, str]]:
-    """`render_all` in a fresh interpreter with `PINNED_ENV` (the settings are read when torch loads)."""
+    """`render_all` in fresh interpreters with `PINNED_ENV` (the settings are read when torch loads), the cases
+    spread over `PROCESSES` of them."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, **PINNED_ENV, "PYTHONPATH": str(root)}
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.golden", "--here", backend], cwd=root, env=env, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"golden renders failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout)
+    names = list(CASES)
+    shares = [",".join(names[i::PROCESSES]) for i in range(PROCESSES)]
+    running = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.golden", "--here", backend, "--cases", share],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for share in shares
+    ]
+    hashes: dict[str, dict[str, str]] = {}
+    for process in running:
+        out, err = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"golden renders failed:\n{err[-4000:]}")
+        hashes.update(json.loads(out))
+    return hashes
 
 
 def main(argv: list[str]) -> int:
     backend = "ray" if "ray" in argv else "local"
-    hashes = render_all(backend) if "--here" in argv else render_pinned(backend)
+    cases = argv[argv.index("--cases") + 1].split(",") if "--cases" in argv else None
+    hashes = render_all(backend, cases) if "--here" in argv else render_pinned(backend)
     if "--record" in argv:
         GOLDEN.write_text(json.dumps(hashes, indent=1, sort_keys=True) + "\n")
     print(json.dumps(hashes, indent=1, sort_keys=True))
