@@ -26,7 +26,7 @@ PINNED_ENV = {
     "MKL_NUM_THREADS": "1",
 }
 
-_BASE = {
+_BASE = {  # written out, not tests.conftest.SMALL_JOB: the recorded hashes hold for these values only
     "prompt": "waves crash on black rocks, gulls cry",
     "seed": 7,
     "height": 128,

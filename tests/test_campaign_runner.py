@@ -122,7 +122,9 @@ def test_window_and_clock(pool, tmp_path):
     assert CampaignRunner(store, pool, tmp_path / "out", clock=night).run()["done"] == 1
 
 
-def test_uploads_and_resubmission_is_a_no_op(pool, tmp_path, monkeypatch):
+@pytest.fixture
+def bucket(monkeypatch):
+    """A moto S3 server with an empty bucket `camp`, and this process's credentials for it: (server, client)."""
     from tests.s3_servers import MotoServer
 
     for k, v in moto_env().items():
@@ -133,66 +135,60 @@ def test_uploads_and_resubmission_is_a_no_op(pool, tmp_path, monkeypatch):
 
         s3 = boto3.session.Session().client("s3", endpoint_url=server.endpoint)
         s3.create_bucket(Bucket="camp")
-        store = Store(tmp_path / "db")
-        rows = [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(3)]
-        submit(store, "up", rows, output="s3://camp/out")
-        options = StorageOptions(endpoint_url=server.endpoint, addressing_style="path")
-        assert CampaignRunner(store, pool, tmp_path / "out", options).run()["done"] == 3
-        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="camp")["Contents"])
-        assert len(keys) == 6 and all(k.startswith("out/up/") for k in keys)
-        submit(store, "up", rows, output="s3://camp/out")  # the same manifest again
-        assert store.counts("up")["done"] == 3 and store.counts("up")["queued"] == 0
-        assert CampaignRunner(store, pool, tmp_path / "out", options).run()["done"] == 0
+        yield server, s3
     finally:
         server.stop()
 
 
+def test_uploads_and_resubmission_is_a_no_op(pool, tmp_path, bucket):
+    server, s3 = bucket
+    store = Store(tmp_path / "db")
+    rows = [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(3)]
+    submit(store, "up", rows, output="s3://camp/out")
+    options = StorageOptions(endpoint_url=server.endpoint, addressing_style="path")
+    assert CampaignRunner(store, pool, tmp_path / "out", options).run()["done"] == 3
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="camp")["Contents"])
+    assert len(keys) == 6 and all(k.startswith("out/up/") for k in keys)
+    submit(store, "up", rows, output="s3://camp/out")  # the same manifest again
+    assert store.counts("up")["done"] == 3 and store.counts("up")["queued"] == 0
+    assert CampaignRunner(store, pool, tmp_path / "out", options).run()["done"] == 0
+
+
 @pytest.mark.parametrize("destination", ["bucket", "folder"])
-def test_a_restart_after_publication_renders_and_uploads_nothing_again(pool, tmp_path, monkeypatch, destination):
+def test_a_restart_after_publication_renders_and_uploads_nothing_again(pool, tmp_path, bucket, destination):
     """The coordinator died after its jobs' outputs were published (sidecar last) but before it marked them done:
     the restart requeues them, finds each output complete, and marks it done without rendering or uploading. Here
     the jobs were published by a first runner on another store, and claimed on this one by a runner that then died.
     """
-    from tests.s3_servers import MotoServer
+    server, s3 = bucket
+    s3.put_bucket_versioning(Bucket="camp", VersioningConfiguration={"Status": "Enabled"})  # every PUT shows
+    output = {"output": "s3://camp/out"} if destination == "bucket" else {}
+    options = StorageOptions(endpoint_url=server.endpoint, addressing_style="path")
+    rows = [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(3)]
+    first = Store(tmp_path / "first")
+    submit(first, "again", rows, **output)
+    assert CampaignRunner(first, pool, tmp_path / "out", options).run()["done"] == 3
 
-    for k, v in moto_env().items():
-        monkeypatch.setenv(k, v)
-    server = MotoServer().start()
-    try:
-        import boto3
+    def objects() -> dict:
+        if destination == "folder":
+            return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "out").rglob("*")}
+        versions = s3.list_object_versions(Bucket="camp")["Versions"]
+        return {(v["Key"], v["VersionId"]): (v["ETag"], v["LastModified"]) for v in versions}
 
-        s3 = boto3.session.Session().client("s3", endpoint_url=server.endpoint)
-        s3.create_bucket(Bucket="camp")
-        s3.put_bucket_versioning(Bucket="camp", VersioningConfiguration={"Status": "Enabled"})  # every PUT shows
-        output = {"output": "s3://camp/out"} if destination == "bucket" else {}
-        options = StorageOptions(endpoint_url=server.endpoint, addressing_style="path")
-        rows = [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(3)]
-        first = Store(tmp_path / "first")
-        submit(first, "again", rows, **output)
-        assert CampaignRunner(first, pool, tmp_path / "out", options).run()["done"] == 3
+    published, before = objects(), pool.refresh_info()
+    assert len(published) == 6 + (destination == "folder")  # an MP4 and a sidecar a job (and the campaign folder)
 
-        def objects() -> dict:
-            if destination == "folder":
-                return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "out").rglob("*")}
-            versions = s3.list_object_versions(Bucket="camp")["Versions"]
-            return {(v["Key"], v["VersionId"]): (v["ETag"], v["LastModified"]) for v in versions}
-
-        published, before = objects(), pool.refresh_info()
-        assert len(published) == 6 + (destination == "folder")  # an MP4 and a sidecar a job (and the campaign folder)
-
-        store = Store(tmp_path / "db")
-        submit(store, "again", rows, **output)
-        for _ in rows:  # claimed by a runner that then died
-            assert store.claim("again", "worker-0") is not None
-        stats = CampaignRunner(store, pool, tmp_path / "out", options).run()
-        assert (stats["requeued"], stats["skipped"], stats["done"], stats["failed"]) == (3, 3, 0, 0), stats
-        assert store.counts("again")["done"] == 3
-        after = pool.refresh_info()
-        assert [i["jobs_done"] for i in after] == [i["jobs_done"] for i in before]  # nothing rendered
-        assert [i["prompt_encodes"] for i in after] == [i["prompt_encodes"] for i in before]
-        assert objects() == published  # nothing uploaded or written: the same objects, versions and times
-    finally:
-        server.stop()
+    store = Store(tmp_path / "db")
+    submit(store, "again", rows, **output)
+    for _ in rows:  # claimed by a runner that then died
+        assert store.claim("again", "worker-0") is not None
+    stats = CampaignRunner(store, pool, tmp_path / "out", options).run()
+    assert (stats["requeued"], stats["skipped"], stats["done"], stats["failed"]) == (3, 3, 0, 0), stats
+    assert store.counts("again")["done"] == 3
+    after = pool.refresh_info()
+    assert [i["jobs_done"] for i in after] == [i["jobs_done"] for i in before]  # nothing rendered
+    assert [i["prompt_encodes"] for i in after] == [i["prompt_encodes"] for i in before]
+    assert objects() == published  # nothing uploaded or written: the same objects, versions and times
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
