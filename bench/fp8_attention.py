@@ -37,12 +37,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from fa4_attention import timed  # bench/: the script's folder
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ltx2.fp8_attention import quantize_tensor
@@ -54,18 +54,7 @@ E4M3_MAX = 448.0
 O_HEADROOM = 1.1
 SCALARS = ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o")
 ATTEMPTS = [("bshd_views", False), ("bshd_views", True), ("bhsd_contiguous", False), ("bhsd_contiguous", True)]
-
-
-def timed(fn, iters: int = 10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+ITERS = 10  # synchronised calls per median (the docstring's "medians of 10")
 
 
 def rms_normed(tokens: int) -> torch.Tensor:
@@ -124,7 +113,7 @@ def build_fp8(cudnn, handle, q, k, v, o, stats):
 def fp8_row(cudnn, handle, cache, tokens, qkv, ref, ref_ms) -> dict:
     flops = 4 * tokens * tokens * HEADS * DIM
     row: dict = {"tokens": tokens, "kind": "cudnn_fp8_e4m3", "failed_attempts": []}
-    quant_ms = timed(lambda: [quantise(x) for x in qkv])
+    quant_ms = timed(lambda: [quantise(x) for x in qkv], ITERS)
     (q8, dq), (k8, dk), (v8, dv) = (quantise(x) for x in qkv)  # [B, S, H, D]
     amax_ref = ref.abs().amax().float().item()
     scale_o = E4M3_MAX / (O_HEADROOM * amax_ref)
@@ -150,12 +139,14 @@ def fp8_row(cudnn, handle, cache, tokens, qkv, ref, ref_ms) -> dict:
                 cache[key] = (g, t, workspace, time.perf_counter() - start)
             g, t, workspace, build_s = cache[key]
             pack = {t[n]: buffers[n] for n in t}
-            attn_ms = timed(lambda g=g, pack=pack, workspace=workspace: g.execute(pack, workspace, handle=handle))
+            attn_ms = timed(
+                lambda g=g, pack=pack, workspace=workspace: g.execute(pack, workspace, handle=handle), ITERS
+            )
         except Exception as exc:
             row["failed_attempts"].append(f"{layout}, stats={stats}: {type(exc).__name__}: {exc}"[:4000])
             continue
         inv_o = torch.tensor(1 / scale_o, device="cuda")
-        dequant_ms = timed(lambda o=o, inv_o=inv_o: o.to(torch.bfloat16).mul_(inv_o))
+        dequant_ms = timed(lambda o=o, inv_o=inv_o: o.to(torch.bfloat16).mul_(inv_o), ITERS)
         out = o.float() / scale_o
         ref32 = ref.float()
         diff = (out - ref32).abs()
@@ -226,7 +217,7 @@ def main() -> None:
         q, k, v = (x.transpose(1, 2) for x in qkv)  # [B, H, S, D] views, as ltx-core hands them to SDPA
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             ref = F.scaled_dot_product_attention(q, k, v)
-            ref_ms = timed(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v))
+            ref_ms = timed(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), ITERS)
         flops = 4 * tokens * tokens * HEADS * DIM
         emit(
             {

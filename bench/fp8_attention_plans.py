@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 
 import torch
-from fp8_attention import rms_normed, timed
+from fa4_attention import timed
+from fp8_attention import ITERS, rms_normed
 
 from ltx2.fp8_attention import _cudnn, _handle, attention_graph, graph_buffers, quantize_tensor
 
@@ -73,7 +74,7 @@ def time_plans(tokens: int, layout: str, q8, k8, v8, descales) -> list[dict]:
             size = graph.get_workspace_size_plan_at_index(index)
             workspace = torch.empty(max(size, 1), device="cuda", dtype=torch.uint8)
             run = lambda g=graph, b=buffers, i=index, w=workspace, h=handle: g.execute_plan_at_index(b, w, i, h)  # noqa: E731
-            ms = timed(run)
+            ms = timed(run, ITERS)
             row |= {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1), "workspace": size}
         except Exception as exc:  # a plan that does not build or run: say why, keep going
             row["error"] = f"{type(exc).__name__}: {exc}"[:300]

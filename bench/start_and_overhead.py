@@ -256,23 +256,12 @@ def lora_shapes(checkpoint_shapes: dict[str, tuple[int, ...]], rank: int) -> dic
 
 
 def gemma_shapes(gemma_config: dict) -> dict[str, tuple[int, ...]]:
-    """Gemma-3 tensors in the Hub's pre-4.52 key layout (as tiny._write_gemma_folder), tied lm_head left out."""
+    """Gemma-3 tensors under the Hub's keys (`tiny.gemma_hub_key`), tied lm_head left out."""
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
     with torch.device("meta"):
         model = Gemma3ForConditionalGeneration(Gemma3Config.from_dict(copy.deepcopy(gemma_config)))
-    renames = {
-        "model.language_model.": "language_model.model.",
-        "model.vision_tower.": "vision_tower.",
-        "model.multi_modal_projector.": "multi_modal_projector.",
-    }
-    shapes = {}
-    for name, shape in _meta_state(model).items():
-        if name == "lm_head.weight":
-            continue
-        prefix = next(p for p in renames if name.startswith(p))
-        shapes[renames[prefix] + name.removeprefix(prefix)] = shape
-    return shapes
+    return {hub: shape for name, shape in _meta_state(model).items() if (hub := tiny.gemma_hub_key(name)) is not None}
 
 
 def nbytes(shapes: dict[str, tuple[int, ...]]) -> int:
@@ -364,32 +353,7 @@ def write_gemma_folder(
         else:
             gen["files"].append(write_safetensors(root / file, shard, {"format": "pt"}, staging, seed=10 + i))
         weight_map |= {k: file for k in shard}
-    tiny._write_json(
-        root / "model.safetensors.index.json", {"metadata": {"total_size": nbytes(shapes)}, "weight_map": weight_map}
-    )
-    tiny._write_json(root / "config.json", config)
-    vision = config["vision_config"]
-    tiny._write_json(
-        root / "preprocessor_config.json",
-        {
-            "do_convert_rgb": None,
-            "do_normalize": True,
-            "do_pan_and_scan": None,
-            "do_rescale": True,
-            "do_resize": True,
-            "image_mean": [0.5, 0.5, 0.5],
-            "image_processor_type": "Gemma3ImageProcessor",
-            "image_seq_length": config["mm_tokens_per_image"],
-            "image_std": [0.5, 0.5, 0.5],
-            "processor_class": "Gemma3Processor",
-            "resample": 2,
-            "rescale_factor": 0.00392156862745098,
-            "size": {"height": vision["image_size"], "width": vision["image_size"]},
-        },
-    )
-    # The real tokenizer (262k pieces) cannot be downloaded: a SentencePiece BPE trained locally as in tiny.py,
-    # same special tokens; its ids all lie inside the real 262k embedding table.
-    tiny._write_tokenizer(root, vocab_size=tiny.TINY_GEMMA_CONFIG["text_config"]["vocab_size"])
+    tiny.write_gemma_files_besides_weights(root, config, weight_map, nbytes(shapes))
 
 
 # --- measurement ------------------------------------------------------------------------------------------
@@ -471,34 +435,14 @@ def cold_start(paths: CheckpointSet) -> object:
         return config
 
     lm._build, lm.validate_checkpoint_set = timed_build, timed_validate
-    original_init = ll.LoraFusion.__post_init__
-
-    def timed_lora_init(self):
-        t = time.perf_counter()
-        original_init(self)
-        EVENTS.append(
-            {
-                "event": "LoraFusion init (LoRA file read + key check)",
-                "stage": CURRENT["stage"],
-                "seconds": round(time.perf_counter() - t, 2),
-            }
-        )
-
-    ll.LoraFusion.__post_init__ = timed_lora_init
+    ll.LoraFusion.__post_init__ = timed(
+        "LoraFusion init (LoRA file read + key check)", ll.LoraFusion.__post_init__, device_sync=False
+    )
     if hasattr(ll, "load_lora"):  # the LoRA file is read lazily, at the first fuse
         original_load = ll.load_lora
 
         def timed_load(path):
-            t = time.perf_counter()
-            sd = original_load(path)
-            EVENTS.append(
-                {
-                    "event": f"read LoRA file {Path(path).name}",
-                    "stage": CURRENT["stage"],
-                    "seconds": round(time.perf_counter() - t, 2),
-                }
-            )
-            return sd
+            return timed(f"read LoRA file {Path(path).name}", original_load, device_sync=False)(path)
 
         ll.load_lora = timed_load
 
@@ -613,6 +557,23 @@ FORWARDS: list[dict] = []
 STEPS_DONE: list[dict] = []
 
 
+def timed(name: str, fn, device_sync: bool = True):
+    """`fn` wrapped to record each call's time as an event `name` of the current stage (`EVENTS`).
+    `device_sync=False` for host work, such as the writer thread's, which runs while the GPU works."""
+
+    def wrapper(*args, **kwargs):
+        if device_sync:
+            sync()
+        t = time.perf_counter()
+        result = fn(*args, **kwargs)
+        if device_sync:
+            sync()
+        EVENTS.append({"event": name, "stage": CURRENT["stage"], "seconds": round(time.perf_counter() - t, 3)})
+        return result
+
+    return wrapper
+
+
 def install_job_probes(worker) -> None:
     """Hooks and wrappers that observe the farm's own code paths (nothing in them changes what runs)."""
     import cluster.worker as cw
@@ -646,21 +607,6 @@ def install_job_probes(worker) -> None:
             CURRENT["stage"] = "after_" + self._name
 
     lr._Timer = StageTimer
-
-    def timed(name: str, fn, device_sync: bool = True):
-        """`device_sync=False` for host work on the writer thread, which runs while the GPU decodes."""
-
-        def wrapper(*args, **kwargs):
-            if device_sync:
-                sync()
-            t = time.perf_counter()
-            result = fn(*args, **kwargs)
-            if device_sync:
-                sync()
-            EVENTS.append({"event": name, "stage": CURRENT["stage"], "seconds": round(time.perf_counter() - t, 3)})
-            return result
-
-        return wrapper
 
     ll.LoraFusion.fuse = timed("lora fuse", ll.LoraFusion.fuse)
     # the pieces of a stage around its steps (stage 2 sets up at full resolution, then restores in background)

@@ -438,28 +438,43 @@ def _write_gemma_folder(root: Path, generator: torch.Generator) -> None:
     with torch.device("meta"):
         model = Gemma3ForConditionalGeneration(config)
     state = _random_init(model, generator)
-    # The Hugging Face repository of Gemma-3 stores the pre-4.52 key layout; ltx-core's key ops expect it.
-    hub_state: dict[str, torch.Tensor] = {}
-    for name, value in state.items():
-        if name == "lm_head.weight":
-            continue  # tied to the token embedding, not stored
-        if name.startswith("model.language_model."):
-            hub_state["language_model.model." + name.removeprefix("model.language_model.")] = value
-        elif name.startswith("model.vision_tower."):
-            hub_state["vision_tower." + name.removeprefix("model.vision_tower.")] = value
-        elif name.startswith("model.multi_modal_projector."):
-            hub_state["multi_modal_projector." + name.removeprefix("model.multi_modal_projector.")] = value
-        else:  # pragma: no cover
-            raise RuntimeError(f"unexpected Gemma key {name}")
+    hub_state = {hub: value for name, value in state.items() if (hub := gemma_hub_key(name)) is not None}
     shard = "model-00001-of-00001.safetensors"
     hub_state = _bf16(hub_state)
     save_file(hub_state, str(root / shard), metadata={"format": "pt"})
-    index = {
-        "metadata": {"total_size": sum(t.nbytes for t in hub_state.values())},
-        "weight_map": {k: shard for k in sorted(hub_state)},
-    }
+    write_gemma_files_besides_weights(
+        root, TINY_GEMMA_CONFIG, {k: shard for k in hub_state}, sum(t.nbytes for t in hub_state.values())
+    )
+
+
+_GEMMA_HUB_PREFIXES = {
+    "model.language_model.": "language_model.model.",
+    "model.vision_tower.": "vision_tower.",
+    "model.multi_modal_projector.": "multi_modal_projector.",
+}
+
+
+def gemma_hub_key(name: str) -> str | None:
+    """The key under which the Hugging Face repository of Gemma-3 stores transformers' parameter `name`: the
+    repository keeps the pre-4.52 key layout, which ltx-core's key ops expect. None for the LM head, which is tied
+    to the token embedding and not stored."""
+    if name == "lm_head.weight":
+        return None
+    for prefix, hub_prefix in _GEMMA_HUB_PREFIXES.items():
+        if name.startswith(prefix):
+            return hub_prefix + name.removeprefix(prefix)
+    raise RuntimeError(f"unexpected Gemma key {name}")  # pragma: no cover
+
+
+def write_gemma_files_besides_weights(root: Path, config: dict, weight_map: dict[str, str], total_size: int) -> None:
+    """A Hugging Face Gemma-3 folder's files other than its weight shards: the shards' index (`weight_map`: key ->
+    shard file, `total_size` in bytes), `config`, the image preprocessor's config sized from it, and the tokenizer.
+    The real tokenizer (262k pieces) cannot be downloaded: a SentencePiece BPE is trained here with Gemma's special
+    tokens, at the tiny vocabulary, so its ids lie inside a larger model's embedding table too."""
+    index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
     _write_json(root / "model.safetensors.index.json", index)
-    _write_json(root / "config.json", TINY_GEMMA_CONFIG)
+    _write_json(root / "config.json", config)
+    image_size = config["vision_config"]["image_size"]
     _write_json(
         root / "preprocessor_config.json",
         {
@@ -470,12 +485,12 @@ def _write_gemma_folder(root: Path, generator: torch.Generator) -> None:
             "do_resize": True,
             "image_mean": [0.5, 0.5, 0.5],
             "image_processor_type": "Gemma3ImageProcessor",
-            "image_seq_length": TINY_GEMMA_CONFIG["mm_tokens_per_image"],
+            "image_seq_length": config["mm_tokens_per_image"],
             "image_std": [0.5, 0.5, 0.5],
             "processor_class": "Gemma3Processor",
             "resample": 2,
             "rescale_factor": 0.00392156862745098,
-            "size": {"height": 56, "width": 56},
+            "size": {"height": image_size, "width": image_size},
         },
     )
     _write_tokenizer(root, vocab_size=TINY_GEMMA_CONFIG["text_config"]["vocab_size"])
