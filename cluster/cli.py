@@ -190,30 +190,30 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="compiled transformer blocks (torch.compile): ~1.2x per forward on an H100, ~10 s to compile each "
-        "new shape once per worker; default on for GPU replica workers, off on the CPU and for gangs",
+        help="compiled transformer blocks (torch.compile): faster forwards on GPUs, after a compile of each new shape "
+        "once per worker; default on for GPU replica workers, off on the CPU and for gangs (bench/README.md)",
     )
     parser.add_argument(
         "--fp8-attention",
         action="store_true",
-        help="the video self-attention in FP8 through cuDNN (Hopper GPUs; pip install '.[fp8]'): 1.30-1.34x per "
-        "forward with compiled blocks on an H100, outputs change more than compiling changes them; replicas only",
+        help="the video self-attention in FP8 through cuDNN (Hopper GPUs; pip install '.[fp8]'): faster forwards on "
+        "H100/H200, outputs change more than compiling changes them; replicas only (bench/README.md)",
     )
     parser.add_argument(
         "--fa4-attention",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="bf16 attention through FlashAttention-4's kernel (Hopper/Blackwell GPUs; pip install '.[fa4]'): "
-        "~8%% faster attention than cuDNN on an H100, 1.24x per forward with compiled blocks; default on for GPU "
-        "replica workers where it is installed",
+        "faster than cuDNN's on long video sequences; default on for GPU replica workers where it is installed "
+        "(bench/README.md)",
     )
     parser.add_argument(
         "--batched-passes",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="a guided step's passes (cond, uncond, STG, modality) as one batched forward where the video is short "
-        "(stage 1 of a two-stage job up to 4096 latent tokens): 1.39x per step in FP8, 1.06x in bf16 on an H100, "
-        "~1 GiB more memory; default on for GPU replica workers",
+        "(stage 1 of a two-stage job, up to 4096 video tokens, 6144 with --fp8 --fp8-attention): faster steps for "
+        "some more memory; default on for GPU replica workers (bench/README.md)",
     )
     parser.add_argument(
         "--fp8",
@@ -225,9 +225,8 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fp8-all-blocks",
         action="store_true",
-        help="with --fp8 (implied): blocks 0 and 43-47 in FP8 too, which the official FP8 policy keeps in bf16; "
-        "~4%% faster per forward on an H100 (1.86x vs 1.77x the official forward at 704x1280x121), error on real "
-        "weights not measured",
+        help="with --fp8 (implied): blocks 0 and 43-47 in FP8 too, which the official FP8 policy keeps in bf16: "
+        "a few percent faster per forward, its error on real weights not measured (bench/README.md)",
     )
 
 
@@ -792,8 +791,8 @@ REPORTED_ERRORS = (
 )
 """Errors (besides UsageError) whose message says what to fix: printed alone (or as JSON), with their exit code.
 Named, not imported: importing cluster.executor, ltx2.checkpoint or cluster.storage costs torch, Ray and boto3
-(~10 s on 2 cores) before a missing job file could be reported; a class whose module was never imported cannot
-have been raised."""
+(seconds: bench/README.md) before a missing job file could be reported; a class whose module was never imported
+cannot have been raised."""
 
 
 def _reported_code(error: BaseException) -> ExitCode | None:

@@ -84,8 +84,8 @@ the GPU does not wait for host work between jobs."""
 
 WRITER_NICENESS = 10
 """How much lower the CPU priority of the output writers is (MP4 mux, hashes, probe). They run while the next
-job's forwards do, and libx264 starts a thread per core: at equal priority they starved the thread that
-feeds the GPU (forwards 11 % slower during a mux, 1 x H100). x264's threads inherit their creator's."""
+job's forwards do, and libx264 starts a thread per core: at equal priority they starve the thread that
+feeds the GPU, and the forwards slow down during a mux (bench/README.md). x264's threads inherit their creator's."""
 
 
 def _lower_writer_priority() -> None:
