@@ -38,6 +38,12 @@ def _value(item: Any) -> Any:
     return item.result() if isinstance(item, Future) else item
 
 
+class LocalRenderWorker(RenderWorker):
+    """`RenderWorker` whose handles from elsewhere (a prompt's encoding) are futures of this process."""
+
+    store_get = staticmethod(_value)
+
+
 class _Threads:
     """A worker of this process with the threads its calls run on."""
 
@@ -89,7 +95,9 @@ class LocalExecutor(ExecutorBase):
 
         def new_worker(name: str) -> RenderWorker:
             slot = int(name.split("~", 1)[0].rsplit("-", 1)[1])
-            return RenderWorker(checkpoints, dataclasses.replace(options, device=devices[slot % len(devices)]), name)
+            return LocalRenderWorker(
+                checkpoints, dataclasses.replace(options, device=devices[slot % len(devices)]), name
+            )
 
         self._new_worker = new_worker
         self._start_all("worker", num_workers)
@@ -114,11 +122,7 @@ class LocalExecutor(ExecutorBase):
         bound = getattr(threads.worker, method)
 
         def call() -> Any:
-            values = {key: _value(v) for key, v in kwargs.items()}
-            if method == "render" and args[2]:  # the encodings a campaign made once for every job
-                encoded = {text: _value(v) for text, v in args[2].items()}
-                return bound(*args[:2], encoded, *args[3:], **values)
-            return bound(*[_value(a) for a in args], **values)
+            return bound(*[_value(a) for a in args], **{key: _value(v) for key, v in kwargs.items()})
 
         return pool.submit(call)
 

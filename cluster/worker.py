@@ -222,8 +222,10 @@ class RenderWorker:
 
     store_get: Callable[[Any], Any] = staticmethod(_same)
     store_put: Callable[[Any], Any] = staticmethod(_same)
-    """How values reach this worker from elsewhere and leave it (shipped inputs, output parts): as themselves in
-    this process; a Ray actor's are Ray's `get` and `put` (`cluster.ray_executor.RayRenderWorker`)."""
+    """How values reach this worker from elsewhere and leave it (prompt encodings, shipped inputs, output parts): as
+    themselves for a worker driven directly; an in-process executor's handles are futures
+    (`cluster.local_executor.LocalRenderWorker`), a Ray actor's are Ray's `get` and `put`
+    (`cluster.ray_executor.RayRenderWorker`)."""
 
     def __init__(
         self,
@@ -348,9 +350,10 @@ class RenderWorker:
     ) -> RenderReply:
         """Render `job` into this worker's staging folder (then `publish` sends it on, `cluster.publish`).
 
-        `encoded` maps prompt texts to encodings made by an `encode` task, so a
-        campaign runs Gemma once per distinct prompt, not once per job or per worker. `inputs`: the job's local
-        input files shipped from the node that submitted it (`RayExecutor.ship`), written into this node's cache.
+        `encoded` maps prompt texts to handles of encodings made by an `encode` task (each fetched through
+        `store_get`), so a campaign runs Gemma once per distinct prompt, not once per job or per worker. `inputs`:
+        the job's local input files shipped from the node that submitted it (`RayExecutor.ship`), written into this
+        node's cache.
 
         Only the model work holds the model. The job's writer (a pool of lower CPU priority,
         `WRITER_NICENESS`) encodes the MP4 as the tiled VAE decode yields frames, and after the model is let
@@ -364,7 +367,8 @@ class RenderWorker:
             # this process rendered this very job and its publishing failed (storage down): publish it again
             return RenderReply(earlier, paths.video.name)
         stock_inputs(inputs, self.store_get)
-        for text, value in (encoded or {}).items():
+        for text, handle in (encoded or {}).items():
+            value = self.store_get(handle)
             self.renderer.prompts.put(text, value.video, value.audio)
         handoff: queue.SimpleQueue[Any] = queue.SimpleQueue()  # frame runs, then the _Rendered or the error
         written = self._writers.submit(self._write_outputs, job, paths, handoff)
