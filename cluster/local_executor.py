@@ -22,6 +22,7 @@ from cluster.executor import (
     ExecutorBase,
     check_worker_options,
 )
+from cluster.replies import WorkerInfo
 from cluster.tasks import TaskRequest
 from cluster.worker import JOBS_PER_WORKER, RenderWorker
 from cluster.worker_options import WorkerOptions
@@ -104,7 +105,7 @@ class LocalExecutor(ExecutorBase):
 
     def _start(self, name: str) -> tuple[Any, Any]:
         future: Future[_Threads] = self._loaders.submit(lambda: _Threads(self._new_worker(name)))
-        first: Future[dict[str, Any]] = Future()
+        first: Future[WorkerInfo] = Future()
 
         def answered(loaded: Future[_Threads]) -> None:
             error = loaded.exception()

@@ -25,6 +25,7 @@ from cluster.executor import (
     WorkerLost,
     check_worker_options,
 )
+from cluster.replies import WorkerInfo
 from cluster.requests import job_input_refs
 from cluster.storage import ship_inputs
 from cluster.tasks import TaskRequest, task_fields
@@ -150,7 +151,7 @@ class RayRenderWorker(RenderWorker):
     def node_id(self) -> str | None:
         return ray.get_runtime_context().get_node_id()
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> WorkerInfo:
         if self.load_error is not None:
             raise self.load_error
         return super().info()
