@@ -60,6 +60,7 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
+from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -242,7 +243,7 @@ def start_pool(checkpoints: CheckpointSet, workers: int, placement: Any, record:
     pool = RayExecutor(checkpoints, num_workers=workers, placement=placement, options=options)
     record["cold_start_s"] = round(time.perf_counter() - t, 1)
     record["workers"] = [
-        {k: w.info.get(k) for k in ("name", "pid", "device", "gpu", "load_seconds", "compile", "gang")}
+        {k: asdict(w.info)[k] for k in ("name", "pid", "device", "gpu", "load_seconds", "compile", "gang")}
         for w in pool.workers
     ]
     log(f"pool of {workers} {placement.mode} worker(s) x {placement.gpus} GPU(s) up in {record['cold_start_s']} s")
@@ -263,7 +264,7 @@ def warm_each(pool: Any, record: dict) -> None:
 
     t = time.perf_counter()
     with ThreadPoolExecutor(len(pool.workers)) as threads:
-        runs = [f"warmup_{w.info['name']}" for w in pool.workers]
+        runs = [f"warmup_{w.name}" for w in pool.workers]
         futures = [
             threads.submit(e2e_run, run, some_workers(pool, [i]), e2e_spec(run, WARMUP_STEPS), record)
             for i, run in enumerate(runs)
@@ -279,7 +280,7 @@ def stop_pool(pool: Any) -> None:
 
     from cluster.campaign_runner import _alive
 
-    pids = [m for w in pool.workers for m in (w.info.get("gang") or {}).get("member_pids", [w.info["pid"]])]
+    pids = [m for w in pool.workers for m in (w.info.gang.member_pids if w.info.gang else (w.info.pid,))]
     pool.shutdown()
     deadline = time.time() + 120
     while time.time() < deadline and any(_alive(p) for p in pids):

@@ -50,8 +50,8 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "device": worker.info()["device"],
-                "gpu": worker.info()["gpu"],
+                "device": worker.info().device,
+                "gpu": worker.info().gpu,
                 "generate_s": generated,
                 "load_s": worker.models.load_seconds,
             }
@@ -88,7 +88,7 @@ def main() -> None:
         assert labels.get("gpu") == "0", labels
         allocated = [float(v.split()[-1]) for v in vram if v.startswith("ltx2farm_vram_allocated_bytes")]
         assert allocated and allocated[0] > 0, vram
-    print(json.dumps({k: worker.info()[k] for k in ("compile", "fa4_attention")}))
+    print(json.dumps({"compile": worker.info().compile, "fa4_attention": worker.info().fa4_attention}))
 
     # two jobs in flight on one worker (as the campaign runner keeps it): the second's model work runs
     # while the first muxes; the outputs must equal the sequential ones

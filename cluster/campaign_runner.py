@@ -169,7 +169,7 @@ class CampaignRunner:
             encoded = {text: self._encoded(worker, text) for text in prompt_texts(job)}
             target = self._target(self.store.campaign_spec(name))
             ref = self.executor.start_render(worker, job, target, encoded)
-            running[ref] = _Running(name, row["id"], job, worker, ref, holder, holder.info["name"])
+            running[ref] = _Running(name, row["id"], job, worker, ref, holder, holder.name)
 
         def idle_slots() -> list[int]:
             """Free slots whose worker can take a job now (not a replacement still loading or waiting for room)."""
@@ -179,7 +179,7 @@ class CampaignRunner:
         while True:
             now = self.clock()
             for slot in self.executor.poll_started():
-                self.store.log(f"worker {self.executor.workers[slot].info['name']} ready")
+                self.store.log(f"worker {self.executor.workers[slot].name} ready")
             if self._drain_published(stats) and on_progress is not None:
                 on_progress(dict(stats))
             for item in list(waiting):
@@ -200,7 +200,7 @@ class CampaignRunner:
                     break
                 worker = idle_slots()[0]
                 # A worker takes jobs with the LoRA set it already holds first: one pool per set, no refusing.
-                row = self.store.claim(name, self.executor.workers[worker].info["name"], self._held.get(worker))
+                row = self.store.claim(name, self.executor.workers[worker].name, self._held.get(worker))
                 if row is None:
                     continue
                 self._claimed.add((name, row["id"]))
@@ -283,7 +283,7 @@ class CampaignRunner:
                     continue
                 self._failures.pop(r.worker, None)
                 seconds = float(reply.document["timings_s"].get("total", 0.0))
-                deliver = partial(self.executor.deliver, r.holder, reply, on_progress=self._upload_progress)
+                deliver = partial(self.executor.deliver, r.holder, reply, on_upload_wait=self.on_upload_wait)
                 self._publish(spec, r.job_id, r.job, seconds, r.started, deliver, holder=r.holder)
             if ready:
                 self._observe()
@@ -296,12 +296,6 @@ class CampaignRunner:
             self._drain_published(stats)
         self._sweep_partials()
         return stats
-
-    @property
-    def _upload_progress(self) -> Callable[[dict[str, Any]], None] | None:
-        """What `Executor.deliver` reports while a worker's upload waits, handed on to `on_upload_wait`."""
-        hear = self.on_upload_wait
-        return None if hear is None else (lambda progress: hear(progress["waiting"]))
 
     def _forget_prompts(self, job: ValidJob) -> None:
         for text in prompt_texts(job):
@@ -336,7 +330,7 @@ class CampaignRunner:
 
     def _worker_lost(self, r: _Running, error: Exception, stats: dict[str, int]) -> None:
         """Requeue the job without using a retry and put a fresh worker in the dead one's slot."""
-        name = r.worker_name or self.executor.workers[r.worker].info["name"]
+        name = r.worker_name or self.executor.workers[r.worker].name
         state = self.store.interrupt(r.campaign, r.job_id, f"worker {name} died: {error}", time.time() - r.started)
         _tally(stats, state, "requeued")
         if r.holder is not None and self.executor.workers[r.worker] is not r.holder:
@@ -354,7 +348,7 @@ class CampaignRunner:
         failed.append(job_id)
         if len(failed) < self.blocklist_after or len(set(failed)) < 2:
             return False
-        name = self.executor.workers[slot].info["name"]
+        name = self.executor.workers[slot].name
         why = (
             f"{len(failed)} failed attempts in a row on {len(set(failed))} jobs; last: {type(error).__name__}: {error}"
         )

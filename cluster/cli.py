@@ -24,6 +24,7 @@ from jobs.spec import JobValidationError, validate_job
 from jobs.text import printable
 
 if TYPE_CHECKING:
+    from cluster.replies import WorkerProgress
     from cluster.worker_options import WorkerOptions
 
 EPILOG = (
@@ -619,14 +620,14 @@ class StepBar:
 
         self._bar = tqdm(total=0, unit="step", desc="render", file=sys.stderr)
 
-    def show(self, p: dict[str, Any]) -> None:
-        if self._bar is None or not p.get("total"):
+    def show(self, p: WorkerProgress) -> None:
+        if self._bar is None or not p.total:
             return
-        if self._stage != p["stage"]:
-            self._stage = p["stage"]
-            self._bar.reset(total=p["total"])
-            self._bar.set_description(p["stage"])
-        self._bar.n = p["step"]
+        if self._stage != p.stage:
+            self._stage = p.stage
+            self._bar.reset(total=p.total)
+            self._bar.set_description(p.stage)
+        self._bar.n = p.step
         self._bar.refresh()
 
     def close(self) -> None:

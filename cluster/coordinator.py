@@ -24,6 +24,7 @@ from cluster.executor import Executor
 from cluster.metrics import FarmMetrics
 from cluster.output_files import disk_full_guard, write_json_atomic
 from cluster.prompt_refs import PromptRefs
+from cluster.replies import TaskTrace
 from cluster.requests import (
     TensorDigest,
     content_hashes,
@@ -44,7 +45,6 @@ from cluster.tasks import (
     Stage2InitTask,
     Stage2Task,
     TaskRequest,
-    TaskTrace,
     UpsampleTask,
 )
 from cluster.transport import unpack
@@ -112,8 +112,8 @@ class Coordinator:
         self.metrics = metrics
         self.prompts = prompts if prompts is not None else PromptRefs()
         """Prompt text -> handle of its encoding, shared with the campaign runner: encoded once farm-wide."""
-        self.num_layers = executor.workers[0].info["num_layers"]
-        self.audio_sample_rate = executor.workers[0].info["audio_sample_rate"]
+        info = executor.workers[0].info
+        self.num_layers, self.audio_sample_rate = info.num_layers, info.audio_sample_rate
 
     def run(self, plans: list[JobPlan], out_dir: str | Path) -> list[dict[str, Any]]:
         runs = [JobRun(p, Path(out_dir), self.num_layers) for p in plans]

@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cluster.publish import OutputTarget, Published, collect
+from cluster.replies import RenderReply, WorkerInfo, WorkerProgress
+from cluster.storage import UploadWait
 from cluster.tasks import TaskRequest
-from cluster.worker import RenderReply
 from cluster.worker_options import WorkerOptions
 from jobs.placement import REPLICA, Placement
 from jobs.spec import ValidJob
 
-ProgressCallback = Callable[[dict[str, Any]], None]
+ProgressCallback = Callable[[WorkerProgress], None]
+UploadWaitCallback = Callable[[UploadWait], None]
 
 PUBLISH_GROUP = "publish"
 PUBLISHES_PER_WORKER = 4
@@ -61,12 +63,13 @@ class WorkerSlot:
     worker was replaced holds a new `WorkerSlot`.
 
     A replacement is `starting` (the backend's handle of its first `info` call) until it has loaded and answered;
-    until then its `info` holds only its name, and nothing should be sent to it.
+    until then it has no `info`, and nothing should be sent to it.
     """
 
     worker: Any
     """The backend's worker: a Ray actor handle, or a `RenderWorker` of this process."""
-    info: dict[str, Any]
+    name: str
+    info: WorkerInfo | None
     starting: Any = None
     tries: int = 0
 
@@ -111,7 +114,7 @@ class Executor(Protocol):
         job: ValidJob,
         target: OutputTarget,
         out_dir: str | Path,
-        on_progress: ProgressCallback | None = None,
+        on_upload_wait: UploadWaitCallback | None = None,
     ) -> Published:
         """A rendered job's output published from the worker that holds it (`cluster.publish`)."""
 
@@ -123,13 +126,14 @@ class Executor(Protocol):
         on_progress: ProgressCallback | None = None,
         poll_s: float = 0.2,
         target: OutputTarget | None = None,
+        on_upload_wait: UploadWaitCallback | None = None,
     ) -> Published:
         """Render one job on worker `worker` and publish it, reporting progress while it runs."""
 
-    def progress(self, slot: int) -> dict[str, Any]: ...
+    def progress(self, slot: int) -> WorkerProgress: ...
     def alive(self, holder: WorkerSlot, timeout: float = 30.0) -> bool: ...
     def metrics_texts(self, timeout: float = 5.0) -> list[tuple[dict[str, str], str]]: ...
-    def refresh_info(self) -> list[dict[str, Any]]: ...
+    def refresh_info(self) -> list[WorkerInfo]: ...
     def begin_replace(self, index: int, tries: int = 1) -> str: ...
     def poll_started(self, timeout_s: float = 0.0) -> list[int]: ...
     def replace(self, index: int) -> WorkerSlot: ...
@@ -181,7 +185,7 @@ class ExecutorBase:
     @property
     def batches_passes(self) -> bool:
         """Whether these replica workers batch a step's guided passes (the OOM ladder's `sequential_passes`)."""
-        return any(w.info.get("batched_passes") for w in self.workers)
+        return any(w.info is not None and w.info.batched_passes for w in self.workers)
 
     @property
     def starting(self) -> set[int]:
@@ -197,7 +201,7 @@ class ExecutorBase:
             for worker, _ in started:
                 self._kill(worker)
             raise
-        self.workers = [WorkerSlot(worker, info) for (worker, _), info in zip(started, infos, strict=True)]
+        self.workers = [WorkerSlot(worker, info.name, info) for (worker, _), info in zip(started, infos, strict=True)]
 
     def start_render(
         self, slot: int, job: ValidJob, target: OutputTarget, encoded: dict[str, Any] | None = None
@@ -212,16 +216,17 @@ class ExecutorBase:
         on_progress: ProgressCallback | None = None,
         poll_s: float = 0.2,
         target: OutputTarget | None = None,
+        on_upload_wait: UploadWaitCallback | None = None,
     ) -> Published:
         """Render one job on worker `worker`, reporting progress while it runs; its output is published
         (`cluster.publish`): uploaded by the worker, or received into `out_dir` here. While the upload waits out
-        an outage, `on_progress` gets `{"stage": "upload", "waiting": UploadWait}` at each retry."""
+        an outage, `on_upload_wait` hears of each retry."""
         holder = self.workers[worker]
         target = target or OutputTarget()
         handle = self.start_render(worker, job, target)
         while on_progress is not None and not self.wait([handle], timeout=poll_s):
             on_progress(self.progress(worker))
-        return self.deliver(holder, self.get(handle), job, target, out_dir, on_progress)
+        return self.deliver(holder, self.get(handle), job, target, out_dir, on_upload_wait)
 
     def render_all(self, jobs: Sequence[ValidJob], out_dir: str | Path) -> list[Published]:
         """Spread jobs over the workers (each worker renders its share in order); results in job order."""
@@ -240,20 +245,20 @@ class ExecutorBase:
         job: ValidJob,
         target: OutputTarget,
         out_dir: str | Path,
-        on_progress: ProgressCallback | None = None,
+        on_upload_wait: UploadWaitCallback | None = None,
         poll_s: float = 0.5,
     ) -> Published:
         """A worker's rendered job published: uploaded by the worker, or its parts received into `out_dir`
-        here, after which the worker drops its staged copy. `on_progress` hears of each retry of a waiting
-        upload, as `render` says."""
+        here, after which the worker drops its staged copy. `on_upload_wait` hears of each retry of the worker's
+        upload while it waits out an outage."""
         worker = holder.worker
         handle = self._call(worker, "publish", job, target, group=PUBLISH_GROUP)
         heard = None
-        while on_progress is not None and not self.wait([handle], timeout=poll_s):
+        while on_upload_wait is not None and not self.wait([handle], timeout=poll_s):
             wait = self.get(self._call(worker, "upload_wait", reply.video))
             if wait is not None and wait != heard:
                 heard = wait
-                on_progress({"stage": "upload", "waiting": wait})
+                on_upload_wait(wait)
         staged = self.get(handle)
         published = collect(reply.document, staged, job, target, Path(out_dir), self.get)
         if not staged.delivered:
@@ -261,7 +266,7 @@ class ExecutorBase:
                 self.get(self._call(worker, "release", target, reply.video, group=PUBLISH_GROUP))
         return published
 
-    def progress(self, slot: int) -> dict[str, Any]:
+    def progress(self, slot: int) -> WorkerProgress:
         return self.get(self._call(self.workers[slot].worker, "progress"))
 
     def alive(self, holder: WorkerSlot, timeout: float = 30.0) -> bool:
@@ -285,7 +290,7 @@ class ExecutorBase:
                 continue
         return out
 
-    def refresh_info(self) -> list[dict[str, Any]]:
+    def refresh_info(self) -> list[WorkerInfo]:
         infos = self.get([self._call(w.worker, "info") for w in self.workers])
         for w, i in zip(self.workers, infos, strict=True):
             w.info = i
@@ -299,9 +304,9 @@ class ExecutorBase:
         with contextlib.suppress(Exception):  # already gone
             self._kill(old.worker)
         self.replacements += 1
-        name = f"{old.info['name'].split('~', 1)[0]}~{self.replacements}"
+        name = f"{old.name.split('~', 1)[0]}~{self.replacements}"
         worker, first = self._start(name)
-        self.workers[index] = WorkerSlot(worker, {"name": name}, first, tries)
+        self.workers[index] = WorkerSlot(worker, name, None, first, tries)
         return name
 
     def poll_started(self, timeout_s: float = 0.0) -> list[int]:

@@ -24,7 +24,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.ray_executor import RayRenderWorker, ray_device, worker_runtime_env
-from cluster.tasks import TaskTrace
+from cluster.replies import GangInfo, TaskGang, TaskTrace, WorkerInfo, WorkerProgress
 from cluster.worker_options import WorkerOptions
 from jobs.placement import Placement, guided_pass_count, task_parallelism
 from ltx2.checkpoint import CheckpointSet
@@ -66,10 +66,10 @@ class GangMember:
         result, trace = self.worker.task(kind, label, parallelism=parallelism, **kwargs)
         return result, replace(trace, rank=self.rank, parallelism=parallelism)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> WorkerInfo:
         return self.worker.info()
 
-    def progress(self) -> dict[str, Any]:
+    def progress(self) -> WorkerProgress:
         return self.worker.progress()
 
     def metrics_text(self) -> tuple[dict[str, str], str]:
@@ -186,7 +186,7 @@ class Gang:
         trace = replace(
             trace,
             worker=self.name,
-            gang={"mode": self.placement.mode, "gpus": self.placement.gpus, "ranks": len(members)},
+            gang=TaskGang(self.placement.mode, self.placement.gpus, len(members)),
             parallelism=parallelism,
             start=started,
             peak_vram_bytes=max(peaks) if peaks else None,
@@ -194,16 +194,11 @@ class Gang:
         )
         return result, trace
 
-    def info(self) -> dict[str, Any]:
-        info = ray.get(self.members[0].info.remote())
-        return dict(
-            info,
-            name=self.name,
-            gang={"mode": self.placement.mode, "gpus": self.placement.gpus, "member_pids": list(self.member_pids)},
-            rebuilds=self.rebuilds,
-        )
+    def info(self) -> WorkerInfo:
+        gang = GangInfo(self.placement.mode, self.placement.gpus, tuple(self.member_pids), self.rebuilds)
+        return replace(ray.get(self.members[0].info.remote()), name=self.name, gang=gang)
 
-    def progress(self) -> dict[str, Any]:
+    def progress(self) -> WorkerProgress:
         return ray.get(self.members[0].progress.remote())
 
     def metrics_text(self) -> tuple[dict[str, str], str]:

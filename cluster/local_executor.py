@@ -22,6 +22,7 @@ from cluster.executor import (
     ExecutorBase,
     check_worker_options,
 )
+from cluster.replies import WorkerInfo
 from cluster.tasks import TaskRequest
 from cluster.worker import JOBS_PER_WORKER, RenderWorker
 from cluster.worker_options import WorkerOptions
@@ -36,6 +37,12 @@ CPU_WORKER_THREADS = 1
 def _value(item: Any) -> Any:
     """A handle given as an argument, as its value (the call waits for it, as a Ray actor's call does)."""
     return item.result() if isinstance(item, Future) else item
+
+
+class LocalRenderWorker(RenderWorker):
+    """`RenderWorker` whose handles from elsewhere (a prompt's encoding) are futures of this process."""
+
+    store_get = staticmethod(_value)
 
 
 class _Threads:
@@ -89,14 +96,16 @@ class LocalExecutor(ExecutorBase):
 
         def new_worker(name: str) -> RenderWorker:
             slot = int(name.split("~", 1)[0].rsplit("-", 1)[1])
-            return RenderWorker(checkpoints, dataclasses.replace(options, device=devices[slot % len(devices)]), name)
+            return LocalRenderWorker(
+                checkpoints, dataclasses.replace(options, device=devices[slot % len(devices)]), name
+            )
 
         self._new_worker = new_worker
         self._start_all("worker", num_workers)
 
     def _start(self, name: str) -> tuple[Any, Any]:
         future: Future[_Threads] = self._loaders.submit(lambda: _Threads(self._new_worker(name)))
-        first: Future[dict[str, Any]] = Future()
+        first: Future[WorkerInfo] = Future()
 
         def answered(loaded: Future[_Threads]) -> None:
             error = loaded.exception()
@@ -114,11 +123,7 @@ class LocalExecutor(ExecutorBase):
         bound = getattr(threads.worker, method)
 
         def call() -> Any:
-            values = {key: _value(v) for key, v in kwargs.items()}
-            if method == "render" and args[2]:  # the encodings a campaign made once for every job
-                encoded = {text: _value(v) for text, v in args[2].items()}
-                return bound(*args[:2], encoded, *args[3:], **values)
-            return bound(*[_value(a) for a in args], **values)
+            return bound(*[_value(a) for a in args], **{key: _value(v) for key, v in kwargs.items()})
 
         return pool.submit(call)
 

@@ -25,10 +25,11 @@ from cluster.executor import (
     WorkerLost,
     check_worker_options,
 )
+from cluster.replies import WorkerInfo
 from cluster.requests import job_input_refs
 from cluster.storage import ship_inputs
 from cluster.tasks import TaskRequest, task_fields
-from cluster.worker import JOBS_PER_WORKER, RenderReply, RenderWorker, default_device
+from cluster.worker import JOBS_PER_WORKER, RenderWorker, default_device
 from cluster.worker_options import WorkerOptions
 from jobs.placement import REPLICA, Placement
 from jobs.spec import ValidJob
@@ -150,22 +151,10 @@ class RayRenderWorker(RenderWorker):
     def node_id(self) -> str | None:
         return ray.get_runtime_context().get_node_id()
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> WorkerInfo:
         if self.load_error is not None:
             raise self.load_error
         return super().info()
-
-    def render(
-        self,
-        job: ValidJob,
-        target: Any = None,
-        encoded: dict[str, Any] | None = None,
-        inputs: dict[str, Any] | None = None,
-    ) -> RenderReply:
-        """`RenderWorker.render`, with the encodings in `encoded` fetched from Ray's store (Ray resolves only a
-        call's top-level arguments)."""
-        values = dict(zip(encoded, ray.get(list(encoded.values())), strict=True)) if encoded else None
-        return super().render(job, target, values, inputs)
 
 
 class RayExecutor(ExecutorBase):

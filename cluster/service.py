@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cluster.replies import WorkerProgress
 from jobs.spec import ValidJob, validate_for_model, validate_job
 from jobs.text import printable
 
@@ -79,13 +80,13 @@ class RenderRequest:
 @dataclass(frozen=True)
 class RenderWatch:
     """What a render tells whoever waits on it; each is optional. `note`: a line (sizes snapped, workers
-    starting, the plan's shape). `started`: the workers are up, steps follow. `progress`: a step,
-    `{"stage", "step", "total"}`. `upload_wait`: an upload waits out an outage (`cluster.storage.UploadWait`).
+    starting, the plan's shape). `started`: the workers are up, steps follow. `progress`: a step
+    (`cluster.replies.WorkerProgress`). `upload_wait`: an upload waits out an outage (`cluster.storage.UploadWait`).
     `stopped`: rendered and published, failed or interrupted; called once the workers are up, before they stop."""
 
     note: Callable[[str], None] = _nothing
     started: Callable[[], None] = _nothing
-    progress: Callable[[dict[str, Any]], None] = _nothing
+    progress: Callable[[WorkerProgress], None] = _nothing
     upload_wait: Callable[[Any], None] = _nothing
     stopped: Callable[[], None] = _nothing
 
@@ -174,19 +175,12 @@ def render(
     if metrics is not None:
         metrics.attach(pool)
     watch.started()
-
-    def on_progress(p: dict[str, Any]) -> None:
-        if "waiting" in p:  # an upload waiting out an outage
-            watch.upload_wait(p["waiting"])
-        else:
-            watch.progress(p)
-
     target = output_target(request.output)
     from cluster.publish import HEAD, staging_dir
     from jobs.outputs import output_paths
 
-    holder = pool.workers[0].info if single_pass(plan, pool) else {"name": HEAD, "host": socket.gethostname()}
-    staged = output_paths(job, staging_dir(target, holder["name"]))
+    holder = pool.workers[0].info if single_pass(plan, pool) else None  # None: the head stages the output
+    staged = output_paths(job, staging_dir(target, holder.name if holder else HEAD))
     interrupted = False
     try:
         if not single_pass(plan, pool):
@@ -194,7 +188,9 @@ def render(
                 f"{len(plan.chunks)} chunk(s), {len(plan.tiles)} stage-2 tile(s), {request.workers} worker(s)"
                 + (f", each a {placement.mode} gang of {placement.gpus}" if pool.is_gang else "")
             )
-        result = render_and_publish(pool, plan, target, request.output.folder, metrics, on_progress)
+        result = render_and_publish(
+            pool, plan, target, request.output.folder, metrics, watch.progress, watch.upload_wait
+        )
     except KeyboardInterrupt:
         interrupted = True
         from cluster.storage import stop_retrying
@@ -205,7 +201,7 @@ def render(
         pool.shutdown()
     if interrupted:  # once the workers are stopped, nothing more is written: say what is left, and where
         folder = request.output.folder
-        raise KeyboardInterrupt(_left_by_interrupt(job, target, staged, holder.get("host"), folder))
+        raise KeyboardInterrupt(_left_by_interrupt(job, target, staged, holder.host if holder else None, folder))
     return result
 
 
@@ -265,31 +261,31 @@ def render_and_publish(
     out: Path,
     metrics: Any = None,
     on_progress: Any = None,
+    on_upload_wait: Any = None,
     clock: Callable[[], float] = time.time,
 ) -> Any:
     """Render one planned job on the pool and publish its output. With `metrics` (a `MetricsServer`), the
     job's end-to-end latency (from here until its output is published, upload included, read from `clock`) and
     its seconds of video are counted once published, whichever path rendered it. `on_progress` gets the render's
-    steps, and `{"stage": "upload", "waiting": UploadWait}` at each retry of an upload waiting out an outage."""
+    steps (`cluster.replies.WorkerProgress`), `on_upload_wait` each retry of an upload waiting out an outage."""
     job = plan.job
     started = clock()
     if single_pass(plan, pool):
-        result = pool.render(job, out, on_progress=on_progress, target=target)
+        result = pool.render(job, out, on_progress=on_progress, target=target, on_upload_wait=on_upload_wait)
     else:
         from cluster.coordinator import Coordinator
         from cluster.publish import HEAD, deliver_held, staging_dir
 
         [sidecar] = Coordinator(pool, metrics.farm if metrics else None).run([plan], staging_dir(target, HEAD))
         on_upload = metrics.uploads.count if metrics is not None else None
-        on_wait = (lambda wait: on_progress({"stage": "upload", "waiting": wait})) if on_progress else None
-        result = deliver_held(sidecar, job, target, out, on_upload=on_upload, on_wait=on_wait)
+        result = deliver_held(sidecar, job, target, out, on_upload=on_upload, on_wait=on_upload_wait)
     if metrics is not None:
         metrics.farm.published(clock() - started, job.num_frames / job.spec.frame_rate)
     return result
 
 
 def _left_by_interrupt(job: ValidJob, target: Any, staged: Any, host: str | None, out: Path) -> str:
-    """What a render interrupted by Ctrl-C left, and where."""
+    """What a render interrupted by Ctrl-C left, and where (`host`: the node it was staged on; None: this one)."""
     from jobs.outputs import output_paths
 
     final = output_paths(job, out)

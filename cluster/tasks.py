@@ -1,4 +1,4 @@
-"""The tasks of a job plan as typed requests, and the trace a worker returns with each result.
+"""The tasks of a job plan as typed requests.
 
 One frozen dataclass per task kind (`jobs.plan` names the kinds); `RenderWorker` runs each through a table from
 request type to function. A request crosses to a Ray actor as its fields (`task_fields`): Ray hands a call's
@@ -124,25 +124,3 @@ def task_request(kind: str, values: dict[str, Any]) -> TaskRequest:
     if request_type is None:
         raise ValueError(f"unknown task kind {kind!r}; workers run {sorted(TASK_TYPES)}")
     return request_type(**values)
-
-
-@dataclass(frozen=True)
-class TaskTrace:
-    """Where and when one task ran, and its peak GPU memory: each job's sidecar lists its tasks' traces."""
-
-    task: str
-    kind: str
-    worker: str
-    pid: int
-    device: str
-    start: float
-    end: float
-    seconds: float
-    peak_vram_bytes: int | None
-    gang: dict[str, Any] | None = None
-    """A gang's task: its mode, GPUs and the ranks that ran it."""
-    parallelism: str | None = None
-    """How a gang split the task (`cluster.gang.task_parallelism`); None: one rank ran it."""
-    rank: int | None = None
-    rebuilds: int = 0
-    """How often the gang that ran it was rebuilt after losing a member."""

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from cluster.publish import (
     sweep_partials,
     sweep_staging,
 )
+from cluster.replies import RenderReply, TaskTrace, WorkerInfo, WorkerProgress
 from cluster.requests import (
     TensorDigest,
     content_hashes,
@@ -56,7 +57,6 @@ from cluster.tasks import (
     Stage2InitTask,
     Stage2Task,
     TaskRequest,
-    TaskTrace,
     UpsampleTask,
     task_fields,
     task_request,
@@ -178,14 +178,6 @@ class WorkerStopped(RuntimeError):
     """The worker was stopped (`RenderWorker.stop`) while it ran this call."""
 
 
-@dataclass(frozen=True)
-class RenderReply:
-    """What a worker's `render` returns: the sidecar document and the staged MP4's name."""
-
-    document: dict[str, Any]
-    video: str
-
-
 def render_in_process(
     worker: RenderWorker, job: ValidJob, out_dir: Path | str, target: OutputTarget | None = None
 ) -> Published:
@@ -213,7 +205,7 @@ class _Rendered:
     started: float
     model_start: float
     model_end: float
-    worker: dict[str, Any]
+    worker: WorkerInfo
     """The worker's info when the model work ended (the next job may change its LoRA set meanwhile)."""
 
 
@@ -222,8 +214,10 @@ class RenderWorker:
 
     store_get: Callable[[Any], Any] = staticmethod(_same)
     store_put: Callable[[Any], Any] = staticmethod(_same)
-    """How values reach this worker from elsewhere and leave it (shipped inputs, output parts): as themselves in
-    this process; a Ray actor's are Ray's `get` and `put` (`cluster.ray_executor.RayRenderWorker`)."""
+    """How values reach this worker from elsewhere and leave it (prompt encodings, shipped inputs, output parts): as
+    themselves for a worker driven directly; an in-process executor's handles are futures
+    (`cluster.local_executor.LocalRenderWorker`), a Ray actor's are Ray's `get` and `put`
+    (`cluster.ray_executor.RayRenderWorker`)."""
 
     def __init__(
         self,
@@ -258,7 +252,7 @@ class RenderWorker:
         self.jobs_done = 0
         self._stopped = False
         self._encode_tasks = 0
-        self._progress: dict[str, Any] = {"stage": "idle", "step": 0, "total": 0, "job": None}
+        self._progress = WorkerProgress()
         self._upload_waits: dict[str, UploadWait] = {}  # staged MP4 name -> its upload's last retry
         self._lock = threading.Lock()  # guards the progress record (polled from another thread)
         self._busy = threading.Lock()  # one render or task at a time: the model (and its LoRA state) is shared
@@ -270,36 +264,35 @@ class RenderWorker:
         self._hashing = threading.Thread(target=self.model_hashes, name="model-hashes", daemon=True)
         self._hashing.start()
 
-    def info(self) -> dict[str, Any]:
-        """Identity and load statistics (tests use `loads` to prove a warm worker does not reload)."""
-        return {
-            "name": self.name,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "node": self.node_id(),
-            "device": str(self.models.device),
-            "gpu": torch.cuda.get_device_name(self.models.device) if self.models.device.type == "cuda" else None,
-            "dtype": str(self.models.dtype).removeprefix("torch."),
-            "loads": LOAD_COUNTER["loads"],
-            "load_seconds": self.models.load_seconds,
-            "jobs_done": self.jobs_done,
-            "prompt_encodes": self.renderer.prompts.encodes + self._encode_tasks,  # Gemma runs on this worker
-            "num_layers": self.models.num_layers,
-            "audio_sample_rate": int(self.models.vocoder.output_sampling_rate),  # the muxer opens its AAC at it
-            "lora_set": [[lora.path, lora.strength] for lora in self.models.loras.job_set],
-            "lora_set_changes": self.models.loras.set_changes,
-            "compile": self.speed.compile,
-            "fp8_attention": self.speed.fp8_attention,
-            "fp8": self.speed.fp8,
-            "fp8_all_blocks": self.speed.fp8_all_blocks,
-            "fa4_attention": self.speed.fa4_attention,
-            "batched_passes": self.speed.batched_passes,
-            "batched_passes_max_tokens": getattr(self.models.pass_runner, "max_video_tokens", None),
-        }
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            name=self.name,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            node=self.node_id(),
+            device=str(self.models.device),
+            gpu=torch.cuda.get_device_name(self.models.device) if self.models.device.type == "cuda" else None,
+            dtype=str(self.models.dtype).removeprefix("torch."),
+            loads=LOAD_COUNTER["loads"],
+            load_seconds=self.models.load_seconds,
+            jobs_done=self.jobs_done,
+            prompt_encodes=self.renderer.prompts.encodes + self._encode_tasks,
+            num_layers=self.models.num_layers,
+            audio_sample_rate=int(self.models.vocoder.output_sampling_rate),
+            lora_set=tuple((lora.path, lora.strength) for lora in self.models.loras.job_set),
+            lora_set_changes=self.models.loras.set_changes,
+            compile=self.speed.compile,
+            fp8_attention=self.speed.fp8_attention,
+            fp8=self.speed.fp8,
+            fp8_all_blocks=self.speed.fp8_all_blocks,
+            fa4_attention=self.speed.fa4_attention,
+            batched_passes=self.speed.batched_passes,
+            batched_passes_max_tokens=getattr(self.models.pass_runner, "max_video_tokens", None),
+        )
 
-    def progress(self) -> dict[str, Any]:
+    def progress(self) -> WorkerProgress:
         with self._lock:
-            return dict(self._progress)
+            return self._progress
 
     def node_id(self) -> str | None:
         """The cluster node this worker runs on (None outside a cluster): shows where a campaign's work landed."""
@@ -314,7 +307,7 @@ class RenderWorker:
         if self._stopped:
             raise WorkerStopped(f"worker {self.name} was stopped")
         with self._lock:
-            self._progress.update(stage=stage, step=step, total=total)
+            self._progress = replace(self._progress, stage=stage, step=step, total=total)
         if seconds:
             self.metrics.step_seconds.labels(stage).observe(seconds)
 
@@ -348,9 +341,10 @@ class RenderWorker:
     ) -> RenderReply:
         """Render `job` into this worker's staging folder (then `publish` sends it on, `cluster.publish`).
 
-        `encoded` maps prompt texts to encodings made by an `encode` task, so a
-        campaign runs Gemma once per distinct prompt, not once per job or per worker. `inputs`: the job's local
-        input files shipped from the node that submitted it (`RayExecutor.ship`), written into this node's cache.
+        `encoded` maps prompt texts to handles of encodings made by an `encode` task (each fetched through
+        `store_get`), so a campaign runs Gemma once per distinct prompt, not once per job or per worker. `inputs`:
+        the job's local input files shipped from the node that submitted it (`RayExecutor.ship`), written into this
+        node's cache.
 
         Only the model work holds the model. The job's writer (a pool of lower CPU priority,
         `WRITER_NICENESS`) encodes the MP4 as the tiled VAE decode yields frames, and after the model is let
@@ -364,7 +358,8 @@ class RenderWorker:
             # this process rendered this very job and its publishing failed (storage down): publish it again
             return RenderReply(earlier, paths.video.name)
         stock_inputs(inputs, self.store_get)
-        for text, value in (encoded or {}).items():
+        for text, handle in (encoded or {}).items():
+            value = self.store_get(handle)
             self.renderer.prompts.put(text, value.video, value.audio)
         handoff: queue.SimpleQueue[Any] = queue.SimpleQueue()  # frame runs, then the _Rendered or the error
         written = self._writers.submit(self._write_outputs, job, paths, handoff)
@@ -381,8 +376,8 @@ class RenderWorker:
             return RenderReply(written.result(), paths.video.name)
         finally:
             with self._lock:
-                if self._progress.get("job") == paths.video.name and self._progress["stage"] == "mux":
-                    self._progress = {"stage": "idle", "step": 0, "total": 0, "job": None}
+                if self._progress.job == paths.video.name and self._progress.stage == "mux":
+                    self._progress = WorkerProgress()
 
     def publish(self, job: ValidJob, target: OutputTarget | None = None) -> StagedOutput:
         """Publish a rendered job's staged files (`cluster.publish.offer`): upload them from here to an S3
@@ -418,7 +413,7 @@ class RenderWorker:
         control_lora = job_control(job).get("control_lora")
         self.models.loras.check(localize(job_loras(job) + ((control_lora,) if control_lora else ())))  # pre-compute
         with self._lock:
-            self._progress = {"stage": "starting", "step": 0, "total": 0, "job": paths.video.name}
+            self._progress = WorkerProgress("starting", job=paths.video.name)
         started, model_start = time.perf_counter(), time.time()
         request = localize(render_request(job, self.models.num_layers))  # s3:// inputs fetched to this node
         if job.fallback is not None:
@@ -490,7 +485,7 @@ class RenderWorker:
             media=media,
             output={"video": paths.video.name, "bytes": paths.video.stat().st_size, "sha256": file_sha256.result()},
             content=content_hashes(job, digest.hexdigest(), output.audio),
-            worker=rendered.worker,
+            worker=rendered.worker.document(),
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             timeline=timeline,
         )

@@ -186,8 +186,8 @@ def test_a_restart_after_publication_renders_and_uploads_nothing_again(pool, tmp
     assert (stats["requeued"], stats["skipped"], stats["done"], stats["failed"]) == (3, 3, 0, 0), stats
     assert store.counts("again")["done"] == 3
     after = pool.refresh_info()
-    assert [i["jobs_done"] for i in after] == [i["jobs_done"] for i in before]  # nothing rendered
-    assert [i["prompt_encodes"] for i in after] == [i["prompt_encodes"] for i in before]
+    assert [i.jobs_done for i in after] == [i.jobs_done for i in before]  # nothing rendered
+    assert [i.prompt_encodes for i in after] == [i.prompt_encodes for i in before]
     assert objects() == published  # nothing uploaded or written: the same objects, versions and times
 
 
@@ -345,10 +345,10 @@ def test_each_distinct_prompt_is_encoded_once_across_the_farm(pool, tmp_path):
     rows = [{"id": f"p{i}", "prompt": f"prompt {i % 3}", "seed": i} for i in range(12)]
     rows.append({"id": "z-long", "prompt": "prompt 1", "num_frames": None, "duration": 4, "chunk_seconds": 2})
     submit(store, "prompts", rows)
-    before = sum(info["prompt_encodes"] for info in pool.refresh_info())
+    before = sum(info.prompt_encodes for info in pool.refresh_info())
     stats = CampaignRunner(store, pool, tmp_path / "out").run()
     assert stats["done"] == 13, stats
-    after = sum(info["prompt_encodes"] for info in pool.refresh_info())
+    after = sum(info.prompt_encodes for info in pool.refresh_info())
     assert after - before == 4  # 3 prompts + the official negative prompt, whichever worker ran them
     sidecars = [json.loads(p.read_text()) for p in (tmp_path / "out" / "prompts").glob("*.json")]
     planned = next(d for d in sidecars if d.get("plan") and len(d["plan"]["chunks"]) > 1)

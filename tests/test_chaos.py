@@ -65,7 +65,7 @@ def test_workers_killed_repeatedly_mid_campaign(ray_cluster, tiny_set, tmp_path,
         turn = len(kills) % len(pool.workers)  # the workers in turn; one whose replacement is loading is passed over
         slots = [(turn + i) % len(pool.workers) for i in range(len(pool.workers))]
         # a worker process this test's pool started (once loaded)
-        pid = next((pool.workers[s].info["pid"] for s in slots if pool.workers[s].info.get("pid")), None)
+        pid = next((pool.workers[s].info.pid for s in slots if pool.workers[s].info is not None), None)
         if pid is None:  # every replacement is loading: the kill waits for a later job
             return
         try:
@@ -109,7 +109,7 @@ def test_a_replacement_waiting_for_room_does_not_hold_the_campaign(ray_cluster, 
     squatter = None
     try:
         held = ray.available_resources().get("CPU", 0)
-        os.kill(pool.workers[1].info["pid"], signal.SIGKILL)  # a worker process this test's pool started
+        os.kill(pool.workers[1].info.pid, signal.SIGKILL)  # a worker process this test's pool started
         deadline = time.monotonic() + 30
         while ray.available_resources().get("CPU", 0) < held + 1 and time.monotonic() < deadline:
             time.sleep(0.05)  # Ray has the dead worker's CPU back
@@ -125,7 +125,7 @@ def test_a_replacement_waiting_for_room_does_not_hold_the_campaign(ray_cluster, 
         deadline = time.monotonic() + 120
         while 1 not in pool.poll_started(timeout_s=1.0):
             assert time.monotonic() < deadline, "the replacement never started once room came back"
-        assert pool.workers[1].info["name"] == "worker-1~1" and pool.starting == set()
+        assert pool.workers[1].info.name == "worker-1~1" and pool.starting == set()
     finally:
         if squatter is not None:
             ray.kill(squatter)
@@ -146,7 +146,7 @@ def test_a_worker_that_fails_every_job_is_blocklisted(ray_cluster, tiny_set, tmp
     the jobs it failed are retried on the healthy worker and every job finishes."""
     pool = RayExecutor(tiny_set, num_workers=2)
     try:
-        broken = pool.workers[0].info["name"]
+        broken = pool.workers[0].name
         ray.get(pool.workers[0].worker.__ray_call__.remote(_poison))
         store = Store(tmp_path / "db")
         m = parse_manifest({"campaign": "c", "defaults": TINY, "rows": ROWS[:10], "max_task_retries": 5})
@@ -175,7 +175,7 @@ def test_nan_in_a_task_is_retried_on_another_worker_then_fails_the_job_naming_th
         ray.get(pool.workers[0].worker.__ray_call__.remote(_poison))  # worker 0 returns NaN from the transformer
         [doc] = Coordinator(pool).run([plan_job(job)], tmp_path / "one")
         transformer_tasks = [t for t in doc["trace"] if t["kind"] in ("stage1", "stage2")]
-        assert {t["worker"] for t in transformer_tasks} == {pool.workers[1].info["name"]}
+        assert {t["worker"] for t in transformer_tasks} == {pool.workers[1].name}
         assert (tmp_path / "one" / doc["output"]["video"]).is_file()
 
         ray.get(pool.workers[1].worker.__ray_call__.remote(_poison))  # now both are broken
@@ -198,7 +198,7 @@ def test_worker_memory_does_not_grow_over_120_jobs(ray_cluster, tiny_set, tmp_pa
     last = WARM_UP_JOBS + MEASURED_JOBS
     pool = RayExecutor(tiny_set, num_workers=1)
     try:
-        pid = pool.workers[0].info["pid"]
+        pid = pool.workers[0].info.pid
         rows = [{"id": f"m{i:03d}", "prompt": f"scene {i % 7}", "seed": i} for i in range(last)]
         store = Store(tmp_path / "db")
         m = parse_manifest({"campaign": "mem", "defaults": TINY, "rows": rows})

@@ -122,7 +122,7 @@ def test_tasks_spread_over_all_workers_and_concurrent_jobs_finish(coordinator, p
     jobs = [validate_job({**TILE_JOB, "seed": s, "name": f"job{s}"}) for s in (21, 22)]
     docs = coordinator.run([plan_job(j) for j in jobs], tmp_path)
     assert [d["resolved"]["seed"] for d in docs] == [21, 22]
-    workers = {w.info["name"] for w in pool.workers}
+    workers = {w.name for w in pool.workers}
     spread = [{t["worker"] for t in d["trace"] if t["kind"] in ("stage2", "decode")} for d in docs]
     assert set().union(*spread) == workers  # the two jobs' tiles kept every worker busy
     assert all(len(s) >= 2 for s in spread)  # each job's tiles ran on several workers (which ones: timing)

@@ -12,7 +12,9 @@ import torch
 from cluster.executor import CapacityError
 from cluster.local_executor import LocalExecutor
 from cluster.publish import OutputTarget
-from cluster.tasks import AudioEncodeTask, EncodeTask, Stage1Task, TaskTrace
+from cluster.replies import TaskTrace
+from cluster.requests import prompt_texts
+from cluster.tasks import AudioEncodeTask, EncodeTask, Stage1Task
 from jobs.placement import Placement
 from jobs.spec import validate_job
 from tests.conftest import SMALL_JOB, small_chunk
@@ -69,12 +71,24 @@ def test_a_render_is_published_into_the_folder_with_progress(executor, tmp_path)
     assert published.paths.video.is_file() and published.paths.sidecar.is_file()
     assert published.document["worker"]["name"] == "worker-1"
     assert published.document["media"]["frames"] == 17
-    assert any(p.get("total") for p in seen)  # the steps of at least one stage were seen while it rendered
+    assert any(p.total for p in seen)  # the steps of at least one stage were seen while it rendered
     again = executor.start_render(0, validate_job(SMALL_JOB), OutputTarget())
     reply = executor.get(again)
     assert reply.document["content_sha256"] == published.document["content_sha256"]  # any worker, same content
     executor.deliver(executor.workers[0], reply, validate_job(SMALL_JOB), OutputTarget(), tmp_path / "other")
     assert (tmp_path / "other" / published.paths.video.name).read_bytes() == published.paths.video.read_bytes()
+
+
+def test_a_render_takes_its_prompt_encodings_as_handles(executor, tmp_path):
+    """Encodings made by encode tasks on one worker reach a render on another as handles (`start_render`'s
+    `encoded`, as a campaign sends them): the rendering worker fetches them and runs no Gemma of its own."""
+    job = validate_job({**SMALL_JOB, "prompt": "a prompt encoded on the other worker"})
+    encoded = {text: executor.run_task(0, "encode:prompt", EncodeTask(text))[0] for text in prompt_texts(job)}
+    before = executor.refresh_info()[1].prompt_encodes
+    reply = executor.get(executor.start_render(1, job, OutputTarget(), encoded))
+    assert executor.refresh_info()[1].prompt_encodes == before
+    published = executor.deliver(executor.workers[1], reply, job, OutputTarget(), tmp_path)
+    assert published.document["worker"]["name"] == "worker-1" and "gang" not in published.document["worker"]
 
 
 def test_a_replaced_worker_starts_without_holding_the_caller_and_takes_work(executor):
@@ -84,7 +98,7 @@ def test_a_replaced_worker_starts_without_holding_the_caller_and_takes_work(exec
     assert 1 in executor.starting  # loading: nothing is sent to it yet
     while 1 not in executor.poll_started(timeout_s=1.0):
         pass
-    assert not executor.starting and executor.workers[1].info["name"] == name
+    assert not executor.starting and executor.workers[1].info.name == name
     value, _ = executor.run_task(1, "encode:0", EncodeTask("after the replacement"))
     assert executor.get(value).video.shape[-1] > 0
     assert executor.alive(executor.workers[1])

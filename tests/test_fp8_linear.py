@@ -105,7 +105,7 @@ def test_a_worker_asked_for_all_blocks_turns_fp8_on(tiny_set):
     from cluster.worker import RenderWorker
 
     worker = RenderWorker(tiny_set, WorkerOptions(device="cpu", fp8_all_blocks=True), warm_lora_originals=False)
-    assert worker.info()["fp8"] is True and worker.info()["fp8_all_blocks"] is True
+    assert worker.info().fp8 is True and worker.info().fp8_all_blocks is True
     block_0 = worker.models.transformer.velocity_model.transformer_blocks[0]
     assert type(block_0.attn1.to_q) is ScaledMMFp8Linear
     worker.model_hashes()  # joins the background hashing thread: exiting while it runs aborts the interpreter
@@ -164,7 +164,7 @@ def test_a_cpu_worker_renders_with_fp8_says_so_and_backs_up_weights_in_their_lay
     from cluster.worker import RenderWorker
 
     worker = RenderWorker(tiny_set, WorkerOptions(device="cpu", fp8=True))
-    assert worker.info()["fp8"] is True
+    assert worker.info().fp8 is True
     loras = worker.models.loras
     loras.originals_copied()
     params = dict(worker.models.transformer.velocity_model.named_parameters())

@@ -104,7 +104,7 @@ def test_gang_stage1_equals_one_process(tiny_set, single, mode):
             ref, _ = _run(single, "stage1", **args)
             ours, trace = _run(gang, "stage1", **args)
             expected = "sequence" if mode == "sequence" else "guidance"
-            assert trace.parallelism == expected and trace.gang["ranks"] == 2
+            assert trace.parallelism == expected and trace.gang.ranks == 2
             for output in ("video", "audio"):
                 exact = mode != "guidance"
                 _check(f"{mode} stage 1 {shape} {output}", getattr(ours, output), getattr(ref, output), exact)
@@ -159,17 +159,17 @@ def test_killed_member_rebuilds_the_gang_and_the_retry_is_identical(tiny_set, si
     gang = _gang(tiny_set, "guidance")
     try:
         undisturbed, _ = _run(gang, "stage1", **args)
-        victim = ray.get(gang.info.remote())["gang"]["member_pids"][1]
+        victim = ray.get(gang.info.remote()).gang.member_pids[1]
         value, trace = gang.task.options(num_returns=2).remote("stage1", "stage1", **args)
         deadline = time.monotonic() + 60
-        while ray.get(gang.progress.remote()).get("step", 0) < 3:  # mid-task, inside the collectives
+        while ray.get(gang.progress.remote()).step < 3:  # mid-task, inside the collectives
             assert time.monotonic() < deadline, "the task never started"
             time.sleep(0.05)
         os.kill(victim, signal.SIGKILL)  # a member process this test's gang started
         retried, trace = ray.get(value), ray.get(trace)
         info = ray.get(gang.info.remote())
-        assert trace.rebuilds == 1 and info["rebuilds"] == 1
-        assert victim not in info["gang"]["member_pids"]
+        assert trace.rebuilds == 1 and info.gang.rebuilds == 1
+        assert victim not in info.gang.member_pids
         assert torch.equal(retried.video, undisturbed.video) and torch.equal(retried.audio, undisturbed.audio)
     finally:
         ray.get(gang.shutdown.remote())
@@ -181,7 +181,7 @@ def test_a_failing_task_is_not_retried_by_rebuilding(tiny_set, single):
     try:
         with pytest.raises(ray.exceptions.RayTaskError, match=r"unknown task kind 'unknown_kind'"):
             _run(gang, "unknown_kind")
-        assert ray.get(gang.info.remote())["rebuilds"] == 0
+        assert ray.get(gang.info.remote()).gang.rebuilds == 0
     finally:
         ray.get(gang.shutdown.remote())
         ray.kill(gang)

@@ -284,10 +284,10 @@ def test_two_lora_sets_in_one_campaign_land_on_two_pools(tiny_set, loras, tmp_pa
         # The worker counts what it built; a threaded actor may run two queued jobs out of claim order, so the
         # count is checked against the metric, not against the claims.
         infos = pool.refresh_info()
-        changes = [i["lora_set_changes"] for i in infos]
+        changes = [i.lora_set_changes for i in infos]
         assert min(changes) >= 1, infos
         texts = dict((labels["worker"], text) for labels, text in pool.metrics_texts())
-        assert f"ltx2farm_lora_set_changes_total {float(changes[0])}" in texts[infos[0]["name"]]
+        assert f"ltx2farm_lora_set_changes_total {float(changes[0])}" in texts[infos[0].name]
     finally:
         pool.shutdown()
 

@@ -172,7 +172,7 @@ def test_a_worker_resolves_the_manifest_the_head_read(published, node_cache):
     assert local_checkpoint_set(published.tiny) is published.tiny  # local paths: a single-machine run
     worker = RenderWorker(published.models, WorkerOptions(device="cpu"), warm_lora_originals=False)
     assert node_cache in Path(worker.models.paths.checkpoint).parents
-    assert worker.info()["name"] == "worker"
+    assert worker.info().name == "worker"
 
 
 def test_two_processes_on_one_node_fetch_each_file_once(published, node_cache, tmp_path):

@@ -7,6 +7,7 @@ import ray
 
 from cluster.publish import OutputTarget
 from cluster.ray_executor import RayExecutor
+from cluster.replies import WorkerProgress
 from jobs.spec import validate_job
 from tests.conftest import SMALL_JOB
 
@@ -20,9 +21,9 @@ def pool(ray_cluster, tiny_set):
 
 def test_workers_are_separate_processes_on_cpu_without_gpus(pool):
     infos = pool.refresh_info()
-    assert len({i["pid"] for i in infos}) == 2
+    assert len({i.pid for i in infos}) == 2
     if ray.cluster_resources().get("GPU", 0) == 0:
-        assert all(i["device"] == "cpu" for i in infos)
+        assert all(i.device == "cpu" for i in infos)
 
 
 def test_two_workers_render_identical_outputs(pool, tmp_path):
@@ -36,17 +37,17 @@ def test_two_workers_render_identical_outputs(pool, tmp_path):
 
 def test_warm_worker_renders_next_job_without_reloading(pool, tmp_path):
     before = pool.refresh_info()[0]
-    progress: list[dict] = []
+    progress: list[WorkerProgress] = []
     first = pool.render(
         validate_job({**SMALL_JOB, "seed": 100}), str(tmp_path), worker=0, on_progress=progress.append, poll_s=0.01
     ).document
     second = pool.render(validate_job({**SMALL_JOB, "seed": 101, "recipe": "distilled"}), str(tmp_path), worker=0)
     second = second.document
     after = pool.refresh_info()[0]
-    assert before["loads"] == first["worker"]["loads"] == second["worker"]["loads"] == after["loads"] == 1
-    assert after["load_seconds"] == before["load_seconds"]
-    assert after["jobs_done"] == before["jobs_done"] + 2
-    assert after["prompt_encodes"] <= before["prompt_encodes"] + 2  # same prompt: encoded once per worker
+    assert before.loads == first["worker"]["loads"] == second["worker"]["loads"] == after.loads == 1
+    assert after.load_seconds == before.load_seconds
+    assert after.jobs_done == before.jobs_done + 2
+    assert after.prompt_encodes <= before.prompt_encodes + 2  # same prompt: encoded once per worker
     assert first["content_sha256"] != second["content_sha256"]
 
 
