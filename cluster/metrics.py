@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -307,10 +307,9 @@ class FarmMetrics:
             self.jobs.remove(*key)
             self._jobs_set.discard(key)
 
-    def set_queue(self, campaigns: Iterable[CampaignState], now: dt.datetime) -> None:
+    def set_queue(self, campaigns: Sequence[CampaignState], now: dt.datetime) -> None:
         """Queued jobs, and those of them held back by their campaign (`jobs.schedule.blocked_reason`): a campaign
         waiting for its window is not a stalled queue."""
-        campaigns = list(campaigns)
         self.queue_depth.labels("normal").set(sum(c.queued for c in campaigns))
         self.queue_held.set(sum(c.queued for c in campaigns if blocked_reason(c, now) is not None))
 

@@ -56,14 +56,18 @@ def farm(ray_cluster, tiny_set):
     pool.shutdown()
 
 
-def scrape(url: str) -> dict[tuple[str, tuple], float]:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        text = response.read().decode()
+def parse(text: str) -> dict[tuple[str, tuple], float]:
+    """Samples of the Prometheus text format, by name and sorted labels."""
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return parse(response.read().decode())
 
 
 def total(samples: dict, name: str, **labels: str) -> float:
@@ -376,11 +380,7 @@ NIGHT = dt.datetime(2026, 11, 25, 23, tzinfo=dt.UTC)
 
 def registry_samples(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
     """What the registry would serve to a scrape, parsed back."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(generate_latest(registry).decode())
-        for s in family.samples
-    }
+    return parse(generate_latest(registry).decode())
 
 
 def queue(registry: CollectorRegistry) -> tuple[float, float]:
