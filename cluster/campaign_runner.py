@@ -47,6 +47,9 @@ from jobs.plan import plan_job
 from jobs.schedule import allocate
 from jobs.spec import JobSpec, ValidJob
 
+OBSERVE_EVERY_S = 5.0
+"""How often the loop refreshes the job and queue gauges besides when jobs end (a third of a 15 s scrape)."""
+
 
 @dataclass
 class _Running:
@@ -110,6 +113,7 @@ class CampaignRunner:
         self._blocklisted_slots: set[int] = set()
         self.prompts = PromptRefs()  # text -> handle of its encoding (farm-wide)
         self._held: dict[int, str | None] = {}  # worker slot -> LoRA set of its last job (pools per LoRA set)
+        self._observed = float("-inf")  # when the gauges last read the store (monotonic): never yet
 
     def _out_dir(self, campaign: str) -> Path:
         return self.out_root / campaign
@@ -178,6 +182,8 @@ class CampaignRunner:
 
         while True:
             now = self.clock()
+            if time.monotonic() - self._observed >= OBSERVE_EVERY_S:
+                self._observe()  # a window opening or closing changes what may start without any job ending
             for slot in self.executor.poll_started():
                 self.store.log(f"worker {self.executor.workers[slot].name} ready")
             if self._drain_published(stats) and on_progress is not None:
@@ -317,12 +323,13 @@ class CampaignRunner:
         _tally(stats, state, "oom_fallbacks")
 
     def _observe(self) -> None:
-        """Jobs by state and the queue depth, for the metrics endpoint."""
+        """Jobs by state and the queue (held back or not), for the metrics endpoint."""
         if self.metrics is None:
             return
-        counts = {state.name: self.store.counts(state.name) for state in self.store.campaign_states()}
-        self.metrics.set_jobs(counts)
-        self.metrics.queue_depth.labels("normal").set(sum(c.get("queued", 0) for c in counts.values()))
+        self._observed = time.monotonic()
+        states = self.store.campaign_states()
+        self.metrics.set_jobs({state.name: self.store.counts(state.name) for state in states})
+        self.metrics.set_queue(states, self.clock())
 
     def _alternatives(self, avoid: set[int]) -> bool:
         """Whether a usable worker exists that has not failed this job."""

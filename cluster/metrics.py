@@ -10,13 +10,14 @@ units, no job ids in labels; per-campaign series carry a `campaign` label whose 
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import ipaddress
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -24,6 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+
+from jobs.schedule import CampaignState, blocked_reason
 
 STAGES = ("text_encode", "stage_1", "upsample", "stage_2", "decode", "audio", "mux", "upload")
 KIND_TO_STAGE = {
@@ -252,7 +255,22 @@ class FarmMetrics:
         self.video_seconds = Counter(
             "ltx2farm_video_seconds", "Seconds of video in published outputs", ["campaign"], registry=registry
         )
-        self.workers = Gauge("ltx2farm_workers", "Render workers (or gangs) in the pool", registry=registry)
+        self.queue_held = Gauge(
+            "ltx2farm_queue_held",
+            "Queued jobs that may not start now: their campaign waits for its window or not_before, is paused or "
+            "suspended, or has spent its budget or reached its failure cap",
+            registry=registry,
+        )
+        self.workers = Gauge(
+            "ltx2farm_workers",
+            "Render workers (or gangs) ready for work: the pool's slots less those whose replacement is starting",
+            registry=registry,
+        )
+        self.workers_desired = Gauge(
+            "ltx2farm_workers_desired",
+            "Render workers (or gangs) the pool keeps (its slots, those being replaced included); 0 until it started",
+            registry=registry,
+        )
         self.build_info = Gauge(
             "ltx2farm_build_info",
             "Versions of the farm and of what renders with it; always 1",
@@ -288,6 +306,12 @@ class FarmMetrics:
         for key in [k for k in self._jobs_set if k[0] == label]:
             self.jobs.remove(*key)
             self._jobs_set.discard(key)
+
+    def set_queue(self, campaigns: Sequence[CampaignState], now: dt.datetime) -> None:
+        """Queued jobs, and those of them held back by their campaign (`jobs.schedule.blocked_reason`): a campaign
+        waiting for its window is not a stalled queue."""
+        self.queue_depth.labels("normal").set(sum(c.queued for c in campaigns))
+        self.queue_held.set(sum(c.queued for c in campaigns if blocked_reason(c, now) is not None))
 
     def published(self, seconds: float, video_seconds: float, campaign: str = "") -> None:
         """A job's output is where it goes: its end-to-end latency and its seconds of video."""
@@ -362,7 +386,8 @@ class MetricsServer:
     def attach(self, executor: Any) -> None:
         """Serve the metrics of `executor`'s workers (`Executor.metrics_texts`) from now on."""
         self._fetch = lambda: executor.metrics_texts(SCRAPE_TIMEOUT_S)
-        self.farm.workers.set_function(lambda: len(executor.workers))
+        self.farm.workers.set_function(lambda: len(executor.workers) - len(executor.starting))
+        self.farm.workers_desired.set_function(lambda: len(executor.workers))
 
     def close(self) -> None:
         self._server.shutdown()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import re
 import shutil
@@ -15,9 +17,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cluster.campaign_manifest import parse_manifest
+from cluster.campaign_runner import CampaignRunner
+from cluster.campaign_store import Store
+from cluster.local_executor import LocalExecutor
 from cluster.metrics import (
     MAX_CAMPAIGN_LABELS,
     NODE_NAME_ENV,
@@ -31,11 +37,13 @@ from cluster.ray_executor import RayExecutor
 from cluster.service import render_and_publish
 from cluster.worker_options import WorkerOptions
 from jobs.plan import plan_job
+from jobs.schedule import CampaignState
 from jobs.spec import validate_job
+from jobs.windows import WindowSpec
 from tests.conftest import REPO, SMALL_JOB
 from tests.s3_servers import free_port, wait_for_port
 
-DEPLOY = REPO / "deploy" / "prometheus"
+ALERTS = REPO / "deploy/helm/ltx2-farm/files/alerts.yaml"
 K8S_NODE = "gpu-node-a"  # what the downward API would give the workers' pods
 
 
@@ -48,14 +56,18 @@ def farm(ray_cluster, tiny_set):
     pool.shutdown()
 
 
-def scrape(url: str) -> dict[tuple[str, tuple], float]:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        text = response.read().decode()
+def parse(text: str) -> dict[tuple[str, tuple], float]:
+    """Samples of the Prometheus text format, by name and sorted labels."""
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return parse(response.read().decode())
 
 
 def total(samples: dict, name: str, **labels: str) -> float:
@@ -79,7 +91,7 @@ def test_metrics_move_during_and_after_a_render(farm, tmp_path):
     pool, server = farm
     before = scrape(server.url)
     assert total(before, "ltx2farm_model_load_seconds") > 0
-    assert total(before, "ltx2farm_workers") == 2
+    assert total(before, "ltx2farm_workers") == total(before, "ltx2farm_workers_desired") == 2
     plan = plan_job(
         validate_job(
             {
@@ -139,7 +151,7 @@ def test_a_real_prometheus_scrapes_the_farm(farm, tmp_path):
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"rule_files: [{str(DEPLOY / 'alerts.yml')!r}]\n"
+        f"rule_files: [{str(ALERTS)!r}]\n"
         "scrape_configs:\n"
         f"  - job_name: ltx2farm\n    static_configs: [{{targets: ['127.0.0.1:{server.port}']}}]\n"
     )
@@ -182,19 +194,6 @@ def test_a_real_prometheus_scrapes_the_farm(farm, tmp_path):
     finally:
         process.kill()  # our own child, by PID
         process.wait(timeout=10)
-
-
-def test_promtool_accepts_rules_and_config(tmp_path):
-    promtool = shutil.which("promtool")
-    assert promtool
-    rules = subprocess.run([promtool, "check", "rules", str(DEPLOY / "alerts.yml")], capture_output=True, text=True)
-    assert rules.returncode == 0, rules.stdout + rules.stderr
-    shutil.copy(DEPLOY / "prometheus.yml", tmp_path)
-    shutil.copy(DEPLOY / "alerts.yml", tmp_path)
-    config = subprocess.run(
-        [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
-    )
-    assert config.returncode == 0, config.stdout + config.stderr
 
 
 def test_grafana_dashboard_queries_existing_metrics():
@@ -372,3 +371,88 @@ def test_only_a_gpu_worker_publishes_vram_with_its_gpu_label(monkeypatch):
         "ltx2farm_vram_total_bytes": 4,
     }
     assert worker_labels(device, "worker-3") == {"node": K8S_NODE, "worker": "worker-3", "gpu": "1"}
+
+
+NIGHTS = WindowSpec(days="daily", start="20:00", end="07:00", tz="UTC")
+NOON = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
+NIGHT = dt.datetime(2026, 11, 25, 23, tzinfo=dt.UTC)
+
+
+def registry_samples(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
+    """What the registry would serve to a scrape, parsed back."""
+    return parse(generate_latest(registry).decode())
+
+
+def queue(registry: CollectorRegistry) -> tuple[float, float]:
+    """(queued jobs, those of them held back by their campaign), as served."""
+    samples = registry_samples(registry)
+    return total(samples, "ltx2farm_queue_depth"), samples[("ltx2farm_queue_held", ())]
+
+
+def test_jobs_their_campaign_holds_back_are_counted_apart_from_the_queue():
+    """Outside its window, paused or over its budget, a campaign's queued jobs may not start: they are in the
+    queue depth and in `ltx2farm_queue_held`, so that a waiting queue does not read as a stalled one."""
+    registry = CollectorRegistry()
+    farm = FarmMetrics(registry)
+    assert registry_samples(registry)[("ltx2farm_queue_held", ())] == 0  # served from the start (`render` too)
+    base = CampaignState("now", 0, "active", None, None, None, 0.0, 0, 20, queued=3, running=1)
+    campaigns = [
+        base,
+        dataclasses.replace(base, name="nightly", window=NIGHTS, queued=5),
+        dataclasses.replace(base, name="held", state="paused", queued=2),
+        dataclasses.replace(base, name="spent", budget_gpu_seconds=10.0, gpu_seconds_used=12.0, queued=4),
+    ]
+    farm.set_queue(campaigns, NOON)
+    assert queue(registry) == (14, 5 + 2 + 4)
+    farm.set_queue(campaigns, NIGHT)  # the window is open
+    assert queue(registry) == (14, 2 + 4)
+    farm.set_queue([], NIGHT)  # a night with no campaign
+    assert queue(registry) == (0, 0)
+
+
+@pytest.fixture(scope="module")
+def local_pool(tiny_set):
+    pool = LocalExecutor(tiny_set, num_workers=1)
+    yield pool
+    pool.shutdown()
+
+
+def test_the_runner_exports_the_held_queue_before_any_job_ends(local_pool, tmp_path):
+    """A runner that starts outside its campaigns' windows starts nothing, and says why in its gauges at once
+    (not only once a job has ended, which would leave a stalled queue unseen); in the window they render."""
+    store = Store(tmp_path / "db")
+    tiny = {"height": 64, "width": 64, "num_frames": 9, "steps": 2}
+    rows = [{"id": "owl", "prompt": "an owl"}, {"id": "fox", "prompt": "a fox"}]
+    manifest = parse_manifest({"campaign": "night", "defaults": tiny, "rows": rows, "window": NIGHTS.model_dump()})
+    store.submit(manifest.spec, manifest.jobs)
+    registry = CollectorRegistry()
+    farm = FarmMetrics(registry)
+    runner = CampaignRunner(store, local_pool, tmp_path / "out", clock=lambda: NOON, metrics=farm)
+    assert runner.run()["done"] == 0
+    assert queue(registry) == (2, 2)
+    runner = CampaignRunner(store, local_pool, tmp_path / "out", clock=lambda: NIGHT, metrics=farm)
+    assert runner.run()["done"] == 2
+    assert queue(registry) == (0, 0)
+    assert registry_samples(registry)[("ltx2farm_jobs", (("campaign", "night"), ("state", "done")))] == 2
+
+
+def test_ready_and_desired_workers_tell_a_missing_worker_from_a_pool_at_zero(local_pool):
+    """Before its pool has started the farm keeps 0 workers (a pool starting from zero GPU pods is not missing
+    any); a slot whose replacement is still starting is one worker fewer than the pool keeps."""
+    server = MetricsServer(None)
+    try:
+
+        def workers() -> tuple[float, float]:
+            samples = scrape(server.url)
+            return total(samples, "ltx2farm_workers"), total(samples, "ltx2farm_workers_desired")
+
+        assert workers() == (0, 0)
+        server.attach(local_pool)
+        assert workers() == (1, 1)
+        local_pool.begin_replace(0)  # ready once `poll_started` has seen it answer
+        assert workers() == (0, 1)
+        while 0 not in local_pool.poll_started(timeout_s=1.0):
+            pass
+        assert workers() == (1, 1)
+    finally:
+        server.close()
