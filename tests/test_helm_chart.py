@@ -762,7 +762,7 @@ def test_the_head_serves_the_farm_endpoint_and_workers_learn_their_node():
         [worker] = group["template"]["spec"]["containers"]
         env = {e["name"]: e for e in worker["env"]}
         assert env["LTX2_FARM_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
-        assert {"name": "ray-metrics", "containerPort": int(group["rayStartParams"]["metrics-export-port"])} in worker[
+        assert {"name": "metrics", "containerPort": int(group["rayStartParams"]["metrics-export-port"])} in worker[
             "ports"
         ]
     farm = one(docs, "PodMonitor", RELEASE)
@@ -772,7 +772,7 @@ def test_the_head_serves_the_farm_endpoint_and_workers_learn_their_node():
     assert endpoint["port"] == "farm-metrics"
     assert {"targetLabel": "job", "replacement": "ltx2farm"} in endpoint["relabelings"]  # what the alerts select
     [ray_endpoint] = ray["spec"]["podMetricsEndpoints"]
-    assert ray_endpoint["port"] == "ray-metrics"
+    assert ray_endpoint["port"] == "metrics"
     assert ray["spec"]["selector"]["matchExpressions"][0]["values"] == ["ray-head", "ray-worker"]
 
 
