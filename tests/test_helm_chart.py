@@ -526,6 +526,7 @@ def test_the_always_on_runner_submits_the_manifest_and_serves_metrics_on_the_hea
     assert mount["mountPath"] == "/etc/ltx2-farm/campaign"
     assert {"name": "campaign", "configMap": {"name": manifest["metadata"]["name"]}} in head["volumes"]
     assert run[:2] == ["campaign", "run"] and "--forever" in run
+    assert "activeDeadlineSeconds" not in job["spec"]
     assert run[run.index("--workers") + 1] == "16" and run[run.index("--placement") + 1] == "replica"
     assert run[run.index("--metrics-addr") + 1] == "10.4.2.17"
     assert run[run.index("--metrics-port") + 1] == str(METRICS_PORT)
@@ -539,6 +540,9 @@ def test_the_overnight_runner_runs_the_queue_until_nothing_can_start_on_the_pool
     assert (cron["spec"]["schedule"], cron["spec"]["timeZone"]) == ("0 20 * * 1-5", "Europe/Paris")
     _, run = _run_entrypoint(cron["spec"]["jobTemplate"]["entrypoint"], tmp_path)
     assert "--forever" not in run  # the RayJob ends when the night's work does, and the next night starts afresh
+    # and is stopped before the next night's starts: one runner per store (the RayCronJob has no concurrency
+    # policy); weeknights at 20:00 are 24 hours apart
+    assert cron["spec"]["jobTemplate"]["activeDeadlineSeconds"] < 24 * 3600
     assert run[run.index("--placement") + 1] == "sharded" and run[run.index("--gpus") + 1] == "4"
     assert not [d for d in docs if d["kind"] in ("RayJob", "CronJob")]  # one runner, never two on one store
 

@@ -267,6 +267,9 @@ clusterSelector:
   ray.io/cluster: {{ include "ltx2-farm.fullname" $root }}
 submissionMode: K8sJobMode
 shutdownAfterJobFinishes: false
+{{- if not .forever }}
+activeDeadlineSeconds: {{ int $c.maxRunSeconds }}
+{{- end }}
 submitterPodTemplate:
   metadata:
     {{- include "ltx2-farm.podMetadata" (dict "root" $root "component" "campaign-submitter") | trim | nindent 4 }}
