@@ -206,10 +206,12 @@ def test_bad_values_are_refused_by_the_schema_naming_the_field(tmp_path):
     assert "/campaign/placement" in result.stderr
 
 
-def test_the_chart_is_the_farms_version():
+def test_the_chart_is_the_farms_version_on_the_images_ray():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert chart["appVersion"] == project["version"]
+    [ray_pin] = [line for line in (REPO / "constraints.txt").read_text().splitlines() if line.startswith("ray==")]
+    assert cluster(rendered())["spec"]["rayVersion"] == ray_pin.removeprefix("ray==")
 
 
 # --- every object, strictly ----------------------------------------------------------------------------------
