@@ -42,7 +42,6 @@ examples:
   ltx2-farm models pull s3://bucket/ltx2        fill this node's model cache ahead of time
   ltx2-farm examples demo/                      a conditioned campaign (image, keyframe, control,
                                                 audio, LoRA rows) with its input files
-  ltx2-farm deploy render                       KubeRay manifests from deploy/k8s/values.yaml
 
 model files (flags or environment; all four, a manifest, or none for the built-in tiny model):
   --models            LTX2_MODELS             s3://…/ltx2-models.json (or its prefix) or a local manifest:
@@ -305,14 +304,6 @@ def build_parser() -> argparse.ArgumentParser:
     from cluster.campaign_cli import add_campaign_parser
 
     add_campaign_parser(sub, EPILOG)
-
-    deploy = sub.add_parser("deploy", help="Kubernetes (KubeRay) manifests from one values file")
-    deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True, metavar="ACTION")
-    render_k8s = deploy_sub.add_parser("render", help="write the manifests for deploy/k8s/values.yaml")
-    render_k8s.add_argument("--values", default="deploy/k8s/values.yaml", help="values file (YAML)")
-    render_k8s.add_argument("--dashboard", default="deploy/grafana/ltx2farm-dashboard.json")
-    render_k8s.add_argument("--out", default="deploy/k8s/rendered", help="folder for the manifests")
-    render_k8s.add_argument("--json", action="store_true")
 
     examples = sub.add_parser(
         "examples",
@@ -661,23 +652,6 @@ class UploadWaitLines:
         tqdm.write(wait.line(), file=sys.stderr)
 
 
-def cmd_deploy(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from cluster.campaign_manifest import read_mapping_file
-    from cluster.deploy import DeployValues, write_all
-
-    data = read_mapping_file(Path(args.values), "values file", UsageError)
-    try:
-        values = DeployValues.model_validate(data)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise UsageError(f"values file {args.values} is invalid: {problems}") from None
-    written = write_all(values, Path(args.dashboard), Path(args.out))
-    _emit(args, {"ok": True, "files": [str(p) for p in written]}, "\n".join(f"wrote {p}" for p in written))
-    return ExitCode.OK
-
-
 def cmd_examples(args: argparse.Namespace) -> int:
     from ltx2.samples import write_conditioned_example
     from ltx2.tiny import ensure_tiny_checkpoint_set
@@ -818,7 +792,6 @@ def main(argv: list[str] | None = None) -> int:
             "models": cmd_models,
             "examples": cmd_examples,
             "campaign": cmd_campaign,
-            "deploy": cmd_deploy,
         }
         return commands[args.command](args)
     except JobValidationError as e:

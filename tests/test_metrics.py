@@ -197,7 +197,7 @@ def test_a_real_prometheus_scrapes_the_farm(farm, tmp_path):
 
 
 def test_grafana_dashboard_queries_existing_metrics():
-    dashboard = json.loads((REPO / "deploy" / "grafana" / "ltx2farm-dashboard.json").read_text())
+    dashboard = json.loads((REPO / "deploy" / "helm" / "ltx2-farm" / "files" / "ltx2farm-dashboard.json").read_text())
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     for name in (
         "ltx2farm_vram_allocated_bytes",
