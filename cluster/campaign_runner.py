@@ -45,7 +45,7 @@ from jobs.keys import parse_destination
 from jobs.outputs import output_paths
 from jobs.plan import plan_job
 from jobs.schedule import allocate
-from jobs.spec import JobSpec, ValidJob
+from jobs.spec import JobSpec, ValidJob, recipe_problem
 
 OBSERVE_EVERY_S = 5.0
 """How often the loop refreshes the job and queue gauges besides when jobs end (a third of a 15 s scrape)."""
@@ -90,10 +90,14 @@ class CampaignRunner:
         metrics: Any = None,
         uploads: Any = None,
         on_upload_wait: Callable[[UploadWait], None] | None = None,
+        distilled_checkpoint: str | None = None,
     ) -> None:
         """`on_upload_wait` hears of each retry of an upload waiting out an outage, wherever it runs (a worker's,
-        polled by the publishing thread waiting for it, or the head's own); it is called on those threads."""
+        polled by the publishing thread waiting for it, or the head's own); it is called on those threads.
+        `distilled_checkpoint`: the pool's checkpoint file name when it is a distilled one (a job whose recipe it
+        cannot run fails at its claim, with no attempt on a worker: `jobs.spec.recipe_problem`)."""
         self.store = store
+        self.distilled_checkpoint = distilled_checkpoint
         self.executor = executor
         self.ladder = ladder_for(executor.placement.mode, executor.batches_passes)
         self.out_root = Path(out_root)
@@ -214,6 +218,10 @@ class CampaignRunner:
                     raise RuntimeError(f"injected by LTX2_FARM_FAULTS: runner_crash:{row['id']} (the runner crashes)")
                 spec = self.store.campaign_spec(name)
                 job = job_from_row(row, self.ladder)
+                unfit = recipe_problem(job.spec.recipe, self.distilled_checkpoint)
+                if unfit is not None:  # no worker of this pool can run it: failed now, no retry, no worker blamed
+                    _tally(stats, self.store.fail(name, row["id"], unfit.message(), 0.0, 0), "retried")
+                    continue
                 target = self._target(spec)
                 if published(job, target, self._out_dir(name)):
                     # Published before a crash (the sidecar goes last): finish, never render or upload twice.

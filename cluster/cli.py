@@ -43,13 +43,14 @@ examples:
   ltx2-farm examples demo/                      a conditioned campaign (image, keyframe, control,
                                                 audio, LoRA rows) with its input files
 
-model files (flags or environment; all four, a manifest, or none for the built-in tiny model):
+model files (flags or environment; these, a manifest, or none for the built-in tiny model):
   --models            LTX2_MODELS             s3://…/ltx2-models.json (or its prefix) or a local manifest:
                                               every node fetches and verifies the set into its own cache
-  --checkpoint        LTX2_CHECKPOINT         ltx-2-19b-dev.safetensors (config in its metadata)
+  --checkpoint        LTX2_CHECKPOINT         ltx-2-19b-dev.safetensors (config in its metadata), or its
+                                              -dev-fp8, -distilled, -distilled-fp8 files
   --gemma-root        LTX2_GEMMA_ROOT         Gemma-3 folder (e.g. gemma-3-12b-it)
   --spatial-upsampler LTX2_SPATIAL_UPSAMPLER  ltx-2-spatial-upscaler-x2-1.0.safetensors
-  --distilled-lora    LTX2_DISTILLED_LORA     ltx-2-19b-distilled-lora-384.safetensors
+  --distilled-lora    LTX2_DISTILLED_LORA     ltx-2-19b-distilled-lora-384.safetensors (dev checkpoints)
 
 exit codes (every command):
 """
@@ -485,10 +486,14 @@ def resolve_checkpoints(args: argparse.Namespace):  # -> CheckpointSet | ModelSe
     if not any(given.values()):
         cache = getattr(args, "cache_dir", None)
         return ensure_tiny_checkpoint_set(Path(cache) if cache else None)
-    missing = [f"--{n.replace('_', '-')} (or {MODEL_FLAGS[n]})" for n, v in given.items() if not v]
+    optional = "distilled_lora"  # a dev checkpoint needs it, a distilled one not: the set's check says which
+    missing = [f"--{n.replace('_', '-')} (or {MODEL_FLAGS[n]})" for n, v in given.items() if not v and n != optional]
     if missing:
-        raise UsageError(f"model files: also give {', '.join(missing)}; a real render needs all four files")
-    return CheckpointSet(**{k: Path(v) for k, v in given.items()})
+        raise UsageError(
+            f"model files: also give {', '.join(missing)}; a real render needs them all (and --distilled-lora "
+            "with a dev checkpoint)"
+        )
+    return CheckpointSet(**{k: Path(v) for k, v in given.items() if v})
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any], human: str) -> None:
@@ -686,6 +691,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     models = load_resident_models(checkpoints, "cpu")
     payload = {
         "ok": True,
+        "checkpoint_variant": models.variant.name,
         "load_seconds": models.load_seconds,
         "num_layers": models.num_layers,
         "files": {k: str(v) for k, v in checkpoints.files().items()},
@@ -693,8 +699,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     _emit(
         args,
         payload,
-        f"checkpoint set OK: every parameter loaded ({models.num_layers} transformer blocks, "
-        f"{models.load_seconds:.1f} s)",
+        f"checkpoint set OK: a {models.variant.name} checkpoint, every parameter loaded ({models.num_layers} "
+        f"transformer blocks, {models.load_seconds:.1f} s)",
     )
     return ExitCode.OK
 
@@ -733,7 +739,7 @@ def _cmd_models_store(args: argparse.Namespace) -> int:
 
     cache = Path(args.cache_dir) if args.cache_dir else None
     result = model_store.pull_model_set(models, cache, progress, _model_storage(args))
-    files = {k: str(v) for k, v in result.checkpoints.__dict__.items()}
+    files = {k: str(v) for k, v in result.checkpoints.__dict__.items() if v is not None}
     payload = {
         "ok": True,
         **files,

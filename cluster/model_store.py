@@ -41,6 +41,7 @@ from ltx2.checkpoint import (
     CheckpointSet,
     cached_file_sha256,
     config_problems,
+    distilled_by_name,
     file_sha256,
     ltx_config_bounds,
     read_config_metadata,
@@ -53,6 +54,8 @@ SCHEMA = "ltx2-farm/models/1"
 MANIFEST_NAME = "ltx2-models.json"
 CONFIG_SECTIONS = LTX_SECTIONS
 GEMMA_REQUIRED = ("config.json", "tokenizer.model", "preprocessor_config.json")
+SINGLE_FILES = ("checkpoint", "spatial_upsampler", "distilled_lora")
+"""The roles of a set held in one file each (the distilled LoRA: not with a distilled checkpoint)."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REPUBLISH = "publish the set again with `ltx2-farm models publish`, or restore the files the manifest pins"
 
@@ -82,7 +85,8 @@ class ModelSet:
     """The Gemma folder's path inside the set; every `gemma` file lies under it."""
     gemma: tuple[ModelFile, ...]
     spatial_upsampler: ModelFile
-    distilled_lora: ModelFile
+    distilled_lora: ModelFile | None
+    """None with a distilled checkpoint (`ltx2.checkpoint.CheckpointSet.distilled_lora`)."""
     checkpoint_config: str
     """The checkpoint's `config` metadata (JSON) read at publish time: the head validates jobs against it
     without the checkpoint itself; workers check it against the file they fetched."""
@@ -90,7 +94,8 @@ class ModelSet:
     """Where the manifest was read from (for messages)."""
 
     def files(self) -> tuple[ModelFile, ...]:
-        return (self.checkpoint, *self.gemma, self.spatial_upsampler, self.distilled_lora)
+        lora = (self.distilled_lora,) if self.distilled_lora is not None else ()
+        return (self.checkpoint, *self.gemma, self.spatial_upsampler, *lora)
 
     @property
     def config(self) -> dict:
@@ -106,15 +111,17 @@ class ModelSet:
         def entry(f: ModelFile) -> dict[str, Any]:
             return {"path": f.path, "url": f.url, "size": f.size, "sha256": f.sha256}
 
-        return {
+        data = {
             "schema": SCHEMA,
             "checkpoint": entry(self.checkpoint),
             "gemma_root": self.gemma_root,
             "gemma": [entry(f) for f in self.gemma],
             "spatial_upsampler": entry(self.spatial_upsampler),
-            "distilled_lora": entry(self.distilled_lora),
             "checkpoint_config": json.loads(self.checkpoint_config),
         }
+        if self.distilled_lora is not None:
+            data["distilled_lora"] = entry(self.distilled_lora)
+        return data
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,17 @@ def local_checkpoint_set(models: ModelSource, cache_dir: Path | None = None) -> 
     if isinstance(models, CheckpointSet):
         return models
     return pull_model_set(models, cache_dir).checkpoints
+
+
+def distilled_checkpoint(models: ModelSource) -> str | None:
+    """The set's checkpoint file name when it is a distilled one (`ltx2.checkpoint.CheckpointVariant`), else None:
+    read from the name, which a manifest keeps, so the head knows it without the file."""
+    name = (
+        Path(models.checkpoint).name
+        if isinstance(models, CheckpointSet)
+        else PurePosixPath(models.checkpoint.path).name
+    )
+    return name if distilled_by_name(name) else None
 
 
 def validate_models(models: ModelSource) -> dict:
@@ -227,7 +245,10 @@ def parse_model_set(data: Any, source: str) -> ModelSet:
     if not isinstance(gemma_list, list) or not gemma_list:
         raise _not_a_manifest(source, "gemma is not a non-empty list of files")
     gemma = tuple(one(v, f"gemma[{i}]") for i, v in enumerate(gemma_list))
-    roles = {role: one(data.get(role), role) for role in ("checkpoint", "spatial_upsampler", "distilled_lora")}
+    roles = {role: one(data.get(role), role) for role in ("checkpoint", "spatial_upsampler")}
+    lora = data.get("distilled_lora")  # absent for a distilled checkpoint's set
+    if lora is None and not distilled_by_name(roles["checkpoint"].path):
+        raise _not_a_manifest(source, "distilled_lora missing: a dev checkpoint's recipes fuse the distilled LoRA")
     config = data.get("checkpoint_config")
     if not isinstance(config, dict):
         raise _not_a_manifest(source, "checkpoint_config (the checkpoint's config metadata) missing")
@@ -242,7 +263,7 @@ def parse_model_set(data: Any, source: str) -> ModelSet:
         gemma_root=gemma_root,
         gemma=gemma,
         spatial_upsampler=roles["spatial_upsampler"],
-        distilled_lora=roles["distilled_lora"],
+        distilled_lora=None if lora is None else one(lora, "distilled_lora"),
         checkpoint_config=json.dumps(config, sort_keys=True),
         source=source,
     )
@@ -296,13 +317,14 @@ def build_model_set(checkpoints: CheckpointSet, url_for: Callable[[str], str]) -
         for p in sorted(gemma_dir.rglob("*"))
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(gemma_dir).parts)
     )
-    single = {role: Path(getattr(checkpoints, role)) for role in ("checkpoint", "spatial_upsampler", "distilled_lora")}
+    single = {role: Path(path) for role in SINGLE_FILES if (path := getattr(checkpoints, role)) is not None}
+    lora = single.get("distilled_lora")
     model_set = ModelSet(
         checkpoint=pinned(single["checkpoint"], single["checkpoint"].name),
         gemma_root=gemma_dir.name,
         gemma=gemma,
         spatial_upsampler=pinned(single["spatial_upsampler"], single["spatial_upsampler"].name),
-        distilled_lora=pinned(single["distilled_lora"], single["distilled_lora"].name),
+        distilled_lora=None if lora is None else pinned(lora, lora.name),
         checkpoint_config=json.dumps(config, sort_keys=True),
         source="(built locally)",
     )
@@ -339,7 +361,8 @@ def publish_model_set(checkpoints: CheckpointSet, destination: str, options: Any
     models = build_model_set(checkpoints, url_for)
     local = {models.checkpoint.path: Path(checkpoints.checkpoint)}
     local[models.spatial_upsampler.path] = Path(checkpoints.spatial_upsampler)
-    local[models.distilled_lora.path] = Path(checkpoints.distilled_lora)
+    if models.distilled_lora is not None:
+        local[models.distilled_lora.path] = Path(checkpoints.distilled_lora)
     gemma_parent = Path(checkpoints.gemma_root).parent
     local.update({f.path: gemma_parent / f.path for f in models.gemma})
     with tempfile.TemporaryDirectory(prefix="ltx2-models-") as tmp:
@@ -375,7 +398,7 @@ def pull_model_set(
         checkpoint=view / models.checkpoint.path,
         gemma_root=view / models.gemma_root,
         spatial_upsampler=view / models.spatial_upsampler.path,
-        distilled_lora=view / models.distilled_lora.path,
+        distilled_lora=None if models.distilled_lora is None else view / models.distilled_lora.path,
     )
     if read_config_metadata(checkpoints.checkpoint) != models.config:
         raise ModelFetchError(

@@ -149,12 +149,13 @@ def render(
         watch.note(describe_adjustments(job).rstrip("\n"))
     check_output(request.output, job)
     checkpoints = models()
-    from cluster.model_store import validate_models
+    from cluster.model_store import distilled_checkpoint, validate_models
 
     config = validate_models(checkpoints)  # a manifest's recorded config: the head needs no model file
     transformer = config["transformer"]
     num_layers = transformer.get("num_layers", 48)
-    validate_for_model(job, num_layers, given.origin, transformer.get("num_attention_heads", 32))
+    heads = transformer.get("num_attention_heads", 32)
+    validate_for_model(job, num_layers, given.origin, heads, distilled_checkpoint(checkpoints))
     from cluster.requests import check_job_loras
 
     check_job_loras(job, config)  # its LoRAs fit this model: refused here, not on a worker
@@ -379,6 +380,7 @@ def run_campaigns(
     storage = StorageOptions(endpoint_url=request.endpoint_url, addressing_style=request.addressing_style)
     check_campaign_credentials(store, storage)  # before Ray and the models
     from cluster.campaign_runner import CampaignRunner
+    from cluster.model_store import distilled_checkpoint
     from cluster.publish import staging_root
 
     checkpoints = models()
@@ -404,6 +406,7 @@ def run_campaigns(
             metrics=metrics.farm if metrics is not None else None,
             uploads=metrics.uploads if metrics is not None else None,
             on_upload_wait=watch.upload_wait,
+            distilled_checkpoint=distilled_checkpoint(checkpoints),
         )
         watch.started(sum(c.queued + c.running for c in store.campaign_states() if c.state == "active"))
         try:

@@ -68,8 +68,8 @@ from jobs.outputs import OutputPaths, output_paths, sidecar_document
 from jobs.plan import describe_task
 from jobs.spec import ValidJob, validate_for_model
 from ltx2 import stages
-from ltx2.checkpoint import CheckpointSet, cached_file_sha256
-from ltx2.configure import configure
+from ltx2.checkpoint import CheckpointSet, cached_file_sha256, read_checkpoint_variant
+from ltx2.configure import check_parallel_checkpoint, configure
 from ltx2.media import Mp4Writer, probe_mp4
 from ltx2.models import LOAD_COUNTER, load_resident_models
 from ltx2.offload import StreamedBlocks
@@ -238,6 +238,10 @@ class RenderWorker:
         self.device = options.device or default_device()
         if self.device.startswith("cuda"):
             torch.cuda.set_device(self.device)  # streams, pinned copies and syncs without a device use this one
+        if parallel is not None:  # refused from the header, before a model loads
+            check_parallel_checkpoint(
+                checkpoints.checkpoint, read_checkpoint_variant(checkpoints.checkpoint).fp8, parallel
+            )
         sharded = parallel is not None and parallel.sharded
         transformer_device = "cpu" if sharded else None  # shards move to the GPU; the whole never does
         self.models = load_resident_models(checkpoints, self.device, getattr(torch, options.dtype), transformer_device)
@@ -409,7 +413,12 @@ class RenderWorker:
 
     def _render_frames(self, job: ValidJob, paths: OutputPaths, on_frames: FramesCallback) -> _Rendered:
         """The model part of a render."""
-        validate_for_model(job, self.models.num_layers, heads=self.models.num_heads)
+        validate_for_model(
+            job,
+            self.models.num_layers,
+            heads=self.models.num_heads,
+            distilled_checkpoint=self.models.distilled_checkpoint,
+        )
         control_lora = job_control(job).get("control_lora")
         self.models.loras.check(localize(job_loras(job) + ((control_lora,) if control_lora else ())))  # pre-compute
         with self._lock:

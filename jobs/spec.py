@@ -472,9 +472,32 @@ def validate_job(raw: dict[str, Any] | JobSpec, snap: bool = False, source: str 
     return ValidJob(spec=spec, num_frames=num_frames, adjustments=tuple(adjustments))
 
 
-def validate_for_model(job: ValidJob, num_layers: int, source: str = "job", heads: int = 32) -> None:
-    """Checks that need the model's shape (read from checkpoint metadata, no weights loaded)."""
+def recipe_problem(recipe: str, distilled_checkpoint: str | None) -> FieldProblem | None:
+    """Why `recipe` cannot run on the model, if it cannot: the two-stage recipe needs a dev checkpoint.
+
+    `distilled_checkpoint`: the checkpoint's file name when it is a distilled one, else None. Lightricks'
+    two-stage pipelines take a dev checkpoint and guide its 40 steps, then refine with the distilled LoRA on top;
+    a distilled checkpoint goes to their distilled pipelines (8 fixed steps, no guidance, no LoRA). Guidance on
+    distilled weights, and the distilled LoRA over them, is neither, so the farm refuses it before any compute."""
+    if distilled_checkpoint is None or recipe != "two_stage":
+        return None
+    return FieldProblem(
+        "recipe",
+        recipe,
+        f"needs a dev checkpoint, and {distilled_checkpoint} is a distilled one (8 fixed steps, no guidance): "
+        "use recipe: distilled, or the dev checkpoint with its distilled LoRA",
+    )
+
+
+def validate_for_model(
+    job: ValidJob, num_layers: int, source: str = "job", heads: int = 32, distilled_checkpoint: str | None = None
+) -> None:
+    """Checks that need the model's shape (read from checkpoint metadata, no weights loaded) and kind
+    (`distilled_checkpoint`: the checkpoint's file name when it is a distilled one)."""
     problems = [FieldProblem(f, v, why) for f, v, why in placement_problems(job.spec.placement, heads)]
+    recipe = recipe_problem(job.spec.recipe, distilled_checkpoint)
+    if recipe is not None:
+        problems.append(recipe)
     for modality in ("video_guidance", "audio_guidance"):
         blocks = getattr(job.spec, modality).stg_blocks or []
         out_of_range = [b for b in blocks if b >= num_layers]

@@ -77,27 +77,91 @@ class CheckpointSet:
     """The files one LTX-2 render needs, as Lightricks publishes them.
 
     checkpoint: the single-file model (e.g. ltx-2-19b-dev.safetensors) holding transformer, video VAE,
-        audio VAE, vocoder and text projection, with its config in the safetensors metadata.
+        audio VAE, vocoder and text projection, with its config in the safetensors metadata; any of the four
+        official files (`CheckpointVariant`).
     gemma_root: the Gemma-3 folder (Hugging Face layout: config.json, model*.safetensors, tokenizer).
     spatial_upsampler: the x2 latent upsampler (e.g. ltx-2-spatial-upscaler-x2-1.0.safetensors).
-    distilled_lora: the distilled LoRA used by the stage-2 refine and the distilled recipe.
+    distilled_lora: the distilled LoRA a dev checkpoint's stage-2 refine and distilled recipe fuse; None with a
+        distilled checkpoint, whose weights are already distilled (given anyway, it is checked, never fused).
     """
 
     checkpoint: Path
     gemma_root: Path
     spatial_upsampler: Path
-    distilled_lora: Path
+    distilled_lora: Path | None = None
 
     def files(self) -> dict[str, Path]:
         """Every weight file of the set by role (Gemma shards included)."""
-        files = {
-            "checkpoint": Path(self.checkpoint),
-            "spatial_upsampler": Path(self.spatial_upsampler),
-            "distilled_lora": Path(self.distilled_lora),
-        }
+        files = {"checkpoint": Path(self.checkpoint), "spatial_upsampler": Path(self.spatial_upsampler)}
+        if self.distilled_lora is not None:
+            files["distilled_lora"] = Path(self.distilled_lora)
         for shard in gemma_weight_files(Path(self.gemma_root)):
             files[f"gemma/{shard.name}"] = shard
         return files
+
+
+TRANSFORMER_PREFIX = "model.diffusion_model."
+"""Where the official single file holds the transformer's tensors."""
+
+FP8_DTYPE = "F8_E4M3"
+"""The safetensors dtype of an official FP8 file's quantised weights (torch.float8_e4m3fn)."""
+
+FP8_SCALES = (".weight_scale", ".input_scale")
+"""The float32 scalars an official FP8 file stores beside each quantised weight (ltx-core's `FP8Linear`)."""
+
+_WEIGHT_DTYPES = ("BF16", "F16", "F32")
+
+
+@dataclass(frozen=True)
+class CheckpointVariant:
+    """Which of Lightricks' single-file checkpoints a file is: dev or distilled, bf16 or FP8.
+
+    `fp8` is read from the header: an FP8 file (ltx-2-19b-dev-fp8, ltx-2-19b-distilled-fp8) stores the linear
+    weights of transformer blocks 1-42 as e4m3 with a float32 `weight_scale` and `input_scale` beside each, the
+    format ltx-core's `FP8Linear` loads; `ltx2.layout` checks that layout tensor by tensor.
+    `distilled` is read from the file name as Lightricks publishes it (`…-distilled…`): a dev and a distilled
+    file hold the same tensors under the same config, and ltx-pipelines itself tells them apart only by the
+    flag a file is given with (`--checkpoint-path` or `--distilled-checkpoint-path`).
+    """
+
+    distilled: bool = False
+    fp8: bool = False
+
+    @property
+    def name(self) -> str:
+        """ "dev", "dev FP8", "distilled" or "distilled FP8"."""
+        return ("distilled" if self.distilled else "dev") + (" FP8" if self.fp8 else "")
+
+
+def distilled_by_name(checkpoint: Path | str) -> bool:
+    """Whether a checkpoint's file name is a distilled one's (ltx-2-19b-distilled.safetensors, …-distilled-fp8…)."""
+    return "distilled" in Path(checkpoint).name.lower()
+
+
+def checkpoint_variant(path: Path | str, header: Mapping[str, Any]) -> CheckpointVariant:
+    """The variant of the checkpoint whose header `read_safetensors_header` returned; a transformer tensor of a
+    dtype ltx-core's loaders do not read (packed 4-bit, int8, e5m2: an NVFP4 or third-party quantisation) is
+    refused here, naming one."""
+    fp8 = False
+    for name, info in header.items():
+        if not name.startswith(TRANSFORMER_PREFIX):
+            continue
+        dtype = info["dtype"]
+        if dtype == FP8_DTYPE or name.endswith(FP8_SCALES):
+            fp8 = True
+        elif dtype not in _WEIGHT_DTYPES:
+            raise CheckpointError(
+                path,
+                f"holds {dtype} tensors (e.g. {shown(name)}): not a format ltx-core 1.0.0 loads (bf16, or FP8 e4m3 "
+                "weights with float32 scales)",
+                "use one of Lightricks' LTX-2 files: ltx-2-19b-dev, -dev-fp8, -distilled or -distilled-fp8",
+            )
+    return CheckpointVariant(distilled=distilled_by_name(path), fp8=fp8)
+
+
+def read_checkpoint_variant(path: Path | str) -> CheckpointVariant:
+    """`checkpoint_variant` of the file at `path`, from its header."""
+    return checkpoint_variant(path, read_safetensors_header(path))
 
 
 def gemma_weight_files(gemma_root: Path) -> list[Path]:
@@ -652,6 +716,14 @@ def validate_checkpoint_set(paths: CheckpointSet) -> dict:
     header = read_safetensors_header(checkpoint)
     config = config_metadata(checkpoint, header)
     check_ltx_config(checkpoint, config)
+    variant = checkpoint_variant(checkpoint, header)
+    if paths.distilled_lora is None and not variant.distilled:
+        raise CheckpointError(
+            checkpoint,
+            f"a {variant.name} checkpoint, and no distilled LoRA is given: its stage-2 refine and distilled recipe "
+            "fuse it",
+            "give --distilled-lora (LTX2_DISTILLED_LORA), e.g. ltx-2-19b-distilled-lora-384.safetensors",
+        )
     gemma_root = Path(paths.gemma_root)
     shards = gemma_weight_files(gemma_root)
     for required in ("config.json", "tokenizer.model", "preprocessor_config.json"):
@@ -661,7 +733,9 @@ def validate_checkpoint_set(paths: CheckpointSet) -> dict:
             )
     gemma_config = read_gemma_config(gemma_root)
     text = gemma_config.get("text_config", {})
-    components = layout.checkpoint_components(text.get("hidden_size", 3840), text.get("num_hidden_layers", 48))
+    components = layout.checkpoint_components(
+        text.get("hidden_size", 3840), text.get("num_hidden_layers", 48), fp8=variant.fp8
+    )
     layouts = layout.check_tensors(checkpoint, header, config, components)
     shard_of: dict[str, Path] = {}
     gemma_header: dict = {}
@@ -680,7 +754,8 @@ def validate_checkpoint_set(paths: CheckpointSet) -> dict:
     upsampler_config = config_metadata(upsampler, upsampler_header)
     check_config(upsampler, upsampler_config, UPSAMPLER_BOUNDS)
     layout.check_tensors(upsampler, upsampler_header, upsampler_config, (layout.UPSAMPLER,))
-    check_lora_file(paths.distilled_lora, layouts["transformer"].linears)
+    if paths.distilled_lora is not None:
+        check_lora_file(paths.distilled_lora, layouts["transformer"].linears)
     return config
 
 

@@ -28,8 +28,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from jobs.fallback import reaches
+from ltx2.checkpoint import CheckpointError
 from ltx2.models import ResidentModels
 from ltx2.offload import Fp8Blocks, StreamedBlocks
 from ltx2.parallel.guidance import BatchedWhenShort, DistributedPassRunner, batched_passes_max_tokens, run_sequential
@@ -47,6 +49,17 @@ REPLICA_ONLY: dict[str, str] = {
 }
 """Speed options that do not compose with a gang's parallel modes today, and why: a gang member runs without
 them (`composable`), and a gang pool asked for one is refused."""
+
+
+def check_parallel_checkpoint(checkpoint: Path | str, fp8: bool, parallel: ParallelMode | None) -> None:
+    """Refuse an FP8 checkpoint (`fp8`) for a gang member (`parallel` not None): its layers are FP8 whatever the
+    flags, and a gang's modes are verified with bf16 ones (`REPLICA_ONLY`)."""
+    if fp8 and parallel is not None:
+        raise CheckpointError(
+            checkpoint,
+            f"an FP8 checkpoint, for a gang: {REPLICA_ONLY['fp8']}",
+            "use --placement replica, or the bf16 file of the model",
+        )
 
 
 def composable(speed: SpeedOptions, parallel: ParallelMode | None) -> SpeedOptions:
@@ -111,7 +124,10 @@ class ConfiguredModels:
 def configure(models: ResidentModels, speed: SpeedOptions, parallel: ParallelMode | None = None) -> ConfiguredModels:
     """Apply `speed` and the gang's `parallel` mode (None: a replica) to `models` in place, in the module's order
     (steps 1-5); the OOM rung is applied per call (`ConfiguredModels.running`)."""
+    check_parallel_checkpoint(models.paths.checkpoint, models.variant.fp8, parallel)
     speed = composable(speed, parallel)
+    if models.variant.fp8:  # an FP8 file's layers are FP8 whatever the flags: the options say so
+        speed = replace(speed, fp8=True)
     velocity_model = models.transformer.velocity_model
     apply_speed_options(velocity_model, speed)
     if speed.batched_passes:

@@ -17,6 +17,9 @@ cuBLAS accumulates in its fast FP8 mode: a row's amax fuses into the kernel that
 fast accumulation cuBLAS's row-wise kernel is as fast as its per-tensor one, where without it the row-wise
 kernel is the slower (bench/README.md, "Numbers behind the code"). PyTorch's CPU kernel takes per-tensor
 scales only.
+
+The same layer runs Lightricks' FP8 checkpoint files: ltx-core's FP8 loading fills its `FP8Linear` layers from
+the file (`ltx2.layout.FP8_TRANSFORMER`), and `run_loaded_fp8_layers` gives them this forward.
 """
 
 from __future__ import annotations
@@ -69,6 +72,16 @@ class ScaledMMFp8Linear(FP8Linear):
         del self.input_scale
 
     @classmethod
+    def from_fp8_linear(cls, layer: FP8Linear) -> ScaledMMFp8Linear:
+        """`layer` as ltx-core's FP8 loading filled it from an FP8 file, with this forward: the same weight,
+        weight scale and bias tensors (not copied); the file's static `input_scale` is not used."""
+        new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, device=torch.device("meta"))
+        new.weight, new.weight_scale = layer.weight, layer.weight_scale
+        if layer.bias is not None:
+            new.bias = layer.bias
+        return new
+
+    @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> ScaledMMFp8Linear:
         """The official per-tensor quantisation of `linear`'s weight (bias kept in its dtype)."""
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device=torch.device("meta"))
@@ -101,6 +114,17 @@ def fp8_supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
+def fp8_unsupported(device: torch.device) -> str | None:
+    """Why FP8 matmuls cannot run on `device` (None: they can), naming the device."""
+    if fp8_supported(device):
+        return None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    return (
+        "FP8 matmuls need FP8 tensor cores (compute capability 8.9+: L4, L40S, H100, H200, B200), and this worker "
+        f"runs on {name}"
+    )
+
+
 def excluded(name: str, keep_bf16: tuple[str, ...] = EXCLUDED_LAYER_SUBSTRINGS) -> bool:
     """Layers the official FP8 policy leaves in bf16 (any name containing one of `keep_bf16`)."""
     return any(part in name for part in keep_bf16)
@@ -118,13 +142,9 @@ def apply_fp8_linears(
     `…to_q.weight_scale`), so LoRAs still find their targets. `per_row`, `fast_accum`: see `ScaledMMFp8Linear`.
     Returns the names of the swapped layers.
     Apply it before any LoRA is fused (a worker does, at load)."""
-    device = next(velocity_model.parameters()).device
-    if not fp8_supported(device):
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
-        raise Fp8Error(
-            f"fp8 needs FP8 tensor cores (compute capability 8.9+: L4, L40S, H100, H200, B200); this worker runs "
-            f"on {name}: drop --fp8"
-        )
+    problem = fp8_unsupported(next(velocity_model.parameters()).device)
+    if problem is not None:
+        raise Fp8Error(f"--fp8: {problem}: drop --fp8")
     names = [
         name
         for name, module in velocity_model.named_modules()
@@ -137,6 +157,24 @@ def apply_fp8_linears(
         layer.per_row = per_row
         layer.fast_accum = fast_accum
         setattr(parent, attr, layer)
+    return names
+
+
+def run_loaded_fp8_layers(velocity_model: torch.nn.Module, dtype: torch.dtype) -> list[str]:
+    """An FP8 file's transformer as ltx-core's FP8 loading built it (`ltx2.layout.FP8_TRANSFORMER`), made to run
+    here: each `FP8Linear` becomes a `ScaledMMFp8Linear` holding the same tensors, and every other floating tensor
+    of the state goes to `dtype`, as the bf16 load does (the e4m3 weights and their float32 scales stay).
+    Returns the names of the FP8 layers."""
+    names = [name for name, module in velocity_model.named_modules() if type(module) is FP8Linear]
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = velocity_model.get_submodule(parent_name) if parent_name else velocity_model
+        setattr(parent, attr, ScaledMMFp8Linear.from_fp8_linear(getattr(parent, attr)))
+    kept = {f"{name}.{tensor}" for name in names for tensor in ("weight", "weight_scale")}
+    with torch.no_grad():
+        for key, tensor in velocity_model.state_dict(keep_vars=True).items():
+            if key not in kept and tensor.is_floating_point() and tensor.dtype != dtype:
+                tensor.data = tensor.data.to(dtype)
     return names
 
 

@@ -13,6 +13,10 @@ Keys the file holds that no component reads are allowed: the published files car
 ignores (`vae.per_channel_statistics.channel` and `mean-of-stds`, the `scaled_fp8` marker of FP8 files), and
 the loader skips them. What is refused is a tensor of a block the config does not build (a
 `transformer_blocks.47` when the config says 40 layers): the file and its config disagree on the model.
+
+An FP8 file's transformer is built as ltx-core's FP8 loading builds it (`FP8_TRANSFORMER`: its module op swaps
+the quantised layers for `FP8Linear`, its key op transposes their e4m3 weights), so the check also holds each
+tensor's dtype to it: e4m3 exactly where an `FP8Linear` weight is, never elsewhere.
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ from ltx_core.model.video_vae import (
     VideoDecoderConfigurator,
     VideoEncoderConfigurator,
 )
+from ltx_core.quantization import FP8_PREPARE_MODULE_OPS, FP8_TRANSPOSE_SD_OPS
 from ltx_core.text_encoders.gemma import EMBEDDINGS_PROCESSOR_KEY_OPS, GEMMA_LLM_KEY_OPS, GEMMA_MODEL_OPS
 
-from ltx2.checkpoint import CheckpointError, shown, summarize, tensor_shapes
+from ltx2.checkpoint import FP8_DTYPE, TRANSFORMER_PREFIX, CheckpointError, shown, summarize, tensor_shapes
 from ltx2.text_encoder import embeddings_processor_configurator, gemma_text_encoder_configurator
 
 
@@ -66,15 +71,28 @@ class Component:
     tensors; the tokenizer's and image processor's are the loader's alone)."""
 
 
-TRANSFORMER = Component("transformer", LTXModelConfigurator, LTXV_MODEL_COMFY_RENAMING_MAP, "model.diffusion_model.")
+TRANSFORMER = Component("transformer", LTXModelConfigurator, LTXV_MODEL_COMFY_RENAMING_MAP, TRANSFORMER_PREFIX)
+FP8_TRANSFORMER = Component(
+    "transformer",
+    LTXModelConfigurator,
+    SDOps(  # chained as ltx-pipelines' `ModelLedger.transformer` chains a quantisation policy's key ops
+        name=f"sd_ops_chain_{LTXV_MODEL_COMFY_RENAMING_MAP.name}+{FP8_TRANSPOSE_SD_OPS.name}",
+        mapping=(*LTXV_MODEL_COMFY_RENAMING_MAP.mapping, *FP8_TRANSPOSE_SD_OPS.mapping),
+    ),
+    TRANSFORMER_PREFIX,
+    module_ops=(FP8_PREPARE_MODULE_OPS,),
+)
+"""The transformer of an FP8 file, built with the key and module ops of ltx-core's `fp8_scaled_mm` quantisation
+policy (`QuantizationPolicy.fp8_scaled_mm()` itself refuses to be made without TensorRT-LLM, whose kernels its
+layers call: `ltx2.fp8_linear` runs the same layers on `torch._scaled_mm`)."""
 UPSAMPLER = Component("spatial upsampler", LatentUpsamplerConfigurator)
 
 
-def checkpoint_components(gemma_hidden_size: int, gemma_layers: int) -> tuple[Component, ...]:
-    """What the farm builds from the single-file LTX-2 checkpoint; the text projection is sized by the Gemma
-    folder (`ltx2.text_encoder`)."""
+def checkpoint_components(gemma_hidden_size: int, gemma_layers: int, fp8: bool = False) -> tuple[Component, ...]:
+    """What the farm builds from the single-file LTX-2 checkpoint (`fp8`: an FP8 file's); the text projection is
+    sized by the Gemma folder (`ltx2.text_encoder`)."""
     return (
-        TRANSFORMER,
+        FP8_TRANSFORMER if fp8 else TRANSFORMER,
         Component("video VAE encoder", VideoEncoderConfigurator, VAE_ENCODER_COMFY_KEYS_FILTER, "vae.encoder."),
         Component("video VAE decoder", VideoDecoderConfigurator, VAE_DECODER_COMFY_KEYS_FILTER, "vae.decoder."),
         Component(
@@ -140,6 +158,8 @@ class Layout:
     """Every ModuleList and Sequential by name, with its length: where a file can hold blocks it does not build."""
     linears: Mapping[str, tuple[int, int]]
     """The weight of every linear layer, name -> (out features, in features): what a LoRA may target."""
+    fp8: frozenset[str] = frozenset()
+    """The tensors built as e4m3 (an FP8 file's quantised weights): the only ones a file may hold in FP8."""
 
 
 def linear_shapes(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
@@ -176,14 +196,16 @@ def _layout(component: Component, config_json: str) -> Layout:
     for op in component.module_ops:  # as the builder does, before it loads
         if op.matcher(model):
             model = op.mutator(model)
+    state = {name: t for name, t in model.state_dict().items() if t.is_meta}
     return Layout(  # what loading must fill: the tensors still on the meta device (module ops make some real)
-        tensors={name: tuple(t.shape) for name, t in model.state_dict().items() if t.is_meta},
+        tensors={name: tuple(t.shape) for name, t in state.items()},
         lists={
             name: len(module)
             for name, module in model.named_modules()
             if isinstance(module, torch.nn.ModuleList | torch.nn.Sequential)
         },
         linears=linear_shapes(model),
+        fp8=frozenset(name for name, t in state.items() if t.dtype == torch.float8_e4m3fn),
     )
 
 
@@ -194,9 +216,12 @@ def transformer_targets(
     return dict(build_layout(source, TRANSFORMER, config).linears)
 
 
-def _through(ops: SDOps | None, name: str, shape: tuple[int, ...]) -> list[tuple[str, tuple[int, ...]]]:
-    """(name in the model, shape) of a file's tensor as the loader hands it to `load_state_dict`; [] when the
-    key ops do not read it."""
+_TORCH_DTYPES = {FP8_DTYPE: torch.float8_e4m3fn, "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+
+
+def _through(ops: SDOps | None, name: str, shape: tuple[int, ...], dtype: str) -> list[tuple[str, tuple[int, ...]]]:
+    """(name in the model, shape) of a file's tensor (of safetensors `dtype`) as the loader hands it to
+    `load_state_dict`; [] when the key ops do not read it."""
     if ops is None:
         return [(name, shape)]
     mapped = ops.apply_to_key(name)
@@ -204,8 +229,18 @@ def _through(ops: SDOps | None, name: str, shape: tuple[int, ...]) -> list[tuple
         return []
     if not any(isinstance(op, SDKeyValueOperation) for op in ops.mapping):
         return [(mapped, shape)]
-    value = torch.empty(shape, device="meta")  # a key-value op may rename or reshape: run it on no data
+    # a key-value op may rename, reshape or (FP8 weights) transpose by dtype: run it on no data of that dtype
+    value = torch.empty(shape, device="meta", dtype=_TORCH_DTYPES.get(dtype, torch.float32))
     return [(key, tuple(v.shape)) for key, v in ops.apply_to_key_value(mapped, value)]
+
+
+def _dtype_problem(name: str, dtype: str, fp8_wanted: bool, what: str) -> str | None:
+    """Why a file's tensor of safetensors `dtype` cannot fill a tensor built in e4m3 (`fp8_wanted`) or not."""
+    if fp8_wanted and dtype != FP8_DTYPE:
+        return f"{shown(name)}: {dtype} in the file, {FP8_DTYPE} expected (an FP8 {what} quantises this layer)"
+    if not fp8_wanted and dtype.startswith("F8_"):
+        return f"{shown(name)}: {dtype} in the file, where ltx-core's FP8 loading keeps the {what} layer in bf16"
+    return None
 
 
 def _unbuilt_block(name: str, lists: Mapping[str, int]) -> tuple[str, str, int] | None:
@@ -251,6 +286,7 @@ def tensor_problems(
     """Every difference between a file's header and the tensors its config builds, one message each (shape
     differences first, then tensors missing, then blocks the config does not build), and the layouts."""
     shapes = tensor_shapes(header)
+    dtypes = {name: info["dtype"] for name, info in header.items() if name != "__metadata__"}
     layouts = {c.what: build_layout(source, c, config) for c in components}
     mismatched: list[str] = []
     missing: list[str] = []
@@ -260,7 +296,7 @@ def tensor_problems(
         layout = layouts[component.what]
         given: dict[str, tuple[str, tuple[int, ...]]] = {}
         for name, shape in shapes.items():
-            for mapped, mapped_shape in _through(component.key_ops, name, shape):
+            for mapped, mapped_shape in _through(component.key_ops, name, shape, dtypes[name]):
                 given[mapped] = (name, mapped_shape)
         for mapped, (name, shape) in given.items():
             wanted = layout.tensors.get(mapped)
@@ -268,7 +304,10 @@ def tensor_problems(
                 unread.setdefault(name, []).append((component.what, mapped))
                 continue
             used.add(name)
-            if shape != wanted:
+            dtype_problem = _dtype_problem(name, dtypes[name], mapped in layout.fp8, component.what)
+            if dtype_problem is not None:
+                mismatched.append(dtype_problem)
+            elif shape != wanted:
                 expected = f"{list(wanted)} expected by its config"
                 mismatched.append(f"{shown(name)}: shape {list(shape)} in the file, {expected}")
         missing += _missing(component.what, [m for m in layout.tensors if m not in given], layout)

@@ -229,7 +229,8 @@ class ResidentLoras:
     """
 
     model: torch.nn.Module
-    distilled_lora: LoraSpec
+    distilled_lora: LoraSpec | None
+    """What `use(distilled=True)` adds last; None for a distilled checkpoint, whose weights are already distilled."""
     cache_size: int = 4
     set_changes: int = 0
     fuses: int = 0
@@ -254,7 +255,11 @@ class ResidentLoras:
     """The model's linear weights (`linear_shapes`), what `check` fits LoRA headers to: made at the first check."""
 
     def __post_init__(self) -> None:
-        self.check([self.distilled_lora])  # read and checked at load time: a worker is ready when loaded
+        self.check(self._distilled())  # read and checked at load time: a worker is ready when loaded
+
+    def _distilled(self) -> list[LoraSpec]:
+        """The distilled LoRA as a list of specs: empty for a distilled checkpoint."""
+        return [self.distilled_lora] if self.distilled_lora is not None else []
 
     @property
     def state(self) -> LoraState:
@@ -299,7 +304,7 @@ class ResidentLoras:
             return 0
         _free, total = torch.cuda.mem_get_info(device)
         budget = total - torch.cuda.max_memory_allocated(device) - PREFETCH_HEADROOM
-        specs = [*loras] + ([self.distilled_lora] if distilled else [])
+        specs = [*loras, *(self._distilled() if distilled else [])]
         side = self._side_stream(device)
         copied = 0
         with torch.cuda.stream(side):
@@ -334,7 +339,7 @@ class ResidentLoras:
         if torch.cuda.is_available():  # pinned: every fusion copies the factors to the GPU again
             sd = replace(sd, sd={k: v.pin_memory() for k, v in sd.sd.items()})
         self._files[path] = sd
-        job_files = [p for p in self._files if p != self.distilled_lora.path]
+        job_files = [p for p in self._files if p not in {spec.path for spec in self._distilled()}]
         while len(job_files) > self.cache_size:
             del self._files[job_files.pop(0)]
         return sd
@@ -342,7 +347,10 @@ class ResidentLoras:
     def warm_originals(self) -> None:
         """Copy (and pin, on a GPU) the weights the distilled LoRA changes, in a background thread, while the
         first job's stage 1 runs: the first fusion then does not pay for it (about a minute at 19B). Call it before the
-        model is sharded, or not at all for a sharded model; fusing waits for it."""
+        model is sharded, or not at all for a sharded model; fusing waits for it. Nothing to copy for a distilled
+        checkpoint (no distilled LoRA)."""
+        if self.distilled_lora is None:
+            return
         distilled = self.distilled_lora.path
         targets = LoraFusion(self.model, [self.distilled_lora], loader=lambda _path: self._files[distilled]).targets
 
@@ -473,7 +481,7 @@ class ResidentLoras:
             self._fusion.unfuse()
             self._fusion = None
         self._state = LoraState()
-        specs = [*wanted.loras, *wanted.stage] + ([self.distilled_lora] if wanted.distilled else [])
+        specs = [*wanted.loras, *wanted.stage, *(self._distilled() if wanted.distilled else [])]
         if specs:
             fusion = LoraFusion(self.model, specs, loader=self._load_for_fusion, originals=self._originals)
             fusion.fuse()

@@ -11,6 +11,7 @@ Recipes:
 - `two_stage`: stage 1 at half resolution, guided by the official multimodal guider (CFG, STG, modality
   scale, rescale; separately for video and audio), then latent x2 upsample and a distilled-LoRA refine.
 - `distilled`: stage 1 with the distilled sigmas and no guidance, LoRA fused, then the same refine.
+On a distilled checkpoint there is no LoRA to fuse (its weights are distilled), and `two_stage` is refused.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ltx_pipelines.utils.helpers import (
 from ltx_pipelines.utils.samplers import euler_denoising_loop
 from ltx_pipelines.utils.types import DenoisingFunc, PipelineComponents
 
+from jobs.spec import JobValidationError, recipe_problem
 from ltx2.lora import LoraSpec
 from ltx2.models import ResidentModels
 from ltx2.parallel.guidance import guided_denoising_func
@@ -189,6 +191,9 @@ def stage_1_denoiser(
     are (video, audio). `stage_loras` (an IC-LoRA) are fused for this stage only.
     """
     m = models
+    problem = recipe_problem(recipe, m.distilled_checkpoint)
+    if problem is not None:  # the head and the workers refuse it earlier: here for any other caller
+        raise JobValidationError([problem])
     if recipe == "two_stage":
         m.loras.use(loras, distilled=False, stage=stage_loras)
         sigmas = LTX2Scheduler().execute(steps=steps).to(dtype=torch.float32, device=m.device)

@@ -6,6 +6,10 @@ video VAE, audio VAE, vocoder and text projection, config in the safetensors met
 in the Hugging Face layout with a SentencePiece tokenizer trained locally, the spatial latent upsampler
 and the distilled LoRA. Everything is built by ltx-core's own configurators from the config, so the files
 load through the same code as the real 19B set. Same seed, byte-identical files; cached on disk.
+
+Lightricks publishes the single-file checkpoint in four variants (dev, dev FP8, distilled, distilled FP8):
+`ensure_tiny_checkpoint_variant` derives the tiny file of each from the tiny dev one, in the official layout
+(`write_tiny_variant`), beside the tiny set, which it leaves as it is.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -533,3 +538,85 @@ def _write_tokenizer(root: Path, vocab_size: int) -> None:
         },
     )
     tokenizer.save_pretrained(str(root))
+
+
+# --- the other official checkpoint variants ------------------------------------------------------------------
+
+TINY_VARIANTS = ("dev-fp8", "distilled", "distilled-fp8")
+"""The official single-file variants besides dev, as their file names spell them (ltx-2-19b-<variant>)."""
+
+TINY_VARIANTS_VERSION = "variants-1"
+"""Bump when `write_tiny_variant` changes: the variants' cache folder includes it (the tiny set's does not)."""
+
+FP8_INPUT_SCALE = 1.0
+"""What the tiny FP8 files store as each layer's static `input_scale`. The official files store a calibrated
+activation scale there, for TensorRT-LLM's static input quantiser; the farm quantises each input with its own
+amax instead (`ltx2.fp8_linear`) and never reads it, so the tiny file holds the tensor (name, dtype, shape: what
+the loader and the header check see) with a placeholder value."""
+
+
+def ensure_tiny_checkpoint_variant(variant: str, cache_dir: Path | None = None, seed: int = 0) -> CheckpointSet:
+    """The tiny set for `seed` with its checkpoint replaced by the tiny `variant` file ("dev" gives the set itself),
+    generated once into a folder beside the set's; a distilled variant's set has no distilled LoRA."""
+    base = ensure_tiny_checkpoint_set(cache_dir, seed)
+    if variant == "dev":
+        return base
+    if variant not in TINY_VARIANTS:
+        raise ValueError(f"tiny variant {variant!r}: one of dev, {', '.join(TINY_VARIANTS)}")
+    set_root = Path(base.checkpoint).parent
+    path = set_root.with_name(f"{set_root.name}-{TINY_VARIANTS_VERSION}") / f"ltx-2-19b-{variant}-tiny.safetensors"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        try:
+            write_tiny_variant(base, variant, tmp)
+            os.replace(tmp, path)  # whole or not at all, whichever of concurrent generators wins
+        finally:
+            tmp.unlink(missing_ok=True)
+    distilled = variant.startswith("distilled")
+    return replace(base, checkpoint=path, distilled_lora=None if distilled else base.distilled_lora)
+
+
+def write_tiny_variant(base: CheckpointSet, variant: str, path: Path) -> None:
+    """The tiny `variant` checkpoint derived from the tiny dev one of `base`, written to `path`.
+
+    distilled: the dev weights with the distilled LoRA fused at strength 1, by ltx-core's `apply_loras` in bf16 (the
+        same call, weight by weight, a worker makes to fuse it): "a LoRA version of the distilled model" is how
+        Lightricks describes that LoRA, and the tiny distilled file is what it makes of the dev one.
+    -fp8: as Lightricks' FP8 files store the transformer: the linear weights of the layers ltx-core's FP8 policy
+        quantises (every block but 0 and 43-47; here block 1) as e4m3 [out, in], each with a float32 scalar
+        `weight_scale` (ltx-core's per-tensor quantiser, `quantize_weight_to_fp8_per_tensor`) and `input_scale`
+        (`FP8_INPUT_SCALE`) beside it; every other tensor as in the bf16 file.
+    The metadata (config, model version) is the dev file's: the variants share the config.
+    """
+    from ltx_core.loader import LoraStateDictWithStrength, StateDict, apply_loras
+    from ltx_core.quantization.fp8_scaled_mm import quantize_weight_to_fp8_per_tensor
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from ltx2.checkpoint import TRANSFORMER_PREFIX, read_config_metadata
+    from ltx2.layout import FP8_TRANSFORMER, build_layout
+    from ltx2.lora import load_lora
+
+    tensors = load_file(str(base.checkpoint))
+    with safe_open(str(base.checkpoint), framework="pt") as f:
+        metadata = f.metadata()
+    if variant.startswith("distilled"):
+        lora = load_lora(str(base.distilled_lora))  # as a worker reads it: ComfyUI names mapped to ltx-core's
+        factors = [LoraStateDictWithStrength(lora, 1.0)]
+        for key in sorted(lora.sd):
+            if key.endswith(".lora_A.weight"):
+                name = key.removesuffix(".lora_A.weight") + ".weight"
+                weight = tensors[TRANSFORMER_PREFIX + name]
+                one = StateDict(sd={name: weight}, device=weight.device, size=weight.nbytes, dtype={weight.dtype})
+                tensors[TRANSFORMER_PREFIX + name] = apply_loras(one, factors, dtype=weight.dtype).sd[name]
+    if variant.endswith("fp8"):
+        quantised = build_layout(path, FP8_TRANSFORMER, read_config_metadata(base.checkpoint)).fp8
+        for name in sorted(quantised):
+            key = TRANSFORMER_PREFIX + name
+            weight, scale = quantize_weight_to_fp8_per_tensor(tensors[key])
+            layer = key.removesuffix(".weight")
+            tensors[key] = weight.t().contiguous()  # [out, in] on disk; ltx-core's key op transposes it at load
+            tensors[f"{layer}.weight_scale"] = scale.to(torch.float32).contiguous()
+            tensors[f"{layer}.input_scale"] = torch.tensor(FP8_INPUT_SCALE, dtype=torch.float32)
+    save_file(dict(sorted(tensors.items())), str(path), metadata=metadata)
