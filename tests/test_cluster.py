@@ -284,7 +284,7 @@ def _wait_for_first_job(farm: Farm, name: str, run: subprocess.Popen) -> None:
 @pytest.fixture
 def undisturbed(farm):
     if not farm.reference:
-        pytest.fail("needs the undisturbed campaign's outputs: test_a_mixed_campaign_across_nodes_that_share_nothing runs first")
+        pytest.fail("needs the undisturbed run's outputs: test_a_mixed_campaign_across_nodes_that_share_nothing first")
     return farm
 
 
