@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from functools import partial
@@ -14,12 +13,19 @@ from typing import Any
 from cluster.exit_codes import ExitCode
 from jobs.text import printable
 
-DEFAULT_DB = ".farm/farm.db"
+CREATES_STORE = ("submit", "run")
+"""The actions that make the store when there is none; the others say so instead (`NoStore`)."""
+
+
+class NoStore(LookupError):
+    """A campaign action on a store that does not exist: most likely another store was meant."""
+
 
 HELP = """\
 examples:
   ltx2-farm campaign submit spring.yaml            validate and queue (bad rows listed, good rows queued)
-  ltx2-farm campaign run --workers 2               run the queue until nothing can start (Ctrl-C safe)
+  ltx2-farm campaign run --workers 2 --models s3://bucket/ltx2
+                                                   run the queue until nothing can start (Ctrl-C safe)
   ltx2-farm campaign status spring --json          progress, ETA, why it waits (window, budget, ...)
   ltx2-farm campaign pause spring                  no new jobs start; running ones finish
   ltx2-farm campaign retry-failed spring           requeue failed jobs
@@ -27,7 +33,7 @@ examples:
 
 
 def add_campaign_parser(sub: Any, epilog: str) -> None:
-    from cluster.cli import add_metrics_flags, add_speed_flags  # cluster.cli builds this parser: imported when called
+    from cluster.cli import add_metrics_flags, add_model_flags, add_speed_flags  # cluster.cli builds this parser
 
     camp = sub.add_parser(
         "campaign",
@@ -35,11 +41,7 @@ def add_campaign_parser(sub: Any, epilog: str) -> None:
         epilog=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    camp.add_argument(
-        "--db",
-        default=os.environ.get("LTX2_FARM_DB", DEFAULT_DB),
-        help=f"campaign store (SQLite, WAL); env LTX2_FARM_DB; default {DEFAULT_DB}",
-    )
+    add_db_flag(camp)
     actions = camp.add_subparsers(dest="campaign_command", required=True, metavar="ACTION")
     submit = actions.add_parser("submit", help="validate a manifest and queue its jobs")
     submit.add_argument("manifest")
@@ -62,6 +64,7 @@ def add_campaign_parser(sub: Any, epilog: str) -> None:
     run.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// outputs (env AWS_ENDPOINT_URL)")
     run.add_argument("--addressing-style", choices=["auto", "path", "virtual"], default="auto")
     add_metrics_flags(run, "while running")
+    add_model_flags(run)
     run.add_argument("--json", action="store_true")
     for name, text in (("status", "progress and ETA"), ("logs", "the campaign's log")):
         p = actions.add_parser(name, help=text)
@@ -80,6 +83,35 @@ def add_campaign_parser(sub: Any, epilog: str) -> None:
         if name in ("pause", "resume", "cancel"):
             p.add_argument("--job", help="only this job")
         p.add_argument("--json", action="store_true")
+    for action in actions.choices.values():  # before the action or after it
+        add_db_flag(action)
+
+
+def add_db_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        default=argparse.SUPPRESS,  # not given here: the other place's, else the settings' (`cluster.settings`)
+        help="campaign store (SQLite, WAL); env LTX2_FARM_DB; default: farm.db in the per-user data folder "
+        "(`ltx2-farm config show`)",
+    )
+
+
+def open_store(args: argparse.Namespace, create: bool) -> Any:
+    """The campaign store the settings name, said once on stderr ("store: …") unless the command line gave it
+    (--db) or the output is --json. A store that does not exist is made only when `create`; otherwise `NoStore`,
+    naming where it was looked for."""
+    from cluster.campaign_store import Store
+    from cluster.cli import farm_settings, setting_origins
+
+    path = farm_settings(args).db
+    if not create and not path.is_file():
+        raise NoStore(
+            f"no campaign store at {path}: nothing was submitted to it (`ltx2-farm campaign submit` makes it), or "
+            "the store is elsewhere: give it with --db or LTX2_FARM_DB (`ltx2-farm config show`)"
+        )
+    if not args.json and setting_origins(args)["db"] != "--db":
+        sys.stderr.write(f"store: {printable(str(path))}\n")
+    return Store(path)
 
 
 def _print(args: argparse.Namespace, payload: Any, human: str) -> None:
@@ -93,11 +125,12 @@ def _bar(fraction: float, width: int = 30) -> str:
 
 def cmd_campaign(args: argparse.Namespace) -> int:
     from cluster.campaign_manifest import load_manifest
-    from cluster.campaign_store import Store
 
-    store = Store(args.db)
+    action = args.campaign_command
+    if action == "run":
+        return _run(args)
+    store = open_store(args, create=action in CREATES_STORE)
     try:
-        action = args.campaign_command
         if action == "submit":
             manifest = load_manifest(Path(args.manifest))
             result = store.submit(manifest.spec, manifest.jobs, suspended=args.suspended)
@@ -119,8 +152,6 @@ def cmd_campaign(args: argparse.Namespace) -> int:
             )
             _print(args, payload, human)
             return ExitCode.ROWS_SKIPPED if problems else ExitCode.OK
-        if action == "run":
-            return _run(args, store)
         if action == "list":
             from cluster.campaign_runner import campaign_status
 
@@ -184,28 +215,34 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         store.close()
 
 
-def _run(args: argparse.Namespace, store: Any) -> int:
-    from cluster.cli import start_metrics
+def _run(args: argparse.Namespace) -> int:
+    from cluster.cli import check_model_choice, start_metrics
 
     metrics = start_metrics(args)  # first: its port is held before anything else starts
     try:
-        return _run_queue(args, store, metrics)
+        check_model_choice(args)  # no model set given: said before the store opens or the queue is read
+        store = open_store(args, create=True)
+        try:
+            return _run_queue(args, store, metrics)
+        finally:
+            store.close()
     finally:
         if metrics is not None:
             metrics.close()
 
 
 def _run_queue(args: argparse.Namespace, store: Any, metrics: Any) -> int:
-    from cluster.cli import UploadWaitLines, resolve_checkpoints, start_workers
+    from cluster.cli import UploadWaitLines, farm_settings, resolve_checkpoints, start_workers
     from cluster.service import CampaignRunRequest, CampaignWatch, run_campaigns
 
+    settings = farm_settings(args)
     request = CampaignRunRequest(
-        Path(args.out),
+        Path(args.out).absolute(),  # the store records output paths: absolute, whichever folder reads them
         args.workers,
         args.placement,
         args.gpus,
-        args.address,
-        endpoint_url=args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
+        settings.address,
+        endpoint_url=settings.endpoint_url,
         addressing_style=args.addressing_style,
         forever=args.forever,
     )
@@ -213,7 +250,6 @@ def _run_queue(args: argparse.Namespace, store: Any, metrics: Any) -> int:
     if not args.json:
         bar = JobBar()
         watch = CampaignWatch(bar.open, bar.show, UploadWaitLines(), bar.close)
-    # the LTX2_* environment, or the tiny set
     stats = run_campaigns(
         store, request, lambda: resolve_checkpoints(args), partial(start_workers, args), metrics, watch
     )

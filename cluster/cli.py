@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 EPILOG = (
     """\
 examples:
-  ltx2-farm render                              render the embedded demo job into ./renders/
+  ltx2-farm render --tiny                       render the embedded demo job on the demo model into ./renders/
   ltx2-farm render job.yaml --snap              render a job file, snapping sizes to valid values
   ltx2-farm render --prompt "waves at night" --duration 3 --height 512 --width 768
   ltx2-farm render --duration 30 --resolution 1920x1088 --workers 3
@@ -38,12 +37,13 @@ examples:
   ltx2-farm plan job.yaml                       show the task graph (chunks, tiles, decode tiles)
   ltx2-farm validate job.yaml --json            check a job without rendering
   ltx2-farm models tiny                         generate the tiny test checkpoint set
-  ltx2-farm models publish s3://bucket/ltx2     mirror a set (default: the tiny one) + its manifest
+  ltx2-farm models publish s3://bucket/ltx2     mirror a set (--tiny: the demo one) + its manifest
   ltx2-farm models pull s3://bucket/ltx2        fill this node's model cache ahead of time
   ltx2-farm examples demo/                      a conditioned campaign (image, keyframe, control,
                                                 audio, LoRA rows) with its input files
 
-model files (flags or environment; these, a manifest, or none for the built-in tiny model):
+model set (`render`, `campaign run`, `models check|publish`; flags, environment or config file):
+  --tiny                                      the generated demo model: random weights, its output is noise
   --models            LTX2_MODELS             s3://…/ltx2-models.json (or its prefix) or a local manifest:
                                               every node fetches and verifies the set into its own cache
   --checkpoint        LTX2_CHECKPOINT         ltx-2-19b-dev.safetensors (config in its metadata), or its
@@ -52,18 +52,14 @@ model files (flags or environment; these, a manifest, or none for the built-in t
   --spatial-upsampler LTX2_SPATIAL_UPSAMPLER  ltx-2-spatial-upscaler-x2-1.0.safetensors
   --distilled-lora    LTX2_DISTILLED_LORA     ltx-2-19b-distilled-lora-384.safetensors (dev checkpoints)
 
+settings: flags over environment over the config file (~/.config/ltx2-farm/config.toml, env LTX2_FARM_CONFIG);
+the campaign store and the caches are per-user folders; `ltx2-farm config show` prints each value and its source
+
 exit codes (every command):
 """
     + exit_code_table()
     + "\n"
 )
-
-MODEL_FLAGS = {
-    "checkpoint": "LTX2_CHECKPOINT",
-    "gemma_root": "LTX2_GEMMA_ROOT",
-    "spatial_upsampler": "LTX2_SPATIAL_UPSAMPLER",
-    "distilled_lora": "LTX2_DISTILLED_LORA",
-}
 
 JOB_FLAGS = {
     "chunk_seconds": float,
@@ -100,9 +96,9 @@ def start_metrics(args: argparse.Namespace):  # -> cluster.metrics.MetricsServer
     holds its port while the models load, so nothing started meanwhile (Ray's processes pick ports too) can take
     it; an address this machine cannot listen on (a typo, another host's IP, a port in use) is a usage error now,
     not a crash after the models have loaded. The caller closes it; `attach` gives it the worker pool."""
-    from cluster.metrics import ADDR_ENV, DEFAULT_ADDR, MetricsServer, check_address, listen_problem
+    from cluster.metrics import DEFAULT_ADDR, MetricsServer, check_address, listen_problem
 
-    addr = args.metrics_addr if args.metrics_addr is not None else os.environ.get(ADDR_ENV) or DEFAULT_ADDR
+    addr = farm_settings(args).metrics_addr or DEFAULT_ADDR  # the flag, LTX2_FARM_METRICS_ADDR or the config file
     if args.metrics_port is None:
         if args.metrics_addr is not None:
             raise UsageError("--metrics-addr needs --metrics-port PORT (0: any free port)")
@@ -119,17 +115,52 @@ def start_metrics(args: argparse.Namespace):  # -> cluster.metrics.MetricsServer
     return server
 
 
-def _add_model_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model files (default: the built-in tiny model)")
-    for name, env in MODEL_FLAGS.items():
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="PATH", help=f"(env {env})")
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The model-set flags (`cluster.model_choice`), the same on every command that loads a model."""
+    from cluster.model_choice import MODEL_FILES
+    from cluster.settings import FarmSettings, env_name
+
+    group = parser.add_argument_group("model set (one is needed: --tiny, --models, or the four files)")
+    group.add_argument(
+        "--tiny", action="store_true", help="the generated demo model: random weights, its output is noise"
+    )
+    for name in MODEL_FILES:
+        flag = name.replace("_", "-")
+        group.add_argument(
+            f"--{flag}", dest=name, metavar="PATH", help=f"(env {env_name(FarmSettings.model_fields[name])})"
+        )
     group.add_argument(
         "--models",
         metavar="SOURCE",
         help="instead of the four files: a model-set manifest, s3://… or a local path, that every node resolves "
         "into its own cache (env LTX2_MODELS)",
     )
-    group.add_argument("--cache-dir", metavar="DIR", help="where the tiny model is generated (env LTX2_FARM_CACHE)")
+    add_cache_flag(group)
+
+
+def add_cache_flag(parser: Any) -> None:
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="the farm's cache: the tiny model, staging, digests (env LTX2_FARM_CACHE; default: per-user)",
+    )
+
+
+def farm_settings(args: argparse.Namespace):  # -> cluster.settings.FarmSettings
+    """This command's settings: its flags over the environment over the config file (`cluster.settings`), loaded
+    once per command, with where each came from (`setting_origins`), before the command sets any variable."""
+    from cluster.settings import flag_values, load_settings, setting_origins
+
+    if getattr(args, "settings", None) is None:
+        args.settings = load_settings(flag_values(args))
+        args.setting_origins = setting_origins(flag_values(args))
+    return args.settings
+
+
+def setting_origins(args: argparse.Namespace) -> dict[str, str]:
+    """Where each of this command's settings came from (`cluster.settings.setting_origins`)."""
+    farm_settings(args)
+    return args.setting_origins
 
 
 def _add_job_flags(parser: argparse.ArgumentParser) -> None:
@@ -259,9 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    render = command("render", "render a job (default: the embedded demo) into ./renders/")
+    render = command("render", "render a job (default: the embedded demo) into ./renders/ (--tiny: the demo model)")
     _add_job_flags(render)
-    _add_model_flags(render)
+    add_model_flags(render)
     render.add_argument("--out", default="renders", help="output folder (default: ./renders)")
     render.add_argument("--device", choices=["cuda", "cpu"], help="default: a GPU if there is one, else the CPU")
     render.add_argument("--address", help="join this Ray cluster (env RAY_ADDRESS); implies --executor ray")
@@ -305,28 +336,31 @@ def build_parser() -> argparse.ArgumentParser:
     from cluster.campaign_cli import add_campaign_parser
 
     add_campaign_parser(sub, EPILOG)
+    from cluster.config_cli import add_config_parser
+
+    add_config_parser(sub)
 
     examples = sub.add_parser(
         "examples",
         help="write the conditioned-campaign example: image, keyframe, control, audio and LoRA rows + their files",
     )
     examples.add_argument("folder", help="where to write conditioned.yaml and its input files")
-    examples.add_argument("--cache-dir", metavar="DIR", help="tiny model cache (its LoRAs are made for it)")
+    add_cache_flag(examples)  # the tiny model: the example's LoRAs are made for it
     examples.add_argument("--json", action="store_true")
 
     models = sub.add_parser("models", help="model files: generate the tiny set, check a set")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     tiny = models_sub.add_parser("tiny", help="generate (or find cached) the tiny official-format checkpoint set")
-    tiny.add_argument("--cache-dir", metavar="DIR")
+    add_cache_flag(tiny)
     tiny.add_argument("--json", action="store_true")
     check = models_sub.add_parser("check", help="check every file of a checkpoint set and load it once")
-    _add_model_flags(check)
+    add_model_flags(check)
     check.add_argument("--json", action="store_true")
     publish = models_sub.add_parser(
-        "publish", help="upload a set (default: the tiny one) and its manifest (ltx2-models.json) for `models pull`"
+        "publish", help="upload a set (--tiny: the demo one) and its manifest (ltx2-models.json) for `models pull`"
     )
     publish.add_argument("destination", metavar="DEST", help="s3://bucket/prefix (or a folder)")
-    _add_model_flags(publish)
+    add_model_flags(publish)
     publish.add_argument("--endpoint-url", help="S3-compatible endpoint (env AWS_ENDPOINT_URL)")
     publish.add_argument("--json", action="store_true")
     pull = models_sub.add_parser(
@@ -338,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SOURCE",
         help="s3://…/ltx2-models.json, its prefix, or a local manifest (env LTX2_MODELS)",
     )
-    pull.add_argument("--cache-dir", metavar="DIR", help="the node's model cache (env LTX2_FARM_MODEL_CACHE)")
+    pull.add_argument(
+        "--cache-dir", dest="model_cache", metavar="DIR", help="the node's model cache (env LTX2_FARM_MODEL_CACHE)"
+    )
     pull.add_argument("--endpoint-url", help="S3-compatible endpoint (env AWS_ENDPOINT_URL)")
     pull.add_argument("--json", action="store_true")
     return parser
@@ -469,31 +505,27 @@ def job_source(args: argparse.Namespace) -> JobSource:
     return JobSource(data, source, base, args.snap)
 
 
+def check_model_choice(args: argparse.Namespace) -> None:
+    """A missing or ambiguous model set refused in one line (`cluster.model_choice.model_problem`), before anything
+    starts; `resolve_checkpoints` checks the same when it runs."""
+    from cluster.model_choice import model_problem
+
+    problem = model_problem(farm_settings(args), setting_origins(args), bool(getattr(args, "tiny", False)))
+    if problem:
+        raise UsageError(problem)
+
+
 def resolve_checkpoints(args: argparse.Namespace):  # -> CheckpointSet | ModelSet
-    """All four model paths from flags/environment, a manifest (`--models`: read once here, handed to the
-    workers, who resolve it on their own nodes), or the tiny set when none is given."""
-    from ltx2.checkpoint import CheckpointSet
-    from ltx2.tiny import ensure_tiny_checkpoint_set
+    """The model set the flags, environment or config file give (`cluster.model_choice`): four local files, a
+    manifest (read once here, handed to the workers, who resolve it on their own nodes), or with `--tiny` the demo
+    set, said so on stderr."""
+    from cluster.model_choice import TINY_NOTE, resolve_models
 
-    given = {name: getattr(args, name, None) or os.environ.get(env) for name, env in MODEL_FLAGS.items()}
-    manifest = getattr(args, "models", None) or os.environ.get("LTX2_MODELS")
-    if manifest:
-        if any(given.values()):
-            raise UsageError("model files: give --models (LTX2_MODELS) or the four file flags, not both")
-        from cluster.model_store import read_model_set
-
-        return read_model_set(manifest, _model_storage(args))
-    if not any(given.values()):
-        cache = getattr(args, "cache_dir", None)
-        return ensure_tiny_checkpoint_set(Path(cache) if cache else None)
-    optional = "distilled_lora"  # a dev checkpoint needs it, a distilled one not: the set's check says which
-    missing = [f"--{n.replace('_', '-')} (or {MODEL_FLAGS[n]})" for n, v in given.items() if not v and n != optional]
-    if missing:
-        raise UsageError(
-            f"model files: also give {', '.join(missing)}; a real render needs them all (and --distilled-lora "
-            "with a dev checkpoint)"
-        )
-    return CheckpointSet(**{k: Path(v) for k, v in given.items() if v})
+    tiny = bool(getattr(args, "tiny", False))
+    models = resolve_models(farm_settings(args), setting_origins(args), tiny, _model_storage(args))
+    if tiny and not getattr(args, "json", False):
+        _note(TINY_NOTE)
+    return models
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any], human: str) -> None:
@@ -559,16 +591,17 @@ def cmd_render(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace, metrics: Any) -> int:
     from cluster.service import OutputRequest, RenderRequest, RenderWatch, presigned_links, render
 
+    settings = farm_settings(args)
     output = OutputRequest(
-        Path(args.out),
+        Path(args.out).absolute(),  # the paths printed (and in --json) say where from any folder
         args.output,
         args.key_template,
-        endpoint_url=args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
+        endpoint_url=settings.endpoint_url,
         region=args.region,
         addressing_style=args.addressing_style,
         profile=args.profile,
     )
-    request = RenderRequest(job_source(args), output, args.workers, args.executor, args.address, args.device)
+    request = RenderRequest(job_source(args), output, args.workers, args.executor, settings.address, args.device)
     bar = None if (args.quiet or args.json) else StepBar()
     shown = {} if bar is None else {"started": bar.open, "progress": bar.show, "stopped": bar.close}
     if bar is not None:
@@ -661,14 +694,15 @@ def cmd_examples(args: argparse.Namespace) -> int:
     from ltx2.samples import write_conditioned_example
     from ltx2.tiny import ensure_tiny_checkpoint_set
 
-    checkpoints = ensure_tiny_checkpoint_set(Path(args.cache_dir) if args.cache_dir else None)
+    checkpoints = ensure_tiny_checkpoint_set(farm_settings(args).cache_dir)
     manifest = write_conditioned_example(Path(args.folder), checkpoints.checkpoint)
     files = sorted(str(p) for p in Path(args.folder).iterdir())
     _emit(
         args,
         {"ok": True, "manifest": str(manifest), "files": files},
         f"wrote {manifest} and its inputs; run it with:\n"
-        f"  ltx2-farm campaign submit {manifest}\n  ltx2-farm campaign run --workers 2",
+        f"  ltx2-farm campaign submit {manifest}\n  ltx2-farm campaign run --tiny --workers 2\n"
+        "(its LoRAs are made for the demo model, whose random weights render noise)",
     )
     return ExitCode.OK
 
@@ -677,7 +711,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.models_command == "tiny":
         from ltx2.tiny import ensure_tiny_checkpoint_set
 
-        paths = ensure_tiny_checkpoint_set(Path(args.cache_dir) if args.cache_dir else None)
+        paths = ensure_tiny_checkpoint_set(farm_settings(args).cache_dir)
         files = {k: str(v) for k, v in paths.__dict__.items()}
         _emit(args, {"ok": True, **files}, "\n".join(f"{k}: {v}" for k, v in files.items()))
         return ExitCode.OK
@@ -708,8 +742,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _model_storage(args: argparse.Namespace):  # -> StorageOptions
     from cluster.storage import StorageOptions
 
-    endpoint = getattr(args, "endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL")
-    return StorageOptions(endpoint_url=endpoint, addressing_style="path")
+    return StorageOptions(endpoint_url=farm_settings(args).endpoint_url, addressing_style="path")
 
 
 def _cmd_models_store(args: argparse.Namespace) -> int:
@@ -726,7 +759,7 @@ def _cmd_models_store(args: argparse.Namespace) -> int:
             f"  every node: --models {url}  (or LTX2_MODELS)",
         )
         return ExitCode.OK
-    source = args.source or os.environ.get("LTX2_MODELS")
+    source = args.source or farm_settings(args).models
     if not source:
         raise UsageError("models pull: give the manifest (s3://…/ltx2-models.json, its prefix, a path) or LTX2_MODELS")
     models = model_store.read_model_set(source, _model_storage(args))
@@ -737,7 +770,7 @@ def _cmd_models_store(args: argparse.Namespace) -> int:
                 f"{'downloaded' if downloaded else 'verified'} {printable(f.path)} ({f.size / 1e6:.1f} MB)\n"
             )
 
-    cache = Path(args.cache_dir) if args.cache_dir else None
+    cache = Path(args.model_cache) if args.model_cache else None
     result = model_store.pull_model_set(models, cache, progress, _model_storage(args))
     files = {k: str(v) for k, v in result.checkpoints.__dict__.items() if v is not None}
     payload = {
@@ -769,6 +802,7 @@ REPORTED_ERRORS = (
     ("cluster.output_files", "DiskFullError", ExitCode.INVALID_INPUT),
     ("cluster.campaign_store", "NotFound", ExitCode.NOT_FOUND),
     ("cluster.campaign_store", "StateError", ExitCode.INVALID_INPUT),
+    ("cluster.campaign_cli", "NoStore", ExitCode.NOT_FOUND),
 )
 """Errors (besides UsageError) whose message says what to fix: printed alone (or as JSON), with their exit code.
 Named, not imported: importing cluster.executor, ltx2.checkpoint or cluster.storage costs torch, Ray and boto3
@@ -790,6 +824,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from cluster.campaign_cli import cmd_campaign
+        from cluster.config_cli import cmd_config
+        from cluster.settings import exported
 
         commands = {
             "render": cmd_render,
@@ -798,8 +834,10 @@ def main(argv: list[str] | None = None) -> int:
             "models": cmd_models,
             "examples": cmd_examples,
             "campaign": cmd_campaign,
+            "config": cmd_config,
         }
-        return commands[args.command](args)
+        with exported(farm_settings(args)):
+            return commands[args.command](args)
     except JobValidationError as e:
         if getattr(args, "json", False):
             print(json.dumps(_problem_payload(e), indent=2, default=str))

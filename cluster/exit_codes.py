@@ -23,11 +23,11 @@ class ExitCode(IntEnum):
 MEANINGS: dict[ExitCode, str] = {
     ExitCode.OK: "ok",
     ExitCode.ERROR: "unexpected error (a bug in the farm): its traceback follows",
-    ExitCode.INVALID_INPUT: "invalid input (job, flag, file, checkpoint, destination, credentials, metrics "
-    "address) or a full disk: the message names the fix",
+    ExitCode.INVALID_INPUT: "invalid input (job, flag, file, no model set given, checkpoint, config file, destination, "
+    "credentials, metrics address) or a full disk: the message names the fix",
     ExitCode.ROWS_SKIPPED: "campaign submit: the good rows were queued, the bad rows skipped (each listed)",
     ExitCode.JOBS_FAILED: "campaign run: jobs failed (retries spent, or quarantined), or every worker was blocklisted",
-    ExitCode.NOT_FOUND: "no such campaign or job in the store",
+    ExitCode.NOT_FOUND: "no such campaign or job in the store, or no store where the settings point",
     ExitCode.UPLOAD_FAILED: "an upload failed after the work was done: nothing is lost, the files stay where the "
     "message says",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C): stopped cleanly; the message says what was kept and where",

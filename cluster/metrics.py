@@ -46,7 +46,6 @@ TASK_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 JOB_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 
 DEFAULT_ADDR = "127.0.0.1"
-ADDR_ENV = "LTX2_FARM_METRICS_ADDR"
 NODE_NAME_ENV = "LTX2_FARM_NODE_NAME"
 """Set by the deploy from the downward API (`spec.nodeName`): pods come and go, their Kubernetes node stays."""
 

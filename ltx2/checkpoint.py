@@ -9,7 +9,8 @@ loading, that no parameter or buffer was left unloaded.
 
 Nothing here maps a file or reads tensor data: a header is 8 bytes of length and that much JSON, read
 with plain reads, so a 40 GB checkpoint is checked on a host that could not map it. This module needs
-only the standard library, so job validation can use it without importing torch.
+only the standard library (and platformdirs, for the cache folder), so job validation can use it without
+importing torch.
 """
 
 from __future__ import annotations
@@ -785,9 +786,17 @@ _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 def default_cache_dir() -> Path:
-    """The farm's cache (generated checkpoint sets, node caches, digests): $LTX2_FARM_CACHE, else
-    ./.cache/ltx2-farm."""
-    return Path(os.environ.get("LTX2_FARM_CACHE", Path.cwd() / ".cache" / "ltx2-farm"))
+    """The farm's cache (generated checkpoint sets, node caches, digests): $LTX2_FARM_CACHE, else the per-user
+    cache folder (`user_cache_dir`)."""
+    return Path(os.environ.get("LTX2_FARM_CACHE") or user_cache_dir())
+
+
+def user_cache_dir() -> Path:
+    """The per-user cache folder of the farm: `ltx2-farm` in XDG_CACHE_HOME (~/.cache) on Linux, the platform's
+    own elsewhere; the same from any working directory."""
+    import platformdirs
+
+    return platformdirs.user_cache_path("ltx2-farm")
 
 
 def hash_cache_file() -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,22 @@ def small_chunk(**fields: object):  # -> ltx2.stages.ChunkRequest
         audio_guidance=default_audio_guidance(2),
     )
     return stages.ChunkRequest(**{**defaults, **fields})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_folders(tmp_path_factory) -> Iterator[Path]:
+    """The per-user folders the farm defaults to (config file, campaign store: `cluster.settings`) in a folder of
+    this test session, for this process and every command it starts, never the machine's own; the farm's cache is
+    the shared one (`CACHE`: the tiny set is generated once)."""
+    home = tmp_path_factory.mktemp("user")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    patch.setenv("XDG_DATA_HOME", str(home / "data"))
+    patch.setenv("LTX2_FARM_CACHE", str(CACHE))
+    patch.delenv("LTX2_FARM_CONFIG", raising=False)
+    patch.delenv("LTX2_FARM_DB", raising=False)
+    yield home
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

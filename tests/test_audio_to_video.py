@@ -89,7 +89,7 @@ def test_output_carries_the_track_bit_for_bit(tmp_path, source, codec):
     write_track(tmp_path / "voice.wav", 1.0)
     write_track(tmp_path / "voice.m4a", 1.0, codec="aac")
     job = write_job(tmp_path, name="a2v", audio={"path": source})
-    result = run("render", str(job), "--out", str(tmp_path / "out"), "--json")
+    result = run("render", "--tiny", str(job), "--out", str(tmp_path / "out"), "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert (
@@ -110,7 +110,7 @@ def test_audio_to_video_through_chunks(tmp_path):
         **THREE_CHUNKS,
         audio={"path": "song.wav", "start": 0.25},
     )
-    result = run("render", str(job), "--workers", "2", "--out", str(tmp_path / "out"), "--json")
+    result = run("render", "--tiny", str(job), "--workers", "2", "--out", str(tmp_path / "out"), "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert len(doc["plan"]["chunks"]) == 3 and doc["media"]["frames"] == 97

@@ -222,7 +222,7 @@ def test_coordinator_killed_mid_campaign_then_restarted(tmp_path):
     cli = [sys.executable, "-m", "cluster.cli", "campaign"]
     assert subprocess.run([*cli, "submit", str(manifest)], env=env, capture_output=True).returncode == 0
     out = tmp_path / "out"
-    run = [*cli, "run", "--workers", "2", "--out", str(out), "--json"]
+    run = [*cli, "run", "--tiny", "--workers", "2", "--out", str(out), "--json"]
     first = subprocess.Popen(run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     store = Store(tmp_path / "db")
     deadline = time.monotonic() + 300
@@ -317,6 +317,7 @@ def test_campaign_submitted_as_a_ray_job(tmp_path):
             str(Path(sys.executable).parent / "ltx2-farm"),
             "campaign",
             "run",
+            "--tiny",
             "--workers",
             "1",
             "--out",
@@ -377,7 +378,7 @@ def test_a_job_that_crashes_the_runner_is_quarantined_and_the_campaign_finishes(
     renders the others, exits 4 and the campaign is finished."""
     _submit(tmp_path, "crashy", ["a0-stuck", "a1-poison", "b", "c"])
     cli, env = _cli(tmp_path, LTX2_FARM_FAULTS="runner_crash:a1-poison")
-    run = [*cli, "run", "--workers", "1", "--out", str(tmp_path / "out"), "--json"]
+    run = [*cli, "run", "--tiny", "--workers", "1", "--out", str(tmp_path / "out"), "--json"]
     store = Store(tmp_path / "db")
     for crash in range(1, QUARANTINE_AFTER + 1):
         crashed = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600)
@@ -420,7 +421,7 @@ def test_ctrl_c_stops_a_forever_runner_cleanly_and_a_restart_finishes_the_queue(
     _submit(tmp_path, "steady", ids)
     cli, env = _cli(tmp_path)
     forever = subprocess.Popen(
-        [*cli, "run", "--workers", "1", "--out", str(tmp_path / "out"), "--forever", "--json"],
+        [*cli, "run", "--tiny", "--workers", "1", "--out", str(tmp_path / "out"), "--forever", "--json"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -448,7 +449,7 @@ def test_ctrl_c_stops_a_forever_runner_cleanly_and_a_restart_finishes_the_queue(
     assert "stay in the staging folder of the node that rendered them" in last
     assert store.counts("steady")["running"] == 0
     again = subprocess.run(
-        [*cli, "run", "--workers", "1", "--out", str(tmp_path / "out"), "--json"],
+        [*cli, "run", "--tiny", "--workers", "1", "--out", str(tmp_path / "out"), "--json"],
         env=env,
         capture_output=True,
         text=True,
@@ -470,7 +471,7 @@ def test_a_campaign_upload_waiting_for_a_server_that_is_down_is_shown_and_ctrl_c
     manifest.write_text(yaml.safe_dump({"campaign": "up", "output": "s3://farm/c", "defaults": TINY, "rows": rows}))
     cli, env = _cli(tmp_path, LTX2_FARM_STAGING=str(tmp_path / "staging"), **moto_env())
     assert subprocess.run([*cli, "submit", str(manifest)], env=env, capture_output=True).returncode == 0
-    run = [*cli, "run", "--workers", "1", "--out", str(tmp_path / "out"), "--addressing-style", "path"]
+    run = [*cli, "run", "--tiny", "--workers", "1", "--out", str(tmp_path / "out"), "--addressing-style", "path"]
     runner = subprocess.Popen(
         [*run, "--endpoint-url", f"http://127.0.0.1:{free_port()}"],
         env=env,

@@ -449,7 +449,7 @@ def test_a_job_lora_that_does_not_fit_is_refused_before_any_worker_starts(tmp_pa
     assert main(["validate", str(job)]) == 0  # a well-formed LoRA: which model it fits is not known here
     capsys.readouterr()
     ray_before = _ray_running()
-    assert main(["render", str(job), "--out", str(tmp_path / "out")]) == 2
+    assert main(["render", "--tiny", str(job), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "style.safetensors") in err and "the model's weight is [64, 64]" in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()

@@ -38,18 +38,21 @@ def test_help_teaches():
 @pytest.fixture(scope="module")
 def single_render(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """SMALL_JOB rendered once by `ltx2-farm render` on one worker: checked as a render of a job file, and the
-    reference a sequence-parallel gang's render of the same job file must equal."""
+    reference a sequence-parallel gang's render of the same job file must equal. `--out` is relative: to the folder
+    it runs in."""
     folder = tmp_path_factory.mktemp("single")
     job = folder / "job.yaml"
     job.write_text(yaml.safe_dump({**SMALL_JOB, "name": "cli"}))
-    return job, run("render", str(job), "--out", str(folder / "out"), "--json")
+    return job, run("render", "--tiny", str(job), "--out", "out", "--json", cwd=folder)
 
 
 def test_render_job_file_json(single_render):
-    _job, result = single_render
+    job, result = single_render
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["ok"] is True
+    assert Path(payload["video"]).is_absolute() and Path(payload["sidecar"]).is_absolute()  # from any folder
+    assert Path(payload["video"]).parent == job.parent / "out"
     assert Path(payload["video"]).is_file() and Path(payload["sidecar"]).is_file()
     assert payload["media"]["frames"] == 17
 
@@ -154,7 +157,7 @@ def test_render_chunked_job_on_several_workers(tmp_path):
     }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
-    result = run("render", str(path), "--workers", "2", "--out", str(tmp_path / "out"), "--json")
+    result = run("render", "--tiny", str(path), "--workers", "2", "--out", str(tmp_path / "out"), "--json")
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["media"]["frames"] == 97
@@ -180,6 +183,7 @@ def test_render_uploads_to_s3_and_prints_links(tmp_path, server_kind):
         boto3.session.Session().client("s3", endpoint_url=server.endpoint).create_bucket(Bucket="farm")
         result = run(
             "render",
+            "--tiny",
             "--prompt",
             "rain on a tin roof",
             "--frames",
@@ -227,7 +231,18 @@ def test_render_uploads_to_s3_and_prints_links(tmp_path, server_kind):
 def test_render_on_a_sequence_parallel_gang_matches_the_single_worker(tmp_path, single_render):
     """`--placement sequence --gpus 2`: a gang of two CPU ranks renders the same frames and audio."""
     job, single = single_render
-    gang = run("render", str(job), "--placement", "sequence", "--gpus", "2", "--out", str(tmp_path / "gang"), "--json")
+    gang = run(
+        "render",
+        "--tiny",
+        str(job),
+        "--placement",
+        "sequence",
+        "--gpus",
+        "2",
+        "--out",
+        str(tmp_path / "gang"),
+        "--json",
+    )
     assert single.returncode == 0, single.stderr
     assert gang.returncode == 0, gang.stderr
     one, two = json.loads(single.stdout), json.loads(gang.stdout)
@@ -242,7 +257,7 @@ def test_render_on_a_sequence_parallel_gang_matches_the_single_worker(tmp_path, 
 def test_impossible_placement_is_refused_before_any_worker_starts(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(SMALL_JOB))
-    result = run("render", str(job), "--placement", "sequence", "--gpus", "4", "--json")
+    result = run("render", "--tiny", str(job), "--placement", "sequence", "--gpus", "4", "--json")
     assert result.returncode == 2
     assert "placement.gpus" in result.stderr and "must divide the model's 2 attention heads" in result.stderr
 
@@ -308,7 +323,7 @@ def _render_to_a_dead_endpoint(tmp_path: Path, port: int) -> tuple[subprocess.Po
 
     env = {**os.environ, "LTX2_FARM_CACHE": str(CACHE), "LTX2_FARM_STAGING": str(tmp_path / "staging"), **moto_env()}
     env.pop("RAY_ADDRESS", None)
-    argv = ["render", "--prompt", "rain", "--frames", "9", "--height", "64", "--width", "64", "--steps", "2"]
+    argv = ["render", "--tiny", "--prompt", "rain", "--frames", "9", "--height", "64", "--width", "64", "--steps", "2"]
     argv += ["--name", "down", "--out", str(tmp_path / "out"), "--output", "s3://farm/t"]
     argv += ["--endpoint-url", f"http://127.0.0.1:{port}", "--addressing-style", "path"]
     process = subprocess.Popen(

@@ -211,7 +211,7 @@ def farm(tmp_path_factory) -> Iterator[Farm]:
         farm.s3("s3.create_bucket(Bucket='models'); s3.create_bucket(Bucket='renders'); out(1)")
         head = farm.head
         publish_env = {k: v for k, v in env.items() if k != "LTX2_MODELS"}  # publish the tiny set, not pull one
-        for args in (("models", "publish", "s3://models/tiny"), ("examples", INPUTS)):
+        for args in (("models", "publish", "s3://models/tiny", "--tiny"), ("examples", INPUTS)):
             made = farm.cli(head, *args, timeout=300, env=publish_env)  # the tiny set and the inputs: head only
             assert made.returncode == 0, made.stdout + made.stderr
         start_ray_head(head, farm.token, env={**env, "LTX2_FARM_NODE_NAME": "head"})

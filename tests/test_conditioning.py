@@ -107,7 +107,7 @@ def test_image_to_video_renders_plain_and_chunked(tmp_path, picture):
     from tests.test_cli import run
 
     plain = write_job(tmp_path, name="i2v", images=[{"path": "product.png"}])
-    result = run("render", str(plain), "--out", str(tmp_path / "out"), "--json")
+    result = run("render", "--tiny", str(plain), "--out", str(tmp_path / "out"), "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["job"]["images"][0]["sha256"] and doc["media"]["frames"] == 17
@@ -117,7 +117,7 @@ def test_image_to_video_renders_plain_and_chunked(tmp_path, picture):
         **THREE_CHUNKS,
         images=[{"path": "product.png", "strength": 0.9}],
     )
-    result = run("render", str(chunked), "--workers", "2", "--out", str(tmp_path / "out"), "--json")
+    result = run("render", "--tiny", str(chunked), "--workers", "2", "--out", str(tmp_path / "out"), "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert len(doc["plan"]["chunks"]) == 3 and doc["media"]["frames"] == 97
@@ -160,7 +160,7 @@ def test_keyframes_render_through_chunks_and_tiles(tmp_path, picture):
         decode_tile_frames=32,
         images=[{"path": "product.png"}, {"path": "product.png", "frame": 40}, {"path": "product.png", "frame": 90}],
     )
-    result = run("render", str(job), "--workers", "2", "--out", str(tmp_path / "out"), "--json")
+    result = run("render", "--tiny", str(job), "--workers", "2", "--out", str(tmp_path / "out"), "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert len(doc["plan"]["chunks"]) == 3 and len(doc["plan"]["stage2_tiles"]) > 3

@@ -98,7 +98,7 @@ def test_bad_controls_are_refused_before_compute(inputs, capsys, control, words)
 def test_control_renders_whole_and_chunked(inputs):
     """Canny (made by the farm) in a one-piece job; a user's depth pass through three temporal chunks."""
     job = _job(inputs, name="edges", control={"kind": "canny", "path": "source.mp4", "lora": "ic-canny.safetensors"})
-    result = run("render", str(job), "--out", str(inputs / "out"), "--json")
+    result = run("render", "--tiny", str(job), "--out", str(inputs / "out"), "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     control = doc["job"]["control"]
@@ -110,7 +110,7 @@ def test_control_renders_whole_and_chunked(inputs):
         **THREE_CHUNKS,
         control={"kind": "depth", "path": "depth.mp4", "lora": "ic-canny.safetensors", "strength": 0.9},
     )
-    result = run("render", str(chunked), "--workers", "2", "--out", str(inputs / "out"), "--json")
+    result = run("render", "--tiny", str(chunked), "--workers", "2", "--out", str(inputs / "out"), "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert len(doc["plan"]["chunks"]) == 3 and doc["media"]["frames"] == 97
@@ -174,7 +174,7 @@ def test_an_ic_lora_is_checked_against_the_model_before_any_worker_starts(inputs
     )
     path = _job(inputs, control={**control, "lora": "ic-wide.safetensors"})
     ray_before = _ray_running()
-    assert main(["render", str(path), "--out", str(inputs / "out")]) == 2
+    assert main(["render", "--tiny", str(path), "--out", str(inputs / "out")]) == 2
     err = capsys.readouterr().err
     assert f"{inputs / 'ic-wide.safetensors'}: " in err and "the model's weight is [64, 64]" in err
     assert not (inputs / "out").exists()

@@ -46,12 +46,12 @@ def test_render_onto_a_full_disk_fails_clearly_and_leaves_nothing(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({**SMALL_JOB, "name": "full"}))
     with tiny_disk(tmp_path, f"{DISK_KIB}k") as disk:
-        result = run("render", str(job), "--out", str(disk), "--quiet")
+        result = run("render", "--tiny", str(job), "--out", str(disk), "--quiet")
         assert result.returncode == 2, result.stderr
         assert "no space left" in result.stderr.lower() and "free space" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
         assert list(disk.iterdir()) == []  # no MP4, no sidecar, no partial file
-    retried = run("render", str(job), "--out", str(tmp_path / "out"), "--json")
+    retried = run("render", "--tiny", str(job), "--out", str(tmp_path / "out"), "--json")
     assert retried.returncode == 0, retried.stderr
     payload = json.loads(retried.stdout)
     assert payload["media"]["frames"] == 17

@@ -17,7 +17,7 @@ def test_conditioned_example_campaign_runs_on_the_local_cluster(tmp_path, monkey
     manifest = json.loads(written.stdout)["manifest"]
     submitted = run("campaign", "submit", manifest, "--json")
     assert submitted.returncode == 0, submitted.stderr
-    ran = run("campaign", "run", "--workers", "2", "--out", str(tmp_path / "out"), "--json")
+    ran = run("campaign", "run", "--tiny", "--workers", "2", "--out", str(tmp_path / "out"), "--json")
     assert ran.returncode == 0, ran.stderr
     store = Store(tmp_path / "farm.db")
     jobs = {j["id"]: j for j in store.jobs("conditioned-demo")}

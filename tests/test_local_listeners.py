@@ -91,7 +91,7 @@ def test_local_render_listens_on_loopback_only(tmp_path: Path):
     token = secrets.token_hex(16)
     env.update(RAY_AUTH_MODE="disabled", RAY_AUTH_TOKEN=token)
     env.pop("RAY_AUTH_TOKEN_PATH", None)
-    argv = [sys.executable, "-m", "cluster.cli", "render", str(job), "--out", str(tmp_path / "out")]
+    argv = [sys.executable, "-m", "cluster.cli", "render", "--tiny", str(job), "--out", str(tmp_path / "out")]
     argv += ["--executor", "ray", "--metrics-port", "0", "--json"]  # the embedded Ray cluster and its servers
     log = tmp_path / "render.log"
     seen: set[tuple[str, str, int]] = set()

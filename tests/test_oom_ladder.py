@@ -110,7 +110,7 @@ def test_a_job_out_of_memory_on_every_rung_fails_the_campaign_run(tmp_path):
         yaml.safe_dump({"campaign": "oom", "defaults": TINY, "rows": [{"id": "big", "prompt": "a wide shot"}]})
     )
     assert _cli("submit", str(manifest), env=env).returncode == 0
-    ran = _cli("run", "--workers", "1", "--out", str(tmp_path / "out"), env=env)
+    ran = _cli("run", "--tiny", "--workers", "1", "--out", str(tmp_path / "out"), env=env)
     assert ran.returncode == 4, ran.stderr  # 4: a job failed
     store = Store(tmp_path / "db")
     [job] = store.jobs("oom")

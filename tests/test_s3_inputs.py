@@ -53,7 +53,7 @@ def test_a_job_with_s3_inputs_validates_and_renders(bucket, tmp_path):
             }
         )
     )
-    result = run("render", str(job), "--out", str(tmp_path / "out"), "--json")
+    result = run("render", "--tiny", str(job), "--out", str(tmp_path / "out"), "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["job"]["images"][0]["path"] == "s3://inputs/campaign/shot.png"  # the spec keeps the URL
