@@ -33,8 +33,9 @@ FARM_MODULES = r"(cluster|jobs|ltx2)(\.|$)"
 
 
 def quiet_libraries(verbose: bool) -> None:
-    """Libraries quiet in this process and the workers it starts, unless `verbose`; called before they load."""
-    if verbose:
+    """Libraries quiet in this process and the workers it starts, unless `verbose` (or LTX2_FARM_VERBOSE); called
+    before they load."""
+    if verbose or is_verbose():
         os.environ[VERBOSE_ENV] = "1"
         return
     for name, value in QUIET_ENV.items():
@@ -47,7 +48,7 @@ def is_verbose() -> bool:
 
 
 def quiet_warnings() -> None:
-    """Python warnings off, except those the farm's own modules raise; nothing changes with --verbose."""
+    """Python warnings off, except those the farm's own modules raise; all of them with --verbose."""
     if is_verbose():
         return
     warnings.filterwarnings("ignore")
@@ -228,7 +229,8 @@ class CampaignProgress:
     def close(self) -> None:
         self._take_attempts()  # those that ended since the last update
         if self._bars:
-            self._screen.end(self._bar()[1])
+            shown, text = self._bar()
+            self._screen.end(None if shown == self._drawn else text)
 
     def _take_attempts(self) -> None:
         for a in self._ended_attempts(self._since):

@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -273,11 +274,14 @@ def test_the_campaign_bar_draws_once_per_change_and_rates_over_busy_time(tmp_pat
     progress.open(2)
     progress.show({"done": 0, "failed": 0, "retried": 0})  # the same counts: no draw
     store.finish("c", store.claim("c", "worker-0")["id"], {"video": "x"}, 1.0)
+    with sqlite3.connect(tmp_path / "farm.db") as db:  # the job ran 8 s, all of them before this bar opened
+        db.execute("UPDATE attempts SET started = ended - 8.0")
     progress.show({"done": 1, "failed": 0, "retried": 0})
     progress.close()
     out = stream.getvalue()
     draws = [d for d in out.replace("\n", "").split("\r") if d]
-    assert [re.search(r"\| (\d/\d) ", d)[1] for d in draws] == ["0/2", "1/2", "1/2"]  # open, a job, the end
+    assert [re.search(r"\| (\d/\d) ", d)[1] for d in draws] == ["0/2", "1/2"]  # open, a job; the end: its line
+    assert "[00:08<00:08,  8.00s/job, failed=0, retried=0]" in draws[1]  # not the second the bar was open
     assert out.endswith("\n") and out.count("\n") == 1
 
 
