@@ -33,7 +33,12 @@ examples:
 
 
 def add_campaign_parser(sub: Any, epilog: str) -> None:
-    from cluster.cli import add_metrics_flags, add_model_flags, add_speed_flags  # cluster.cli builds this parser
+    from cluster.cli import (  # cluster.cli builds this parser: imported when called
+        add_metrics_flags,
+        add_model_flags,
+        add_output_flags,
+        add_speed_flags,
+    )
 
     camp = sub.add_parser(
         "campaign",
@@ -65,11 +70,18 @@ def add_campaign_parser(sub: Any, epilog: str) -> None:
     run.add_argument("--addressing-style", choices=["auto", "path", "virtual"], default="auto")
     add_metrics_flags(run, "while running")
     add_model_flags(run)
+    add_output_flags(run)
     run.add_argument("--json", action="store_true")
-    for name, text in (("status", "progress and ETA"), ("logs", "the campaign's log")):
-        p = actions.add_parser(name, help=text)
-        p.add_argument("campaign", nargs="?" if name == "status" else None)
-        p.add_argument("--json", action="store_true")
+    status = actions.add_parser("status", help="progress and ETA")
+    status.add_argument("campaign", nargs="?")
+    status.add_argument("--json", action="store_true")
+    logs = actions.add_parser(
+        "logs", help="the campaign's events and a line per job attempt: outcome, worker, duration, OOM rung, error"
+    )
+    logs.add_argument("campaign")
+    logs.add_argument("--job", metavar="ID", help="only this job's attempts and events")
+    logs.add_argument("--full", action="store_true", help="each attempt's whole error, traceback included")
+    logs.add_argument("--json", action="store_true")
     lst = actions.add_parser("list", help="all campaigns")
     lst.add_argument("--json", action="store_true")
     for name, text in (
@@ -183,16 +195,8 @@ def cmd_campaign(args: argparse.Namespace) -> int:
             _print(args, rows if not args.campaign else rows[0], "\n".join(lines))
             return ExitCode.OK
         if action == "logs":
-            entries = store.logs(args.campaign)
-            _print(
-                args,
-                entries,
-                "\n".join(
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['ts']))} "
-                    f"{e['job'] or '-':<20} {e['message']}"
-                    for e in entries
-                ),
-            )
+            entries = campaign_log(store, args.campaign, args.job, args.full)
+            _print(args, entries, "\n".join(_log_line(e) for e in entries) or f"{args.campaign}: nothing logged")
             return ExitCode.OK
         if action in ("pause", "resume", "cancel"):
             state = {"pause": "paused", "resume": "queued" if args.job else "active", "cancel": "cancelled"}[action]
@@ -213,6 +217,39 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         raise AssertionError(action)
     finally:
         store.close()
+
+
+def campaign_log(store: Any, campaign: str, job: str | None = None, full: bool = False) -> list[dict[str, Any]]:
+    """A campaign's log in time order (with `job`, that job's): its events and a record per job attempt
+    (`cluster.console.attempt_event`; with `full`, its whole error as `trace`)."""
+    from cluster.console import attempt_event
+    from jobs.text import one_line, without_escapes
+
+    if job is not None:
+        store.job_state(campaign, job)  # NotFound, with the nearest job id, for a misspelt one
+    entries = [
+        {"event": "log", "ts": e["ts"], "job": e["job"], "message": e["message"] if full else one_line(e["message"])}
+        for e in store.logs(campaign)
+        if job is None or e["job"] == job
+    ]
+    for a in store.attempts(campaign, job):
+        entry = attempt_event(a)
+        entry["ts"] = a["ended"] if a["ended"] is not None else a["started"]
+        if full:
+            entry["trace"] = without_escapes(a.get("trace") or a.get("error") or "") or None
+        entries.append(entry)
+    return sorted(entries, key=lambda e: e["ts"])
+
+
+def _log_line(entry: dict[str, Any]) -> str:
+    from cluster.console import attempt_line
+
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["ts"]))
+    if entry["event"] == "log":
+        return f"{when} {entry['job'] or '-':<20} {entry['message']}"
+    line = f"{when} {attempt_line(entry)}"
+    trace = entry.get("trace")
+    return line + ("\n    " + trace.rstrip("\n").replace("\n", "\n    ") if trace else "")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -247,9 +284,12 @@ def _run_queue(args: argparse.Namespace, store: Any, metrics: Any) -> int:
         forever=args.forever,
     )
     watch = CampaignWatch()
-    if not args.json:
-        bar = JobBar()
-        watch = CampaignWatch(bar.open, bar.show, UploadWaitLines(), bar.close)
+    if not (args.json or args.quiet):
+        from cluster.console import CampaignProgress, Screen, draws_bars
+
+        screen = Screen(sys.stderr)
+        jobs = CampaignProgress(screen, draws_bars(sys.stderr), store.ended_attempts)
+        watch = CampaignWatch(jobs.open, jobs.show, UploadWaitLines(screen.line), jobs.close)
     stats = run_campaigns(
         store, request, lambda: resolve_checkpoints(args), partial(start_workers, args), metrics, watch
     )
@@ -262,25 +302,3 @@ def _run_queue(args: argparse.Namespace, store: Any, metrics: Any) -> int:
         print(f"error: {why}: `ltx2-farm campaign status` and `campaign logs NAME` say which and why", file=sys.stderr)
         return ExitCode.JOBS_FAILED
     return ExitCode.OK
-
-
-class JobBar:
-    """The campaigns' finished jobs on stderr, out of those pending when the workers came up."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-
-    def open(self, pending: int) -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=pending, unit="job", desc="campaigns", file=sys.stderr)
-
-    def show(self, stats: dict[str, int]) -> None:
-        if self._bar is not None:
-            self._bar.n = stats["done"] + stats["skipped"] + stats["failed"]
-            self._bar.set_postfix(failed=stats["failed"], retried=stats["retried"])
-            self._bar.refresh()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from cluster.requests import prompt_texts
 from cluster.storage import StorageOptions, UploadError, UploadWait
 from cluster.tasks import EncodeTask
 from cluster.worker import JOBS_PER_WORKER, parse_faults
-from jobs.fallback import OOM_LADDER, ladder_for, rung_after
+from jobs.fallback import ladder_for
 from jobs.keys import parse_destination
 from jobs.outputs import output_paths
 from jobs.plan import plan_job
@@ -64,10 +65,16 @@ class _Running:
     started: float = field(default_factory=time.time)
 
 
-def job_from_row(row: dict[str, Any], ladder: tuple[str, ...] = OOM_LADDER) -> ValidJob:
-    """The job of a claimed row, on the OOM-ladder rung its earlier out-of-memory attempts call for."""
+def job_from_row(row: dict[str, Any]) -> ValidJob:
+    """The job of a claimed row, on the OOM-ladder rung the claim chose (`Store.claim`)."""
     job = ValidJob(spec=JobSpec.model_validate_json(row["spec"]), num_frames=row["num_frames"])
-    return job.with_fallback(rung_after(row.get("ooms") or 0, ladder))
+    return job.with_fallback(row.get("rung"))
+
+
+def error_texts(error: BaseException) -> tuple[str, str]:
+    """A job's error as the store keeps it: its type and message, and the whole text with its traceback (a
+    worker's error raised here carries the worker's traceback as its cause)."""
+    return f"{type(error).__name__}: {error}", "".join(traceback.format_exception(error))
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -210,14 +217,14 @@ class CampaignRunner:
                     break
                 worker = idle_slots()[0]
                 # A worker takes jobs with the LoRA set it already holds first: one pool per set, no refusing.
-                row = self.store.claim(name, self.executor.workers[worker].name, self._held.get(worker))
+                row = self.store.claim(name, self.executor.workers[worker].name, self._held.get(worker), self.ladder)
                 if row is None:
                     continue
                 self._claimed.add((name, row["id"]))
                 if row["id"] in faults:
                     raise RuntimeError(f"injected by LTX2_FARM_FAULTS: runner_crash:{row['id']} (the runner crashes)")
                 spec = self.store.campaign_spec(name)
-                job = job_from_row(row, self.ladder)
+                job = job_from_row(row)
                 unfit = recipe_problem(job.spec.recipe, self.distilled_checkpoint)
                 if unfit is not None:  # no worker of this pool can run it: failed now, no retry, no worker blamed
                     _tally(stats, self.store.fail(name, row["id"], unfit.message(), 0.0, 0), "retried")
@@ -280,13 +287,9 @@ class CampaignRunner:
                     if is_out_of_memory(error):
                         self._out_of_memory(r.campaign, r.job_id, error, time.time() - r.started, stats)
                         continue
-                    state = self.store.fail(
-                        r.campaign,
-                        r.job_id,
-                        f"{type(error).__name__}: {error}",
-                        time.time() - r.started,
-                        spec.max_task_retries,
-                    )
+                    message, trace = error_texts(error)
+                    seconds = time.time() - r.started
+                    state = self.store.fail(r.campaign, r.job_id, message, seconds, spec.max_task_retries, trace)
                     _tally(stats, state, "retried")
                     self._failed_on.setdefault((r.campaign, r.job_id), set()).add(r.worker)
                     if r.worker not in self._blocklisted_slots and self._count_failure(
@@ -327,7 +330,8 @@ class CampaignRunner:
         self, campaign: str, job_id: str, error: Exception, seconds: float, stats: dict[str, int]
     ) -> None:
         """Requeue for the next rung of the OOM ladder (not a retry, not the worker's fault)."""
-        state = self.store.oom(campaign, job_id, f"{type(error).__name__}: {str(error)[:500]}", seconds, self.ladder)
+        message, trace = error_texts(error)
+        state = self.store.oom(campaign, job_id, message[:500], seconds, self.ladder, trace)
         _tally(stats, state, "oom_fallbacks")
 
     def _observe(self) -> None:
@@ -396,13 +400,9 @@ class CampaignRunner:
             if is_out_of_memory(error):
                 self._out_of_memory(spec.campaign, row["id"], error, time.time() - started, stats)
                 return
-            state = self.store.fail(
-                spec.campaign,
-                row["id"],
-                f"{type(error).__name__}: {error}",
-                time.time() - started,
-                spec.max_task_retries,
-            )
+            message, trace = error_texts(error)
+            seconds = time.time() - started
+            state = self.store.fail(spec.campaign, row["id"], message, seconds, spec.max_task_retries, trace)
             _tally(stats, state, "retried")
             return
         worker_seconds = sum(t["seconds"] for t in sidecar.get("trace", []))

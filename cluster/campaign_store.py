@@ -11,6 +11,7 @@ runner stuck on it, or dead), and a runner's late result for a job that is no lo
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import difflib
 import json
@@ -22,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from cluster.campaign_manifest import CampaignJob, CampaignSpec
-from jobs.fallback import OOM_LADDER
+from jobs.fallback import OOM_LADDER, rung_after
 from jobs.schedule import CampaignState
+from jobs.text import one_line, without_escapes
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS campaigns (
@@ -59,7 +61,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     ended REAL,
     outcome TEXT,
     error TEXT,
-    gpu_seconds REAL
+    gpu_seconds REAL,
+    rung TEXT,
+    trace TEXT
 );
 CREATE TABLE IF NOT EXISTS log (
     ts REAL NOT NULL,
@@ -80,6 +84,12 @@ Stored in the same column as the others: a store written before `finished` exist
 
 JOB_TRANSITIONS = {"paused": ("queued", "running"), "queued": ("paused", "cancelled"), "cancelled": UNFINISHED}
 """The states from which an operator may pause, resume (`queued`) or cancel a job."""
+
+ATTEMPT_COLUMNS_ADDED = ("rung", "trace")
+"""Columns of `attempts` newer than the first stores: added to a store that lacks them when it is opened."""
+TRACE_CHARS = 200_000
+"""The most of an attempt's whole error text (its traceback) kept: far more than any traceback, less than a
+runaway message."""
 
 QUARANTINE_AFTER = 3
 """Runner crashes in a row, each with the same job running, after which `recover()` fails that job instead of
@@ -108,10 +118,18 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._add_columns()
         self.settle_all()
 
     def close(self) -> None:
         self._db.close()
+
+    def _add_columns(self) -> None:
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(attempts)")}
+        for name in ATTEMPT_COLUMNS_ADDED:
+            if name not in columns:
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it meanwhile
+                    self._db.execute(f"ALTER TABLE attempts ADD COLUMN {name} TEXT")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -234,10 +252,17 @@ class Store:
         rows = self._db.execute("SELECT * FROM log WHERE campaign=? ORDER BY ts DESC LIMIT ?", (campaign, limit))
         return [dict(r) for r in rows][::-1]
 
-    def attempts(self, campaign: str) -> list[dict[str, Any]]:
-        return [
-            dict(r) for r in self._db.execute("SELECT * FROM attempts WHERE campaign=? ORDER BY started", (campaign,))
-        ]
+    def attempts(self, campaign: str, job: str | None = None) -> list[dict[str, Any]]:
+        """The campaign's attempts (or its job `job`'s) in the order they started, each with its `id`, `worker`,
+        `started`/`ended`, `outcome`, `rung` (of the OOM ladder), `error` (one line) and `trace` (the whole text)."""
+        where, args = ("campaign=? AND job=?", (campaign, job)) if job else ("campaign=?", (campaign,))
+        query = f"SELECT rowid AS id, * FROM attempts WHERE {where} ORDER BY started, rowid"
+        return [dict(r) for r in self._db.execute(query, args)]
+
+    def ended_attempts(self, since: float) -> list[dict[str, Any]]:
+        """Every campaign's attempts that ended at or after `since` (`time.time()`), in the order they ended."""
+        query = "SELECT rowid AS id, * FROM attempts WHERE ended >= ? ORDER BY ended, rowid"
+        return [dict(r) for r in self._db.execute(query, (since,))]
 
     # --- transitions ----------------------------------------------------------------------------------
 
@@ -305,12 +330,15 @@ class Store:
             streak += 1
         return streak
 
-    def claim(self, campaign: str, worker: str, prefer_loras: str | None = None) -> dict[str, Any] | None:
+    def claim(
+        self, campaign: str, worker: str, prefer_loras: str | None = None, ladder: tuple[str, ...] = OOM_LADDER
+    ) -> dict[str, Any] | None:
         """Move the oldest queued job of `campaign` to running and open an attempt.
 
         `prefer_loras` (a job's `lora_set` as returned by an earlier claim) picks the oldest job with that
         LoRA set first, so a worker keeps the set it holds (a pool per LoRA set) while such jobs are queued.
-        The row's `lora_set` is the JSON of its LoRA list, normalised by SQLite.
+        The row's `lora_set` is the JSON of its LoRA list, normalised by SQLite. Its `rung` is the rung of
+        `ladder` (the pool's OOM ladder) its earlier out-of-memory attempts call for, recorded with the attempt.
         """
         now = time.time()
         with self._tx() as db:
@@ -323,16 +351,18 @@ class Store:
             ).fetchone()
             if row is None:
                 return None
+            rung = rung_after(row["ooms"], ladder)
             db.execute(
                 "UPDATE jobs SET state='running', attempts=attempts+1, updated=? WHERE campaign=? AND id=?",
                 (now, campaign, row["id"]),
             )
             db.execute(
-                "INSERT INTO attempts (campaign, job, attempt, worker, started) VALUES (?, ?, ?, ?, ?)",
-                (campaign, row["id"], row["attempts"] + 1, worker, now),
+                "INSERT INTO attempts (campaign, job, attempt, worker, started, rung) VALUES (?, ?, ?, ?, ?, ?)",
+                (campaign, row["id"], row["attempts"] + 1, worker, now, rung),
             )
         job = dict(row)
         job["attempts"] += 1
+        job["rung"] = rung
         return job
 
     def finish(self, campaign: str, job_id: str, output: dict[str, Any], gpu_seconds: float) -> bool:
@@ -355,11 +385,8 @@ class Store:
                 self._settle(db, campaign)
             else:
                 state = self._job_state(db, campaign, job_id)
-        self.log(
-            "done" if moved else f"output published; the job stays {state} (an operator's word wins)",
-            campaign,
-            job_id,
-        )
+        if not moved:  # the attempt's record says the rest (`attempts`)
+            self.log(f"output published; the job stays {state} (an operator's word wins)", campaign, job_id)
         return bool(moved)
 
     def spend(self, campaign: str, job_id: str, gpu_seconds: float) -> None:
@@ -382,20 +409,30 @@ class Store:
         ).fetchone()[0]
 
     def _end_attempt(
-        self, db: sqlite3.Connection, campaign: str, job_id: str, state: str, outcome: str, error: str, seconds: float
+        self,
+        db: sqlite3.Connection,
+        campaign: str,
+        job_id: str,
+        state: str,
+        outcome: str,
+        error: str,
+        seconds: float,
+        trace: str | None = None,
     ) -> str:
         """Close the job's open attempt with `outcome`, move the running job to `state`, charge the GPU-seconds.
-        Returns the job's state now: not `state` when the job was no longer running (an operator paused or
-        cancelled it meanwhile, and the store's word wins)."""
+        The error is kept as one line (job and attempt) and whole with its `trace` (the attempt's), without
+        terminal escapes. Returns the job's state now: not `state` when the job was no longer running (an operator
+        paused or cancelled it meanwhile, and the store's word wins)."""
         now = time.time()
+        line = one_line(error, 2000)
         moved = db.execute(
             "UPDATE jobs SET state=?, error=?, updated=? WHERE campaign=? AND id=? AND state='running'",
-            (state, error[:2000], now, campaign, job_id),
+            (state, line, now, campaign, job_id),
         ).rowcount
         db.execute(
-            "UPDATE attempts SET ended=?, outcome=?, error=?, gpu_seconds=COALESCE(gpu_seconds, 0)+? "
+            "UPDATE attempts SET ended=?, outcome=?, error=?, trace=?, gpu_seconds=COALESCE(gpu_seconds, 0)+? "
             "WHERE campaign=? AND job=? AND ended IS NULL",
-            (now, outcome, error[:2000], seconds, campaign, job_id),
+            (now, outcome, line, without_escapes(trace or error)[-TRACE_CHARS:], seconds, campaign, job_id),
         )
         db.execute("UPDATE campaigns SET gpu_seconds=gpu_seconds+? WHERE name=?", (seconds, campaign))
         if not moved:
@@ -403,24 +440,29 @@ class Store:
         self._settle(db, campaign)
         return state
 
-    def fail(self, campaign: str, job_id: str, error: str, gpu_seconds: float, max_retries: int) -> str:
-        """Record a failed attempt; requeue while retries remain. Returns the job's new state.
+    def fail(
+        self, campaign: str, job_id: str, error: str, gpu_seconds: float, max_retries: int, trace: str | None = None
+    ) -> str:
+        """Record a failed attempt (`error`, and the whole `trace` where there is one); requeue while retries
+        remain. Returns the job's new state.
 
         Attempts lost to a dead worker or a coordinator restart (`interrupt`, `recover`) do not count."""
         with self._tx() as db:
             tried = self._count_attempts(db, campaign, job_id, ("", "retried", "error"))
             state = "queued" if tried <= max_retries else "failed"
             outcome = "retried" if state == "queued" else "error"
-            state = self._end_attempt(db, campaign, job_id, state, outcome, error, gpu_seconds)
-        self.log(
-            f"attempt failed ({_note(state, 'will retry', 'no retries left')}): {error[:300]}",
-            campaign,
-            job_id,
-        )
+            state = self._end_attempt(db, campaign, job_id, state, outcome, error, gpu_seconds, trace)
+        self._log_ignored(state, "attempt failed", error, campaign, job_id)
         return state
 
     def oom(
-        self, campaign: str, job_id: str, error: str, gpu_seconds: float, ladder: tuple[str, ...] | None = None
+        self,
+        campaign: str,
+        job_id: str,
+        error: str,
+        gpu_seconds: float,
+        ladder: tuple[str, ...] | None = None,
+        trace: str | None = None,
     ) -> str:
         """The job ran out of GPU memory: requeue it for the next rung of the OOM ladder (not a retry) while
         rungs remain, else fail it saying so. Returns the new state; the next claim's `ooms` picks the rung."""
@@ -433,11 +475,19 @@ class Store:
                     f"out of GPU memory on every rung of the OOM ladder ({', '.join(ladder)}); last: {error}. "
                     "Render it smaller or shorter, or on a GPU with more memory"
                 )
-            state = self._end_attempt(db, campaign, job_id, state, "oom", error, gpu_seconds)
-        self.log(f"out of memory ({_note(state, 'next rung', 'ladder spent')}): {error[:300]}", campaign, job_id)
+            state = self._end_attempt(db, campaign, job_id, state, "oom", error, gpu_seconds, trace)
+        self._log_ignored(state, "out of memory", error, campaign, job_id)
         return state
 
-    def interrupt(self, campaign: str, job_id: str, reason: str, gpu_seconds: float, max_interruptions: int = 3) -> str:
+    def interrupt(
+        self,
+        campaign: str,
+        job_id: str,
+        reason: str,
+        gpu_seconds: float,
+        max_interruptions: int = 3,
+        trace: str | None = None,
+    ) -> str:
         """The job's worker died under it: requeue without using a retry, unless the job has now lost
         `max_interruptions` workers (then it is the likely cause, and fails). Returns the new state."""
         with self._tx() as db:
@@ -445,8 +495,8 @@ class Store:
             state = "queued" if lost < max_interruptions else "failed"
             error = reason if state == "queued" else f"lost its worker {lost} times (last: {reason})"
             outcome = "worker_lost" if state == "queued" else "error"
-            state = self._end_attempt(db, campaign, job_id, state, outcome, error, gpu_seconds)
-        self.log(f"worker lost ({_note(state, 'requeued', 'failed')}): {error[:300]}", campaign, job_id)
+            state = self._end_attempt(db, campaign, job_id, state, outcome, error, gpu_seconds, trace)
+        self._log_ignored(state, "worker lost", error, campaign, job_id)
         return state
 
     def requeue(self, campaign: str, job_id: str, outcome: str, reason: str) -> str:
@@ -455,8 +505,15 @@ class Store:
         runner was stopped). Returns the job's state now."""
         with self._tx() as db:
             state = self._end_attempt(db, campaign, job_id, "queued", outcome, reason, 0.0)
-        self.log(f"{outcome}: {reason[:300]}; {_note(state, 'requeued', 'failed')}", campaign, job_id)
+        self._log_ignored(state, outcome, reason, campaign, job_id)
         return state
+
+    def _log_ignored(self, state: str, what: str, error: str, campaign: str, job_id: str) -> None:
+        """A runner's result for a job an operator paused or cancelled meanwhile: the store's word wins, and only
+        the log keeps the result (the job's attempt was closed by the operator). Results that moved the job are
+        in `attempts`, one record each."""
+        if state not in ("queued", "failed"):
+            self.log(f"{what} (ignored: the job stays {state}): {one_line(error)}", campaign, job_id)
 
     def set_campaign_state(self, name: str, state: str) -> None:
         with self._tx() as db:
@@ -546,11 +603,6 @@ class Store:
             with self._tx() as db:
                 for name in unsettled:
                     self._settle(db, name)
-
-
-def _note(state: str, queued: str, failed: str) -> str:
-    """A runner's result in the log: what the job's new state means, or that an operator's state stands."""
-    return {"queued": queued, "failed": failed}.get(state, f"ignored: the job stays {state}")
 
 
 def utcnow() -> dt.datetime:

@@ -23,7 +23,6 @@ from jobs.spec import JobValidationError, validate_job
 from jobs.text import printable
 
 if TYPE_CHECKING:
-    from cluster.replies import WorkerProgress
     from cluster.worker_options import WorkerOptions
 
 EPILOG = (
@@ -270,6 +269,16 @@ def worker_options(args: argparse.Namespace) -> WorkerOptions:
     return WorkerOptions(device=args.device, **{name: getattr(args, name) for name in SPEED_CHOICES})
 
 
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """How much a command that loads models shows on stderr besides its result (`cluster.console`)."""
+    parser.add_argument("--quiet", action="store_true", help="no progress and no notes: errors and the result only")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="the libraries' own log lines and warnings too (transformers, Ray); env LTX2_FARM_VERBOSE=1",
+    )
+
+
 def start_workers(args: argparse.Namespace, checkpoints: Any, placement: Any, backend: str = "ray") -> Any:
     """The workers (an `Executor` of `backend`) that `render`'s or `campaign run`'s flags ask for (`--workers`,
     `--device`, speed flags)."""
@@ -304,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(ray: an embedded cluster, or the one --address names; gangs need it); auto: ray with --address or a gang, "
         "else local",
     )
-    render.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_flags(render)
     add_speed_flags(render)
     add_metrics_flags(render, "while rendering")
     render.add_argument(
@@ -524,7 +533,7 @@ def resolve_checkpoints(args: argparse.Namespace):  # -> CheckpointSet | ModelSe
     tiny = bool(getattr(args, "tiny", False))
     models = resolve_models(farm_settings(args), setting_origins(args), tiny, _model_storage(args))
     if tiny and not getattr(args, "json", False):
-        _note(TINY_NOTE)
+        sys.stderr.write(TINY_NOTE + "\n")  # kept with --quiet: the output is noise, whatever else is shown
     return models
 
 
@@ -601,12 +610,15 @@ def _render(args: argparse.Namespace, metrics: Any) -> int:
         addressing_style=args.addressing_style,
         profile=args.profile,
     )
+    from cluster.console import Screen, StageProgress, draws_bars
+
     request = RenderRequest(job_source(args), output, args.workers, args.executor, settings.address, args.device)
-    bar = None if (args.quiet or args.json) else StepBar()
-    shown = {} if bar is None else {"started": bar.open, "progress": bar.show, "stopped": bar.close}
-    if bar is not None:
-        shown["upload_wait"] = UploadWaitLines()
-    watch = RenderWatch(**shown) if args.json else RenderWatch(note=_note, **shown)
+    watch = RenderWatch()
+    if not (args.quiet or args.json):
+        screen = Screen(sys.stderr)
+        stages = StageProgress(screen, draws_bars(sys.stderr))
+        waits = UploadWaitLines(screen.line)
+        watch = RenderWatch(note=screen.line, progress=stages.show, upload_wait=waits, stopped=stages.close)
     result = render(request, lambda: resolve_checkpoints(args), partial(start_workers, args), metrics, watch)
     sidecar = result.document
     media = sidecar["media"]
@@ -633,61 +645,29 @@ def _render(args: argparse.Namespace, metrics: Any) -> int:
     return ExitCode.OK
 
 
-def _note(line: str) -> None:
-    sys.stderr.write(printable(line, keep_newlines=True) + "\n")
-
-
-class StepBar:
-    """A render's steps on stderr: opened once the workers are up, one bar per stage, closed when it stops."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-        self._stage = ""
-
-    def open(self) -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=0, unit="step", desc="render", file=sys.stderr)
-
-    def show(self, p: WorkerProgress) -> None:
-        if self._bar is None or not p.total:
-            return
-        if self._stage != p.stage:
-            self._stage = p.stage
-            self._bar.reset(total=p.total)
-            self._bar.set_description(p.stage)
-        self._bar.n = p.step
-        self._bar.refresh()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
 UPLOAD_WAIT_LINE_S = 10.0
 """At most one line this often while an upload waits out an outage (its retries back off to every 30 s)."""
 
 
 class UploadWaitLines:
-    """Says on stderr that an upload waits out an outage (`cluster.storage.UploadWait`): at its first retry, when
-    the reason changes, and then every `UPLOAD_WAIT_LINE_S`, so an hour of retries is never an hour of silence.
-    Called from any thread (a campaign's publishing threads); lines go above a progress bar."""
+    """Says through `write` (`cluster.console.Screen.line`: above a progress bar) that an upload waits out an
+    outage (`cluster.storage.UploadWait`): at its first retry, when the reason changes, and then every
+    `UPLOAD_WAIT_LINE_S`, so an hour of retries is never an hour of silence. Called from any thread (a campaign's
+    publishing threads)."""
 
-    def __init__(self) -> None:
+    def __init__(self, write: Any) -> None:
+        self._write = write
         self._shown: dict[str, tuple[float, str]] = {}  # local file -> when its last line was shown, and why
         self._lock = threading.Lock()
 
     def __call__(self, wait: Any) -> None:
-        from tqdm import tqdm
-
         now = time.monotonic()
         with self._lock:
             last = self._shown.get(wait.path)
             if last is not None and last[1] == wait.reason and now - last[0] < UPLOAD_WAIT_LINE_S:
                 return
             self._shown[wait.path] = (now, wait.reason)
-        tqdm.write(wait.line(), file=sys.stderr)
+        self._write(wait.line())
 
 
 def cmd_examples(args: argparse.Namespace) -> int:
@@ -822,6 +802,9 @@ def _reported_code(error: BaseException) -> ExitCode | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from cluster.console import quiet_libraries
+
+    quiet_libraries(getattr(args, "verbose", False))  # before any library loads
     try:
         from cluster.campaign_cli import cmd_campaign
         from cluster.config_cli import cmd_config
@@ -842,6 +825,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "json", False):
             print(json.dumps(_problem_payload(e), indent=2, default=str))
         print(f"error: {printable(e, keep_newlines=True)}", file=sys.stderr)
+        snapped = [p.field for p in e.problems if p.snaps]
+        if snapped and hasattr(args, "snap"):  # commands that take --snap (a campaign manifest's rows do not)
+            print(f"  --snap moves {', '.join(snapped)} to their nearest valid values and says so", file=sys.stderr)
         return ExitCode.INVALID_INPUT
     except KeyboardInterrupt as e:  # its text, where a command gave one, says what was kept and where
         message = f"interrupted: {printable(e)}" if str(e) else "interrupted"

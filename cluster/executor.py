@@ -226,6 +226,8 @@ class ExecutorBase:
         handle = self.start_render(worker, job, target)
         while on_progress is not None and not self.wait([handle], timeout=poll_s):
             on_progress(self.progress(worker))
+        if on_progress is not None:  # the stages that ended since the last poll
+            on_progress(self.progress(worker))
         return self.deliver(holder, self.get(handle), job, target, out_dir, on_upload_wait)
 
     def render_all(self, jobs: Sequence[ValidJob], out_dir: str | Path) -> list[Published]:

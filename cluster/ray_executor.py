@@ -8,6 +8,7 @@ listens on the loopback interface only; `address` (or RAY_ADDRESS) joins an exis
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 
 import ray
 
+from cluster.console import is_verbose, library_env, quiet_warnings
 from cluster.executor import (
     PUBLISH_GROUP,
     PUBLISHES_PER_WORKER,
@@ -42,15 +44,24 @@ WORKER_ENV = {"TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
 """Per-step bars inside actors would interleave in the driver's log; the driver draws its own."""
 
 
+def worker_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment variables set in the workers: `WORKER_ENV`, this command's verbosity
+    (`cluster.console.library_env`: a joined cluster's nodes do not share this process's environment), `env`."""
+    return {**WORKER_ENV, **library_env(), **(env or {})}
+
+
 def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join `address`/RAY_ADDRESS if given, else start an embedded single-node cluster whose every listening
-    socket is on the loopback interface (see `_loopback_node`)."""
+    socket is on the loopback interface (see `_loopback_node`). Ray's own log lines (its token banner when it
+    joins a cluster) show with --verbose only; its errors always."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": WORKER_ENV}
+    runtime_env = {"env_vars": worker_env()}
+    level = logging.INFO if is_verbose() else logging.ERROR
+    logging.getLogger("ray").setLevel(level)
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=level)
     else:
         _token_authentication()
         with _loopback_node():
@@ -97,7 +108,7 @@ def _loopback_node() -> Iterator[None]:
 
 
 def worker_runtime_env(env: Mapping[str, str] | None) -> dict[str, Any]:
-    return {"runtime_env": {"env_vars": {**WORKER_ENV, **env}}} if env else {}
+    return {"runtime_env": {"env_vars": worker_env(env)}} if env else {}
 
 
 def gpus_available() -> int:
@@ -142,6 +153,7 @@ class RayRenderWorker(RenderWorker):
         self, checkpoints: CheckpointSet, options: WorkerOptions | None = None, *args: Any, **kwargs: Any
     ) -> None:
         self.load_error: CheckpointError | None = None
+        quiet_warnings()  # this actor's process: as quiet as the command that started it
         options = options or WorkerOptions()
         try:
             super().__init__(checkpoints, replace(options, device=ray_device(options.device)), *args, **kwargs)

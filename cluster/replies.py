@@ -7,7 +7,7 @@ dictionary of it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 
@@ -103,10 +103,31 @@ class WorkerInfo:
 
 
 @dataclass(frozen=True)
+class StageRun:
+    """A stage of a job that has ended: its steps and the seconds they took, timed on the worker."""
+
+    stage: str
+    steps: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class WorkerProgress:
-    """Where a worker's model work is: its stage, the step of that stage's `total`, and the job (its MP4's name)."""
+    """Where a worker's model work is: its stage, the step of that stage's `total`, the seconds its steps took so
+    far (timed on the worker: the stage's rate is `step / seconds`), the job (its MP4's name), and the job's stages
+    that have ended, so that a poll that missed a stage's last step still sees the stage end."""
 
     stage: str = "idle"
     step: int = 0
     total: int = 0
     job: str | None = None
+    seconds: float = 0.0
+    finished: tuple[StageRun, ...] = ()
+
+    def stepped(self, stage: str, step: int, total: int, seconds: float = 0.0) -> WorkerProgress:
+        """After step `step` of `total` of `stage`, which took `seconds`. Another stage, or the same one begun again
+        (a job's next chunk), ends the stage before: it joins `finished` if it had steps."""
+        if stage == self.stage and step > self.step:
+            return replace(self, step=step, total=total, seconds=self.seconds + seconds)
+        ended = (StageRun(self.stage, self.step, self.seconds),) if self.total and self.step else ()
+        return replace(self, stage=stage, step=step, total=total, seconds=seconds, finished=self.finished + ended)

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -311,7 +311,7 @@ class RenderWorker:
         if self._stopped:
             raise WorkerStopped(f"worker {self.name} was stopped")
         with self._lock:
-            self._progress = replace(self._progress, stage=stage, step=step, total=total)
+            self._progress = self._progress.stepped(stage, step, total, seconds)
         if seconds:
             self.metrics.step_seconds.labels(stage).observe(seconds)
 
@@ -379,9 +379,9 @@ class RenderWorker:
         try:
             return RenderReply(written.result(), paths.video.name)
         finally:
-            with self._lock:
+            with self._lock:  # idle, the job's stages kept for a last poll (`ExecutorBase.render`)
                 if self._progress.job == paths.video.name and self._progress.stage == "mux":
-                    self._progress = WorkerProgress()
+                    self._progress = self._progress.stepped("idle", 0, 0)
 
     def publish(self, job: ValidJob, target: OutputTarget | None = None) -> StagedOutput:
         """Publish a rendered job's staged files (`cluster.publish.offer`): upload them from here to an S3

@@ -9,7 +9,9 @@ Pure: no torch, no Ray.
 
 from __future__ import annotations
 
+import difflib
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -158,12 +160,20 @@ class FieldProblem:
     value: Any
     problem: str
     nearest: Any = None
+    show_value: bool = True
+    """False where the problem is the field itself (not a field, or required and missing): the message names the
+    field alone."""
+    snaps: bool = False
+    """Whether `validate_job(..., snap=True)` moves the value to `nearest` (the command that can say so names its
+    flag: a campaign manifest has none)."""
 
     def message(self) -> str:
         """One line: the field (escaped: an unknown field's name is input too), the value (shortened, escaped)."""
+        if not self.show_value:
+            return f"{printable(self.field)} {self.problem}"
         text = f"{printable(self.field)}: {shortened(self.value)} {self.problem}"
         if self.nearest is not None:
-            text += f"; nearest valid value: {self.nearest!r} (fix the job, or pass --snap to use it)"
+            text += f"; nearest valid value: {self.nearest!r}"
         return text
 
 
@@ -205,24 +215,74 @@ def nearest_frame_count(value: float) -> int:
     return max(9, math.floor((value - 1) / 8 + 0.5) * 8 + 1)
 
 
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field's annotation holds (`X`, `X | None`, `list[X]`), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        model = _model_of(arg)
+        if model is not None:
+            return model
+    return None
+
+
+def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The model whose field `loc` names (`("images", 0, "pth")`: `ImageInput`), or None."""
+    model: type[BaseModel] | None = JobSpec
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        model = _model_of(field.annotation) if field is not None else None
+    return model
+
+
+def _unknown_field(loc: tuple[str | int, ...]) -> str:
+    """Why `loc` is refused: not a field of its model, with the nearest field's name where one is close (a typo),
+    else the fields there are."""
+    model = _model_at(loc)
+    where = "a job field" if len(loc) == 1 else f"a field of {'.'.join(str(p) for p in loc[:-1])}"
+    known = sorted(model.model_fields) if model is not None else []
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    if close:
+        return f"is not {where}; did you mean {close[0]!r}?"
+    return f"is not {where} (known fields: {', '.join(known)})"
+
+
+def _required(loc: tuple[str | int, ...]) -> str:
+    """What a missing required field is for: the first sentence of its description."""
+    model = _model_at(loc)
+    field = model.model_fields.get(str(loc[-1])) if model is not None else None
+    about = (field.description or "").split(". ")[0].rstrip(".") if field is not None else ""
+    return f"is required: {about[:1].lower()}{about[1:]}" if about else "is required"
+
+
 def parse_job(raw: dict[str, Any], source: str = "job") -> JobSpec:
-    """Type-check a job mapping; errors name each field."""
+    """Type-check a job mapping; errors name each field. A field whose name is close to an unknown field's is
+    not also reported missing: "did you mean" on the typo says it."""
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as e:
         problems = []
-        for err in e.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "(job)"
-            value = err.get("input")
-            msg = err["msg"]
+        errors = e.errors()
+        meant = {
+            (*err["loc"][:-1], name)
+            for err in errors
+            if err["type"] == "extra_forbidden"
+            for name in difflib.get_close_matches(
+                str(err["loc"][-1]), list(getattr(_model_at(err["loc"]), "model_fields", {})), n=1
+            )
+        }
+        for err in errors:
+            loc = tuple(err["loc"])
+            field = ".".join(str(p) for p in loc) or "(job)"
             if err["type"] == "extra_forbidden":
-                msg = f"is not a job field (known fields: {', '.join(sorted(JobSpec.model_fields))})"
-                value = field
+                problems.append(FieldProblem(field, field, _unknown_field(loc), show_value=False))
             elif err["type"] == "missing":
-                msg = "is required"
+                if loc not in meant:
+                    problems.append(FieldProblem(field, None, _required(loc), show_value=False))
             else:
-                msg = f"is invalid: {msg}"
-            problems.append(FieldProblem(field, value if err["type"] != "missing" else None, msg))
+                problems.append(FieldProblem(field, err.get("input"), f"is invalid: {err['msg']}"))
         raise JobValidationError(problems, source) from None
 
 
@@ -254,7 +314,7 @@ def validate_job(raw: dict[str, Any] | JobSpec, snap: bool = False, source: str 
             changes[field] = nearest
             adjustments.append(FieldProblem(field, value, f"{problem}; snapped to {nearest!r}"))
         else:
-            problems.append(FieldProblem(field, value, problem, nearest))
+            problems.append(FieldProblem(field, value, problem, nearest, snaps=True))
 
     dump = spec.model_dump(exclude={"prompt", "negative_prompt", "name"})
     for field, text in strings(dump):  # paths and URLs: kept as given, but they must be text

@@ -97,6 +97,25 @@ def printable(text: object, keep_newlines: bool = False) -> str:
     return "".join(c if c.isprintable() or (keep_newlines and c == "\n") else ascii(c)[1:-1] for c in text)
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+"""Terminal escape sequences (colours, cursor moves, OSC titles) as libraries write them into their messages."""
+
+
+def without_escapes(text: str) -> str:
+    """`text` with its terminal escape sequences removed (Ray colours the tracebacks it forwards)."""
+    return ANSI_ESCAPE.sub("", text)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """An error's text as one line of at most `limit` characters: escapes removed; of a traceback its last line
+    (the exception), else every line joined."""
+    lines = [line.strip() for line in without_escapes(text).splitlines() if line.strip()]
+    if any(line.startswith("Traceback (most recent call last)") for line in lines):
+        lines = lines[-1:]
+    joined = " ".join(lines)
+    return joined if len(joined) <= limit else f"{joined[: limit - 1]}…"
+
+
 def shortened(value: object, limit: int = 60) -> str:
     """`value` as a message shows it: its repr (controls escaped), cut to `limit` characters."""
     shown = repr(value)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,6 +33,7 @@ from ltx_core.model.audio_vae import decode_audio as vae_decode_audio
 from ltx_core.model.upsampler import upsample_video
 from ltx_core.tools import LatentTools
 from ltx_core.types import LatentState, VideoPixelShape
+from ltx_pipelines.utils import samplers
 from ltx_pipelines.utils.constants import DISTILLED_SIGMA_VALUES, STAGE_2_DISTILLED_SIGMA_VALUES
 from ltx_pipelines.utils.helpers import (
     modality_from_latent_state,
@@ -52,6 +54,10 @@ if TYPE_CHECKING:
 
 StepCallback = Callable[[str, int, int, float], None]
 """Called as (stage, step_done, steps_total, seconds) after every denoising step: progress and metrics."""
+
+samplers.tqdm = partial(samplers.tqdm, disable=True)
+"""The official loop's own bar off: steps are reported through `StepCallback`, and the command line draws them;
+a bar of a worker thread would draw over the command's own on the same terminal."""
 
 
 @dataclass(frozen=True)

@@ -222,7 +222,7 @@ def test_a_campaign_finishes_when_no_job_is_left_and_reopens_for_new_work(tmp_pa
     assert store.fail("c", b["id"], "boom", 1.0, max_retries=0) == "failed"
     assert store.campaign_row("c")["state"] == "finished"
     assert blocked_reason(store.campaign_state("c"), at(0, 12)) == "finished"
-    assert store.logs("c")[-2]["message"] == "campaign finished: 1 done, 1 failed"
+    assert store.logs("c")[-1]["message"] == "campaign finished: 1 done, 1 failed"
     assert store.retry_failed("c") == 1 and store.campaign_row("c")["state"] == "active"
     store.set_job_state("c", b["id"], "cancelled")
     assert store.campaign_row("c")["state"] == "finished"

@@ -40,7 +40,8 @@ def test_valid_job_resolves_defaults():
 def test_sizes_off_the_grid(field, value, nearest):
     p = _problems(**{field: value})[field]
     assert p.value == value and p.nearest == nearest
-    assert "multiple of 64" in p.message() and "--snap" in p.message()
+    assert "multiple of 64" in p.message() and p.message().endswith(f"nearest valid value: {nearest}")
+    assert p.snaps  # the commands with --snap say it moves this value; the job layer names no flag
 
 
 @pytest.mark.parametrize("value", [0, -64, 10000])
@@ -133,9 +134,47 @@ def test_unknown_field_and_wrong_type():
     assert "seed" in fields
 
 
+@pytest.mark.parametrize(
+    ("job", "line"),
+    [
+        ({**BASE, "heigth": 512}, "heigth is not a job field; did you mean 'height'?"),
+        ({**BASE, "negative_promt": "x"}, "negative_promt is not a job field; did you mean 'negative_prompt'?"),
+        ({**BASE, "images": [{"pth": "a.png"}]}, "images.0.pth is not a field of images.0; did you mean 'path'?"),
+        (
+            {**BASE, "video_guidance": {"cgf": 3}},
+            "video_guidance.cgf is not a field of video_guidance; did you mean 'cfg'?",
+        ),
+        (
+            {**BASE, "placement": {"mdoe": "sequence"}},
+            "placement.mdoe is not a field of placement; did you mean 'mode'?",
+        ),
+    ],
+)
+def test_a_misspelt_field_gets_did_you_mean(job, line):
+    with pytest.raises(JobValidationError) as info:
+        validate_job(job)
+    assert [p.message() for p in info.value.problems if "field" in p.problem] == [line]
+    assert "known fields" not in str(info.value)  # the 26 names are listed only where no name is close
+
+
+def test_a_field_with_no_close_name_lists_the_fields_there():
+    with pytest.raises(JobValidationError) as info:
+        validate_job({**BASE, "images": [{"path": "a.png", "zzz": 1}]})
+    [problem] = info.value.problems
+    assert problem.message() == "images.0.zzz is not a field of images.0 (known fields: frame, path, sha256, strength)"
+
+
 def test_missing_prompt():
-    with pytest.raises(JobValidationError, match="prompt: None is required"):
+    with pytest.raises(JobValidationError) as info:
         validate_job({"height": 512})
+    assert [p.message() for p in info.value.problems] == ["prompt is required: what to render (video and sound)"]
+    assert "None" not in str(info.value)
+
+
+def test_a_misspelt_required_field_is_not_also_reported_missing():
+    with pytest.raises(JobValidationError) as info:
+        validate_job({"promt": "a fox", "height": 512})
+    assert [p.message() for p in info.value.problems] == ["promt is not a job field; did you mean 'prompt'?"]
 
 
 def test_all_problems_reported_at_once():
