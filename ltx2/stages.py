@@ -185,7 +185,7 @@ def stage_1_denoiser(
     video_guidance: Guidance,
     audio_guidance: Guidance,
     positive: tuple[torch.Tensor, torch.Tensor],
-    negative: tuple[torch.Tensor, torch.Tensor] | None,
+    negative: tuple[torch.Tensor, torch.Tensor | None] | None,
     loras: tuple[LoraSpec, ...] = (),
     stage_loras: tuple[LoraSpec, ...] = (),
 ) -> tuple[torch.Tensor, DenoisingFunc]:
@@ -304,7 +304,11 @@ def stage1_chunk(
         request.video_guidance,
         request.audio_guidance,
         (positive.video.to(dev), positive.audio.to(dev)),
-        (negative.video.to(dev), negative.audio.to(dev)) if negative is not None else None,
+        # A frozen track's audio guider has no negative context, as in the official audio-to-video pipeline
+        # (`A2VidPipelineTwoStage`): its unconditional pass keeps the positive audio context.
+        (negative.video.to(dev), None if track is not None else negative.audio.to(dev))
+        if negative is not None
+        else None,
         request.loras,
         (request.control_lora,) if request.control_lora is not None else (),
     )

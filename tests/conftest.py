@@ -79,6 +79,25 @@ def user_folders(tmp_path_factory) -> Iterator[Path]:
     patch.undo()
 
 
+LONG_FILES = (
+    "test_cluster.py",
+    "test_golden.py",
+    "test_campaign_runner.py",
+    "test_cli.py",
+    "test_chaos.py",
+    "test_gangs.py",
+    "test_console.py",
+    "test_nodes.py",
+)
+"""The files that take longest, run first: `./farm test` runs files in parallel processes (pytest-xdist, a file
+whole in one process), and a long file handed out last would end the suite alone."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def tiny_set() -> CheckpointSet:
     from ltx2.tiny import ensure_tiny_checkpoint_set

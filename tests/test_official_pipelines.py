@@ -17,8 +17,7 @@ The tiny set has no distilled checkpoint: its distilled weights are the dev weig
 with the distilled LoRA among their `loras`, fused by ltx-core's own builder; the IC-LoRA class's stage-2 ledger,
 built with no LoRA for a distilled file, gets the distilled LoRA alone.
 
-Where the farm differs: audio-to-video frames (`test_audio_to_video_pipeline_frames`, a strict xfail naming the
-difference); an image at frame 0 of a keyframe job (`test_keyframe_interpolation_pipeline`).
+Where the farm differs: an image at frame 0 of a keyframe job (`test_keyframe_interpolation_pipeline`).
 """
 
 from __future__ import annotations
@@ -258,13 +257,6 @@ def test_audio_to_video_pipeline_sound(audio_to_video):
     assert torch.equal(carried, waveform)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the farm gives the frozen track's audio guider the negative prompt's audio encoding; the official class "
-    "gives it none (`MultiModalGuider(params=MultiModalGuiderParams())`), so its unconditional pass keeps the positive "
-    "audio context, which the video's cross-attention to the audio sees. Fixing it changes the golden "
-    "audio-to-video hashes: left to a deliberate re-recording.",
-)
 def test_audio_to_video_pipeline_frames(audio_to_video):
     """`A2VidPipelineTwoStage`: the track's latent frozen in both stages, video-only denoising, guided stage 1."""
     frames, _, ours, _ = audio_to_video
