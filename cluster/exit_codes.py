@@ -1,4 +1,4 @@
-"""The exit codes of `ltx2-farm`: one table for every command, mirrored in README's "Command line" section.
+"""The exit codes of `ltx2-farm`: one table for every command, mirrored in README's "Exit codes" section.
 
 Scripts and schedulers (cron, a Kubernetes Job, `ray job submit`) decide from the code alone whether to fix
 the input, retry later, or look at failed jobs; the one-line message on stderr says the rest.

@@ -2,7 +2,7 @@
 
 `ltx2-farm examples DIR` writes a manifest with an image-to-video row, a keyframe row, canny and depth
 control rows, an audio-to-video row and a LoRA row, plus every file they need, for the tiny model: the
-README's example runs as written on any machine.
+example of docs/jobs.md ("Conditioned jobs") runs as written on any machine.
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ def test_impossible_placement_is_refused_before_any_worker_starts(tmp_path):
 
 
 def test_one_table_of_exit_codes_in_the_code_the_help_and_the_readme():
-    readme = (REPO / "README.md").read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    readme = (REPO / "README.md").read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
     rows = dict(re.findall(r"^\| (\d+) \| (.+) \|$", readme, re.M))
     assert {int(k): v for k, v in rows.items()} == {int(c): MEANINGS[c] for c in ExitCode}
     help_text = run("--help").stdout

@@ -1,4 +1,4 @@
-"""The README's conditioned campaign, run as written: `examples`, `campaign submit`, `campaign run`."""
+"""The conditioned campaign of docs/jobs.md, run as written: `examples`, `campaign submit`, `campaign run`."""
 
 from __future__ import annotations
 

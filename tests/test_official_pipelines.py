@@ -292,7 +292,7 @@ def test_keyframe_interpolation_pipeline(official, farm, tiny_set, inputs):
     """`KeyframeInterpolationPipeline`: images appended as guiding latents at their frames, in both stages, guided
     stage 1. Keyframes after frame 0 are the same conditioning in both; an image at frame 0 is not: the farm
     replaces the first latent with it (the official two-stage and distilled pipelines' `combined_image_conditionings`,
-    README "Conditioned jobs"), where this class appends it as a guiding latent too."""
+    docs/jobs.md, "Conditioned jobs"), where this class appends it as a guiding latent too."""
     job = {
         **JOB,
         "images": [
