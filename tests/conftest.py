@@ -90,7 +90,8 @@ LONG_FILES = (
     "test_nodes.py",
 )
 """The files that take longest, run first: `./farm test` runs files in parallel processes (pytest-xdist, a file
-whole in one process), and a long file handed out last would end the suite alone."""
+whole in one process, in this order: `--no-loadscope-reorder`), and a long file handed out last would end the suite
+alone."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -21,12 +21,13 @@ from cluster.campaign_manifest import parse_manifest
 from cluster.campaign_runner import error_texts
 from cluster.campaign_store import Store
 from cluster.console import CampaignProgress, Screen, StageProgress, busy_seconds, draws_bars
+from cluster.model_choice import TINY_NOTE
 from cluster.replies import WorkerProgress
 from jobs.fallback import OOM_LADDER
 from jobs.text import without_escapes
 from tests.conftest import CACHE
 
-TINY_RENDER = ["render", "--prompt", "rain on a tin roof", "--frames", "9", "--height", "64", "--width", "64"]
+TINY_RENDER = ["render", "--tiny", "--prompt", "rain on a tin roof", "--frames", "9", "--height", "64", "--width", "64"]
 STEPS = 4
 STAGE_2_STEPS = 3  # the official stage 2: three distilled sigmas
 LIBRARY_CHATTER = ("slow image processor", "Token authentication", "(RayRenderWorker", "UserWarning", "FutureWarning")
@@ -86,7 +87,7 @@ def test_a_render_logs_one_json_line_per_stage_and_no_library_chatter(tmp_path):
         assert 0 < e["seconds"] < sidecar["timings_s"]["total"]  # the stage's own time, within the render's
         assert e["steps_per_s"] == pytest.approx(e["steps"] / e["seconds"], rel=0.01)
     others = [line for line in result.stderr.splitlines() if not line.startswith("{")]
-    assert others == ["starting worker (loading models)…"], result.stderr
+    assert others == [TINY_NOTE, "starting worker (loading models)…"], result.stderr
     assert "\r" not in result.stderr
 
 
@@ -296,7 +297,7 @@ def test_a_campaign_run_logs_a_json_line_per_attempt_and_no_library_chatter(tmp_
     env = _env(tmp_path, TQDM_DISABLE="1")
     db = ["campaign", "--db", str(tmp_path / "farm.db")]
     assert _cli(*db, "submit", str(manifest), env=env).returncode == 0
-    run = _cli(*db, "run", "--out", str(tmp_path / "out"), env=env)
+    run = _cli(*db, "run", "--tiny", "--out", str(tmp_path / "out"), env=env)
     assert run.returncode == 4, run.stderr[-3000:]  # the broken job failed (the tiny model has 2 blocks)
     lines = run.stderr.splitlines()
     events = [json.loads(line) for line in lines if line.startswith("{")]
@@ -309,7 +310,10 @@ def test_a_campaign_run_logs_a_json_line_per_attempt_and_no_library_chatter(tmp_
     assert all(e["worker"] == "worker-0" and e["seconds"] > 0 for e in events)
     assert all("names blocks [7], but the model has 2" in e["error"] for e in events if e["job"] == "broken")
     others = [line for line in lines if not line.startswith("{")]
-    assert others == ["error: 1 job(s) failed: `ltx2-farm campaign status` and `campaign logs NAME` say which and why"]
+    assert others == [
+        TINY_NOTE,
+        "error: 1 job(s) failed: `ltx2-farm campaign status` and `campaign logs NAME` say which and why",
+    ]
 
 
 def test_busy_seconds_counts_overlaps_once_and_idle_gaps_not_at_all():
