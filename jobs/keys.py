@@ -60,9 +60,13 @@ class Destination:
         return self.file[: -len(VIDEO_SUFFIX)] + ".json"
 
     def __str__(self) -> str:
-        if self.scheme == "s3":
-            return f"s3://{self.bucket}/{join_key(self.prefix, self.file)}"
-        return str(Path(self.prefix) / self.file) if self.file else self.prefix
+        if not self.file:
+            return f"s3://{self.bucket}/{self.prefix}" if self.scheme == "s3" else self.prefix
+        return (
+            f"s3://{self.bucket}/{join_key(self.prefix, self.file)}"
+            if self.scheme == "s3"
+            else str(Path(self.prefix) / self.file)
+        )
 
 
 def parse_destination(url: str) -> Destination:

@@ -175,6 +175,7 @@ def test_a_render_destination_ending_in_mp4_is_that_file(url, parts):
         job = validate_job({"prompt": "x", "height": 64, "width": 64, "num_frames": 9})
         assert check_output(url, None, job) == destination
     assert parse_destination(url).file == ""  # a campaign's destination, an input's URL: never split
+    assert str(render_destination("s3://renders/dir/")) == "s3://renders/dir" and str(render_destination("o/")) == "o"
 
 
 @pytest.mark.parametrize(
