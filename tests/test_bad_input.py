@@ -157,7 +157,7 @@ MANIFESTS = [
     (
         "an MP4 as the output",
         {"output": "s3://renders/spring/all.mp4"},
-        ("output:", "names one MP4", "'s3://renders/spring/'"),
+        ("output:", "names one MP4", "e.g. 's3://renders/spring'"),
     ),
 ]
 
