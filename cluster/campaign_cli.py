@@ -141,10 +141,11 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     action = args.campaign_command
     if action == "run":
         return _run(args)
+    # a manifest is refused before anything is made, the store included
+    manifest = load_manifest(Path(args.manifest)) if action == "submit" else None
     store = open_store(args, create=action in CREATES_STORE)
     try:
-        if action == "submit":
-            manifest = load_manifest(Path(args.manifest))
+        if manifest is not None:
             result = store.submit(manifest.spec, manifest.jobs, suspended=args.suspended)
             problems = [
                 {

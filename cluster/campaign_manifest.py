@@ -10,6 +10,7 @@ good rows unless `all_or_nothing` is set.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -23,7 +24,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cluster.inputs import input_roots, resolve_inputs
-from jobs.keys import DestinationError, key_template_problem, output_key_problem, output_keys, parse_destination
+from jobs.keys import (
+    CAMPAIGN_KEY_TEMPLATE,
+    DestinationError,
+    key_template_problem,
+    output_key_problem,
+    output_keys,
+    parse_destination,
+    split_video_file,
+)
 from jobs.names import name_problem
 from jobs.outputs import job_content_hash
 from jobs.plan import plan_job
@@ -47,7 +56,11 @@ class CampaignSpec(BaseModel):
     variations: int = Field(1, description="Jobs per row, each with a derived seed.")
     all_or_nothing: bool = Field(False, description="Refuse the whole manifest if any row is invalid.")
     output: str | None = Field(None, description="s3://bucket/prefix or a folder; default ./renders/<campaign>.")
-    key_template: str = "{campaign}/{job}-seed{seed}.{ext}"
+    key_template: str = Field(
+        CAMPAIGN_KEY_TEMPLATE,
+        description="Object key of each output under `output`; fields {campaign} {job} {name} {seed} {hash} {ext}. "
+        "A campaign keeps the one it was first submitted with unless a manifest names another.",
+    )
     defaults: dict[str, Any] = Field(default_factory=dict, description="Job fields shared by every row.")
     rows: list[Any] | None = Field(
         None, description="Job fields per row; a row that is not a mapping is refused alone."
@@ -100,6 +113,8 @@ class RowProblem:
     problem: FieldProblem
 
     def message(self) -> str:
+        if self.row == 0:  # a field of the manifest itself
+            return self.problem.message()
         return f"row {self.row} ({printable(self.row_id)}): {self.problem.message()}"
 
 
@@ -111,10 +126,14 @@ class Manifest:
 
 
 class ManifestError(ValueError):
-    """The manifest itself (not a row) is unusable, or all-or-nothing found bad rows."""
+    """The manifest itself (not a row) is unusable, or all-or-nothing found bad rows: one line for one problem,
+    else a line each."""
 
     def __init__(self, message: str, problems: tuple[RowProblem, ...] = ()) -> None:
         self.problems = problems
+        if len(problems) == 1:
+            super().__init__(f"{message}: {problems[0].message()}")
+            return
         lines = "".join(f"\n  - {p.message()}" for p in problems)
         super().__init__(message + lines)
 
@@ -197,6 +216,18 @@ def _campaign_problems(data: dict[str, Any]) -> list[RowProblem]:
             parse_destination(output)
         except DestinationError as e:
             problems.append(_manifest_problem("output", output, f"is not a destination: {e}"))
+        else:
+            named = split_video_file(output)
+            if named.file:
+                folder = str(dataclasses.replace(named, file=""))
+                problems.append(
+                    _manifest_problem(
+                        "output",
+                        output,
+                        f"names one MP4, but a campaign writes one a job; give a folder or prefix, e.g. {folder!r} "
+                        "(the key template names each file in it)",
+                    )
+                )
     return problems
 
 

@@ -147,11 +147,14 @@ class Store:
     # --- submission -----------------------------------------------------------------------------------
 
     def submit(self, spec: CampaignSpec, jobs: tuple[CampaignJob, ...], suspended: bool = False) -> dict[str, int]:
-        """Add a campaign's jobs; jobs already present (same content) are left as they are."""
+        """Add a campaign's jobs; jobs already present (same content) are left as they are. A campaign submitted
+        again keeps its key template unless the manifest names one: its outputs stay under the keys they have."""
         now = time.time()
         stored = spec.model_dump(mode="json", exclude={"rows"})
         with self._tx() as db:
-            row = db.execute("SELECT state FROM campaigns WHERE name=?", (spec.campaign,)).fetchone()
+            row = db.execute("SELECT state, spec FROM campaigns WHERE name=?", (spec.campaign,)).fetchone()
+            if row is not None and "key_template" not in spec.model_fields_set:
+                stored["key_template"] = json.loads(row["spec"])["key_template"]
             if row is None:
                 db.execute(
                     "INSERT INTO campaigns VALUES (?, ?, ?, ?, ?, 0)",

@@ -19,6 +19,7 @@ from cluster.exit_codes import ExitCode
 from cluster.exit_codes import table as exit_code_table
 from cluster.service import JobSource, UsageError, describe_adjustments, resolve_job_inputs
 from jobs.examples import DEMO_JOB
+from jobs.keys import DEFAULT_KEY_TEMPLATE
 from jobs.spec import JobValidationError, validate_job
 from jobs.text import printable
 
@@ -324,12 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     storage = render.add_argument_group("upload (default: keep the files in --out only)")
     storage.add_argument(
-        "--output", metavar="URL", help="s3://bucket/prefix or a folder; files stay in --out until confirmed"
+        "--output",
+        metavar="URL",
+        help="s3://bucket/prefix or a folder; or the MP4 itself (s3://bucket/dir/long.mp4, long.mp4: its sidecar "
+        "long.json beside it; a file there is never replaced); files stay in --out until confirmed",
     )
     storage.add_argument(
         "--key-template",
-        default="{job}-seed{seed}.{ext}",
-        help="object key under the prefix; fields {job} {name} {seed} {hash} {ext}",
+        help=f"object key under a folder or prefix; fields {{job}} (<name>-<hash>-seed<seed>) {{name}} {{seed}} "
+        f"{{hash}} {{ext}}; default {DEFAULT_KEY_TEMPLATE}",
     )
     storage.add_argument("--endpoint-url", help="S3-compatible endpoint (env AWS_ENDPOINT_URL)")
     storage.add_argument("--region", help="S3 region (env AWS_DEFAULT_REGION)")
@@ -635,12 +639,21 @@ def _render(args: argparse.Namespace, metrics: Any) -> int:
     if result.objects:
         links = presigned_links(output, result.objects)
         payload["upload"] = [
-            {"key": o.key, "bytes": o.bytes, "etag": o.etag, "url": o.url, "presigned_url": link}
+            {
+                "key": o.key,
+                "bytes": o.bytes,
+                "etag": o.etag,
+                "url": o.url,
+                "verified": o.verified,
+                "presigned_url": link,
+            }
             for o, link in zip(result.objects, links, strict=True)
         ]
         if result.paths is None:
             lines.append(f"rendered {summary}")
-        lines += [f"uploaded {u['url']}\n  link: {u['presigned_url']}" for u in payload["upload"]]
+        for u in payload["upload"]:
+            done = "kept (already there)" if u["verified"] == "kept" else "uploaded"
+            lines.append(f"{done} {u['url']}\n  link: {u['presigned_url']}")
     _emit(args, payload, "\n".join(lines))
     return ExitCode.OK
 

@@ -7,6 +7,7 @@ whole render, the head's for a planned job the coordinator muxed). From there:
 - otherwise the head's output folder receives them: the holder cuts the MP4 into parts that travel through
   Ray's object store, and the head writes them atomically, checks the SHA-256 the holder measured, and only
   then tells the holder to drop its staged copies. A `file://` destination is then copied from there.
+A destination that names the MP4 itself (`render --output long.mp4`) never replaces a file there (`put_output`).
 
 Publishing is a step of its own, after the render returned: a worker's slot is free for the next job while
 its last output uploads (a storage outage delays outputs, never renders). The head never opens a path that
@@ -28,9 +29,9 @@ from typing import Any
 
 from cluster.output_files import disk_full_guard
 from cluster.parts import get_file, put_file
-from cluster.storage import StorageOptions, UploadedObject, Uploader, UploadWait
-from jobs.keys import DEFAULT_KEY_TEMPLATE, Destination, output_keys
-from jobs.outputs import OutputPaths, output_paths
+from cluster.storage import StorageOptions, UploadedObject, Uploader, UploadError, UploadWait, describe
+from jobs.keys import DEFAULT_KEY_TEMPLATE, Destination, destination_keys
+from jobs.outputs import OutputPaths, job_content_hash, output_paths
 from jobs.spec import ValidJob
 from ltx2.checkpoint import cached_file_sha256, default_cache_dir
 
@@ -61,8 +62,8 @@ class OutputTarget:
         return self.campaign or "render"
 
     def keys(self, job: ValidJob) -> tuple[str, str]:
-        """The object keys of the job's MP4 and sidecar under the destination."""
-        return output_keys(self.key_template, job, self.campaign)
+        """The object keys of the job's MP4 and sidecar under the destination (the MP4 it names, if it does)."""
+        return destination_keys(self.destination, self.key_template, job, self.campaign)
 
 
 @dataclass(frozen=True)
@@ -120,12 +121,9 @@ def offer(
     size = paths.video.stat().st_size
     sha256 = cached_file_sha256(paths.video)  # the writer hashed it for the sidecar: a memo hit, not a re-read
     if target.uploads_from_holder:
-        video_key, sidecar_key = target.keys(job)
         started = time.perf_counter()
         try:
-            objects = Uploader(target.destination, target.storage, on_wait=on_wait).upload(
-                [(paths.video, video_key, "video/mp4"), (paths.sidecar, sidecar_key, "application/json")]
-            )
+            objects = put_output(paths, job, target, on_wait)
         except Exception:
             if on_upload is not None:
                 on_upload(0, time.perf_counter() - started, False)
@@ -223,10 +221,68 @@ def copy_to_destination(paths: OutputPaths, job: ValidJob, target: OutputTarget)
     """A `file://` destination: the head copies what it received (an S3 one was uploaded by the holder)."""
     if target.destination is None or target.uploads_from_holder:
         return ()
+    return put_output(paths, job, target)
+
+
+def put_output(
+    paths: OutputPaths, job: ValidJob, target: OutputTarget, on_wait: Callable[[UploadWait], None] | None = None
+) -> tuple[UploadedObject, ...]:
+    """The job's MP4, then its sidecar, at the target's destination, each verified (`Uploader`).
+
+    A destination that names the MP4 (`s3://bucket/dir/long.mp4`) replaces nothing there: the same MP4 already
+    there is a no-op (its sidecar, if there, stays as it is); another file at either name is refused
+    (`UploadError`) and the render stays where it was. Under a folder or prefix the keys hold the job's content
+    hash: what is there is this job's output, and only the same bytes are skipped."""
+    uploader = Uploader(target.destination, target.storage, on_wait=on_wait)
     video_key, sidecar_key = target.keys(job)
-    uploader = Uploader(target.destination, target.storage)
-    return tuple(
-        uploader.upload([(paths.video, video_key, "video/mp4"), (paths.sidecar, sidecar_key, "application/json")])
+    files = [(paths.video, video_key, "video/mp4"), (paths.sidecar, sidecar_key, "application/json")]
+    if not target.destination.file:
+        return tuple(uploader.upload(files))
+    try:
+        video, sidecar = uploader.holds(paths.video, video_key), uploader.stored(sidecar_key)
+    except Exception as error:
+        described = describe(error)
+        if described is None:
+            raise
+        raise UploadError(
+            f"cannot look at {target.destination}: {described[0]}; the file stays at {paths.video}",
+            retryable=described[1],
+        ) from None
+    if video is False or (video is None and sidecar is not None):
+        there = target.destination if video is False else sidecar.url
+        raise UploadError(
+            f"{there} already holds another file, and an output never replaces one; the render stays at "
+            f"{paths.video}: remove what is there, or give another file name"
+        )
+    if video and sidecar is not None:
+        return (*uploader.upload(files[:1]), sidecar)  # the MP4: a no-op that verifies it
+    return tuple(uploader.upload(files))
+
+
+def taken_by_another(job: ValidJob, target: OutputTarget) -> str | None:
+    """Why the MP4 the target's destination names cannot take this job's output (a phrase that follows it), found
+    before any render: the sidecar there records another job (or is no sidecar of the farm's). None when the
+    destination names no file, nothing is there, this job's output is, or the destination cannot be reached now:
+    `put_output` then decides, after the render."""
+    if target.destination is None or not target.destination.file:
+        return None
+    look = dataclasses.replace(target.storage, attempts=1, connect_timeout_s=2.0)
+    _, sidecar_key = target.keys(job)
+    try:
+        data = Uploader(target.destination, look).read(sidecar_key)
+    except Exception:
+        return None
+    if data is None:
+        return None
+    try:
+        recorded = json.loads(data).get("job_sha256")
+    except (ValueError, AttributeError):
+        recorded = None
+    if recorded == job_content_hash(job):
+        return None
+    return (
+        f"is taken: the sidecar {sidecar_key} beside it records another render, and an output never replaces one; "
+        "remove them there, or give another file name"
     )
 
 

@@ -52,12 +52,13 @@ class JobSource:
 
 @dataclass(frozen=True)
 class OutputRequest:
-    """Where a render's output goes: `folder` on this machine, and `destination` (s3://bucket/prefix or a folder)
-    too if given, under `key_template`, reached with these S3 options."""
+    """Where a render's output goes: `folder` on this machine, and `destination` too if given: s3://bucket/prefix
+    or a folder, under `key_template` (None: `jobs.keys.DEFAULT_KEY_TEMPLATE`), or the MP4 itself when it ends in
+    `.mp4` (no key template then); reached with these S3 options."""
 
     folder: Path
     destination: str | None = None
-    key_template: str = "{job}-seed{seed}.{ext}"
+    key_template: str | None = None
     endpoint_url: str | None = None
     region: str | None = None
     addressing_style: str = "auto"
@@ -207,37 +208,42 @@ def render(
 
 
 def check_output(output: OutputRequest, job: ValidJob) -> None:
-    """A bad destination, key template, keys too long for this job, or missing credentials: refused before any
-    compute."""
+    """A bad destination, key template, keys too long for this job, missing credentials, or an MP4 the destination
+    names that holds another render: refused before any compute."""
     if not output.destination:
         return
     from jobs.keys import check_output as check_keys
-    from jobs.keys import parse_destination
 
-    check_keys(output.destination, output.key_template, job)
-    if parse_destination(output.destination).scheme == "s3":
+    destination = check_keys(output.destination, output.key_template, job)
+    if destination.scheme == "s3":
         from cluster.storage import StorageOptions, credentials_problem
 
         problem = credentials_problem(StorageOptions(profile=output.profile))
         if problem:
             raise UsageError(f"--output {printable(output.destination)}: {problem}")
+    if destination.file:
+        from cluster.publish import taken_by_another
+
+        problem = taken_by_another(job, output_target(output))
+        if problem:
+            raise UsageError(f"--output {printable(output.destination)} {problem}")
 
 
 def output_target(output: OutputRequest):  # -> cluster.publish.OutputTarget
     """Where a render's output goes, as the publishing path takes it."""
     from cluster.publish import OutputTarget
     from cluster.storage import StorageOptions
-    from jobs.keys import parse_destination
+    from jobs.keys import DEFAULT_KEY_TEMPLATE, render_destination
 
     return OutputTarget(
-        parse_destination(output.destination) if output.destination else None,
+        render_destination(output.destination) if output.destination else None,
         StorageOptions(
             endpoint_url=output.endpoint_url,
             region=output.region,
             addressing_style=output.addressing_style,
             profile=output.profile,
         ),
-        output.key_template,
+        DEFAULT_KEY_TEMPLATE if output.key_template is None else output.key_template,
     )
 
 

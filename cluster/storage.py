@@ -6,8 +6,8 @@ trailers boto3 would use over HTTPS). After the upload the object's HEAD is comp
 evidence first: the S3 checksum (`ChecksumMode=ENABLED`; CRC32, SHA-256 or SHA-1, whole-object or the
 multipart checksum of part checksums), else the ETag as MD5 (or multipart MD5-of-MD5s) where the ETag is
 one, i.e. not on SSE-KMS or SSE-C objects, else the size alone, and `UploadedObject.verified` says which.
-An object already there and identical by the same rules (checksum or MD5 ETag, never size alone) is not
-uploaded again, so a restarted coordinator does not upload twice.
+An object already there and identical by the same rules (checksum or MD5 ETag, never size alone; a folder's
+file by its MD5) is not uploaded or copied again, so a restarted coordinator does not upload twice.
 
 Only what can succeed on retry is retried, with exponential backoff until a deadline: connection errors,
 timeouts, 5xx, throttling, data damaged in transit. A missing or unreadable local file, missing or refused
@@ -99,7 +99,8 @@ class UploadedObject:
     verified: str = "size"
     """How the stored object was confirmed to be the local file: an S3 checksum algorithm ("CRC32", "SHA256",
     "SHA1"), "MD5" (the ETag, or a local copy's content), or "size" (the server gave neither a checksum nor an
-    ETag that is an MD5, e.g. an SSE-KMS object on a server without checksums)."""
+    ETag that is an MD5, e.g. an SSE-KMS object on a server without checksums); "kept": an object that was there
+    already and is left as it is (`Uploader.stored`)."""
 
 
 def expected_etag(path: Path, threshold: int = MULTIPART_THRESHOLD, chunk: int = MULTIPART_CHUNK) -> str:
@@ -681,6 +682,8 @@ class Uploader:
     def _copy(self, local: LocalFile, key: str) -> UploadedObject:
         target = Path(self.destination.prefix) / key
         local.digests("MD5")  # read before the copy: an unreadable source is the source's fault
+        if _same_file(target, local):  # already there, identical: never written twice (its inode and time stay)
+            return UploadedObject(str(target), local.size, local.etag(), target.resolve().as_uri(), "MD5")
         tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -693,6 +696,48 @@ class Uploader:
         if copied.size != local.size or copied.digests("MD5")[0] != local.digests("MD5")[0]:
             raise _Differs(f"the copy at {target} has other content")
         return UploadedObject(str(target), local.size, local.etag(), target.resolve().as_uri(), "MD5")
+
+    def holds(self, path: Path, key: str) -> bool | None:
+        """Whether `key` holds `path`'s content: None when nothing is there; False when something else is, or what
+        is there cannot be shown to be the same (its size alone matches)."""
+        local = LocalFile(path, self.options.multipart_threshold, self.options.multipart_chunk)
+        if self._client is None:
+            target = Path(self.destination.prefix) / key
+            return _same_file(target, local) if os.path.lexists(target) else None
+        head = self._head(join_key(self.destination.prefix, key), missing_ok=True)
+        return None if head is None else verify(head, local)[0] is True
+
+    def stored(self, key: str) -> UploadedObject | None:
+        """The object at `key` as it is (None when nothing is there), to report one that is kept (`verified`:
+        "kept")."""
+        if self._client is None:
+            target = Path(self.destination.prefix) / key
+            if not target.is_file():
+                return None
+            return UploadedObject(
+                str(target), target.stat().st_size, LocalFile(target).etag(), target.resolve().as_uri(), "kept"
+            )
+        full_key = join_key(self.destination.prefix, key)
+        head = self._head(full_key, missing_ok=True)
+        if head is None:
+            return None
+        url = f"s3://{self.destination.bucket}/{full_key}"
+        return UploadedObject(full_key, head["ContentLength"], head.get("ETag", "").strip('"'), url, "kept")
+
+    def read(self, key: str) -> bytes | None:
+        """The content of the (small) object at `key`, or None when nothing is there."""
+        if self._client is None:
+            target = Path(self.destination.prefix) / key
+            return target.read_bytes() if target.is_file() else None
+        try:
+            response = self._client.get_object(
+                Bucket=self.destination.bucket, Key=join_key(self.destination.prefix, key)
+            )
+        except ClientError as error:
+            if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (403, 404):
+                return None  # as `_head` before an upload: not known to be there
+            raise
+        return response["Body"].read()
 
     def exists(self, key: str) -> bool:
         """Whether `key` is already at the destination (an output whose sidecar is there is complete)."""
@@ -707,6 +752,13 @@ class Uploader:
         return self._client.generate_presigned_url(
             "get_object", Params={"Bucket": self.destination.bucket, "Key": key}, ExpiresIn=expires_s
         )
+
+
+def _same_file(target: Path, local: LocalFile) -> bool:
+    """Whether the file at `target` has `local`'s content (size, then MD5)."""
+    if not target.is_file() or target.stat().st_size != local.size:
+        return False
+    return LocalFile(target).digests("MD5")[0] == local.digests("MD5")[0]
 
 
 def _redact(text: object) -> str:

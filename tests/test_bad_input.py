@@ -120,7 +120,13 @@ OUTPUTS = [
     ("backslash", ["--output", "s3://bucket/p", "--key-template", "..\\{job}.{ext}"], "'\\\\'"),
     ("double slash", ["--output", "s3://bucket/p", "--key-template", "a//{job}.{ext}"], "empty component"),
     ("key over 1024 bytes", ["--output", "s3://bucket/" + "p" * 1000, "--name", "n" * 50], "1024"),
-    ("key part too long for a folder", ["--output", "out", "--name", "n" * 193, "--seed", str(2**63 - 1)], "file name"),
+    (  # the default key is the output file's name, which every valid name fits: a template adds to it
+        "key part too long for a folder",
+        ["--output", "out", "--name", "n" * 193, "--seed", str(2**63 - 1), "--key-template", "{job}-{hash}.{ext}"],
+        "file name",
+    ),
+    ("a key template for a named MP4", ["--output", "s3://bucket/p/x.mp4", "--key-template", "{job}.{ext}"], "itself"),
+    ("a space in the MP4's name", ["--output", "clips/my clip.mp4"], "the file name holds ' '"),
 ]
 
 
@@ -148,6 +154,11 @@ MANIFESTS = [
     ("unknown time zone", {"window": {"start": "20:00", "end": "07:00", "tz": "Mars/Olympus"}}, "tz"),
     ("zero variations", {"variations": 0}, "variations"),
     ("negative budget", {"budget_gpu_seconds": -5}, ("budget_gpu_seconds: -5", "must be a positive number of seconds")),
+    (
+        "an MP4 as the output",
+        {"output": "s3://renders/spring/all.mp4"},
+        ("output:", "names one MP4", "e.g. 's3://renders/spring'"),
+    ),
 ]
 
 
@@ -313,6 +324,16 @@ def test_a_json_manifest_with_escaped_emoji_is_queued(tmp_path, capsys):
         assert json.loads(store.jobs("fox")[0]["spec"])["prompt"] == "a fox 🦊"
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("output", ["s3://renders/spring/all.mp4", "all.MP4", "file:///srv/out/all.mp4"])
+def test_a_campaign_output_naming_one_mp4_is_one_line_before_anything_is_made(tmp_path, capsys, output):
+    """A campaign writes an MP4 a job: a destination that names one is refused, the store not even made."""
+    assert main(["campaign", "--db", str(tmp_path / "db"), "submit", str(_manifest(tmp_path, output=output))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: the manifest is invalid: output: "), err
+    assert "names one MP4" in err and "give a folder or prefix" in err
+    assert not (tmp_path / "db").exists()
 
 
 @pytest.mark.parametrize("template", ["{campaign}/{job}", "{campaign}/../{job}.{ext}"])

@@ -296,7 +296,7 @@ def test_rows_whose_keys_exceed_s3s_limit_are_refused_alone():
     m = parse_manifest(
         {
             **rows({"id": "short", "prompt": "x"}, {"id": "long", "prompt": "y", "name": "n" * 190}),
-            "output": "s3://renders/" + "p" * 800,  # short: 845 bytes a key, long: 1030
+            "output": "s3://renders/" + "p" * 810,  # short: 848 bytes a key, long: 1033
         }
     )
     assert _ids(m) == ["short"] and "more than S3's 1024" in m.problems[0].problem.problem

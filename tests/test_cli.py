@@ -228,6 +228,101 @@ def test_render_uploads_to_s3_and_prints_links(tmp_path, server_kind):
                 os.environ[k] = v
 
 
+TINY_RENDER = (
+    "render",
+    "--tiny",
+    "--prompt",
+    "rain",
+    "--frames",
+    "9",
+    "--height",
+    "64",
+    "--width",
+    "64",
+    "--steps",
+    "2",
+)
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Each file in `folder`: its inode, modification time and bytes (a file written again shows)."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()}
+
+
+def test_render_to_a_named_mp4_writes_that_file_and_never_replaces_another(tmp_path):
+    """`--output DIR/clip.mp4` is the MP4 itself, its sidecar `clip.json` beside it. Rendered again, what is there
+    stays (the same MP4: nothing written); another render's output there is refused before any model loads (exit
+    code 2), a file that is no render's once the render finds it (exit code 6); either way it is left as it is."""
+    dest, out = tmp_path / "dest", str(tmp_path / "out")
+    first = run(*TINY_RENDER, "--out", out, "--output", str(dest / "clip.mp4"), "--json")
+    assert first.returncode == 0, first.stderr
+    payload = json.loads(first.stdout)
+    assert Path(payload["video"]).name.endswith("-seed10.mp4") and payload["video"].count("seed") == 1
+    assert [u["key"] for u in payload["upload"]] == [str(dest / "clip.mp4"), str(dest / "clip.json")]
+    assert sorted(_files(dest)) == ["clip.json", "clip.mp4"]  # no folder named clip.mp4
+    assert (dest / "clip.mp4").read_bytes() == Path(payload["video"]).read_bytes()
+    assert json.loads((dest / "clip.json").read_text())["job_sha256"] == payload["job_sha256"]
+    published = _files(dest)
+
+    again = run(*TINY_RENDER, "--out", out, "--output", str(dest / "clip.mp4"), "--json")
+    assert again.returncode == 0, again.stderr
+    assert [u["verified"] for u in json.loads(again.stdout)["upload"]] == ["MD5", "kept"]
+    assert _files(dest) == published  # the same MP4 was there: nothing written, its sidecar kept
+
+    other = run(*TINY_RENDER, "--seed", "3", "--out", out, "--output", str(dest / "clip.mp4"))
+    assert other.returncode == 2, other.stderr
+    assert f"error: --output {dest / 'clip.mp4'} is taken: the sidecar clip.json beside it records another" in (
+        other.stderr
+    )
+    assert "starting worker" not in other.stderr and _files(dest) == published
+
+    (dest / "mine.mp4").write_bytes(b"a video of someone else's")
+    clash = run(*TINY_RENDER, "--out", out, "--output", str(dest / "mine.mp4"))
+    assert clash.returncode == 6, clash.stderr
+    assert f"{dest / 'mine.mp4'} already holds another file, and an output never replaces one" in clash.stderr
+    assert (dest / "mine.mp4").read_bytes() == b"a video of someone else's" and not (dest / "mine.json").exists()
+
+
+def test_render_to_a_named_mp4_in_a_bucket(tmp_path, monkeypatch):
+    """`--output s3://bucket/dir/clip.mp4`: the objects `dir/clip.mp4` and `dir/clip.json`; another render's
+    output there is refused before any model loads, nothing uploaded. Under a prefix the default key is the
+    output file's name, the seed in it once."""
+    import boto3
+
+    from tests.s3_servers import MotoServer, moto_env
+
+    for name, value in moto_env().items():
+        monkeypatch.setenv(name, value)
+    server = MotoServer().start()
+    try:
+        s3 = boto3.session.Session().client("s3", endpoint_url=server.endpoint)
+        s3.create_bucket(Bucket="farm")
+        s3.put_bucket_versioning(Bucket="farm", VersioningConfiguration={"Status": "Enabled"})  # every PUT shows
+        flags = ("--out", str(tmp_path / "out"), "--endpoint-url", server.endpoint, "--addressing-style", "path")
+        named = run(*TINY_RENDER, *flags, "--output", "s3://farm/dir/clip.mp4", "--json")
+        assert named.returncode == 0, named.stderr
+        assert [u["key"] for u in json.loads(named.stdout)["upload"]] == ["dir/clip.mp4", "dir/clip.json"]
+
+        def versions() -> dict:
+            return {(v["Key"], v["VersionId"]): v["ETag"] for v in s3.list_object_versions(Bucket="farm")["Versions"]}
+
+        published = versions()
+        assert sorted(key for key, _ in published) == ["dir/clip.json", "dir/clip.mp4"]
+        other = run(*TINY_RENDER, "--seed", "3", *flags, "--output", "s3://farm/dir/clip.mp4")
+        assert other.returncode == 2 and "s3://farm/dir/clip.mp4 is taken" in other.stderr, other.stderr
+        assert versions() == published
+
+        prefix = run(*TINY_RENDER, *flags, "--output", "s3://farm/dir", "--json")
+        assert prefix.returncode == 0, prefix.stderr
+        video, sidecar = (u["key"] for u in json.loads(prefix.stdout)["upload"])
+        assert video.startswith("dir/render-") and video.endswith("-seed10.mp4") and video.count("seed") == 1
+        assert sidecar == video.removesuffix(".mp4") + ".json"
+        body = [s3.get_object(Bucket="farm", Key=key)["Body"].read() for key in (video, "dir/clip.mp4")]
+        assert body[0] == body[1]  # the same job: the same MP4 under both names
+    finally:
+        server.stop()
+
+
 def test_render_on_a_sequence_parallel_gang_matches_the_single_worker(tmp_path, single_render):
     """`--placement sequence --gpus 2`: a gang of two CPU ranks renders the same frames and audio."""
     job, single = single_render

@@ -107,6 +107,20 @@ def test_resubmission_is_a_no_op(tmp_path):
     assert store.counts("c")["queued"] == 3
 
 
+def test_a_campaign_submitted_again_keeps_its_key_template_unless_the_manifest_names_one(tmp_path):
+    """Its outputs stay under the keys they have: a stored campaign of an older default (which put the seed twice)
+    submitted again without `key_template` keeps it; a manifest that names one changes it."""
+    store = Store(tmp_path / "db")
+    older = "{campaign}/{job}-seed{seed}.{ext}"
+    store.submit(manifest(output="s3://camp/out", key_template=older).spec, manifest().jobs)
+    store.submit(manifest(output="s3://camp/out").spec, manifest(n=4).jobs)
+    assert store.campaign_spec("c").key_template == older
+    store.submit(manifest(output="s3://camp/out", key_template="{campaign}/{job}.{ext}").spec, manifest(n=4).jobs)
+    assert store.campaign_spec("c").key_template == "{campaign}/{job}.{ext}"
+    store.submit(manifest("new").spec, manifest("new").jobs)
+    assert store.campaign_spec("new").key_template == "{campaign}/{job}.{ext}"  # the default, seed once
+
+
 def test_claim_finish_fail_retry_and_recover(tmp_path):
     store = Store(tmp_path / "db")
     m = manifest(max_task_retries=1)

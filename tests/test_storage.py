@@ -28,7 +28,18 @@ from cluster.storage import (
     expected_etag,
     verify,
 )
-from jobs.keys import DestinationError, check_key_template, check_output, output_keys, parse_destination, render_key
+from jobs.keys import (
+    CAMPAIGN_KEY_TEMPLATE,
+    DEFAULT_KEY_TEMPLATE,
+    DestinationError,
+    check_key_template,
+    check_output,
+    output_keys,
+    parse_destination,
+    render_destination,
+    render_key,
+)
+from jobs.outputs import output_paths
 from jobs.spec import validate_job
 from tests.s3_servers import MotoServer, free_port, moto_env
 
@@ -123,6 +134,84 @@ def test_render_keys_are_measured_against_the_job():
         check_output("s3://renders/" + "p" * 800, "{job}-seed{seed}.{ext}", job)
     with pytest.raises(DestinationError, match="fit a file name"):  # a folder: each part is a file name
         check_output("/tmp/renders", "{job}-seed{seed}.{ext}", job)
+
+
+def test_the_default_keys_are_the_output_files_names_with_the_seed_once():
+    """`{job}` is the output file's stem, name, hash and seed: the default key adds nothing to it."""
+    job = validate_job({"prompt": "x", "height": 64, "width": 64, "num_frames": 9, "seed": 10})
+    files = output_paths(job, Path("."))
+    assert output_keys(DEFAULT_KEY_TEMPLATE, job) == (files.video.name, files.sidecar.name)
+    assert output_keys(CAMPAIGN_KEY_TEMPLATE, job, "spring") == (
+        f"spring/{files.video.name}",
+        f"spring/{files.sidecar.name}",
+    )
+    video, _ = output_keys(DEFAULT_KEY_TEMPLATE, job)
+    assert video.startswith("render-") and video.endswith("-seed10.mp4") and video.count("seed") == 1
+
+
+MP4_DESTINATIONS = [
+    ("s3://renders/dir/long.mp4", ("s3", "renders", "dir", "long.mp4", "long.json")),
+    ("s3://renders/long.mp4", ("s3", "renders", "", "long.mp4", "long.json")),
+    ("s3://renders/dir/Clip.MP4", ("s3", "renders", "dir", "Clip.MP4", "Clip.json")),
+    ("long.mp4", ("file", "", ".", "long.mp4", "long.json")),
+    ("/tmp/out/long.mp4", ("file", "", "/tmp/out", "long.mp4", "long.json")),
+    ("file:///tmp/out/long.mp4", ("file", "", "/tmp/out", "long.mp4", "long.json")),
+    ("/long.mp4", ("file", "", "/", "long.mp4", "long.json")),
+    ("long.mp4/", ("file", "", "long.mp4", "", None)),  # a trailing '/': a folder of that name
+    ("s3://renders/long.mp4/", ("s3", "renders", "long.mp4", "", None)),
+    ("s3://clips.mp4", ("s3", "clips.mp4", "", "", None)),  # a bucket, not a file
+    ("out", ("file", "", "out", "", None)),
+]
+
+
+@pytest.mark.parametrize(("url", "parts"), MP4_DESTINATIONS, ids=[m[0] for m in MP4_DESTINATIONS])
+def test_a_render_destination_ending_in_mp4_is_that_file(url, parts):
+    destination = render_destination(url)
+    *_, file, sidecar = parts
+    assert (destination.scheme, destination.bucket, destination.prefix, destination.file) == parts[:4]
+    if file:
+        assert destination.sidecar == sidecar
+        assert str(destination) == url.removeprefix("file://")  # messages name it as it was given
+        job = validate_job({"prompt": "x", "height": 64, "width": 64, "num_frames": 9})
+        assert check_output(url, None, job) == destination
+    assert parse_destination(url).file == ""  # a campaign's destination, an input's URL: never split
+    assert str(render_destination("s3://renders/dir/")) == "s3://renders/dir" and str(render_destination("o/")) == "o"
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("out/my clip.mp4", "holds ' '"),
+        ("s3://renders/a%2e.mp4", "holds '%'"),
+        ("out/.mp4", "starts with '.'"),
+        ("out/con.mp4", "device name"),
+        ("s3://renders/{job}.mp4", "holds '{'"),
+    ],
+)
+def test_a_destination_file_name_must_be_a_key_component(url, words):
+    with pytest.raises(DestinationError, match="the file name") as info:
+        render_destination(url)
+    assert words in str(info.value), str(info.value)
+
+
+def test_a_destination_naming_the_mp4_takes_no_key_template():
+    job = validate_job({"prompt": "x", "height": 64, "width": 64, "num_frames": 9})
+    with pytest.raises(DestinationError, match="names the MP4 itself"):
+        check_output("s3://renders/long.mp4", "{job}.{ext}", job)
+    with pytest.raises(DestinationError, match="more than S3's 1024"):
+        check_output("s3://renders/" + "p" * 1020 + "/x.mp4", None, job)
+
+
+def test_a_local_copy_already_there_is_not_written_again(tmp_path):
+    src = _file(tmp_path / "x.mp4", 5000)
+    up = Uploader(parse_destination(str(tmp_path / "dest")))
+    up.upload([(src, "x.mp4", "video/mp4")])
+    copy = tmp_path / "dest/x.mp4"
+    before = (copy.stat().st_ino, copy.stat().st_mtime_ns)
+    [again] = up.upload([(src, "x.mp4", "video/mp4")])
+    assert (copy.stat().st_ino, copy.stat().st_mtime_ns) == before and again.verified == "MD5"
+    assert up.holds(src, "x.mp4") is True and up.holds(src, "y.mp4") is None
+    assert up.holds(_file(tmp_path / "other.mp4", 5000), "x.mp4") is False
 
 
 @pytest.mark.parametrize("url", ["s3://renders/a\u202eb", "s3://renders/\x9b", "out\x7f", "s3://renders/\udce9"])
