@@ -10,6 +10,10 @@ import pytest
 
 from ltx2.checkpoint import CheckpointSet
 
+# Ray starts its workers at niceness 15. In the suite they share one host with the other test files' processes
+# (`./farm test` runs files in parallel), which would starve them; a real node runs them on its own cores.
+os.environ.setdefault("RAY_worker_niceness", "0")
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("LTX2_FARM_CACHE", REPO / ".cache" / "ltx2-farm"))
 

@@ -523,7 +523,8 @@ def _ray_start(node: Node, token: str, log: Path, *args: str, env: Mapping[str, 
     ray = str(VENV_BIN / "ray")
     argv = [ray, "start", "--block", "--disable-usage-stats", "--node-ip-address", node.address]
     argv += ["--object-store-memory", str(OBJECT_STORE_BYTES), *args]
-    return node.popen(argv, env={**(env or {}), **ray_env(token)}, log=log)
+    niceness = {"RAY_worker_niceness": "0"}  # as for the local clusters: see tests/conftest.py
+    return node.popen(argv, env={**niceness, **(env or {}), **ray_env(token)}, log=log)
 
 
 def ray_nodes(node: Node, address: str, token: str | None, timeout: float = 120.0) -> list[dict]:
