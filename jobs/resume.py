@@ -1,0 +1,75 @@
+"""Which task results of a job's plan are kept, and, given those kept, which tasks still run. Pure: no torch, no files.
+
+A kept result is addressed by the job's content hash (`jobs.outputs.job_content_hash`: the same request, the same
+results) and the task's id. Kept are the results that are costly to redo and cheap to keep: each stage-1 chunk's
+latents (the chunks run one after another), the stage-2 state after each step's blend (the whole frame: a
+resumed job goes on from the last finished step, not from its tiles' predictions) and the decoded audio. A
+tile's per-step prediction, the stitch, the upsample and the stage-2 start are cheaper to redo than to keep, the
+text encodings are shared farm-wide already, and decoded pixels are streamed into the muxer (a resumed job
+decodes again from the kept final latent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jobs.plan import JobPlan, Task
+
+KEPT_KINDS = frozenset({"stage1", "blend", "audio"})
+"""Task kinds whose results are kept."""
+
+
+def kept_task_ids(plan: JobPlan) -> tuple[str, ...]:
+    """The tasks of `plan` whose results are kept, in plan order."""
+    return tuple(t.id for t in plan.tasks if t.kind in KEPT_KINDS)
+
+
+def kept_result_name(task_id: str) -> str:
+    """A kept result's file stem: the task id with ':' (not allowed in every file system or bucket tool) as '-'."""
+    return task_id.replace(":", "-")
+
+
+def _inputs(plan: JobPlan, task: Task) -> tuple[str, ...]:
+    """What a task reads: its dependencies, and what the graph orders through them without naming it: the stitch
+    of an audio-to-video job takes the track's encoding as the audio latent, a stage-2 tile its window's prompt."""
+    if task.kind == "stitch" and any(t.id == "audio_encode" for t in plan.tasks):
+        return (*task.deps, "audio_encode")
+    if task.kind == "stage2":
+        tile = plan.tiles[task.arg("tile")]
+        chunk = next(c for c in plan.chunks if c.video == tile.time)
+        return (*task.deps, f"encode:{plan.chunk_prompt[chunk.index]}")
+    return task.deps
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """How a job goes on from its kept results."""
+
+    resumed: tuple[str, ...]
+    """Kept tasks whose results are read back (plan order)."""
+    skipped: tuple[str, ...]
+    """Tasks nothing left to run needs: neither run nor read back."""
+    to_run: tuple[str, ...]
+    """The tasks still to run (plan order)."""
+
+
+def resume_point(plan: JobPlan, kept: frozenset[str] | set[str]) -> ResumePoint:
+    """Walk back from the mux: a task is needed when a needed task reads it; a needed task that is kept is read
+    back instead of run, and what only it needed is skipped. With nothing kept, every task runs."""
+    by_id = {t.id: t for t in plan.tasks}
+    kept = {k for k in kept if k in by_id and by_id[k].kind in KEPT_KINDS}
+    needed: set[str] = set()
+    stack = [t.id for t in plan.tasks if t.kind == "mux"]
+    while stack:
+        task_id = stack.pop()
+        if task_id in needed:
+            continue
+        needed.add(task_id)
+        if task_id not in kept:
+            stack.extend(_inputs(plan, by_id[task_id]))
+    order = [t.id for t in plan.tasks]
+    return ResumePoint(
+        resumed=tuple(i for i in order if i in needed and i in kept),
+        skipped=tuple(i for i in order if i not in needed),
+        to_run=tuple(i for i in order if i in needed and i not in kept),
+    )
