@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jobs.plan import JobPlan, Task
+from jobs.plan import JobPlan
 
 KEPT_KINDS = frozenset({"stage1", "blend", "audio"})
 """Task kinds whose results are kept."""
@@ -29,18 +29,6 @@ def kept_result_name(task_id: str) -> str:
     return task_id.replace(":", "-")
 
 
-def _inputs(plan: JobPlan, task: Task) -> tuple[str, ...]:
-    """What a task reads: its dependencies, and what the graph orders through them without naming it: the stitch
-    of an audio-to-video job takes the track's encoding as the audio latent, a stage-2 tile its window's prompt."""
-    if task.kind == "stitch" and any(t.id == "audio_encode" for t in plan.tasks):
-        return (*task.deps, "audio_encode")
-    if task.kind == "stage2":
-        tile = plan.tiles[task.arg("tile")]
-        chunk = next(c for c in plan.chunks if c.video == tile.time)
-        return (*task.deps, f"encode:{plan.chunk_prompt[chunk.index]}")
-    return task.deps
-
-
 @dataclass(frozen=True)
 class ResumePoint:
     """How a job goes on from its kept results."""
@@ -54,8 +42,9 @@ class ResumePoint:
 
 
 def resume_point(plan: JobPlan, kept: frozenset[str] | set[str]) -> ResumePoint:
-    """Walk back from the mux: a task is needed when a needed task reads it; a needed task that is kept is read
-    back instead of run, and what only it needed is skipped. With nothing kept, every task runs."""
+    """Walk back from the mux: a task is needed when a needed task depends on it (a task's dependencies are all it
+    reads); a needed task that is kept is read back instead of run, and what only it needed is skipped. With
+    nothing kept, every task runs."""
     by_id = {t.id: t for t in plan.tasks}
     kept = {k for k in kept if k in by_id and by_id[k].kind in KEPT_KINDS}
     needed: set[str] = set()
@@ -66,7 +55,7 @@ def resume_point(plan: JobPlan, kept: frozenset[str] | set[str]) -> ResumePoint:
             continue
         needed.add(task_id)
         if task_id not in kept:
-            stack.extend(_inputs(plan, by_id[task_id]))
+            stack.extend(by_id[task_id].deps)
     order = [t.id for t in plan.tasks]
     return ResumePoint(
         resumed=tuple(i for i in order if i in needed and i in kept),

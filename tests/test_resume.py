@@ -1,0 +1,113 @@
+"""A chunked, tiled job whose coordinator dies mid-way resumes from its kept results (`cluster.kept_results`) on a
+fresh coordinator, re-runs only what was not kept, and writes the same file as an undisturbed render."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from cluster.coordinator import Coordinator
+from cluster.kept_results import KeptResults
+from cluster.local_executor import LocalExecutor
+from cluster.metrics import FarmMetrics
+from jobs.outputs import job_content_hash
+from jobs.plan import LOCAL_KINDS, plan_job
+from jobs.resume import resume_point
+from jobs.spec import validate_job
+from tests.conftest import SMALL_JOB, THREE_CHUNKS
+
+JOB = {
+    **SMALL_JOB,
+    **THREE_CHUNKS,
+    "height": 256,
+    "width": 256,
+    "tile_pixels": 192,
+    "tile_overlap": 64,
+    "prompt": "waves on rocks|gulls overhead|rain begins",
+}
+
+
+class CoordinatorKilled(Exception):
+    """The coordinator's process ended here."""
+
+
+class DiesAtDispatch:
+    """The pool as a coordinator sees it, until that coordinator sends out the task `label`: then the coordinator
+    dies there (an exception out of its run). Tasks already sent run on; their results go nowhere."""
+
+    def __init__(self, pool: LocalExecutor, label: str) -> None:
+        self.pool, self.label = pool, label
+
+    def __getattr__(self, name: str):
+        return getattr(self.pool, name)
+
+    def run_task(self, slot, label, request, job=None):
+        if label == self.label:
+            raise CoordinatorKilled(label)
+        return self.pool.run_task(slot, label, request, job)
+
+
+@pytest.fixture(scope="module")
+def pool(tiny_set):
+    pool = LocalExecutor(tiny_set, num_workers=3)
+    yield pool
+    pool.shutdown()
+
+
+def _remote(task_ids) -> set[str]:
+    """The traced tasks among `task_ids`: the worker tasks (decode as its tiles' prefix)."""
+    return {t for t in task_ids if t.partition(":")[0] not in LOCAL_KINDS}
+
+
+def test_a_job_killed_at_several_points_resumes_to_the_same_file(pool, tmp_path):
+    plan = plan_job(validate_job(JOB))
+    assert (len(plan.chunks), len(plan.tiles) // len(plan.chunks)) == (3, 4)
+    [reference] = Coordinator(pool).run([plan], tmp_path / "reference")
+
+    store = KeptResults(tmp_path / "kept")
+    job_hash = job_content_hash(plan.job)
+    registry = CollectorRegistry()
+    metrics = FarmMetrics(registry)
+    # mid stage 1 (two chunks done), mid stage 2 (two steps blended), mid decode (its second time group)
+    kills = [("stage1:2", ("stage1:0", "stage1:1")), ("stage2:2:0", ("blend:1",)), ("decode:1:0", ("blend:2",))]
+    resumed_from: tuple[str, ...] = ()
+    for attempt, (label, resumes_next) in enumerate(kills):
+        coordinator = Coordinator(DiesAtDispatch(pool, label), metrics=metrics, kept=store)
+        with pytest.raises(CoordinatorKilled):
+            coordinator.run([plan], tmp_path / f"killed{attempt}")
+        assert not list((tmp_path / f"killed{attempt}").glob("*.json"))  # no output: the job is not done
+        point = resume_point(plan, set(store.records(job_hash)))
+        assert point.resumed[: len(resumes_next)] == resumes_next
+        assert set(resumed_from) <= set(store.records(job_hash))  # what was kept stays kept
+        resumed_from = point.resumed
+    assert registry.get_sample_value("ltx2farm_kept_task_bytes") == store.total_bytes() > 0
+
+    [resumed] = Coordinator(pool, metrics=metrics, kept=store).run([plan], tmp_path / "resumed")
+    assert resumed["content_sha256"] == reference["content_sha256"]
+    assert resumed["output"]["sha256"] == reference["output"]["sha256"]  # the same MP4, byte for byte
+    assert tuple(resumed["resumed"]) == point.resumed and "blend:2" in point.resumed
+    ran = {t["task"].rsplit(":", 2)[0] if t["kind"] == "decode" else t["task"] for t in resumed["trace"]}
+    assert ran == _remote(point.to_run)  # only what was not kept: the decode, the audio if it was in flight
+    assert not any(t["kind"] in ("stage1", "stage2", "upsample") for t in resumed["trace"])
+    assert reference["resumed"] == []
+    assert store.records(job_hash) == {} and store.total_bytes() == 0  # the finished job's results are gone
+    assert registry.get_sample_value("ltx2farm_kept_task_bytes") == 0
+    resumed_count = registry.get_sample_value("ltx2farm_tasks_resumed_total")
+    assert resumed_count == len(point.resumed) + 3  # the kills' restarts resumed 0, 2 and 1 tasks before
+
+
+def test_a_kept_result_with_a_changed_byte_runs_again(pool, tmp_path):
+    """A chunk kept with a wrong digest is dropped, and its chunk (and all after it) renders again."""
+    plan = plan_job(validate_job({**JOB, "prompt": SMALL_JOB["prompt"], "seed": 11}))
+    [reference] = Coordinator(pool).run([plan], tmp_path / "reference")
+    store = KeptResults(tmp_path / "kept")
+    with pytest.raises(CoordinatorKilled):
+        Coordinator(DiesAtDispatch(pool, "stage1:2"), kept=store).run([plan], tmp_path / "killed")
+    path = tmp_path / "kept" / job_content_hash(plan.job) / "stage1-1.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    [resumed] = Coordinator(pool, kept=store).run([plan], tmp_path / "resumed")
+    assert resumed["resumed"] == ["stage1:0"]
+    assert {"stage1:1", "stage1:2"} <= {t["task"] for t in resumed["trace"]}
+    assert resumed["content_sha256"] == reference["content_sha256"]
