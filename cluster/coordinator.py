@@ -51,7 +51,7 @@ from cluster.tasks import (
 from cluster.transport import unpack
 from jobs.outputs import job_content_hash, output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
-from jobs.resume import KEPT_KINDS, resume_point
+from jobs.resume import KEPT_KINDS, resume_point, superseded
 from ltx2 import stages
 from ltx2.blending import accumulate_group, anchor_statistics, blend_tiles, crossfade_into, official_decode_tiles
 from ltx2.checkpoint import cached_file_sha256
@@ -257,6 +257,7 @@ class Coordinator:
         if self.kept is None or kind not in KEPT_KINDS:
             return
         self.kept.save(run.job_hash, task_id, kind, self.executor.get(value))
+        self.kept.drop(run.job_hash, superseded(run.plan, set(self.kept.records(run.job_hash))))
         self._count_kept_bytes()
 
     def _count_kept_bytes(self) -> None:

@@ -62,3 +62,9 @@ def resume_point(plan: JobPlan, kept: frozenset[str] | set[str]) -> ResumePoint:
         skipped=tuple(i for i in order if i not in needed),
         to_run=tuple(i for i in order if i in needed and i not in kept),
     )
+
+
+def superseded(plan: JobPlan, kept: frozenset[str] | set[str]) -> frozenset[str]:
+    """Kept results a resume would not read: a later kept result stands for them (each step's blend for the chunks
+    and the steps before it), so they need not be kept any more."""
+    return frozenset(kept) - set(resume_point(plan, kept).resumed)

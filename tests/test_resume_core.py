@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jobs.plan import plan_job
-from jobs.resume import kept_result_name, kept_task_ids, resume_point
+from jobs.resume import kept_result_name, kept_task_ids, resume_point, superseded
 from jobs.spec import validate_job
 from tests.conftest import SMALL_JOB, THREE_CHUNKS
 
@@ -64,3 +64,11 @@ def test_audio_to_video_stitch_still_reads_the_track_when_the_chunks_are_kept():
     plan = plan_job(validate_job({**JOB, "audio": {"path": "track.wav", "sha256": "0" * 64}}))
     point = resume_point(plan, {"stage1:0", "stage1:1", "stage1:2"})
     assert "audio_encode" in point.to_run
+
+
+def test_a_later_kept_result_supersedes_those_it_stands_for():
+    plan = _plan()
+    assert superseded(plan, {"stage1:0", "stage1:1"}) == frozenset()
+    kept = {"stage1:0", "stage1:1", "stage1:2", "blend:0"}
+    assert superseded(plan, kept) == {"stage1:0", "stage1:1", "stage1:2"}
+    assert superseded(plan, {"blend:0", "blend:1", "audio"}) == {"blend:0"}
