@@ -52,6 +52,7 @@ from cluster.transport import unpack
 from jobs.outputs import job_content_hash, output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
 from jobs.resume import KEPT_KINDS, resume_point, superseded
+from jobs.spec import ValidJob
 from ltx2 import stages
 from ltx2.blending import accumulate_group, anchor_statistics, blend_tiles, crossfade_into, official_decode_tiles
 from ltx2.checkpoint import cached_file_sha256
@@ -259,6 +260,12 @@ class Coordinator:
         self.kept.save(run.job_hash, task_id, kind, self.executor.get(value))
         self.kept.drop(run.job_hash, superseded(run.plan, set(self.kept.records(run.job_hash))))
         self._count_kept_bytes()
+
+    def release(self, job: ValidJob) -> None:
+        """Forget the results kept for `job`: its output is published, nothing of it is to be resumed any more."""
+        if self.kept is not None:
+            self.kept.discard(job_content_hash(job))
+            self._count_kept_bytes()
 
     def _count_kept_bytes(self) -> None:
         if self.metrics is not None and self.kept is not None:
@@ -554,8 +561,5 @@ class Coordinator:
         document["trace"] = [asdict(t) for t in sorted(run.traces, key=lambda t: t.start)]
         document["resumed"] = list(run.resumed)
         write_json_atomic(paths.sidecar, document)
-        if self.kept is not None:  # the job's output is written: nothing of it is to be resumed any more
-            self.kept.discard(run.job_hash)
-            self._count_kept_bytes()
         run.done[task.id] = True
         run.result = document

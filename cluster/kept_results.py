@@ -1,7 +1,7 @@
 """Kept task results on the head's disk: what a restarted coordinator resumes a job from (`jobs.resume` says which
 results are kept and which tasks still run).
 
-One folder per job (its content hash) under the farm cache's `kept/`; per kept task a safetensors file of its
+One folder per job (its content hash) under `kept_root()`; per kept task a safetensors file of its
 tensors and a JSON record beside it (the task, the file's SHA-256 and size, the non-tensor fields). Both are
 written atomically (temporary file, then rename), the record last: a result is kept exactly when its record is
 there, and one whose file no longer has the recorded digest is dropped and its task runs again.
@@ -31,8 +31,8 @@ LATENT_FIELDS = ("latent", "denoise_mask", "positions", "clean_latent", "attenti
 
 
 def kept_root() -> Path:
-    """Where the head keeps task results: `kept/` in the farm cache."""
-    return default_cache_dir() / "kept"
+    """Where the head keeps task results: $LTX2_FARM_KEPT, else `kept/` in the farm cache."""
+    return Path(os.environ.get("LTX2_FARM_KEPT") or default_cache_dir() / "kept")
 
 
 class KeptResultCorrupt(RuntimeError):

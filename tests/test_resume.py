@@ -80,7 +80,10 @@ def test_a_job_killed_at_several_points_resumes_to_the_same_file(pool, tmp_path)
         assert set(store.records(job_hash)) == set(point.resumed)  # what a later result stands for is dropped
     assert registry.get_sample_value("ltx2farm_kept_task_bytes") == store.total_bytes() > 0
 
-    [resumed] = Coordinator(pool, metrics=metrics, kept=store).run([plan], tmp_path / "resumed")
+    coordinator = Coordinator(pool, metrics=metrics, kept=store)
+    [resumed] = coordinator.run([plan], tmp_path / "resumed")
+    assert set(store.records(job_hash)) >= {"blend:2", "audio"}  # kept until the output is published
+    coordinator.release(plan.job)
     assert resumed["content_sha256"] == reference["content_sha256"]
     assert resumed["output"]["sha256"] == reference["output"]["sha256"]  # the same MP4, byte for byte
     assert tuple(resumed["resumed"]) == point.resumed and "blend:2" in point.resumed
@@ -88,7 +91,7 @@ def test_a_job_killed_at_several_points_resumes_to_the_same_file(pool, tmp_path)
     assert ran == _remote(point.to_run)  # only what was not kept: the decode, the audio if it was in flight
     assert not any(t["kind"] in ("stage1", "stage2", "upsample") for t in resumed["trace"])
     assert reference["resumed"] == []
-    assert store.records(job_hash) == {} and store.total_bytes() == 0  # the finished job's results are gone
+    assert store.records(job_hash) == {} and store.total_bytes() == 0  # the published job's results are gone
     assert registry.get_sample_value("ltx2farm_kept_task_bytes") == 0
     resumed_count = registry.get_sample_value("ltx2farm_tasks_resumed_total")
     assert resumed_count == len(point.resumed) + 3  # the kills' restarts resumed 0, 2 and 1 tasks before
