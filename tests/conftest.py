@@ -89,6 +89,7 @@ LONG_FILES = (
     "test_gangs.py",
     "test_console.py",
     "test_nodes.py",
+    "test_resume.py",
 )
 """The files that take longest, run first: `./farm test` runs files in parallel processes (pytest-xdist, a file
 whole in one process, in this order: `--no-loadscope-reorder`), and a long file handed out last would end the suite

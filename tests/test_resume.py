@@ -3,9 +3,18 @@ fresh coordinator, re-runs only what was not kept, and writes the same file as a
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
+from cluster.campaign_store import Store
 from cluster.coordinator import Coordinator
 from cluster.kept_results import KeptResults
 from cluster.local_executor import LocalExecutor
@@ -14,7 +23,7 @@ from jobs.outputs import job_content_hash
 from jobs.plan import LOCAL_KINDS, plan_job
 from jobs.resume import resume_point
 from jobs.spec import validate_job
-from tests.conftest import SMALL_JOB, THREE_CHUNKS
+from tests.conftest import CACHE, SMALL_JOB, THREE_CHUNKS
 
 JOB = {
     **SMALL_JOB,
@@ -112,3 +121,48 @@ def test_a_kept_result_with_a_changed_byte_runs_again(pool, tmp_path):
     assert resumed["resumed"] == ["stage1:0"]
     assert {"stage1:1", "stage1:2"} <= {t["task"] for t in resumed["trace"]}
     assert resumed["content_sha256"] == reference["content_sha256"]
+
+
+def test_a_campaign_runner_killed_mid_stage_2_resumes_its_job_to_the_same_file(tmp_path):
+    """kill -9 of `ltx2-farm campaign run` (and its Ray) once the chunked, tiled job has blended a stage-2 step; the
+    restarted runner reads its kept results back, runs only the rest, and writes what an undisturbed run writes."""
+    from tests.test_campaign_runner import _kill_tree
+
+    cli = [sys.executable, "-m", "cluster.cli", "campaign"]
+    kept = tmp_path / "kept"
+    env = {
+        **os.environ,
+        "LTX2_FARM_CACHE": str(CACHE),
+        "LTX2_FARM_DB": str(tmp_path / "db"),
+        "LTX2_FARM_KEPT": str(kept),
+    }
+    env.pop("RAY_ADDRESS", None)
+    for campaign in ("killed", "whole"):
+        manifest = tmp_path / f"{campaign}.yaml"
+        manifest.write_text(yaml.safe_dump({"campaign": campaign, "rows": [{"id": "long", **JOB}]}))
+        assert subprocess.run([*cli, "submit", str(manifest)], env=env, capture_output=True).returncode == 0
+    store = Store(tmp_path / "db")
+    store.set_campaign_state("whole", "paused")  # the reference runs after, on its own
+    run = [*cli, "run", "--tiny", "--workers", "2", "--out", str(tmp_path / "out"), "--json"]
+    first = subprocess.Popen(run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(kept.glob("*/blend-0.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _kill_tree(first)
+    [folder] = kept.iterdir()
+    at_kill = {json.loads(p.read_text())["task"] for p in folder.glob("*.json")}
+    assert "blend:0" in at_kill and store.counts("killed")["done"] == 0
+
+    second = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    store.set_campaign_state("whole", "active")
+    third = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr
+    killed, whole = (
+        json.loads(Path(json.loads(store.jobs(c)[0]["output"])["sidecar"]).read_text()) for c in ("killed", "whole")
+    )
+    assert killed["content_sha256"] == whole["content_sha256"]
+    assert killed["output"]["sha256"] == whole["output"]["sha256"]
+    assert killed["resumed"] and set(killed["resumed"]) <= at_kill and whole["resumed"] == []
+    assert not any(t["kind"] in ("stage1", "upsample", "stage2_init") for t in killed["trace"])
+    assert not list(kept.glob("*/*"))  # both jobs published: nothing kept
