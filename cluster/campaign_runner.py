@@ -171,6 +171,9 @@ class CampaignRunner:
     ) -> dict[str, int]:
         recovered = self.store.recover()
         self._sweep_partials()
+        if self.kept is not None:
+            for job_hash in self.kept.sweep():
+                self.store.log(f"forgot the kept task results of job {job_hash[:12]}, untouched for a day")
         self._stats = stats = {"done": 0, "failed": 0, "retried": 0, "skipped": 0, **recovered}
         faults = runner_faults()
         started = time.monotonic()

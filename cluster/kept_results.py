@@ -9,10 +9,12 @@ there, and one whose file no longer has the recorded digest is dropped and its t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,14 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from cluster.output_files import write_json_atomic
+from cluster.publish import sweep_partials
 from jobs.resume import kept_result_name
 from ltx2 import stages
 from ltx2.checkpoint import default_cache_dir
+
+KEPT_KEEP_S = 24 * 3600
+"""How long the results of a job nothing has written to stay kept: a job that failed for good or was cancelled is
+never published, and a job run again after that renders whole, to the same bytes (as a staged output's does)."""
 
 LATENT_FIELDS = ("latent", "denoise_mask", "positions", "clean_latent", "attention_mask")
 
@@ -158,6 +165,22 @@ class KeptResults:
     def discard(self, job_hash: str) -> None:
         """Forget every result kept for the job (its outputs are published)."""
         shutil.rmtree(self._folder(job_hash), ignore_errors=True)
+
+    def sweep(self, keep_s: float = KEPT_KEEP_S, now: float | None = None) -> list[str]:
+        """Forget the jobs whose kept results were last written `keep_s` ago or longer (and the temporary files of
+        writers that died, by their pid); the job hashes forgotten."""
+        if not self.root.is_dir():
+            return []
+        sweep_partials(self.root)
+        cutoff = (time.time() if now is None else now) - keep_s
+        swept = []
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            with contextlib.suppress(FileNotFoundError):
+                newest = max((p.stat().st_mtime for p in folder.iterdir()), default=folder.stat().st_mtime)
+                if newest < cutoff:
+                    self.discard(folder.name)
+                    swept.append(folder.name)
+        return swept
 
     def total_bytes(self) -> int:
         """Bytes of every kept result's file under the root."""

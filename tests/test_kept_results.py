@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 from ltx_core.types import LatentState
 
-from cluster.kept_results import KeptResultCorrupt, KeptResults
+from cluster.kept_results import KEPT_KEEP_S, KeptResultCorrupt, KeptResults
 from ltx2 import stages
 
 JOB = "ab" * 32
@@ -81,3 +86,18 @@ def test_a_changed_byte_is_refused_and_a_dropped_result_is_gone(tmp_path):
     assert store.records(JOB) == {} and not path.exists()
     with pytest.raises(KeptResultCorrupt, match="missing"):
         store.load(JOB, record)
+
+
+def test_results_untouched_for_the_keep_time_and_dead_writers_partials_are_swept(tmp_path):
+    store = KeptResults(tmp_path)
+    old, fresh = "0" * 64, "1" * 64
+    for job in (old, fresh):
+        store.save(job, "audio", "audio", (torch.zeros(2, 480), 24000))
+    now = time.time()
+    for path in (tmp_path / old).iterdir():
+        os.utime(path, (now - KEPT_KEEP_S - 60, now - KEPT_KEEP_S - 60))
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    partial = tmp_path / fresh / f".blend-0.safetensors.partial-{int(finished.stdout)}"  # its writer is gone
+    partial.write_bytes(b"half")
+    assert store.sweep(now=now) == [old]
+    assert store.records(old) == {} and set(store.records(fresh)) == {"audio"} and not partial.exists()
