@@ -39,7 +39,7 @@ from cluster.publish import (
     sweep_partials,
 )
 from cluster.requests import prompt_texts
-from cluster.storage import StorageOptions, UploadError, UploadWait
+from cluster.storage import StorageOptions, Uploader, UploadError, UploadWait
 from cluster.tasks import EncodeTask
 from cluster.worker import JOBS_PER_WORKER, parse_faults
 from jobs.fallback import ladder_for
@@ -393,7 +393,7 @@ class CampaignRunner:
         staged = output_paths(job, staging_dir(self._target(spec), HEAD))
         drop(staged)  # a plan whose delivery a crash interrupted runs again whole
         try:
-            coordinator = Coordinator(self.executor, prompts=self.prompts, kept=self.kept)
+            coordinator = Coordinator(self.executor, prompts=self.prompts, kept=self._kept_for(spec))
             [sidecar] = coordinator.run([plan_job(job)], staged.video.parent)
             if self.metrics is not None and sidecar["resumed"]:
                 self.metrics.tasks_resumed.inc(len(sidecar["resumed"]))
@@ -475,18 +475,27 @@ class CampaignRunner:
                 self._publish_failed(spec, job_id, error)
                 continue
             self._finish(spec, job_id, job, "done", output_record(job, self._target(spec), None, result))
-            self._release_kept(job)
+            self._release_kept(spec, job)
             if self.metrics is not None:
                 self.metrics.published(time.time() - started, job.num_frames / job.spec.frame_rate, spec.campaign)
         if ended:
             self._observe()
         return bool(ended)
 
-    def _release_kept(self, job: ValidJob) -> None:
+    def _kept_for(self, spec: CampaignSpec) -> KeptResults | None:
+        """Where a job of this campaign keeps its task results: this node's disk, and the campaign's bucket when it
+        has one (a head on another node resumes from there)."""
+        target = self._target(spec)
+        if self.kept is None or not target.uploads_from_holder:
+            return self.kept
+        return self.kept.mirrored(Uploader(target.destination, self.storage, on_wait=self.on_upload_wait))
+
+    def _release_kept(self, spec: CampaignSpec, job: ValidJob) -> None:
         """Forget a published job's kept task results."""
-        if self.kept is None:
+        kept = self._kept_for(spec)
+        if kept is None:
             return
-        self.kept.discard(job_content_hash(job))
+        kept.discard(job_content_hash(job))
         if self.metrics is not None:
             self.metrics.kept_task_bytes.set(self.kept.total_bytes())
 

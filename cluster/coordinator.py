@@ -51,7 +51,7 @@ from cluster.tasks import (
 from cluster.transport import unpack
 from jobs.outputs import job_content_hash, output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
-from jobs.resume import KEPT_KINDS, resume_point, superseded
+from jobs.resume import KEPT_KINDS, kept_task_ids, resume_point, superseded
 from jobs.spec import ValidJob
 from ltx2 import stages
 from ltx2.blending import accumulate_group, anchor_statistics, blend_tiles, crossfade_into, official_decode_tiles
@@ -233,7 +233,7 @@ class Coordinator:
         needed with no value."""
         if self.kept is None:
             return
-        records = self.kept.records(run.job_hash)
+        records = self.kept.records(run.job_hash, kept_task_ids(run.plan))
         while True:
             point = resume_point(run.plan, set(records))
             values: dict[str, Any] = {}

@@ -5,6 +5,9 @@ One folder per job (its content hash) under `kept_root()`; per kept task a safet
 tensors and a JSON record beside it (the task, the file's SHA-256 and size, the non-tensor fields). Both are
 written atomically (temporary file, then rename), the record last: a result is kept exactly when its record is
 there, and one whose file no longer has the recorded digest is dropped and its task runs again.
+
+With a mirror (an `Uploader` at the campaign's bucket) each result is uploaded too, under `kept/<job hash>/`, so
+that a head on another node, whose disk holds none of them, resumes the job from there.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from safetensors.torch import save as save_tensors
 
 from cluster.output_files import write_json_atomic
 from cluster.publish import sweep_partials
+from cluster.storage import Uploader
 from jobs.resume import kept_result_name
 from ltx2 import stages
 from ltx2.checkpoint import default_cache_dir
@@ -107,8 +111,17 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
 class KeptResults:
     """The kept task results of every job under `root`."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, mirror: Uploader | None = None) -> None:
         self.root = Path(root) if root is not None else kept_root()
+        self.mirror = mirror
+
+    def mirrored(self, mirror: Uploader | None) -> KeptResults:
+        """The same store, each result also kept at `mirror` (None: on this disk only)."""
+        return KeptResults(self.root, mirror)
+
+    @staticmethod
+    def _key(job_hash: str, task_id: str, suffix: str) -> str:
+        return f"kept/{job_hash}/{kept_result_name(task_id)}{suffix}"
 
     def _folder(self, job_hash: str) -> Path:
         return self.root / job_hash
@@ -129,10 +142,39 @@ class KeptResults:
             "fields": fields,
         }
         write_json_atomic(folder / f"{name}.json", record)
+        if self.mirror is not None:  # the record last there too
+            self.mirror.upload(
+                [
+                    (
+                        folder / f"{name}.safetensors",
+                        self._key(job_hash, task_id, ".safetensors"),
+                        "application/octet-stream",
+                    ),
+                    (folder / f"{name}.json", self._key(job_hash, task_id, ".json"), "application/json"),
+                ]
+            )
         return len(data)
 
-    def records(self, job_hash: str) -> dict[str, dict[str, Any]]:
-        """Task id -> record of each result kept for the job (an unreadable record counts as not kept)."""
+    def _fetch(self, job_hash: str, task_ids: Iterable[str]) -> None:
+        """Bring the mirror's results of these tasks that this disk lacks onto it (a head on another node)."""
+        folder = self._folder(job_hash)
+        for task_id in task_ids:
+            name = kept_result_name(task_id)
+            if (folder / f"{name}.json").is_file():
+                continue
+            record = self.mirror.read(self._key(job_hash, task_id, ".json"))
+            data = self.mirror.read(self._key(job_hash, task_id, ".safetensors")) if record is not None else None
+            if data is None:
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_bytes_atomic(folder / f"{name}.safetensors", data)  # its digest is checked when it is loaded
+            _write_bytes_atomic(folder / f"{name}.json", record)
+
+    def records(self, job_hash: str, task_ids: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+        """Task id -> record of each result kept for the job (an unreadable record counts as not kept); with a
+        mirror, those of `task_ids` this disk lacks are fetched from it first."""
+        if self.mirror is not None:
+            self._fetch(job_hash, task_ids)
         records = {}
         for path in sorted(self._folder(job_hash).glob("*.json")):
             try:
@@ -161,9 +203,14 @@ class KeptResults:
             name = kept_result_name(task_id)
             (folder / f"{name}.json").unlink(missing_ok=True)
             (folder / f"{name}.safetensors").unlink(missing_ok=True)
+            if self.mirror is not None:
+                self.mirror.delete(self._key(job_hash, task_id, ".json"))
+                self.mirror.delete(self._key(job_hash, task_id, ".safetensors"))
 
     def discard(self, job_hash: str) -> None:
         """Forget every result kept for the job (its outputs are published)."""
+        if self.mirror is not None:
+            self.drop(job_hash, list(self.records(job_hash)))
         shutil.rmtree(self._folder(job_hash), ignore_errors=True)
 
     def sweep(self, keep_s: float = KEPT_KEEP_S, now: float | None = None) -> list[str]:

@@ -101,3 +101,37 @@ def test_results_untouched_for_the_keep_time_and_dead_writers_partials_are_swept
     partial.write_bytes(b"half")
     assert store.sweep(now=now) == [old]
     assert store.records(old) == {} and set(store.records(fresh)) == {"audio"} and not partial.exists()
+
+
+def test_a_head_on_another_node_finds_the_results_in_the_bucket(tmp_path, monkeypatch):
+    """Results kept with a mirror at an S3 bucket (moto's server) are found by a store on an empty disk; dropped
+    and discarded ones leave the bucket too."""
+    from cluster.storage import StorageOptions, Uploader
+    from jobs.keys import parse_destination
+    from tests.s3_servers import moto_bucket
+
+    with moto_bucket(monkeypatch, "camp") as (server, s3):
+        mirror = Uploader(parse_destination("s3://camp/renders"), StorageOptions(endpoint_url=server.endpoint))
+        first = KeptResults(tmp_path / "head-a", mirror)
+        chunk = stages.ChunkResult(
+            torch.randn(1, 128, 2, 2, 3), torch.randn(1, 8, 5, 16), torch.zeros(16, dtype=torch.uint8)
+        )
+        first.save(JOB, "stage1:0", "stage1", chunk)
+        first.save(JOB, "audio", "audio", (torch.randn(2, 480), 24000))
+
+        def keys() -> set[str]:
+            return {o["Key"] for o in s3.list_objects_v2(Bucket="camp").get("Contents", [])}
+
+        assert keys() == {
+            f"renders/kept/{JOB}/{n}"
+            for n in ("stage1-0.safetensors", "stage1-0.json", "audio.safetensors", "audio.json")
+        }
+        second = KeptResults(tmp_path / "head-b", mirror)  # a new head: nothing on its disk
+        assert second.records(JOB) == {}
+        records = second.records(JOB, ["stage1:0", "stage1:1", "audio"])
+        assert set(records) == {"stage1:0", "audio"}
+        assert torch.equal(second.load(JOB, records["stage1:0"]).video, chunk.video)
+        second.drop(JOB, ["stage1:0"])
+        assert keys() == {f"renders/kept/{JOB}/audio.safetensors", f"renders/kept/{JOB}/audio.json"}
+        second.discard(JOB)
+        assert keys() == set() and second.records(JOB) == {}

@@ -166,3 +166,27 @@ def test_a_campaign_runner_killed_mid_stage_2_resumes_its_job_to_the_same_file(t
     assert killed["resumed"] and set(killed["resumed"]) <= at_kill and whole["resumed"] == []
     assert not any(t["kind"] in ("stage1", "upsample", "stage2_init") for t in killed["trace"])
     assert not list(kept.glob("*/*"))  # both jobs published: nothing kept
+
+
+def test_a_new_head_resumes_from_the_campaign_bucket(pool, tmp_path, monkeypatch):
+    """The results kept by a head that died (its disk gone with it) are read back from the bucket by a head with an
+    empty disk, which writes the same file as an undisturbed render; once released, the bucket holds none."""
+    from cluster.storage import StorageOptions, Uploader
+    from jobs.keys import parse_destination
+    from tests.s3_servers import moto_bucket
+
+    plan = plan_job(validate_job({**JOB, "seed": 12}))
+    [reference] = Coordinator(pool).run([plan], tmp_path / "reference")
+    with moto_bucket(monkeypatch, "camp") as (server, s3):
+        bucket = Uploader(parse_destination("s3://camp/out"), StorageOptions(endpoint_url=server.endpoint))
+        with pytest.raises(CoordinatorKilled):
+            Coordinator(DiesAtDispatch(pool, "stage2:2:0"), kept=KeptResults(tmp_path / "old-head", bucket)).run(
+                [plan], tmp_path / "killed"
+            )
+        coordinator = Coordinator(pool, kept=KeptResults(tmp_path / "new-head", bucket))
+        [resumed] = coordinator.run([plan], tmp_path / "resumed")
+        assert resumed["resumed"] == ["blend:1"]
+        assert resumed["content_sha256"] == reference["content_sha256"]
+        assert resumed["output"]["sha256"] == reference["output"]["sha256"]
+        coordinator.release(plan.job)
+        assert s3.list_objects_v2(Bucket="camp").get("Contents", []) == []
