@@ -44,8 +44,9 @@ from cluster.tasks import EncodeTask
 from cluster.worker import JOBS_PER_WORKER, parse_faults
 from jobs.fallback import ladder_for
 from jobs.keys import parse_destination
-from jobs.outputs import job_content_hash, output_paths
+from jobs.outputs import output_paths
 from jobs.plan import plan_job
+from jobs.resume import kept_job_key
 from jobs.schedule import allocate
 from jobs.spec import JobSpec, ValidJob, recipe_problem
 
@@ -495,7 +496,7 @@ class CampaignRunner:
         kept = self._kept_for(spec)
         if kept is None:
             return
-        kept.discard(job_content_hash(job))
+        kept.discard(kept_job_key(job))
         if self.metrics is not None:
             self.metrics.kept_task_bytes.set(self.kept.total_bytes())
 

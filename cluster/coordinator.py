@@ -49,9 +49,9 @@ from cluster.tasks import (
     UpsampleTask,
 )
 from cluster.transport import unpack
-from jobs.outputs import job_content_hash, output_paths, sidecar_document
+from jobs.outputs import output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
-from jobs.resume import KEPT_KINDS, kept_task_ids, resume_point, superseded
+from jobs.resume import KEPT_KINDS, kept_job_key, kept_task_ids, resume_point, superseded
 from jobs.spec import ValidJob
 from ltx2 import stages
 from ltx2.blending import accumulate_group, anchor_statistics, blend_tiles, crossfade_into, official_decode_tiles
@@ -83,7 +83,8 @@ class JobRun:
 
     @property
     def job_hash(self) -> str:
-        return job_content_hash(self.plan.job)
+        """Where the job's kept results go (`jobs.resume.kept_job_key`)."""
+        return kept_job_key(self.plan.job)
 
     @property
     def finished(self) -> bool:
@@ -264,7 +265,7 @@ class Coordinator:
     def release(self, job: ValidJob) -> None:
         """Forget the results kept for `job`: its output is published, nothing of it is to be resumed any more."""
         if self.kept is not None:
-            self.kept.discard(job_content_hash(job))
+            self.kept.discard(kept_job_key(job))
             self._count_kept_bytes()
 
     def _count_kept_bytes(self) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jobs.outputs import job_content_hash
 from jobs.plan import JobPlan
+from jobs.spec import ValidJob
 
 KEPT_KINDS = frozenset({"stage1", "blend", "audio"})
 """Task kinds whose results are kept."""
@@ -22,6 +24,13 @@ KEPT_KINDS = frozenset({"stage1", "blend", "audio"})
 def kept_task_ids(plan: JobPlan) -> tuple[str, ...]:
     """The tasks of `plan` whose results are kept, in plan order."""
     return tuple(t.id for t in plan.tasks if t.kind in KEPT_KINDS)
+
+
+def kept_job_key(job: ValidJob) -> str:
+    """The folder a job's kept results go under: its content hash (the same request, the same results), and the
+    OOM-ladder rung it runs on, which changes its tiles or numerics: a job moved down the ladder never resumes from
+    another rung's results, which would give a file neither rung renders."""
+    return job_content_hash(job) + (f"-{job.fallback}" if job.fallback else "")
 
 
 def kept_result_name(task_id: str) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from jobs.outputs import job_content_hash
 from jobs.plan import plan_job
-from jobs.resume import kept_result_name, kept_task_ids, resume_point, superseded
+from jobs.resume import kept_job_key, kept_result_name, kept_task_ids, resume_point, superseded
 from jobs.spec import validate_job
 from tests.conftest import SMALL_JOB, THREE_CHUNKS
 
@@ -72,3 +73,10 @@ def test_a_later_kept_result_supersedes_those_it_stands_for():
     kept = {"stage1:0", "stage1:1", "stage1:2", "blend:0"}
     assert superseded(plan, kept) == {"stage1:0", "stage1:1", "stage1:2"}
     assert superseded(plan, {"blend:0", "blend:1", "audio"}) == {"blend:0"}
+
+
+def test_a_job_on_another_oom_rung_keeps_its_results_apart():
+    job = validate_job(JOB)
+    assert kept_job_key(job) == job_content_hash(job)
+    assert kept_job_key(job.with_fallback("smaller_tiles")) == f"{job_content_hash(job)}-smaller_tiles"
+    assert plan_job(job.with_fallback("smaller_tiles")).tiles != plan_job(job).tiles  # other blends: not resumable
