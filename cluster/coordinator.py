@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -96,6 +97,8 @@ class JobRun:
                 yield task
 
 
+log = logging.getLogger(__name__)
+
 DECODE_GROUPS_AHEAD = 1
 
 QUEUED_DECODES_PER_WORKER = 1
@@ -127,6 +130,9 @@ class Coordinator:
         self.executor = executor
         self.metrics = metrics
         self.kept = kept
+        self._keeper = ThreadPoolExecutor(1, thread_name_prefix="keep")
+        """Writes (and uploads) kept results in order, off the scheduling thread: a blended stage-2 state of a long
+        job is hundreds of MB, and the next step's tiles need not wait for it to be on disk."""
         self.prompts = prompts if prompts is not None else PromptRefs()
         """Prompt text -> handle of its encoding, shared with the campaign runner: encoded once farm-wide."""
         info = executor.workers[0].info
@@ -139,7 +145,11 @@ class Coordinator:
         with contextlib.ExitStack() as guards:  # a full output disk: a clear error, no output files left
             for run in runs:
                 guards.enter_context(disk_full_guard(output_paths(run.plan.job, run.out_dir)))
-            return self._run(runs)
+            try:
+                return self._run(runs)
+            finally:
+                if self.kept is not None:
+                    self._keeper.submit(lambda: None).result()  # the results of every task that ended are kept
 
     def _run(self, runs: list[JobRun]) -> list[dict[str, Any]]:
         idle = list(range(len(self.executor.workers)))
@@ -258,14 +268,22 @@ class Coordinator:
         kind = task_id.partition(":")[0]
         if self.kept is None or kind not in KEPT_KINDS:
             return
-        self.kept.save(run.job_hash, task_id, kind, self.executor.get(value))
-        self.kept.drop(run.job_hash, superseded(run.plan, set(self.kept.records(run.job_hash))))
+        self._keeper.submit(self._save, run, task_id, kind, value)
+
+    def _save(self, run: JobRun, task_id: str, kind: str, value: Any) -> None:
+        """Keep one result and forget those it stands for (keeper thread). A result that cannot be kept (a full
+        disk, an unreachable bucket) costs only its task's rerun if the job is resumed: the job goes on."""
+        try:
+            self.kept.save(run.job_hash, task_id, kind, self.executor.get(value))
+            self.kept.drop(run.job_hash, superseded(run.plan, set(self.kept.records(run.job_hash))))
+        except Exception as error:  # whatever the reason, the result is not kept
+            log.warning("job %s: %s not kept: %s: %s", run.job_hash[:12], task_id, type(error).__name__, error)
         self._count_kept_bytes()
 
     def release(self, job: ValidJob) -> None:
         """Forget the results kept for `job`: its output is published, nothing of it is to be resumed any more."""
         if self.kept is not None:
-            self.kept.discard(kept_job_key(job))
+            self._keeper.submit(self.kept.discard, kept_job_key(job)).result()  # after every save of it
             self._count_kept_bytes()
 
     def _count_kept_bytes(self) -> None:
