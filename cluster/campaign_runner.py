@@ -24,6 +24,7 @@ from typing import Any
 from cluster.campaign_manifest import CampaignSpec
 from cluster.campaign_store import Store, utcnow
 from cluster.executor import Executor, InputLost, WorkerLost, WorkerSlot
+from cluster.kept_results import KeptResults
 from cluster.prompt_refs import PromptRefs
 from cluster.publish import (
     HEAD,
@@ -38,13 +39,14 @@ from cluster.publish import (
     sweep_partials,
 )
 from cluster.requests import prompt_texts
-from cluster.storage import StorageOptions, UploadError, UploadWait
+from cluster.storage import StorageOptions, Uploader, UploadError, UploadWait
 from cluster.tasks import EncodeTask
 from cluster.worker import JOBS_PER_WORKER, parse_faults
 from jobs.fallback import ladder_for
 from jobs.keys import parse_destination
 from jobs.outputs import output_paths
 from jobs.plan import plan_job
+from jobs.resume import kept_job_key
 from jobs.schedule import allocate
 from jobs.spec import JobSpec, ValidJob, recipe_problem
 
@@ -98,12 +100,16 @@ class CampaignRunner:
         uploads: Any = None,
         on_upload_wait: Callable[[UploadWait], None] | None = None,
         distilled_checkpoint: str | None = None,
+        kept: KeptResults | None = None,
     ) -> None:
         """`on_upload_wait` hears of each retry of an upload waiting out an outage, wherever it runs (a worker's,
         polled by the publishing thread waiting for it, or the head's own); it is called on those threads.
         `distilled_checkpoint`: the pool's checkpoint file name when it is a distilled one (a job whose recipe it
-        cannot run fails at its claim, with no attempt on a worker: `jobs.spec.recipe_problem`)."""
+        cannot run fails at its claim, with no attempt on a worker: `jobs.spec.recipe_problem`). `kept`: where a
+        chunked or tiled job's task results are kept until it is published; a job claimed again after the runner
+        or a worker died resumes from them (None: kept nowhere, such a job renders again whole)."""
         self.store = store
+        self.kept = kept
         self.distilled_checkpoint = distilled_checkpoint
         self.executor = executor
         self.ladder = ladder_for(executor.placement.mode, executor.batches_passes)
@@ -166,6 +172,9 @@ class CampaignRunner:
     ) -> dict[str, int]:
         recovered = self.store.recover()
         self._sweep_partials()
+        if self.kept is not None:
+            for job_hash in self.kept.sweep():
+                self.store.log(f"forgot the kept task results of job {job_hash[:12]}, untouched for a day")
         self._stats = stats = {"done": 0, "failed": 0, "retried": 0, "skipped": 0, **recovered}
         faults = runner_faults()
         started = time.monotonic()
@@ -385,8 +394,10 @@ class CampaignRunner:
         staged = output_paths(job, staging_dir(self._target(spec), HEAD))
         drop(staged)  # a plan whose delivery a crash interrupted runs again whole
         try:
-            coordinator = Coordinator(self.executor, prompts=self.prompts)
+            coordinator = Coordinator(self.executor, prompts=self.prompts, kept=self._kept_for(spec))
             [sidecar] = coordinator.run([plan_job(job)], staged.video.parent)
+            if self.metrics is not None and sidecar["resumed"]:
+                self.metrics.tasks_resumed.inc(len(sidecar["resumed"]))
         except WorkerLost as error:  # a worker died mid-plan: replace it, run the job again
             dead = [i for i, w in enumerate(self.executor.workers) if not self.executor.alive(w)]
             state = self.store.interrupt(spec.campaign, row["id"], f"worker died: {error}", time.time() - started)
@@ -465,11 +476,29 @@ class CampaignRunner:
                 self._publish_failed(spec, job_id, error)
                 continue
             self._finish(spec, job_id, job, "done", output_record(job, self._target(spec), None, result))
+            self._release_kept(spec, job)
             if self.metrics is not None:
                 self.metrics.published(time.time() - started, job.num_frames / job.spec.frame_rate, spec.campaign)
         if ended:
             self._observe()
         return bool(ended)
+
+    def _kept_for(self, spec: CampaignSpec) -> KeptResults | None:
+        """Where a job of this campaign keeps its task results: this node's disk, and the campaign's bucket when it
+        has one (a head on another node resumes from there)."""
+        target = self._target(spec)
+        if self.kept is None or not target.uploads_from_holder:
+            return self.kept
+        return self.kept.mirrored(Uploader(target.destination, self.storage, on_wait=self.on_upload_wait))
+
+    def _release_kept(self, spec: CampaignSpec, job: ValidJob) -> None:
+        """Forget a published job's kept task results."""
+        kept = self._kept_for(spec)
+        if kept is None:
+            return
+        kept.discard(kept_job_key(job))
+        if self.metrics is not None:
+            self.metrics.kept_task_bytes.set(self.kept.total_bytes())
 
     def _publish_failed(self, spec: CampaignSpec, job_id: str, error: Exception) -> None:
         """A rendered job whose output did not reach its destination: retried (on the same worker, its staged

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from cluster.executor import Executor
+from cluster.kept_results import KeptResultCorrupt, KeptResults
 from cluster.metrics import FarmMetrics
 from cluster.output_files import disk_full_guard, write_json_atomic
 from cluster.prompt_refs import PromptRefs
@@ -50,6 +52,8 @@ from cluster.tasks import (
 from cluster.transport import unpack
 from jobs.outputs import output_paths, sidecar_document
 from jobs.plan import JobPlan, Task, describe_task, time_origin_seconds
+from jobs.resume import KEPT_KINDS, kept_job_key, kept_task_ids, resume_point, superseded
+from jobs.spec import ValidJob
 from ltx2 import stages
 from ltx2.blending import accumulate_group, anchor_statistics, blend_tiles, crossfade_into, official_decode_tiles
 from ltx2.checkpoint import cached_file_sha256
@@ -75,6 +79,13 @@ class JobRun:
     """Blends decoded groups and encodes their frames, in order, off the scheduling thread."""
     encoding: list[Future[None]] = field(default_factory=list)
     result: dict[str, Any] | None = None
+    resumed: tuple[str, ...] = ()
+    """Tasks whose kept results this run read back instead of running them."""
+
+    @property
+    def job_hash(self) -> str:
+        """Where the job's kept results go (`jobs.resume.kept_job_key`)."""
+        return kept_job_key(self.plan.job)
 
     @property
     def finished(self) -> bool:
@@ -85,6 +96,8 @@ class JobRun:
             if task.id not in self.done and task.id not in self.running and all(d in self.done for d in task.deps):
                 yield task
 
+
+log = logging.getLogger(__name__)
 
 DECODE_GROUPS_AHEAD = 1
 
@@ -106,10 +119,20 @@ class Coordinator:
     """Runs plans on an `Executor`'s workers, several jobs at once."""
 
     def __init__(
-        self, executor: Executor, metrics: FarmMetrics | None = None, prompts: PromptRefs | None = None
+        self,
+        executor: Executor,
+        metrics: FarmMetrics | None = None,
+        prompts: PromptRefs | None = None,
+        kept: KeptResults | None = None,
     ) -> None:
+        """`kept`: where finished tasks' results are kept (`jobs.resume` says which) and a job started again
+        resumes from; None keeps nothing."""
         self.executor = executor
         self.metrics = metrics
+        self.kept = kept
+        self._keeper = ThreadPoolExecutor(1, thread_name_prefix="keep")
+        """Writes (and uploads) kept results in order, off the scheduling thread: a blended stage-2 state of a long
+        job is hundreds of MB, and the next step's tiles need not wait for it to be on disk."""
         self.prompts = prompts if prompts is not None else PromptRefs()
         """Prompt text -> handle of its encoding, shared with the campaign runner: encoded once farm-wide."""
         info = executor.workers[0].info
@@ -117,10 +140,16 @@ class Coordinator:
 
     def run(self, plans: list[JobPlan], out_dir: str | Path) -> list[dict[str, Any]]:
         runs = [JobRun(p, Path(out_dir), self.num_layers) for p in plans]
+        for run in runs:
+            self._resume(run)
         with contextlib.ExitStack() as guards:  # a full output disk: a clear error, no output files left
             for run in runs:
                 guards.enter_context(disk_full_guard(output_paths(run.plan.job, run.out_dir)))
-            return self._run(runs)
+            try:
+                return self._run(runs)
+            finally:
+                if self.kept is not None:
+                    self._keeper.submit(lambda: None).result()  # the results of every task that ended are kept
 
     def _run(self, runs: list[JobRun]) -> list[dict[str, Any]]:
         idle = list(range(len(self.executor.workers)))
@@ -187,6 +216,7 @@ class Coordinator:
                 run.traces.append(trace)
                 run.running.discard(label)
                 run.done[label] = value_ref
+                self._keep(run, label, value_ref)
         finally:
             for run in runs:
                 if run.encoder is not None:
@@ -205,6 +235,60 @@ class Coordinator:
         self.metrics.set_jobs(
             {"": {"running": sum(1 for r in runs if not r.finished), "done": sum(1 for r in runs if r.finished)}}
         )
+
+    # --- kept results ----------------------------------------------------------------------------------
+
+    def _resume(self, run: JobRun) -> None:
+        """Mark the tasks of `run` that its kept results make unnecessary as done: the kept ones with their
+        results read back (a result whose digest differs is dropped and its task runs again), the ones only they
+        needed with no value."""
+        if self.kept is None:
+            return
+        records = self.kept.records(run.job_hash, kept_task_ids(run.plan))
+        while True:
+            point = resume_point(run.plan, set(records))
+            values: dict[str, Any] = {}
+            try:
+                for task_id in point.resumed:
+                    values[task_id] = self.kept.load(run.job_hash, records[task_id])
+                break
+            except KeptResultCorrupt:
+                self.kept.drop(run.job_hash, [task_id])
+                del records[task_id]
+        for task_id in point.skipped:
+            run.done[task_id] = None
+        for task_id, value in values.items():
+            run.done[task_id] = self.executor.put(value)
+        run.resumed = point.resumed
+        if self.metrics is not None and point.resumed:
+            self.metrics.tasks_resumed.inc(len(point.resumed))
+
+    def _keep(self, run: JobRun, task_id: str, value: Any) -> None:
+        """Keep a finished task's result when its kind is kept (`value`: the result or its handle)."""
+        kind = task_id.partition(":")[0]
+        if self.kept is None or kind not in KEPT_KINDS:
+            return
+        self._keeper.submit(self._save, run, task_id, kind, value)
+
+    def _save(self, run: JobRun, task_id: str, kind: str, value: Any) -> None:
+        """Keep one result and forget those it stands for (keeper thread). A result that cannot be kept (a full
+        disk, an unreachable bucket) costs only its task's rerun if the job is resumed: the job goes on."""
+        try:
+            self.kept.save(run.job_hash, task_id, kind, self.executor.get(value))
+            self.kept.drop(run.job_hash, superseded(run.plan, set(self.kept.records(run.job_hash))))
+        except Exception as error:  # whatever the reason, the result is not kept
+            log.warning("job %s: %s not kept: %s: %s", run.job_hash[:12], task_id, type(error).__name__, error)
+        self._count_kept_bytes()
+
+    def release(self, job: ValidJob) -> None:
+        """Forget the results kept for `job`: its output is published, nothing of it is to be resumed any more."""
+        if self.kept is not None:
+            self._keeper.submit(self.kept.discard, kept_job_key(job)).result()  # after every save of it
+            self._count_kept_bytes()
+
+    def _count_kept_bytes(self) -> None:
+        if self.metrics is not None and self.kept is not None:
+            self.metrics.kept_task_bytes.set(self.kept.total_bytes())
 
     @staticmethod
     def _decode_horizon(run: JobRun) -> int:
@@ -352,7 +436,9 @@ class Coordinator:
         video_pred = blend_tiles(plan, state, [o[0] for o in outputs])
         video = stages.stage2_advance(state.video, video_pred, step)
         audio = stages.stage2_advance(state.audio, outputs[0][1], step) if plan.refine_audio else state.audio
-        run.done[task.id] = self.executor.put(replace(state, video=video, audio=audio))  # keyframe tokens stay
+        blended = replace(state, video=video, audio=audio)  # keyframe tokens stay
+        run.done[task.id] = self.executor.put(blended)
+        self._keep(run, task.id, run.done[task.id])
 
     # --- distributed VAE decode, streamed into the muxer ----------------------------------------------
 
@@ -492,6 +578,7 @@ class Coordinator:
         )
         document["plan"] = plan.summary()
         document["trace"] = [asdict(t) for t in sorted(run.traces, key=lambda t: t.start)]
+        document["resumed"] = list(run.resumed)
         write_json_atomic(paths.sidecar, document)
         run.done[task.id] = True
         run.result = document

@@ -260,6 +260,16 @@ class FarmMetrics:
             "suspended, or has spent its budget or reached its failure cap",
             registry=registry,
         )
+        self.kept_task_bytes = Gauge(
+            "ltx2farm_kept_task_bytes",
+            "Bytes of task results kept on the head's disk for unfinished jobs (what a restarted job resumes from)",
+            registry=registry,
+        )
+        self.tasks_resumed = Counter(
+            "ltx2farm_tasks_resumed",
+            "Tasks not run again because their kept results were read back (a job resumed after its coordinator died)",
+            registry=registry,
+        )
         self.workers = Gauge(
             "ltx2farm_workers",
             "Render workers (or gangs) ready for work: the pool's slots less those whose replacement is starting",

@@ -281,11 +281,15 @@ def render_and_publish(
         result = pool.render(job, out, on_progress=on_progress, target=target, on_upload_wait=on_upload_wait)
     else:
         from cluster.coordinator import Coordinator
+        from cluster.kept_results import KeptResults
         from cluster.publish import HEAD, deliver_held, staging_dir
 
-        [sidecar] = Coordinator(pool, metrics.farm if metrics else None).run([plan], staging_dir(target, HEAD))
+        # a render stopped mid-way and started again resumes from the results kept on this node
+        coordinator = Coordinator(pool, metrics.farm if metrics else None, kept=KeptResults())
+        [sidecar] = coordinator.run([plan], staging_dir(target, HEAD))
         on_upload = metrics.uploads.count if metrics is not None else None
         result = deliver_held(sidecar, job, target, out, on_upload=on_upload, on_wait=on_upload_wait)
+        coordinator.release(job)
     if metrics is not None:
         metrics.farm.published(clock() - started, job.num_frames / job.spec.frame_rate)
     return result
@@ -386,6 +390,7 @@ def run_campaigns(
     storage = StorageOptions(endpoint_url=request.endpoint_url, addressing_style=request.addressing_style)
     check_campaign_credentials(store, storage)  # before Ray and the models
     from cluster.campaign_runner import CampaignRunner
+    from cluster.kept_results import KeptResults
     from cluster.model_store import distilled_checkpoint
     from cluster.publish import staging_root
 
@@ -413,6 +418,7 @@ def run_campaigns(
             uploads=metrics.uploads if metrics is not None else None,
             on_upload_wait=watch.upload_wait,
             distilled_checkpoint=distilled_checkpoint(checkpoints),
+            kept=KeptResults(),
         )
         watch.started(sum(c.queued + c.running for c in store.campaign_states() if c.state == "active"))
         try:

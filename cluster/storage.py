@@ -739,6 +739,13 @@ class Uploader:
             raise
         return response["Body"].read()
 
+    def delete(self, key: str) -> None:
+        """Remove the object at `key` (nothing there is no error)."""
+        if self._client is None:
+            (Path(self.destination.prefix) / key).unlink(missing_ok=True)
+            return
+        self._client.delete_object(Bucket=self.destination.bucket, Key=join_key(self.destination.prefix, key))
+
     def exists(self, key: str) -> bool:
         """Whether `key` is already at the destination (an output whose sidecar is there is complete)."""
         if self._client is None:

@@ -224,7 +224,10 @@ def plan_job(job: ValidJob) -> JobPlan:
         if c.index:
             deps.append(f"stage1:{c.index - 1}")
         tasks.append(Task(f"stage1:{c.index}", "stage1", tuple(deps), (("chunk", c.index),)))
-    tasks.append(Task("stitch", "stitch", tuple(f"stage1:{c.index}" for c in chunks)))
+    # Every task names all it reads: the stitch of an audio-to-video job takes the track's encoding as the audio
+    # latent, a stage-2 tile its window's prompt (a job resumed from kept results runs only what these lead to).
+    stitch_deps = [f"stage1:{c.index}" for c in chunks] + (["audio_encode"] if spec.audio is not None else [])
+    tasks.append(Task("stitch", "stitch", tuple(stitch_deps)))
     tasks.append(Task("upsample", "upsample", ("stitch",)))
     tasks.append(Task("stage2_init", "stage2_init", ("upsample",)))
     steps = 3
@@ -233,7 +236,8 @@ def plan_job(job: ValidJob) -> JobPlan:
         tile_ids = []
         for t in tiles:
             tile_ids.append(f"stage2:{step}:{t.index}")
-            tasks.append(Task(tile_ids[-1], "stage2", (previous,), (("step", step), ("tile", t.index))))
+            prompt = next(f"encode:{chunk_prompt[c.index]}" for c in chunks if c.video == t.time)
+            tasks.append(Task(tile_ids[-1], "stage2", (previous, prompt), (("step", step), ("tile", t.index))))
         tasks.append(Task(f"blend:{step}", "blend", tuple(tile_ids), (("step", step),)))
         previous = f"blend:{step}"
     tasks.append(Task("decode", "decode", (previous,)))

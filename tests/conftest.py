@@ -77,6 +77,7 @@ def user_folders(tmp_path_factory) -> Iterator[Path]:
     patch.setenv("XDG_CONFIG_HOME", str(home / "config"))
     patch.setenv("XDG_DATA_HOME", str(home / "data"))
     patch.setenv("LTX2_FARM_CACHE", str(CACHE))
+    patch.setenv("LTX2_FARM_KEPT", str(home / "kept"))  # kept task results: this session's, never another's
     patch.delenv("LTX2_FARM_CONFIG", raising=False)
     patch.delenv("LTX2_FARM_DB", raising=False)
     yield home
@@ -92,6 +93,7 @@ LONG_FILES = (
     "test_gangs.py",
     "test_console.py",
     "test_nodes.py",
+    "test_resume.py",
 )
 """The files that take longest, run first: `./farm test` runs files in parallel processes (pytest-xdist, a file
 whole in one process, in this order: `--no-loadscope-reorder`), and a long file handed out last would end the suite

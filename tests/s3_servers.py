@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -9,7 +10,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -81,3 +84,19 @@ def apply_env(env: dict[str, str]) -> dict[str, str | None]:
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     return old
+
+
+@contextlib.contextmanager
+def moto_bucket(monkeypatch: Any, bucket: str) -> Iterator[tuple[MotoServer, Any]]:
+    """A moto S3 server with an empty `bucket`, and this process's credentials for it: (server, boto3 client)."""
+    import boto3
+
+    for name, value in moto_env().items():
+        monkeypatch.setenv(name, value)
+    server = MotoServer().start()
+    try:
+        s3 = boto3.session.Session().client("s3", endpoint_url=server.endpoint)
+        s3.create_bucket(Bucket=bucket)
+        yield server, s3
+    finally:
+        server.stop()
