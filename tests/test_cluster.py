@@ -27,9 +27,11 @@ from tests.nodes import (
     RAY_PORT,
     Node,
     Nodes,
+    alive_addresses,
     marked_json,
     prometheus_api,
     ray_env,
+    ray_nodes,
     ray_token,
     require_nodes,
     start_prometheus,
@@ -102,7 +104,9 @@ class Farm:
         return marked_json(result.stdout, "S3_OUT")
 
     def run_campaign(self, name: str, rows: list[dict], workers: int = 2, metrics: bool = False) -> subprocess.Popen:
-        """Submit `rows` as campaign `name` on the head and start its runner there (returned running)."""
+        """Submit `rows` as campaign `name` on the head and start its runner there (returned running), once both
+        worker nodes are in the cluster."""
+        self.workers_ready()
         manifest = {"campaign": name, "output": "s3://renders/farm", "defaults": TINY, "rows": rows}
         self.head.host_path(f"{INPUTS}/{name}.yaml").write_text(yaml.safe_dump(manifest))
         submitted = self.cli(self.head, "campaign", "submit", f"{INPUTS}/{name}.yaml")
@@ -170,6 +174,21 @@ class Farm:
         """A worker node back (as KubeRay restarts a pod): its disk kept, a fresh Ray worker joined to the head."""
         restart_pod(self.nodes[name])
         self.start_worker(name)
+
+    def workers_ready(self, within_s: float = 300.0) -> None:
+        """Both worker nodes alive to the head, a node whose raylet exited started again (as KubeRay restarts a pod):
+        a node cut off or restarted by the test before may take a while to leave or rejoin the cluster."""
+        deadline = time.monotonic() + within_s
+        while True:
+            for name in WORKERS:
+                if self.ray_workers[name].poll() is not None:
+                    self.restart_worker(name)
+            alive = alive_addresses(ray_nodes(self.head, self.address, self.token))
+            if all(self.nodes[name].address in alive for name in WORKERS):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker nodes not alive to the head after {within_s} s: alive {alive}")
+            time.sleep(1)
 
     def rejoined(self, name: str, within_s: float = 30.0) -> None:
         """A node whose link came back: its raylet either carries on, or learns that the head gave it up and exits
