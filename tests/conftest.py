@@ -77,7 +77,7 @@ def user_folders(tmp_path_factory) -> Iterator[Path]:
     patch.setenv("XDG_CONFIG_HOME", str(home / "config"))
     patch.setenv("XDG_DATA_HOME", str(home / "data"))
     patch.setenv("LTX2_FARM_CACHE", str(CACHE))
-    patch.setenv("LTX2_FARM_KEPT", str(home / "kept"))  # kept task results: this session's, never another's
+    patch.setenv("LTX2_FARM_KEPT", str(home / "kept"))  # kept task results: this run's own, never another's
     patch.delenv("LTX2_FARM_CONFIG", raising=False)
     patch.delenv("LTX2_FARM_DB", raising=False)
     yield home
